@@ -1,0 +1,536 @@
+"""Configuration: text in, frozen values out.
+
+The format is INI-like and line-oriented so that every error can name its file and line::
+
+    [server]
+    listen = tcp:8080:interface=127.0.0.1
+    include = /etc/fedd/conf.d/*.conf
+
+    [endpoint cern-s3]
+    kind = s3
+    url = https://s3.cern.ch
+    bucket = atlas
+    map = /atlas /rucio/atlas
+
+`parse_config` collects *all* errors and raises one `ConfigError`; nothing here does network I/O.
+Unknown sections and keys are errors. Keys marked repeatable may appear several times.
+"""
+
+from __future__ import annotations
+
+import glob
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENDPOINT_KINDS = ("s3", "dav", "local")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class ConfigError(Exception):
+    """Every problem found in a configuration, one per line."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(errors))
+
+
+@dataclass(frozen=True)
+class SiteRange:
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    lat: float
+    lon: float
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
+    tls_certificate: str = ""
+    tls_private_key: str = ""
+    tls_chain: str = ""
+    access_log: bool = False
+    max_body_bytes: int = 1 << 20
+
+
+@dataclass(frozen=True)
+class LocateConfig:
+    wait_budget: float = 2.0
+    positive_ttl: float = 300.0
+    negative_ttl: float = 30.0
+    lru_entries: int = 100_000
+    memcached: tuple[str, ...] = ()
+    memcached_timeout: float = 0.25
+    presign_reuse: float = 0.5
+
+
+@dataclass(frozen=True)
+class GeoConfig:
+    database: str = ""
+    fuzz_km: float = 200.0
+    latency_tolerance_ms: float = 20.0
+    sites: tuple[SiteRange, ...] = ()
+    cache_entries: int = 65536
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    interval: float = 30.0
+    timeout: float = 5.0
+    failures_to_offline: int = 3
+    successes_to_online: int = 2
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    id: str
+    kind: str
+    url: str = ""
+    path: str = ""
+    bucket: str = ""
+    region: str = "us-east-1"
+    access_key: str = field(default="", repr=False)
+    secret_key: str = field(default="", repr=False)
+    presign_expiry: int = 3600
+    mappings: tuple[tuple[str, str], ...] = ()
+    lat: float | None = None
+    lon: float | None = None
+    read: bool = True
+    list: bool = True
+    write: bool = False
+    timeout: float = 5.0
+    weight: float = 1.0
+    health_path: str = ""
+    verify_tls: bool = True
+    ca_file: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = ServerConfig()
+    locate: LocateConfig = LocateConfig()
+    geo: GeoConfig = GeoConfig()
+    health: HealthConfig = HealthConfig()
+    endpoints: tuple[EndpointConfig, ...] = ()
+    files: tuple[str, ...] = ()
+
+    def endpoint(self, endpoint_id: str) -> EndpointConfig:
+        for ep in self.endpoints:
+            if ep.id == endpoint_id:
+                return ep
+        raise KeyError(endpoint_id)
+
+
+# --- value parsers: each takes the raw text and returns a value or raises ValueError ---------
+
+
+def _bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("yes", "true", "on", "1"):
+        return True
+    if low in ("no", "false", "off", "0"):
+        return False
+    raise ValueError(f"expected yes/no, got {text!r}")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise ValueError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
+
+
+def _lat(text: str) -> float:
+    value = float(text)
+    if not -90 <= value <= 90:
+        raise ValueError(f"latitude out of range: {text!r}")
+    return value
+
+
+def _lon(text: str) -> float:
+    value = float(text)
+    if not -180 <= value <= 180:
+        raise ValueError(f"longitude out of range: {text!r}")
+    return value
+
+
+def _text(text: str) -> str:
+    return text
+
+
+def _fed_path(text: str) -> str:
+    if not text.startswith("/") or "//" in text or any(s in (".", "..") for s in text.split("/")):
+        raise ValueError(f"expected an absolute normalised path, got {text!r}")
+    return "/" + text.strip("/") if text != "/" else "/"
+
+
+def _mapping(text: str) -> tuple[str, str]:
+    parts = text.split()
+    if len(parts) != 2:
+        raise ValueError(f"expected '<federation prefix> <endpoint prefix>', got {text!r}")
+    return (_fed_path(parts[0]), _fed_path(parts[1]))
+
+
+def _url(text: str) -> str:
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", text):
+        raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
+    return text.rstrip("/")
+
+
+def _kind(text: str) -> str:
+    if text not in ENDPOINT_KINDS:
+        raise ValueError(f"unknown endpoint kind {text!r} (known: {', '.join(ENDPOINT_KINDS)})")
+    return text
+
+
+def _hostport(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port, got {text!r}")
+    return text
+
+
+def _listen(text: str) -> str:
+    kind = text.split(":", 1)[0]
+    if kind not in ("tcp", "ssl", "tcp6", "unix"):
+        raise ValueError(f"expected a tcp:/ssl:/tcp6:/unix: listen string, got {text!r}")
+    return text
+
+
+def _site(text: str) -> SiteRange:
+    parts = text.split()
+    if len(parts) != 3:
+        raise ValueError(f"expected '<network> <lat> <lon>', got {text!r}")
+    return SiteRange(ipaddress.ip_network(parts[0], strict=False), _lat(parts[1]), _lon(parts[2]))
+
+
+@dataclass(frozen=True)
+class _Key:
+    parse: Callable[[str], Any]
+    attr: str = ""
+    repeat: bool = False
+
+
+_SECTIONS: dict[str, dict[str, _Key]] = {
+    "server": {
+        "listen": _Key(_listen, repeat=True),
+        "tls_certificate": _Key(_text),
+        "tls_private_key": _Key(_text),
+        "tls_chain": _Key(_text),
+        "access_log": _Key(_bool),
+        "max_body_bytes": _Key(_positive_int),
+    },
+    "locate": {
+        "wait_budget": _Key(_positive_float),
+        "positive_ttl": _Key(_nonneg_float),
+        "negative_ttl": _Key(_nonneg_float),
+        "lru_entries": _Key(_positive_int),
+        "memcached": _Key(_hostport, repeat=True),
+        "memcached_timeout": _Key(_positive_float),
+        "presign_reuse": _Key(_fraction),
+    },
+    "geo": {
+        "database": _Key(_text),
+        "fuzz_km": _Key(_nonneg_float),
+        "latency_tolerance_ms": _Key(_nonneg_float),
+        "site": _Key(_site, attr="sites", repeat=True),
+        "cache_entries": _Key(_positive_int),
+    },
+    "health": {
+        "interval": _Key(_positive_float),
+        "timeout": _Key(_positive_float),
+        "failures_to_offline": _Key(_positive_int),
+        "successes_to_online": _Key(_positive_int),
+    },
+    "endpoint": {
+        "kind": _Key(_kind),
+        "url": _Key(_url),
+        "path": _Key(_text),
+        "bucket": _Key(_text),
+        "region": _Key(_text),
+        "access_key": _Key(_text),
+        "access_key_file": _Key(_text),
+        "access_key_env": _Key(_text),
+        "secret_key": _Key(_text),
+        "secret_key_file": _Key(_text),
+        "secret_key_env": _Key(_text),
+        "presign_expiry": _Key(_positive_int),
+        "map": _Key(_mapping, attr="mappings", repeat=True),
+        "lat": _Key(_lat),
+        "lon": _Key(_lon),
+        "read": _Key(_bool),
+        "list": _Key(_bool),
+        "write": _Key(_bool),
+        "timeout": _Key(_positive_float),
+        "weight": _Key(_positive_float),
+        "health_path": _Key(_text),
+        "verify_tls": _Key(_bool),
+        "ca_file": _Key(_text),
+    },
+}
+_SECRET_SOURCES = ("access_key", "secret_key")
+# values naming files: relative ones are relative to the file they are written in
+_FILE_KEYS = frozenset(
+    {
+        "path",
+        "ca_file",
+        "access_key_file",
+        "secret_key_file",
+        "tls_certificate",
+        "tls_private_key",
+        "tls_chain",
+        "database",
+    }
+)
+
+
+@dataclass
+class _Section:
+    name: str
+    arg: str
+    where: str
+    values: dict[str, Any] = field(default_factory=dict)
+    lines: dict[str, str] = field(default_factory=dict)
+
+
+class _Reader:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.errors: list[str] = []
+        self.sections: list[_Section] = []
+        self.files: list[str] = []
+        self.environ = environ
+
+    def read_file(self, path: str, where: str) -> None:
+        real = os.path.realpath(path)
+        if real in self.files:
+            self.errors.append(f"{where}: {path} is included twice (include loop?)")
+            return
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            self.errors.append(f"{where}: cannot read {path}: {exc}")
+            return
+        self.files.append(real)
+        self.read_text(text, path)
+
+    def read_text(self, text: str, name: str) -> None:
+        current: _Section | None = None
+        for number, raw in enumerate(text.splitlines(), 1):
+            where = f"{name}:{number}"
+            line = raw.strip()
+            if not line or line.startswith(("#", ";")):
+                continue
+            if line.startswith("["):
+                current = self._start_section(line, where)
+                continue
+            key, sep, value = line.partition("=")
+            key, value = key.strip(), value.strip()
+            if not sep or not key:
+                self.errors.append(f"{where}: expected 'key = value' or '[section]', got {line!r}")
+                continue
+            if current is None:
+                self.errors.append(f"{where}: {key!r} outside of any [section]")
+                continue
+            if current.name == "server" and key == "include":
+                self._include(value, name, where)
+                continue
+            if key in _FILE_KEYS and value and value != "builtin" and not os.path.isabs(value):
+                value = os.path.join(os.path.dirname(os.path.abspath(name)), value)
+            self._set(current, key, value, where)
+
+    def _start_section(self, line: str, where: str) -> _Section | None:
+        if not line.endswith("]"):
+            self.errors.append(f"{where}: malformed section header {line!r}")
+            return None
+        name, _, arg = line[1:-1].strip().partition(" ")
+        arg = arg.strip()
+        if name not in _SECTIONS:
+            self.errors.append(f"{where}: unknown section [{name}] (known: {', '.join(_SECTIONS)})")
+            return None
+        if name == "endpoint":
+            if not _ID_RE.match(arg):
+                self.errors.append(f"{where}: endpoint needs an id of letters, digits, '.-_': [{line[1:-1]}]")
+                return None
+            for other in self.sections:
+                if other.name == "endpoint" and other.arg == arg:
+                    self.errors.append(f"{where}: endpoint {arg!r} already defined at {other.where}")
+                    return None
+        elif arg:
+            self.errors.append(f"{where}: section [{name}] takes no argument")
+            return None
+        section = _Section(name, arg, where)
+        self.sections.append(section)
+        return section
+
+    def _include(self, pattern: str, name: str, where: str) -> None:
+        base = os.path.dirname(os.path.abspath(name)) if os.path.exists(name) else os.getcwd()
+        full = os.path.join(base, pattern)
+        matches = sorted(glob.glob(full))
+        if not matches and not glob.has_magic(full):
+            self.errors.append(f"{where}: include {pattern!r}: no such file")
+        for path in matches:
+            self.read_file(path, where)
+
+    def _set(self, section: _Section, key: str, value: str, where: str) -> None:
+        schema = _SECTIONS[section.name].get(key)
+        if schema is None:
+            known = ", ".join(sorted(_SECTIONS[section.name]))
+            self.errors.append(f"{where}: unknown key {key!r} in [{section.name}] (known: {known})")
+            return
+        try:
+            parsed = schema.parse(value)
+        except ValueError as exc:
+            self.errors.append(f"{where}: {key}: {exc}")
+            return
+        attr = schema.attr or key
+        if schema.repeat:
+            section.values.setdefault(attr, []).append(parsed)
+        elif attr in section.values:
+            self.errors.append(f"{where}: {key!r} repeated (first at {section.lines[attr]})")
+            return
+        else:
+            section.values[attr] = parsed
+        section.lines.setdefault(attr, where)
+
+
+def _resolve_secret(
+    values: dict[str, Any], name: str, environ: Mapping[str, str], where: str, errors: list[str]
+) -> None:
+    sources = [k for k in (name, f"{name}_file", f"{name}_env") if k in values]
+    if len(sources) > 1:
+        errors.append(f"{where}: give only one of {', '.join(sources)}")
+        return
+    if f"{name}_file" in values:
+        path = values.pop(f"{name}_file")
+        try:
+            values[name] = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            errors.append(f"{where}: {name}_file: cannot read {path}: {exc.strerror}")
+    elif f"{name}_env" in values:
+        var = values.pop(f"{name}_env")
+        if var not in environ:
+            errors.append(f"{where}: {name}_env: environment variable {var} is not set")
+        else:
+            values[name] = environ[var]
+
+
+def _build_endpoint(section: _Section, environ: Mapping[str, str], errors: list[str]) -> EndpointConfig | None:
+    values = dict(section.values)
+    where = section.where
+    before = len(errors)
+    for name in _SECRET_SOURCES:
+        _resolve_secret(values, name, environ, where, errors)
+    kind = values.get("kind")
+    if kind is None:
+        errors.append(f"{where}: endpoint {section.arg!r} has no 'kind'")
+        return None
+    required = {"s3": ("url", "bucket", "access_key", "secret_key"), "dav": ("url",), "local": ("path",)}[kind]
+    for key in required:
+        if not values.get(key):
+            errors.append(f"{where}: endpoint {section.arg!r} (kind {kind}) needs {key!r}")
+    if ("lat" in values) != ("lon" in values):
+        errors.append(f"{where}: endpoint {section.arg!r}: give both lat and lon, or neither")
+    if kind == "local" and values.get("path") and not os.path.isdir(values["path"]):
+        errors.append(f"{where}: endpoint {section.arg!r}: path {values['path']!r} is not a directory")
+    if kind != "s3":
+        for key in ("bucket", "access_key", "secret_key"):
+            if key in values:
+                errors.append(f"{where}: endpoint {section.arg!r}: {key!r} only applies to kind s3")
+    if "mappings" not in values:
+        values["mappings"] = [("/", "/")]
+    feds = [m[0] for m in values["mappings"]]
+    if len(set(feds)) != len(feds):
+        errors.append(f"{where}: endpoint {section.arg!r}: a federation prefix is mapped twice")
+    if len(errors) > before:
+        return None
+    values["mappings"] = tuple(values["mappings"])
+    return EndpointConfig(id=section.arg, source=where, **values)
+
+
+def parse_config(
+    text: str | None = None,
+    *,
+    path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Parse a configuration from `path` (or from `text`, named `<string>`); raise ConfigError."""
+    reader = _Reader(os.environ if environ is None else environ)
+    if path is not None:
+        reader.read_file(path, "command line")
+    else:
+        reader.read_text(text or "", "<string>")
+    errors = reader.errors
+    groups: dict[str, dict[str, Any]] = {}
+    endpoints: list[EndpointConfig] = []
+    for section in reader.sections:
+        if section.name == "endpoint":
+            ep = _build_endpoint(section, reader.environ, errors)
+            if ep is not None:
+                endpoints.append(ep)
+            continue
+        merged = groups.setdefault(section.name, {})
+        for key, value in section.values.items():
+            if key in merged and not isinstance(value, list):
+                errors.append(f"{section.lines[key]}: {key!r} already set in another [{section.name}] section")
+            elif isinstance(value, list):
+                merged[key] = merged.get(key, []) + value
+            else:
+                merged[key] = value
+    for group in groups.values():
+        for key, value in list(group.items()):
+            if isinstance(value, list):
+                group[key] = tuple(value)
+    if not endpoints and not errors:
+        errors.append(f"{path or '<string>'}: no [endpoint ...] section: nothing to federate")
+    if errors:
+        raise ConfigError(errors)
+    return Config(
+        server=ServerConfig(**groups.get("server", {})),
+        locate=LocateConfig(**groups.get("locate", {})),
+        geo=GeoConfig(**groups.get("geo", {})),
+        health=HealthConfig(**groups.get("health", {})),
+        endpoints=tuple(endpoints),
+        files=tuple(reader.files),
+    )
+
+
+def default_config(demo_dir: str, listen: str = "tcp:8080:interface=127.0.0.1") -> Config:
+    """The embedded default: one local directory served at /demo, in-process cache only."""
+    return Config(
+        server=ServerConfig(listen=(listen,)),
+        endpoints=(
+            EndpointConfig(
+                id="local",
+                kind="local",
+                path=demo_dir,
+                mappings=(("/demo", "/"),),
+                write=False,
+                source="embedded default",
+            ),
+        ),
+    )

@@ -1,0 +1,56 @@
+"""Endpoint kinds. `make_endpoint` builds the right one for an `EndpointConfig`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import ssl
+from twisted.web.client import BrowserLikePolicyForHTTPS
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+from fedd.config import EndpointConfig
+from fedd.endpoints.base import Endpoint, Entry, HttpClient, Stat
+from fedd.endpoints.dav import DavEndpoint
+from fedd.endpoints.local import LocalEndpoint
+from fedd.endpoints.s3 import S3Endpoint
+
+__all__ = ["Endpoint", "Entry", "HttpClient", "Stat", "close_endpoint", "make_endpoint"]
+
+
+@implementer(IPolicyForHTTPS)
+class _NoVerify:
+    """For test beds with self-signed endpoint certificates (verify_tls = no). Never the default."""
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        return ssl.CertificateOptions(verify=False)
+
+
+def _tls_policy(config: EndpointConfig) -> Any:
+    if not config.verify_tls:
+        return _NoVerify()
+    if config.ca_file:
+        pem = Path(config.ca_file).read_bytes()
+        roots = [
+            ssl.Certificate.loadPEM(block + b"-----END CERTIFICATE-----\n")
+            for block in pem.split(b"-----END CERTIFICATE-----")
+            if b"BEGIN CERTIFICATE" in block
+        ]
+        return BrowserLikePolicyForHTTPS(trustRoot=ssl.trustRootFromCertificates(roots))
+    return None
+
+
+def make_endpoint(config: EndpointConfig, *, reactor: Any, presign_reuse: float = 0.5) -> Endpoint:
+    if config.kind == "local":
+        return LocalEndpoint(config, reactor)
+    http = HttpClient(reactor, endpoint=config.id, timeout=config.timeout, tls_policy=_tls_policy(config))
+    if config.kind == "s3":
+        return S3Endpoint(config, http, presign_reuse=presign_reuse)
+    return DavEndpoint(config, http)
+
+
+async def close_endpoint(endpoint: Endpoint) -> None:
+    http = getattr(endpoint, "_http", None)
+    if isinstance(http, HttpClient):
+        await http.close()

@@ -1,0 +1,206 @@
+"""What every endpoint kind offers, and the non-blocking HTTP client they share."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import treq
+from twisted.internet import defer, error
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.error import ConnectError, ConnectingCancelledError
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
+
+from fedd.config import EndpointConfig
+from fedd.errors import EndpointError
+
+
+@dataclass(frozen=True)
+class Stat:
+    """What an endpoint knows about one name."""
+
+    size: int | None = None
+    mtime: float | None = None
+    is_dir: bool = False
+    etag: str = ""
+
+    def to_json(self) -> list[Any]:
+        return [self.size, self.mtime, self.is_dir, self.etag]
+
+    @classmethod
+    def from_json(cls, data: list[Any]) -> Stat:
+        size, mtime, is_dir, etag = data
+        return cls(
+            size=None if size is None else int(size),
+            mtime=None if mtime is None else float(mtime),
+            is_dir=bool(is_dir),
+            etag=str(etag),
+        )
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    stat: Stat
+
+
+class Endpoint(Protocol):
+    """One storage endpoint. Paths are endpoint paths (already mapped), absolute, normalised."""
+
+    id: str
+    config: EndpointConfig
+
+    def stat(self, path: str) -> Deferred[Stat | None]:
+        """Stat of a file; None when it does not exist. Fails with EndpointError."""
+
+    def listdir(self, path: str) -> Deferred[list[Entry] | None]:
+        """Children of a collection; None when `path` is not a collection."""
+
+    def url_for(self, path: str, now: float) -> str:
+        """Where to send a client reading `path`: an absolute URL, or a fedd-local path."""
+
+    def probe(self) -> Deferred[None]:
+        """A cheap request proving the service answers; fails with EndpointError."""
+
+
+def quote_path(path: str) -> str:
+    return quote(path, safe="/~!$&'()*+,;=:@-._")
+
+
+def parse_http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def parse_int(value: str | None) -> int | None:
+    if value is None or not value.isdigit():
+        return None
+    return int(value)
+
+
+class UrlCache:
+    """A small LRU of signed URLs, reused for a bounded part of their validity."""
+
+    def __init__(self, entries: int = 50_000) -> None:
+        self._entries = entries
+        self._data: OrderedDict[str, tuple[float, str]] = OrderedDict()
+
+    def get(self, key: str, now: float) -> str | None:
+        hit = self._data.get(key)
+        if hit is None or hit[0] <= now:
+            return None
+        return hit[1]
+
+    def put(self, key: str, url: str, reuse_until: float) -> None:
+        self._data[key] = (reuse_until, url)
+        if len(self._data) > self._entries:
+            self._data.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    code: int
+    headers: Headers
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name)
+        if not values:
+            return None
+        return values[-1].decode("latin-1") if isinstance(values[-1], bytes) else values[-1]
+
+
+class HttpClient:
+    """treq over a persistent pool: every call has a total timeout and a body-size cap."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        endpoint: str,
+        timeout: float,
+        tls_policy: Any = None,
+        max_body: int = 256 << 20,
+        connections_per_host: int = 16,
+    ) -> None:
+        self._reactor = reactor
+        self._clock: IReactorTime = reactor
+        self._endpoint = endpoint
+        self.timeout = timeout
+        self._max_body = max_body
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool.maxPersistentPerHost = connections_per_host
+        self._pool.retryAutomatically = True
+        kwargs: dict[str, Any] = {"pool": self._pool, "connectTimeout": timeout}
+        if tls_policy is not None:
+            kwargs["contextFactory"] = tls_policy
+        self._http = treq.client.HTTPClient(Agent(reactor, **kwargs))
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str] | None = None,
+        body: bytes | IBodyProducer | None = None,
+        *,
+        timeout: float | None = None,
+        read_body: bool = True,
+    ) -> Deferred[HttpResponse]:
+        d = ensureDeferred(self._request(method, url, headers or {}, body, read_body))
+        d.addTimeout(timeout or self.timeout, self._clock)
+        d.addErrback(self._translate, method)
+        return d
+
+    async def _request(
+        self, method: str, url: str, headers: dict[str, str], body: Any, read_body: bool
+    ) -> HttpResponse:
+        hdrs = Headers({k.encode(): [v.encode()] for k, v in headers.items()})
+        response = await self._http.request(method, url, headers=hdrs, data=body, allow_redirects=False)
+        data = b""
+        if read_body and method != "HEAD":
+            chunks: list[bytes] = []
+            size = 0
+
+            def collect(chunk: bytes) -> None:
+                nonlocal size
+                size += len(chunk)
+                if size > self._max_body:
+                    raise EndpointError(self._endpoint, f"answer larger than {self._max_body} bytes")
+                chunks.append(chunk)
+
+            await treq.collect(response, collect)
+            data = b"".join(chunks)
+        else:
+            await treq.collect(response, _discard)
+        return HttpResponse(response.code, response.headers, data)
+
+    def _translate(self, failure: Failure, method: str) -> Failure:
+        if failure.check(EndpointError):
+            return failure
+        if failure.check(defer.TimeoutError, error.TimeoutError, defer.CancelledError):
+            reason = f"{method} timed out after {self.timeout:g}s"
+        elif failure.check(ConnectError, ConnectingCancelledError):
+            reason = f"cannot connect: {failure.getErrorMessage() or failure.type.__name__}"
+        elif failure.check(ResponseFailed):
+            reason = "connection lost or malformed HTTP answer"
+        else:
+            reason = f"{failure.type.__name__}: {failure.getErrorMessage()}"
+        return Failure(EndpointError(self._endpoint, reason))
+
+    def close(self) -> Deferred[None]:
+        return self._pool.closeCachedConnections()
+
+
+def _discard(chunk: bytes) -> None:
+    """Drop a body we did not ask for (so the connection can go back to the pool)."""

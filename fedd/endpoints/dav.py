@@ -1,0 +1,132 @@
+"""WebDAV/HTTP endpoints (dCache, EOS, StoRM, DPM, Apache mod_dav): HEAD to stat, PROPFIND to list."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from defusedxml import ElementTree
+from twisted.internet.defer import Deferred, ensureDeferred
+
+from fedd.config import EndpointConfig
+from fedd.endpoints.base import Entry, HttpClient, HttpResponse, Stat, parse_http_date, parse_int, quote_path
+from fedd.errors import EndpointError
+
+_D = "{DAV:}"
+PROPFIND_BODY = (
+    b'<?xml version="1.0" encoding="utf-8"?>\n'
+    b'<D:propfind xmlns:D="DAV:"><D:prop><D:resourcetype/><D:getcontentlength/>'
+    b"<D:getlastmodified/><D:getetag/></D:prop></D:propfind>"
+)
+MAX_LIST_ENTRIES = 1_000_000
+
+
+class DavEndpoint:
+    def __init__(self, config: EndpointConfig, http: HttpClient) -> None:
+        self.id = config.id
+        self.config = config
+        self._http = http
+        self._base_path = urlsplit(config.url).path.rstrip("/")
+
+    def url_for(self, path: str, now: float) -> str:
+        return self.config.url + quote_path(path)
+
+    def _check(self, response: HttpResponse, what: str) -> None:
+        if response.code >= 500:
+            raise EndpointError(self.id, f"{what}: HTTP {response.code}")
+
+    def stat(self, path: str) -> Deferred[Stat | None]:
+        d = self._http.request("HEAD", self.url_for(path, 0))
+        d.addCallback(self._stat_result, path)
+        return d
+
+    def _stat_result(self, response: HttpResponse, path: str) -> Stat | None:
+        self._check(response, "HEAD")
+        if response.code in (404, 410, 401, 403):
+            return None
+        location = response.header("Location") or ""
+        if response.code in (301, 302, 307, 308) and location.rstrip("/").endswith(quote_path(path)):
+            return Stat(is_dir=True)
+        if response.code != 200:
+            raise EndpointError(self.id, f"HEAD: unexpected HTTP {response.code}")
+        if (response.header("Content-Type") or "").startswith("httpd/unix-directory"):
+            return Stat(is_dir=True)
+        size = parse_int(response.header("Content-Length"))
+        return Stat(
+            size=size,
+            mtime=parse_http_date(response.header("Last-Modified")),
+            etag=(response.header("ETag") or "").strip('"'),
+        )
+
+    def listdir(self, path: str) -> Deferred[list[Entry] | None]:
+        return ensureDeferred(self._listdir(path))
+
+    async def _listdir(self, path: str) -> list[Entry] | None:
+        url = self.url_for(path.rstrip("/") + "/", 0)
+        response = await self._http.request(
+            "PROPFIND", url, {"Depth": "1", "Content-Type": "application/xml; charset=utf-8"}, PROPFIND_BODY
+        )
+        if response.code in (404, 410, 401, 403):
+            return None
+        if response.code in (301, 302, 307, 308):
+            return None
+        self._check(response, "PROPFIND")
+        if response.code != 207:
+            raise EndpointError(self.id, f"PROPFIND: unexpected HTTP {response.code}")
+        return self._parse_multistatus(response.body, path)
+
+    def _parse_multistatus(self, body: bytes, path: str) -> list[Entry] | None:
+        try:
+            root = ElementTree.fromstring(body, forbid_dtd=True)
+        except Exception as exc:  # defusedxml raises several types for hostile or broken XML
+            raise EndpointError(self.id, f"PROPFIND: unreadable XML ({type(exc).__name__})") from None
+        if root.tag != f"{_D}multistatus":
+            raise EndpointError(self.id, f"PROPFIND: unexpected answer <{root.tag}>")
+        own = (self._base_path + path).rstrip("/")
+        entries: list[Entry] = []
+        self_is_dir: bool | None = None
+        for response in root.iter(f"{_D}response"):
+            href = response.findtext(f"{_D}href") or ""
+            href_path = unquote(urlsplit(href).path).rstrip("/")
+            stat = self._props(response)
+            if href_path == own:
+                self_is_dir = stat.is_dir
+                continue
+            parent, _, name = href_path.rpartition("/")
+            if parent != own or not name:
+                continue
+            entries.append(Entry(name, stat))
+            if len(entries) > MAX_LIST_ENTRIES:
+                raise EndpointError(self.id, f"listing of {path} exceeds {MAX_LIST_ENTRIES} entries")
+        if self_is_dir is False:
+            return None
+        return entries
+
+    @staticmethod
+    def _props(response: Any) -> Stat:
+        size: int | None = None
+        mtime: float | None = None
+        etag = ""
+        is_dir = False
+        for propstat in response.iter(f"{_D}propstat"):
+            if " 200 " not in (propstat.findtext(f"{_D}status") or " 200 "):
+                continue
+            prop = propstat.find(f"{_D}prop")
+            if prop is None:
+                continue
+            rtype = prop.find(f"{_D}resourcetype")
+            if rtype is not None and rtype.find(f"{_D}collection") is not None:
+                is_dir = True
+            size = parse_int((prop.findtext(f"{_D}getcontentlength") or "").strip()) or size
+            mtime = parse_http_date(prop.findtext(f"{_D}getlastmodified")) or mtime
+            etag = (prop.findtext(f"{_D}getetag") or "").strip().strip('"') or etag
+        if is_dir:
+            size = None
+        elif size is None:
+            size = 0
+        return Stat(size=size, mtime=mtime, is_dir=is_dir, etag=etag)
+
+    def probe(self) -> Deferred[None]:
+        d = self._http.request("HEAD", self.config.url + quote_path(self.config.health_path or "/"))
+        d.addCallback(self._check, "probe")
+        return d

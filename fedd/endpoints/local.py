@@ -1,0 +1,92 @@
+"""A local directory as an endpoint (the embedded default). fedd serves the bytes itself.
+
+File-system calls run in the reactor's thread pool, so a slow disk never stalls the reactor.
+`resolve` is the only way from an endpoint path to a file-system path, and it never leaves the root.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as statmod
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+
+from fedd.config import EndpointConfig
+from fedd.endpoints.base import Entry, Stat, quote_path
+from fedd.errors import EndpointError
+
+LOCAL_PREFIX = "/.well-known/fedd/local/"
+
+
+class LocalEndpoint:
+    def __init__(self, config: EndpointConfig, reactor: Any) -> None:
+        self.id = config.id
+        self.config = config
+        self.root = os.path.realpath(config.path)
+        self._reactor = reactor
+
+    def _defer(self, fn: Any, *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
+
+    def resolve(self, path: str) -> str | None:
+        """File-system path for an endpoint path, or None if it would leave the root."""
+        candidate = os.path.realpath(os.path.join(self.root, path.lstrip("/")))
+        if candidate != self.root and not candidate.startswith(self.root + os.sep):
+            return None
+        return candidate
+
+    def url_for(self, path: str, now: float) -> str:
+        return LOCAL_PREFIX + self.id + quote_path(path)
+
+    def stat(self, path: str) -> Deferred[Stat | None]:
+        return self._defer(self._stat, path)
+
+    def _stat(self, path: str) -> Stat | None:
+        real = self.resolve(path)
+        if real is None:
+            return None
+        try:
+            st = os.stat(real)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise EndpointError(self.id, f"stat: {exc.strerror}") from None
+        return _to_stat(st)
+
+    def listdir(self, path: str) -> Deferred[list[Entry] | None]:
+        return self._defer(self._listdir, path)
+
+    def _listdir(self, path: str) -> list[Entry] | None:
+        real = self.resolve(path)
+        if real is None or not os.path.isdir(real):
+            return None
+        entries: list[Entry] = []
+        try:
+            with os.scandir(real) as it:
+                for item in it:
+                    try:
+                        entries.append(Entry(item.name, _to_stat(item.stat())))
+                    except OSError:
+                        continue
+        except OSError as exc:
+            raise EndpointError(self.id, f"list: {exc.strerror}") from None
+        return entries
+
+    def probe(self) -> Deferred[None]:
+        return self._defer(self._probe)
+
+    def _probe(self) -> None:
+        if not os.path.isdir(self.root) or not os.access(self.root, os.R_OK | os.X_OK):
+            raise EndpointError(self.id, f"directory {self.root} is missing or unreadable")
+
+
+def _to_stat(st: os.stat_result) -> Stat:
+    is_dir = statmod.S_ISDIR(st.st_mode)
+    return Stat(
+        size=None if is_dir else st.st_size,
+        mtime=st.st_mtime,
+        is_dir=is_dir,
+        etag=f"{st.st_ino:x}-{st.st_size:x}-{int(st.st_mtime * 1e6):x}",
+    )

@@ -1,0 +1,182 @@
+"""S3 endpoints (Ceph RGW, MinIO, AWS): signed HEAD/ListObjectsV2 over treq, SigV4 presigned redirects.
+
+Signing is pure computation with botocore's signers; every request goes through the non-blocking
+`HttpClient`. Path-style addressing (`<url>/<bucket>/<key>`), so endpoints need no wildcard DNS.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from urllib.parse import quote, urlencode
+
+from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from defusedxml import ElementTree
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+
+from fedd.config import EndpointConfig
+from fedd.endpoints.base import Entry, HttpClient, HttpResponse, Stat, UrlCache, parse_http_date, parse_int
+from fedd.errors import EndpointError
+
+_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+MAX_LIST_ENTRIES = 1_000_000
+
+
+def _iso_to_epoch(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class S3Endpoint:
+    def __init__(self, config: EndpointConfig, http: HttpClient, *, presign_reuse: float = 0.5) -> None:
+        self.id = config.id
+        self.config = config
+        self._http = http
+        self._credentials = Credentials(config.access_key, config.secret_key)
+        self._base = f"{config.url}/{quote(config.bucket, safe='')}"
+        self._urls = UrlCache()
+        self._reuse = config.presign_expiry * presign_reuse
+        self.log = Logger(namespace=f"fedd.endpoints.s3.{config.id}")
+
+    # --- signing: pure ------------------------------------------------------------------------
+
+    def object_url(self, path: str) -> str:
+        return f"{self._base}/{quote(path.lstrip('/'), safe='/~')}"
+
+    def _signed_headers(self, method: str, url: str) -> dict[str, str]:
+        request = AWSRequest(method=method, url=url, data=b"")
+        S3SigV4Auth(self._credentials, "s3", self.config.region).add_auth(request)
+        return {k: v for k, v in request.headers.items() if isinstance(v, str)}
+
+    def presign(self, method: str, path: str, expires: int | None = None) -> str:
+        request = AWSRequest(method=method, url=self.object_url(path))
+        signer = S3SigV4QueryAuth(
+            self._credentials, "s3", self.config.region, expires=expires or self.config.presign_expiry
+        )
+        signer.add_auth(request)
+        return str(request.url)
+
+    def url_for(self, path: str, now: float) -> str:
+        url = self._urls.get(path, now)
+        if url is None:
+            url = self.presign("GET", path)
+            self._urls.put(path, url, now + self._reuse)
+        return url
+
+    # --- requests -----------------------------------------------------------------------------
+
+    def _send(self, method: str, url: str) -> Deferred[HttpResponse]:
+        return self._http.request(method, url, self._signed_headers(method, url))
+
+    def _check(self, response: HttpResponse, what: str) -> None:
+        if response.code >= 500:
+            raise EndpointError(self.id, f"{what}: HTTP {response.code}")
+        if response.code in (401, 403):
+            raise EndpointError(self.id, f"{what}: access denied (HTTP {response.code}): check the keys")
+
+    def stat(self, path: str) -> Deferred[Stat | None]:
+        return ensureDeferred(self._stat(path))
+
+    async def _stat(self, path: str) -> Stat | None:
+        if path == "/":
+            return Stat(is_dir=True)
+        response = await self._send("HEAD", self.object_url(path))
+        if response.code == 404:
+            return None
+        self._check(response, "HEAD")
+        if response.code != 200:
+            raise EndpointError(self.id, f"HEAD: unexpected HTTP {response.code}")
+        size = parse_int(response.header("Content-Length"))
+        if size is None:
+            raise EndpointError(self.id, "HEAD: no Content-Length in answer")
+        return Stat(
+            size=size,
+            mtime=parse_http_date(response.header("Last-Modified")),
+            etag=(response.header("ETag") or "").strip('"'),
+        )
+
+    def listdir(self, path: str) -> Deferred[list[Entry] | None]:
+        return ensureDeferred(self._listdir(path))
+
+    async def _listdir(self, path: str) -> list[Entry] | None:
+        prefix = path.strip("/") + "/" if path.strip("/") else ""
+        entries: list[Entry] = []
+        marker_seen = False
+        token: str | None = None
+        while True:
+            query: dict[str, str] = {"list-type": "2", "delimiter": "/", "max-keys": "1000"}
+            if prefix:
+                query["prefix"] = prefix
+            if token:
+                query["continuation-token"] = token
+            url = f"{self._base}?{urlencode(sorted(query.items()), quote_via=quote)}"
+            response = await self._send("GET", url)
+            if response.code == 404:
+                raise EndpointError(self.id, f"bucket {self.config.bucket!r} does not exist")
+            self._check(response, "ListObjectsV2")
+            if response.code != 200:
+                raise EndpointError(self.id, f"ListObjectsV2: unexpected HTTP {response.code}")
+            token, page_marker = self._parse_page(response.body, prefix, entries)
+            marker_seen = marker_seen or page_marker
+            if len(entries) > MAX_LIST_ENTRIES:
+                raise EndpointError(self.id, f"listing of {path} exceeds {MAX_LIST_ENTRIES} entries")
+            if not token:
+                break
+        if not entries and not marker_seen and prefix:
+            return None
+        return entries
+
+    def _parse_page(self, body: bytes, prefix: str, entries: list[Entry]) -> tuple[str | None, bool]:
+        try:
+            root = ElementTree.fromstring(body, forbid_dtd=True)
+        except Exception as exc:  # defusedxml raises several types for hostile or broken XML
+            raise EndpointError(self.id, f"ListObjectsV2: unreadable XML ({type(exc).__name__})") from None
+        if root.tag != f"{_NS}ListBucketResult":
+            raise EndpointError(self.id, f"ListObjectsV2: unexpected answer <{root.tag}>")
+        marker = False
+        for item in root.iter(f"{_NS}Contents"):
+            key = item.findtext(f"{_NS}Key") or ""
+            if key == prefix:
+                marker = True
+                continue
+            name = key[len(prefix) :]
+            if not name or "/" in name:
+                continue
+            entries.append(
+                Entry(
+                    name,
+                    Stat(
+                        size=parse_int(item.findtext(f"{_NS}Size")),
+                        mtime=_iso_to_epoch(item.findtext(f"{_NS}LastModified")),
+                        etag=(item.findtext(f"{_NS}ETag") or "").strip('"'),
+                    ),
+                )
+            )
+        for common in root.iter(f"{_NS}CommonPrefixes"):
+            name = (common.findtext(f"{_NS}Prefix") or "")[len(prefix) :].rstrip("/")
+            if name and "/" not in name:
+                entries.append(Entry(name, Stat(is_dir=True)))
+        truncated = (root.findtext(f"{_NS}IsTruncated") or "").lower() == "true"
+        token = root.findtext(f"{_NS}NextContinuationToken") if truncated else None
+        if truncated and not token:
+            raise EndpointError(self.id, "ListObjectsV2: truncated page without continuation token")
+        return token, marker
+
+    def probe(self) -> Deferred[None]:
+        d = self._send("HEAD", self._base)
+        d.addCallback(self._probe_result)
+        return d
+
+    def _probe_result(self, response: HttpResponse) -> None:
+        if response.code >= 500:
+            raise EndpointError(self.id, f"probe: HTTP {response.code}")
+        if response.code in (401, 403):
+            raise EndpointError(self.id, f"probe: access denied (HTTP {response.code}): check the keys")
+        if response.code == 404:
+            raise EndpointError(self.id, f"probe: bucket {self.config.bucket!r} does not exist")

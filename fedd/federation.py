@@ -1,0 +1,270 @@
+"""The federation: endpoints + namespace + health + locate + ranking, without any HTTP.
+
+`fedd.web` asks this object questions ("where should this client read this path?", "what is in this
+directory?") and turns the answers into responses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from fedd.config import Config
+from fedd.endpoints.base import Endpoint, Entry, Stat
+from fedd.errors import EndpointError, NoReplicaAvailable, NotFound
+from fedd.health.service import HealthRegistry
+from fedd.locate.cache import LocateResult
+from fedd.locate.locator import Locator
+from fedd.namespace import Namespace
+from fedd.select.geo import GeoLocator
+from fedd.select.rank import Candidate, rank
+
+log = Logger(namespace="fedd.federation")
+LOAD_HALF_LIFE = 10.0  # seconds
+
+
+@dataclass(frozen=True)
+class Replica:
+    endpoint: str
+    url: str
+    stat: Stat
+    priority: int
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A merged collection listing: `entries` by name, in name order."""
+
+    path: str
+    entries: list[Entry]
+    failed: dict[str, str]
+
+
+class Federation:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: IReactorTime,
+        endpoints: Mapping[str, Endpoint],
+        health: HealthRegistry,
+        locator: Locator,
+        geo: GeoLocator,
+        namespace: Namespace,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.endpoints = endpoints
+        self.health = health
+        self.locator = locator
+        self.geo = geo
+        self.namespace = namespace
+        self.locations: dict[str, tuple[float, float] | None] = {}
+        for ep in config.endpoints:
+            if ep.lat is not None and ep.lon is not None:
+                self.locations[ep.id] = (ep.lat, ep.lon)
+            else:
+                self.locations[ep.id] = self._locate_host(ep.url)
+        self._weights = {ep.id: ep.weight for ep in config.endpoints}
+        self._load: dict[str, float] = {eid: 0.0 for eid in endpoints}
+        self._load_at = clock.seconds()
+        self._order_cache: dict[tuple[str, tuple[float, float] | None], tuple[int, float, list[str]]] = {}
+
+    def _locate_host(self, url: str) -> tuple[float, float] | None:
+        host = urlsplit(url).hostname if url else None
+        if not host:
+            return None
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return None  # names are not resolved here: give lat/lon in the configuration
+        return self.geo.locate(host)
+
+    # --- ranking ------------------------------------------------------------------------------
+
+    def _decay_load(self, now: float) -> None:
+        elapsed = now - self._load_at
+        if elapsed >= 1.0:
+            factor = 0.5 ** (elapsed / LOAD_HALF_LIFE)
+            for eid in self._load:
+                self._load[eid] *= factor
+            self._load_at = now
+
+    def note_redirect(self, endpoint: str) -> None:
+        self._load[endpoint] = self._load.get(endpoint, 0.0) + 1.0
+
+    def candidates(self, endpoint_ids: list[str]) -> list[Candidate]:
+        total = sum(self._load.get(e, 0.0) for e in endpoint_ids) or 1.0
+        out = []
+        for eid in endpoint_ids:
+            health = self.health.states[eid]
+            loc = self.locations.get(eid)
+            out.append(
+                Candidate(
+                    endpoint=eid,
+                    lat=loc[0] if loc else None,
+                    lon=loc[1] if loc else None,
+                    state=health.state,
+                    latency_ms=health.latency_ms,
+                    load=self._load.get(eid, 0.0) / total if len(endpoint_ids) > 1 else 0.0,
+                    weight=self._weights.get(eid, 1.0),
+                )
+            )
+        return out
+
+    def order(self, path: str, client_ip: str) -> list[str]:
+        """Endpoint ids that may hold `path`, best first for this client. Cached for one second."""
+        now = self.clock.seconds()
+        where = self.geo.locate(client_ip)
+        key = (path, where)
+        hit = self._order_cache.get(key)
+        if hit is not None and hit[0] == self.health.version and now - hit[1] < 1.0:
+            return hit[2]
+        self._decay_load(now)
+        targets = list(self.locator.targets(path))
+        ordered = rank(
+            self.candidates(targets),
+            where,
+            path,
+            fuzz_km=self.config.geo.fuzz_km,
+            latency_tolerance_ms=self.config.geo.latency_tolerance_ms,
+        )
+        if len(self._order_cache) > 100_000:
+            self._order_cache.clear()
+        self._order_cache[key] = (self.health.version, now, ordered)
+        return ordered
+
+    def replicas(self, result: LocateResult, order: list[str]) -> list[Replica]:
+        """The files of a locate answer as redirect targets, best first; offline ones never."""
+        now = self.clock.seconds()
+        files = result.files()
+        out: list[Replica] = []
+        for eid in order:
+            stat = files.get(eid)
+            if stat is None or not self.health.usable(eid):
+                continue
+            target_path = self.locator.targets(result.path).get(eid)
+            if target_path is None:
+                continue
+            out.append(Replica(eid, self.endpoints[eid].url_for(target_path, now), stat, len(out) + 1))
+        return out
+
+    async def find(self, path: str, client_ip: str, *, wait_all: bool = False) -> list[Replica]:
+        """Replicas of a file, best first; NotFound / NoReplicaAvailable when there is none."""
+        order = self.order(path, client_ip)
+        result = await self.locator.locate(path, order, wait_all=wait_all)
+        replicas = self.replicas(result, order)
+        if replicas:
+            return replicas
+        if result.failed and not result.found:
+            raise NoReplicaAvailable(f"no replica available: {len(result.failed)} endpoint(s) did not answer")
+        raise NotFound(f"{path}: no such file")
+
+    # --- listings -----------------------------------------------------------------------------
+
+    def listable(self, path: str) -> dict[str, str]:
+        return {
+            t.endpoint: t.path
+            for t in self.namespace.targets(path)
+            if t.endpoint in self.endpoints
+            and self.endpoints[t.endpoint].config.list
+            and self.health.usable(t.endpoint)
+        }
+
+    async def listdir(self, path: str) -> Listing | None:
+        """Merged listing of a collection, or None when no endpoint has `path` as a collection."""
+        targets = self.listable(path)
+        ids = sorted(targets)
+        results = await DeferredList([self._list_one(eid, targets[eid]) for eid in ids], consumeErrors=True)
+        merged: dict[str, Entry] = {}
+        failed: dict[str, str] = {}
+        any_collection = False
+        for eid, (ok, value) in zip(ids, results, strict=False):
+            if not ok:
+                failed[eid] = value.value.reason if value.check(EndpointError) else value.getErrorMessage()
+                continue
+            if value is None:
+                continue
+            any_collection = True
+            for entry in value:
+                old = merged.get(entry.name)
+                if old is None or (entry.stat.is_dir and not old.stat.is_dir):
+                    merged[entry.name] = entry
+        for name in self.namespace.virtual_children(path):
+            any_collection = True
+            if name not in merged or not merged[name].stat.is_dir:
+                merged[name] = Entry(name, Stat(is_dir=True))
+        if path == "/":
+            any_collection = True
+        if not any_collection:
+            if failed:
+                raise NoReplicaAvailable(f"{len(failed)} endpoint(s) did not answer the listing")
+            return None
+        return Listing(path, [merged[k] for k in sorted(merged)], failed)
+
+    def _list_one(self, eid: str, path: str) -> Deferred[list[Entry] | None]:
+        started = self.clock.seconds()
+        d = ensureDeferred(self._call_list(eid, path))
+
+        def ok(value: list[Entry] | None) -> list[Entry] | None:
+            self.health.success(eid, (self.clock.seconds() - started) * 1000.0)
+            return value
+
+        def bad(failure: Any) -> Any:
+            reason = failure.value.reason if failure.check(EndpointError) else failure.getErrorMessage()
+            self.health.failure(eid, reason, passive=True)
+            return failure
+
+        d.addCallbacks(ok, bad)
+        return d
+
+    async def _call_list(self, eid: str, path: str) -> list[Entry] | None:
+        d = self.endpoints[eid].listdir(path)
+        d.addTimeout(self.endpoints[eid].config.timeout * 4, self.clock)
+        try:
+            return await d
+        except EndpointError:
+            raise
+        except Exception as exc:
+            raise EndpointError(eid, f"listing failed: {type(exc).__name__}") from exc
+
+    async def stat(self, path: str, client_ip: str) -> tuple[Stat, Listing | None]:
+        """PROPFIND's question: a file (stat, None) or a collection (stat, listing). Asked in parallel."""
+        (list_ok, listing), (find_ok, found) = await DeferredList(
+            [ensureDeferred(self.listdir(path)), ensureDeferred(self.find(path, client_ip, wait_all=True))],
+            consumeErrors=True,
+        )
+        if list_ok and listing is not None:
+            return Stat(is_dir=True), listing
+        if find_ok:
+            return found[0].stat, None
+        if not list_ok:
+            listing.raiseException()
+        found.raiseException()
+        raise AssertionError("unreachable")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "endpoints": {
+                ep.id: {
+                    "kind": ep.kind,
+                    "url": ep.url or None,
+                    "map": [list(m) for m in ep.mappings],
+                    "location": self.locations.get(ep.id),
+                    "read": ep.read,
+                    "list": ep.list,
+                    "write": ep.write,
+                    "weight": ep.weight,
+                    "health": self.health.states[ep.id].to_json(),
+                }
+                for ep in self.config.endpoints
+            },
+            "locate": self.locator.to_json(),
+        }

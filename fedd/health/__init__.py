@@ -1,0 +1,1 @@
+"""Endpoint health: state with hysteresis and the polling service."""

@@ -1,0 +1,1 @@
+"""Find replicas: in-process LRU, memcached, parallel fan-out to endpoints."""

@@ -1,0 +1,256 @@
+"""Find the replicas of a path: in-process LRU, then memcached, then all endpoints in parallel.
+
+- Concurrent requests for the same path share one fan-out (a thousand jobs opening the same file
+  cost one HEAD per endpoint, not a thousand).
+- Each waiter passes its own ranking; it is answered as soon as its best-ranked endpoint confirmed
+  the file, or every better one said no. Slower endpoints keep answering in the background and
+  complete the cached answer.
+- The fan-out has a wait budget: endpoints silent past it count as failed for this answer.
+- Answers are cached with separate TTLs for found / not found; answers with failures are kept
+  only briefly, and "not found" with failures is not cached at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from fedd.config import LocateConfig
+from fedd.endpoints.base import Endpoint, Stat
+from fedd.errors import EndpointError
+from fedd.health.service import HealthRegistry
+from fedd.locate.cache import LocalCache, LocateResult, cache_key
+from fedd.locate.memcache import Memcached
+from fedd.namespace import Namespace
+
+log = Logger(namespace="fedd.locate")
+
+
+@dataclass
+class _Waiter:
+    order: list[str]
+    wait_all: bool
+    deferred: Deferred[LocateResult]
+
+
+def decided(result: LocateResult, order: list[str], wait_all: bool) -> bool:
+    """Can a client with this ranking be answered now? Pure."""
+    if result.complete:
+        return True
+    if wait_all:
+        return False
+    for eid in order:
+        stat = result.found.get(eid)
+        if stat is not None:
+            return True
+        if eid in result.pending:
+            return False
+    return not any(eid in result.pending for eid in order)
+
+
+class _Query:
+    def __init__(self, locator: Locator, path: str, targets: dict[str, str]) -> None:
+        self.locator = locator
+        self.path = path
+        self.targets = targets  # endpoint id -> endpoint path
+        self.result = LocateResult(path, pending=set(targets), at=locator.clock.seconds())
+        self.waiters: list[_Waiter] = []
+        self.requests: dict[str, Deferred[Any]] = {}
+        self.timer: IDelayedCall | None = None
+
+    def watch(self, order: list[str], wait_all: bool) -> Deferred[LocateResult]:
+        d: Deferred[LocateResult] = Deferred()
+        waiter = _Waiter(order, wait_all, d)
+        if decided(self.result, order, wait_all):
+            d.callback(self.result.snapshot())
+        else:
+            self.waiters.append(waiter)
+        return d
+
+    def start(self) -> None:
+        if not self.targets:
+            self.finish()
+            return
+        self.timer = self.locator.clock.callLater(self.locator.config.wait_budget, self.expire)
+        memcached = self.locator.memcached
+        if memcached is None:
+            self.fan_out(set(self.targets))
+            return
+        d = memcached.get(cache_key(self.path))
+        d.addTimeout(self.locator.config.memcached_timeout, self.locator.clock)
+        d.addErrback(lambda _: None)
+        d.addCallback(self.shared_answer)
+
+    def shared_answer(self, data: bytes | None) -> None:
+        if self.result.complete:
+            return
+        shared = LocateResult.from_bytes(self.path, data, set(self.targets)) if data else None
+        if shared is None:
+            self.fan_out(set(self.targets))
+            return
+        self.result.found.update(shared.found)
+        self.result.missing |= shared.missing
+        self.result.pending = set(shared.pending)
+        self.result.source = "memcached"
+        self.result.at = shared.at
+        self.update()
+        self.fan_out(set(shared.pending))
+
+    def fan_out(self, endpoint_ids: set[str]) -> None:
+        for eid in sorted(endpoint_ids):
+            self.ask(eid)
+        if self.result.complete:
+            self.finish()
+
+    def ask(self, eid: str) -> None:
+        endpoint = self.locator.endpoints[eid]
+        started = self.locator.clock.seconds()
+        try:
+            d = endpoint.stat(self.targets[eid])
+        except Exception as exc:  # an endpoint bug must not break the whole request
+            d = Deferred()
+            d.errback(EndpointError(eid, f"{type(exc).__name__}: {exc}"))
+        self.requests[eid] = d
+        d.addCallbacks(self.answered, self.failed, callbackArgs=(eid, started), errbackArgs=(eid,))
+
+    def answered(self, stat: Stat | None, eid: str, started: float) -> None:
+        if eid not in self.result.pending:
+            return
+        self.locator.health.success(eid, (self.locator.clock.seconds() - started) * 1000.0)
+        self.result.pending.discard(eid)
+        if stat is None:
+            self.result.missing.add(eid)
+        else:
+            self.result.found[eid] = stat
+        self.update()
+
+    def failed(self, failure: Failure, eid: str) -> None:
+        if eid not in self.result.pending:
+            return
+        if failure.check(EndpointError):
+            reason = failure.value.reason
+        else:
+            reason = f"{failure.type.__name__}: {failure.getErrorMessage()}"
+            log.failure("unexpected error from endpoint {endpoint}", failure, endpoint=eid)
+        self.locator.health.failure(eid, reason, passive=True)
+        self.result.pending.discard(eid)
+        self.result.failed[eid] = reason
+        self.update()
+
+    def expire(self) -> None:
+        self.timer = None
+        budget = self.locator.config.wait_budget
+        for eid in sorted(self.result.pending):
+            self.result.failed[eid] = f"no answer within the wait budget ({budget:g}s)"
+            self.locator.health.failure(eid, self.result.failed[eid], passive=True)
+        self.result.pending.clear()
+        for eid, d in self.requests.items():
+            if eid in self.result.failed:
+                d.cancel()
+        self.update()
+
+    def update(self) -> None:
+        if self.result.complete:
+            self.finish()
+            return
+        still: list[_Waiter] = []
+        for waiter in self.waiters:
+            if decided(self.result, waiter.order, waiter.wait_all):
+                waiter.deferred.callback(self.result.snapshot())
+            else:
+                still.append(waiter)
+        self.waiters = still
+
+    def finish(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        self.locator.finished(self)
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            waiter.deferred.callback(self.result.snapshot())
+
+
+class Locator:
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        namespace: Namespace,
+        endpoints: Mapping[str, Endpoint],
+        health: HealthRegistry,
+        config: LocateConfig,
+        memcached: Memcached | None = None,
+        readable: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.namespace = namespace
+        self.endpoints = endpoints
+        self.health = health
+        self.config = config
+        self.memcached = memcached
+        self.local = LocalCache(config.lru_entries)
+        self._readable = readable or (lambda eid: endpoints[eid].config.read)
+        self._inflight: dict[str, _Query] = {}
+        self.fanouts = 0
+
+    def cached(self, path: str) -> LocateResult | None:
+        """The hot path: a synchronous look into the in-process cache."""
+        return self.local.get(path, self.clock.seconds())
+
+    def targets(self, path: str) -> dict[str, str]:
+        return {
+            t.endpoint: t.path
+            for t in self.namespace.targets(path)
+            if t.endpoint in self.endpoints and self._readable(t.endpoint) and self.health.usable(t.endpoint)
+        }
+
+    def locate(self, path: str, order: list[str], *, wait_all: bool = False) -> Deferred[LocateResult]:
+        hit = self.cached(path)
+        if hit is not None:
+            return succeed(hit)
+        query = self._inflight.get(path)
+        if query is None:
+            self.fanouts += 1
+            query = _Query(self, path, self.targets(path))
+            self._inflight[path] = query
+            d = query.watch(order, wait_all)
+            query.start()
+            return d
+        return query.watch(order, wait_all)
+
+    def finished(self, query: _Query) -> None:
+        if self._inflight.get(query.path) is query:
+            del self._inflight[query.path]
+        result = query.result
+        if result.failed:
+            ttl = self.config.negative_ttl if result.found else 0.0
+        else:
+            ttl = self.config.positive_ttl if result.found else self.config.negative_ttl
+        if ttl <= 0:
+            return
+        self.local.put(query.path, result, self.clock.seconds() + ttl)
+        if self.memcached is not None and not result.failed and result.source == "endpoints":
+            self.memcached.set(cache_key(query.path), result.to_bytes(), ttl)
+
+    def forget(self, path: str) -> None:
+        """Drop a path from both cache tiers (after a write or delete)."""
+        self.local.drop(path)
+        if self.memcached is not None:
+            self.memcached.delete(cache_key(path))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "local_entries": len(self.local),
+            "local_hits": self.local.hits,
+            "local_misses": self.local.misses,
+            "fanouts": self.fanouts,
+            "inflight": len(self._inflight),
+            "memcached": self.memcached.to_json() if self.memcached is not None else None,
+        }

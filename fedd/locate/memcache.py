@@ -1,0 +1,133 @@
+"""Shared cache tier on memcached, non-blocking (Twisted's memcache protocol), never in the way.
+
+- Each server has a `ClientService` that reconnects with backoff on its own.
+- A lookup while a server is disconnected answers "miss" at once; a lookup on a connected server
+  has a hard timeout. Either way the caller falls back to the in-process cache and the endpoints.
+- "memcached down" is logged once per outage, and its recovery once.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.internet import ClientService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.memcache import MemCacheProtocol
+
+log = Logger(namespace="fedd.memcached")
+
+
+class _Protocol(MemCacheProtocol):
+    server: _Server
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.server.connected(self)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.server.lost(self)
+        super().connectionLost(reason)
+
+
+class _Server:
+    def __init__(self, reactor: Any, address: str, timeout: float) -> None:
+        host, _, port = address.rpartition(":")
+        self.address = address
+        self.timeout = timeout
+        self.proto: _Protocol | None = None
+        self.down_logged = False
+        self.errors = 0
+        factory = Factory.forProtocol(self._build)
+        endpoint = TCP4ClientEndpoint(reactor, host.strip("[]"), int(port), timeout=max(1, int(timeout * 4)))
+
+        def retry(attempt: int) -> float:
+            if attempt >= 1 and not self.down_logged:
+                self.down_logged = True
+                log.warn(
+                    "memcached {address} unreachable: using the in-process cache alone until it is back",
+                    address=address,
+                )
+            return min(30.0, 0.5 * 2 ** min(attempt, 6))
+
+        self.service = ClientService(endpoint, factory, retryPolicy=retry, clock=reactor)
+
+    def _build(self) -> _Protocol:
+        proto = _Protocol(timeOut=self.timeout)  # type: ignore[arg-type]
+        proto.server = self
+        return proto
+
+    def connected(self, proto: _Protocol) -> None:
+        self.proto = proto
+        if self.down_logged:
+            log.info("memcached {address} is back", address=self.address)
+        self.down_logged = False
+
+    def lost(self, proto: _Protocol) -> None:
+        if self.proto is proto:
+            self.proto = None
+            if not self.down_logged:
+                self.down_logged = True
+                log.warn("memcached {address} connection lost: using the in-process cache alone", address=self.address)
+
+
+class Memcached(MultiService):
+    """A set of memcached servers; keys are spread by CRC32."""
+
+    name = "memcached"
+
+    def __init__(self, reactor: Any, servers: Sequence[str], timeout: float) -> None:
+        super().__init__()
+        self._servers = [_Server(reactor, s, timeout) for s in servers]
+        for server in self._servers:
+            server.service.setServiceParent(self)
+        self.hits = self.misses = self.errors = 0
+
+    def _server(self, key: bytes) -> _Server:
+        return self._servers[zlib.crc32(key) % len(self._servers)]
+
+    def get(self, key: bytes) -> Deferred[bytes | None]:
+        proto = self._server(key).proto
+        if proto is None:
+            self.misses += 1
+            return succeed(None)
+        d = proto.get(key)
+        d.addCallbacks(self._got, self._failed)
+        return d
+
+    def _got(self, result: tuple[int, bytes | None]) -> bytes | None:
+        value = result[1]
+        if value is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return value
+
+    def _failed(self, failure: Any) -> None:
+        self.errors += 1
+        return None
+
+    def set(self, key: bytes, value: bytes, ttl: float) -> None:
+        proto = self._server(key).proto
+        if proto is None or ttl <= 0:
+            return
+        d = proto.set(key, value, expireTime=max(1, int(ttl)))
+        d.addErrback(self._failed)
+
+    def delete(self, key: bytes) -> None:
+        proto = self._server(key).proto
+        if proto is not None:
+            proto.delete(key).addErrback(self._failed)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "servers": {s.address: ("connected" if s.proto is not None else "down") for s in self._servers},
+            "hits": self.hits,
+            "misses": self.misses,
+            "errors": self.errors,
+        }

@@ -1,0 +1,1 @@
+"""Choose replicas: GeoIP location and ranking."""

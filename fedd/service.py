@@ -1,0 +1,142 @@
+"""Build fedd's `MultiService` from a `Config`: named children `web`, `health`, `memcached`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from OpenSSL import crypto
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet import ssl
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+
+from fedd.config import Config
+from fedd.endpoints import Endpoint, close_endpoint, make_endpoint
+from fedd.federation import Federation
+from fedd.health.service import HealthRegistry, HealthService
+from fedd.locate.locator import Locator
+from fedd.locate.memcache import Memcached
+from fedd.namespace import Namespace
+from fedd.select.geo import GeoLocator
+from fedd.web.resource import FeddResource, FeddSite
+
+log = Logger(namespace="fedd")
+
+
+def tls_options(config: Config) -> ssl.CertificateOptions:
+    """Server TLS context from the configured PEM files (errors name the file)."""
+    server = config.server
+    if not server.tls_certificate or not server.tls_private_key:
+        raise usage.UsageError("an ssl: listener needs tls_certificate and tls_private_key in [server]")
+    try:
+        cert = crypto.load_certificate(crypto.FILETYPE_PEM, Path(server.tls_certificate).read_bytes())
+        key = crypto.load_privatekey(crypto.FILETYPE_PEM, Path(server.tls_private_key).read_bytes())
+        chain: list[Any] = []
+        if server.tls_chain:
+            pem = Path(server.tls_chain).read_bytes()
+            for block in pem.split(b"-----END CERTIFICATE-----"):
+                if b"BEGIN CERTIFICATE" in block:
+                    chain.append(crypto.load_certificate(crypto.FILETYPE_PEM, block + b"-----END CERTIFICATE-----\n"))
+    except (OSError, crypto.Error) as exc:
+        raise usage.UsageError(f"cannot load the TLS certificate or key: {exc}") from None
+    return ssl.CertificateOptions(
+        privateKey=key.to_cryptography_key(),
+        certificate=cert.to_cryptography(),
+        extraCertChain=[c.to_cryptography() for c in chain],
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+    )
+
+
+def listen_endpoint(reactor: Any, description: str, config: Config) -> Any:
+    """`tcp:...` strings go to Twisted; `ssl:PORT[:interface=ADDR]` uses the configured certificate."""
+    if description.startswith("ssl:") and "privateKey=" not in description:
+        parts = description.split(":")
+        kwargs: dict[str, str] = {}
+        for part in parts[2:]:
+            key, _, value = part.partition("=")
+            if key not in ("interface", "backlog"):
+                raise usage.UsageError(f"listen {description!r}: unknown option {key!r}")
+            kwargs[key] = value
+        try:
+            port = int(parts[1])
+        except (IndexError, ValueError):
+            raise usage.UsageError(f"listen {description!r}: expected ssl:PORT[:interface=ADDR]") from None
+        return SSL4ServerEndpoint(
+            reactor,
+            port,
+            tls_options(config),
+            interface=kwargs.get("interface", ""),
+            backlog=int(kwargs.get("backlog", "128")),
+        )
+    try:
+        return serverFromString(reactor, description)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise usage.UsageError(f"listen {description!r}: {exc}") from None
+
+
+class _Closer(Service):
+    """Closes endpoint connection pools and the GeoIP reader on shutdown."""
+
+    name = "closer"
+
+    def __init__(self, endpoints: dict[str, Endpoint], geo: GeoLocator) -> None:
+        self.endpoints = endpoints
+        self.geo = geo
+
+    async def _close(self) -> None:
+        for endpoint in self.endpoints.values():
+            await close_endpoint(endpoint)
+        self.geo.close()
+
+    def stopService(self) -> Any:
+        from twisted.internet.defer import ensureDeferred
+
+        super().stopService()
+        return ensureDeferred(self._close())
+
+
+def build_service(config: Config, *, reactor: Any) -> MultiService:
+    top = MultiService()
+    endpoints: dict[str, Endpoint] = {
+        ep.id: make_endpoint(ep, reactor=reactor, presign_reuse=config.locate.presign_reuse) for ep in config.endpoints
+    }
+    namespace = Namespace((ep.id, fed, epath) for ep in config.endpoints for fed, epath in ep.mappings)
+    try:
+        geo = GeoLocator(config.geo.database, config.geo.sites, config.geo.cache_entries)
+    except (OSError, ValueError) as exc:
+        raise usage.UsageError(f"[geo] database {config.geo.database!r}: {exc}") from None
+    registry = HealthRegistry(list(endpoints), config.health, reactor)
+    memcached = None
+    if config.locate.memcached:
+        memcached = Memcached(reactor, config.locate.memcached, config.locate.memcached_timeout)
+        memcached.setServiceParent(top)
+    locator = Locator(
+        clock=reactor,
+        namespace=namespace,
+        endpoints=endpoints,
+        health=registry,
+        config=config.locate,
+        memcached=memcached,
+    )
+    federation = Federation(
+        config, clock=reactor, endpoints=endpoints, health=registry, locator=locator, geo=geo, namespace=namespace
+    )
+    _Closer(endpoints, geo).setServiceParent(top)
+    HealthService(registry, endpoints, reactor).setServiceParent(top)
+
+    resource = FeddResource(federation)
+    site = FeddSite(resource, max_body=config.server.max_body_bytes, access_log=config.server.access_log)
+    site.noisy = False
+    web = MultiService()
+    web.setName("web")
+    for description in config.server.listen:
+        listener = StreamServerEndpointService(listen_endpoint(reactor, description, config), site)
+        listener._raiseSynchronously = True  # a port that cannot be bound stops start-up, loudly
+        listener.setServiceParent(web)
+    web.setServiceParent(top)
+    top.federation = federation  # type: ignore[attr-defined]
+    top.site = site  # type: ignore[attr-defined]
+    return top

@@ -1,0 +1,308 @@
+"""The HTTP/WebDAV front: GET/HEAD -> 302, PROPFIND merged listings, OPTIONS, status, local data.
+
+One leaf resource dispatches on method. The cached GET path is synchronous: in-process cache,
+cached ranking, cached presigned URL, headers, done. Everything else runs as a coroutine and ends
+in `_respond`/`_fail`, the one place where domain errors become HTTP statuses.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+from urllib.parse import quote
+
+from twisted.internet.defer import ensureDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.resource import Resource
+from twisted.web.static import File, getTypeAndEncoding
+
+from fedd import __version__
+from fedd.endpoints.local import LOCAL_PREFIX, LocalEndpoint
+from fedd.errors import FeddError, Forbidden, MethodNotAllowed, NotFound
+from fedd.federation import Federation, Replica
+from fedd.namespace import normalise_path
+from fedd.web import xml
+
+log = Logger(namespace="fedd.web")
+STATUS_PATH = b"/.well-known/fedd/status"
+METALINK_TYPE = b"application/metalink4+xml"
+ALLOW = b"OPTIONS, GET, HEAD, PROPFIND"
+_HOST_RE = re.compile(rb"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+
+
+class FeddRequest(server.Request):
+    """Refuses request bodies over the site's limit before buffering them."""
+
+    max_body = 1 << 20
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self.max_body:
+            self._too_large()
+            return
+        self._body_seen = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._body_seen = getattr(self, "_body_seen", 0) + len(data)
+        if self._body_seen > self.max_body:
+            self._too_large()
+            return
+        super().handleContentChunk(data)
+
+    def _too_large(self) -> None:
+        transport = self.channel.transport if self.channel is not None else None
+        if transport is not None:
+            transport.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            transport.loseConnection()
+        self.content = _NullSink()
+        self.channel = None  # type: ignore[assignment]
+
+
+class _NullSink:
+    def write(self, data: bytes) -> None:
+        pass
+
+    def seek(self, *args: Any) -> int:
+        return 0
+
+    def read(self, *args: Any) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
+
+
+class FeddSite(server.Site):
+    requestFactory = FeddRequest
+
+    def __init__(self, resource: Resource, *, max_body: int, access_log: bool) -> None:
+        super().__init__(resource)
+        self._access_log = access_log
+        self.requestFactory = type("Request", (FeddRequest,), {"max_body": max_body})
+
+    def log(self, request: server.Request) -> None:
+        if self._access_log:
+            log.info(
+                "{client} {method} {uri} {code}",
+                client=request.getClientAddress().host if request.getClientAddress() else "-",
+                method=request.method.decode("latin-1"),
+                uri=request.uri.decode("latin-1"),
+                code=request.code,
+            )
+
+
+def _absolute(request: server.Request, url: str) -> str:
+    """fedd-local targets are paths: make them absolute on the host the client asked for."""
+    if not url.startswith("/"):
+        return url
+    host = request.getHeader(b"host")
+    if host is None or not _HOST_RE.match(host.encode("latin-1") if isinstance(host, str) else host):
+        addr = request.getHost()
+        host_s = f"{addr.host}:{addr.port}" if ":" not in addr.host else f"[{addr.host}]:{addr.port}"
+    else:
+        host_s = host if isinstance(host, str) else host.decode("ascii")
+    scheme = "https" if request.isSecure() else "http"
+    return f"{scheme}://{host_s}{url}"
+
+
+class FeddResource(Resource):
+    isLeaf = True
+
+    def __init__(self, federation: Federation) -> None:
+        super().__init__()
+        self.fed = federation
+        self.started = time.time()
+        self._local: dict[str, LocalEndpoint] = {
+            eid: ep for eid, ep in federation.endpoints.items() if isinstance(ep, LocalEndpoint)
+        }
+
+    # --- dispatch -----------------------------------------------------------------------------
+
+    def render(self, request: server.Request) -> bytes | int:
+        raw = request.path
+        try:
+            if raw.startswith(b"/.well-known/fedd/"):
+                return self._internal(request, raw)
+            path = normalise_path(raw)
+            method = request.method
+            if method in (b"GET", b"HEAD"):
+                return self.render_read(request, path)
+            if method == b"PROPFIND":
+                return self._start(request, self._propfind(request, path))
+            if method == b"OPTIONS":
+                request.setHeader(b"allow", ALLOW)
+                request.setHeader(b"dav", b"1")
+                request.setHeader(b"ms-author-via", b"DAV")
+                return b""
+            raise MethodNotAllowed(f"{method.decode('latin-1')} is not supported here")
+        except FeddError as exc:
+            return self._error(request, exc)
+
+    def _start(self, request: server.Request, coro: Any) -> int:
+        d = ensureDeferred(coro)
+        d.addCallbacks(self._respond, self._fail, callbackArgs=(request,), errbackArgs=(request,))
+        return server.NOT_DONE_YET
+
+    def _respond(self, body: bytes, request: server.Request) -> None:
+        if request.finished or request.channel is None:
+            return
+        if request.method != b"HEAD":
+            request.setHeader(b"content-length", b"%d" % len(body))
+            request.write(body)
+        request.finish()
+
+    def _fail(self, failure: Failure, request: server.Request) -> None:
+        if request.finished or request.channel is None:
+            return
+        if failure.check(FeddError):
+            body = self._error(request, failure.value)
+        else:
+            log.failure(
+                "internal error on {method} {path}",
+                failure,
+                method=request.method.decode("latin-1"),
+                path=request.path.decode("latin-1"),
+            )
+            request.setResponseCode(500)
+            body = b"internal error: the details are in the server log\n"
+        self._respond(body, request)
+
+    def _error(self, request: server.Request, exc: FeddError) -> bytes:
+        request.setResponseCode(exc.status)
+        if isinstance(exc, MethodNotAllowed):
+            request.setHeader(b"allow", ALLOW)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return (str(exc) + "\n").encode()
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    def _client(self, request: server.Request) -> str:
+        addr = request.getClientAddress()
+        return getattr(addr, "host", "") or ""
+
+    def _wants_metalink(self, request: server.Request) -> bool:
+        if request.args and b"metalink" in request.args:
+            return True
+        accept = request.getHeader(b"accept")
+        return accept is not None and "application/metalink4+xml" in str(accept)
+
+    def render_read(self, request: server.Request, path: str) -> bytes | int:
+        if self._wants_metalink(request):
+            return self._start(request, self._metalink(request, path))
+        client = self._client(request)
+        cached = self.fed.locator.cached(path)
+        if cached is not None:
+            order = self.fed.order(path, client)
+            replicas = self.fed.replicas(cached, order)
+            if replicas:
+                return self._redirect(request, path, replicas)
+            if cached.complete and not cached.failed and not cached.found:
+                raise NotFound(f"{path}: no such file")
+        return self._start(request, self._read(request, path, client))
+
+    async def _read(self, request: server.Request, path: str, client: str) -> bytes:
+        try:
+            replicas = await self.fed.find(path, client)
+        except NotFound:
+            listing = await self.fed.listdir(path)
+            if listing is None:
+                raise
+            return self._index(request, path, listing)
+        self._redirect(request, path, replicas)
+        return b""
+
+    def _redirect(self, request: server.Request, path: str, replicas: list[Replica]) -> bytes:
+        best = replicas[0]
+        self.fed.note_redirect(best.endpoint)
+        request.setResponseCode(302)
+        request.setHeader(b"location", _absolute(request, best.url).encode())
+        quoted = quote(path)
+        links = [f'<{quoted}?metalink>; rel=describedby; type="application/metalink4+xml"']
+        links += [f"<{_absolute(request, r.url)}>; rel=duplicate; pri={r.priority}" for r in replicas[1:]]
+        request.setHeader(b"link", ", ".join(links).encode())
+        request.setHeader(b"cache-control", b"no-store")
+        return b""
+
+    async def _metalink(self, request: server.Request, path: str) -> bytes:
+        replicas = await self.fed.find(path, self._client(request), wait_all=True)
+        best = replicas[0].stat
+        request.setHeader(b"content-type", METALINK_TYPE)
+        request.setHeader(b"cache-control", b"no-store")
+        return xml.metalink(path, [(_absolute(request, r.url), r.priority) for r in replicas], best.size, best.mtime)
+
+    def _index(self, request: server.Request, path: str, listing: Any) -> bytes:
+        from html import escape
+
+        base = path.rstrip("/")
+        rows = [
+            f'<li><a href="{escape(quote(base + "/" + e.name))}{"/" if e.stat.is_dir else ""}">'
+            f"{escape(e.name)}{'/' if e.stat.is_dir else ''}</a></li>"
+            for e in listing.entries
+        ]
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return (
+            f"<!DOCTYPE html><html><head><title>{escape(path)}</title></head><body>"
+            f"<h1>{escape(path)}</h1><ul>{''.join(rows)}</ul></body></html>\n"
+        ).encode()
+
+    # --- WebDAV ---------------------------------------------------------------------------------
+
+    async def _propfind(self, request: server.Request, path: str) -> bytes:
+        depth = (request.getHeader(b"depth") or "infinity").strip().lower()
+        if depth not in ("0", "1"):
+            request.setResponseCode(403)
+            request.setHeader(b"content-type", b"application/xml; charset=utf-8")
+            return xml.FINITE_DEPTH_ERROR
+        request.content.seek(0)
+        mode, wanted = xml.parse_propfind(request.content.read())
+        stat, listing = await self.fed.stat(path, self._client(request))
+        parts = [xml.MULTISTATUS_HEAD, xml.response_xml(path, stat, mode, wanted)]
+        if listing is not None and depth == "1":
+            base = path.rstrip("/")
+            parts.extend(xml.response_xml(f"{base}/{e.name}", e.stat, mode, wanted) for e in listing.entries)
+        parts.append(xml.MULTISTATUS_TAIL)
+        request.setResponseCode(207)
+        request.setHeader(b"content-type", b"application/xml; charset=utf-8")
+        return "".join(parts).encode()
+
+    # --- fedd's own paths -------------------------------------------------------------------------
+
+    def _internal(self, request: server.Request, raw: bytes) -> bytes | int:
+        if raw == STATUS_PATH:
+            if request.method not in (b"GET", b"HEAD"):
+                raise MethodNotAllowed("status is read-only")
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"cache-control", b"no-store")
+            return json.dumps(self.status(), indent=1, sort_keys=True).encode() + b"\n"
+        if raw.startswith(LOCAL_PREFIX.encode()):
+            return self._local_file(request, raw[len(LOCAL_PREFIX) :])
+        raise NotFound("no such fedd resource")
+
+    def _local_file(self, request: server.Request, rest: bytes) -> bytes | int:
+        if request.method not in (b"GET", b"HEAD"):
+            raise MethodNotAllowed("local data is read-only here")
+        eid, _, tail = rest.partition(b"/")
+        endpoint = self._local.get(eid.decode("utf-8", "replace"))
+        if endpoint is None:
+            raise NotFound("no such local endpoint")
+        real = endpoint.resolve(normalise_path(b"/" + tail))
+        if real is None:
+            raise Forbidden("outside of the endpoint")
+        leaf = File(real)
+        if not leaf.exists() or leaf.isdir():
+            raise NotFound("no such file")
+        leaf.type, leaf.encoding = getTypeAndEncoding(
+            leaf.basename(), leaf.contentTypes, leaf.contentEncodings, "application/octet-stream"
+        )
+        result: bytes | int = leaf.render(request)
+        return result
+
+    def status(self) -> dict[str, Any]:
+        data = self.fed.to_json()
+        data["fedd"] = {"version": __version__, "started": self.started, "now": time.time()}
+        return data

@@ -1,0 +1,131 @@
+"""WebDAV and metalink bodies: hostile-safe parsing of PROPFIND requests, rendering of answers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from email.utils import formatdate
+from xml.sax.saxutils import escape
+
+from defusedxml import ElementTree
+
+from fedd.endpoints.base import Stat, quote_path
+from fedd.errors import BadRequest
+
+DAV = "{DAV:}"
+LIVE_PROPS = (
+    "resourcetype",
+    "getcontentlength",
+    "getlastmodified",
+    "creationdate",
+    "getetag",
+    "displayname",
+    "getcontenttype",
+)
+
+
+def parse_propfind(body: bytes) -> tuple[str, list[tuple[str, str]]]:
+    """('allprop' | 'propname' | 'prop', [(namespace, name), ...]) from a PROPFIND body.
+
+    An empty body means allprop (RFC 4918 9.1). DTDs, entities and external references are refused.
+    """
+    if not body.strip():
+        return "allprop", []
+    try:
+        root = ElementTree.fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except Exception as exc:  # defusedxml's DTDForbidden/EntitiesForbidden, or plain ParseError
+        raise BadRequest(f"unacceptable PROPFIND body ({type(exc).__name__})") from None
+    if root.tag != f"{DAV}propfind":
+        raise BadRequest("PROPFIND body must be a DAV:propfind element")
+    if root.find(f"{DAV}propname") is not None:
+        return "propname", []
+    prop = root.find(f"{DAV}prop")
+    if prop is None:
+        return "allprop", []
+    wanted = []
+    for child in prop:
+        tag = str(child.tag)
+        if tag.startswith("{"):
+            ns, _, name = tag[1:].partition("}")
+        else:
+            ns, name = "", tag
+        wanted.append((ns, name))
+    return "prop", wanted
+
+
+def _live(name: str, href_name: str, stat: Stat) -> str | None:
+    if name == "resourcetype":
+        return "<D:resourcetype><D:collection/></D:resourcetype>" if stat.is_dir else "<D:resourcetype/>"
+    if name == "getcontentlength":
+        return None if stat.is_dir or stat.size is None else f"<D:getcontentlength>{stat.size}</D:getcontentlength>"
+    if name == "getlastmodified" and stat.mtime is not None:
+        return f"<D:getlastmodified>{formatdate(stat.mtime, usegmt=True)}</D:getlastmodified>"
+    if name == "creationdate" and stat.mtime is not None:
+        iso = datetime.fromtimestamp(stat.mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return f"<D:creationdate>{iso}</D:creationdate>"
+    if name == "getetag" and stat.etag:
+        return f'<D:getetag>"{escape(stat.etag)}"</D:getetag>'
+    if name == "displayname":
+        return f"<D:displayname>{escape(href_name)}</D:displayname>"
+    if name == "getcontenttype" and not stat.is_dir:
+        return "<D:getcontenttype>application/octet-stream</D:getcontenttype>"
+    return None
+
+
+def response_xml(path: str, stat: Stat, mode: str, wanted: Sequence[tuple[str, str]]) -> str:
+    """One <D:response> for a federation path."""
+    href = quote_path(path)
+    if stat.is_dir and not href.endswith("/"):
+        href += "/"
+    name = path.rsplit("/", 1)[-1]
+    found: list[str] = []
+    missing: list[str] = []
+    if mode == "propname":
+        found = [f"<D:{p}/>" for p in LIVE_PROPS]
+    elif mode == "allprop":
+        found = [x for p in LIVE_PROPS if (x := _live(p, name, stat)) is not None]
+    else:
+        for ns, prop in wanted:
+            value = _live(prop, name, stat) if ns == "DAV:" else None
+            if value is not None:
+                found.append(value)
+            elif ns == "DAV:":
+                missing.append(f"<D:{escape(prop)}/>")
+            else:
+                missing.append(f'<X:{escape(prop)} xmlns:X="{escape(ns, {chr(34): "&quot;"})}"/>')
+    parts = [f"<D:response><D:href>{escape(href)}</D:href>"]
+    if found or not missing:
+        parts.append(f"<D:propstat><D:prop>{''.join(found)}</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat>")
+    if missing:
+        parts.append(
+            f"<D:propstat><D:prop>{''.join(missing)}</D:prop><D:status>HTTP/1.1 404 Not Found</D:status></D:propstat>"
+        )
+    parts.append("</D:response>")
+    return "".join(parts)
+
+
+MULTISTATUS_HEAD = '<?xml version="1.0" encoding="utf-8"?>\n<D:multistatus xmlns:D="DAV:">'
+MULTISTATUS_TAIL = "</D:multistatus>\n"
+
+FINITE_DEPTH_ERROR = (
+    b'<?xml version="1.0" encoding="utf-8"?>\n<D:error xmlns:D="DAV:"><D:propfind-finite-depth/></D:error>\n'
+)
+
+
+def metalink(path: str, replicas: Sequence[tuple[str, int]], size: int | None, mtime: float | None) -> bytes:
+    """A metalink v4 (RFC 5854) document: `<url>`s in rank order with priority 1..n."""
+    name = escape(path.rsplit("/", 1)[-1] or "/")
+    lines = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        '<metalink xmlns="urn:ietf:params:xml:ns:metalink">',
+        "  <generator>fedd</generator>",
+    ]
+    if mtime is not None:
+        lines.append(f"  <published>{datetime.fromtimestamp(mtime, UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}</published>")
+    lines.append(f'  <file name="{name}">')
+    if size is not None:
+        lines.append(f"    <size>{size}</size>")
+    for url, priority in replicas:
+        lines.append(f'    <url priority="{priority}">{escape(url)}</url>')
+    lines += ["  </file>", "</metalink>", ""]
+    return "\n".join(lines).encode()

@@ -1,0 +1,46 @@
+"""fedd packaging. The Twisted plugin ships as twisted/plugins/fedd_plugin.py (no __init__.py there)."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = re.search(r'__version__ = "([^"]+)"', Path("fedd/__init__.py").read_text()).group(1)
+
+setup(
+    name="fedd",
+    version=version,
+    description="Storage federation daemon for scientific data grids (S3, WebDAV, GeoIP redirects)",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=[*find_packages(include=["fedd", "fedd.*"]), "twisted.plugins"],
+    package_data={"twisted.plugins": ["fedd_plugin.py"], "fedd": ["py.typed"]},
+    install_requires=[
+        "Twisted[tls]>=23.10",
+        "treq>=23.11",
+        "pyOpenSSL>=23.2",
+        "service-identity>=23.1",
+        "cryptography>=41",
+        "botocore>=1.31",
+        "defusedxml>=0.7",
+        "geoip2>=4.7",
+        "maxminddb>=2.4",
+    ],
+    extras_require={
+        "geolite2": ["maxminddb-geolite2"],
+        "test": [
+            "pytest>=7.4",
+            "pytest-timeout",
+            "boto3",
+            "mmdb-writer",
+            "maxminddb-geolite2",
+            "pymemcache",
+            "ruff",
+            "mypy",
+        ],
+    },
+    entry_points={},
+    classifiers=["Framework :: Twisted", "Programming Language :: Python :: 3"],
+)
