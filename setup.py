@@ -39,6 +39,8 @@ setup(
             "pymemcache",
             "ruff",
             "mypy",
+            "mypy-zope",
+            "types-pyOpenSSL",
         ],
     },
     entry_points={},

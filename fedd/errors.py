@@ -42,3 +42,11 @@ class EndpointError(Exception):
         self.endpoint = endpoint
         self.reason = reason
         super().__init__(f"{endpoint}: {reason}")
+
+
+def describe(failure: object) -> str:
+    """A short reason for a Failure: the EndpointError's own reason, else 'Type: message'."""
+    value = getattr(failure, "value", failure)
+    if isinstance(value, EndpointError):
+        return value.reason
+    return f"{type(value).__name__}: {value}"

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from fedd.config import Config
 from fedd.endpoints.base import Endpoint, Entry, Stat
-from fedd.errors import EndpointError, NoReplicaAvailable, NotFound
+from fedd.errors import EndpointError, NoReplicaAvailable, NotFound, describe
 from fedd.health.service import HealthRegistry
 from fedd.locate.cache import LocateResult
 from fedd.locate.locator import Locator
@@ -86,6 +86,10 @@ class Federation:
         except ValueError:
             return None  # names are not resolved here: give lat/lon in the configuration
         return self.geo.locate(host)
+
+    def generation(self) -> tuple[int, int]:
+        """Changes whenever a cached redirect may no longer be right (health change, cache forget)."""
+        return (self.health.version, self.locator.generation)
 
     # --- ranking ------------------------------------------------------------------------------
 
@@ -188,7 +192,7 @@ class Federation:
         any_collection = False
         for eid, (ok, value) in zip(ids, results, strict=False):
             if not ok:
-                failed[eid] = value.value.reason if value.check(EndpointError) else value.getErrorMessage()
+                failed[eid] = describe(value)
                 continue
             if value is None:
                 continue
@@ -218,7 +222,7 @@ class Federation:
             return value
 
         def bad(failure: Any) -> Any:
-            reason = failure.value.reason if failure.check(EndpointError) else failure.getErrorMessage()
+            reason = describe(failure)
             self.health.failure(eid, reason, passive=True)
             return failure
 
@@ -237,10 +241,11 @@ class Federation:
 
     async def stat(self, path: str, client_ip: str) -> tuple[Stat, Listing | None]:
         """PROPFIND's question: a file (stat, None) or a collection (stat, listing). Asked in parallel."""
-        (list_ok, listing), (find_ok, found) = await DeferredList(
-            [ensureDeferred(self.listdir(path)), ensureDeferred(self.find(path, client_ip, wait_all=True))],
-            consumeErrors=True,
-        )
+        both: list[Deferred[Any]] = [
+            ensureDeferred(self.listdir(path)),
+            ensureDeferred(self.find(path, client_ip, wait_all=True)),
+        ]
+        (list_ok, listing), (find_ok, found) = await DeferredList(both, consumeErrors=True)
         if list_ok and listing is not None:
             return Stat(is_dir=True), listing
         if find_ok:

@@ -43,9 +43,9 @@ def tls_options(config: Config) -> ssl.CertificateOptions:
     except (OSError, crypto.Error) as exc:
         raise usage.UsageError(f"cannot load the TLS certificate or key: {exc}") from None
     return ssl.CertificateOptions(
-        privateKey=key.to_cryptography_key(),
-        certificate=cert.to_cryptography(),
-        extraCertChain=[c.to_cryptography() for c in chain],
+        privateKey=key,
+        certificate=cert,
+        extraCertChain=chain,
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )
 

@@ -69,7 +69,10 @@ def makeService(options: Options) -> IService:
     from fedd.service import build_service
 
     config: Config = options.config
-    service = build_service(config, reactor=reactor)
+    try:
+        service = build_service(config, reactor=reactor)
+    except usage.UsageError as exc:
+        raise SystemExit(f"fedd: {exc}") from None
     if options["config"] is None:
         listen = config.server.listen[0]
         port = listen.split(":")[1] if ":" in listen else "8080"

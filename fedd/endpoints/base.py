@@ -19,7 +19,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 
 from fedd.config import EndpointConfig
-from fedd.errors import EndpointError
+from fedd.errors import EndpointError, describe
 
 
 @dataclass(frozen=True)
@@ -191,11 +191,11 @@ class HttpClient:
         if failure.check(defer.TimeoutError, error.TimeoutError, defer.CancelledError):
             reason = f"{method} timed out after {self.timeout:g}s"
         elif failure.check(ConnectError, ConnectingCancelledError):
-            reason = f"cannot connect: {failure.getErrorMessage() or failure.type.__name__}"
+            reason = f"cannot connect: {failure.getErrorMessage() or describe(failure)}"
         elif failure.check(ResponseFailed):
             reason = "connection lost or malformed HTTP answer"
         else:
-            reason = f"{failure.type.__name__}: {failure.getErrorMessage()}"
+            reason = describe(failure)
         return Failure(EndpointError(self._endpoint, reason))
 
     def close(self) -> Deferred[None]:

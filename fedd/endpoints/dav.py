@@ -36,9 +36,7 @@ class DavEndpoint:
             raise EndpointError(self.id, f"{what}: HTTP {response.code}")
 
     def stat(self, path: str) -> Deferred[Stat | None]:
-        d = self._http.request("HEAD", self.url_for(path, 0))
-        d.addCallback(self._stat_result, path)
-        return d
+        return self._http.request("HEAD", self.url_for(path, 0)).addCallback(self._stat_result, path)
 
     def _stat_result(self, response: HttpResponse, path: str) -> Stat | None:
         self._check(response, "HEAD")
@@ -127,6 +125,5 @@ class DavEndpoint:
         return Stat(size=size, mtime=mtime, is_dir=is_dir, etag=etag)
 
     def probe(self) -> Deferred[None]:
-        d = self._http.request("HEAD", self.config.url + quote_path(self.config.health_path or "/"))
-        d.addCallback(self._check, "probe")
-        return d
+        url = self.config.url + quote_path(self.config.health_path or "/")
+        return self._http.request("HEAD", url).addCallback(self._check, "probe")

@@ -22,6 +22,7 @@ from fedd.errors import EndpointError
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 MAX_LIST_ENTRIES = 1_000_000
+PAGE_SIZE = 1000  # ListObjectsV2 max-keys
 
 
 def _iso_to_epoch(text: str | None) -> float | None:
@@ -110,7 +111,7 @@ class S3Endpoint:
         marker_seen = False
         token: str | None = None
         while True:
-            query: dict[str, str] = {"list-type": "2", "delimiter": "/", "max-keys": "1000"}
+            query: dict[str, str] = {"list-type": "2", "delimiter": "/", "max-keys": str(PAGE_SIZE)}
             if prefix:
                 query["prefix"] = prefix
             if token:
@@ -169,9 +170,7 @@ class S3Endpoint:
         return token, marker
 
     def probe(self) -> Deferred[None]:
-        d = self._send("HEAD", self._base)
-        d.addCallback(self._probe_result)
-        return d
+        return self._send("HEAD", self._base).addCallback(self._probe_result)
 
     def _probe_result(self, response: HttpResponse) -> None:
         if response.code >= 500:

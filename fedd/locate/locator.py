@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 
 from fedd.config import LocateConfig
 from fedd.endpoints.base import Endpoint, Stat
-from fedd.errors import EndpointError
+from fedd.errors import EndpointError, describe
 from fedd.health.service import HealthRegistry
 from fedd.locate.cache import LocalCache, LocateResult, cache_key
 from fedd.locate.memcache import Memcached
@@ -133,10 +133,8 @@ class _Query:
     def failed(self, failure: Failure, eid: str) -> None:
         if eid not in self.result.pending:
             return
-        if failure.check(EndpointError):
-            reason = failure.value.reason
-        else:
-            reason = f"{failure.type.__name__}: {failure.getErrorMessage()}"
+        reason = describe(failure)
+        if not failure.check(EndpointError):
             log.failure("unexpected error from endpoint {endpoint}", failure, endpoint=eid)
         self.locator.health.failure(eid, reason, passive=True)
         self.result.pending.discard(eid)
@@ -199,6 +197,7 @@ class Locator:
         self._readable = readable or (lambda eid: endpoints[eid].config.read)
         self._inflight: dict[str, _Query] = {}
         self.fanouts = 0
+        self.generation = 0  # bumped by forget(), so derived caches know to drop their entries
 
     def cached(self, path: str) -> LocateResult | None:
         """The hot path: a synchronous look into the in-process cache."""
@@ -242,6 +241,7 @@ class Locator:
     def forget(self, path: str) -> None:
         """Drop a path from both cache tiers (after a write or delete)."""
         self.local.drop(path)
+        self.generation += 1
         if self.memcached is not None:
             self.memcached.delete(cache_key(path))
 

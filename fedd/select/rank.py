@@ -12,8 +12,8 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,8 +43,8 @@ def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 def _hrw(key: str, endpoint: str, weight: float) -> float:
     """Weighted rendezvous score in (0, inf): larger wins."""
-    h = zlib.crc32(f"{endpoint}\x00{key}".encode()) & 0xFFFFFFFF
-    u = (h + 0.5) / 4294967296.0
+    h = int.from_bytes(hashlib.blake2b(f"{endpoint}\x00{key}".encode(), digest_size=8).digest(), "big")
+    u = (h + 0.5) / 18446744073709551616.0
     return -weight / math.log(u)
 
 

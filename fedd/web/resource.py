@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 from urllib.parse import quote
 
 from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
+from twisted.web import http, server
 from twisted.web.resource import Resource
 from twisted.web.static import File, getTypeAndEncoding
 
@@ -82,9 +83,9 @@ class FeddSite(server.Site):
     def __init__(self, resource: Resource, *, max_body: int, access_log: bool) -> None:
         super().__init__(resource)
         self._access_log = access_log
-        self.requestFactory = type("Request", (FeddRequest,), {"max_body": max_body})
+        self.requestFactory = cast(type[FeddRequest], type("Request", (FeddRequest,), {"max_body": max_body}))
 
-    def log(self, request: server.Request) -> None:
+    def log(self, request: http.Request) -> None:
         if self._access_log:
             log.info(
                 "{client} {method} {uri} {code}",
@@ -109,6 +110,21 @@ def _absolute(request: server.Request, url: str) -> str:
     return f"{scheme}://{host_s}{url}"
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """A computed redirect for (path, client, host, scheme), reused for PLAN_SECONDS."""
+
+    until: float
+    generation: tuple[int, int]
+    endpoint: str
+    location: bytes
+    link: bytes
+
+
+PLAN_SECONDS = 1.0
+PLAN_ENTRIES = 100_000
+
+
 class FeddResource(Resource):
     isLeaf = True
 
@@ -116,6 +132,8 @@ class FeddResource(Resource):
         super().__init__()
         self.fed = federation
         self.started = time.time()
+        self._plans: dict[tuple[Any, ...], _Plan] = {}
+        self._paths: dict[bytes, str] = {}  # raw request path -> normalised path
         self._local: dict[str, LocalEndpoint] = {
             eid: ep for eid, ep in federation.endpoints.items() if isinstance(ep, LocalEndpoint)
         }
@@ -127,7 +145,12 @@ class FeddResource(Resource):
         try:
             if raw.startswith(b"/.well-known/fedd/"):
                 return self._internal(request, raw)
-            path = normalise_path(raw)
+            path = self._paths.get(raw)
+            if path is None:
+                path = normalise_path(raw)
+                if len(self._paths) >= PLAN_ENTRIES:
+                    self._paths.clear()
+                self._paths[raw] = path
             method = request.method
             if method in (b"GET", b"HEAD"):
                 return self.render_read(request, path)
@@ -158,7 +181,7 @@ class FeddResource(Resource):
     def _fail(self, failure: Failure, request: server.Request) -> None:
         if request.finished or request.channel is None:
             return
-        if failure.check(FeddError):
+        if isinstance(failure.value, FeddError):
             body = self._error(request, failure.value)
         else:
             log.failure(
@@ -195,17 +218,21 @@ class FeddResource(Resource):
         if self._wants_metalink(request):
             return self._start(request, self._metalink(request, path))
         client = self._client(request)
+        key = (path, client, request.getHeader(b"host"), request.isSecure())
+        plan = self._plans.get(key)
+        if plan is not None and plan.until > self.fed.clock.seconds() and plan.generation == self.fed.generation():
+            return self._send_plan(request, plan)
         cached = self.fed.locator.cached(path)
         if cached is not None:
             order = self.fed.order(path, client)
             replicas = self.fed.replicas(cached, order)
             if replicas:
-                return self._redirect(request, path, replicas)
+                return self._redirect(request, path, replicas, key)
             if cached.complete and not cached.failed and not cached.found:
                 raise NotFound(f"{path}: no such file")
-        return self._start(request, self._read(request, path, client))
+        return self._start(request, self._read(request, path, client, key))
 
-    async def _read(self, request: server.Request, path: str, client: str) -> bytes:
+    async def _read(self, request: server.Request, path: str, client: str, key: tuple[Any, ...]) -> bytes:
         try:
             replicas = await self.fed.find(path, client)
         except NotFound:
@@ -213,18 +240,34 @@ class FeddResource(Resource):
             if listing is None:
                 raise
             return self._index(request, path, listing)
-        self._redirect(request, path, replicas)
+        self._redirect(request, path, replicas, key)
         return b""
 
-    def _redirect(self, request: server.Request, path: str, replicas: list[Replica]) -> bytes:
+    def _redirect(
+        self, request: server.Request, path: str, replicas: list[Replica], key: tuple[Any, ...] | None = None
+    ) -> bytes:
         best = replicas[0]
-        self.fed.note_redirect(best.endpoint)
-        request.setResponseCode(302)
-        request.setHeader(b"location", _absolute(request, best.url).encode())
         quoted = quote(path)
         links = [f'<{quoted}?metalink>; rel=describedby; type="application/metalink4+xml"']
         links += [f"<{_absolute(request, r.url)}>; rel=duplicate; pri={r.priority}" for r in replicas[1:]]
-        request.setHeader(b"link", ", ".join(links).encode())
+        plan = _Plan(
+            until=self.fed.clock.seconds() + PLAN_SECONDS,
+            generation=self.fed.generation(),
+            endpoint=best.endpoint,
+            location=_absolute(request, best.url).encode(),
+            link=", ".join(links).encode(),
+        )
+        if key is not None:
+            if len(self._plans) >= PLAN_ENTRIES:
+                self._plans.clear()
+            self._plans[key] = plan
+        return self._send_plan(request, plan)
+
+    def _send_plan(self, request: server.Request, plan: _Plan) -> bytes:
+        self.fed.note_redirect(plan.endpoint)
+        request.setResponseCode(302)
+        request.setHeader(b"location", plan.location)
+        request.setHeader(b"link", plan.link)
         request.setHeader(b"cache-control", b"no-store")
         return b""
 
@@ -258,8 +301,11 @@ class FeddResource(Resource):
             request.setResponseCode(403)
             request.setHeader(b"content-type", b"application/xml; charset=utf-8")
             return xml.FINITE_DEPTH_ERROR
-        request.content.seek(0)
-        mode, wanted = xml.parse_propfind(request.content.read())
+        body = b""
+        if request.content is not None:
+            request.content.seek(0)
+            body = request.content.read()
+        mode, wanted = xml.parse_propfind(body)
         stat, listing = await self.fed.stat(path, self._client(request))
         parts = [xml.MULTISTATUS_HEAD, xml.response_xml(path, stat, mode, wanted)]
         if listing is not None and depth == "1":

@@ -1,0 +1,81 @@
+"""Start fedd itself as `twistd -n fedd` in a subprocess, the way sites run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def twistd_command(*args: str) -> list[str]:
+    return [*TWISTD, "-n", "--pidfile=", "fedd", *args]
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(REPO) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    return e
+
+
+@dataclass
+class Fedd:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    config: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def status(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/.well-known/fedd/status", timeout=10) as r:
+            return json.loads(r.read())  # type: ignore[no-any-return]
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_fedd(workdir: Path, config_text: str, port: int, *extra: str, timeout: float = 20.0) -> Fedd:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "fedd.conf"
+    config.write_text(config_text)
+    log = workdir / "fedd.log"
+    proc = subprocess.Popen(
+        twistd_command("--config", str(config), *extra),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        cwd=workdir,
+        env=env(),
+    )
+    fedd = Fedd(proc, port, log, config)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"fedd exited with {proc.returncode}:\n{fedd.log_text()}")
+        try:
+            fedd.status()
+            return fedd
+        except OSError:
+            time.sleep(0.05)
+    fedd.stop()
+    raise RuntimeError(f"fedd did not answer within {timeout}s:\n{fedd.log_text()}")

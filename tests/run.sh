@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install what the test suite needs on a Debian machine (real servers and grid clients), then run it.
+# Usage: bash tests/run.sh [pytest args]    (as root, or with sudo available)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+PKGS="memcached apache2 nginx-light wrk curl openssl davix gfal2 gfal2-util-scripts gfal2-plugin-http
+      python3-gfal2 python-is-python3 aria2 ceph-mon ceph-osd radosgw ceph-common iproute2 python3-venv"
+missing=""
+for p in $PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $missing
+fi
+# Debian starts packaged daemons on install; the tests start their own on free ports.
+for svc in memcached apache2 nginx; do $SUDO service "$svc" stop >/dev/null 2>&1 || true; done
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/pip install -q --upgrade pip >/dev/null
+.venv/bin/pip install -q '.[test]'
+.venv/bin/ruff check fedd tests benchmarks twisted
+.venv/bin/mypy
+exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

@@ -1,0 +1,74 @@
+"""Health: hysteresis (pure) and the polling service (driven by a Clock)."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from fedd.config import HealthConfig
+from fedd.health.service import HealthRegistry, HealthService
+from fedd.health.state import OFFLINE, ONLINE, UNKNOWN, EndpointHealth
+from tests.fakes import FakeEndpoint
+
+
+def test_hysteresis() -> None:
+    h = EndpointHealth("e", failures_to_offline=3, successes_to_online=2)
+    assert h.state == UNKNOWN and h.usable
+    assert h.success(10.0, 1).new == ONLINE  # type: ignore[union-attr]
+    assert h.failure("x", 2) is None
+    assert h.failure("x", 3) is None
+    assert h.success(10.0, 4) is None  # a success resets the failure count
+    assert h.failure("x", 5) is None and h.failure("x", 6) is None
+    t = h.failure("timeout", 7)
+    assert t is not None and t.new == OFFLINE and t.reason == "timeout"
+    assert not h.usable
+    assert h.success(5.0, 8) is None and h.state == OFFLINE
+    assert h.success(5.0, 9).new == ONLINE  # type: ignore[union-attr]
+
+
+def test_latency_is_smoothed() -> None:
+    h = EndpointHealth("e")
+    h.success(100.0, 1)
+    h.success(200.0, 2)
+    assert h.latency_ms is not None and 100 < h.latency_ms < 200
+
+
+def test_passive_failures_count() -> None:
+    h = EndpointHealth("e", failures_to_offline=2)
+    h.failure("client saw timeout", 1, passive=True)
+    h.failure("client saw timeout", 2, passive=True)
+    assert h.state == OFFLINE and h.passive_failures == 2 and h.checks == 0
+
+
+class HangingEndpoint(FakeEndpoint):
+    def probe(self) -> Deferred[None]:
+        self.probes += 1
+        return Deferred()
+
+
+def test_poller_marks_endpoints_and_survives_errors() -> None:
+    clock = Clock()
+    good, bad = FakeEndpoint("good"), FakeEndpoint("bad", probe_ok=False)
+    hang = HangingEndpoint("hang")
+    endpoints = {"good": good, "bad": bad, "hang": hang}
+    reg = HealthRegistry(list(endpoints), HealthConfig(interval=10, timeout=3, failures_to_offline=2), clock)
+    seen: list[str] = []
+    reg.listeners.append(lambda t: seen.append(f"{t.endpoint}:{t.new}"))
+    reg.listeners.append(lambda t: 1 / 0)  # a broken listener must not break the poller
+    svc = HealthService(reg, endpoints, clock)
+    svc.startService()
+    assert reg.states["good"].state == ONLINE
+    clock.advance(3)  # the hanging probe times out
+    clock.advance(7)
+    clock.advance(3)
+    assert reg.states["bad"].state == OFFLINE
+    assert reg.states["hang"].state == OFFLINE
+    assert "timed out" in reg.states["hang"].last_error
+    assert seen == ["good:online", "bad:offline", "hang:offline"]
+    bad.probe_ok = True
+    clock.pump([1] * 20)  # step by step: Clock schedules new calls relative to the end of an advance
+    assert reg.states["bad"].state == ONLINE
+    assert good.probes == 4
+    d = svc.stopService()
+    clock.advance(3)
+    assert d.called

@@ -1,0 +1,136 @@
+"""Locate: early answers, wait budget, coalescing, cache TTLs. Driven by a Clock, no real time."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+
+from fedd.config import HealthConfig, LocateConfig
+from fedd.endpoints.base import Stat
+from fedd.health.service import HealthRegistry
+from fedd.locate.locator import Locator
+from fedd.namespace import Namespace
+from tests.fakes import FakeEndpoint
+
+F = Stat(size=10, mtime=1.0)
+
+
+def make(*eps: FakeEndpoint, **cfg: float) -> tuple[Locator, Clock, HealthRegistry]:
+    clock = Clock()
+    endpoints = {e.id: e for e in eps}
+    health = HealthRegistry(list(endpoints), HealthConfig(failures_to_offline=2), clock)
+    ns = Namespace((e.id, "/atlas", "/") for e in eps)
+    loc = Locator(clock=clock, namespace=ns, endpoints=endpoints, health=health, config=LocateConfig(**cfg))  # type: ignore[arg-type]
+    return loc, clock, health
+
+
+def results(d: object) -> list[object]:
+    out: list[object] = []
+    d.addBoth(out.append)  # type: ignore[attr-defined]
+    return out
+
+
+def test_answers_when_best_ranked_confirms_without_waiting_for_others() -> None:
+    a = FakeEndpoint("a", {"/f": F}, manual=True)
+    b = FakeEndpoint("b", {"/f": F}, manual=True)
+    loc, _clock, _ = make(a, b)
+    got = results(loc.locate("/atlas/f", ["a", "b"]))
+    assert got == []
+    a.answer("/f")
+    assert len(got) == 1 and set(got[0].files()) == {"a"}  # type: ignore[attr-defined]
+    assert not got[0].complete  # type: ignore[attr-defined]
+    b.answer("/f")  # the background answer completes the cached entry
+    assert set(loc.cached("/atlas/f").files()) == {"a", "b"}  # type: ignore[union-attr]
+
+
+def test_waits_for_better_ranked_endpoint_when_a_worse_one_answers_first() -> None:
+    a = FakeEndpoint("a", {"/f": F}, manual=True)
+    b = FakeEndpoint("b", {"/f": F}, manual=True)
+    loc, _, _ = make(a, b)
+    got = results(loc.locate("/atlas/f", ["a", "b"]))
+    b.answer("/f")
+    assert got == []
+    a.answer("/f")
+    assert set(got[0].files()) == {"a", "b"}  # type: ignore[attr-defined]
+
+
+def test_missing_on_best_falls_through_to_next() -> None:
+    a = FakeEndpoint("a", {}, manual=True)
+    b = FakeEndpoint("b", {"/f": F}, manual=True)
+    loc, _, _ = make(a, b)
+    got = results(loc.locate("/atlas/f", ["a", "b"]))
+    b.answer("/f")
+    assert got == []
+    a.answer("/f")
+    assert set(got[0].files()) == {"b"}  # type: ignore[attr-defined]
+
+
+def test_hanging_endpoint_is_cut_at_the_wait_budget() -> None:
+    hang = FakeEndpoint("hang", {"/f": F}, manual=True)
+    ok = FakeEndpoint("ok", {"/f": F}, manual=True)
+    loc, clock, health = make(hang, ok, wait_budget=2.0)
+    got = results(loc.locate("/atlas/f", ["hang", "ok"]))
+    ok.answer("/f")
+    clock.advance(1.9)
+    assert got == []
+    clock.advance(0.2)
+    result = got[0]
+    assert set(result.files()) == {"ok"}  # type: ignore[attr-defined]
+    assert "wait budget" in result.failed["hang"]  # type: ignore[attr-defined]
+    assert health.states["hang"].passive_failures == 1
+    assert hang.pending["/f"].called  # the hanging request was cancelled
+
+
+def test_not_found_everywhere_is_answered_as_soon_as_all_said_no_and_cached_negative() -> None:
+    a, b = FakeEndpoint("a"), FakeEndpoint("b")
+    loc, clock, _ = make(a, b, negative_ttl=5.0, positive_ttl=100.0)
+    got = results(loc.locate("/atlas/nope", ["a", "b"]))
+    assert got[0].complete and not got[0].found  # type: ignore[attr-defined]
+    assert loc.cached("/atlas/nope") is not None
+    clock.advance(6)
+    assert loc.cached("/atlas/nope") is None
+
+
+def test_positive_answers_use_the_positive_ttl() -> None:
+    a = FakeEndpoint("a", {"/f": F})
+    loc, clock, _ = make(a, negative_ttl=5.0, positive_ttl=100.0)
+    results(loc.locate("/atlas/f", ["a"]))
+    clock.advance(50)
+    assert loc.cached("/atlas/f") is not None
+    clock.advance(51)
+    assert loc.cached("/atlas/f") is None
+
+
+def test_not_found_with_failures_is_not_cached() -> None:
+    a, bad = FakeEndpoint("a"), FakeEndpoint("bad", broken="HTTP 500")
+    loc, _, _ = make(a, bad)
+    got = results(loc.locate("/atlas/f", ["a", "bad"]))
+    assert got[0].failed == {"bad": "HTTP 500"}  # type: ignore[attr-defined]
+    assert loc.cached("/atlas/f") is None
+
+
+def test_concurrent_requests_share_one_fanout() -> None:
+    a = FakeEndpoint("a", {"/f": F}, manual=True)
+    loc, _, _ = make(a)
+    gots = [results(loc.locate("/atlas/f", ["a"])) for _ in range(100)]
+    assert a.calls == ["/f"]
+    a.answer("/f")
+    assert all(len(g) == 1 for g in gots)
+    assert loc.fanouts == 1
+
+
+def test_offline_endpoints_are_not_asked() -> None:
+    a = FakeEndpoint("a", {"/f": F})
+    b = FakeEndpoint("b", {"/f": F})
+    loc, _, health = make(a, b)
+    health.failure("b", "down")
+    health.failure("b", "down")
+    assert not health.usable("b")
+    got = results(loc.locate("/atlas/f", ["a"]))
+    assert b.calls == [] and set(got[0].files()) == {"a"}  # type: ignore[attr-defined]
+
+
+def test_no_endpoint_for_path() -> None:
+    a = FakeEndpoint("a")
+    loc, _, _ = make(a)
+    got = results(loc.locate("/elsewhere/f", []))
+    assert got[0].complete and not got[0].found  # type: ignore[attr-defined]
