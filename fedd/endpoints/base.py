@@ -158,7 +158,7 @@ class HttpClient:
         read_body: bool = True,
     ) -> Deferred[HttpResponse]:
         d = ensureDeferred(self._request(method, url, headers or {}, body, read_body))
-        d.addTimeout(timeout or self.timeout, self._clock)
+        d.addTimeout(timeout or self.timeout, self._clock, onTimeoutCancel=self._timed_out(method))
         d.addErrback(self._translate, method)
         return d
 
@@ -184,6 +184,12 @@ class HttpClient:
         else:
             await treq.collect(response, _discard)
         return HttpResponse(response.code, response.headers, data)
+
+    def _timed_out(self, method: str) -> Any:
+        def replace(result: Any, timeout: float) -> Failure:
+            return Failure(EndpointError(self._endpoint, f"{method} timed out after {timeout:g}s"))
+
+        return replace
 
     def _translate(self, failure: Failure, method: str) -> Failure:
         if failure.check(EndpointError):

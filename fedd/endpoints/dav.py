@@ -60,13 +60,15 @@ class DavEndpoint:
         return ensureDeferred(self._listdir(path))
 
     async def _listdir(self, path: str) -> list[Entry] | None:
-        url = self.url_for(path.rstrip("/") + "/", 0)
-        response = await self._http.request(
-            "PROPFIND", url, {"Depth": "1", "Content-Type": "application/xml; charset=utf-8"}, PROPFIND_BODY
-        )
-        if response.code in (404, 410, 401, 403):
-            return None
-        if response.code in (301, 302, 307, 308):
+        url = self.url_for(path, 0)
+        headers = {"Depth": "1", "Content-Type": "application/xml; charset=utf-8"}
+        response = await self._http.request("PROPFIND", url, headers, PROPFIND_BODY)
+        if response.code in (301, 302, 307, 308) and (response.header("Location") or "").endswith(
+            quote_path(path) + "/"
+        ):
+            # servers with mod_dir-like behaviour redirect collections to the slashed name: follow once
+            response = await self._http.request("PROPFIND", url + "/", headers, PROPFIND_BODY)
+        if response.code in (404, 410, 401, 403, 301, 302, 307, 308):
             return None
         self._check(response, "PROPFIND")
         if response.code != 207:

@@ -77,8 +77,19 @@ class _NullSink:
         pass
 
 
+class FeddChannel(http.HTTPChannel):
+    """Answers an over-long request or header line with 431 instead of silently closing."""
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n"
+                             b"Connection: close\r\n\r\n")
+        self.transport.loseConnection()
+
+
 class FeddSite(server.Site):
     requestFactory = FeddRequest
+    protocol = FeddChannel
 
     def __init__(self, resource: Resource, *, max_body: int, access_log: bool) -> None:
         super().__init__(resource)
@@ -209,10 +220,11 @@ class FeddResource(Resource):
         return getattr(addr, "host", "") or ""
 
     def _wants_metalink(self, request: server.Request) -> bool:
-        if request.args and b"metalink" in request.args:
+        query = request.uri.partition(b"?")[2]
+        if query and any(part.partition(b"=")[0] == b"metalink" for part in query.split(b"&")):
             return True
         accept = request.getHeader(b"accept")
-        return accept is not None and "application/metalink4+xml" in str(accept)
+        return accept is not None and METALINK_TYPE in accept
 
     def render_read(self, request: server.Request, path: str) -> bytes | int:
         if self._wants_metalink(request):
@@ -296,8 +308,8 @@ class FeddResource(Resource):
     # --- WebDAV ---------------------------------------------------------------------------------
 
     async def _propfind(self, request: server.Request, path: str) -> bytes:
-        depth = (request.getHeader(b"depth") or "infinity").strip().lower()
-        if depth not in ("0", "1"):
+        depth = (request.getHeader(b"depth") or b"infinity").strip().lower()
+        if depth not in (b"0", b"1"):
             request.setResponseCode(403)
             request.setHeader(b"content-type", b"application/xml; charset=utf-8")
             return xml.FINITE_DEPTH_ERROR
@@ -308,7 +320,7 @@ class FeddResource(Resource):
         mode, wanted = xml.parse_propfind(body)
         stat, listing = await self.fed.stat(path, self._client(request))
         parts = [xml.MULTISTATUS_HEAD, xml.response_xml(path, stat, mode, wanted)]
-        if listing is not None and depth == "1":
+        if listing is not None and depth == b"1":
             base = path.rstrip("/")
             parts.extend(xml.response_xml(f"{base}/{e.name}", e.stat, mode, wanted) for e in listing.entries)
         parts.append(xml.MULTISTATUS_TAIL)

@@ -1,0 +1,378 @@
+"""Real servers for integration tests, each on a free loopback port, stopped by pid.
+
+memcached, Apache httpd with mod_dav (WebDAV endpoint), nginx answering 302 (benchmark reference),
+and a single-node Ceph cluster with a RADOS Gateway (S3) following ../shared/testbed.md.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop_pid(pid: int | None, timeout: float = 10.0) -> None:
+    if pid is None:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+# --- memcached ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Memcached:
+    workdir: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["memcached", "-l", "127.0.0.1", "-p", str(self.port), "-U", "0", "-u", "nobody"],
+            stdout=(self.workdir / "memcached.log").open("ab"), stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, 10, self.proc)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def start_memcached(workdir: Path) -> Memcached:
+    workdir.mkdir(parents=True, exist_ok=True)
+    mc = Memcached(workdir, free_port())
+    mc.start()
+    return mc
+
+
+# --- Apache httpd + mod_dav -----------------------------------------------------------------------
+
+APACHE_MODULES = ("mpm_event", "authz_core", "dav", "dav_fs", "mime", "unixd", "dir")
+
+
+@dataclass
+class ApacheDav:
+    workdir: Path
+    docroot: Path
+    port: int
+    conf: Path
+    stopped: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def pid(self) -> int | None:
+        try:
+            return int((self.workdir / "httpd.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        pid = self.pid()
+        subprocess.run(["apache2", "-f", str(self.conf), "-k", "stop"], capture_output=True, timeout=30)
+        _stop_pid(pid)
+
+
+def start_apache_dav(workdir: Path, docroot: Path) -> ApacheDav:
+    workdir.mkdir(parents=True, exist_ok=True)
+    docroot.mkdir(parents=True, exist_ok=True)
+    (workdir / "lock").mkdir(exist_ok=True)
+    port = free_port()
+    mods = "\n".join(
+        f"LoadModule {m}_module /usr/lib/apache2/modules/mod_{m}.so"
+        for m in APACHE_MODULES
+        if Path(f"/usr/lib/apache2/modules/mod_{m}.so").exists()
+    )
+    conf = workdir / "httpd.conf"
+    conf.write_text(f"""{mods}
+ServerRoot {workdir}
+ServerName localhost
+Listen 127.0.0.1:{port}
+User www-data
+Group www-data
+PidFile {workdir}/httpd.pid
+ErrorLog {workdir}/error.log
+Mutex file:{workdir}/lock default
+TypesConfig /etc/mime.types
+DavLockDB {workdir}/lock/davlock
+KeepAliveTimeout 30
+MaxKeepAliveRequests 0
+StartServers 1
+ServerLimit 2
+ThreadsPerChild 64
+MaxRequestWorkers 128
+DocumentRoot {docroot}
+<Directory {docroot}>
+    Dav On
+    Options None
+    AllowOverride None
+    Require all granted
+</Directory>
+""")
+    subprocess.run(["chown", "-R", "www-data:www-data", str(docroot), str(workdir / "lock")], check=True)
+    for parent in docroot.resolve().parents:  # pytest's temporary directories are 0700: let www-data through
+        if parent == Path("/"):
+            break
+        parent.chmod(parent.stat().st_mode | 0o011)
+    out = subprocess.run(["apache2", "-f", str(conf), "-k", "start"], capture_output=True, timeout=30, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"apache2 did not start: {out.stderr}\n{_tail(workdir / 'error.log')}")
+    try:
+        wait_for_port(port, 15)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}\n{_tail(workdir / 'error.log')}") from None
+    return ApacheDav(workdir, docroot, port, conf)
+
+
+# --- nginx answering 302 (benchmark reference) ----------------------------------------------------
+
+
+@dataclass
+class Nginx:
+    workdir: Path
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def start_nginx_redirect(workdir: Path, location: str) -> Nginx:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(f"""daemon off;
+worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {workdir}/body;
+    proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fastcgi;
+    uwsgi_temp_path {workdir}/uwsgi;
+    scgi_temp_path {workdir}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 302 {location}; }}
+    }}
+}}
+""")
+    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=(workdir / "stderr.log").open("wb"))
+    try:
+        wait_for_port(port, 10, proc)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}\n{_tail(workdir / 'stderr.log')}\n{_tail(workdir / 'error.log')}") from None
+    return Nginx(workdir, port, proc)
+
+
+# --- Ceph: one monitor, one in-memory OSD, one RADOS Gateway ---------------------------------------
+
+
+@dataclass
+class CephRGW:
+    workdir: Path
+    conf: Path
+    port: int
+    access_key: str = "FEDDTESTACCESSKEY"
+    secret_key: str = "feddtestsecretkey0123456789"
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ceph(self, *args: str, timeout: float = 60) -> str:
+        out = subprocess.run(["ceph", "-c", str(self.conf), "--connect-timeout", "20", *args],
+                             capture_output=True, text=True, timeout=timeout)
+        if out.returncode != 0:
+            raise RuntimeError(f"ceph {' '.join(args)} failed: {out.stderr}")
+        return out.stdout
+
+    def admin(self, *args: str) -> str:
+        out = subprocess.run(["radosgw-admin", "-c", str(self.conf), *args], capture_output=True, text=True,
+                             timeout=120)
+        if out.returncode != 0:
+            raise RuntimeError(f"radosgw-admin {' '.join(args)} failed: {out.stderr}")
+        return out.stdout
+
+    def _daemon(self, name: str, *cmd: str) -> subprocess.Popen[bytes]:
+        log = (self.workdir / "log" / f"{name}.stdout").open("wb")
+        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self.procs.clear()
+
+
+def start_ceph_rgw(workdir: Path, timeout: float = 120.0) -> CephRGW:
+    workdir.mkdir(parents=True, exist_ok=True)
+    for sub in ("run", "log", "osd", "mon"):
+        (workdir / sub).mkdir(exist_ok=True)
+    mon_port, http_port = free_port(), free_port()
+    fsid = str(uuid.uuid4())
+    conf = workdir / "ceph.conf"
+    conf.write_text(f"""[global]
+fsid = {fsid}
+mon host = v1:127.0.0.1:{mon_port}
+mon initial members = a
+public addr = 127.0.0.1
+cluster addr = 127.0.0.1
+auth cluster required = none
+auth service required = none
+auth client required = none
+osd pool default size = 1
+osd pool default min size = 1
+osd pool default pg num = 8
+osd pool default pgp num = 8
+osd crush chooseleaf type = 0
+mon allow pool size one = true
+mon warn on pool no redundancy = false
+ms bind msgr2 = false
+run dir = {workdir}/run
+log file = {workdir}/log/$name.log
+admin socket = {workdir}/run/$name.asok
+osd objectstore = memstore
+memstore device bytes = 2147483648
+osd data = {workdir}/osd
+mon data = {workdir}/mon
+[client.rgw.a]
+rgw frontends = beast endpoint=127.0.0.1:{http_port}
+rgw dns name = localhost
+rgw thread pool size = 64
+""")
+    rgw = CephRGW(workdir, conf, http_port)
+
+    def run(*cmd: str) -> str:
+        out = subprocess.run(list(cmd), capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {out.stdout}{out.stderr}")
+        return out.stdout
+
+    try:
+        keyring = workdir / "mon.keyring"
+        run("ceph-authtool", "--create-keyring", str(keyring), "--gen-key", "-n", "mon.", "--cap", "mon", "allow *")
+        monmap = workdir / "monmap"
+        run("monmaptool", "--create", "--addv", "a", f"v1:127.0.0.1:{mon_port}", "--fsid", fsid, str(monmap))
+        run("ceph-mon", "--mkfs", "-i", "a", "--monmap", str(monmap), "--keyring", str(keyring), "-c", str(conf))
+        rgw._daemon("mon", "ceph-mon", "-f", "-i", "a", "-c", str(conf))
+        wait_for_port(mon_port, 30, rgw.procs[-1])
+        osd_id = rgw.ceph("osd", "create").strip()
+        run("ceph-osd", "-i", osd_id, "--mkfs", "-c", str(conf))
+        rgw._daemon("osd", "ceph-osd", "-f", "-i", osd_id, "-c", str(conf))
+        rgw.ceph("osd", "crush", "add", f"osd.{osd_id}", "1", "root=default", "host=localhost")
+        rgw._daemon("rgw", "radosgw", "-f", "-c", str(conf), "-n", "client.rgw.a")
+        deadline = time.monotonic() + timeout
+        while True:
+            if rgw.procs[-1].poll() is not None:
+                raise RuntimeError(f"radosgw exited:\n{_tail(workdir / 'log' / 'client.rgw.a.log')}")
+            try:
+                urllib.request.urlopen(rgw.url, timeout=2).close()
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"radosgw did not answer in {timeout}s:\n{_tail(workdir / 'log' / 'client.rgw.a.log')}"
+                    ) from None
+                time.sleep(0.2)
+        rgw.admin("user", "create", "--uid=fedd", "--display-name=fedd",
+                  f"--access-key={rgw.access_key}", f"--secret={rgw.secret_key}")
+    except BaseException:
+        rgw.stop()
+        raise
+    return rgw
+
+
+def have(command: str) -> bool:
+    return shutil.which(command) is not None
