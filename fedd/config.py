@@ -54,6 +54,7 @@ class ServerConfig:
     tls_chain: str = ""
     access_log: bool = False
     max_body_bytes: int = 1 << 20
+    head_redirect: bool = False
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,7 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
         "tls_chain": _Key(_text),
         "access_log": _Key(_bool),
         "max_body_bytes": _Key(_positive_int),
+        "head_redirect": _Key(_bool),
     },
     "locate": {
         "wait_budget": _Key(_positive_float),

@@ -145,7 +145,7 @@ class Federation:
         self._order_cache[key] = (self.health.version, now, ordered)
         return ordered
 
-    def replicas(self, result: LocateResult, order: list[str]) -> list[Replica]:
+    def replicas(self, result: LocateResult, order: list[str], method: str = "GET") -> list[Replica]:
         """The files of a locate answer as redirect targets, best first; offline ones never."""
         now = self.clock.seconds()
         files = result.files()
@@ -157,14 +157,14 @@ class Federation:
             target_path = self.locator.targets(result.path).get(eid)
             if target_path is None:
                 continue
-            out.append(Replica(eid, self.endpoints[eid].url_for(target_path, now), stat, len(out) + 1))
+            out.append(Replica(eid, self.endpoints[eid].url_for(target_path, now, method), stat, len(out) + 1))
         return out
 
-    async def find(self, path: str, client_ip: str, *, wait_all: bool = False) -> list[Replica]:
+    async def find(self, path: str, client_ip: str, *, wait_all: bool = False, method: str = "GET") -> list[Replica]:
         """Replicas of a file, best first; NotFound / NoReplicaAvailable when there is none."""
         order = self.order(path, client_ip)
         result = await self.locator.locate(path, order, wait_all=wait_all)
-        replicas = self.replicas(result, order)
+        replicas = self.replicas(result, order, method)
         if replicas:
             return replicas
         if result.failed and not result.found:

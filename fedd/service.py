@@ -127,7 +127,7 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
     _Closer(endpoints, geo).setServiceParent(top)
     HealthService(registry, endpoints, reactor).setServiceParent(top)
 
-    resource = FeddResource(federation)
+    resource = FeddResource(federation, head_redirect=config.server.head_redirect)
     site = FeddSite(resource, max_body=config.server.max_body_bytes, access_log=config.server.access_log)
     site.noisy = False
     web = MultiService()

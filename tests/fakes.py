@@ -45,7 +45,7 @@ class FakeEndpoint:
             return fail(EndpointError(self.id, self.broken))
         return succeed(self.dirs.get(path))
 
-    def url_for(self, path: str, now: float) -> str:
+    def url_for(self, path: str, now: float, method: str = "GET") -> str:
         return f"http://{self.id}.example{path}"
 
     def probe(self) -> Deferred[None]:

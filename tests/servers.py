@@ -85,7 +85,8 @@ class Memcached:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             ["memcached", "-l", "127.0.0.1", "-p", str(self.port), "-U", "0", "-u", "nobody"],
-            stdout=(self.workdir / "memcached.log").open("ab"), stderr=subprocess.STDOUT,
+            stdout=(self.workdir / "memcached.log").open("ab"),
+            stderr=subprocess.STDOUT,
         )
         wait_for_port(self.port, 10, self.proc)
 
@@ -236,8 +237,11 @@ http {{
     }}
 }}
 """)
-    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=(workdir / "stderr.log").open("wb"))
+    proc = subprocess.Popen(
+        ["nginx", "-c", str(conf), "-p", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=(workdir / "stderr.log").open("wb"),
+    )
     try:
         wait_for_port(port, 10, proc)
     except RuntimeError as exc:
@@ -262,15 +266,20 @@ class CephRGW:
         return f"http://127.0.0.1:{self.port}"
 
     def ceph(self, *args: str, timeout: float = 60) -> str:
-        out = subprocess.run(["ceph", "-c", str(self.conf), "--connect-timeout", "20", *args],
-                             capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(
+            ["ceph", "-c", str(self.conf), "--connect-timeout", "20", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if out.returncode != 0:
             raise RuntimeError(f"ceph {' '.join(args)} failed: {out.stderr}")
         return out.stdout
 
     def admin(self, *args: str) -> str:
-        out = subprocess.run(["radosgw-admin", "-c", str(self.conf), *args], capture_output=True, text=True,
-                             timeout=120)
+        out = subprocess.run(
+            ["radosgw-admin", "-c", str(self.conf), *args], capture_output=True, text=True, timeout=120
+        )
         if out.returncode != 0:
             raise RuntimeError(f"radosgw-admin {' '.join(args)} failed: {out.stderr}")
         return out.stdout
@@ -366,8 +375,14 @@ rgw thread pool size = 64
                         f"radosgw did not answer in {timeout}s:\n{_tail(workdir / 'log' / 'client.rgw.a.log')}"
                     ) from None
                 time.sleep(0.2)
-        rgw.admin("user", "create", "--uid=fedd", "--display-name=fedd",
-                  f"--access-key={rgw.access_key}", f"--secret={rgw.secret_key}")
+        rgw.admin(
+            "user",
+            "create",
+            "--uid=fedd",
+            "--display-name=fedd",
+            f"--access-key={rgw.access_key}",
+            f"--secret={rgw.secret_key}",
+        )
     except BaseException:
         rgw.stop()
         raise

@@ -55,6 +55,8 @@ def request(
 
 
 def test_get_redirects_with_link_headers_and_curl_follows(fed: Fedd) -> None:
+    # the first (cold) answer may come before the slower endpoint answered; the second has both
+    assert request(fed, "GET", "/atlas/data/shared.txt").status == 302
     r = request(fed, "GET", "/atlas/data/shared.txt")
     assert r.status == 302
     assert r.getheader("Content-Length") == "0"
@@ -67,6 +69,31 @@ def test_get_redirects_with_link_headers_and_curl_follows(fed: Fedd) -> None:
     assert out.stdout in (b"shared-one\n", b"shared-two\n")
 
 
+def test_head_is_answered_by_fedd_with_metadata_and_all_replicas(fed: Fedd) -> None:
+    r = request(fed, "HEAD", "/atlas/data/shared.txt")
+    assert r.status == 200
+    assert r.getheader("Content-Length") == "11"
+    assert r.getheader("Last-Modified", "").endswith(" GMT") and r.getheader("ETag")
+    links = r.getheader("Link") or ""
+    assert "rel=duplicate; pri=1" in links and "rel=duplicate; pri=2" in links
+    assert request(fed, "HEAD", "/atlas/data/missing").status == 404
+    out = subprocess.run(["curl", "-sfI", fed.url + "/atlas/data/only-one.bin"], capture_output=True, text=True)
+    assert "content-length: 10240" in out.stdout.lower()
+
+
+def test_head_redirect_option(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_text("x")
+    port = free_port()
+    conf = f"[server]\nlisten = tcp:{port}:interface=127.0.0.1\nhead_redirect = yes\n[endpoint l]\nkind = local\npath = {tmp_path / 'd'}\n"
+    f = start_fedd(tmp_path / "run", conf, port)
+    try:
+        r = request(f, "HEAD", "/f")
+        assert r.status == 302 and r.getheader("Location", "").endswith("/.well-known/fedd/local/l/f")
+    finally:
+        f.stop()
+
+
 def test_range_requests_on_local_data(fed: Fedd) -> None:
     out = subprocess.run(
         ["curl", "-sfL", "-r", "256-511", fed.url + "/atlas/data/only-one.bin"], capture_output=True, check=True
@@ -77,7 +104,7 @@ def test_range_requests_on_local_data(fed: Fedd) -> None:
 def test_keep_alive_over_many_redirects(fed: Fedd) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", fed.port, timeout=10)
     for _ in range(50):
-        conn.request("HEAD", "/atlas/data/only-two.txt")
+        conn.request("GET", "/atlas/data/only-two.txt")
         r = conn.getresponse()
         r.read()
         assert r.status == 302 and r.getheader("Connection") != "close"
@@ -199,7 +226,7 @@ def test_oversized_headers_are_refused_and_daemon_survives(fed: Fedd) -> None:
         many = b"".join(b"X-H%d: v\r\n" % i for i in range(600))
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
         assert s.recv(200).startswith(b"HTTP/1.1 400")
-    assert request(fed, "HEAD", "/atlas/data/shared.txt").status == 302
+    assert request(fed, "GET", "/atlas/data/shared.txt").status == 302
 
 
 def test_bad_host_header_does_not_leak_into_location(fed: Fedd) -> None:

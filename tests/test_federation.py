@@ -90,9 +90,10 @@ def fed(ceph: Any, dav1: Any, data: dict[str, Any], tmp_path_factory: pytest.Tem
     f.stop()
 
 
-def head(fed: Fedd, path: str, headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
+def get(fed: Fedd, path: str, headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
+    """GET without following: the redirect itself."""
     conn = http.client.HTTPConnection("127.0.0.1", fed.port, timeout=15)
-    conn.request("HEAD", path, headers=headers or {})
+    conn.request("GET", path, headers=headers or {})
     r = conn.getresponse()
     r.read()
     conn.close()
@@ -100,7 +101,7 @@ def head(fed: Fedd, path: str, headers: dict[str, str] | None = None) -> http.cl
 
 
 def test_nearest_replica_is_a_presigned_ceph_url_and_curl_reads_it(fed: Fedd) -> None:
-    r = head(fed, "/atlas/data/both.bin")
+    r = get(fed, "/atlas/data/both.bin")
     assert r.status == 302
     location = r.getheader("Location") or ""
     assert location.startswith(fed.status()["endpoints"]["ceph"]["url"] + f"/{BUCKET}/rucio/atlas/data/both.bin?")
@@ -108,6 +109,15 @@ def test_nearest_replica_is_a_presigned_ceph_url_and_curl_reads_it(fed: Fedd) ->
     assert "rel=duplicate; pri=2" in (r.getheader("Link") or "")
     out = subprocess.run(["curl", "-sfL", fed.url + "/atlas/data/both.bin"], capture_output=True, check=True)
     assert out.stdout == CONTENT
+
+
+def test_head_of_an_s3_file_is_answered_by_fedd(fed: Fedd) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", fed.port, timeout=15)
+    conn.request("HEAD", "/atlas/data/both.bin")
+    r = conn.getresponse()
+    r.read()
+    assert r.status == 200 and r.getheader("Content-Length") == str(len(CONTENT))
+    assert (r.getheader("Link") or "").count("rel=duplicate") == 2
 
 
 def test_each_endpoint_serves_its_own_files(fed: Fedd) -> None:
@@ -175,7 +185,7 @@ def test_ranking_follows_the_client_site(ceph: Any, dav1: Any, data: dict[str, A
     port = free_port()
     f = start_fedd(tmp_path, config(ceph, dav1, data, port, near="dav"), port)
     try:
-        location = head(f, "/atlas/data/both.bin").getheader("Location") or ""
+        location = get(f, "/atlas/data/both.bin").getheader("Location") or ""
         assert location == dav1.url + "/atlas/data/both.bin"
     finally:
         f.stop()
@@ -192,7 +202,7 @@ def test_offline_endpoint_is_never_a_target(ceph: Any, dav1: Any, data: dict[str
             assert time.monotonic() < deadline, "poller never marked the dead endpoint offline"
             time.sleep(0.1)
         for _i in range(5):
-            r = head(f, "/atlas/data/both.bin")
+            r = get(f, "/atlas/data/both.bin")
             assert r.status == 302 and not (r.getheader("Location") or "").startswith(dead)
         assert "cannot connect" in f.status()["endpoints"]["dead"]["health"]["last_error"]
     finally:
@@ -213,7 +223,7 @@ def test_bad_nearest_endpoint_costs_at_most_the_wait_budget(
     )
     try:
         start = time.monotonic()
-        r = head(f, "/atlas/data/davonly.txt")
+        r = get(f, "/atlas/data/davonly.txt")
         elapsed = time.monotonic() - start
         assert r.status == 302 and (r.getheader("Location") or "").startswith(dav1.url)
         assert elapsed < 1.0 + 0.8  # wait budget 1 s, plus a margin for a loaded machine
@@ -237,15 +247,15 @@ def test_memcached_shares_answers_and_its_death_is_survived(
         while "down" in f2.status()["locate"]["memcached"]["servers"].values():
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        assert head(f1, "/atlas/data/s3only.txt").status == 302
+        assert get(f1, "/atlas/data/s3only.txt").status == 302
         time.sleep(0.2)  # the set to memcached is fire-and-forget
-        assert head(f2, "/atlas/data/s3only.txt").status == 302
+        assert get(f2, "/atlas/data/s3only.txt").status == 302
         assert f2.status()["locate"]["memcached"]["hits"] == 1  # f2 never asked the endpoints
         memcached.kill()
         for i in range(3):  # new paths: memcached would be asked, but it is gone
-            assert head(f1, "/atlas/data/davonly.txt" if i == 0 else f"/atlas/data/x{i}").status in (302, 404)
+            assert get(f1, "/atlas/data/davonly.txt" if i == 0 else f"/atlas/data/x{i}").status in (302, 404)
         start = time.monotonic()
-        assert head(f1, "/atlas/data/localonly.txt").status == 302
+        assert get(f1, "/atlas/data/localonly.txt").status == 302
         assert time.monotonic() - start < 0.5
         memcached.restart()
         deadline = time.monotonic() + 40

@@ -63,8 +63,8 @@ class Endpoint(Protocol):
     def listdir(self, path: str) -> Deferred[list[Entry] | None]:
         """Children of a collection; None when `path` is not a collection."""
 
-    def url_for(self, path: str, now: float) -> str:
-        """Where to send a client reading `path`: an absolute URL, or a fedd-local path."""
+    def url_for(self, path: str, now: float, method: str = "GET") -> str:
+        """Where to send a client doing `method` (GET or HEAD) on `path`: an absolute URL, or a fedd path."""
 
     def probe(self) -> Deferred[None]:
         """A cheap request proving the service answers; fails with EndpointError."""

@@ -28,7 +28,7 @@ class DavEndpoint:
         self._http = http
         self._base_path = urlsplit(config.url).path.rstrip("/")
 
-    def url_for(self, path: str, now: float) -> str:
+    def url_for(self, path: str, now: float, method: str = "GET") -> str:
         return self.config.url + quote_path(path)
 
     def _check(self, response: HttpResponse, what: str) -> None:

@@ -37,7 +37,7 @@ class LocalEndpoint:
             return None
         return candidate
 
-    def url_for(self, path: str, now: float) -> str:
+    def url_for(self, path: str, now: float, method: str = "GET") -> str:
         return LOCAL_PREFIX + self.id + quote_path(path)
 
     def stat(self, path: str) -> Deferred[Stat | None]:

@@ -63,11 +63,13 @@ class S3Endpoint:
         signer.add_auth(request)
         return str(request.url)
 
-    def url_for(self, path: str, now: float) -> str:
-        url = self._urls.get(path, now)
+    def url_for(self, path: str, now: float, method: str = "GET") -> str:
+        # SigV4 signs the method too: a HEAD needs its own URL (gfal2/davix stat with HEAD)
+        key = f"{method} {path}"
+        url = self._urls.get(key, now)
         if url is None:
-            url = self.presign("GET", path)
-            self._urls.put(path, url, now + self._reuse)
+            url = self.presign(method, path)
+            self._urls.put(key, url, now + self._reuse)
         return url
 
     # --- requests -----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from email.utils import formatdate
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import quote
@@ -82,8 +83,9 @@ class FeddChannel(http.HTTPChannel):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         assert self.transport is not None
-        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n"
-                             b"Connection: close\r\n\r\n")
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
         self.transport.loseConnection()
 
 
@@ -123,13 +125,18 @@ def _absolute(request: server.Request, url: str) -> str:
 
 @dataclass(frozen=True)
 class _Plan:
-    """A computed redirect for (path, client, host, scheme), reused for PLAN_SECONDS."""
+    """A computed answer to a read for (path, client, method, host, scheme), reused for PLAN_SECONDS.
+
+    GET: 302 to the best replica. HEAD: 200 with the file's metadata answered by fedd itself (as
+    Dynafed does), unless `head_redirect` is set: davix reuses the redirect it got for a HEAD for the
+    GET that follows, and an S3 presigned URL is valid for one method only.
+    """
 
     until: float
     generation: tuple[int, int]
     endpoint: str
-    location: bytes
-    link: bytes
+    code: int
+    headers: tuple[tuple[bytes, bytes], ...]
 
 
 PLAN_SECONDS = 1.0
@@ -139,9 +146,10 @@ PLAN_ENTRIES = 100_000
 class FeddResource(Resource):
     isLeaf = True
 
-    def __init__(self, federation: Federation) -> None:
+    def __init__(self, federation: Federation, *, head_redirect: bool = False) -> None:
         super().__init__()
         self.fed = federation
+        self.head_redirect = head_redirect
         self.started = time.time()
         self._plans: dict[tuple[Any, ...], _Plan] = {}
         self._paths: dict[bytes, str] = {}  # raw request path -> normalised path
@@ -230,14 +238,14 @@ class FeddResource(Resource):
         if self._wants_metalink(request):
             return self._start(request, self._metalink(request, path))
         client = self._client(request)
-        key = (path, client, request.getHeader(b"host"), request.isSecure())
+        key = (path, client, request.method, request.getHeader(b"host"), request.isSecure())
         plan = self._plans.get(key)
         if plan is not None and plan.until > self.fed.clock.seconds() and plan.generation == self.fed.generation():
             return self._send_plan(request, plan)
         cached = self.fed.locator.cached(path)
         if cached is not None:
             order = self.fed.order(path, client)
-            replicas = self.fed.replicas(cached, order)
+            replicas = self.fed.replicas(cached, order, request.method.decode())
             if replicas:
                 return self._redirect(request, path, replicas, key)
             if cached.complete and not cached.failed and not cached.found:
@@ -246,7 +254,7 @@ class FeddResource(Resource):
 
     async def _read(self, request: server.Request, path: str, client: str, key: tuple[Any, ...]) -> bytes:
         try:
-            replicas = await self.fed.find(path, client)
+            replicas = await self.fed.find(path, client, method=request.method.decode())
         except NotFound:
             listing = await self.fed.listdir(path)
             if listing is None:
@@ -259,28 +267,45 @@ class FeddResource(Resource):
         self, request: server.Request, path: str, replicas: list[Replica], key: tuple[Any, ...] | None = None
     ) -> bytes:
         best = replicas[0]
-        quoted = quote(path)
-        links = [f'<{quoted}?metalink>; rel=describedby; type="application/metalink4+xml"']
-        links += [f"<{_absolute(request, r.url)}>; rel=duplicate; pri={r.priority}" for r in replicas[1:]]
+        links = [f'<{quote(path)}?metalink>; rel=describedby; type="application/metalink4+xml"']
+        headers: list[tuple[bytes, bytes]] = [(b"cache-control", b"no-store")]
+        if request.method == b"HEAD" and not self.head_redirect:
+            code = 200
+            links += [f"<{_absolute(request, r.url)}>; rel=duplicate; pri={r.priority}" for r in replicas]
+            stat = best.stat
+            if stat.size is not None:
+                headers.append((b"content-length", b"%d" % stat.size))
+            if stat.mtime is not None:
+                headers.append((b"last-modified", formatdate(stat.mtime, usegmt=True).encode()))
+            if stat.etag:
+                headers.append((b"etag", f'"{stat.etag}"'.encode()))
+            headers.append((b"content-type", b"application/octet-stream"))
+        else:
+            code = 302
+            links += [f"<{_absolute(request, r.url)}>; rel=duplicate; pri={r.priority}" for r in replicas[1:]]
+            headers.append((b"location", _absolute(request, best.url).encode()))
+        headers.append((b"link", ", ".join(links).encode()))
         plan = _Plan(
             until=self.fed.clock.seconds() + PLAN_SECONDS,
             generation=self.fed.generation(),
             endpoint=best.endpoint,
-            location=_absolute(request, best.url).encode(),
-            link=", ".join(links).encode(),
+            code=code,
+            headers=tuple(headers),
         )
-        if key is not None:
+        # an early answer (slower endpoints still being asked) is not reused: the next request
+        # gets the complete list of replicas in its Link header
+        if key is not None and self.fed.locator.cached(path) is not None:
             if len(self._plans) >= PLAN_ENTRIES:
                 self._plans.clear()
             self._plans[key] = plan
         return self._send_plan(request, plan)
 
     def _send_plan(self, request: server.Request, plan: _Plan) -> bytes:
-        self.fed.note_redirect(plan.endpoint)
-        request.setResponseCode(302)
-        request.setHeader(b"location", plan.location)
-        request.setHeader(b"link", plan.link)
-        request.setHeader(b"cache-control", b"no-store")
+        if plan.code == 302:
+            self.fed.note_redirect(plan.endpoint)
+        request.setResponseCode(plan.code)
+        for name, value in plan.headers:
+            request.setHeader(name, value)
         return b""
 
     async def _metalink(self, request: server.Request, path: str) -> bytes:
