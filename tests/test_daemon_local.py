@@ -85,7 +85,10 @@ def test_head_redirect_option(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "f").write_text("x")
     port = free_port()
-    conf = f"[server]\nlisten = tcp:{port}:interface=127.0.0.1\nhead_redirect = yes\n[endpoint l]\nkind = local\npath = {tmp_path / 'd'}\n"
+    conf = (
+        f"[server]\nlisten = tcp:{port}:interface=127.0.0.1\nhead_redirect = yes\n"
+        f"[endpoint l]\nkind = local\npath = {tmp_path / 'd'}\n"
+    )
     f = start_fedd(tmp_path / "run", conf, port)
     try:
         r = request(f, "HEAD", "/f")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from email.utils import formatdate
 from dataclasses import dataclass
+from email.utils import formatdate
 from typing import Any, cast
 from urllib.parse import quote
 
@@ -89,9 +89,13 @@ class FeddChannel(http.HTTPChannel):
         self.transport.loseConnection()
 
 
+def _channel(factory: object) -> http._GenericHTTPChannelProtocol:
+    return http._GenericHTTPChannelProtocol(FeddChannel())
+
+
 class FeddSite(server.Site):
     requestFactory = FeddRequest
-    protocol = FeddChannel
+    protocol = _channel
 
     def __init__(self, resource: Resource, *, max_body: int, access_log: bool) -> None:
         super().__init__(resource)
