@@ -25,6 +25,7 @@ setup(
         "cryptography>=41",
         "botocore>=1.31",
         "defusedxml>=0.7",
+        "lxml>=4.9",
         "geoip2>=4.7",
         "maxminddb>=2.4",
     ],

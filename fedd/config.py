@@ -218,8 +218,8 @@ def _hostport(text: str) -> str:
 
 def _listen(text: str) -> str:
     kind = text.split(":", 1)[0]
-    if kind not in ("tcp", "ssl", "tcp6", "unix"):
-        raise ValueError(f"expected a tcp:/ssl:/tcp6:/unix: listen string, got {text!r}")
+    if kind not in ("tcp", "ssl", "tcp6", "unix", "systemd"):
+        raise ValueError(f"expected a tcp:/ssl:/tcp6:/unix:/systemd: listen string, got {text!r}")
     return text
 
 

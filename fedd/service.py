@@ -73,6 +73,8 @@ def listen_endpoint(reactor: Any, description: str, config: Config) -> Any:
         )
     try:
         return serverFromString(reactor, description)
+    except IndexError:
+        raise usage.UsageError(f"listen {description!r}: no such inherited socket (not started by systemd?)") from None
     except (ValueError, TypeError, KeyError) as exc:
         raise usage.UsageError(f"listen {description!r}: {exc}") from None
 

@@ -69,7 +69,17 @@ map = /x /
         assert out.returncode == 0, out.stderr
         assert out.stdout == b"tls data\n"
         head = subprocess.run(
-            ["curl", "-sS", "-o", "/dev/null", "-D", "-", "--cacert", str(cert), f"https://127.0.0.1:{https_port}/x/f.txt"],
+            [
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-D",
+                "-",
+                "--cacert",
+                str(cert),
+                f"https://127.0.0.1:{https_port}/x/f.txt",
+            ],
             capture_output=True,
             timeout=30,
             text=True,

@@ -5,11 +5,19 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from defusedxml import ElementTree
 from twisted.internet.defer import Deferred, ensureDeferred
 
 from fedd.config import EndpointConfig
-from fedd.endpoints.base import Entry, HttpClient, HttpResponse, Stat, parse_http_date, parse_int, quote_path
+from fedd.endpoints.base import (
+    Entry,
+    HttpClient,
+    HttpResponse,
+    Stat,
+    parse_http_date,
+    parse_int,
+    parse_xml,
+    quote_path,
+)
 from fedd.errors import EndpointError
 
 _D = "{DAV:}"
@@ -76,19 +84,17 @@ class DavEndpoint:
         return self._parse_multistatus(response.body, path)
 
     def _parse_multistatus(self, body: bytes, path: str) -> list[Entry] | None:
-        try:
-            root = ElementTree.fromstring(body, forbid_dtd=True)
-        except Exception as exc:  # defusedxml raises several types for hostile or broken XML
-            raise EndpointError(self.id, f"PROPFIND: unreadable XML ({type(exc).__name__})") from None
-        if root.tag != f"{_D}multistatus":
+        root = parse_xml(body, self.id, "PROPFIND")
+        if root.tag != _MULTISTATUS:
             raise EndpointError(self.id, f"PROPFIND: unexpected answer <{root.tag}>")
         own = (self._base_path + path).rstrip("/")
         entries: list[Entry] = []
         self_is_dir: bool | None = None
-        for response in root.iter(f"{_D}response"):
-            href = response.findtext(f"{_D}href") or ""
-            href_path = unquote(urlsplit(href).path).rstrip("/")
-            stat = self._props(response)
+        for response in root.iterchildren(_RESPONSE):
+            href = response.findtext(_HREF) or ""
+            # most servers send absolute paths; full URLs need splitting
+            href_path = unquote(href if href.startswith("/") else urlsplit(href).path).rstrip("/")
+            stat = _props(response)
             if href_path == own:
                 self_is_dir = stat.is_dir
                 continue
@@ -102,30 +108,45 @@ class DavEndpoint:
             return None
         return entries
 
-    @staticmethod
-    def _props(response: Any) -> Stat:
-        size: int | None = None
-        mtime: float | None = None
-        etag = ""
-        is_dir = False
-        for propstat in response.iter(f"{_D}propstat"):
-            if " 200 " not in (propstat.findtext(f"{_D}status") or " 200 "):
-                continue
-            prop = propstat.find(f"{_D}prop")
-            if prop is None:
-                continue
-            rtype = prop.find(f"{_D}resourcetype")
-            if rtype is not None and rtype.find(f"{_D}collection") is not None:
-                is_dir = True
-            size = parse_int((prop.findtext(f"{_D}getcontentlength") or "").strip()) or size
-            mtime = parse_http_date(prop.findtext(f"{_D}getlastmodified")) or mtime
-            etag = (prop.findtext(f"{_D}getetag") or "").strip().strip('"') or etag
-        if is_dir:
-            size = None
-        elif size is None:
-            size = 0
-        return Stat(size=size, mtime=mtime, is_dir=is_dir, etag=etag)
-
     def probe(self) -> Deferred[None]:
         url = self.config.url + quote_path(self.config.health_path or "/")
         return self._http.request("HEAD", url).addCallback(self._check, "probe")
+
+
+_MULTISTATUS, _RESPONSE, _HREF = f"{_D}multistatus", f"{_D}response", f"{_D}href"
+_PROPSTAT, _STATUS, _PROP = f"{_D}propstat", f"{_D}status", f"{_D}prop"
+_RTYPE, _COLLECTION, _LENGTH = f"{_D}resourcetype", f"{_D}collection", f"{_D}getcontentlength"
+_MODIFIED, _ETAG = f"{_D}getlastmodified", f"{_D}getetag"
+
+
+def _props(response: Any) -> Stat:
+    """The stat of one <D:response>, from its 200 propstats, in one pass over the children."""
+    size: int | None = None
+    mtime: float | None = None
+    etag = ""
+    is_dir = False
+    for propstat in response.iterchildren(_PROPSTAT):
+        ok = True
+        prop = None
+        for child in propstat:
+            if child.tag == _STATUS:
+                ok = " 200 " in (child.text or " 200 ")
+            elif child.tag == _PROP:
+                prop = child
+        if not ok or prop is None:
+            continue
+        for el in prop:
+            tag = el.tag
+            if tag == _RTYPE:
+                is_dir = is_dir or any(c.tag == _COLLECTION for c in el)
+            elif tag == _LENGTH:
+                size = parse_int((el.text or "").strip())
+            elif tag == _MODIFIED:
+                mtime = parse_http_date((el.text or "").strip())
+            elif tag == _ETAG:
+                etag = (el.text or "").strip().strip('"')
+    if is_dir:
+        size = None
+    elif size is None:
+        size = 0
+    return Stat(size=size, mtime=mtime, is_dir=is_dir, etag=etag)

@@ -12,12 +12,20 @@ from urllib.parse import quote, urlencode
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from defusedxml import ElementTree
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from fedd.config import EndpointConfig
-from fedd.endpoints.base import Entry, HttpClient, HttpResponse, Stat, UrlCache, parse_http_date, parse_int
+from fedd.endpoints.base import (
+    Entry,
+    HttpClient,
+    HttpResponse,
+    Stat,
+    UrlCache,
+    parse_http_date,
+    parse_int,
+    parse_xml,
+)
 from fedd.errors import EndpointError
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -136,10 +144,7 @@ class S3Endpoint:
         return entries
 
     def _parse_page(self, body: bytes, prefix: str, entries: list[Entry]) -> tuple[str | None, bool]:
-        try:
-            root = ElementTree.fromstring(body, forbid_dtd=True)
-        except Exception as exc:  # defusedxml raises several types for hostile or broken XML
-            raise EndpointError(self.id, f"ListObjectsV2: unreadable XML ({type(exc).__name__})") from None
+        root = parse_xml(body, self.id, "ListObjectsV2")
         if root.tag != f"{_NS}ListBucketResult":
             raise EndpointError(self.id, f"ListObjectsV2: unexpected answer <{root.tag}>")
         marker = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import formatdate
+from functools import lru_cache
 from xml.sax.saxutils import escape
 
 from defusedxml import ElementTree
@@ -53,16 +54,25 @@ def parse_propfind(body: bytes) -> tuple[str, list[tuple[str, str]]]:
     return "prop", wanted
 
 
+@lru_cache(maxsize=4096)
+def _http_date(mtime: float) -> str:
+    return formatdate(mtime, usegmt=True)
+
+
+@lru_cache(maxsize=4096)
+def _iso_date(mtime: float) -> str:
+    return datetime.fromtimestamp(mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _live(name: str, href_name: str, stat: Stat) -> str | None:
     if name == "resourcetype":
         return "<D:resourcetype><D:collection/></D:resourcetype>" if stat.is_dir else "<D:resourcetype/>"
     if name == "getcontentlength":
         return None if stat.is_dir or stat.size is None else f"<D:getcontentlength>{stat.size}</D:getcontentlength>"
     if name == "getlastmodified" and stat.mtime is not None:
-        return f"<D:getlastmodified>{formatdate(stat.mtime, usegmt=True)}</D:getlastmodified>"
+        return f"<D:getlastmodified>{_http_date(stat.mtime)}</D:getlastmodified>"
     if name == "creationdate" and stat.mtime is not None:
-        iso = datetime.fromtimestamp(stat.mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return f"<D:creationdate>{iso}</D:creationdate>"
+        return f"<D:creationdate>{_iso_date(stat.mtime)}</D:creationdate>"
     if name == "getetag" and stat.etag:
         return f'<D:getetag>"{escape(stat.etag)}"</D:getetag>'
     if name == "displayname":

@@ -1,0 +1,63 @@
+"""Shared pieces of the benchmarks: starting fedd, running wrk, reading a process's memory."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.daemon import Fedd, env, start_fedd, twistd_command  # noqa: E402
+from tests.servers import free_port, wait_for_port  # noqa: E402
+
+__all__ = ["ROOT", "Fedd", "env", "free_port", "memory", "start_fedd", "twistd_command", "wait_for_port", "wrk"]
+
+
+def wrk(url: str, connections: int, seconds: float, threads: int | None = None) -> float:
+    """Requests per second that wrk measured (redirects count as completed requests)."""
+    threads = threads or min(2, connections)
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "5s", url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+    )
+    match = re.search(r"Requests/sec:\s+([0-9.]+)", out.stdout)
+    if out.returncode != 0 or match is None:
+        raise RuntimeError(f"wrk failed: {out.stdout}{out.stderr}")
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
+    if errors:
+        raise RuntimeError(f"{url}: {errors.group(1)} error responses during the run:\n{out.stdout}")
+    return float(match.group(1))
+
+
+def memory(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of a process, in KiB."""
+    values: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0])
+    return values
+
+
+def http_status(url: str) -> int:
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: object, **kwargs: object) -> None:
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(url, timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def settle(seconds: float = 0.5) -> None:
+    time.sleep(seconds)

@@ -1,0 +1,162 @@
+"""Redirect throughput for a cached file: fedd vs nginx `return 302` vs a bare twisted.web 302.
+
+fedd runs its full path: routing, path normalisation, cache lookup, ranking, SigV4 presigned URL
+(reused), Link headers, over a real Ceph RADOS Gateway (S3) and an Apache mod_dav replica.
+Each server is measured alone (wrk and the servers share the machine's two cores).
+Also: two fedd processes sharing one listening socket (systemd-style socket passing).
+
+Usage: python3 benchmarks/redirect_throughput.py [--quick]
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import ROOT, env, free_port, start_fedd, twistd_command, wait_for_port, wrk
+
+from tests import servers
+
+TARGET = 0.70  # fedd should keep at least 70% of the bare Twisted ceiling
+PATH = "/atlas/data/popular.root"
+
+
+def fedd_config(port_line: str, rgw: servers.CephRGW, dav: servers.ApacheDav) -> str:
+    return f"""
+[server]
+{port_line}
+[geo]
+site = 127.0.0.0/8 46.2 6.1
+[endpoint ceph]
+kind = s3
+url = {rgw.url}
+bucket = bench
+access_key = {rgw.access_key}
+secret_key = {rgw.secret_key}
+map = /atlas /atlas
+lat = 46.2
+lon = 6.1
+[endpoint dav]
+kind = dav
+url = {dav.url}
+map = /atlas /atlas
+lat = 41.9
+lon = -87.6
+"""
+
+
+def main() -> None:
+    quick = "--quick" in sys.argv
+    seconds = 2.0 if quick else 5.0
+    work = Path(tempfile.mkdtemp(prefix="fedd-bench-"))
+    started: list[object] = []
+    results: dict[str, dict[int, float]] = {}
+    try:
+        rgw = servers.start_ceph_rgw(work / "ceph")
+        started.append(rgw)
+        import boto3
+        from botocore.config import Config
+
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=rgw.url,
+            aws_access_key_id=rgw.access_key,
+            aws_secret_access_key=rgw.secret_key,
+            region_name="us-east-1",
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+        )
+        s3.create_bucket(Bucket="bench")
+        s3.put_object(Bucket="bench", Key=PATH.lstrip("/"), Body=b"x" * 1024)
+        dav = servers.start_apache_dav(work / "apache", work / "davroot")
+        started.append(dav)
+        (work / "davroot" / "atlas" / "data").mkdir(parents=True)
+        (work / "davroot" / "atlas" / "data" / "popular.root").write_bytes(b"x" * 1024)
+
+        port = free_port()
+        fedd = start_fedd(work / "fedd", fedd_config(f"listen = tcp:{port}:interface=127.0.0.1", rgw, dav), port)
+        out = subprocess.run(
+            ["curl", "-s", "-o", "/dev/null", "-D", "-", fedd.url + PATH], capture_output=True, text=True, check=True
+        )
+        location = next(
+            line.split(": ", 1)[1].strip() for line in out.stdout.splitlines() if line.lower().startswith("location:")
+        )
+        assert "X-Amz-Signature=" in location, out.stdout
+        subprocess.run(["curl", "-s", "-o", "/dev/null", fedd.url + PATH], check=True)  # complete the cache entry
+        results["fedd (1 process)"] = {c: wrk(fedd.url + PATH, c, seconds) for c in (1, 32)}
+        fedd.stop()
+
+        nginx = servers.start_nginx_redirect(work / "nginx", location)
+        results["nginx return 302"] = {c: wrk(nginx.url + PATH, c, seconds) for c in (1, 32)}
+        nginx.stop()
+
+        bport = free_port()
+        bare = subprocess.Popen(
+            [sys.executable, str(ROOT / "benchmarks" / "bare_twisted_302.py"), str(bport), location]
+        )
+        try:
+            wait_for_port(bport, 10, bare)
+            results["bare twisted.web 302"] = {c: wrk(f"http://127.0.0.1:{bport}{PATH}", c, seconds) for c in (1, 32)}
+        finally:
+            bare.terminate()
+            bare.wait(10)
+
+        results["fedd (2 processes, one socket)"] = {32: two_processes(work, rgw, dav, seconds)}
+    finally:
+        for server in reversed(started):
+            server.stop()  # type: ignore[attr-defined]
+
+    print(f"\nRedirect throughput, cached file, wrk {seconds:g} s per figure (requests/s)")
+    print(f"{'server':34} {'1 conn':>10} {'32 conns':>10}")
+    for name, figures in results.items():
+        print(f"{name:34} {figures.get(1, float('nan')):10.0f} {figures.get(32, float('nan')):10.0f}")
+    f, n, b = results["fedd (1 process)"], results["nginx return 302"], results["bare twisted.web 302"]
+    print()
+    for c in (1, 32):
+        ratio = f[c] / b[c]
+        verdict = "meets" if ratio >= TARGET else "MISSES"
+        print(
+            f"{c:2} conn: fedd/nginx = {f[c] / n[c]:.2f}   fedd/bare-twisted = {ratio:.2f} "
+            f"({verdict} the {TARGET:.0%} target)"
+        )
+    two = results["fedd (2 processes, one socket)"][32]
+    print(f"32 conn: 2 fedd processes / 1 = {two / f[32]:.2f} (wrk shares the same 2 cores)")
+
+
+def two_processes(work: Path, rgw: servers.CephRGW, dav: servers.ApacheDav, seconds: float) -> float:
+    """Two fedd processes accepting on one inherited socket (as systemd socket activation does)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    port = sock.getsockname()[1]
+    conf = work / "fedd-shared.conf"
+    conf.write_text(fedd_config("listen = systemd:domain=INET:index=0", rgw, dav))
+    procs = []
+    os.set_inheritable(sock.fileno(), True)
+    try:
+        for i in range(2):
+            cmd = " ".join(f"'{a}'" for a in twistd_command("--config", str(conf)))
+            script = f"exec 3<&{sock.fileno()}; LISTEN_FDS=1 LISTEN_FDNAMES=http LISTEN_PID=$$ exec {cmd}"
+            log = (work / f"fedd-shared-{i}.log").open("wb")
+            procs.append(
+                subprocess.Popen(
+                    ["sh", "-c", script], env=env(), pass_fds=(sock.fileno(),), stdout=log, stderr=subprocess.STDOUT
+                )
+            )
+        url = f"http://127.0.0.1:{port}{PATH}"
+        for _ in range(20):  # warm both processes' caches
+            subprocess.run(["curl", "-s", "-o", "/dev/null", url], check=True, timeout=10)
+        return wrk(url, 32, seconds)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+        sock.close()
+
+
+if __name__ == "__main__":
+    main()
