@@ -84,8 +84,36 @@ class Federation:
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            return None  # names are not resolved here: give lat/lon in the configuration
+            return None  # a name: resolved without blocking by locate_endpoint_hosts() at start
         return self.geo.locate(host)
+
+    async def locate_endpoint_hosts(self, resolver: Any, timeout: float = 10.0) -> None:
+        """Place endpoints that have neither lat/lon nor an IP address by resolving their host name."""
+        for ep in self.config.endpoints:
+            host = urlsplit(ep.url).hostname if ep.url else None
+            if not host or self.locations.get(ep.id) is not None or ep.lat is not None:
+                continue
+            try:
+                d = resolver.resolve(host)
+                d.addTimeout(timeout, self.clock)
+                address = await d
+            except Exception as exc:
+                log.warn(
+                    "cannot resolve {host} of endpoint {endpoint} for its location: {reason}",
+                    host=host,
+                    endpoint=ep.id,
+                    reason=describe(exc),
+                )
+                continue
+            self.locations[ep.id] = self.geo.locate(address)
+            self._order_cache.clear()
+            log.info(
+                "endpoint {endpoint} ({host} = {address}) placed at {where}",
+                endpoint=ep.id,
+                host=host,
+                address=address,
+                where=self.locations[ep.id],
+            )
 
     def generation(self) -> tuple[int, int]:
         """Changes whenever a cached redirect may no longer be right (health change, cache forget)."""

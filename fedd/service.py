@@ -100,6 +100,25 @@ class _Closer(Service):
         return ensureDeferred(self._close())
 
 
+class _Placer(Service):
+    """At start, looks up endpoint host names (without blocking) so GeoIP can place them."""
+
+    name = "placer"
+
+    def __init__(self, federation: Federation, reactor: Any) -> None:
+        self.federation = federation
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        from twisted.internet.defer import ensureDeferred
+
+        super().startService()
+        if self.federation.geo.database or self.federation.config.geo.sites:
+            ensureDeferred(self.federation.locate_endpoint_hosts(self.reactor)).addErrback(
+                lambda f: log.failure("placing endpoints failed", f)
+            )
+
+
 def build_service(config: Config, *, reactor: Any) -> MultiService:
     top = MultiService()
     endpoints: dict[str, Endpoint] = {
@@ -127,6 +146,7 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
         config, clock=reactor, endpoints=endpoints, health=registry, locator=locator, geo=geo, namespace=namespace
     )
     _Closer(endpoints, geo).setServiceParent(top)
+    _Placer(federation, reactor).setServiceParent(top)
     HealthService(registry, endpoints, reactor).setServiceParent(top)
 
     resource = FeddResource(federation, head_redirect=config.server.head_redirect)

@@ -291,3 +291,40 @@ def test_demo_runs_without_config(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_shipped_example_config_runs(tmp_path: Path) -> None:
+    port = free_port()
+    conf = Path(__file__).resolve().parent.parent / "conf" / "fedd.conf"
+    proc = subprocess.Popen(
+        twistd_command("--config", str(conf), "--listen", f"tcp:{port}:interface=127.0.0.1"),
+        cwd=tmp_path,
+        env=env(),
+        stdout=(tmp_path / "log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, 20)
+        out = subprocess.run(
+            ["curl", "-sfL", f"http://127.0.0.1:{port}/local/hello.txt"], capture_output=True, check=True, timeout=30
+        )
+        assert out.stdout == b"Hello from the fedd example configuration.\n"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_endpoint_host_names_are_resolved_for_their_location(tmp_path: Path) -> None:
+    port = free_port()
+    conf = (
+        f"[server]\nlisten = tcp:{port}:interface=127.0.0.1\n[geo]\nsite = 127.0.0.0/8 46.2 6.1\n"
+        f"[endpoint named]\nkind = dav\nurl = http://localhost:{free_port()}/x\n"
+    )
+    f = start_fedd(tmp_path, conf, port)
+    try:
+        deadline = time.monotonic() + 10
+        while f.status()["endpoints"]["named"]["location"] != [46.2, 6.1]:
+            assert time.monotonic() < deadline, f.log_text()
+            time.sleep(0.05)
+    finally:
+        f.stop()
