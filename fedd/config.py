@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedd.events.model import EVENT_TYPES
+
 ENDPOINT_KINDS = ("s3", "dav", "local")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -86,6 +88,23 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    broker: str = field(default="", repr=False)  # may hold a password
+    exchange: str = "fedd"
+    routing_prefix: str = "fedd"
+    outbox: str = "fedd-outbox.sqlite"
+    outbox_max_events: int = 100_000
+    shed: str = "drop-oldest"
+    spool: str = "fedd-events.jsonl"
+    spool_max_bytes: int = 100 << 20
+    types: tuple[str, ...] = EVENT_TYPES
+    get_redirect_sample: float = 1.0
+    flush_interval: float = 0.05
+    idle_interval: float = 1.0
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
 class EndpointConfig:
     id: str
     kind: str
@@ -116,6 +135,7 @@ class Config:
     locate: LocateConfig = LocateConfig()
     geo: GeoConfig = GeoConfig()
     health: HealthConfig = HealthConfig()
+    events: EventsConfig = EventsConfig()
     endpoints: tuple[EndpointConfig, ...] = ()
     files: tuple[str, ...] = ()
 
@@ -230,6 +250,47 @@ def _site(text: str) -> SiteRange:
     return SiteRange(ipaddress.ip_network(parts[0], strict=False), _lat(parts[1]), _lon(parts[2]))
 
 
+def _broker(text: str) -> str:
+    if text and not re.match(r"^amqps?://[^/\s]+(/\S*)?$", text):
+        raise ValueError("expected amqp://user:password@host:port/vhost (or empty for the spool file)")
+    return text
+
+
+def _name(text: str) -> str:
+    if not re.match(r"^[A-Za-z0-9_.:-]{1,255}$", text):
+        raise ValueError(f"expected an AMQP name (letters, digits, '_.:-'), got {text!r}")
+    return text
+
+
+def _prefix(text: str) -> str:
+    return _name(text) if text else text
+
+
+def _shed(text: str) -> str:
+    if text not in ("drop-oldest", "drop-newest"):
+        raise ValueError(f"expected drop-oldest or drop-newest, got {text!r}")
+    return text
+
+
+def _types(text: str) -> tuple[str, ...]:
+    names = tuple(text.replace(",", " ").split())
+    if names == ("all",):
+        return EVENT_TYPES
+    if names in (("none",), ()):
+        return ()
+    unknown = [n for n in names if n not in EVENT_TYPES]
+    if unknown:
+        raise ValueError(f"unknown event type(s) {', '.join(unknown)} (known: {', '.join(EVENT_TYPES)}, all)")
+    return names
+
+
+def _sample(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise ValueError(f"expected a fraction in [0, 1], got {text!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class _Key:
     parse: Callable[[str], Any]
@@ -268,6 +329,21 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
         "timeout": _Key(_positive_float),
         "failures_to_offline": _Key(_positive_int),
         "successes_to_online": _Key(_positive_int),
+    },
+    "events": {
+        "broker": _Key(_broker),
+        "exchange": _Key(_name),
+        "routing_prefix": _Key(_prefix),
+        "outbox": _Key(_text),
+        "outbox_max_events": _Key(_positive_int),
+        "shed": _Key(_shed),
+        "spool": _Key(_text),
+        "spool_max_bytes": _Key(_positive_int),
+        "types": _Key(_types),
+        "get_redirect_sample": _Key(_sample),
+        "flush_interval": _Key(_positive_float),
+        "idle_interval": _Key(_positive_float),
+        "timeout": _Key(_positive_float),
     },
     "endpoint": {
         "kind": _Key(_kind),
@@ -516,6 +592,7 @@ def parse_config(
         locate=LocateConfig(**groups.get("locate", {})),
         geo=GeoConfig(**groups.get("geo", {})),
         health=HealthConfig(**groups.get("health", {})),
+        events=EventsConfig(**groups.get("events", {})),
         endpoints=tuple(endpoints),
         files=tuple(reader.files),
     )

@@ -15,6 +15,9 @@ from twisted.python import usage
 
 from fedd.config import Config
 from fedd.endpoints import Endpoint, close_endpoint, make_endpoint
+from fedd.events.outbox import Outbox
+from fedd.events.service import EventsService
+from fedd.events.sinks import AmqpSink, SpoolSink
 from fedd.federation import Federation
 from fedd.health.service import HealthRegistry, HealthService
 from fedd.locate.locator import Locator
@@ -100,6 +103,19 @@ class _Closer(Service):
         return ensureDeferred(self._close())
 
 
+def build_events(config: Config, reactor: Any) -> EventsService:
+    """The `events` service; with a broker, its reconnecting AMQP client is a child service."""
+    ev = config.events
+    outbox = Outbox(reactor, ev.outbox, ev.outbox_max_events, ev.shed)
+    if not ev.broker:
+        return EventsService(ev, clock=reactor, outbox=outbox, sink=SpoolSink(reactor, ev.spool, ev.spool_max_bytes))
+    amqp = AmqpSink(reactor, ev.broker, ev.exchange, timeout=ev.timeout)
+    events = EventsService(ev, clock=reactor, outbox=outbox, sink=amqp)
+    amqp.service.setName("broker")
+    amqp.service.setServiceParent(events)
+    return events
+
+
 class _Placer(Service):
     """At start, looks up endpoint host names (without blocking) so GeoIP can place them."""
 
@@ -149,7 +165,21 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
     _Placer(federation, reactor).setServiceParent(top)
     HealthService(registry, endpoints, reactor).setServiceParent(top)
 
-    resource = FeddResource(federation, head_redirect=config.server.head_redirect)
+    events = build_events(config, reactor)
+    events.setServiceParent(top)
+    registry.listeners.append(
+        lambda t: events.emit(
+            f"endpoint-{t.new}" if t.new in ("online", "offline") else "endpoint-online",
+            {
+                "endpoint": t.endpoint,
+                "previous": t.old,
+                "state": t.new,
+                "reason": t.reason,
+                "latency_ms": registry.states[t.endpoint].latency_ms,
+            },
+        )
+    )
+    resource = FeddResource(federation, head_redirect=config.server.head_redirect, events=events)
     site = FeddSite(resource, max_body=config.server.max_body_bytes, access_log=config.server.access_log)
     site.noisy = False
     web = MultiService()
@@ -160,5 +190,6 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
         listener.setServiceParent(web)
     web.setServiceParent(top)
     top.federation = federation  # type: ignore[attr-defined]
+    top.events = events  # type: ignore[attr-defined]
     top.site = site  # type: ignore[attr-defined]
     return top

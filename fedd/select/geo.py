@@ -33,6 +33,7 @@ class GeoLocator:
         self._sites = sorted(sites, key=lambda s: -s.network.prefixlen)
         self._cache: OrderedDict[str, tuple[float, float] | None] = OrderedDict()
         self._cache_entries = cache_entries
+        self._countries: OrderedDict[str, str | None] = OrderedDict()
         self._reader: Any = None
         self.database = database
         if database == "builtin":
@@ -58,6 +59,22 @@ class GeoLocator:
         if len(self._cache) > self._cache_entries:
             self._cache.popitem(last=False)
         return value
+
+    def country(self, address: str) -> str | None:
+        """ISO country code of a public address from the database (for events), cached; None if unknown."""
+        hit = self._countries.get(address, _MISS)
+        if hit is not _MISS:
+            return hit  # type: ignore[return-value]
+        code = None
+        if self._reader is not None:
+            try:
+                code = self._reader.city(address.split("%", 1)[0]).country.iso_code
+            except Exception:  # not found, not an address, damaged database: no country
+                code = None
+        self._countries[address] = code
+        if len(self._countries) > self._cache_entries:
+            self._countries.popitem(last=False)
+        return code
 
     def _lookup(self, address: str) -> tuple[float, float] | None:
         try:

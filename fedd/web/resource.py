@@ -139,6 +139,8 @@ class _Plan:
     until: float
     generation: tuple[int, int]
     endpoint: str
+    url: str
+    candidates: int
     code: int
     headers: tuple[tuple[bytes, bytes], ...]
 
@@ -150,9 +152,10 @@ PLAN_ENTRIES = 100_000
 class FeddResource(Resource):
     isLeaf = True
 
-    def __init__(self, federation: Federation, *, head_redirect: bool = False) -> None:
+    def __init__(self, federation: Federation, *, head_redirect: bool = False, events: Any = None) -> None:
         super().__init__()
         self.fed = federation
+        self.events = events  # an EventsService, or None
         self.head_redirect = head_redirect
         self.started = time.time()
         self._plans: dict[tuple[Any, ...], _Plan] = {}
@@ -257,6 +260,7 @@ class FeddResource(Resource):
         return self._start(request, self._read(request, path, client, key))
 
     async def _read(self, request: server.Request, path: str, client: str, key: tuple[Any, ...]) -> bytes:
+        started = self.fed.clock.seconds()
         try:
             replicas = await self.fed.find(path, client, method=request.method.decode())
         except NotFound:
@@ -264,11 +268,16 @@ class FeddResource(Resource):
             if listing is None:
                 raise
             return self._index(request, path, listing)
-        self._redirect(request, path, replicas, key)
+        self._redirect(request, path, replicas, key, (self.fed.clock.seconds() - started) * 1000.0)
         return b""
 
     def _redirect(
-        self, request: server.Request, path: str, replicas: list[Replica], key: tuple[Any, ...] | None = None
+        self,
+        request: server.Request,
+        path: str,
+        replicas: list[Replica],
+        key: tuple[Any, ...] | None = None,
+        locate_ms: float = 0.0,
     ) -> bytes:
         best = replicas[0]
         links = [f'<{quote(path)}?metalink>; rel=describedby; type="application/metalink4+xml"']
@@ -293,6 +302,8 @@ class FeddResource(Resource):
             until=self.fed.clock.seconds() + PLAN_SECONDS,
             generation=self.fed.generation(),
             endpoint=best.endpoint,
+            url=best.url.split("?", 1)[0],
+            candidates=len(replicas),
             code=code,
             headers=tuple(headers),
         )
@@ -302,11 +313,27 @@ class FeddResource(Resource):
             if len(self._plans) >= PLAN_ENTRIES:
                 self._plans.clear()
             self._plans[key] = plan
-        return self._send_plan(request, plan)
+        return self._send_plan(request, plan, locate_ms)
 
-    def _send_plan(self, request: server.Request, plan: _Plan) -> bytes:
+    def _send_plan(self, request: server.Request, plan: _Plan, locate_ms: float = 0.0) -> bytes:
         if plan.code == 302:
             self.fed.note_redirect(plan.endpoint)
+            if self.events is not None:
+                client = self._client(request)
+                self.events.emit(
+                    "get-redirect",
+                    {
+                        "path": request.path.decode("utf-8", "replace"),
+                        "method": request.method.decode("latin-1"),
+                        "client": client,
+                        "client_country": self.fed.geo.country(client),
+                        "client_dn": None,
+                        "endpoint": plan.endpoint,
+                        "url": plan.url,
+                        "candidates": plan.candidates,
+                        "locate_ms": round(locate_ms, 3),
+                    },
+                )
         request.setResponseCode(plan.code)
         for name, value in plan.headers:
             request.setHeader(name, value)
@@ -392,4 +419,6 @@ class FeddResource(Resource):
     def status(self) -> dict[str, Any]:
         data = self.fed.to_json()
         data["fedd"] = {"version": __version__, "started": self.started, "now": time.time()}
+        if self.events is not None:
+            data["events"] = self.events.to_json()
         return data

@@ -1,0 +1,193 @@
+"""Events on the real RabbitMQ of this machine (127.0.0.1:5672, guest/guest): envelope, routing keys,
+persistence, publisher confirms, broker outage, fedd restart with unsent events, outbox full."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+
+from tests.daemon import Fedd, start_fedd
+from tests.servers import free_port
+
+BROKER = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def broker_up() -> None:
+    try:
+        pika.BlockingConnection(pika.URLParameters(BROKER)).close()
+    except pika.exceptions.AMQPError:
+        subprocess.run(["rabbitmq-server", "-detached"], capture_output=True, timeout=60)
+        rabbitmqctl("await_startup")
+        rabbitmqctl("start_app")
+
+
+class Consumer:
+    """A durable queue bound to the test's exchange with pattern '#'."""
+
+    def __init__(self, exchange: str, pattern: str = "#") -> None:
+        self.exchange = exchange
+        self.queue = f"test-{uuid.uuid4().hex[:8]}"
+        self.pattern = pattern
+        self._connect()
+
+    def _connect(self) -> None:
+        self.conn = pika.BlockingConnection(pika.URLParameters(BROKER))
+        self.ch = self.conn.channel()
+        self.ch.exchange_declare(self.exchange, "topic", durable=True)
+        self.ch.queue_declare(self.queue, durable=True)
+        self.ch.queue_bind(self.queue, self.exchange, self.pattern)
+
+    def take(self, n: int, timeout: float = 20.0) -> list[tuple[Any, Any, dict[str, Any]]]:
+        got: list[tuple[Any, Any, dict[str, Any]]] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < n and time.monotonic() < deadline:
+            try:
+                method, props, body = self.ch.basic_get(self.queue, auto_ack=True)
+            except (pika.exceptions.AMQPError, OSError):
+                time.sleep(0.5)
+                self._connect()
+                continue
+            if method is None:
+                time.sleep(0.05)
+                continue
+            got.append((method, props, json.loads(body)))
+        return got
+
+    def close(self) -> None:
+        try:
+            self.ch.queue_delete(self.queue)
+            self.conn.close()
+        except (pika.exceptions.AMQPError, OSError):
+            pass
+
+
+def config(port: int, exchange: str, extra: str = "") -> str:
+    return f"""[server]
+listen = tcp:{port}:interface=127.0.0.1
+[events]
+broker = {BROKER}
+exchange = {exchange}
+routing_prefix = fedd
+flush_interval = 0.02
+idle_interval = 0.2
+{extra}
+[endpoint data]
+kind = local
+path = data
+map = /atlas /
+"""
+
+
+@pytest.fixture()
+def setup(tmp_path: Path, broker_up: None) -> Iterator[tuple[Path, str, Consumer]]:
+    (tmp_path / "data").mkdir()
+    for i in range(30):
+        (tmp_path / "data" / f"f{i}").write_text("x")
+    exchange = f"fedd-test-{uuid.uuid4().hex[:8]}"
+    consumer = Consumer(exchange)
+    yield tmp_path, exchange, consumer
+    consumer.close()
+
+
+def get(fed: Fedd, path: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", fed.port, timeout=10)
+    conn.request("GET", path)
+    r = conn.getresponse()
+    r.read()
+    return r.status
+
+
+def redirects(messages: list[tuple[Any, Any, dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [m[2] for m in messages if m[2]["event_type"] == "get-redirect"]
+
+
+def test_events_arrive_on_the_broker(setup: tuple[Path, str, Consumer]) -> None:
+    tmp, exchange, consumer = setup
+    port = free_port()
+    fed = start_fedd(tmp / "run", config(port, exchange).replace("path = data", f"path = {tmp / 'data'}"), port)
+    try:
+        for i in range(3):
+            assert get(fed, f"/atlas/f{i}") == 302
+        msgs = consumer.take(4)  # endpoint-online + 3 redirects
+        kinds = {m[2]["event_type"]: m for m in msgs}
+        assert set(kinds) == {"endpoint-online", "get-redirect"}
+        method, props, body = kinds["get-redirect"]
+        assert method.routing_key == "fedd.get.redirect"
+        assert props.content_type == "application/json" and props.delivery_mode == 2
+        assert set(body) == {"event_type", "payload", "created_at"}
+        assert body["payload"]["endpoint"] == "data" and body["payload"]["client"] == "127.0.0.1"
+        assert [b["payload"]["path"] for b in redirects(msgs)] == ["/atlas/f0", "/atlas/f1", "/atlas/f2"]
+        online = kinds["endpoint-online"]
+        assert online[0].routing_key == "fedd.endpoint.online" and online[2]["payload"]["endpoint"] == "data"
+        status = fed.status()["events"]
+        assert status["connected"] is True and status["sent"] >= 4 and "guest" not in status["sink"]
+    finally:
+        fed.stop()
+
+
+def test_broker_outage_and_restart_lose_nothing(setup: tuple[Path, str, Consumer]) -> None:
+    tmp, exchange, consumer = setup
+    port = free_port()
+    conf = config(port, exchange).replace("path = data", f"path = {tmp / 'data'}")
+    fed = start_fedd(tmp / "run", conf, port)
+    try:
+        assert get(fed, "/atlas/f0") == 302
+        assert len(redirects(consumer.take(2))) == 1
+        consumer.conn.close()
+        rabbitmqctl("stop_app")
+        try:
+            start = time.monotonic()
+            for i in range(1, 11):  # requests are answered at once while the broker is down
+                assert get(fed, f"/atlas/f{i}") == 302
+            assert time.monotonic() - start < 5
+            deadline = time.monotonic() + 10
+            while fed.status()["events"]["outbox_depth"] < 10:  # 10 redirects (online was sent before)
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert fed.status()["events"]["connected"] is False
+            fed.stop()  # fedd restarts with events still in its outbox
+            fed = start_fedd(tmp / "run", conf, port)
+            assert get(fed, "/atlas/f11") == 302
+        finally:
+            rabbitmqctl("start_app")
+        consumer._connect()
+        got = redirects(consumer.take(12, timeout=60))
+        assert [g["payload"]["path"] for g in got] == [f"/atlas/f{i}" for i in range(1, 12)]  # in order
+        assert "broker" in fed.log_text() or fed.status()["events"]["connected"] is True
+    finally:
+        fed.stop()
+
+
+def test_full_outbox_sheds_and_counts(setup: tuple[Path, str, Consumer]) -> None:
+    tmp, exchange, consumer = setup
+    port = free_port()
+    conf = config(port, exchange, "outbox_max_events = 5\nshed = drop-oldest\ntypes = get-redirect events-dropped")
+    conf = conf.replace("path = data", f"path = {tmp / 'data'}").replace(BROKER, "amqp://guest:guest@127.0.0.1:1/")
+    fed = start_fedd(tmp / "run", conf, port)  # a broker that is not there
+    try:
+        for i in range(20):
+            assert get(fed, f"/atlas/f{i}") == 302
+        deadline = time.monotonic() + 10
+        while fed.status()["events"]["dropped"] < 15:
+            assert time.monotonic() < deadline, fed.status()["events"]
+            time.sleep(0.05)
+        status = fed.status()["events"]
+        assert status["outbox_depth"] == 5 and status["connected"] is False
+        assert "outbox full" in fed.log_text()
+        assert fed.proc.poll() is None
+    finally:
+        fed.stop()
