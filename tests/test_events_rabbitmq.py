@@ -173,7 +173,7 @@ def test_broker_outage_and_restart_lose_nothing(setup: tuple[Path, str, Consumer
 
 
 def test_full_outbox_sheds_and_counts(setup: tuple[Path, str, Consumer]) -> None:
-    tmp, exchange, consumer = setup
+    tmp, exchange, _ = setup
     port = free_port()
     conf = config(port, exchange, "outbox_max_events = 5\nshed = drop-oldest\ntypes = get-redirect events-dropped")
     conf = conf.replace("path = data", f"path = {tmp / 'data'}").replace(BROKER, "amqp://guest:guest@127.0.0.1:1/")
