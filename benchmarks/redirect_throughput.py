@@ -1,7 +1,9 @@
 """Redirect throughput for a cached file: fedd vs nginx `return 302` vs a bare twisted.web 302.
 
 fedd runs its full path: routing, path normalisation, cache lookup, ranking, SigV4 presigned URL
-(reused), Link headers, over a real Ceph RADOS Gateway (S3) and an Apache mod_dav replica.
+(reused), Link headers, over a real Ceph RADOS Gateway (S3) and an Apache mod_dav replica; once
+without events (the path the foundation issue names) and once publishing a get-redirect event per
+redirect to the spool file (the default when events are on).
 Each server is measured alone (wrk and the servers share the machine's two cores).
 Also: two fedd processes sharing one listening socket (systemd-style socket passing).
 
@@ -25,10 +27,12 @@ TARGET = 0.70  # fedd should keep at least 70% of the bare Twisted ceiling
 PATH = "/atlas/data/popular.root"
 
 
-def fedd_config(port_line: str, rgw: servers.CephRGW, dav: servers.ApacheDav) -> str:
+def fedd_config(port_line: str, rgw: servers.CephRGW, dav: servers.ApacheDav, events: str = "none") -> str:
     return f"""
 [server]
 {port_line}
+[events]
+types = {events}
 [geo]
 site = 127.0.0.0/8 46.2 6.1
 [endpoint ceph]
@@ -88,6 +92,13 @@ def main() -> None:
         subprocess.run(["curl", "-s", "-o", "/dev/null", fedd.url + PATH], check=True)  # complete the cache entry
         results["fedd (1 process)"] = {c: wrk(fedd.url + PATH, c, seconds) for c in (1, 32)}
         fedd.stop()
+        port = free_port()
+        conf = fedd_config(f"listen = tcp:{port}:interface=127.0.0.1", rgw, dav, events="all")
+        fedd = start_fedd(work / "fedd-events", conf, port)
+        subprocess.run(["curl", "-s", "-o", "/dev/null", fedd.url + PATH], check=True)
+        subprocess.run(["curl", "-s", "-o", "/dev/null", fedd.url + PATH], check=True)
+        results["fedd + get-redirect events (spool)"] = {c: wrk(fedd.url + PATH, c, seconds) for c in (1, 32)}
+        fedd.stop()
 
         nginx = servers.start_nginx_redirect(work / "nginx", location)
         results["nginx return 302"] = {c: wrk(nginx.url + PATH, c, seconds) for c in (1, 32)}
@@ -122,6 +133,9 @@ def main() -> None:
             f"{c:2} conn: fedd/nginx = {f[c] / n[c]:.2f}   fedd/bare-twisted = {ratio:.2f} "
             f"({verdict} the {TARGET:.0%} target)"
         )
+    e = results["fedd + get-redirect events (spool)"]
+    for c in (1, 32):
+        print(f"{c:2} conn: with an event per redirect: fedd/bare-twisted = {e[c] / b[c]:.2f}")
     two = results["fedd (2 processes, one socket)"][32]
     print(f"32 conn: 2 fedd processes / 1 = {two / f[32]:.2f} (wrk shares the same 2 cores)")
 

@@ -106,9 +106,9 @@ class _Closer(Service):
 def build_events(config: Config, reactor: Any) -> EventsService:
     """The `events` service; with a broker, its reconnecting AMQP client is a child service."""
     ev = config.events
-    outbox = Outbox(reactor, ev.outbox, ev.outbox_max_events, ev.shed)
     if not ev.broker:
-        return EventsService(ev, clock=reactor, outbox=outbox, sink=SpoolSink(reactor, ev.spool, ev.spool_max_bytes))
+        return EventsService(ev, clock=reactor, outbox=None, sink=SpoolSink(reactor, ev.spool, ev.spool_max_bytes))
+    outbox = Outbox(reactor, ev.outbox, ev.outbox_max_events, ev.shed)
     amqp = AmqpSink(reactor, ev.broker, ev.exchange, timeout=ev.timeout)
     events = EventsService(ev, clock=reactor, outbox=outbox, sink=amqp)
     amqp.service.setName("broker")

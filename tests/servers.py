@@ -355,8 +355,9 @@ rgw thread pool size = 64
         run("ceph-mon", "--mkfs", "-i", "a", "--monmap", str(monmap), "--keyring", str(keyring), "-c", str(conf))
         rgw._daemon("mon", "ceph-mon", "-f", "-i", "a", "-c", str(conf))
         wait_for_port(mon_port, 30, rgw.procs[-1])
-        osd_id = rgw.ceph("osd", "create").strip()
-        run("ceph-osd", "-i", osd_id, "--mkfs", "-c", str(conf))
+        osd_uuid = str(uuid.uuid4())  # the same uuid for create and mkfs, or the OSD may boot with 'wrong fsid'
+        osd_id = rgw.ceph("osd", "create", osd_uuid).strip()
+        run("ceph-osd", "-i", osd_id, "--mkfs", "--osd-uuid", osd_uuid, "-c", str(conf))
         rgw._daemon("osd", "ceph-osd", "-f", "-i", osd_id, "-c", str(conf))
         rgw.ceph("osd", "crush", "add", f"osd.{osd_id}", "1", "root=default", "host=localhost")
         rgw._daemon("rgw", "radosgw", "-f", "-c", str(conf), "-n", "client.rgw.a")

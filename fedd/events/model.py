@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 # every type fedd publishes (docs/events.md describes each with its fields)
@@ -24,17 +25,21 @@ EVENT_TYPES = (
 )
 
 
+@lru_cache(maxsize=4)
+def _second(whole: int) -> str:
+    return datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def created_at(now: float) -> str:
-    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    whole = int(now)
+    return f"{_second(whole)}.{int((now - whole) * 1_000_000):06d}"
+
+
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 def envelope(event_type: str, payload: dict[str, Any], now: float) -> bytes:
-    return json.dumps(
-        {"event_type": event_type, "payload": payload, "created_at": created_at(now)},
-        separators=(",", ":"),
-        sort_keys=True,
-        default=str,
-    ).encode()
+    return _encode({"event_type": event_type, "payload": payload, "created_at": created_at(now)}).encode()
 
 
 def routing_key(prefix: str, event_type: str) -> str:

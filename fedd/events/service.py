@@ -32,7 +32,13 @@ class EventsService(MultiService):
     name = "events"
 
     def __init__(
-        self, config: EventsConfig, *, clock: Any, outbox: Outbox, sink: Sink, rng: random.Random | None = None
+        self,
+        config: EventsConfig,
+        *,
+        clock: Any,
+        outbox: Outbox | None,
+        sink: Sink,
+        rng: random.Random | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -90,8 +96,19 @@ class EventsService(MultiService):
     async def _store(self, rows: list[tuple[str, bytes]]) -> None:
         if not rows:
             return
+        if self.outbox is None:  # a spool file is durable itself: no outbox in front of it
+            try:
+                await self.sink.publish([(0, key, body) for key, body in rows])
+                self.sent += len(rows)
+            except Exception as exc:
+                self.failed += 1
+                self.dropped += len(rows)
+                self.last_error = describe(exc)
+                log.error("spool write failed, {n} events lost: {reason}", n=len(rows), reason=self.last_error)
+            return
         try:
             self.depth, dropped = await self.outbox.add(rows)
+            outbox = self.outbox
         except Exception as exc:
             self.dropped += len(rows)
             log.error("outbox write failed, {n} events lost: {reason}", n=len(rows), reason=describe(exc))
@@ -103,15 +120,15 @@ class EventsService(MultiService):
                 {
                     "dropped": dropped,
                     "dropped_total": self.dropped,
-                    "policy": self.outbox.shed,
-                    "outbox_max": self.outbox.max_events,
+                    "policy": outbox.shed,
+                    "outbox_max": outbox.max_events,
                 },
             )
             log.warn(
                 "outbox full ({max} events): {n} events dropped ({policy}); {total} dropped in all",
-                max=self.outbox.max_events,
+                max=outbox.max_events,
                 n=dropped,
-                policy=self.outbox.shed,
+                policy=outbox.shed,
                 total=self.dropped,
             )
         self._kick()
@@ -124,6 +141,7 @@ class EventsService(MultiService):
             wake.callback(None)
 
     async def _send_loop(self) -> None:
+        assert self.outbox is not None
         backoff = 0.5
         while self.running:
             try:
@@ -144,7 +162,7 @@ class EventsService(MultiService):
                 continue
             backoff = 0.5
             try:
-                self.depth = await self.outbox.remove([r[0] for r in rows])
+                self.depth = await self.outbox.remove(rows[-1][0])
             except Exception as exc:  # sent but not removed: they will be sent again (at least once)
                 log.error("outbox delete failed: {reason}", reason=describe(exc))
             self.sent += len(rows)
@@ -169,6 +187,9 @@ class EventsService(MultiService):
         self._loop.addErrback(lambda f: log.failure("event sender stopped", f))
 
     async def _start(self) -> None:
+        if self.outbox is None:
+            self._open = True
+            return
         self.depth = await self.outbox.open()
         self._open = True
         if self.depth:
@@ -189,7 +210,8 @@ class EventsService(MultiService):
         self._kick()
         if self._loop is not None:
             await self._loop
-        await self.outbox.close()
+        if self.outbox is not None:
+            await self.outbox.close()
         await MultiService.stopService(self)  # children: the broker connection
         close = getattr(self.sink, "close", None)
         if close is not None:
