@@ -281,9 +281,11 @@ class FeddResource(Resource):
     ) -> bytes:
         best = replicas[0]
         links = [f'<{quote(path)}?metalink>; rel=describedby; type="application/metalink4+xml"']
-        headers: list[tuple[bytes, bytes]] = [(b"cache-control", b"no-store")]
+        # a 302 is not cacheable unless marked so (RFC 9111): no Cache-Control needed on the hot path
+        headers: list[tuple[bytes, bytes]] = []
         if request.method == b"HEAD" and not self.head_redirect:
             code = 200
+            headers.append((b"cache-control", b"no-store"))
             links += [f"<{_absolute(request, r.url)}>; rel=duplicate; pri={r.priority}" for r in replicas]
             stat = best.stat
             if stat.size is not None:
