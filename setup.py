@@ -26,6 +26,7 @@ setup(
         "botocore>=1.31",
         "defusedxml>=0.7",
         "lxml>=4.9",
+        "pika>=1.3",
         "geoip2>=4.7",
         "maxminddb>=2.4",
     ],
