@@ -136,6 +136,7 @@ class _Placer(Service):
 
 
 def build_service(config: Config, *, reactor: Any) -> MultiService:
+    listeners = [listen_endpoint(reactor, d, config) for d in config.server.listen]  # fail fast, before threads
     top = MultiService()
     endpoints: dict[str, Endpoint] = {
         ep.id: make_endpoint(ep, reactor=reactor, presign_reuse=config.locate.presign_reuse) for ep in config.endpoints
@@ -184,8 +185,8 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
     site.noisy = False
     web = MultiService()
     web.setName("web")
-    for description in config.server.listen:
-        listener = StreamServerEndpointService(listen_endpoint(reactor, description, config), site)
+    for endpoint in listeners:
+        listener = StreamServerEndpointService(endpoint, site)
         listener._raiseSynchronously = True  # a port that cannot be bound stops start-up, loudly
         listener.setServiceParent(web)
     web.setServiceParent(top)

@@ -119,8 +119,7 @@ class SpoolSink:
         self.reactor = reactor
         self.path = path
         self.max_bytes = max_bytes
-        self._pool = ThreadPool(1, 1, name="fedd-spool")
-        self._pool.start()
+        self._pool = ThreadPool(1, 1, name="fedd-spool")  # started on first use: no thread before the reactor runs
 
     connected = True
 
@@ -128,6 +127,8 @@ class SpoolSink:
         return f"spool file {self.path}"
 
     def publish(self, rows: list[Row]) -> Deferred[None]:
+        if not self._pool.started:
+            self._pool.start()
         return deferToThreadPool(self.reactor, self._pool, self._write, [body for _, _, body in rows])
 
     def _write(self, bodies: list[bytes]) -> None:
