@@ -105,6 +105,24 @@ class EventsConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    access_file: str = ""
+    gridmap_file: str = ""
+    reload_interval: float = 60.0
+    token_audience: tuple[str, ...] = ()
+    jwks_min_refresh: float = 60.0
+
+
+@dataclass(frozen=True)
+class IssuerSettings:
+    id: str
+    issuer: str = ""
+    jwks_url: str = ""
+    jwks_file: str = ""
+    base_path: str = "/"
+
+
+@dataclass(frozen=True)
 class EndpointConfig:
     id: str
     kind: str
@@ -136,6 +154,8 @@ class Config:
     geo: GeoConfig = GeoConfig()
     health: HealthConfig = HealthConfig()
     events: EventsConfig = EventsConfig()
+    auth: AuthConfig | None = None
+    issuers: tuple[IssuerSettings, ...] = ()
     endpoints: tuple[EndpointConfig, ...] = ()
     files: tuple[str, ...] = ()
 
@@ -345,6 +365,19 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
         "idle_interval": _Key(_positive_float),
         "timeout": _Key(_positive_float),
     },
+    "auth": {
+        "access_file": _Key(_text),
+        "gridmap_file": _Key(_text),
+        "reload_interval": _Key(_positive_float),
+        "token_audience": _Key(_text, repeat=True),
+        "jwks_min_refresh": _Key(_nonneg_float),
+    },
+    "issuer": {
+        "issuer": _Key(_text),
+        "jwks_url": _Key(_url),
+        "jwks_file": _Key(_text),
+        "base_path": _Key(_fed_path),
+    },
     "endpoint": {
         "kind": _Key(_kind),
         "url": _Key(_url),
@@ -372,6 +405,7 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
     },
 }
 _SECRET_SOURCES = ("access_key", "secret_key")
+_NAMED_SECTIONS = ("endpoint", "issuer")
 # values naming files: relative ones are relative to the file they are written in
 _FILE_KEYS = frozenset(
     {
@@ -383,6 +417,9 @@ _FILE_KEYS = frozenset(
         "tls_private_key",
         "tls_chain",
         "database",
+        "access_file",
+        "gridmap_file",
+        "jwks_file",
     }
 )
 
@@ -450,13 +487,13 @@ class _Reader:
         if name not in _SECTIONS:
             self.errors.append(f"{where}: unknown section [{name}] (known: {', '.join(_SECTIONS)})")
             return None
-        if name == "endpoint":
+        if name in _NAMED_SECTIONS:
             if not _ID_RE.match(arg):
-                self.errors.append(f"{where}: endpoint needs an id of letters, digits, '.-_': [{line[1:-1]}]")
+                self.errors.append(f"{where}: {name} needs an id of letters, digits, '.-_': [{line[1:-1]}]")
                 return None
             for other in self.sections:
-                if other.name == "endpoint" and other.arg == arg:
-                    self.errors.append(f"{where}: endpoint {arg!r} already defined at {other.where}")
+                if other.name == name and other.arg == arg:
+                    self.errors.append(f"{where}: {name} {arg!r} already defined at {other.where}")
                     return None
         elif arg:
             self.errors.append(f"{where}: section [{name}] takes no argument")
@@ -565,11 +602,20 @@ def parse_config(
     errors = reader.errors
     groups: dict[str, dict[str, Any]] = {}
     endpoints: list[EndpointConfig] = []
+    issuers: list[IssuerSettings] = []
     for section in reader.sections:
         if section.name == "endpoint":
             ep = _build_endpoint(section, reader.environ, errors)
             if ep is not None:
                 endpoints.append(ep)
+            continue
+        if section.name == "issuer":
+            if "issuer" not in section.values:
+                errors.append(f"{section.where}: issuer {section.arg!r} needs 'issuer' (the tokens' iss claim)")
+            elif not (section.values.get("jwks_url") or section.values.get("jwks_file")):
+                errors.append(f"{section.where}: issuer {section.arg!r} needs jwks_url or jwks_file")
+            else:
+                issuers.append(IssuerSettings(id=section.arg, **section.values))
             continue
         merged = groups.setdefault(section.name, {})
         for key, value in section.values.items():
@@ -583,6 +629,11 @@ def parse_config(
         for key, value in list(group.items()):
             if isinstance(value, list):
                 group[key] = tuple(value)
+    auth_values = groups.get("auth")
+    if auth_values is not None and not auth_values.get("access_file"):
+        errors.append(f"{path or '<string>'}: [auth] needs access_file")
+    if issuers and auth_values is None:
+        errors.append(f"{path or '<string>'}: [issuer ...] sections need an [auth] section with access_file")
     if not endpoints and not errors:
         errors.append(f"{path or '<string>'}: no [endpoint ...] section: nothing to federate")
     if errors:
@@ -593,6 +644,8 @@ def parse_config(
         geo=GeoConfig(**groups.get("geo", {})),
         health=HealthConfig(**groups.get("health", {})),
         events=EventsConfig(**groups.get("events", {})),
+        auth=AuthConfig(**auth_values) if auth_values is not None else None,
+        issuers=tuple(issuers),
         endpoints=tuple(endpoints),
         files=tuple(reader.files),
     )

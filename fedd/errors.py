@@ -17,6 +17,10 @@ class NotFound(FeddError):
     status = 404
 
 
+class Unauthorized(FeddError):
+    status = 401
+
+
 class Forbidden(FeddError):
     status = 403
 

@@ -9,12 +9,16 @@ from OpenSSL import crypto
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet import ssl
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
+from fedd.auth.rules import RulesError
+from fedd.auth.service import AuthService
+from fedd.auth.tokens import IssuerConfig, TokenVerifier
 from fedd.config import Config
-from fedd.endpoints import Endpoint, close_endpoint, make_endpoint
+from fedd.endpoints import Endpoint, HttpClient, close_endpoint, make_endpoint
 from fedd.events.outbox import Outbox
 from fedd.events.service import EventsService
 from fedd.events.sinks import AmqpSink, SpoolSink
@@ -116,6 +120,44 @@ def build_events(config: Config, reactor: Any) -> EventsService:
     return events
 
 
+def build_auth(config: Config, reactor: Any) -> AuthService | None:
+    """The `auth` service, or None when the configuration has no [auth] (everything is allowed)."""
+    if config.auth is None:
+        return None
+    verifier = None
+    if config.issuers:
+        http = HttpClient(reactor, endpoint="jwks", timeout=10.0, max_body=1 << 20)
+
+        async def fetch(url: str) -> bytes:
+            response = await http.request("GET", url)
+            if response.code != 200:
+                raise ValueError(f"HTTP {response.code} from {url}")
+            return response.body
+
+        try:
+            verifier = TokenVerifier(
+                [IssuerConfig(i.id, i.issuer, i.jwks_url, i.jwks_file, i.base_path) for i in config.issuers],
+                list(config.auth.token_audience),
+                clock=reactor,
+                fetch=lambda url: ensureDeferred(fetch(url)),
+                min_refresh=config.auth.jwks_min_refresh,
+            )
+        except (OSError, ValueError) as exc:
+            raise usage.UsageError(f"cannot read an issuer's jwks_file: {exc}") from None
+    try:
+        return AuthService(
+            clock=reactor,
+            access_file=config.auth.access_file,
+            gridmap_file=config.auth.gridmap_file,
+            verifier=verifier,
+            reload_interval=config.auth.reload_interval,
+        )
+    except RulesError as exc:
+        raise usage.UsageError("authorisation files have errors:\n  " + "\n  ".join(exc.errors)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise usage.UsageError(f"cannot read the authorisation files: {exc}") from None
+
+
 class _Placer(Service):
     """At start, looks up endpoint host names (without blocking) so GeoIP can place them."""
 
@@ -180,7 +222,10 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
             },
         )
     )
-    resource = FeddResource(federation, head_redirect=config.server.head_redirect, events=events)
+    auth = build_auth(config, reactor)
+    if auth is not None:
+        auth.setServiceParent(top)
+    resource = FeddResource(federation, head_redirect=config.server.head_redirect, events=events, auth=auth)
     site = FeddSite(resource, max_body=config.server.max_body_bytes, access_log=config.server.access_log)
     site.noisy = False
     web = MultiService()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any, cast
@@ -23,8 +24,11 @@ from twisted.web.resource import Resource
 from twisted.web.static import File, getTypeAndEncoding
 
 from fedd import __version__
+from fedd.auth.identity import ANONYMOUS, Identity
+from fedd.auth.policy import METHOD_LETTER
+from fedd.auth.service import AuthService, Unauthenticated
 from fedd.endpoints.local import LOCAL_PREFIX, LocalEndpoint
-from fedd.errors import FeddError, Forbidden, MethodNotAllowed, NotFound
+from fedd.errors import FeddError, Forbidden, MethodNotAllowed, NotFound, Unauthorized
 from fedd.federation import Federation, Replica
 from fedd.namespace import normalise_path
 from fedd.web import xml
@@ -145,6 +149,7 @@ class _Plan:
     headers: tuple[tuple[bytes, bytes], ...]
 
 
+_ALREADY_ANSWERED = b"<answered by the handler>"  # a distinct object, compared by identity
 PLAN_SECONDS = 1.0
 PLAN_ENTRIES = 100_000
 
@@ -152,8 +157,11 @@ PLAN_ENTRIES = 100_000
 class FeddResource(Resource):
     isLeaf = True
 
-    def __init__(self, federation: Federation, *, head_redirect: bool = False, events: Any = None) -> None:
+    def __init__(
+        self, federation: Federation, *, head_redirect: bool = False, events: Any = None, auth: Any = None
+    ) -> None:
         super().__init__()
+        self.auth: AuthService | None = auth
         self.fed = federation
         self.events = events  # an EventsService, or None
         self.head_redirect = head_redirect
@@ -170,26 +178,93 @@ class FeddResource(Resource):
         raw = request.path
         try:
             if raw.startswith(b"/.well-known/fedd/"):
-                return self._internal(request, raw)
-            path = self._paths.get(raw)
-            if path is None:
-                path = normalise_path(raw)
-                if len(self._paths) >= PLAN_ENTRIES:
-                    self._paths.clear()
-                self._paths[raw] = path
-            method = request.method
-            if method in (b"GET", b"HEAD"):
-                return self.render_read(request, path)
-            if method == b"PROPFIND":
-                return self._start(request, self._propfind(request, path))
-            if method == b"OPTIONS":
-                request.setHeader(b"allow", ALLOW)
-                request.setHeader(b"dav", b"1")
-                request.setHeader(b"ms-author-via", b"DAV")
-                return b""
-            raise MethodNotAllowed(f"{method.decode('latin-1')} is not supported here")
+                if not raw.startswith(LOCAL_PREFIX.encode()):
+                    return self._internal(request, raw)
+                endpoint, endpoint_path, path = self._local_target(request, raw[len(LOCAL_PREFIX) :])
+
+                def handler() -> bytes | int:
+                    return self._local_file(request, endpoint, endpoint_path)
+
+            else:
+                known = self._paths.get(raw)
+                if known is None:
+                    known = normalise_path(raw)
+                    if len(self._paths) >= PLAN_ENTRIES:
+                        self._paths.clear()
+                    self._paths[raw] = known
+                path = known
+
+                def handler() -> bytes | int:
+                    return self._dispatch(request, path)
+
+            if self.auth is not None:
+                authorization = request.getHeader(b"authorization")
+                if authorization is not None and authorization[:7].lower() == b"bearer ":
+                    return self._start(request, self._with_token(request, path, authorization, handler))
+                self._authorize(request, self._certificate_identity(request), path)
+            return handler()
         except FeddError as exc:
             return self._error(request, exc)
+
+    def _dispatch(self, request: server.Request, path: str) -> bytes | int:
+        method = request.method
+        if method in (b"GET", b"HEAD"):
+            return self.render_read(request, path)
+        if method == b"PROPFIND":
+            return self._start(request, self._propfind(request, path))
+        if method == b"OPTIONS":
+            request.setHeader(b"allow", ALLOW)
+            request.setHeader(b"dav", b"1")
+            request.setHeader(b"ms-author-via", b"DAV")
+            return b""
+        raise MethodNotAllowed(f"{method.decode('latin-1')} is not supported here")
+
+    # --- authentication and authorisation ---------------------------------------------------------
+
+    def _certificate_identity(self, request: server.Request) -> Identity:
+        return ANONYMOUS
+
+    def _authorize(self, request: server.Request, who: Identity, path: str) -> None:
+        """Raise Unauthorized/Forbidden unless `who` may do this request's method on `path`."""
+        assert self.auth is not None
+        request.fedd_identity = who  # type: ignore[attr-defined]
+        letter = METHOD_LETTER.get(request.method)
+        if letter is None:
+            return  # OPTIONS and unsupported methods: nothing to protect
+        decision = self.auth.decide(who, letter, path)
+        if decision.allowed:
+            return
+        log.info(
+            "denied {method} {path} to {who}: {reason}",
+            method=request.method.decode("latin-1"),
+            path=path,
+            who=who.label(),
+            reason=decision.reason,
+        )
+        if who.anonymous:
+            raise Unauthorized(f"authentication required: {decision.reason}")
+        raise Forbidden(f"forbidden: {decision.reason}")
+
+    async def _with_token(
+        self, request: server.Request, path: str, authorization: bytes, handler: Callable[[], bytes | int]
+    ) -> bytes:
+        assert self.auth is not None
+        try:
+            who = await self.auth.from_token(authorization)
+        except Unauthenticated as exc:
+            log.info(
+                "refused token for {method} {path}: {reason}",
+                method=request.method.decode("latin-1"),
+                path=path,
+                reason=str(exc),
+            )
+            raise Unauthorized(str(exc)) from None
+        self._authorize(request, who, path)
+        result = handler()
+        if result == server.NOT_DONE_YET:
+            return _ALREADY_ANSWERED
+        assert isinstance(result, bytes)
+        return result
 
     def _start(self, request: server.Request, coro: Any) -> int:
         d = ensureDeferred(coro)
@@ -197,7 +272,7 @@ class FeddResource(Resource):
         return server.NOT_DONE_YET
 
     def _respond(self, body: bytes, request: server.Request) -> None:
-        if request.finished or request.channel is None:
+        if body is _ALREADY_ANSWERED or request.finished or request.channel is None:
             return
         if request.method != b"HEAD":
             request.setHeader(b"content-length", b"%d" % len(body))
@@ -222,6 +297,8 @@ class FeddResource(Resource):
 
     def _error(self, request: server.Request, exc: FeddError) -> bytes:
         request.setResponseCode(exc.status)
+        if isinstance(exc, Unauthorized):
+            request.setHeader(b"www-authenticate", b'Bearer realm="fedd"')
         if isinstance(exc, MethodNotAllowed):
             request.setHeader(b"allow", ALLOW)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -329,7 +406,7 @@ class FeddResource(Resource):
                         "method": request.method.decode("latin-1"),
                         "client": client,
                         "client_country": self.fed.geo.country(client),
-                        "client_dn": None,
+                        "client_dn": getattr(request, "fedd_identity", ANONYMOUS).subject or None,
                         "endpoint": plan.endpoint,
                         "url": plan.url,
                         "candidates": plan.candidates,
@@ -395,18 +472,24 @@ class FeddResource(Resource):
             request.setHeader(b"content-type", b"application/json")
             request.setHeader(b"cache-control", b"no-store")
             return json.dumps(self.status(), indent=1, sort_keys=True).encode() + b"\n"
-        if raw.startswith(LOCAL_PREFIX.encode()):
-            return self._local_file(request, raw[len(LOCAL_PREFIX) :])
         raise NotFound("no such fedd resource")
 
-    def _local_file(self, request: server.Request, rest: bytes) -> bytes | int:
+    def _local_target(self, request: server.Request, rest: bytes) -> tuple[LocalEndpoint, str, str]:
+        """(endpoint, endpoint path, federation path) of a local data URL; authorisation uses the last."""
         if request.method not in (b"GET", b"HEAD"):
             raise MethodNotAllowed("local data is read-only here")
         eid, _, tail = rest.partition(b"/")
         endpoint = self._local.get(eid.decode("utf-8", "replace"))
         if endpoint is None:
             raise NotFound("no such local endpoint")
-        real = endpoint.resolve(normalise_path(b"/" + tail))
+        endpoint_path = normalise_path(b"/" + tail)
+        fed_path = self.fed.namespace.to_federation(endpoint.id, endpoint_path)
+        if fed_path is None:
+            raise Forbidden("not published in the federation namespace")
+        return endpoint, endpoint_path, fed_path
+
+    def _local_file(self, request: server.Request, endpoint: LocalEndpoint, endpoint_path: str) -> bytes | int:
+        real = endpoint.resolve(endpoint_path)
         if real is None:
             raise Forbidden("outside of the endpoint")
         leaf = File(real)
@@ -423,4 +506,6 @@ class FeddResource(Resource):
         data["fedd"] = {"version": __version__, "started": self.started, "now": time.time()}
         if self.events is not None:
             data["events"] = self.events.to_json()
+        if self.auth is not None:
+            data["auth"] = self.auth.to_json()
         return data

@@ -1,0 +1,169 @@
+"""The `auth` service: who is asking (token, certificate, nobody) and whether they may.
+
+Rules (access file, grid-mapfile) are re-read when their files change, every `reload_interval`;
+a file with errors is refused with every error and line logged, and the rules in force stay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+import os
+from collections import OrderedDict
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from fedd.auth.identity import ANONYMOUS, Identity
+from fedd.auth.policy import Decision, decide
+from fedd.auth.rules import Rule, RulesError, parse_access, parse_gridmap
+from fedd.auth.tokens import TokenError, TokenVerifier
+
+log = Logger(namespace="fedd.auth")
+CACHE_ENTRIES = 65536
+
+
+class Unauthenticated(Exception):
+    """Credentials were presented and refused (bad token, ...): 401 with this reason."""
+
+
+class AuthService(Service):
+    name = "auth"
+
+    def __init__(
+        self,
+        *,
+        clock: Any,
+        access_file: str,
+        gridmap_file: str = "",
+        verifier: TokenVerifier | None = None,
+        reload_interval: float = 60.0,
+    ) -> None:
+        self.clock = clock
+        self.access_file = access_file
+        self.gridmap_file = gridmap_file
+        self.verifier = verifier
+        self.reload_interval = reload_interval
+        self.rules: list[Rule] = []
+        self.gridmap: dict[str, str] = {}
+        self._mtimes: dict[str, float | None] = {}
+        self._tokens: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
+        self._decisions: dict[tuple[Identity, str, str], Decision] = {}
+        self._loop: LoopingCall | None = None
+        self.reloads = self.reload_errors = 0
+        self.load(initial=True)
+
+    # --- rules ----------------------------------------------------------------------------------
+
+    def _changed(self, path: str) -> bool:
+        try:
+            mtime: float | None = os.stat(path).st_mtime_ns
+        except OSError:
+            mtime = None
+        if self._mtimes.get(path, -1) == mtime:
+            return False
+        self._mtimes[path] = mtime
+        return True
+
+    def load(self, *, initial: bool = False) -> None:
+        """(Re)read the rule files that changed. At start an error is fatal; later it is logged."""
+        access_changed = self._changed(self.access_file)
+        gridmap_changed = bool(self.gridmap_file) and self._changed(self.gridmap_file)
+        if not (access_changed or gridmap_changed or initial):
+            return
+        try:
+            with open(self.access_file, encoding="utf-8") as f:
+                rules = parse_access(f.read(), self.access_file)
+            gridmap = self.gridmap
+            if self.gridmap_file:
+                with open(self.gridmap_file, encoding="utf-8") as f:
+                    gridmap = parse_gridmap(f.read(), self.gridmap_file)
+        except (OSError, UnicodeDecodeError, RulesError) as exc:
+            errors = exc.errors if isinstance(exc, RulesError) else [str(exc)]
+            if initial:
+                raise
+            self.reload_errors += 1
+            self._mtimes.clear()  # try again next time even if the file is not touched
+            log.error(
+                "authorisation files not reloaded, the previous rules stay in force:\n  {errors}",
+                errors="\n  ".join(errors),
+            )
+            return
+        self.rules, self.gridmap = rules, gridmap
+        self._decisions.clear()
+        self._tokens.clear()
+        self.reloads += 1
+        if not initial:
+            log.info("authorisation rules reloaded: {n} rules, {m} grid-mapfile entries", n=len(rules), m=len(gridmap))
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self.load)
+        self._loop.clock = self.clock
+        self._loop.start(self.reload_interval, now=False).addErrback(lambda f: log.failure("rule reloading stopped", f))
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    # --- identities and decisions ---------------------------------------------------------------
+
+    def with_account(self, who: Identity) -> Identity:
+        user = self.gridmap.get(who.subject, "")
+        if not user:
+            return who
+        return replace(who, user=user)
+
+    def from_token(self, authorization: bytes) -> Deferred[Identity]:
+        """Identity of an `Authorization: Bearer` header; fails with Unauthenticated."""
+        if self.verifier is None:
+            raise Unauthenticated("bearer tokens are not accepted here (no [issuer] configured)")
+        token = authorization[7:].strip()
+        key = hashlib.sha256(token).digest()
+        hit = self._tokens.get(key)
+        now = self.clock.seconds()
+        if hit is not None and hit[0] > now:
+            return succeed(hit[1])
+        d = self.verifier.verify(token.decode("ascii", "replace"))
+
+        def ok(who: Identity) -> Identity:
+            who = self.with_account(who)
+            self._tokens[key] = (now + 60.0, who)  # re-verified at least every minute (expiry, revocation)
+            if len(self._tokens) > CACHE_ENTRIES:
+                self._tokens.popitem(last=False)
+            return who
+
+        def bad(failure: Any) -> Any:
+            if failure.check(TokenError):
+                raise Unauthenticated(str(failure.value))
+            return failure
+
+        return d.addCallbacks(ok, bad)
+
+    def decide(self, who: Identity, letter: str, path: str) -> Decision:
+        key = (who, letter, path)
+        hit = self._decisions.get(key)
+        if hit is None:
+            hit = decide(who, letter, path, self.rules)
+            if len(self._decisions) >= CACHE_ENTRIES:
+                self._decisions.clear()
+            self._decisions[key] = hit
+        return hit
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "access_file": self.access_file,
+            "gridmap_file": self.gridmap_file or None,
+            "rules": len(self.rules),
+            "gridmap_entries": len(self.gridmap),
+            "reloads": self.reloads,
+            "reload_errors": self.reload_errors,
+            "token_issuers": sorted(self.verifier.issuers) if self.verifier else [],
+        }
+
+
+ANONYMOUS_IDENTITY = ANONYMOUS
