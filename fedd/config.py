@@ -111,6 +111,13 @@ class AuthConfig:
     reload_interval: float = 60.0
     token_audience: tuple[str, ...] = ()
     jwks_min_refresh: float = 60.0
+    ca_dir: str = ""
+    vomsdir: str = ""
+    client_certificates: str = "optional"
+    crl: str = "hard"
+    ca_reload_interval: float = 3600.0
+    limited_proxies: str = "read-only"
+    verify_depth: int = 10
 
 
 @dataclass(frozen=True)
@@ -286,6 +293,15 @@ def _prefix(text: str) -> str:
     return _name(text) if text else text
 
 
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return parse
+
+
 def _shed(text: str) -> str:
     if text not in ("drop-oldest", "drop-newest"):
         raise ValueError(f"expected drop-oldest or drop-newest, got {text!r}")
@@ -371,6 +387,13 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
         "reload_interval": _Key(_positive_float),
         "token_audience": _Key(_text, repeat=True),
         "jwks_min_refresh": _Key(_nonneg_float),
+        "ca_dir": _Key(_text),
+        "vomsdir": _Key(_text),
+        "client_certificates": _Key(_choice("optional", "required")),
+        "crl": _Key(_choice("hard", "soft")),
+        "ca_reload_interval": _Key(_positive_float),
+        "limited_proxies": _Key(_choice("allow", "read-only", "deny")),
+        "verify_depth": _Key(_positive_int),
     },
     "issuer": {
         "issuer": _Key(_text),
@@ -420,6 +443,8 @@ _FILE_KEYS = frozenset(
         "access_file",
         "gridmap_file",
         "jwks_file",
+        "ca_dir",
+        "vomsdir",
     }
 )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet import ssl
@@ -16,6 +16,7 @@ from twisted.python import usage
 
 from fedd.auth.rules import RulesError
 from fedd.auth.service import AuthService
+from fedd.auth.tls import GridContextFactory
 from fedd.auth.tokens import IssuerConfig, TokenVerifier
 from fedd.config import Config
 from fedd.endpoints import Endpoint, HttpClient, close_endpoint, make_endpoint
@@ -57,7 +58,28 @@ def tls_options(config: Config) -> ssl.CertificateOptions:
     )
 
 
-def listen_endpoint(reactor: Any, description: str, config: Config) -> Any:
+def server_tls(config: Config) -> Any:
+    """The TLS context for ssl: listeners: grid client-certificate verification when [auth] ca_dir is set."""
+    auth = config.auth
+    if auth is None or not auth.ca_dir:
+        return tls_options(config)
+    if not config.server.tls_certificate or not config.server.tls_private_key:
+        raise usage.UsageError("an ssl: listener needs tls_certificate and tls_private_key in [server]")
+    try:
+        return GridContextFactory(
+            certificate=config.server.tls_certificate,
+            private_key=config.server.tls_private_key,
+            chain=config.server.tls_chain,
+            ca_dir=auth.ca_dir,
+            require=auth.client_certificates == "required",
+            crl=auth.crl,
+            verify_depth=auth.verify_depth,
+        )
+    except (OSError, SSL.Error, crypto.Error) as exc:
+        raise usage.UsageError(f"cannot set up TLS with client certificates: {exc}") from None
+
+
+def listen_endpoint(reactor: Any, description: str, config: Config, tls: Any = None) -> Any:
     """`tcp:...` strings go to Twisted; `ssl:PORT[:interface=ADDR]` uses the configured certificate."""
     if description.startswith("ssl:") and "privateKey=" not in description:
         parts = description.split(":")
@@ -74,7 +96,7 @@ def listen_endpoint(reactor: Any, description: str, config: Config) -> Any:
         return SSL4ServerEndpoint(
             reactor,
             port,
-            tls_options(config),
+            tls if tls is not None else tls_options(config),
             interface=kwargs.get("interface", ""),
             backlog=int(kwargs.get("backlog", "128")),
         )
@@ -120,7 +142,7 @@ def build_events(config: Config, reactor: Any) -> EventsService:
     return events
 
 
-def build_auth(config: Config, reactor: Any) -> AuthService | None:
+def build_auth(config: Config, reactor: Any, tls: GridContextFactory | None = None) -> AuthService | None:
     """The `auth` service, or None when the configuration has no [auth] (everything is allowed)."""
     if config.auth is None:
         return None
@@ -151,6 +173,10 @@ def build_auth(config: Config, reactor: Any) -> AuthService | None:
             gridmap_file=config.auth.gridmap_file,
             verifier=verifier,
             reload_interval=config.auth.reload_interval,
+            tls=tls,
+            vomsdir=config.auth.vomsdir,
+            limited_proxies=config.auth.limited_proxies,
+            ca_reload_interval=config.auth.ca_reload_interval,
         )
     except RulesError as exc:
         raise usage.UsageError("authorisation files have errors:\n  " + "\n  ".join(exc.errors)) from None
@@ -178,7 +204,9 @@ class _Placer(Service):
 
 
 def build_service(config: Config, *, reactor: Any) -> MultiService:
-    listeners = [listen_endpoint(reactor, d, config) for d in config.server.listen]  # fail fast, before threads
+    tls = server_tls(config) if any(d.startswith("ssl:") for d in config.server.listen) else None
+    listeners = [listen_endpoint(reactor, d, config, tls) for d in config.server.listen]  # fail fast
+    auth_tls = tls if isinstance(tls, GridContextFactory) else None
     top = MultiService()
     endpoints: dict[str, Endpoint] = {
         ep.id: make_endpoint(ep, reactor=reactor, presign_reuse=config.locate.presign_reuse) for ep in config.endpoints
@@ -222,7 +250,7 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
             },
         )
     )
-    auth = build_auth(config, reactor)
+    auth = build_auth(config, reactor, auth_tls)
     if auth is not None:
         auth.setServiceParent(top)
     resource = FeddResource(federation, head_redirect=config.server.head_redirect, events=events, auth=auth)

@@ -7,11 +7,13 @@ a file with errors is refused with every error and line logged, and the rules in
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 import os
 from collections import OrderedDict
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
+from cryptography import x509
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
@@ -20,7 +22,9 @@ from twisted.logger import Logger
 from fedd.auth.identity import ANONYMOUS, Identity
 from fedd.auth.policy import Decision, decide
 from fedd.auth.rules import Rule, RulesError, parse_access, parse_gridmap
+from fedd.auth.tls import GridContextFactory
 from fedd.auth.tokens import TokenError, TokenVerifier
+from fedd.auth.x509id import identity_from_chain
 
 log = Logger(namespace="fedd.auth")
 CACHE_ENTRIES = 65536
@@ -41,7 +45,16 @@ class AuthService(Service):
         gridmap_file: str = "",
         verifier: TokenVerifier | None = None,
         reload_interval: float = 60.0,
+        tls: GridContextFactory | None = None,
+        vomsdir: str = "",
+        limited_proxies: str = "read-only",
+        ca_reload_interval: float = 3600.0,
     ) -> None:
+        self.tls = tls
+        self.vomsdir = vomsdir
+        self.limited_proxies = limited_proxies
+        self.ca_reload_interval = ca_reload_interval
+        self._ca_loop: LoopingCall | None = None
         self.clock = clock
         self.access_file = access_file
         self.gridmap_file = gridmap_file
@@ -104,11 +117,18 @@ class AuthService(Service):
         self._loop = LoopingCall(self.load)
         self._loop.clock = self.clock
         self._loop.start(self.reload_interval, now=False).addErrback(lambda f: log.failure("rule reloading stopped", f))
+        if self.tls is not None:
+            self._ca_loop = LoopingCall(self.tls.reload)
+            self._ca_loop.clock = self.clock
+            self._ca_loop.start(self.ca_reload_interval, now=False).addErrback(
+                lambda f: log.failure("CA reloading stopped", f)
+            )
 
     def stopService(self) -> None:
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        for loop in (self._loop, self._ca_loop):
+            if loop is not None and loop.running:
+                loop.stop()
 
     # --- identities and decisions ---------------------------------------------------------------
 
@@ -144,7 +164,17 @@ class AuthService(Service):
 
         return d.addCallbacks(ok, bad)
 
+    def from_certificate(self, chain: list[x509.Certificate]) -> Identity:
+        """Identity of a TLS client chain already verified in the handshake (one per connection)."""
+        assert self.tls is not None
+        now = datetime.fromtimestamp(self.clock.seconds(), UTC)
+        return self.with_account(identity_from_chain(chain, vomsdir=self.vomsdir, cas=self.tls.cas, now=now))
+
     def decide(self, who: Identity, letter: str, path: str) -> Decision:
+        if who.limited_proxy and (
+            self.limited_proxies == "deny" or (self.limited_proxies == "read-only" and letter in "wd")
+        ):
+            return Decision(False, f"limited proxies may not do this (limited_proxies = {self.limited_proxies})")
         key = (who, letter, path)
         hit = self._decisions.get(key)
         if hit is None:

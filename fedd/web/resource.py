@@ -222,7 +222,22 @@ class FeddResource(Resource):
     # --- authentication and authorisation ---------------------------------------------------------
 
     def _certificate_identity(self, request: server.Request) -> Identity:
-        return ANONYMOUS
+        """The TLS client's identity, worked out once per connection; anonymous without a certificate."""
+        if self.auth is None or self.auth.tls is None or not request.isSecure():
+            return ANONYMOUS
+        channel = request.channel
+        who: Identity | None = getattr(channel, "fedd_identity", None)
+        if who is None:
+            who = ANONYMOUS
+            handle = getattr(channel.transport, "getHandle", None) if channel is not None else None
+            chain = handle().get_peer_cert_chain(as_cryptography=True) if handle is not None else None
+            if chain:
+                try:
+                    who = self.auth.from_certificate(list(chain))
+                except ValueError as exc:
+                    raise Forbidden(f"unusable client certificate: {exc}") from None
+            channel.fedd_identity = who  # type: ignore[union-attr,attr-defined]
+        return who
 
     def _authorize(self, request: server.Request, who: Identity, path: str) -> None:
         """Raise Unauthorized/Forbidden unless `who` may do this request's method on `path`."""
