@@ -206,6 +206,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonneg_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0 <= value < 1:
@@ -393,7 +400,7 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
         "crl": _Key(_choice("hard", "soft")),
         "ca_reload_interval": _Key(_positive_float),
         "limited_proxies": _Key(_choice("allow", "read-only", "deny")),
-        "verify_depth": _Key(_positive_int),
+        "verify_depth": _Key(_nonneg_int),
     },
     "issuer": {
         "issuer": _Key(_text),

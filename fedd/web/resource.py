@@ -230,7 +230,12 @@ class FeddResource(Resource):
         if who is None:
             who = ANONYMOUS
             handle = getattr(channel.transport, "getHandle", None) if channel is not None else None
-            chain = handle().get_peer_cert_chain(as_cryptography=True) if handle is not None else None
+            chain = []
+            if handle is not None:
+                # on the server side OpenSSL's peer chain leaves out the leaf (the proxy): put it back
+                leaf = handle().get_peer_certificate(as_cryptography=True)
+                rest = handle().get_peer_cert_chain(as_cryptography=True) or []
+                chain = ([leaf] if leaf is not None else []) + [c for c in rest if c != leaf]
             if chain:
                 try:
                     who = self.auth.from_certificate(list(chain))
