@@ -128,7 +128,7 @@ def status(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_voms_proxy_reads_by_role(pki: Pki, fed: tuple[Fedd, int]) -> None:
-    f, port = fed
+    _f, port = fed
     out = curl(pki, port, "/atlas/data/f", "voms", "-L")
     assert out.returncode == 0, out.stderr
     assert out.stdout == "atlas/data\n200"
@@ -149,7 +149,7 @@ def test_voms_proxy_reads_by_role(pki: Pki, fed: tuple[Fedd, int]) -> None:
 
 
 def test_user_certificate_without_voms(pki: Pki, fed: tuple[Fedd, int]) -> None:
-    f, port = fed
+    _f, port = fed
     assert status(curl(pki, port, "/users/f", "user")) == "302"
     assert status(curl(pki, port, "/users/f", "plain_proxy")) == "302"  # the DN behind the proxy counts
     denied = curl(pki, port, "/atlas/data/f", "user")
@@ -157,7 +157,7 @@ def test_user_certificate_without_voms(pki: Pki, fed: tuple[Fedd, int]) -> None:
 
 
 def test_anonymous_over_https(pki: Pki, fed: tuple[Fedd, int]) -> None:
-    f, port = fed
+    _f, port = fed
     assert status(curl(pki, port, "/atlas/public/f", None)) == "302"
     assert status(curl(pki, port, "/atlas/data/f", None)) == "401"
 
