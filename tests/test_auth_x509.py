@@ -148,6 +148,35 @@ def test_voms_proxy_reads_by_role(pki: Pki, fed: tuple[Fedd, int]) -> None:
     assert davix.stdout == b"atlas/data"
 
 
+def test_gfal_lists_with_a_voms_proxy(pki: Pki, fed: tuple[Fedd, int]) -> None:
+    _, port = fed
+    env = {"X509_USER_PROXY": str(pki.creds["voms"]), "X509_CERT_DIR": str(pki.certdir), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(["gfal-ls", f"davs://localhost:{port}/atlas/data"], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["f"]
+
+
+def test_limited_proxy_policy(pki: Pki, tmp_path: Path) -> None:
+    from fedd.auth.identity import Identity
+    from fedd.auth.service import AuthService
+
+    (tmp_path / "access.conf").write_text("/ authenticated rlwd\n")
+    who = Identity("x509", USER_DN, limited_proxy=True)
+    for policy, allowed in [("allow", "rlwd"), ("read-only", "rl"), ("deny", "")]:
+        auth = AuthService(clock=None, access_file=str(tmp_path / "access.conf"), limited_proxies=policy)
+        assert "".join(c for c in "rlwd" if auth.decide(who, c, "/x").allowed) == allowed
+    limited = proxy(pki.user, tmp_path / "x509up_limited", pki.certdir, extra=("-limited",))
+    from cryptography import x509
+
+    from fedd.auth.x509id import identity_from_chain
+
+    chain = x509.load_pem_x509_certificates(limited.read_bytes())
+    assert identity_from_chain(chain, vomsdir="", cas={}, now=None).limited_proxy  # type: ignore[arg-type]
+    plain = x509.load_pem_x509_certificates(pki.creds["plain_proxy"].read_bytes())
+    assert not identity_from_chain(plain, vomsdir="", cas={}, now=None).limited_proxy  # type: ignore[arg-type]
+
+
 def test_user_certificate_without_voms(pki: Pki, fed: tuple[Fedd, int]) -> None:
     _f, port = fed
     assert status(curl(pki, port, "/users/f", "user")) == "302"

@@ -17,7 +17,7 @@ from fedd.auth.voms import VomsError, fqans, grid_dn
 log = Logger(namespace="fedd.auth.x509")
 PROXY_CERT_INFO = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14")
 # DER of the OID 1.3.6.1.4.1.3536.1.1.1.9 (id-ppl-limited, "limited proxy" policy language)
-_LIMITED_POLICY = bytes.fromhex("060a2b060104019b5001010109")
+_LIMITED_POLICY = bytes.fromhex("060b2b060104019b5001010109")
 
 
 def _proxy_info(cert: x509.Certificate) -> bytes | None:
