@@ -18,6 +18,7 @@ class Identity:
     user: str = ""  # local account from the grid-mapfile
     limited_proxy: bool = False
     storage_scoped: bool = False  # a token that had storage.* scopes (even only malformed ones)
+    expires: float | None = None  # a token's exp
 
     @property
     def anonymous(self) -> bool:

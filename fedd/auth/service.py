@@ -152,7 +152,8 @@ class AuthService(Service):
 
         def ok(who: Identity) -> Identity:
             who = self.with_account(who)
-            self._tokens[key] = (now + 60.0, who)  # re-verified at least every minute (expiry, revocation)
+            # re-verified at least every minute, and never used past its expiry
+            self._tokens[key] = (min(now + 60.0, who.expires or now), who)
             if len(self._tokens) > CACHE_ENTRIES:
                 self._tokens.popitem(last=False)
             return who

@@ -144,6 +144,7 @@ class TokenVerifier:
             groups=tuple(str(g) for g in groups),
             scopes=tuple(scopes),
             storage_scoped=storage_scoped,
+            expires=float(claims["exp"]),
         )
 
     async def _key(self, issuer: IssuerConfig, kid: str) -> Any:
