@@ -158,7 +158,12 @@ def two_processes(work: Path, rgw: servers.CephRGW, dav: servers.ApacheDav, seco
             log = (work / f"fedd-shared-{i}.log").open("wb")
             procs.append(
                 subprocess.Popen(
-                    ["sh", "-c", script], env=env(), pass_fds=(sock.fileno(),), stdout=log, stderr=subprocess.STDOUT
+                    ["sh", "-c", script],
+                    env=env(),
+                    pass_fds=(sock.fileno(),),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=work,
                 )
             )
         url = f"http://127.0.0.1:{port}{PATH}"

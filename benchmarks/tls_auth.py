@@ -26,9 +26,24 @@ USER_DN = "/DC=org/DC=fedd-test/OU=Users/CN=Bench User"
 
 def s_time(port: int, ca: Path, cert: Path, key: Path, seconds: int) -> float:
     out = subprocess.run(
-        ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-cert", str(cert), "-key", str(key),
-         "-CAfile", str(ca), "-time", str(seconds)],
-        capture_output=True, text=True, timeout=seconds + 60,
+        [
+            "openssl",
+            "s_time",
+            "-connect",
+            f"127.0.0.1:{port}",
+            "-new",
+            "-cert",
+            str(cert),
+            "-key",
+            str(key),
+            "-CAfile",
+            str(ca),
+            "-time",
+            str(seconds),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
     )
     match = re.search(r"([0-9.]+) connections/user sec", out.stdout)
     if match is None:
@@ -41,9 +56,26 @@ def s_time(port: int, ca: Path, cert: Path, key: Path, seconds: int) -> float:
 def keepalive_redirects(port: int, ca: Path, cert: Path, key: Path, count: int) -> float:
     url = f"https://localhost:{port}/users/f?n=[1-{count}]"
     start = time.perf_counter()
-    out = subprocess.run(["curl", "-s", "--cacert", str(ca), "--cert", str(cert), "--key", str(key),
-                          "-o", "/dev/null", "-w", "%{http_code}\n", url], capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [
+            "curl",
+            "-s",
+            "--cacert",
+            str(ca),
+            "--cert",
+            str(cert),
+            "--key",
+            str(key),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}\n",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     elapsed = time.perf_counter() - start
     codes = out.stdout.split()
     if len(codes) != count or set(codes) != {"302"}:
@@ -77,8 +109,9 @@ http {{
     }}
 }}
 """)
-    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(work)], stdout=subprocess.DEVNULL,
-                            stderr=(work / "stderr.log").open("wb"))
+    proc = subprocess.Popen(
+        ["nginx", "-c", str(conf), "-p", str(work)], stdout=subprocess.DEVNULL, stderr=(work / "stderr.log").open("wb")
+    )
     wait_for_port(port, 10, proc)
     return proc
 
@@ -116,15 +149,19 @@ map = / /
     results: dict[str, tuple[float, float]] = {}
     fedd = start_fedd(work / "fedd", conf, http_port)
     try:
-        results["fedd"] = (s_time(https_port, ca.pem, *user, seconds),
-                           keepalive_redirects(https_port, ca.pem, *user, count))
+        results["fedd"] = (
+            s_time(https_port, ca.pem, *user, seconds),
+            keepalive_redirects(https_port, ca.pem, *user, count),
+        )
     finally:
         fedd.stop()
     nport = free_port()
     nginx = nginx_tls(work, nport, host, ca, crl)
     try:
-        results["nginx ssl_verify_client"] = (s_time(nport, ca.pem, *user, seconds),
-                                              keepalive_redirects(nport, ca.pem, *user, count))
+        results["nginx ssl_verify_client"] = (
+            s_time(nport, ca.pem, *user, seconds),
+            keepalive_redirects(nport, ca.pem, *user, count),
+        )
     finally:
         nginx.terminate()
         nginx.wait(10)
