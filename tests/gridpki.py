@@ -77,7 +77,7 @@ class CA:
         )
         self.hash = run("openssl", "x509", "-hash", "-noout", "-in", str(self.pem)).strip()
 
-    def issue(self, name: str, dn: str, ext: str = "usr") -> tuple[Path, Path]:
+    def issue(self, name: str, dn: str, ext: str = "usr", *dates: str) -> tuple[Path, Path]:
         key, csr, pem = self.dir / f"{name}.key", self.dir / f"{name}.csr", self.dir / f"{name}.pem"
         run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", dn)
         run(
@@ -97,6 +97,7 @@ class CA:
             "-extensions",
             ext,
             "-notext",
+            *dates,
         )
         key.chmod(0o600)
         return pem, key
@@ -137,6 +138,30 @@ class CA:
         shutil.copy(self.pem, certdir / f"{self.hash}.0")
         if crl:
             self.crl(certdir / f"{self.hash}.r0", expired=expired_crl)
+
+
+def self_signed(out: Path, dn: str) -> Path:
+    """A self-signed certificate (what a forged "proxy" or a home-made CA looks like to a server)."""
+    crt = out.with_suffix(".crt")
+    run(
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(out),
+        "-out",
+        str(crt),
+        "-days",
+        "2",
+        "-subj",
+        dn,
+    )
+    out.write_text(crt.read_text() + out.read_text())
+    out.chmod(0o600)
+    return out
 
 
 def proxy(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon import Fedd, start_fedd
-from tests.gridpki import CA, proxy
+from tests.gridpki import CA, proxy, self_signed
 from tests.servers import free_port
 
 USER_DN = "/DC=org/DC=fedd-test/OU=Users/CN=Jane Doe"
@@ -44,6 +44,15 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     user = ca.issue("user", USER_DN)
     bob = ca.issue("bob", "/DC=org/DC=fedd-test/OU=Users/CN=Bob Revoked")
     ca.revoke(bob[0])
+    expired = ca.issue(
+        "old",
+        "/DC=org/DC=fedd-test/OU=Users/CN=Old Timer",
+        "usr",
+        "-startdate",
+        "20200101000000Z",
+        "-enddate",
+        "20200102000000Z",
+    )
     evil = CA(base, "evil", "/DC=org/DC=evil/CN=Evil CA")
     mallory = evil.issue("mallory", "/DC=org/DC=evil/CN=Mallory")
     certdir = base / "certificates"
@@ -57,6 +66,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         "user": _combined(base / "user.pem", user),
         "revoked": _combined(base / "bob.pem", bob),
         "untrusted": _combined(base / "mallory.pem", mallory),
+        "expired": _combined(base / "old.pem", expired),
+        "self_signed": self_signed(base / "selfsigned.pem", USER_DN + "/CN=proxy"),
         "voms": proxy(user, base / "x509up_voms", certdir, voms=voms, fqans=(PROD, "/atlas/Capability=NULL")),
         "rogue": proxy(user, base / "x509up_rogue", certdir, voms=rogue, fqans=(PROD,)),
         "expired_ac": proxy(
@@ -151,8 +162,9 @@ def test_voms_proxy_reads_by_role(pki: Pki, fed: tuple[Fedd, int]) -> None:
 def test_gfal_lists_with_a_voms_proxy(pki: Pki, fed: tuple[Fedd, int]) -> None:
     _, port = fed
     env = {"X509_USER_PROXY": str(pki.creds["voms"]), "X509_CERT_DIR": str(pki.certdir), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run(["gfal-ls", f"davs://localhost:{port}/atlas/data"], capture_output=True, text=True,
-                         timeout=60, env=env)
+    out = subprocess.run(
+        ["gfal-ls", f"davs://localhost:{port}/atlas/data"], capture_output=True, text=True, timeout=60, env=env
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["f"]
 
@@ -201,7 +213,13 @@ def test_untrusted_or_expired_voms_attributes_are_ignored(pki: Pki, fed: tuple[F
 
 @pytest.mark.parametrize(
     ("cred", "reason"),
-    [("revoked", "certificate revoked"), ("untrusted", "unable to get local issuer certificate"), ("tampered", "")],
+    [
+        ("revoked", "certificate revoked"),
+        ("untrusted", "unable to get local issuer certificate"),
+        ("expired", "certificate has expired"),
+        ("self_signed", "self-signed certificate"),
+        ("tampered", ""),
+    ],
 )
 def test_bad_certificates_are_refused_in_the_handshake(pki: Pki, fed: tuple[Fedd, int], cred: str, reason: str) -> None:
     f, port = fed
