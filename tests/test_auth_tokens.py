@@ -232,3 +232,32 @@ def test_broken_access_file_at_start_is_a_clear_error(tmp_path: Path) -> None:
     out = subprocess.run(twistd_command("--config", str(conf)), capture_output=True, env=env(), timeout=60, text=True)
     assert out.returncode != 0
     assert f"{tmp_path / 'access.conf'}:1: letters must be from 'rlwd'" in out.stdout + out.stderr
+
+
+def test_offline_jwks_file(issuer: Issuer, tmp_path: Path) -> None:
+    from twisted.internet.task import Clock
+
+    from fedd.auth.tokens import IssuerConfig, TokenError, TokenVerifier, no_fetch
+
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(
+        json.dumps(
+            {
+                "keys": [
+                    {**json.loads(RSAAlgorithm.to_jwk(issuer.rsa.public_key())), "kid": "rsa1"},
+                    {"kty": "RSA", "kid": "broken", "n": "!!", "e": "AQAB"},  # one bad key does not spoil the others
+                ]
+            }
+        )
+    )
+    fetched = issuer.fetches
+    verifier = TokenVerifier(
+        [IssuerConfig("t", issuer.iss, jwks_file=str(jwks), base_path="/atlas")], [AUD], clock=Clock(), fetch=no_fetch
+    )
+    results: list[Any] = []
+    verifier.verify(issuer.token("storage.read:/data")).addBoth(results.append)
+    who = results[0]
+    assert who.subject == "user-42" and who.scopes == ("storage.read:/atlas/data",)
+    verifier.verify(issuer.token(alg="ES256")).addBoth(results.append)  # its key is not in the file
+    assert results[1].check(TokenError)
+    assert issuer.fetches == fetched  # never went to the network
