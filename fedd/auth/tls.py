@@ -107,7 +107,7 @@ class GridContextFactory:
                         )
         ctx.use_privatekey_file(self.private_key.encode())
         ctx.check_privatekey()
-        ctx.load_verify_locations(None, self.ca_dir.encode())
+        ctx.load_verify_locations(None, self.ca_dir)
         store = ctx.get_cert_store()
         assert store is not None
         flags = crypto.X509StoreFlags
