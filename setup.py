@@ -27,6 +27,8 @@ setup(
         "defusedxml>=0.7",
         "lxml>=4.9",
         "pika>=1.3",
+        "PyJWT>=2.8",
+        "asn1crypto>=1.5",
         "geoip2>=4.7",
         "maxminddb>=2.4",
     ],
