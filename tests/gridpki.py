@@ -204,3 +204,47 @@ def proxy(
     run(*cmd)
     out.chmod(0o600)
     return out
+
+
+def proxy_of(parent: Path, out: Path) -> Path:
+    """An RFC 3820 proxy signed by the proxy in `parent` (a proxy of a proxy), made with cryptography."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    data = parent.read_bytes()
+    certs = x509.load_pem_x509_certificates(data)
+    parent_key = serialization.load_pem_private_key(data, password=None)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    serial = x509.random_serial_number() >> 100
+    now = datetime.datetime.now(datetime.UTC)
+    subject = x509.Name(
+        [
+            *certs[0].subject.rdns,
+            x509.RelativeDistinguishedName([x509.NameAttribute(x509.NameOID.COMMON_NAME, str(serial))]),
+        ]
+    )
+    # ProxyCertInfo ::= SEQUENCE { pCPathLenConstraint OPTIONAL, proxyPolicy SEQUENCE { id-ppl-inheritAll } }
+    info = bytes.fromhex("300c300a06082b06010505071501")
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(certs[0].subject)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=2))
+        .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14"), info), critical=True)
+        .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
+        .sign(parent_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
+    chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+    out.write_bytes(pem + key_pem + chain)
+    out.chmod(0o600)
+    return out

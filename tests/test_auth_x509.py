@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon import Fedd, start_fedd
-from tests.gridpki import CA, proxy, self_signed
+from tests.gridpki import CA, proxy, proxy_of, self_signed
 from tests.servers import free_port
 
 USER_DN = "/DC=org/DC=fedd-test/OU=Users/CN=Jane Doe"
@@ -27,6 +27,7 @@ ACCESS = f"""/atlas/public anonymous rl
 @dataclass
 class Pki:
     ca: CA
+    newca: CA
     certdir: Path
     vomsdir: Path
     host: tuple[Path, Path]
@@ -54,6 +55,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         "20200102000000Z",
     )
     evil = CA(base, "evil", "/DC=org/DC=evil/CN=Evil CA")
+    newca = CA(base, "newca", "/DC=org/DC=newca/CN=New CA")
+    newcomer = newca.issue("newcomer", "/DC=org/DC=newca/CN=Newcomer")
     mallory = evil.issue("mallory", "/DC=org/DC=evil/CN=Mallory")
     certdir = base / "certificates"
     ca.install(certdir)
@@ -67,6 +70,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         "revoked": _combined(base / "bob.pem", bob),
         "untrusted": _combined(base / "mallory.pem", mallory),
         "expired": _combined(base / "old.pem", expired),
+        "newcomer": _combined(base / "newcomer.pem", newcomer),
         "self_signed": self_signed(base / "selfsigned.pem", USER_DN + "/CN=proxy"),
         "voms": proxy(user, base / "x509up_voms", certdir, voms=voms, fqans=(PROD, "/atlas/Capability=NULL")),
         "rogue": proxy(user, base / "x509up_rogue", certdir, voms=rogue, fqans=(PROD,)),
@@ -87,7 +91,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     tampered = body[:-40] + ("A" if body[-40] != "A" else "B") + body[-39:] + text[first:]
     (base / "x509up_tampered").write_text(tampered)
     creds["tampered"] = base / "x509up_tampered"
-    return Pki(ca, certdir, vomsdir, host, user, creds)
+    return Pki(ca, newca, certdir, vomsdir, host, user, creds)
 
 
 def _combined(out: Path, pair: tuple[Path, Path]) -> Path:
@@ -197,6 +201,13 @@ def test_user_certificate_without_voms(pki: Pki, fed: tuple[Fedd, int]) -> None:
     assert status(denied) == "403" and "not granted to " + USER_DN in denied.stdout
 
 
+def test_proxy_of_a_proxy_is_the_user_and_keeps_voms(pki: Pki, fed: tuple[Fedd, int], tmp_path: Path) -> None:
+    _, port = fed
+    pki.creds["deep"] = proxy_of(pki.creds["voms"], tmp_path / "x509up_deep")
+    assert status(curl(pki, port, "/users/f", "deep")) == "302"  # Jane Doe, two proxy levels down
+    assert status(curl(pki, port, "/atlas/data/f", "deep")) == "302"  # the AC in the first proxy still counts
+
+
 def test_anonymous_over_https(pki: Pki, fed: tuple[Fedd, int]) -> None:
     _f, port = fed
     assert status(curl(pki, port, "/atlas/public/f", None)) == "302"
@@ -293,5 +304,28 @@ def test_chain_too_long(pki: Pki, tmp_path: Path) -> None:
         while "certificate chain too long" not in f.log_text():
             assert time.monotonic() < deadline, f.log_text()[-2000:]
             time.sleep(0.05)
+    finally:
+        f.stop()
+
+
+def test_new_ca_is_picked_up_without_a_restart(pki: Pki, tmp_path: Path) -> None:
+    certdir = tmp_path / "certificates"
+    pki.ca.install(certdir)
+    (tmp_path / "data" / "atlas" / "public").mkdir(parents=True)
+    (tmp_path / "data" / "atlas" / "public" / "f").write_text("p")
+    (tmp_path / "access.conf").write_text(ACCESS)
+    http_port, https_port = free_port(), free_port()
+    conf = config(pki, tmp_path, http_port, https_port, "ca_reload_interval = 0.3").replace(
+        f"ca_dir = {pki.certdir}", f"ca_dir = {certdir}"
+    )
+    f = start_fedd(tmp_path / "run", conf, http_port)
+    try:
+        assert curl(pki, https_port, "/atlas/public/f", "newcomer").returncode != 0
+        pki.newca.install(certdir)  # as fetch-crl or a CA rpm update would
+        deadline = time.monotonic() + 10
+        while status(curl(pki, https_port, "/atlas/public/f", "newcomer")) != "302":
+            assert time.monotonic() < deadline, "the new CA was not picked up"
+            time.sleep(0.2)
+        assert f.proc.poll() is None
     finally:
         f.stop()
