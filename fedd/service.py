@@ -17,7 +17,7 @@ from twisted.python import usage
 from fedd.auth.rules import RulesError
 from fedd.auth.service import AuthService
 from fedd.auth.tls import GridContextFactory
-from fedd.auth.tokens import IssuerConfig, TokenVerifier
+from fedd.auth.tokens import TokenVerifier
 from fedd.config import Config
 from fedd.endpoints import Endpoint, HttpClient, close_endpoint, make_endpoint
 from fedd.events.outbox import Outbox
@@ -158,7 +158,7 @@ def build_auth(config: Config, reactor: Any, tls: GridContextFactory | None = No
 
         try:
             verifier = TokenVerifier(
-                [IssuerConfig(i.id, i.issuer, i.jwks_url, i.jwks_file, i.base_path) for i in config.issuers],
+                list(config.issuers),
                 list(config.auth.token_audience),
                 clock=reactor,
                 fetch=lambda url: ensureDeferred(fetch(url)),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
 
 from fedd.auth.identity import Identity
+from fedd.config import IssuerSettings as IssuerConfig
 from fedd.errors import describe
 
 log = Logger(namespace="fedd.auth.tokens")
@@ -29,15 +29,6 @@ LEEWAY = 60  # seconds of clock skew allowed on exp/nbf/iat
 
 class TokenError(Exception):
     """A token that is not acceptable; the message is safe to show and to log."""
-
-
-@dataclass(frozen=True)
-class IssuerConfig:
-    id: str
-    issuer: str
-    jwks_url: str = ""
-    jwks_file: str = ""
-    base_path: str = "/"
 
 
 def _keys_from_jwks(data: bytes) -> dict[str, Any]:
