@@ -26,6 +26,7 @@ CHICAGO = "41.8781 -87.6298"
 
 @pytest.fixture(scope="module")
 def data(ceph: Any, s3client: Any, dav1: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    os.environ["FEDD_TEST_SECRET"] = ceph.secret_key  # the configs read the S3 secret from the environment
     s3client.create_bucket(Bucket=BUCKET)
     s3client.put_object(Bucket=BUCKET, Key="rucio/atlas/data/both.bin", Body=CONTENT)
     s3client.put_object(Bucket=BUCKET, Key="rucio/atlas/data/s3only.txt", Body=b"only on ceph\n")
@@ -83,7 +84,6 @@ map = /atlas /
 
 @pytest.fixture(scope="module")
 def fed(ceph: Any, dav1: Any, data: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fedd]:
-    os.environ["FEDD_TEST_SECRET"] = ceph.secret_key
     port = free_port()
     f = start_fedd(tmp_path_factory.mktemp("fed"), config(ceph, dav1, data, port), port)
     yield f
@@ -251,7 +251,16 @@ def test_memcached_shares_answers_and_its_death_is_survived(
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert get(f1, "/atlas/data/s3only.txt").status == 302
-        time.sleep(0.2)  # the set to memcached is fire-and-forget
+        from pymemcache.client.base import Client
+
+        from fedd.locate.cache import cache_key
+
+        mc_client = Client(("127.0.0.1", memcached.port), timeout=2)
+        deadline = time.monotonic() + 10
+        while mc_client.get(cache_key("/atlas/data/s3only.txt")) is None:  # the set is fire-and-forget
+            assert time.monotonic() < deadline, "fedd never stored its answer in memcached"
+            time.sleep(0.02)
+        mc_client.close()
         assert get(f2, "/atlas/data/s3only.txt").status == 302
         assert f2.status()["locate"]["memcached"]["hits"] == 1  # f2 never asked the endpoints
         memcached.kill()
