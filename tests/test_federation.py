@@ -40,8 +40,21 @@ def data(ceph: Any, s3client: Any, dav1: Any, tmp_path_factory: pytest.TempPathF
     return {"local": local}
 
 
+# tolerant health settings: a loaded CI machine must not take a healthy endpoint offline
+RELAXED = "interval = 5\ntimeout = 5\nfailures_to_offline = 3\nsuccesses_to_online = 1"
+EAGER = "interval = 0.5\ntimeout = 1\nfailures_to_offline = 1\nsuccesses_to_online = 1"
+
+
 def config(
-    ceph: Any, dav1: Any, data: dict[str, Any], port: int, extra: str = "", near: str = "ceph", locate: str = ""
+    ceph: Any,
+    dav1: Any,
+    data: dict[str, Any],
+    port: int,
+    extra: str = "",
+    near: str = "ceph",
+    locate: str = "",
+    health: str = RELAXED,
+    budget: float = 3.0,
 ) -> str:
     where = {"ceph": CHICAGO, "dav": CHICAGO}
     where[near] = GENEVA
@@ -49,16 +62,13 @@ def config(
 [server]
 listen = tcp:{port}:interface=127.0.0.1
 [locate]
-wait_budget = 1.0
+wait_budget = {budget}
 {locate}
 [geo]
 site = 127.0.0.0/8 {GENEVA}
 fuzz_km = 100
 [health]
-interval = 0.5
-timeout = 1
-failures_to_offline = 1
-successes_to_online = 1
+{health}
 [endpoint ceph]
 kind = s3
 url = {ceph.url}
@@ -198,7 +208,7 @@ def test_offline_endpoint_is_never_a_target(ceph: Any, dav1: Any, data: dict[str
     dead = f"http://127.0.0.1:{free_port()}"
     extra = f"[endpoint dead]\nkind = dav\nurl = {dead}\nmap = /atlas /atlas\nlat = 46.2044\nlon = 6.1432\n"
     port = free_port()
-    f = start_fedd(tmp_path, config(ceph, dav1, data, port, extra=extra), port)
+    f = start_fedd(tmp_path, config(ceph, dav1, data, port, extra=extra, health=EAGER), port)
     try:
         deadline = time.monotonic() + 10
         while f.status()["endpoints"]["dead"]["health"]["state"] != "offline":
@@ -222,7 +232,9 @@ def test_bad_nearest_endpoint_costs_at_most_the_wait_budget(
     )
     port = free_port()
     f = start_fedd(
-        tmp_path, config(ceph, dav1, data, port, extra=extra).replace("interval = 0.5", "interval = 600"), port
+        tmp_path,
+        config(ceph, dav1, data, port, extra=extra, budget=1.0).replace("interval = 5", "interval = 600"),
+        port,
     )
     try:
         start = time.monotonic()
