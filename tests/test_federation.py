@@ -280,7 +280,7 @@ def test_memcached_shares_answers_and_its_death_is_survived(
             assert get(f1, "/atlas/data/davonly.txt" if i == 0 else f"/atlas/data/x{i}").status in (302, 404)
         start = time.monotonic()
         assert get(f1, "/atlas/data/localonly.txt").status == 302
-        assert time.monotonic() - start < 0.5
+        assert time.monotonic() - start < 1.5  # memcached is gone: no wait for it (timeout would be 0.2 s each)
         memcached.restart()
         deadline = time.monotonic() + 40
         while "down" in f1.status()["locate"]["memcached"]["servers"].values():
