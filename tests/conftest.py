@@ -5,7 +5,10 @@ Each starts once per test session on free loopback ports and is stopped by pid a
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,7 +41,9 @@ def s3client(ceph: Any) -> Any:
 
 
 def _dav(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Any]:
-    work = tmp_path_factory.mktemp(name)
+    # Not under pytest's base temporary directory: every pytest session that starts resets it to 0700,
+    # and Apache's www-data workers must reach the docroot and the DAV lock database all along.
+    work = Path(tempfile.mkdtemp(prefix=f"fedd-{name}-"))
     docroot = work / "docroot"
     docroot.mkdir()
     from tests import servers
@@ -48,6 +53,7 @@ def _dav(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Any]:
         yield dav
     finally:
         dav.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
