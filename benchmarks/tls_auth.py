@@ -17,8 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import free_port, start_fedd, wait_for_port
+from common import free_port, start_fedd
 
+from tests import servers
 from tests.gridpki import CA
 
 USER_DN = "/DC=org/DC=fedd-test/OU=Users/CN=Bench User"
@@ -83,37 +84,16 @@ def keepalive_redirects(port: int, ca: Path, cert: Path, key: Path, count: int) 
     return count / elapsed
 
 
-def nginx_tls(work: Path, port: int, host: tuple[Path, Path], ca: CA, crl: Path) -> subprocess.Popen[bytes]:
-    conf = work / "nginx.conf"
-    conf.write_text(f"""daemon off;
-worker_processes 1;
-pid {work}/nginx.pid;
-error_log {work}/error.log;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path {work}/body; proxy_temp_path {work}/proxy; fastcgi_temp_path {work}/fcgi;
-    uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {host[0]};
+def nginx_tls(work: Path, host: tuple[Path, Path], ca: CA, crl: Path) -> servers.Nginx:
+    tls = f"""ssl_certificate {host[0]};
         ssl_certificate_key {host[1]};
         ssl_client_certificate {ca.pem};
         ssl_crl {crl};
         ssl_verify_client on;
         ssl_verify_depth 10;
         ssl_session_cache off;
-        ssl_session_tickets off;
-        location / {{ return 302 https://localhost:{port}/.well-known/fedd/local/l/users/f; }}
-    }}
-}}
-""")
-    proc = subprocess.Popen(
-        ["nginx", "-c", str(conf), "-p", str(work)], stdout=subprocess.DEVNULL, stderr=(work / "stderr.log").open("wb")
-    )
-    wait_for_port(port, 10, proc)
-    return proc
+        ssl_session_tickets off;"""
+    return servers.start_nginx_redirect(work / "nginx", "https://localhost/.well-known/fedd/local/l/users/f", tls=tls)
 
 
 def main() -> None:
@@ -155,16 +135,14 @@ map = / /
         )
     finally:
         fedd.stop()
-    nport = free_port()
-    nginx = nginx_tls(work, nport, host, ca, crl)
+    nginx = nginx_tls(work, host, ca, crl)
     try:
         results["nginx ssl_verify_client"] = (
-            s_time(nport, ca.pem, *user, seconds),
-            keepalive_redirects(nport, ca.pem, *user, count),
+            s_time(nginx.port, ca.pem, *user, seconds),
+            keepalive_redirects(nginx.port, ca.pem, *user, count),
         )
     finally:
-        nginx.terminate()
-        nginx.wait(10)
+        nginx.stop()
     print(f"\nTLS with client certificates (RSA 2048, CRL checked), {seconds} s handshakes, {count} redirects")
     print(f"{'server':26} {'new handshakes/s':>18} {'redirects/s (keep-alive)':>26}")
     for name, (hs, rd) in results.items():

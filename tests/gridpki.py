@@ -80,16 +80,8 @@ class CA:
     def issue(self, name: str, dn: str, ext: str = "usr", *dates: str) -> tuple[Path, Path]:
         key, csr, pem = self.dir / f"{name}.key", self.dir / f"{name}.csr", self.dir / f"{name}.pem"
         run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", dn)
-        run(
-            "openssl",
-            "ca",
+        self._ca(
             "-batch",
-            "-config",
-            str(self.cnf),
-            "-cert",
-            str(self.pem),
-            "-keyfile",
-            str(self.key),
             "-in",
             str(csr),
             "-out",
@@ -102,31 +94,18 @@ class CA:
         key.chmod(0o600)
         return pem, key
 
+    def _ca(self, *args: str) -> str:
+        return run("openssl", "ca", "-config", str(self.cnf), "-cert", str(self.pem), "-keyfile", str(self.key), *args)
+
     def revoke(self, pem: Path) -> None:
-        run(
-            "openssl",
-            "ca",
-            "-config",
-            str(self.cnf),
-            "-cert",
-            str(self.pem),
-            "-keyfile",
-            str(self.key),
+        self._ca(
             "-revoke",
             str(pem),
         )
 
     def crl(self, out: Path, *, expired: bool = False) -> None:
         args = ["-crl_lastupdate", "20200101000000Z", "-crl_nextupdate", "20200102000000Z"] if expired else []
-        run(
-            "openssl",
-            "ca",
-            "-config",
-            str(self.cnf),
-            "-cert",
-            str(self.pem),
-            "-keyfile",
-            str(self.key),
+        self._ca(
             "-gencrl",
             "-out",
             str(out),

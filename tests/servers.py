@@ -214,7 +214,8 @@ class Nginx:
             self.proc.wait(10)
 
 
-def start_nginx_redirect(workdir: Path, location: str) -> Nginx:
+def start_nginx_redirect(workdir: Path, location: str, *, tls: str = "") -> Nginx:
+    """nginx answering every request with 302 `location`; `tls` holds ssl_* directives for an https server."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = workdir / "nginx.conf"
@@ -232,7 +233,8 @@ http {{
     uwsgi_temp_path {workdir}/uwsgi;
     scgi_temp_path {workdir}/scgi;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{" ssl" if tls else ""};
+        {tls}
         location / {{ return 302 {location}; }}
     }}
 }}
