@@ -29,6 +29,7 @@ setup(
         "pika>=1.3",
         "PyJWT>=2.8",
         "asn1crypto>=1.5",
+        "prometheus-client>=0.17",
         "geoip2>=4.7",
         "maxminddb>=2.4",
     ],

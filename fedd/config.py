@@ -57,6 +57,7 @@ class ServerConfig:
     access_log: bool = False
     max_body_bytes: int = 1 << 20
     head_redirect: bool = False
+    metrics_path: str = "/metrics"
 
 
 @dataclass(frozen=True)
@@ -350,6 +351,7 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
         "access_log": _Key(_bool),
         "max_body_bytes": _Key(_positive_int),
         "head_redirect": _Key(_bool),
+        "metrics_path": _Key(_fed_path),
     },
     "locate": {
         "wait_budget": _Key(_positive_float),

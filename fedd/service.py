@@ -29,6 +29,7 @@ from fedd.locate.locator import Locator
 from fedd.locate.memcache import Memcached
 from fedd.namespace import Namespace
 from fedd.select.geo import GeoLocator
+from fedd.web.metrics import Metrics, StateCollector
 from fedd.web.resource import FeddResource, FeddSite
 
 log = Logger(namespace="fedd")
@@ -254,7 +255,17 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
     if auth is not None:
         auth.setServiceParent(top)
     resource = FeddResource(federation, head_redirect=config.server.head_redirect, events=events, auth=auth)
-    site = FeddSite(resource, max_body=config.server.max_body_bytes, access_log=config.server.access_log)
+    metrics = Metrics()
+    resource.metrics = metrics
+    resource.metrics_path = config.server.metrics_path.encode()
+    site = FeddSite(
+        resource,
+        max_body=config.server.max_body_bytes,
+        access_log=config.server.access_log,
+        metrics=metrics,
+        clock=reactor,
+    )
+    metrics.add_state(StateCollector(federation, events, site))
     site.noisy = False
     web = MultiService()
     web.setName("web")

@@ -329,3 +329,25 @@ def test_endpoint_host_names_are_resolved_for_their_location(tmp_path: Path) -> 
             time.sleep(0.05)
     finally:
         f.stop()
+
+
+def test_prometheus_metrics(fed: Fedd) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert request(fed, "GET", "/atlas/data/only-two.txt").status == 302
+    conn = http.client.HTTPConnection("127.0.0.1", fed.port, timeout=10)
+    conn.request("GET", "/metrics")
+    r = conn.getresponse()
+    text = r.read().decode()
+    assert r.status == 200 and r.getheader("Content-Type", "").startswith("text/plain; version=0.0.4")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("fedd_requests_total", (("method", "GET"), ("status", "302")))] >= 1
+    assert samples[("fedd_endpoint_up", (("endpoint", "one"),))] == 1.0
+    assert samples[("fedd_redirect_seconds_count", ())] >= 1
+    assert ("fedd_locate_cache_lookups_total", (("result", "hit"),)) in samples
+    assert samples[("fedd_open_connections", ())] >= 1  # this scrape's own connection
+    assert ("fedd_events_outbox_depth", ()) in samples

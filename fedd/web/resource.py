@@ -32,6 +32,7 @@ from fedd.errors import FeddError, Forbidden, MethodNotAllowed, NotFound, Unauth
 from fedd.federation import Federation, Replica
 from fedd.namespace import normalise_path
 from fedd.web import xml
+from fedd.web.metrics import Metrics
 
 log = Logger(namespace="fedd.web")
 STATUS_PATH = b"/.well-known/fedd/status"
@@ -101,12 +102,34 @@ class FeddSite(server.Site):
     requestFactory = FeddRequest
     protocol = _channel
 
-    def __init__(self, resource: Resource, *, max_body: int, access_log: bool) -> None:
+    def __init__(
+        self, resource: Resource, *, max_body: int, access_log: bool, metrics: Metrics | None = None, clock: Any = None
+    ) -> None:
         super().__init__(resource)
         self._access_log = access_log
+        self.metrics = metrics
+        self.clock = clock
+        self.open_connections = 0
         self.requestFactory = cast(type[FeddRequest], type("Request", (FeddRequest,), {"max_body": max_body}))
 
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        if protocol is not None:
+            self.open_connections += 1
+            lost = protocol.connectionLost
+
+            def connection_lost(reason: Any) -> None:
+                self.open_connections -= 1
+                lost(reason)
+
+            protocol.connectionLost = connection_lost
+        return protocol
+
     def log(self, request: http.Request) -> None:
+        if self.metrics is not None:
+            started = getattr(request, "fedd_started", None)
+            elapsed = self.clock.seconds() - started if started is not None and self.clock is not None else None
+            self.metrics.request(request.method, request.code, elapsed)
         if self._access_log:
             log.info(
                 "{client} {method} {uri} {code}",
@@ -162,6 +185,8 @@ class FeddResource(Resource):
     ) -> None:
         super().__init__()
         self.auth: AuthService | None = auth
+        self.metrics: Metrics | None = None
+        self.metrics_path = b"/metrics"
         self.fed = federation
         self.events = events  # an EventsService, or None
         self.head_redirect = head_redirect
@@ -176,7 +201,11 @@ class FeddResource(Resource):
 
     def render(self, request: server.Request) -> bytes | int:
         raw = request.path
+        request.fedd_started = self.fed.clock.seconds()  # type: ignore[attr-defined]
         try:
+            if raw == self.metrics_path and self.metrics is not None:
+                request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+                return self.metrics.render()
             if raw.startswith(b"/.well-known/fedd/"):
                 if not raw.startswith(LOCAL_PREFIX.encode()):
                     return self._internal(request, raw)

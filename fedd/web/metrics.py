@@ -1,0 +1,99 @@
+"""Prometheus metrics (`prometheus-client`, text format), on fedd's own registry.
+
+Counters that move per request are updated in `FeddSite.log`; everything that is state (endpoint
+health, cache figures, events outbox) is read when Prometheus scrapes, by a collector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+STATE_VALUE = {"offline": 0.0, "online": 1.0, "unknown": -1.0}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("fedd_requests", "HTTP requests answered", ["method", "status"], registry=self.registry)
+        self.redirect_seconds = Histogram(
+            "fedd_redirect_seconds",
+            "Time from request to redirect (GET answered with 302)",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=self.registry,
+        )
+        self._counters: dict[tuple[bytes, int], Any] = {}
+
+    def request(self, method: bytes, status: int, seconds: float | None) -> None:
+        counter = self._counters.get((method, status))
+        if counter is None:  # label lookups cost more than the increment: keep the children
+            name = method.decode("latin-1") if method in _METHODS else "OTHER"
+            counter = self._counters[(method, status)] = self.requests.labels(name, str(status))
+        counter.inc()
+        if status == 302 and seconds is not None:
+            self.redirect_seconds.observe(seconds)
+
+    def add_state(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+_METHODS = {b"GET", b"HEAD", b"PROPFIND", b"OPTIONS", b"PUT", b"DELETE", b"MKCOL", b"MOVE", b"COPY"}
+
+
+class StateCollector(Collector):
+    """Endpoint health, locate cache and events figures, read at scrape time."""
+
+    def __init__(self, federation: Any, events: Any = None, site: Any = None) -> None:
+        self.federation = federation
+        self.events = events
+        self.site = site
+
+    def collect(self) -> Iterator[Any]:
+        fed = self.federation
+        state = GaugeMetricFamily("fedd_endpoint_up", "1 online, 0 offline, -1 no data yet", labels=["endpoint"])
+        latency = GaugeMetricFamily("fedd_endpoint_latency_seconds", "Smoothed answer time", labels=["endpoint"])
+        errors = CounterMetricFamily(
+            "fedd_endpoint_errors", "Failed probes and client-side failures", labels=["endpoint"]
+        )
+        for eid, health in fed.health.states.items():
+            state.add_metric([eid], STATE_VALUE.get(health.state, -1.0))
+            if health.latency_ms is not None:
+                latency.add_metric([eid], health.latency_ms / 1000.0)
+            errors.add_metric([eid], float(health.failures + health.passive_failures))
+        yield state
+        yield latency
+        yield errors
+        local = fed.locator.local
+        cache = CounterMetricFamily("fedd_locate_cache_lookups", "In-process locate cache lookups", labels=["result"])
+        cache.add_metric(["hit"], float(local.hits))
+        cache.add_metric(["miss"], float(local.misses))
+        yield cache
+        yield CounterMetricFamily(
+            "fedd_locate_fanouts", "Locates that asked the endpoints", value=float(fed.locator.fanouts)
+        )
+        yield GaugeMetricFamily(
+            "fedd_locate_cache_entries", "Entries in the in-process locate cache", value=float(len(local))
+        )
+        if self.events is not None:
+            ev = self.events
+            yield GaugeMetricFamily("fedd_events_outbox_depth", "Events waiting in the outbox", value=float(ev.depth))
+            yield GaugeMetricFamily(
+                "fedd_events_connected", "1 when the event sink is connected", value=1.0 if ev.sink.connected else 0.0
+            )
+            for name, value, text in (
+                ("sent", ev.sent, "Events delivered"),
+                ("dropped", ev.dropped, "Events dropped by the shedding policy"),
+                ("failed_publishes", ev.failed, "Failed publish attempts"),
+            ):
+                yield CounterMetricFamily(f"fedd_events_{name}", text, value=float(value))
+        if self.site is not None:
+            yield GaugeMetricFamily(
+                "fedd_open_connections", "Client connections open now", value=float(self.site.open_connections)
+            )
