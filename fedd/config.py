@@ -58,6 +58,7 @@ class ServerConfig:
     max_body_bytes: int = 1 << 20
     head_redirect: bool = False
     metrics_path: str = "/metrics"
+    access_log_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -352,6 +353,7 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
         "max_body_bytes": _Key(_positive_int),
         "head_redirect": _Key(_bool),
         "metrics_path": _Key(_fed_path),
+        "access_log_file": _Key(_text),
     },
     "locate": {
         "wait_budget": _Key(_positive_float),

@@ -29,6 +29,7 @@ from fedd.locate.locator import Locator
 from fedd.locate.memcache import Memcached
 from fedd.namespace import Namespace
 from fedd.select.geo import GeoLocator
+from fedd.web.accesslog import AccessLog
 from fedd.web.metrics import Metrics, StateCollector
 from fedd.web.resource import FeddResource, FeddSite
 
@@ -266,6 +267,14 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
         clock=reactor,
     )
     metrics.add_state(StateCollector(federation, events, site))
+    if config.server.access_log_file:
+        access = AccessLog(config.server.access_log_file, reactor)
+        try:
+            access._open()
+        except OSError as exc:
+            raise usage.UsageError(f"cannot open access_log_file {config.server.access_log_file}: {exc}") from None
+        access.setServiceParent(top)
+        site.access_file = access
     site.noisy = False
     web = MultiService()
     web.setName("web")

@@ -30,6 +30,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fedd]:
 [server]
 listen = tcp:{port}:interface=127.0.0.1
 max_body_bytes = 4096
+access_log_file = access.json
 [endpoint one]
 kind = local
 path = {base / "one"}
@@ -351,3 +352,22 @@ def test_prometheus_metrics(fed: Fedd) -> None:
     assert ("fedd_locate_cache_lookups_total", (("result", "hit"),)) in samples
     assert samples[("fedd_open_connections", ())] >= 1  # this scrape's own connection
     assert ("fedd_events_outbox_depth", ()) in samples
+
+
+def test_json_access_log(fed: Fedd) -> None:
+    import json
+
+    assert request(fed, "GET", "/atlas/data/only-one.bin", {"User-Agent": "gfal2-test"}).status == 302
+    path = fed.config.parent / "access.json"
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+        hits = [x for x in lines if x["path"] == "/atlas/data/only-one.bin" and x["user_agent"] == "gfal2-test"]
+        if hits:
+            break
+        assert time.monotonic() < deadline, "no access log line within 10 s"
+        time.sleep(0.1)
+    line = hits[-1]
+    assert line["method"] == "GET" and line["status"] == 302 and line["client"] == "127.0.0.1"
+    assert line["endpoint"] in ("one", "two") and line["locate_ms"] is not None and line["dn"] is None
+    assert line["time"].endswith("+00:00") and line["duration_ms"] >= 0

@@ -32,6 +32,8 @@ from fedd.errors import FeddError, Forbidden, MethodNotAllowed, NotFound, Unauth
 from fedd.federation import Federation, Replica
 from fedd.namespace import normalise_path
 from fedd.web import xml
+from fedd.web.accesslog import AccessLog
+from fedd.web.accesslog import record as access_record
 from fedd.web.metrics import Metrics
 
 log = Logger(namespace="fedd.web")
@@ -109,6 +111,7 @@ class FeddSite(server.Site):
         self._access_log = access_log
         self.metrics = metrics
         self.clock = clock
+        self.access_file: AccessLog | None = None
         self.open_connections = 0
         self.requestFactory = cast(type[FeddRequest], type("Request", (FeddRequest,), {"max_body": max_body}))
 
@@ -126,10 +129,12 @@ class FeddSite(server.Site):
         return protocol
 
     def log(self, request: http.Request) -> None:
+        started = getattr(request, "fedd_started", None)
         if self.metrics is not None:
-            started = getattr(request, "fedd_started", None)
             elapsed = self.clock.seconds() - started if started is not None and self.clock is not None else None
             self.metrics.request(request.method, request.code, elapsed)
+        if self.access_file is not None and self.clock is not None:
+            self.access_file.write(access_record(request, self.clock.seconds(), started))
         if self._access_log:
             log.info(
                 "{client} {method} {uri} {code}",
@@ -444,6 +449,8 @@ class FeddResource(Resource):
         return self._send_plan(request, plan, locate_ms)
 
     def _send_plan(self, request: server.Request, plan: _Plan, locate_ms: float = 0.0) -> bytes:
+        request.fedd_endpoint = plan.endpoint  # type: ignore[attr-defined]
+        request.fedd_locate_ms = round(locate_ms, 3)  # type: ignore[attr-defined]
         if plan.code == 302:
             self.fed.note_redirect(plan.endpoint)
             if self.events is not None:
