@@ -336,6 +336,10 @@ osd objectstore = memstore
 memstore device bytes = 2147483648
 osd data = {workdir}/osd
 mon data = {workdir}/mon
+# the OSD must not send crush/device-class updates at boot: before it has the cluster's fsid the
+# monitor refuses them ('wrong fsid') and the OSD aborts; the test adds it to the crush map itself
+osd crush update on start = false
+osd class update on start = false
 [client.rgw.a]
 rgw frontends = beast endpoint=127.0.0.1:{http_port}
 rgw dns name = localhost
