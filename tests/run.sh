@@ -7,11 +7,12 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 PKGS="memcached apache2 nginx-light wrk curl openssl davix gfal2 gfal2-util-scripts gfal2-plugin-http
-      python3-gfal2 python-is-python3 aria2 ceph-mon ceph-osd radosgw ceph-common iproute2 python3-venv"
+      python3-gfal2 python-is-python3 aria2 rclone voms-clients ceph-mon ceph-osd radosgw ceph-common iproute2 python3-venv chromium"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
+command -v npm >/dev/null || missing="$missing nodejs npm"
 if [ -n "$missing" ]; then
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $missing
@@ -25,6 +26,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q '.[test]'
+# Azurite (Azure Blob emulator) and playwright-core (drives Debian's chromium), pinned by package-lock.json
+[ -x tests/node/node_modules/.bin/azurite-blob ] && [ -d tests/node/node_modules/playwright-core ] ||
+  (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 .venv/bin/ruff check fedd tests benchmarks twisted
 .venv/bin/mypy
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
