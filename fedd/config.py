@@ -18,18 +18,22 @@ Unknown sections and keys are errors. Keys marked repeatable may appear several 
 
 from __future__ import annotations
 
+import base64
 import glob
 import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from fedd.events.model import EVENT_TYPES
 
-ENDPOINT_KINDS = ("s3", "dav", "local")
+ENDPOINT_KINDS = ("s3", "dav", "local", "azure")
+SPACE_SOURCES = ("auto", "rfc4331", "listing", "ceph-admin", "none")
+DOWNTIME_SCOPES = ("write", "read", "all")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -123,6 +127,44 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class WriteConfig:
+    allow_overwrite: bool = False
+    redirect_code: int = 307
+    presign_expiry: int = 3600
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    interval: float = 300.0
+    timeout: float = 600.0
+    stale_after: float = 0.0  # 0: three intervals
+    srr_path: str = "/.well-known/fedd/srr.json"
+    srr_file: str = ""
+    name: str = "fedd"
+    max_list_objects: int = 50_000_000
+
+    @property
+    def stale_seconds(self) -> float:
+        return self.stale_after or 3 * self.interval
+
+
+@dataclass(frozen=True)
+class Downtime:
+    """A planned downtime of one endpoint: no writes (scope write), no reads (read), or neither (all)."""
+
+    start: float
+    end: float
+    scope: str = "all"
+    reason: str = ""
+
+    def blocks(self, what: str, now: float) -> bool:
+        return self.start <= now < self.end and self.scope in (what, "all")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "scope": self.scope, "reason": self.reason}
+
+
+@dataclass(frozen=True)
 class IssuerSettings:
     id: str
     issuer: str = ""
@@ -153,7 +195,20 @@ class EndpointConfig:
     health_path: str = ""
     verify_tls: bool = True
     ca_file: str = ""
+    account: str = ""
+    container: str = ""
+    account_key: str = field(default="", repr=False)
+    min_free: int = 0
+    quota: int | None = None
+    space_source: str = "auto"
+    share: str = ""
+    vos: tuple[str, ...] = ()
+    downtimes: tuple[Downtime, ...] = ()
     source: str = ""
+
+    @property
+    def share_name(self) -> str:
+        return self.share or self.id
 
 
 @dataclass(frozen=True)
@@ -163,6 +218,8 @@ class Config:
     geo: GeoConfig = GeoConfig()
     health: HealthConfig = HealthConfig()
     events: EventsConfig = EventsConfig()
+    write: WriteConfig = WriteConfig()
+    space: SpaceConfig = SpaceConfig()
     auth: AuthConfig | None = None
     issuers: tuple[IssuerSettings, ...] = ()
     endpoints: tuple[EndpointConfig, ...] = ()
@@ -329,6 +386,67 @@ def _types(text: str) -> tuple[str, ...]:
     return names
 
 
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "p": 10**15,
+    "pb": 10**15,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+    "pib": 1 << 50,
+}
+
+
+def _size(text: str) -> int:
+    """A byte count: `1000000`, `500G`, `1.5TB` (powers of 1000), `2TiB` (powers of 1024)."""
+    match = re.match(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*$", text)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"expected a size such as 1000000, 500G, 1.5TB or 2TiB, got {text!r}")
+    value = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if value >= 1 << 63:
+        raise ValueError(f"size too large: {text!r}")
+    return int(value)
+
+
+def _when(text: str) -> float:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"expected an ISO 8601 time such as 2026-12-01T08:00Z, got {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _downtime(text: str) -> Downtime:
+    parts = text.split(None, 3)
+    if len(parts) < 2:
+        raise ValueError(f"expected '<start> <end> [write|read|all] [reason]', got {text!r}")
+    start, end = _when(parts[0]), _when(parts[1])
+    if end <= start:
+        raise ValueError(f"downtime ends before it starts: {text!r}")
+    scope = parts[2] if len(parts) > 2 else "all"
+    if scope not in DOWNTIME_SCOPES:
+        raise ValueError(f"downtime scope must be one of {', '.join(DOWNTIME_SCOPES)}, got {scope!r}")
+    return Downtime(start, end, scope, parts[3] if len(parts) > 3 else "")
+
+
+def _redirect_code(text: str) -> int:
+    if text not in ("302", "307"):
+        raise ValueError(f"expected 302 or 307, got {text!r}")
+    return int(text)
+
+
 def _sample(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
@@ -406,6 +524,20 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
         "limited_proxies": _Key(_choice("allow", "read-only", "deny")),
         "verify_depth": _Key(_nonneg_int),
     },
+    "write": {
+        "allow_overwrite": _Key(_bool),
+        "redirect_code": _Key(_redirect_code),
+        "presign_expiry": _Key(_positive_int),
+    },
+    "space": {
+        "interval": _Key(_positive_float),
+        "timeout": _Key(_positive_float),
+        "stale_after": _Key(_nonneg_float),
+        "srr_path": _Key(_fed_path),
+        "srr_file": _Key(_text),
+        "name": _Key(_text),
+        "max_list_objects": _Key(_positive_int),
+    },
     "issuer": {
         "issuer": _Key(_text),
         "jwks_url": _Key(_url),
@@ -436,9 +568,20 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
         "health_path": _Key(_text),
         "verify_tls": _Key(_bool),
         "ca_file": _Key(_text),
+        "account": _Key(_text),
+        "container": _Key(_text),
+        "account_key": _Key(_text),
+        "account_key_file": _Key(_text),
+        "account_key_env": _Key(_text),
+        "min_free": _Key(_size),
+        "quota": _Key(_size),
+        "space_source": _Key(_choice(*SPACE_SOURCES)),
+        "share": _Key(_text),
+        "vo": _Key(_text, attr="vos", repeat=True),
+        "downtime": _Key(_downtime, attr="downtimes", repeat=True),
     },
 }
-_SECRET_SOURCES = ("access_key", "secret_key")
+_SECRET_SOURCES = ("access_key", "secret_key", "account_key")
 _NAMED_SECTIONS = ("endpoint", "issuer")
 # values naming files: relative ones are relative to the file they are written in
 _FILE_KEYS = frozenset(
@@ -447,6 +590,8 @@ _FILE_KEYS = frozenset(
         "ca_file",
         "access_key_file",
         "secret_key_file",
+        "account_key_file",
+        "srr_file",
         "tls_certificate",
         "tls_private_key",
         "tls_chain",
@@ -590,6 +735,17 @@ def _resolve_secret(
             values[name] = environ[var]
 
 
+_KIND_KEYS = {
+    "bucket": ("s3",),
+    "access_key": ("s3",),
+    "secret_key": ("s3",),
+    "region": ("s3",),
+    "account": ("azure",),
+    "container": ("azure",),
+    "account_key": ("azure",),
+}
+
+
 def _build_endpoint(section: _Section, environ: Mapping[str, str], errors: list[str]) -> EndpointConfig | None:
     values = dict(section.values)
     where = section.where
@@ -600,7 +756,12 @@ def _build_endpoint(section: _Section, environ: Mapping[str, str], errors: list[
     if kind is None:
         errors.append(f"{where}: endpoint {section.arg!r} has no 'kind'")
         return None
-    required = {"s3": ("url", "bucket", "access_key", "secret_key"), "dav": ("url",), "local": ("path",)}[kind]
+    required = {
+        "s3": ("url", "bucket", "access_key", "secret_key"),
+        "dav": ("url",),
+        "local": ("path",),
+        "azure": ("url", "account", "container", "account_key"),
+    }[kind]
     for key in required:
         if not values.get(key):
             errors.append(f"{where}: endpoint {section.arg!r} (kind {kind}) needs {key!r}")
@@ -608,10 +769,14 @@ def _build_endpoint(section: _Section, environ: Mapping[str, str], errors: list[
         errors.append(f"{where}: endpoint {section.arg!r}: give both lat and lon, or neither")
     if kind == "local" and values.get("path") and not os.path.isdir(values["path"]):
         errors.append(f"{where}: endpoint {section.arg!r}: path {values['path']!r} is not a directory")
-    if kind != "s3":
-        for key in ("bucket", "access_key", "secret_key"):
-            if key in values:
-                errors.append(f"{where}: endpoint {section.arg!r}: {key!r} only applies to kind s3")
+    for key, kinds in _KIND_KEYS.items():
+        if key in values and kind not in kinds:
+            errors.append(f"{where}: endpoint {section.arg!r}: {key!r} only applies to kind {' or '.join(kinds)}")
+    if kind == "azure" and values.get("account_key"):
+        try:
+            base64.b64decode(values["account_key"], validate=True)
+        except ValueError:
+            errors.append(f"{where}: endpoint {section.arg!r}: account_key is not base64 (copy it from the portal)")
     if "mappings" not in values:
         values["mappings"] = [("/", "/")]
     feds = [m[0] for m in values["mappings"]]
@@ -620,6 +785,9 @@ def _build_endpoint(section: _Section, environ: Mapping[str, str], errors: list[
     if len(errors) > before:
         return None
     values["mappings"] = tuple(values["mappings"])
+    for key in ("vos", "downtimes"):
+        if key in values:
+            values[key] = tuple(values[key])
     return EndpointConfig(id=section.arg, source=where, **values)
 
 
@@ -680,6 +848,8 @@ def parse_config(
         geo=GeoConfig(**groups.get("geo", {})),
         health=HealthConfig(**groups.get("health", {})),
         events=EventsConfig(**groups.get("events", {})),
+        write=WriteConfig(**groups.get("write", {})),
+        space=SpaceConfig(**groups.get("space", {})),
         auth=AuthConfig(**auth_values) if auth_values is not None else None,
         issuers=tuple(issuers),
         endpoints=tuple(endpoints),
