@@ -11,12 +11,12 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from fedd.config import EndpointConfig
-from fedd.endpoints.base import Endpoint, Entry, HttpClient, Stat
+from fedd.endpoints.base import Endpoint, Entry, HttpClient, Space, Stat
 from fedd.endpoints.dav import DavEndpoint
 from fedd.endpoints.local import LocalEndpoint
 from fedd.endpoints.s3 import S3Endpoint
 
-__all__ = ["Endpoint", "Entry", "HttpClient", "Stat", "close_endpoint", "make_endpoint"]
+__all__ = ["Endpoint", "Entry", "HttpClient", "Space", "Stat", "close_endpoint", "make_endpoint"]
 
 
 @implementer(IPolicyForHTTPS)

@@ -53,6 +53,22 @@ class Entry:
     stat: Stat
 
 
+@dataclass(frozen=True)
+class Space:
+    """How full an endpoint is, as its storage reports it (None: not known)."""
+
+    used: int | None = None  # bytes stored
+    total: int | None = None  # capacity in bytes: reported by the storage, or the configured quota
+    files: int | None = None  # number of objects, where counted
+    source: str = ""  # how it was measured: rfc4331, listing, ceph-admin, statvfs, ...
+
+    @property
+    def free(self) -> int | None:
+        if self.used is None or self.total is None:
+            return None
+        return max(0, self.total - self.used)
+
+
 class Endpoint(Protocol):
     """One storage endpoint. Paths are endpoint paths (already mapped), absolute, normalised."""
 
@@ -66,10 +82,24 @@ class Endpoint(Protocol):
         """Children of a collection; None when `path` is not a collection."""
 
     def url_for(self, path: str, now: float, method: str = "GET") -> str:
-        """Where to send a client doing `method` (GET or HEAD) on `path`: an absolute URL, or a fedd path."""
+        """Where to send a client doing `method` (GET, HEAD or PUT) on `path`: an absolute URL, or a fedd path.
+
+        For PUT the URL must let the client upload without further credentials (S3: presigned PUT)."""
 
     def probe(self) -> Deferred[None]:
         """A cheap request proving the service answers; fails with EndpointError."""
+
+    def delete(self, path: str) -> Deferred[bool]:
+        """Remove a file (or an empty collection); True when removed, False when it did not exist."""
+
+    def mkcol(self, path: str) -> Deferred[bool]:
+        """Create a collection; True when created, False when the name already exists."""
+
+    def move(self, source: str, destination: str) -> Deferred[None]:
+        """Rename a file within the endpoint (replacing `destination`); fails with EndpointError."""
+
+    def space(self) -> Deferred[Space]:
+        """Measure used and total space (may take long: paged listings); fails with EndpointError."""
 
 
 def quote_path(path: str) -> str:
