@@ -91,6 +91,7 @@ class HealthConfig:
     timeout: float = 5.0
     failures_to_offline: int = 3
     successes_to_online: int = 2
+    downtime_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -494,6 +495,7 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
         "timeout": _Key(_positive_float),
         "failures_to_offline": _Key(_positive_int),
         "successes_to_online": _Key(_positive_int),
+        "downtime_file": _Key(_text),
     },
     "events": {
         "broker": _Key(_broker),
@@ -592,6 +594,7 @@ _FILE_KEYS = frozenset(
         "secret_key_file",
         "account_key_file",
         "srr_file",
+        "downtime_file",
         "tls_certificate",
         "tls_private_key",
         "tls_chain",
@@ -767,6 +770,10 @@ def _build_endpoint(section: _Section, environ: Mapping[str, str], errors: list[
             errors.append(f"{where}: endpoint {section.arg!r} (kind {kind}) needs {key!r}")
     if ("lat" in values) != ("lon" in values):
         errors.append(f"{where}: endpoint {section.arg!r}: give both lat and lon, or neither")
+    if kind == "local" and values.get("write"):
+        errors.append(
+            f"{where}: endpoint {section.arg!r}: local endpoints are read-only (write = yes needs s3, dav or azure)"
+        )
     if kind == "local" and values.get("path") and not os.path.isdir(values["path"]):
         errors.append(f"{where}: endpoint {section.arg!r}: path {values['path']!r} is not a directory")
     for key, kinds in _KIND_KEYS.items():

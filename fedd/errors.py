@@ -29,8 +29,36 @@ class MethodNotAllowed(FeddError):
     status = 405
 
 
+class Conflict(FeddError):
+    status = 409
+
+
+class PreconditionFailed(FeddError):
+    """`Overwrite: F` (RFC 4918) or an existing file without overwrite permission."""
+
+    status = 412
+
+
 class PayloadTooLarge(FeddError):
     status = 413
+
+
+class InsufficientStorage(FeddError):
+    """No writable endpoint can take the upload (RFC 4918 507)."""
+
+    status = 507
+
+
+class BadGateway(FeddError):
+    """An endpoint failed an operation fedd forwarded to it."""
+
+    status = 502
+
+
+class PartialFailure(FeddError):
+    """An operation that succeeded on some endpoints and failed on others: reported, not hidden."""
+
+    status = 502
 
 
 class NoReplicaAvailable(FeddError):

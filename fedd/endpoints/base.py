@@ -61,12 +61,14 @@ class Space:
     total: int | None = None  # capacity in bytes: reported by the storage, or the configured quota
     files: int | None = None  # number of objects, where counted
     source: str = ""  # how it was measured: rfc4331, listing, ceph-admin, statvfs, ...
+    available: int | None = None  # free bytes as the storage reports them, when it does
 
     @property
     def free(self) -> int | None:
-        if self.used is None or self.total is None:
-            return None
-        return max(0, self.total - self.used)
+        if self.used is not None and self.total is not None:
+            computed = max(0, self.total - self.used)
+            return computed if self.available is None else min(computed, self.available)
+        return self.available
 
 
 class Endpoint(Protocol):

@@ -12,6 +12,7 @@ from fedd.endpoints.base import (
     Entry,
     HttpClient,
     HttpResponse,
+    Space,
     Stat,
     parse_http_date,
     parse_int,
@@ -26,7 +27,12 @@ PROPFIND_BODY = (
     b'<D:propfind xmlns:D="DAV:"><D:prop><D:resourcetype/><D:getcontentlength/>'
     b"<D:getlastmodified/><D:getetag/></D:prop></D:propfind>"
 )
+QUOTA_BODY = (
+    b'<?xml version="1.0" encoding="utf-8"?>\n'
+    b'<D:propfind xmlns:D="DAV:"><D:prop><D:quota-available-bytes/><D:quota-used-bytes/></D:prop></D:propfind>'
+)
 MAX_LIST_ENTRIES = 1_000_000
+MAX_PARENTS = 64
 
 
 class DavEndpoint:
@@ -111,6 +117,90 @@ class DavEndpoint:
     def probe(self) -> Deferred[None]:
         url = self.config.url + quote_path(self.config.health_path or "/")
         return self._http.request("HEAD", url).addCallback(self._check, "probe")
+
+    # --- writes -------------------------------------------------------------------------------
+
+    def _refused(self, response: HttpResponse, what: str) -> EndpointError:
+        if response.code in (401, 403):
+            return EndpointError(self.id, f"{what}: refused by the endpoint (HTTP {response.code})")
+        return EndpointError(self.id, f"{what}: unexpected HTTP {response.code}")
+
+    def delete(self, path: str) -> Deferred[bool]:
+        return self._http.request("DELETE", self.url_for(path, 0)).addCallback(self._deleted)
+
+    def _deleted(self, response: HttpResponse) -> bool:
+        self._check(response, "DELETE")
+        if response.code in (200, 202, 204):
+            return True
+        if response.code in (404, 410):
+            return False
+        raise self._refused(response, "DELETE")
+
+    def mkcol(self, path: str) -> Deferred[bool]:
+        return ensureDeferred(self._mkcol(path, 0))
+
+    async def _mkcol(self, path: str, depth: int) -> bool:
+        response = await self._http.request("MKCOL", self.url_for(path, 0))
+        self._check(response, "MKCOL")
+        if response.code in (200, 201):
+            return True
+        if response.code == 405:  # RFC 4918: the name is taken
+            return False
+        if response.code == 409 and depth < MAX_PARENTS and path.rstrip("/").count("/") > 1:
+            # object-store semantics for the federation: parents come into being with their children
+            await self._mkcol(path.rstrip("/").rpartition("/")[0], depth + 1)
+            return await self._mkcol(path, depth + 1)
+        raise self._refused(response, "MKCOL")
+
+    def prepare_put(self, path: str) -> Deferred[None]:
+        """Make sure the parent collection exists, so the client's PUT does not get 409 Conflict."""
+        parent = path.rstrip("/").rpartition("/")[0]
+        if not parent:
+            return Deferred.fromCoroutine(_none())
+        return ensureDeferred(self._mkcol(parent, 0)).addCallback(lambda _: None)
+
+    def move(self, source: str, destination: str) -> Deferred[None]:
+        return ensureDeferred(self._move(source, destination))
+
+    async def _move(self, source: str, destination: str) -> None:
+        await self.prepare_put(destination)
+        headers = {"Destination": self.url_for(destination, 0), "Overwrite": "T"}
+        response = await self._http.request("MOVE", self.url_for(source, 0), headers)
+        self._check(response, "MOVE")
+        if response.code in (201, 204):
+            return
+        if response.code in (404, 410):
+            raise EndpointError(self.id, "MOVE: the source disappeared")
+        raise self._refused(response, "MOVE")
+
+    def space(self) -> Deferred[Space]:
+        root = self.config.mappings[0][1] if self.config.mappings else "/"
+        headers = {"Depth": "0", "Content-Type": "application/xml; charset=utf-8"}
+        url = self.url_for(root, 0).rstrip("/") + "/"
+        return self._http.request("PROPFIND", url, headers, QUOTA_BODY).addCallback(self._space)
+
+    def _space(self, response: HttpResponse) -> Space:
+        self._check(response, "quota PROPFIND")
+        if response.code != 207:
+            raise self._refused(response, "quota PROPFIND")
+        root = parse_xml(response.body, self.id, "quota PROPFIND")
+        used = available = None
+        for el in root.iter(f"{_D}quota-used-bytes", f"{_D}quota-available-bytes"):
+            value = parse_int((el.text or "").strip())
+            if el.tag.endswith("used-bytes"):
+                used = value if used is None else used
+            else:
+                available = value if available is None else available
+        if used is None and available is None:
+            raise EndpointError(self.id, "quota PROPFIND: the endpoint reports no RFC 4331 quota")
+        total = self.config.quota
+        if total is None and used is not None and available is not None:
+            total = used + available
+        return Space(used=used, total=total, source="rfc4331", available=available)
+
+
+async def _none() -> None:
+    return None
 
 
 _MULTISTATUS, _RESPONSE, _HREF = f"{_D}multistatus", f"{_D}response", f"{_D}href"

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
 from fedd.config import EndpointConfig
-from fedd.endpoints.base import Entry, Stat, quote_path
+from fedd.endpoints.base import Entry, Space, Stat, quote_path
 from fedd.errors import EndpointError
 
 LOCAL_PREFIX = "/.well-known/fedd/local/"
@@ -80,6 +80,30 @@ class LocalEndpoint:
     def _probe(self) -> None:
         if not os.path.isdir(self.root) or not os.access(self.root, os.R_OK | os.X_OK):
             raise EndpointError(self.id, f"directory {self.root} is missing or unreadable")
+
+    # local directories are served read-only: the write methods refuse, space is the file system's
+
+    def _read_only(self, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        d.errback(EndpointError(self.id, "local endpoints are read-only"))
+        return d
+
+    delete = mkcol = move = _read_only
+
+    def space(self) -> Deferred[Space]:
+        return self._defer(self._space)
+
+    def _space(self) -> Space:
+        try:
+            st = os.statvfs(self.root)
+        except OSError as exc:
+            raise EndpointError(self.id, f"statvfs {self.root}: {exc.strerror}") from None
+        total = st.f_blocks * st.f_frsize
+        available = st.f_bavail * st.f_frsize
+        used = total - st.f_bfree * st.f_frsize
+        if self.config.quota is not None:
+            total = self.config.quota
+        return Space(used=used, total=total, source="statvfs", available=available)
 
 
 def _to_stat(st: os.stat_result) -> Stat:

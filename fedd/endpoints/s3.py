@@ -6,6 +6,7 @@ Signing is pure computation with botocore's signers; every request goes through 
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from urllib.parse import quote, urlencode
 
@@ -20,6 +21,7 @@ from fedd.endpoints.base import (
     Entry,
     HttpClient,
     HttpResponse,
+    Space,
     Stat,
     UrlCache,
     parse_http_date,
@@ -58,8 +60,8 @@ class S3Endpoint:
     def object_url(self, path: str) -> str:
         return f"{self._base}/{quote(path.lstrip('/'), safe='/~')}"
 
-    def _signed_headers(self, method: str, url: str) -> dict[str, str]:
-        request = AWSRequest(method=method, url=url, data=b"")
+    def _signed_headers(self, method: str, url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+        request = AWSRequest(method=method, url=url, data=b"", headers=extra or {})
         S3SigV4Auth(self._credentials, "s3", self.config.region).add_auth(request)
         return {k: v for k, v in request.headers.items() if isinstance(v, str)}
 
@@ -82,8 +84,11 @@ class S3Endpoint:
 
     # --- requests -----------------------------------------------------------------------------
 
-    def _send(self, method: str, url: str) -> Deferred[HttpResponse]:
-        return self._http.request(method, url, self._signed_headers(method, url))
+    def _send(
+        self, method: str, url: str, extra: dict[str, str] | None = None, *, timeout: float | None = None
+    ) -> Deferred[HttpResponse]:
+        body = b"" if method == "PUT" else None
+        return self._http.request(method, url, self._signed_headers(method, url, extra), body, timeout=timeout)
 
     def _check(self, response: HttpResponse, what: str) -> None:
         if response.code >= 500:
@@ -175,6 +180,116 @@ class S3Endpoint:
         if truncated and not token:
             raise EndpointError(self.id, "ListObjectsV2: truncated page without continuation token")
         return token, marker
+
+    # --- writes and space ---------------------------------------------------------------------
+
+    def delete(self, path: str) -> Deferred[bool]:
+        return ensureDeferred(self._delete(path))
+
+    async def _delete(self, path: str) -> bool:
+        # S3 answers 204 whether or not the key existed: ask first, so 404 can be told apart
+        if await self._stat(path) is None:
+            marker = await self._send("HEAD", self.object_url(path.rstrip("/") + "/"))
+            if marker.code != 200:
+                return False
+            path = path.rstrip("/") + "/"
+        response = await self._send("DELETE", self.object_url(path))
+        self._check(response, "DELETE")
+        if response.code not in (200, 204):
+            raise EndpointError(self.id, f"DELETE: unexpected HTTP {response.code}")
+        return True
+
+    def mkcol(self, path: str) -> Deferred[bool]:
+        return ensureDeferred(self._mkcol(path))
+
+    async def _mkcol(self, path: str) -> bool:
+        if await self._stat(path) is not None or await self._has_prefix(path):
+            return False
+        # a zero-byte "dir/" marker, as the S3 consoles and rclone make them
+        response = await self._send("PUT", self.object_url(path.rstrip("/") + "/"))
+        self._check(response, "PUT directory marker")
+        if response.code != 200:
+            raise EndpointError(self.id, f"PUT directory marker: unexpected HTTP {response.code}")
+        return True
+
+    async def _has_prefix(self, path: str) -> bool:
+        query = {"list-type": "2", "max-keys": "1", "prefix": path.strip("/") + "/"}
+        url = f"{self._base}?{urlencode(sorted(query.items()), quote_via=quote)}"
+        response = await self._send("GET", url)
+        self._check(response, "ListObjectsV2")
+        if response.code != 200:
+            raise EndpointError(self.id, f"ListObjectsV2: unexpected HTTP {response.code}")
+        root = parse_xml(response.body, self.id, "ListObjectsV2")
+        return root.find(f"{_NS}Contents") is not None
+
+    def move(self, source: str, destination: str) -> Deferred[None]:
+        return ensureDeferred(self._move(source, destination))
+
+    async def _move(self, source: str, destination: str) -> None:
+        # S3 has no rename: server-side copy, then delete the source
+        copy_source = quote(f"/{self.config.bucket}/{source.lstrip('/')}", safe="/~")
+        response = await self._send("PUT", self.object_url(destination), {"x-amz-copy-source": copy_source})
+        self._check(response, "copy")
+        if response.code == 404:
+            raise EndpointError(self.id, "copy: the source disappeared")
+        if response.code != 200 or b"<Error>" in response.body[:512]:
+            raise EndpointError(self.id, f"copy: unexpected HTTP {response.code}")
+        deleted = await self._send("DELETE", self.object_url(source))
+        self._check(deleted, "DELETE after copy")
+
+    def space(self, max_objects: int = 50_000_000) -> Deferred[Space]:
+        if self.config.space_source == "ceph-admin":
+            return ensureDeferred(self._ceph_admin_space())
+        return ensureDeferred(self._listing_space(max_objects))
+
+    async def _listing_space(self, max_objects: int) -> Space:
+        """Sum of object sizes, page by page: one page (1000 keys) in memory at a time."""
+        used = files = 0
+        token: str | None = None
+        while True:
+            query: dict[str, str] = {"list-type": "2", "max-keys": str(PAGE_SIZE)}
+            if token:
+                query["continuation-token"] = token
+            url = f"{self._base}?{urlencode(sorted(query.items()), quote_via=quote)}"
+            response = await self._send("GET", url)
+            if response.code == 404:
+                raise EndpointError(self.id, f"bucket {self.config.bucket!r} does not exist")
+            self._check(response, "ListObjectsV2")
+            if response.code != 200:
+                raise EndpointError(self.id, f"ListObjectsV2: unexpected HTTP {response.code}")
+            root = parse_xml(response.body, self.id, "ListObjectsV2")
+            for size in root.iter(f"{_NS}Size"):
+                used += parse_int(size.text) or 0
+                files += 1
+            truncated = (root.findtext(f"{_NS}IsTruncated") or "").lower() == "true"
+            token = root.findtext(f"{_NS}NextContinuationToken") if truncated else None
+            del root, response
+            if files > max_objects:
+                raise EndpointError(self.id, f"space: bucket holds more than {max_objects} objects")
+            if not token:
+                break
+        return Space(used=used, total=self.config.quota, files=files, source="listing")
+
+    async def _ceph_admin_space(self) -> Space:
+        """Ceph RGW admin ops API (what dynafed-storagestats' ceph-admin method reads): needs the keys'
+        user to have the `buckets=read` capability."""
+        query = {"bucket": self.config.bucket, "stats": "true"}
+        url = f"{self.config.url}/admin/bucket?{urlencode(sorted(query.items()), quote_via=quote)}"
+        response = await self._send("GET", url)
+        self._check(response, "admin bucket stats")
+        if response.code != 200:
+            raise EndpointError(self.id, f"admin bucket stats: unexpected HTTP {response.code}")
+        try:
+            data = json.loads(response.body)
+            usage = data.get("usage", {}).get("rgw.main", {})
+            used = int(usage.get("size_actual", usage.get("size", 0)))
+            files = int(usage.get("num_objects", 0))
+            quota = data.get("bucket_quota") or {}
+            max_size = int(quota.get("max_size", -1)) if quota.get("enabled") else -1
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise EndpointError(self.id, f"admin bucket stats: unreadable answer ({exc})") from None
+        total = self.config.quota if self.config.quota is not None else (max_size if max_size > 0 else None)
+        return Space(used=used, total=total, files=files, source="ceph-admin")
 
     def probe(self) -> Deferred[None]:
         return self._send("HEAD", self._base).addCallback(self._probe_result)

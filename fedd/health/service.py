@@ -32,9 +32,15 @@ class HealthRegistry:
         }
         self.listeners: list[Callable[[Transition], None]] = []
         self.version = 0  # bumped on every state change, so rankings can be cached per version
+        self.read_blocked: frozenset[str] = frozenset()  # endpoints in a planned downtime for reads
 
     def usable(self, endpoint_id: str) -> bool:
-        return self.states[endpoint_id].usable
+        return self.states[endpoint_id].usable and endpoint_id not in self.read_blocked
+
+    def block_reads(self, endpoint_ids: frozenset[str]) -> None:
+        if endpoint_ids != self.read_blocked:
+            self.read_blocked = endpoint_ids
+            self.version += 1
 
     def success(self, endpoint_id: str, latency_ms: float | None) -> None:
         self._notify(self.states[endpoint_id].success(latency_ms, self._clock.seconds()))

@@ -119,6 +119,16 @@ class Memcached(MultiService):
         d = proto.set(key, value, expireTime=max(1, int(ttl)))
         d.addErrback(self._failed)
 
+    def add(self, key: bytes, value: bytes, ttl: float) -> Deferred[bool]:
+        """Store only if absent (a cheap lock between processes): True when this call stored it.
+        Without a connected server every caller wins (each process then works alone)."""
+        proto = self._server(key).proto
+        if proto is None:
+            return succeed(True)
+        d = proto.add(key, value, expireTime=max(1, int(ttl)))
+        d.addCallbacks(bool, lambda _: False)
+        return d
+
     def delete(self, key: bytes) -> None:
         proto = self._server(key).proto
         if proto is not None:

@@ -1,0 +1,1 @@
+"""Space accounting: the quota reporter, SRR and planned downtimes."""

@@ -1,0 +1,232 @@
+"""Planned downtimes: declared in the configuration or at run time, applied without a restart.
+
+A downtime stops writes to an endpoint (scope `write`), reads and listings (`read`) or both (`all`)
+between its start and end. Run-time downtimes come from the admin resource
+(`/.well-known/fedd/downtimes`) and live in `[health] downtime_file` (JSON), which every fedd process
+of the host re-reads when it changes, so all of them apply the same downtimes, and they survive a
+restart. The book re-evaluates itself exactly when a downtime starts or ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from fedd.config import DOWNTIME_SCOPES, Downtime
+from fedd.errors import BadRequest
+
+log = Logger(namespace="fedd.downtime")
+FILE_CHECK_SECONDS = 2.0
+MAX_DOWNTIMES = 1000
+
+
+@dataclass(frozen=True)
+class Declared:
+    id: str
+    endpoint: str
+    downtime: Downtime
+    origin: str  # "config" or "admin"
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        data = self.downtime.to_json()
+        data.update(
+            id=self.id,
+            endpoint=self.endpoint,
+            origin=self.origin,
+            active=self.downtime.start <= now < self.downtime.end,
+        )
+        return data
+
+
+def parse_request(body: bytes, endpoints: set[str], now: float) -> tuple[str, Downtime]:
+    """A downtime from an admin's JSON: {"endpoint", "start"?, "end" | "duration", "scope"?, "reason"?}."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("expected a JSON object") from None
+    if not isinstance(data, dict):
+        raise BadRequest("expected a JSON object")
+    endpoint = data.get("endpoint")
+    if endpoint not in endpoints:
+        raise BadRequest(f"unknown endpoint {endpoint!r}")
+    scope = data.get("scope", "all")
+    if scope not in DOWNTIME_SCOPES:
+        raise BadRequest(f"scope must be one of {', '.join(DOWNTIME_SCOPES)}")
+    try:
+        start = float(data.get("start", now))
+        if "duration" in data:
+            end = start + float(data["duration"])
+        else:
+            end = float(data["end"])
+    except (KeyError, TypeError, ValueError):
+        raise BadRequest("give 'end' (epoch seconds) or 'duration' (seconds); 'start' is optional") from None
+    if not (end > start and end > now) or end - start > 366 * 86400 or start != start or end != end:
+        raise BadRequest("the downtime must end after it starts, in the future, within a year")
+    reason = str(data.get("reason", ""))[:500]
+    return str(endpoint), Downtime(start, end, scope, reason)
+
+
+class DowntimeBook(Service):
+    name = "downtimes"
+
+    def __init__(
+        self,
+        configured: Mapping[str, tuple[Downtime, ...]],
+        reactor: Any,
+        *,
+        path: str = "",
+        on_change: Callable[[frozenset[str]], None] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.path = path
+        self.on_change = on_change
+        self._configured = [
+            Declared(f"config-{eid}-{i}", eid, d, "config")
+            for eid, downtimes in configured.items()
+            for i, d in enumerate(downtimes)
+        ]
+        self._admin: list[Declared] = []
+        self._mtime: float | None = None
+        self._timer: IDelayedCall | None = None
+        self._loop: LoopingCall | None = None
+        self.read_blocked: frozenset[str] = frozenset()
+
+    @property
+    def all(self) -> list[Declared]:
+        return self._configured + self._admin
+
+    def startService(self) -> None:
+        super().startService()
+        if self.path:
+            self._reload_file()
+            self._loop = LoopingCall(self._check_file)
+            self._loop.clock = self.reactor
+            self._loop.start(FILE_CHECK_SECONDS, now=False).addErrback(
+                lambda f: log.failure("downtime file watcher stopped", f)
+            )
+        self.evaluate()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+
+    # --- questions ----------------------------------------------------------------------------------
+
+    def blocks(self, endpoint: str, what: str, now: float) -> str:
+        """Why `endpoint` takes no `what` (read/write) now; "" when it does."""
+        for d in self.all:
+            if d.endpoint == endpoint and d.downtime.blocks(what, now):
+                reason = f": {d.downtime.reason}" if d.downtime.reason else ""
+                return f"in a planned downtime until {_iso(d.downtime.end)}{reason}"
+        return ""
+
+    def to_json(self) -> list[dict[str, Any]]:
+        now = self.reactor.seconds()
+        return [d.to_json(now) for d in self.all if d.downtime.end > now]
+
+    # --- changes ------------------------------------------------------------------------------------
+
+    def add(self, endpoint: str, downtime: Downtime) -> Declared:
+        if len(self._admin) >= MAX_DOWNTIMES:
+            raise BadRequest(f"too many downtimes (at most {MAX_DOWNTIMES})")
+        declared = Declared(secrets.token_hex(6), endpoint, downtime, "admin")
+        self._admin.append(declared)
+        self._save()
+        log.info(
+            "downtime {id} declared for {endpoint} ({scope}) until {end}: {reason}",
+            id=declared.id,
+            endpoint=endpoint,
+            scope=downtime.scope,
+            end=_iso(downtime.end),
+            reason=downtime.reason,
+        )
+        self.evaluate()
+        return declared
+
+    def remove(self, downtime_id: str) -> bool:
+        before = len(self._admin)
+        self._admin = [d for d in self._admin if d.id != downtime_id]
+        if len(self._admin) == before:
+            return False
+        self._save()
+        log.info("downtime {id} removed", id=downtime_id)
+        self.evaluate()
+        return True
+
+    def evaluate(self) -> None:
+        """Apply what is active now and wake up at the next start or end."""
+        now = self.reactor.seconds()
+        self._admin = [d for d in self._admin if d.downtime.end > now]
+        blocked = frozenset(d.endpoint for d in self.all if d.downtime.blocks("read", now))
+        if blocked != self.read_blocked:
+            log.info("endpoints closed for reads by downtimes: {ids}", ids=sorted(blocked) or "none")
+            self.read_blocked = blocked
+        if self.on_change is not None:
+            self.on_change(blocked)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        edges = [t for d in self.all for t in (d.downtime.start, d.downtime.end) if t > now]
+        if edges:
+            self._timer = self.reactor.callLater(min(edges) - now + 0.001, self.evaluate)
+
+    # --- the shared file ----------------------------------------------------------------------------
+
+    def _check_file(self) -> None:
+        try:
+            mtime = os.stat(self.path).st_mtime
+        except OSError:
+            mtime = None
+        if mtime != self._mtime:
+            self._reload_file()
+            self.evaluate()
+
+    def _reload_file(self) -> None:
+        try:
+            self._mtime = os.stat(self.path).st_mtime
+            with open(self.path, encoding="utf-8") as fh:
+                raw = json.load(fh)
+            self._admin = [
+                Declared(
+                    str(item["id"]),
+                    str(item["endpoint"]),
+                    Downtime(float(item["start"]), float(item["end"]), str(item["scope"]), str(item["reason"])),
+                    "admin",
+                )
+                for item in raw
+            ]
+        except FileNotFoundError:
+            self._mtime = None
+            self._admin = []
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warn(
+                "cannot read downtime file {path}: {reason} (keeping the previous list)", path=self.path, reason=exc
+            )
+
+    def _save(self) -> None:
+        if not self.path:
+            return
+        tmp = f"{self.path}.tmp.{os.getpid()}"
+        data = [{"id": d.id, "endpoint": d.endpoint, **d.downtime.to_json()} for d in self._admin]
+        # small file, written rarely, by an admin action: a direct write is fine here
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1)
+        os.replace(tmp, self.path)
+        self._mtime = os.stat(self.path).st_mtime
+
+
+def _iso(moment: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

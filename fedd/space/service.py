@@ -1,0 +1,345 @@
+"""The quota reporter: measures used/free space of every endpoint on a schedule, shares it, reports it.
+
+- Each endpoint is measured by its own method (`Endpoint.space`: RFC 4331 PROPFIND, paged listing sum,
+  Ceph admin API, statvfs), at most one measurement per endpoint at a time, each with a time limit.
+- With memcached, measurements are shared by all fedd processes: a process adopts a fresh enough
+  measurement from memcached instead of measuring, and a short memcached lock makes sure only one
+  process lists a big bucket per interval.
+- A failed measurement keeps the last good value, marked with its age; a value older than
+  `stale_after` is reported as stale (in SRR, status and metrics), never as fresh.
+- Writes redirected by fedd are counted against the free space until the next measurement, so a burst
+  of uploads does not overfill an endpoint that was measured as nearly full.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from fedd import __version__
+from fedd.config import Config, EndpointConfig
+from fedd.endpoints.base import Endpoint, Space
+from fedd.errors import describe
+from fedd.locate.memcache import Memcached
+
+log = Logger(namespace="fedd.space")
+KEY_PREFIX = b"fedd:space:"
+
+
+@dataclass
+class Measurement:
+    """What is known of one endpoint's space: the last good value and the last error."""
+
+    space: Space | None = None
+    measured: float | None = None  # when `space` was measured
+    error: str | None = None
+    error_at: float | None = None
+    reserved: int = 0  # bytes of uploads redirected since `measured`
+    running: bool = False
+
+    def stale(self, now: float, stale_after: float) -> bool:
+        return self.measured is None or now - self.measured > stale_after
+
+    def free(self) -> int | None:
+        if self.space is None or self.space.free is None:
+            return None
+        return max(0, self.space.free - self.reserved)
+
+    def used(self) -> int | None:
+        if self.space is None or self.space.used is None:
+            return None
+        return self.space.used + self.reserved
+
+    def to_json(self, now: float, stale_after: float) -> dict[str, Any]:
+        space = self.space or Space()
+        return {
+            "used": self.used(),
+            "total": space.total,
+            "free": self.free(),
+            "files": space.files,
+            "source": space.source or None,
+            "measured": self.measured,
+            "age": None if self.measured is None else round(now - self.measured, 3),
+            "stale": self.stale(now, stale_after),
+            "reserved": self.reserved,
+            "error": self.error,
+            "error_at": self.error_at,
+        }
+
+
+def _encode(space: Space, measured: float) -> bytes:
+    return json.dumps(
+        {
+            "used": space.used,
+            "total": space.total,
+            "files": space.files,
+            "source": space.source,
+            "available": space.available,
+            "measured": measured,
+        }
+    ).encode()
+
+
+def _decode(data: bytes) -> tuple[Space, float] | None:
+    try:
+        raw = json.loads(data)
+        space = Space(
+            used=raw["used"], total=raw["total"], files=raw["files"], source=raw["source"], available=raw["available"]
+        )
+        return space, float(raw["measured"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class SpaceService(Service):
+    name = "space"
+
+    def __init__(
+        self,
+        config: Config,
+        endpoints: Mapping[str, Endpoint],
+        reactor: Any,
+        *,
+        memcached: Memcached | None = None,
+        emit: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.settings = config.space
+        self.endpoints = endpoints
+        self.reactor = reactor
+        self.memcached = memcached
+        self.emit = emit
+        self.measurements: dict[str, Measurement] = {eid: Measurement() for eid in endpoints}
+        self.rounds = 0
+        self._loop: LoopingCall | None = None
+        self._round: Deferred[Any] | None = None
+
+    # --- schedule ---------------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = self.reactor
+        self._loop.start(self.settings.interval, now=True).addErrback(lambda f: log.failure("space loop stopped", f))
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self._round is not None:
+            self._round.cancel()
+
+    def _tick(self) -> None:
+        if self._round is not None:
+            return  # the previous round is still running: its endpoints keep their slot
+        self._round = self.measure_all()
+        self._round.addBoth(self._round_done)
+
+    def _round_done(self, result: Any) -> None:
+        self._round = None
+        self.rounds += 1
+        if self.settings.srr_file:
+            d = deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._write_srr_file, self.srr())
+            d.addErrback(
+                lambda f: log.warn("cannot write {file}: {reason}", file=self.settings.srr_file, reason=describe(f))
+            )
+
+    def measure_all(self) -> Deferred[Any]:
+        return DeferredList([ensureDeferred(self.measure(eid)) for eid in self.endpoints], consumeErrors=True)
+
+    # --- one endpoint -----------------------------------------------------------------------------
+
+    async def measure(self, eid: str) -> None:
+        m = self.measurements[eid]
+        if m.running:
+            return
+        m.running = True
+        try:
+            if await self._adopt_shared(eid):
+                return
+            if not await self._lock(eid):
+                return  # another process is measuring it right now; its result reaches us next round
+            await self._measure(eid)
+        except Exception as exc:  # a broken endpoint class must not stop the reporter
+            self._failed(eid, describe(exc))
+        finally:
+            m.running = False
+
+    async def _adopt_shared(self, eid: str) -> bool:
+        if self.memcached is None:
+            return False
+        data = await self.memcached.get(KEY_PREFIX + eid.encode())
+        shared = _decode(data) if data else None
+        if shared is None:
+            return False
+        space, measured = shared
+        m = self.measurements[eid]
+        if m.measured is None or measured > m.measured:
+            m.space, m.measured, m.reserved = space, measured, 0
+        return self.reactor.seconds() - measured < self.settings.interval * 0.9
+
+    def _lock(self, eid: str) -> Deferred[bool]:
+        if self.memcached is None:
+            d: Deferred[bool] = Deferred()
+            d.callback(True)
+            return d
+        return self.memcached.add(b"fedd:space-lock:" + eid.encode(), b"1", self.settings.timeout)
+
+    async def _measure(self, eid: str) -> None:
+        endpoint = self.endpoints[eid]
+        started = self.reactor.seconds()
+        d = endpoint.space()
+        d.addTimeout(self.settings.timeout, self.reactor)
+        try:
+            space = await d
+        except Exception as exc:
+            self._failed(eid, describe(exc))
+            return
+        if not isinstance(space, Space) or any(
+            v is not None and (not isinstance(v, int) or v < 0) for v in (space.used, space.total, space.files)
+        ):
+            self._failed(eid, f"unusable measurement {space!r}")
+            return
+        now = self.reactor.seconds()
+        m = self.measurements[eid]
+        m.space, m.measured, m.reserved = space, now, 0
+        m.error = None
+        if self.memcached is not None:
+            ttl = self.settings.stale_seconds * 2
+            self.memcached.set(KEY_PREFIX + eid.encode(), _encode(space, now), ttl)
+            self.memcached.delete(b"fedd:space-lock:" + eid.encode())
+        log.debug("space of {endpoint}: {space} in {secs:.1f}s", endpoint=eid, space=space, secs=now - started)
+        if self.emit is not None:
+            self.emit("quota-report", self.report_payload(eid))
+
+    def _failed(self, eid: str, reason: str) -> None:
+        m = self.measurements[eid]
+        first = m.error is None
+        m.error, m.error_at = reason, self.reactor.seconds()
+        if first:
+            log.warn(
+                "cannot measure the space of {endpoint}: {reason} (keeping the last value, age {age})",
+                endpoint=eid,
+                reason=reason,
+                age="none" if m.measured is None else f"{self.reactor.seconds() - m.measured:.0f}s",
+            )
+        if self.memcached is not None:
+            self.memcached.delete(b"fedd:space-lock:" + eid.encode())
+
+    # --- used by placement ------------------------------------------------------------------------
+
+    def reserve(self, eid: str, size: int) -> None:
+        """An upload of `size` bytes was redirected to `eid`: count it until the next measurement."""
+        if size > 0 and eid in self.measurements:
+            self.measurements[eid].reserved += size
+
+    def free(self, eid: str) -> int | None:
+        m = self.measurements.get(eid)
+        return None if m is None else m.free()
+
+    def used(self, eid: str) -> int | None:
+        m = self.measurements.get(eid)
+        return None if m is None else m.used()
+
+    def is_stale(self, eid: str) -> bool:
+        return self.measurements[eid].stale(self.reactor.seconds(), self.settings.stale_seconds)
+
+    # --- reports ----------------------------------------------------------------------------------
+
+    def report_payload(self, eid: str) -> dict[str, Any]:
+        data = self.measurements[eid].to_json(self.reactor.seconds(), self.settings.stale_seconds)
+        data["endpoint"] = eid
+        return data
+
+    def to_json(self) -> dict[str, Any]:
+        now = self.reactor.seconds()
+        return {eid: m.to_json(now, self.settings.stale_seconds) for eid, m in self.measurements.items()}
+
+    def quota(self, endpoint_ids: list[str]) -> tuple[int, int] | None:
+        """(available, used) bytes over `endpoint_ids` for RFC 4331; None when nothing is known."""
+        used_total = free_total = 0
+        known = False
+        for eid in endpoint_ids:
+            m = self.measurements.get(eid)
+            if m is None or m.space is None:
+                continue
+            used, free = m.used(), m.free()
+            if used is not None:
+                used_total += used
+                known = True
+            if free is not None:
+                free_total += free
+                known = True
+        return (free_total, used_total) if known else None
+
+    def srr(self, base_url: str = "") -> dict[str, Any]:
+        """WLCG Storage Resource Reporting JSON: one share per endpoint (or per configured share name)."""
+        now = self.reactor.seconds()
+        stale_after = self.settings.stale_seconds
+        shares: dict[str, dict[str, Any]] = {}
+        storage_endpoints = []
+        for ep in self.config.endpoints:
+            m = self.measurements.get(ep.id, Measurement())
+            share = shares.setdefault(
+                ep.share_name,
+                {
+                    "name": ep.share_name,
+                    "totalsize": 0,
+                    "usedsize": 0,
+                    "timestamp": None,
+                    "vos": [],
+                    "path": [],
+                    "assignedendpoints": [],
+                    "stale": False,
+                    "endpoints": {},
+                },
+            )
+            share["totalsize"] += (m.space.total or 0) if m.space else 0
+            share["usedsize"] += m.used() or 0
+            stamp = int(m.measured) if m.measured is not None else None
+            if stamp is not None:
+                share["timestamp"] = stamp if share["timestamp"] is None else min(share["timestamp"], stamp)
+            share["stale"] = share["stale"] or m.stale(now, stale_after)
+            share["vos"] = sorted(set(share["vos"]) | set(ep.vos))
+            share["path"] = sorted(set(share["path"]) | {fed for fed, _ in ep.mappings})
+            share["assignedendpoints"].append(ep.id)
+            share["endpoints"][ep.id] = m.to_json(now, stale_after)
+            storage_endpoints.append(
+                {
+                    "name": ep.id,
+                    "endpointurl": ep.url or base_url,
+                    "interfacetype": _interface(ep),
+                    "assignedshares": [ep.share_name],
+                }
+            )
+        return {
+            "storageservice": {
+                "name": self.settings.name,
+                "implementation": "fedd",
+                "implementationversion": __version__,
+                "latestupdate": int(now),
+                "storageshares": list(shares.values()),
+                "storageendpoints": storage_endpoints,
+            }
+        }
+
+    def _write_srr_file(self, data: dict[str, Any]) -> None:
+        path = self.settings.srr_file
+        tmp = f"{path}.tmp.{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True)
+            fh.write("\n")
+        os.replace(tmp, path)
+
+
+def _interface(ep: EndpointConfig) -> str:
+    return {"s3": "s3", "azure": "azure", "dav": "https", "local": "posix"}.get(ep.kind, ep.kind)
