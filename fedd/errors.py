@@ -60,6 +60,10 @@ class PartialFailure(FeddError):
 
     status = 502
 
+    def __init__(self, message: str, outcome: object = None) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
 
 class NoReplicaAvailable(FeddError):
     """Replicas may exist, but no endpoint that could serve them answered in time or is online."""

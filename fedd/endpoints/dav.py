@@ -140,11 +140,11 @@ class DavEndpoint:
         return ensureDeferred(self._mkcol(path, 0))
 
     async def _mkcol(self, path: str, depth: int) -> bool:
-        response = await self._http.request("MKCOL", self.url_for(path, 0))
+        response = await self._http.request("MKCOL", self.url_for(path, 0).rstrip("/") + "/")
         self._check(response, "MKCOL")
         if response.code in (200, 201):
             return True
-        if response.code == 405:  # RFC 4918: the name is taken
+        if response.code in (405, 301, 302, 307, 308):  # RFC 4918: the name is taken (or redirected to it)
             return False
         if response.code == 409 and depth < MAX_PARENTS and path.rstrip("/").count("/") > 1:
             # object-store semantics for the federation: parents come into being with their children

@@ -154,7 +154,8 @@ class SpaceService(Service):
             )
 
     def measure_all(self) -> Deferred[Any]:
-        return DeferredList([ensureDeferred(self.measure(eid)) for eid in self.endpoints], consumeErrors=True)
+        ids = [eid for eid, ep in self.endpoints.items() if ep.config.space_source != "none"]
+        return DeferredList([ensureDeferred(self.measure(eid)) for eid in ids], consumeErrors=True)
 
     # --- one endpoint -----------------------------------------------------------------------------
 

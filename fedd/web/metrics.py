@@ -93,6 +93,25 @@ class StateCollector(Collector):
                 ("failed_publishes", ev.failed, "Failed publish attempts"),
             ):
                 yield CounterMetricFamily(f"fedd_events_{name}", text, value=float(value))
+        space = getattr(self, "space", None)
+        if space is not None:
+            families = {
+                "free": GaugeMetricFamily("fedd_endpoint_space_free_bytes", "Free bytes", labels=["endpoint"]),
+                "used": GaugeMetricFamily("fedd_endpoint_space_used_bytes", "Used bytes", labels=["endpoint"]),
+                "total": GaugeMetricFamily("fedd_endpoint_space_total_bytes", "Capacity or quota", labels=["endpoint"]),
+                "age": GaugeMetricFamily(
+                    "fedd_endpoint_space_age_seconds", "Age of the last good space measurement", labels=["endpoint"]
+                ),
+                "stale": GaugeMetricFamily(
+                    "fedd_endpoint_space_stale", "1 when the space measurement is stale or missing", labels=["endpoint"]
+                ),
+            }
+            for eid, m in space.to_json().items():
+                for key in ("free", "used", "total", "age"):
+                    if m[key] is not None:
+                        families[key].add_metric([eid], float(m[key]))
+                families["stale"].add_metric([eid], 1.0 if m["stale"] else 0.0)
+            yield from families.values()
         if self.site is not None:
             yield GaugeMetricFamily(
                 "fedd_open_connections", "Client connections open now", value=float(self.site.open_connections)

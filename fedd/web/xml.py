@@ -82,8 +82,25 @@ def _live(name: str, href_name: str, stat: Stat) -> str | None:
     return None
 
 
-def response_xml(path: str, stat: Stat, mode: str, wanted: Sequence[tuple[str, str]]) -> str:
-    """One <D:response> for a federation path."""
+QUOTA_PROPS = ("quota-available-bytes", "quota-used-bytes")
+
+
+def _quota(name: str, stat: Stat, quota: tuple[int, int] | None) -> str | None:
+    """RFC 4331, on collections only: davix takes quota-used-bytes for a file's size if a file has it."""
+    if not stat.is_dir or quota is None:
+        return None
+    value = quota[0] if name == "quota-available-bytes" else quota[1]
+    return f"<D:{name}>{value}</D:{name}>"
+
+
+def response_xml(
+    path: str,
+    stat: Stat,
+    mode: str,
+    wanted: Sequence[tuple[str, str]],
+    quota: tuple[int, int] | None = None,
+) -> str:
+    """One <D:response> for a federation path; `quota` = (available, used) bytes for a collection."""
     href = quote_path(path)
     if stat.is_dir and not href.endswith("/"):
         href += "/"
@@ -92,11 +109,17 @@ def response_xml(path: str, stat: Stat, mode: str, wanted: Sequence[tuple[str, s
     missing: list[str] = []
     if mode == "propname":
         found = [f"<D:{p}/>" for p in LIVE_PROPS]
+        if stat.is_dir and quota is not None:
+            found += [f"<D:{p}/>" for p in QUOTA_PROPS]
     elif mode == "allprop":
         found = [x for p in LIVE_PROPS if (x := _live(p, name, stat)) is not None]
+        found += [x for p in QUOTA_PROPS if (x := _quota(p, stat, quota)) is not None]
     else:
         for ns, prop in wanted:
-            value = _live(prop, name, stat) if ns == "DAV:" else None
+            if ns == "DAV:" and prop in QUOTA_PROPS:
+                value = _quota(prop, stat, quota)
+            else:
+                value = _live(prop, name, stat) if ns == "DAV:" else None
             if value is not None:
                 found.append(value)
             elif ns == "DAV:":
