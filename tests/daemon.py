@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,8 @@ def start_fedd(workdir: Path, config_text: str, port: int, *extra: str, timeout:
         try:
             fedd.status()
             return fedd
+        except urllib.error.HTTPError:
+            return fedd  # it answers (the status may be refused by the site's access rules)
         except OSError:
             time.sleep(0.05)
     fedd.stop()

@@ -88,6 +88,7 @@ def issuer() -> Iterator[Issuer]:
 ACCESS = """/atlas/public anonymous rl
 /atlas /atlas rl
 /atlas/scratch authenticated rlwd
+/.well-known/fedd/status anonymous r
 """
 
 
