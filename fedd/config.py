@@ -63,6 +63,7 @@ class ServerConfig:
     head_redirect: bool = False
     metrics_path: str = "/metrics"
     access_log_file: str = ""
+    drain_timeout: float = 10.0  # seconds open requests may finish in after SIGTERM
 
 
 @dataclass(frozen=True)
@@ -473,6 +474,7 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
         "head_redirect": _Key(_bool),
         "metrics_path": _Key(_fed_path),
         "access_log_file": _Key(_text),
+        "drain_timeout": _Key(_nonneg_float),
     },
     "locate": {
         "wait_budget": _Key(_positive_float),

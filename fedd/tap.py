@@ -63,6 +63,14 @@ def demo_config(demo_dir: str, listen: str | None) -> Config:
     return default_config(str(path), listen or "tcp:8080:interface=127.0.0.1")
 
 
+def _clean_exit(reactor: object) -> None:
+    """A stop asked for by SIGTERM/SIGINT that got this far (drain done) exits 0, not "killed by signal"."""
+    import signal
+
+    if getattr(reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
+        reactor._exitSignal = None  # type: ignore[attr-defined]  # read by twistd after the reactor stops
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
@@ -73,6 +81,7 @@ def makeService(options: Options) -> IService:
         service = build_service(config, reactor=reactor)
     except usage.UsageError as exc:
         raise SystemExit(f"fedd: {exc}") from None
+    reactor.addSystemEventTrigger("after", "shutdown", _clean_exit, reactor)  # type: ignore[attr-defined]
     if options["config"] is None:
         listen = config.server.listen[0]
         port = listen.split(":")[1] if ":" in listen else "8080"
