@@ -101,8 +101,6 @@ class LocalEndpoint:
         total = st.f_blocks * st.f_frsize
         available = st.f_bavail * st.f_frsize
         used = total - st.f_bfree * st.f_frsize
-        if self.config.quota is not None:
-            total = self.config.quota
         return Space(used=used, total=total, source="statvfs", available=available)
 
 
