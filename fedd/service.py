@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from OpenSSL import SSL, crypto
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet import ssl
 from twisted.internet.defer import ensureDeferred
@@ -29,9 +28,13 @@ from fedd.locate.locator import Locator
 from fedd.locate.memcache import Memcached
 from fedd.namespace import Namespace
 from fedd.select.geo import GeoLocator
+from fedd.space.downtime import DowntimeBook
+from fedd.space.service import SpaceService
 from fedd.web.accesslog import AccessLog
+from fedd.web.lifecycle import DrainFirst, Listener, WebService
 from fedd.web.metrics import Metrics, StateCollector
 from fedd.web.resource import FeddResource, FeddSite
+from fedd.writes import Writer
 
 log = Logger(namespace="fedd")
 
@@ -209,7 +212,7 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
     tls = server_tls(config) if any(d.startswith("ssl:") for d in config.server.listen) else None
     listeners = [listen_endpoint(reactor, d, config, tls) for d in config.server.listen]  # fail fast
     auth_tls = tls if isinstance(tls, GridContextFactory) else None
-    top = MultiService()
+    top = DrainFirst()  # on shutdown: drain the web front first, then stop the rest
     endpoints: dict[str, Endpoint] = {
         ep.id: make_endpoint(ep, reactor=reactor, presign_reuse=config.locate.presign_reuse) for ep in config.endpoints
     }
@@ -256,6 +259,19 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
     if auth is not None:
         auth.setServiceParent(top)
     resource = FeddResource(federation, head_redirect=config.server.head_redirect, events=events, auth=auth)
+    space = SpaceService(config, endpoints, reactor, memcached=memcached, emit=events.emit)
+    space.setServiceParent(top)
+    downtimes = DowntimeBook(
+        {ep.id: ep.downtimes for ep in config.endpoints},
+        reactor,
+        path=config.health.downtime_file,
+        on_change=registry.block_reads,
+    )
+    downtimes.setServiceParent(top)
+    resource.writer = Writer(federation, config.write, space=space, downtimes=downtimes)
+    resource.space = space
+    resource.downtimes = downtimes
+    resource.srr_path = config.space.srr_path.encode()
     metrics = Metrics()
     resource.metrics = metrics
     resource.metrics_path = config.server.metrics_path.encode()
@@ -266,7 +282,9 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
         metrics=metrics,
         clock=reactor,
     )
-    metrics.add_state(StateCollector(federation, events, site))
+    collector = StateCollector(federation, events, site)
+    collector.space = space  # type: ignore[attr-defined]
+    metrics.add_state(collector)
     if config.server.access_log_file:
         access = AccessLog(config.server.access_log_file, reactor)
         try:
@@ -276,14 +294,13 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
         access.setServiceParent(top)
         site.access_file = access
     site.noisy = False
-    web = MultiService()
-    web.setName("web")
-    for endpoint in listeners:
-        listener = StreamServerEndpointService(endpoint, site)
-        listener._raiseSynchronously = True  # a port that cannot be bound stops start-up, loudly
-        listener.setServiceParent(web)
+    web = WebService(site, clock=reactor, drain_timeout=config.server.drain_timeout)
+    for description, endpoint in zip(config.server.listen, listeners, strict=True):
+        Listener(endpoint, site, description).setServiceParent(web)  # a port in use stops start-up, loudly
     web.setServiceParent(top)
     top.federation = federation  # type: ignore[attr-defined]
     top.events = events  # type: ignore[attr-defined]
     top.site = site  # type: ignore[attr-defined]
+    top.space = space  # type: ignore[attr-defined]
+    top.downtimes = downtimes  # type: ignore[attr-defined]
     return top

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any, cast
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
@@ -28,18 +28,38 @@ from fedd.auth.identity import ANONYMOUS, Identity
 from fedd.auth.policy import METHOD_LETTER
 from fedd.auth.service import AuthService, Unauthenticated
 from fedd.endpoints.local import LOCAL_PREFIX, LocalEndpoint
-from fedd.errors import FeddError, Forbidden, MethodNotAllowed, NotFound, Unauthorized
+from fedd.errors import (
+    BadGateway,
+    BadRequest,
+    Conflict,
+    FeddError,
+    Forbidden,
+    MethodNotAllowed,
+    NotFound,
+    PartialFailure,
+    Unauthorized,
+)
 from fedd.federation import Federation, Replica
 from fedd.namespace import normalise_path
+from fedd.space.downtime import DowntimeBook
+from fedd.space.downtime import parse_request as parse_downtime
+from fedd.space.service import SpaceService
 from fedd.web import xml
 from fedd.web.accesslog import AccessLog
 from fedd.web.accesslog import record as access_record
 from fedd.web.metrics import Metrics
+from fedd.web.statuspage import render_status_page, wants_html
+from fedd.writes import MAX_UPLOAD, Writer
 
 log = Logger(namespace="fedd.web")
 STATUS_PATH = b"/.well-known/fedd/status"
+STATUS_HTML_PATH = b"/.well-known/fedd/status.html"
+STATUS_PATHS = (STATUS_PATH, STATUS_HTML_PATH)
+# the status page needs nothing but its own inline styles (and an empty data: favicon)
+STATUS_PAGE_CSP = b"default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'"
 METALINK_TYPE = b"application/metalink4+xml"
-ALLOW = b"OPTIONS, GET, HEAD, PROPFIND"
+ALLOW = b"OPTIONS, GET, HEAD, PROPFIND, PUT, DELETE, MKCOL, MOVE"
+DOWNTIMES_PATH = b"/.well-known/fedd/downtimes"
 _HOST_RE = re.compile(rb"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 
 
@@ -47,8 +67,12 @@ class FeddRequest(server.Request):
     """Refuses request bodies over the site's limit before buffering them."""
 
     max_body = 1 << 20
+    fedd_early = False  # answered before its body (an upload fedd redirects): the body is never read
 
     def gotLength(self, length: int | None) -> None:
+        if self.fedd_early:
+            super().gotLength(0)
+            return
         if length is not None and length > self.max_body:
             self._too_large()
             return
@@ -85,8 +109,52 @@ class _NullSink:
         pass
 
 
+LINGER_SECONDS = 5.0
+
+
 class FeddChannel(http.HTTPChannel):
-    """Answers an over-long request or header line with 431 instead of silently closing."""
+    """Answers an over-long request or header line with 431 instead of silently closing.
+
+    Uploads are answered before their body: fedd only says where the bytes go (307), so a `PUT` that
+    announces `Expect: 100-continue`, a body over the site's limit or a chunked body is handled as soon
+    as its headers are in, and the connection is closed after the answer. Without `Expect`, the client
+    may already be sending: the socket is half-closed after the answer and what still arrives is read
+    and dropped for a few seconds, so the client sees the 307 rather than a connection reset.
+    """
+
+    _fedd_linger = False
+
+    def allHeadersReceived(self) -> None:
+        req = self.requests[-1]
+        if getattr(self, "_command", None) == b"PUT" and self.length != 0:
+            expect = (req.requestHeaders.getRawHeaders(b"expect") or [b""])[0].lower()
+            if expect == b"100-continue" or self.length is None or self.length > req.max_body:
+                req.fedd_early = True
+                self._fedd_linger = expect != b"100-continue"
+                self.persistent = False
+                self.length = 0
+                req.parseCookies()
+                req.gotLength(0)
+                return  # no "100 Continue": the answer comes now, and the body goes elsewhere
+        super().allHeadersReceived()
+
+    def loseConnection(self) -> None:
+        transport = self.transport
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if not self._fedd_linger or half_close is None or not hasattr(transport, "abortConnection"):
+            super().loseConnection()
+            return
+        self._fedd_linger = False
+        self._networkProducer.unregisterProducer()  # type: ignore[attr-defined]
+        self.dataReceived = _drop  # type: ignore[method-assign]
+        transport.resumeProducing()  # type: ignore[union-attr]
+        half_close()
+
+        def abort() -> None:
+            if getattr(transport, "connected", False):
+                transport.abortConnection()  # type: ignore[union-attr]
+
+        self.callLater(LINGER_SECONDS, abort)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         assert self.transport is not None
@@ -94,6 +162,10 @@ class FeddChannel(http.HTTPChannel):
             b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )
         self.transport.loseConnection()
+
+
+def _drop(data: bytes) -> None:
+    """Discard the rest of an upload that was redirected."""
 
 
 def _channel(factory: object) -> http._GenericHTTPChannelProtocol:
@@ -113,20 +185,41 @@ class FeddSite(server.Site):
         self.clock = clock
         self.access_file: AccessLog | None = None
         self.open_connections = 0
+        self.connections: set[Any] = set()  # open ones: on shutdown, the drain waits for their requests
+        self.draining = False
         self.requestFactory = cast(type[FeddRequest], type("Request", (FeddRequest,), {"max_body": max_body}))
 
     def buildProtocol(self, addr: Any) -> Any:
         protocol = super().buildProtocol(addr)
         if protocol is not None:
             self.open_connections += 1
+            self.connections.add(protocol)
             lost = protocol.connectionLost
 
             def connection_lost(reason: Any) -> None:
                 self.open_connections -= 1
+                self.connections.discard(protocol)
                 lost(reason)
 
             protocol.connectionLost = connection_lost
         return protocol
+
+    @property
+    def open_requests(self) -> list[server.Request]:
+        """Requests received (or being received) and not answered yet, over all open connections."""
+        channels = (getattr(p, "_channel", p) for p in self.connections)
+        return [r for c in channels for r in getattr(c, "requests", ())]
+
+    def getResourceFor(self, request: server.Request) -> Any:
+        if self.draining:  # a request that came in on a kept-alive connection during the drain
+            _close_after(request)
+        return super().getResourceFor(request)
+
+    def drain(self) -> None:
+        """Shutting down: no more keep-alive, each connection closes after its current answer."""
+        self.draining = True
+        for request in self.open_requests:
+            _close_after(request)
 
     def log(self, request: http.Request) -> None:
         started = getattr(request, "fedd_started", None)
@@ -143,6 +236,13 @@ class FeddSite(server.Site):
                 uri=request.uri.decode("latin-1"),
                 code=request.code,
             )
+
+
+def _close_after(request: server.Request) -> None:
+    if request.channel is not None:
+        request.channel.persistent = False
+    if not request.startedWriting:
+        request.setHeader(b"connection", b"close")
 
 
 def _absolute(request: server.Request, url: str) -> str:
@@ -177,6 +277,20 @@ class _Plan:
     headers: tuple[tuple[bytes, bytes], ...]
 
 
+_WRITE_METHODS = {b"PUT": "_put", b"DELETE": "_delete", b"MKCOL": "_mkcol", b"MOVE": "_move"}
+
+
+def _declared_length(request: server.Request) -> int | None:
+    """The upload's announced size: None when not announced (chunked); BadRequest when absurd."""
+    raw = request.getHeader(b"content-length")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if not raw.isdigit() or len(raw) > 19 or int(raw) > MAX_UPLOAD:
+        raise BadRequest(f"unacceptable Content-Length {raw[:40].decode('latin-1')!r}")
+    return int(raw)
+
+
 _ALREADY_ANSWERED = b"<answered by the handler>"  # a distinct object, compared by identity
 PLAN_SECONDS = 1.0
 PLAN_ENTRIES = 100_000
@@ -198,6 +312,10 @@ class FeddResource(Resource):
         self.started = time.time()
         self._plans: dict[tuple[Any, ...], _Plan] = {}
         self._paths: dict[bytes, str] = {}  # raw request path -> normalised path
+        self.writer: Writer | None = None
+        self.space: SpaceService | None = None
+        self.downtimes: DowntimeBook | None = None
+        self.srr_path = b"/.well-known/fedd/srr.json"
         self._local: dict[str, LocalEndpoint] = {
             eid: ep for eid, ep in federation.endpoints.items() if isinstance(ep, LocalEndpoint)
         }
@@ -211,13 +329,30 @@ class FeddResource(Resource):
             if raw == self.metrics_path and self.metrics is not None:
                 request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
                 return self.metrics.render()
+            if raw == self.srr_path and self.space is not None:
+                return self._srr(request)
             if raw.startswith(b"/.well-known/fedd/"):
-                if not raw.startswith(LOCAL_PREFIX.encode()):
-                    return self._internal(request, raw)
-                endpoint, endpoint_path, path = self._local_target(request, raw[len(LOCAL_PREFIX) :])
+                if raw in STATUS_PATHS:
+                    # both forms of the status are authorised as a read of STATUS_PATH (an access rule
+                    # on it can limit the status to a site's admins)
+                    path = STATUS_PATH.decode()
 
-                def handler() -> bytes | int:
-                    return self._local_file(request, endpoint, endpoint_path)
+                    def handler() -> bytes | int:
+                        return self._internal(request, raw)
+
+                elif raw == DOWNTIMES_PATH or raw.startswith(DOWNTIMES_PATH + b"/"):
+                    path = DOWNTIMES_PATH.decode()
+
+                    def handler() -> bytes | int:
+                        return self._downtimes(request, raw)
+
+                elif not raw.startswith(LOCAL_PREFIX.encode()):
+                    return self._internal(request, raw)
+                else:
+                    endpoint, endpoint_path, path = self._local_target(request, raw[len(LOCAL_PREFIX) :])
+
+                    def handler() -> bytes | int:
+                        return self._local_file(request, endpoint, endpoint_path)
 
             else:
                 known = self._paths.get(raw)
@@ -246,6 +381,8 @@ class FeddResource(Resource):
             return self.render_read(request, path)
         if method == b"PROPFIND":
             return self._start(request, self._propfind(request, path))
+        if method in _WRITE_METHODS and self.writer is not None:
+            return self._start(request, getattr(self, _WRITE_METHODS[method])(request, path))
         if method == b"OPTIONS":
             request.setHeader(b"allow", ALLOW)
             request.setHeader(b"dav", b"1")
@@ -510,23 +647,186 @@ class FeddResource(Resource):
             body = request.content.read()
         mode, wanted = xml.parse_propfind(body)
         stat, listing = await self.fed.stat(path, self._client(request))
-        parts = [xml.MULTISTATUS_HEAD, xml.response_xml(path, stat, mode, wanted)]
+        parts = [xml.MULTISTATUS_HEAD, xml.response_xml(path, stat, mode, wanted, self._quota(path, stat))]
         if listing is not None and depth == b"1":
             base = path.rstrip("/")
-            parts.extend(xml.response_xml(f"{base}/{e.name}", e.stat, mode, wanted) for e in listing.entries)
+            parts.extend(
+                xml.response_xml(f"{base}/{e.name}", e.stat, mode, wanted, self._quota(f"{base}/{e.name}", e.stat))
+                for e in listing.entries
+            )
         parts.append(xml.MULTISTATUS_TAIL)
         request.setResponseCode(207)
         request.setHeader(b"content-type", b"application/xml; charset=utf-8")
         return "".join(parts).encode()
 
+    # --- writes -------------------------------------------------------------------------------
+
+    async def _put(self, request: server.Request, path: str) -> bytes:
+        assert self.writer is not None
+        if request.path.endswith(b"/"):
+            raise Conflict("cannot PUT a collection")
+        size = _declared_length(request)
+        target = await self.writer.put(path, self._client(request), size)
+        request.fedd_endpoint = target.endpoint  # type: ignore[attr-defined]
+        request.setResponseCode(self.writer.config.redirect_code)
+        request.setHeader(b"location", _absolute(request, target.url).encode())
+        request.setHeader(b"cache-control", b"no-store")
+        if self.events is not None:
+            who = getattr(request, "fedd_identity", ANONYMOUS)
+            self.events.emit(
+                "put-redirect",
+                {
+                    "path": path,
+                    "name": path.rsplit("/", 1)[-1],
+                    "scope": path.strip("/").split("/", 1)[0] or None,
+                    "rse": target.endpoint,
+                    "endpoint": target.endpoint,
+                    "url": target.url.split("?", 1)[0],
+                    "file-size": size,
+                    "bytes": size,
+                    "overwrite": target.overwrite,
+                    "client": self._client(request),
+                    "client_dn": who.subject or None,
+                    "candidates": len(target.placement.order),
+                    "refused": target.placement.refused or None,
+                },
+            )
+        return b""
+
+    async def _delete(self, request: server.Request, path: str) -> bytes:
+        assert self.writer is not None
+        started = self.fed.clock.seconds()
+        try:
+            outcome = await self.writer.delete(path)
+        except PartialFailure as exc:
+            self._deletion_events(path, exc.outcome, started)
+            raise
+        self._deletion_events(path, outcome, started)
+        request.setResponseCode(204)
+        return b""
+
+    def _deletion_events(self, path: str, outcome: Any, started: float) -> None:
+        if self.events is None or outcome is None:
+            return
+        duration = round(self.fed.clock.seconds() - started, 3)
+        base = {"path": path, "name": path.rsplit("/", 1)[-1], "scope": path.strip("/").split("/", 1)[0] or None}
+        for eid in outcome.done:
+            self.events.emit("deletion-done", dict(base, rse=eid, endpoint=eid, duration=duration))
+        for eid, why in outcome.failed.items():
+            self.events.emit("deletion-failed", dict(base, rse=eid, endpoint=eid, duration=duration, reason=why))
+
+    async def _mkcol(self, request: server.Request, path: str) -> bytes:
+        assert self.writer is not None
+        if request.content is not None and request.content.read(1):
+            request.setResponseCode(415)
+            return b"MKCOL with a body is not supported\n"
+        await self.writer.mkcol(path)
+        request.setResponseCode(201)
+        return b""
+
+    async def _move(self, request: server.Request, path: str) -> bytes:
+        assert self.writer is not None
+        destination = self._destination(request)
+        if self.auth is not None:
+            who = getattr(request, "fedd_identity", ANONYMOUS)
+            decision = self.auth.decide(who, "w", destination)
+            if not decision.allowed:
+                raise Forbidden(f"forbidden: destination {destination}: {decision.reason}")
+        overwrite = (request.getHeader(b"overwrite") or b"T").strip().upper() != b"F"
+        existed = await self.writer.move(path, destination, overwrite)
+        request.setResponseCode(204 if existed else 201)
+        return b""
+
+    def _destination(self, request: server.Request) -> str:
+        raw = request.getHeader(b"destination")
+        if not raw:
+            raise BadRequest("MOVE needs a Destination header")
+        parts = urlsplit(raw.decode("latin-1"))
+        if parts.scheme or parts.netloc:
+            host = (request.getHeader(b"host") or b"").decode("latin-1").lower()
+            if parts.scheme not in ("http", "https") or parts.netloc.lower() != host:
+                raise BadGateway(f"Destination {raw.decode('latin-1')!r} is outside this federation")
+        if parts.path.encode().startswith(b"/.well-known/fedd/"):
+            raise Forbidden("Destination is one of fedd's own paths")
+        return normalise_path(parts.path.encode("latin-1"))
+
+    # --- space and downtimes ----------------------------------------------------------------------
+
+    def _srr(self, request: server.Request) -> bytes:
+        assert self.space is not None
+        if request.method not in (b"GET", b"HEAD"):
+            raise MethodNotAllowed("the storage report is read-only")
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        scheme = "https" if request.isSecure() else "http"
+        host = (request.getHeader(b"host") or b"").decode("latin-1")
+        base = f"{scheme}://{host}" if _HOST_RE.match(host.encode("latin-1")) else ""
+        return json.dumps(self.space.srr(base), indent=1, sort_keys=True).encode() + b"\n"
+
+    def _downtimes(self, request: server.Request, raw: bytes) -> bytes | int:
+        if self.downtimes is None:
+            raise NotFound("downtimes are not managed here")
+        if request.method in (b"GET", b"HEAD"):
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"cache-control", b"no-store")
+            return json.dumps(self.downtimes.to_json(), indent=1).encode() + b"\n"
+        self._admin_only(request)
+        if request.method == b"POST" and raw == DOWNTIMES_PATH:
+            body = b""
+            if request.content is not None:
+                request.content.seek(0)
+                body = request.content.read()
+            endpoint, downtime = parse_downtime(body, set(self.fed.endpoints), self.fed.clock.seconds())
+            declared = self.downtimes.add(endpoint, downtime)
+            request.setResponseCode(201)
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"location", DOWNTIMES_PATH + b"/" + declared.id.encode())
+            return json.dumps(declared.to_json(self.fed.clock.seconds()), indent=1).encode() + b"\n"
+        if request.method == b"DELETE" and raw.startswith(DOWNTIMES_PATH + b"/"):
+            if not self.downtimes.remove(raw[len(DOWNTIMES_PATH) + 1 :].decode("latin-1")):
+                raise NotFound("no such run-time downtime (configured ones are changed in the configuration)")
+            request.setResponseCode(204)
+            return b""
+        raise MethodNotAllowed("GET, POST (new downtime) or DELETE .../<id>")
+
+    def _admin_only(self, request: server.Request) -> None:
+        """Changing downtimes: an identity the access rules let write the downtimes path; without
+        [auth], clients on the same host only."""
+        if self.auth is None:
+            if self._client(request) not in ("127.0.0.1", "::1") and not self._client(request).startswith("127."):
+                raise Forbidden("without [auth], downtimes can be changed from this host only")
+            return
+        who = getattr(request, "fedd_identity", ANONYMOUS)
+        decision = self.auth.decide(who, "w", DOWNTIMES_PATH.decode())
+        if not decision.allowed:
+            if who.anonymous:
+                raise Unauthorized(f"authentication required: {decision.reason}")
+            raise Forbidden(f"forbidden: {decision.reason}")
+
+    def _quota(self, path: str, stat: Any) -> tuple[int, int] | None:
+        """(available, used) over the endpoints serving a collection (writable ones if any), or None."""
+        if self.space is None or not stat.is_dir:
+            return None
+        targets = [t.endpoint for t in self.fed.namespace.targets(path) if t.endpoint in self.fed.endpoints]
+        writable = [eid for eid in targets if self.fed.endpoints[eid].config.write]
+        return self.space.quota(writable or targets)
+
     # --- fedd's own paths -------------------------------------------------------------------------
 
     def _internal(self, request: server.Request, raw: bytes) -> bytes | int:
-        if raw == STATUS_PATH:
+        if raw in STATUS_PATHS:
             if request.method not in (b"GET", b"HEAD"):
                 raise MethodNotAllowed("status is read-only")
-            request.setHeader(b"content-type", b"application/json")
             request.setHeader(b"cache-control", b"no-store")
+            accept = request.getHeader(b"accept")
+            if raw == STATUS_PATH:
+                request.setHeader(b"vary", b"Accept")
+            if raw == STATUS_HTML_PATH or wants_html(accept.decode("latin-1") if accept else None):
+                request.setHeader(b"content-type", b"text/html; charset=utf-8")
+                request.setHeader(b"content-security-policy", STATUS_PAGE_CSP)
+                request.setHeader(b"x-content-type-options", b"nosniff")
+                return render_status_page(self.status())
+            request.setHeader(b"content-type", b"application/json")
             return json.dumps(self.status(), indent=1, sort_keys=True).encode() + b"\n"
         raise NotFound("no such fedd resource")
 
@@ -564,4 +864,8 @@ class FeddResource(Resource):
             data["events"] = self.events.to_json()
         if self.auth is not None:
             data["auth"] = self.auth.to_json()
+        if self.space is not None:
+            data["space"] = self.space.to_json()
+        if self.downtimes is not None:
+            data["downtimes"] = self.downtimes.to_json()
         return data
