@@ -48,6 +48,6 @@ setup(
             "types-pyOpenSSL",
         ],
     },
-    entry_points={},
+    entry_points={"console_scripts": ["fedd-import-ugr = fedd.ugrimport:main"]},
     classifiers=["Framework :: Twisted", "Programming Language :: Python :: 3"],
 )
