@@ -178,6 +178,10 @@ class _Translator:
         self.used.add(entry.key)
         if secret and _ENV_RE.fullmatch(entry.value):  # fedd reads it from the environment too (*_env)
             return entry
+        return self.subst(entry)
+
+    def subst(self, entry: Entry) -> Entry:
+        """`${VAR}` replaced from the environment, as UGR does."""
 
         def one(match: re.Match[str]) -> str:
             if match.group(1) in self.environ:
@@ -211,7 +215,7 @@ class _Translator:
     def run(self) -> None:
         self.globals()
         for entry in self.ugr.arrays.get("glb.locplugin", []):
-            self.locplugin(entry)
+            self.locplugin(self.subst(entry))
         self.used.add("glb.locplugin")
         for key, entries in self.ugr.arrays.items():
             if key not in self.used:
@@ -255,7 +259,7 @@ class _Translator:
         useext = self.get("infohandler.useextcache")
         servers = self.ugr.arrays.get("extcache.memcached.server", [])
         self.used.add("extcache.memcached.server")
-        for entry in servers:
+        for entry in map(self.subst, servers):
             if useext and not _true(useext.value):
                 self.remark(entry, "infohandler.useextcache is false: memcached not configured")
                 continue
@@ -271,7 +275,7 @@ class _Translator:
             self.set("geo", "fuzz_km", v)
         use_geoip = self.get("glb.use_geoip")
         self.used.add("glb.filterplugin")
-        for entry in self.ugr.arrays.get("glb.filterplugin", []):
+        for entry in map(self.subst, self.ugr.arrays.get("glb.filterplugin", [])):
             parts = entry.value.split()
             lib = os.path.basename(parts[0]) if parts else ""
             if lib not in _GEOPLUGINS:
