@@ -133,6 +133,8 @@ class WriteConfig:
     allow_overwrite: bool = False
     redirect_code: int = 307
     presign_expiry: int = 3600
+    proxy_user_agents: tuple[str, ...] = ("rclone/",)
+    proxy_max_bytes: int = 5 * 10**9
 
 
 @dataclass(frozen=True)
@@ -443,6 +445,14 @@ def _downtime(text: str) -> Downtime:
     return Downtime(start, end, scope, parts[3] if len(parts) > 3 else "")
 
 
+def _agent(text: str) -> str:
+    if text == "none":
+        return ""
+    if not re.match(r"^[\x21-\x7e][\x20-\x7e]{0,99}$", text):
+        raise ValueError(f"expected the start of a User-Agent header (printable ASCII), got {text!r}")
+    return text
+
+
 def _redirect_code(text: str) -> int:
     if text not in ("302", "307"):
         raise ValueError(f"expected 302 or 307, got {text!r}")
@@ -532,6 +542,8 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
         "allow_overwrite": _Key(_bool),
         "redirect_code": _Key(_redirect_code),
         "presign_expiry": _Key(_positive_int),
+        "proxy_user_agent": _Key(_agent, attr="proxy_user_agents", repeat=True),
+        "proxy_max_bytes": _Key(_size),
     },
     "space": {
         "interval": _Key(_positive_float),

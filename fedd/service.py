@@ -281,6 +281,8 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
         access_log=config.server.access_log,
         metrics=metrics,
         clock=reactor,
+        proxy_agents=config.write.proxy_user_agents,
+        proxy_max=config.write.proxy_max_bytes,
     )
     collector = StateCollector(federation, events, site)
     collector.space = space  # type: ignore[attr-defined]

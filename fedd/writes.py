@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.logger import Logger
+from twisted.web.client import FileBodyProducer
 
 from fedd.config import WriteConfig
 from fedd.errors import (
@@ -36,12 +37,22 @@ log = Logger(namespace="fedd.writes")
 MAX_UPLOAD = 1 << 62  # larger declared sizes are absurd
 
 
+CARRY_MIN_RATE = 1 << 20  # bytes/s: a carried upload slower than this times out
+
+
 @dataclass(frozen=True)
 class PutTarget:
     endpoint: str
     url: str
     placement: Placement
     overwrite: bool
+    path: str = ""
+
+
+def _absolute_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise BadGateway("this endpoint cannot take uploads carried by fedd")
+    return url
 
 
 @dataclass
@@ -160,9 +171,31 @@ class Writer:
             if self.space is not None:
                 self.space.reserve(eid, size or 0)
             self.fed.locator.forget(path)
-            return PutTarget(eid, url, placement, overwrite)
+            return PutTarget(eid, url, placement, overwrite, path)
         detail = "; ".join(f"{eid}: {why}" for eid, why in sorted(problems.items()))
         raise InsufficientStorage(f"no writable endpoint can take {path} now ({detail})")
+
+    async def carry(self, target: PutTarget, content: Any, size: int) -> int:
+        """Upload a spooled request body to the chosen endpoint ourselves (for clients that cannot follow
+        a 307 with their body); 201 on success. The body streams from the spool file, 64 KiB at a time."""
+        endpoint = self.fed.endpoints[target.endpoint]
+        http = getattr(endpoint, "_http", None)
+        if http is None or content is None:
+            raise BadGateway(f"{target.endpoint} cannot take uploads carried by fedd")
+        content.seek(0)
+        headers = dict(getattr(endpoint, "upload_headers", {}))
+        producer = FileBodyProducer(content, readSize=1 << 16)
+        timeout = endpoint.config.timeout + size / CARRY_MIN_RATE
+        try:
+            response = await http.request("PUT", _absolute_url(target.url), headers, producer, timeout=timeout)
+        except EndpointError as exc:
+            self.fed.health.failure(target.endpoint, f"carried upload: {exc.reason}", passive=True)
+            raise BadGateway(f"upload to {target.endpoint} failed: {exc.reason}") from None
+        finally:
+            self.fed.locator.forget(target.path)
+        if response.code not in (200, 201, 204):
+            raise BadGateway(f"{target.endpoint} refused the upload: HTTP {response.code}")
+        return 201
 
     async def _existing(self, path: str) -> tuple[list[str], dict[str, str]]:
         """Endpoints holding `path` now (asked afresh), and the endpoints that did not answer."""

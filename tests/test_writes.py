@@ -200,6 +200,30 @@ def test_davix_put_and_gfal_copy(fed: Fedd, tmp_path: Path) -> None:
         assert got.stdout == src.read_bytes(), name
 
 
+def test_rclone_uploads_carried_by_fedd(fed: Fedd, stores: dict[str, Any], tmp_path: Path) -> None:
+    """rclone (Go) cannot follow a 307 with its body: fedd carries its uploads to the chosen endpoint."""
+    env = dict(os.environ, RCLONE_CONFIG=str(tmp_path / "rclone.conf"))
+    base = ["rclone", "--webdav-url", fed.url, "--contimeout", "10s", "--timeout", "30s", "--retries", "1"]
+    for name, data in (("small.txt", b"uploaded by rclone\n"), ("big.bin", os.urandom(3 << 20))):
+        src = tmp_path / name
+        src.write_bytes(data)
+        out = subprocess.run(
+            [*base, "copyto", str(src), f":webdav:/atlas/rclone/{name}"],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            env=env,
+        )
+        assert out.returncode == 0, out.stderr
+        got = subprocess.run(["curl", "-sS", "-L", f"{fed.url}/atlas/rclone/{name}"], capture_output=True, timeout=60)
+        assert got.stdout == data, name
+        assert where(stores, f"/atlas/rclone/{name}"), name
+    listing = subprocess.run(
+        [*base, "lsf", ":webdav:/atlas/rclone"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert sorted(listing.stdout.split()) == ["big.bin", "small.txt"], listing.stderr
+
+
 def test_rclone_reads_through_fedd(fed: Fedd, stores: dict[str, Any], tmp_path: Path) -> None:
     stores["s3"].put_object(Bucket=BUCKET, Key="s3only/rclone/read.txt", Body=b"read by rclone\n")
     env = dict(os.environ, RCLONE_CONFIG=str(tmp_path / "rclone.conf"))

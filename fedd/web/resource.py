@@ -68,12 +68,18 @@ class FeddRequest(server.Request):
 
     max_body = 1 << 20
     fedd_early = False  # answered before its body (an upload fedd redirects): the body is never read
+    fedd_proxy = False  # an upload fedd carries itself (clients that cannot follow a 307 with a body)
+    proxy_agents: tuple[bytes, ...] = ()
+    proxy_max = 0
+
+    def _limit(self) -> int:
+        return self.proxy_max if self.fedd_proxy else self.max_body
 
     def gotLength(self, length: int | None) -> None:
         if self.fedd_early:
             super().gotLength(0)
             return
-        if length is not None and length > self.max_body:
+        if length is not None and length > self._limit():
             self._too_large()
             return
         self._body_seen = 0
@@ -81,7 +87,7 @@ class FeddRequest(server.Request):
 
     def handleContentChunk(self, data: bytes) -> None:
         self._body_seen = getattr(self, "_body_seen", 0) + len(data)
-        if self._body_seen > self.max_body:
+        if self._body_seen > self._limit():
             self._too_large()
             return
         super().handleContentChunk(data)
@@ -127,6 +133,17 @@ class FeddChannel(http.HTTPChannel):
     def allHeadersReceived(self) -> None:
         req = self.requests[-1]
         if getattr(self, "_command", None) == b"PUT" and self.length != 0:
+            agent = (req.requestHeaders.getRawHeaders(b"user-agent") or [b""])[0]
+            if (
+                self.length is not None
+                and self.length <= req.proxy_max
+                and agent.startswith(req.proxy_agents or (b"\0",))
+            ):
+                # a client known not to follow a 307 with its body (rclone, Go): fedd carries the upload,
+                # spooled to a temporary file by twisted.web, then streamed to the chosen endpoint
+                req.fedd_proxy = True
+                super().allHeadersReceived()
+                return
             expect = (req.requestHeaders.getRawHeaders(b"expect") or [b""])[0].lower()
             if expect == b"100-continue" or self.length is None or self.length > req.max_body:
                 req.fedd_early = True
@@ -177,7 +194,15 @@ class FeddSite(server.Site):
     protocol = _channel
 
     def __init__(
-        self, resource: Resource, *, max_body: int, access_log: bool, metrics: Metrics | None = None, clock: Any = None
+        self,
+        resource: Resource,
+        *,
+        max_body: int,
+        access_log: bool,
+        metrics: Metrics | None = None,
+        clock: Any = None,
+        proxy_agents: tuple[str, ...] = (),
+        proxy_max: int = 0,
     ) -> None:
         super().__init__(resource)
         self._access_log = access_log
@@ -187,7 +212,18 @@ class FeddSite(server.Site):
         self.open_connections = 0
         self.connections: set[Any] = set()  # open ones: on shutdown, the drain waits for their requests
         self.draining = False
-        self.requestFactory = cast(type[FeddRequest], type("Request", (FeddRequest,), {"max_body": max_body}))
+        self.requestFactory = cast(
+            type[FeddRequest],
+            type(
+                "Request",
+                (FeddRequest,),
+                {
+                    "max_body": max_body,
+                    "proxy_agents": tuple(a.encode() for a in proxy_agents if a),
+                    "proxy_max": proxy_max,
+                },
+            ),
+        )
 
     def buildProtocol(self, addr: Any) -> Any:
         protocol = super().buildProtocol(addr)
@@ -668,9 +704,20 @@ class FeddResource(Resource):
         size = _declared_length(request)
         target = await self.writer.put(path, self._client(request), size)
         request.fedd_endpoint = target.endpoint  # type: ignore[attr-defined]
+        if getattr(request, "fedd_proxy", False):
+            status = await self.writer.carry(target, request.content, size or 0)
+            request.setResponseCode(status)
+            self._put_event(request, path, target, size, carried=True)
+            return b""
         request.setResponseCode(self.writer.config.redirect_code)
         request.setHeader(b"location", _absolute(request, target.url).encode())
         request.setHeader(b"cache-control", b"no-store")
+        self._put_event(request, path, target, size)
+        return b""
+
+    def _put_event(
+        self, request: server.Request, path: str, target: Any, size: int | None, carried: bool = False
+    ) -> None:
         if self.events is not None:
             who = getattr(request, "fedd_identity", ANONYMOUS)
             self.events.emit(
@@ -689,9 +736,9 @@ class FeddResource(Resource):
                     "client_dn": who.subject or None,
                     "candidates": len(target.placement.order),
                     "refused": target.placement.refused or None,
+                    "carried": carried,
                 },
             )
-        return b""
 
     async def _delete(self, request: server.Request, path: str) -> bytes:
         assert self.writer is not None
