@@ -303,6 +303,8 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
     top.federation = federation  # type: ignore[attr-defined]
     top.events = events  # type: ignore[attr-defined]
     top.site = site  # type: ignore[attr-defined]
+    top.resource = resource  # type: ignore[attr-defined]
+    top.auth = auth  # type: ignore[attr-defined]
     top.space = space  # type: ignore[attr-defined]
     top.downtimes = downtimes  # type: ignore[attr-defined]
     return top

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
 
 from fedd.config import Config, ConfigError, default_config, parse_config
+from fedd.reload import Reloader
 
 log = Logger(namespace="fedd")
 DEMO_FILE = "hello.txt"
@@ -71,6 +73,16 @@ def _clean_exit(reactor: object) -> None:
         reactor._exitSignal = None  # type: ignore[attr-defined]  # read by twistd after the reactor stops
 
 
+def _on_sighup(reactor: Any, reloader: Reloader) -> None:
+    """`systemctl reload fedd`: SIGHUP re-reads the configuration (in the reactor thread, between requests)."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        reactor.callFromThread(reloader.reload)
+
+    signal.signal(signal.SIGHUP, handler)
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
@@ -82,6 +94,10 @@ def makeService(options: Options) -> IService:
     except usage.UsageError as exc:
         raise SystemExit(f"fedd: {exc}") from None
     reactor.addSystemEventTrigger("after", "shutdown", _clean_exit, reactor)  # type: ignore[attr-defined]
+    reloader = Reloader(service, config, options["config"], reactor)
+    service.reloader = reloader  # type: ignore[attr-defined]
+    service.resource.reloader = reloader  # type: ignore[attr-defined]
+    _on_sighup(reactor, reloader)  # now: a SIGHUP right after the port opens must already be a reload
     if options["config"] is None:
         listen = config.server.listen[0]
         port = listen.split(":")[1] if ":" in listen else "8080"

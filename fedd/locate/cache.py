@@ -95,5 +95,12 @@ class LocalCache:
     def drop(self, path: str) -> None:
         self._data.pop(path, None)
 
+    def drop_negative(self) -> int:
+        """Forget every answer that found no file (after the endpoints changed); returns how many."""
+        gone = [path for path, (_, result) in self._data.items() if not result.files()]
+        for path in gone:
+            del self._data[path]
+        return len(gone)
+
     def __len__(self) -> int:
         return len(self._data)

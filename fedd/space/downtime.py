@@ -100,6 +100,16 @@ class DowntimeBook(Service):
         self._loop: LoopingCall | None = None
         self.read_blocked: frozenset[str] = frozenset()
 
+    def replace_configured(self, configured: Mapping[str, tuple[Downtime, ...]]) -> None:
+        """New downtimes from a reloaded configuration; run-time ones are kept."""
+        self._configured = [
+            Declared(f"config-{eid}-{i}", eid, d, "config")
+            for eid, downtimes in configured.items()
+            for i, d in enumerate(downtimes)
+        ]
+        if self.running:
+            self.evaluate()
+
     @property
     def all(self) -> list[Declared]:
         return self._configured + self._admin

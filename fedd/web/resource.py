@@ -352,9 +352,13 @@ class FeddResource(Resource):
         self.space: SpaceService | None = None
         self.downtimes: DowntimeBook | None = None
         self.srr_path = b"/.well-known/fedd/srr.json"
-        self._local: dict[str, LocalEndpoint] = {
-            eid: ep for eid, ep in federation.endpoints.items() if isinstance(ep, LocalEndpoint)
-        }
+        self._local: dict[str, LocalEndpoint] = {}
+        self.refresh_local()
+
+    def refresh_local(self) -> None:
+        """The local endpoints fedd serves bytes for (again after a reload)."""
+        self._local = {eid: ep for eid, ep in self.fed.endpoints.items() if isinstance(ep, LocalEndpoint)}
+        self._plans.clear()
 
     # --- dispatch -----------------------------------------------------------------------------
 
@@ -915,4 +919,7 @@ class FeddResource(Resource):
             data["space"] = self.space.to_json()
         if self.downtimes is not None:
             data["downtimes"] = self.downtimes.to_json()
+        reloader = getattr(self, "reloader", None)
+        if reloader is not None:
+            data["reload"] = reloader.to_json()
         return data

@@ -1,0 +1,156 @@
+"""`systemctl reload fedd` (SIGHUP) with the real daemon: endpoints added/changed/removed in place, a
+broken configuration refused while the old one keeps serving, requests in flight never failing."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon import Fedd, start_fedd
+from tests.servers import free_port
+from tests.test_writes import wait_for
+
+
+def base(port: int, dav1: Any) -> str:
+    return f"""
+[server]
+listen = tcp:{port}:interface=127.0.0.1
+[health]
+interval = 5
+failures_to_offline = 3
+[endpoint one]
+kind = dav
+url = {dav1.url}
+map = /one /reload-one
+"""
+
+
+def two(dav2: Any, extra: str = "") -> str:
+    return f"""
+[endpoint two]
+kind = dav
+url = {dav2.url}
+map = /two /reload-two
+{extra}
+"""
+
+
+@pytest.fixture()
+def daemon(dav1: Any, dav2: Any, tmp_path: Path) -> Iterator[tuple[Fedd, Path]]:
+    for dav, name in ((dav1, "reload-one"), (dav2, "reload-two")):
+        d = Path(dav.docroot) / name
+        d.mkdir(exist_ok=True)
+        (d / "f.txt").write_text(name)
+    port = free_port()
+    f = start_fedd(tmp_path, base(port, dav1), port)
+    yield f, tmp_path / "fedd.conf"
+    f.stop()
+
+
+def status_code(conn: http.client.HTTPConnection, path: str) -> int:
+    conn.request("GET", path)
+    r = conn.getresponse()
+    r.read()
+    return r.status
+
+
+def reloaded(f: Fedd, count: int, key: str = "reloads") -> dict[str, Any]:
+    return wait_for(lambda: f.status()["reload"][key] >= count and f.status(), what=f"{key} >= {count}")  # type: ignore[no-any-return]
+
+
+def test_add_change_remove_endpoints_without_dropping_connections(daemon: tuple[Fedd, Path], dav2: Any) -> None:
+    f, conf = daemon
+    keep = http.client.HTTPConnection("127.0.0.1", f.port, timeout=10)
+    assert status_code(keep, "/one/f.txt") == 302
+    assert status_code(keep, "/two/f.txt") == 404  # now cached as missing
+    conf.write_text(conf.read_text() + two(dav2, "weight = 3"))
+    f.proc.send_signal(signal.SIGHUP)
+    status = reloaded(f, 1)
+    assert set(status["endpoints"]) == {"one", "two"} and status["endpoints"]["two"]["weight"] == 3
+    # the same keep-alive connection goes on, and the new endpoint is asked (the 'not found' was dropped)
+    assert status_code(keep, "/two/f.txt") == 302
+    assert status_code(keep, "/one/f.txt") == 302
+    assert "reloaded" in f.log_text() and "added two" in f.log_text()
+    # a change of an endpoint's mapping, then its removal
+    conf.write_text(
+        base(f.port, _dav_from(conf)) + two(dav2).replace("map = /two /reload-two", "map = /deux /reload-two")
+    )
+    f.proc.send_signal(signal.SIGHUP)
+    reloaded(f, 2)
+    assert status_code(keep, "/deux/f.txt") == 302
+    conf.write_text(base(f.port, _dav_from(conf)))
+    f.proc.send_signal(signal.SIGHUP)
+    status = reloaded(f, 3)
+    assert set(status["endpoints"]) == {"one"}
+    assert status_code(keep, "/deux/f.txt") == 404
+    keep.close()
+
+
+def _dav_from(conf: Path) -> Any:
+    """The `one` endpoint's URL from the file, as an object with .url (for base())."""
+    text = conf.read_text()
+    url = text.split("[endpoint one]")[1].split("url = ")[1].split()[0]
+    return type("Dav", (), {"url": url})()
+
+
+def test_broken_config_is_refused_and_the_old_one_serves(daemon: tuple[Fedd, Path], dav2: Any) -> None:
+    f, conf = daemon
+    good = conf.read_text()
+    conf.write_text(good + two(dav2) + "\n[endpoint bad]\nkind = s4\nweight = heavy\n")
+    f.proc.send_signal(signal.SIGHUP)
+    status = reloaded(f, 1, "refused")
+    assert status["reload"]["reloads"] == 0
+    assert (
+        "unknown endpoint kind 's4'" in status["reload"]["last_error"]
+        and "fedd.conf:" in status["reload"]["last_error"]
+    )
+    assert set(status["endpoints"]) == {"one"}
+    assert "reload refused" in f.log_text()
+    conn = http.client.HTTPConnection("127.0.0.1", f.port, timeout=10)
+    assert status_code(conn, "/one/f.txt") == 302
+    conn.close()
+    assert f.proc.poll() is None
+
+
+def test_reload_while_requests_are_in_flight(daemon: tuple[Fedd, Path], dav2: Any) -> None:
+    f, conf = daemon
+    conf.write_text(conf.read_text() + two(dav2))
+    failures: list[str] = []
+    counts = [0]
+    stop = time.monotonic() + 4.0
+
+    def client(n: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", f.port, timeout=10)
+        i = 0
+        while time.monotonic() < stop and i < 5000:
+            path = "/one/f.txt" if i % 2 else f"/one/missing-{n}-{i}"
+            try:
+                code = status_code(conn, path)
+            except Exception as exc:  # any connection error is a failure of the reload
+                failures.append(f"{path}: {exc!r}")
+                conn = http.client.HTTPConnection("127.0.0.1", f.port, timeout=10)
+                continue
+            if code != (302 if i % 2 else 404):
+                failures.append(f"{path}: {code}")
+            counts[0] += 1
+            i += 1
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for _ in range(6):
+        time.sleep(0.5)
+        f.proc.send_signal(signal.SIGHUP)
+    for t in threads:
+        t.join()
+    assert not failures, failures[:5]
+    assert counts[0] > 100
+    assert reloaded(f, 6)["reload"]["refused"] == 0
