@@ -24,6 +24,7 @@ from fedd.events.service import EventsService
 from fedd.events.sinks import AmqpSink, SpoolSink
 from fedd.federation import Federation
 from fedd.health.service import HealthRegistry, HealthService
+from fedd.locate.invalidate import InvalidationLog
 from fedd.locate.locator import Locator
 from fedd.locate.memcache import Memcached
 from fedd.namespace import Namespace
@@ -234,6 +235,9 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
         config=config.locate,
         memcached=memcached,
     )
+    if memcached is not None:
+        locator.invalidations = InvalidationLog(memcached, locator, reactor)
+        locator.invalidations.setServiceParent(top)
     federation = Federation(
         config, clock=reactor, endpoints=endpoints, health=registry, locator=locator, geo=geo, namespace=namespace
     )

@@ -431,3 +431,64 @@ write = yes
         assert status == 502 and b"done on cephretry" in body and b"doomed" in body, body
     finally:
         f.stop()
+
+
+def test_two_processes_share_writes_and_space_through_memcached(
+    stores: dict[str, Any], memcached: Any, tmp_path: Path
+) -> None:
+    """A file written through one process is seen by the other at once (its cached 'not found' is
+    invalidated through memcached), a delete too; space measurements are shared, not repeated."""
+    mc = f"[locate]\nmemcached = 127.0.0.1:{memcached.port}\n"
+    procs = []
+    for name in ("a", "b"):
+        port = free_port()
+        text = config(stores, port, tmp_path / name).replace("[locate]\n", mc, 1)
+        procs.append(start_fedd(tmp_path / name, text, port))
+    a, b = procs
+    try:
+        for f in procs:
+            wait_for(lambda f=f: "down" not in f.status()["locate"]["memcached"]["servers"].values(), what="memcached")
+        path = "/s3only/shared/new.txt"
+        assert request(b, "GET", path)[0] == 404  # b caches 'not found'
+        status, headers, _ = request(a, "PUT", path, b"shared")
+        assert status == 307 and upload(headers["location"], b"shared").returncode == 0
+        wait_for(lambda: request(b, "GET", path)[0] == 302, timeout=5, what="b sees the new file")
+        assert request(a, "DELETE", path)[0] == 204
+        wait_for(lambda: request(b, "GET", path)[0] == 404, timeout=5, what="b sees the delete")
+        assert b.status()["locate"]["invalidations"]["applied"] >= 1
+        # one measurement of each endpoint serves both processes
+        wait_for(
+            lambda: (
+                a.status()["space"]["ceph"]["measured"]
+                and a.status()["space"]["ceph"]["measured"] == b.status()["space"]["ceph"]["measured"]
+            ),
+            what="a shared space measurement",
+        )
+    finally:
+        for f in procs:
+            f.stop()
+
+
+def test_srr_file_and_read_downtime(stores: dict[str, Any], tmp_path: Path) -> None:
+    stores["s3"].put_object(Bucket=BUCKET, Key="atlas/dtr/both.txt", Body=b"ceph copy")
+    target = Path(stores["dav"].docroot) / "w/atlas/dtr/both.txt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("dav copy")
+    port = free_port()
+    srr = tmp_path / "srr.json"
+    text = config(stores, port, tmp_path).replace("[space]\n", f"[space]\nsrr_file = {srr}\nname = test-site\n", 1)
+    f = start_fedd(tmp_path / "fed", text, port)
+    try:
+        data = wait_for(lambda: srr.exists() and json.loads(srr.read_text()), what="srr file")
+        assert data["storageservice"]["name"] == "test-site"
+        assert request(f, "GET", "/atlas/dtr/both.txt")[0] == 302
+        body = json.dumps({"endpoint": "ceph", "scope": "read", "duration": 300}).encode()
+        assert request(f, "POST", "/.well-known/fedd/downtimes", body)[0] == 201
+        for _ in range(5):
+            status, headers, _ = request(f, "GET", "/atlas/dtr/both.txt")
+            assert status == 302 and "X-Amz-" not in headers["location"], headers
+        # a read downtime does not stop writes
+        status, headers, _ = request(f, "PUT", "/s3only/dtr/w.txt", b"x")
+        assert status == 307 and "X-Amz-" in headers["location"]
+    finally:
+        f.stop()

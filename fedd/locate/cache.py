@@ -95,6 +95,9 @@ class LocalCache:
     def drop(self, path: str) -> None:
         self._data.pop(path, None)
 
+    def clear(self) -> None:
+        self._data.clear()
+
     def drop_negative(self) -> int:
         """Forget every answer that found no file (after the endpoints changed); returns how many."""
         gone = [path for path, (_, result) in self._data.items() if not result.files()]

@@ -198,6 +198,7 @@ class Locator:
         self._inflight: dict[str, _Query] = {}
         self.fanouts = 0
         self.generation = 0  # bumped by forget(), so derived caches know to drop their entries
+        self.invalidations: Any = None  # an InvalidationLog when memcached is shared by several processes
 
     def cached(self, path: str) -> LocateResult | None:
         """The hot path: a synchronous look into the in-process cache."""
@@ -239,11 +240,13 @@ class Locator:
             self.memcached.set(cache_key(query.path), result.to_bytes(), ttl)
 
     def forget(self, path: str) -> None:
-        """Drop a path from both cache tiers (after a write or delete)."""
+        """Drop a path from both cache tiers (after a write or delete), and tell the other processes."""
         self.local.drop(path)
         self.generation += 1
         if self.memcached is not None:
             self.memcached.delete(cache_key(path))
+        if self.invalidations is not None:
+            self.invalidations.publish(path)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -253,4 +256,5 @@ class Locator:
             "fanouts": self.fanouts,
             "inflight": len(self._inflight),
             "memcached": self.memcached.to_json() if self.memcached is not None else None,
+            "invalidations": self.invalidations.to_json() if self.invalidations is not None else None,
         }

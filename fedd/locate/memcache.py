@@ -125,8 +125,22 @@ class Memcached(MultiService):
         proto = self._server(key).proto
         if proto is None:
             return succeed(True)
-        d = proto.add(key, value, expireTime=max(1, int(ttl)))
+        d = proto.add(key, value, expireTime=0 if ttl <= 0 else max(1, int(ttl)))  # 0: never expires
         d.addCallbacks(bool, lambda _: False)
+        return d
+
+    def connected(self, key: bytes) -> bool:
+        """Is the server holding `key` connected now?"""
+        return self._server(key).proto is not None
+
+    def incr(self, key: bytes) -> Deferred[int | None]:
+        """Atomically add 1 and return the new value; None when the key is missing or no server answers."""
+        proto = self._server(key).proto
+        if proto is None:
+            return succeed(None)
+        d = proto.increment(key)
+        # twisted's increment fires False for NOT_FOUND
+        d.addCallbacks(lambda value: value if isinstance(value, int) and value is not False else None, self._failed)
         return d
 
     def delete(self, key: bytes) -> None:
