@@ -33,7 +33,7 @@ from fedd.space.downtime import DowntimeBook
 from fedd.space.service import SpaceService
 from fedd.web.accesslog import AccessLog
 from fedd.web.lifecycle import DrainFirst, Listener, WebService
-from fedd.web.metrics import Metrics, StateCollector
+from fedd.web.metrics import Metrics, StateCollector, TlsCounter
 from fedd.web.resource import FeddResource, FeddSite
 from fedd.writes import Writer
 
@@ -290,6 +290,10 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
     )
     collector = StateCollector(federation, events, site)
     collector.space = space  # type: ignore[attr-defined]
+    if tls is not None:
+        counter = TlsCounter()
+        counter.install(tls)
+        collector.tls = counter  # type: ignore[attr-defined]
     metrics.add_state(collector)
     if config.server.access_log_file:
         access = AccessLog(config.server.access_log_file, reactor)

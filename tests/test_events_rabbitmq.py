@@ -89,6 +89,7 @@ idle_interval = 0.2
 kind = local
 path = data
 map = /atlas /
+space_source = none
 """
 
 

@@ -68,6 +68,22 @@ map = /x /
         )
         assert out.returncode == 0, out.stderr
         assert out.stdout == b"tls data\n"
+        # handshakes are counted in the metrics, refused ones too (a client offering only TLS 1.0)
+        old = subprocess.run(
+            ["curl", "-sS", "--tlsv1.0", "--tls-max", "1.0", "-k", f"https://127.0.0.1:{https_port}/x/f.txt"],
+            capture_output=True,
+            timeout=30,
+        )
+        assert old.returncode != 0
+        metrics = subprocess.run(
+            ["curl", "-sS", f"http://127.0.0.1:{http_port}/metrics"], capture_output=True, text=True, timeout=30
+        ).stdout
+        counts = {
+            line.split('"')[1]: float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("fedd_tls_handshakes_total{")
+        }
+        assert counts["ok"] >= 1 and counts["failed"] >= 1, counts
         head = subprocess.run(
             [
                 "curl",

@@ -58,6 +58,7 @@ class GridContextFactory:
         self.crl = crl
         self.verify_depth = verify_depth
         self.cas: dict[str, x509.Certificate] = {}
+        self.info_callback: Any = None  # set by the metrics (handshake counts); kept across rebuilds
         self._context = self._build()
 
     def getContext(self) -> SSL.Context:
@@ -116,6 +117,9 @@ class GridContextFactory:
         ctx.set_verify(mode, self._verify)
         ctx.set_verify_depth(self.verify_depth)
         ctx.set_session_id(b"fedd")
+        callback = getattr(self, "info_callback", None)
+        if callback is not None:
+            ctx.set_info_callback(callback)
         self.cas = load_cas(self.ca_dir)
         return ctx
 

@@ -112,7 +112,39 @@ class StateCollector(Collector):
                         families[key].add_metric([eid], float(m[key]))
                 families["stale"].add_metric([eid], 1.0 if m["stale"] else 0.0)
             yield from families.values()
+        tls = getattr(self, "tls", None)
+        if tls is not None:
+            handshakes = CounterMetricFamily("fedd_tls_handshakes", "Server TLS handshakes", labels=["result"])
+            handshakes.add_metric(["ok"], float(tls.done))
+            handshakes.add_metric(["failed"], float(tls.failed))
+            yield handshakes
         if self.site is not None:
             yield GaugeMetricFamily(
                 "fedd_open_connections", "Client connections open now", value=float(self.site.open_connections)
             )
+
+
+class TlsCounter:
+    """Counts server TLS handshakes from OpenSSL's info callback: completed, and failed (a fatal alert
+    sent by fedd, e.g. a refused client certificate or a client speaking something else)."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.failed = 0
+
+    def callback(self, conn: Any, where: int, ret: int) -> None:
+        from OpenSSL import SSL
+
+        if where & SSL.SSL_CB_HANDSHAKE_DONE:
+            self.done += 1
+        elif where & SSL.SSL_CB_WRITE_ALERT and (ret >> 8) == 2:  # level 2 = fatal
+            self.failed += 1
+
+    def install(self, tls: Any) -> None:
+        """Hook into a CertificateOptions (its cached context) or a GridContextFactory (every rebuild)."""
+        if hasattr(tls, "info_callback"):
+            tls.info_callback = self.callback
+            tls.getContext().set_info_callback(self.callback)
+        else:
+            tls.getContext().set_info_callback(self.callback)
+
