@@ -1,0 +1,577 @@
+"""Run an HTTP third-party copy: pull (`COPY` + `Source:`) or push (`COPY` + `Destination:`).
+
+Before the `202`: the remote host is checked against `[tpc] allow_hosts` (on its resolved address),
+the number of running copies against `max_concurrent`, and the federation side is chosen (pull: the
+write placement; push: the best replica). When that endpoint does HTTP-TPC itself (`tpc = yes`),
+the `COPY` is redirected to it (`307`). Otherwise fedd streams the bytes itself, source response to
+destination request, never holding more than socket buffers of the file, writes performance markers
+every `marker_interval` seconds and ends with `success: Created` or `failure: <reason>`.
+A failed copy removes what it wrote (unless it was overwriting a file that existed before).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+from twisted.internet import ssl
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseNeverReceived
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IPolicyForHTTPS, IResponse
+from zope.interface import implementer
+
+from fedd.config import TpcConfig
+from fedd.errors import BadGateway, BadRequest, FeddError, Forbidden, describe
+from fedd.federation import Federation, Replica
+from fedd.tpc.guard import Guard, GuardedEndpointFactory, HostPolicy, HostRefused
+from fedd.tpc.pump import Drain, Pump
+from fedd.writes import PutTarget, Writer
+
+log = Logger(namespace="fedd.tpc")
+MAX_REDIRECTS = 5
+REDIRECTS = (301, 302, 303, 307, 308)
+_ADLER_RE = re.compile(r"(?:^|,)\s*adler32=([0-9A-Fa-f]{1,8})\s*(?:,|$)", re.IGNORECASE)
+
+
+class TransferBusy(FeddError):
+    """`[tpc] max_concurrent` copies are running already."""
+
+    status = 503
+
+
+class TransferFailed(Exception):
+    """A copy failed after the 202 (the message is the reason for the failure line)."""
+
+
+def perf_marker(now: float, transferred: int) -> bytes:
+    """One HTTP-TPC performance marker, as dCache, StoRM and XRootD write them."""
+    return (
+        "Perf Marker\n"
+        f"    Timestamp: {int(now)}\n"
+        "    Stripe Index: 0\n"
+        f"    Stripe Bytes Transferred: {transferred}\n"
+        "    Total Stripe Count: 1\n"
+        "End\n"
+    ).encode()
+
+
+def adler32_of(headers: Headers) -> str | None:
+    """The adler32 a response announces: `Digest: adler32=...` (RFC 3230) or S3's `x-amz-meta-adler32`."""
+    for value in headers.getRawHeaders(b"digest") or []:
+        match = _ADLER_RE.search(value.decode("latin-1"))
+        if match:
+            return match.group(1).lower().zfill(8)
+    for value in headers.getRawHeaders(b"x-amz-meta-adler32") or []:
+        text = value.decode("latin-1").strip().lower()
+        if re.fullmatch(r"[0-9a-f]{1,8}", text):
+            return text.zfill(8)
+    return None
+
+
+def public_url(url: str) -> str:
+    """A URL fit for logs and events: no query (presigned signatures, tokens) and no user:password."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
+@dataclass(frozen=True)
+class CopyRequest:
+    """What a `COPY` asks for, read from its headers by `fedd.web`."""
+
+    mode: str  # "pull" (Source: remote -> path) or "push" (path -> Destination: remote)
+    path: str
+    remote: str
+    transfer_headers: dict[str, str]
+    credential: str = "none"
+    client: str = ""
+    client_dn: str | None = None
+    activity: str | None = None
+
+
+def mode_of(source: str | None, destination: str | None) -> str:
+    if source and destination:
+        raise BadRequest("a third-party COPY takes Source: (pull) or Destination: (push), not both")
+    if source:
+        return "pull"
+    if destination:
+        return "push"
+    raise BadRequest("COPY needs a Source: (pull) or Destination: (push) header")
+
+
+@dataclass(eq=False)
+class Job:
+    request: CopyRequest
+    id: str
+    started: float
+    redirect: str | None = None
+    target: PutTarget | None = None  # pull: where the bytes go
+    replicas: list[Replica] = field(default_factory=list)  # push: where they come from
+    endpoint: str = ""  # the federation side
+    size: int | None = None
+    bytes: int = 0
+    last_progress: float = 0.0
+    next_marker: float = 0.0
+    reason: str = ""  # set when the copy is cancelled (timeouts, client gone)
+    pending: Deferred[Any] | None = None
+    pump: Pump | None = None
+    writing: bool = False  # the destination request has started: something may have been created
+    refused: bool = False  # ... and the destination answered it with an error: nothing was created
+    adler: str | None = None
+
+    def progress(self, n: int, now: float) -> None:
+        self.bytes += n
+        self.last_progress = now
+
+    def cancel(self, reason: str) -> None:
+        if self.reason:
+            return
+        self.reason = reason
+        if self.pump is not None:
+            self.pump.stopProducing()
+        if self.pending is not None and not self.pending.called:
+            self.pending.cancel()
+
+
+@implementer(IPolicyForHTTPS)
+class _NoVerify:
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        return ssl.CertificateOptions(verify=False)
+
+
+def _remote_tls(config: TpcConfig) -> Any:
+    if not config.verify_tls:
+        return _NoVerify()
+    if config.ca_file:
+        pem = Path(config.ca_file).read_bytes()
+        roots = [
+            ssl.Certificate.loadPEM(block + b"-----END CERTIFICATE-----\n")
+            for block in pem.split(b"-----END CERTIFICATE-----")
+            if b"BEGIN CERTIFICATE" in block
+        ]
+        return BrowserLikePolicyForHTTPS(trustRoot=ssl.trustRootFromCertificates(roots))
+    return BrowserLikePolicyForHTTPS()
+
+
+class TpcEngine:
+    def __init__(self, federation: Federation, writer: Writer, *, reactor: Any, events: Any = None) -> None:
+        self.fed = federation
+        self.writer = writer
+        self.reactor = reactor
+        self.events = events
+        self.active: set[Job] = set()
+        self.done = 0
+        self.failed = 0
+        self.redirected = 0
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._remote: tuple[TpcConfig, Guard, Agent] | None = None
+        self._agents: dict[str, tuple[Any, Agent]] = {}
+
+    @property
+    def config(self) -> TpcConfig:
+        return self.fed.config.tpc  # read each time: a reload applies to the next copy
+
+    def _guarded(self) -> tuple[Guard, Agent]:
+        config = self.config
+        if self._remote is None or self._remote[0] != config:
+            guard = Guard(self.reactor, HostPolicy(config.allow_hosts), config.connect_timeout)
+            factory = GuardedEndpointFactory(
+                self.reactor, guard, tls=_remote_tls(config), connect_timeout=config.connect_timeout
+            )
+            pool = HTTPConnectionPool(self.reactor, persistent=False)  # every remote connection checked anew
+            self._remote = (config, guard, Agent.usingEndpointFactory(self.reactor, factory, pool=pool))
+        return self._remote[1], self._remote[2]
+
+    def _agent(self, eid: str) -> Agent:
+        """An agent for one of the federation's own endpoints, with that endpoint's TLS settings."""
+        from fedd.endpoints import _tls_policy  # the endpoints' own rule: verify_tls, ca_file
+
+        config = self.fed.endpoints[eid].config
+        hit = self._agents.get(eid)
+        if hit is None or hit[0] is not config:
+            policy = _tls_policy(config) or BrowserLikePolicyForHTTPS()
+            agent = Agent(
+                self.reactor, contextFactory=policy, connectTimeout=self.config.connect_timeout, pool=self._pool
+            )
+            hit = self._agents[eid] = (config, agent)
+        return hit[1]
+
+    # --- before the 202 -------------------------------------------------------------------------
+
+    async def prepare(self, request: CopyRequest) -> Job:
+        """Check and plan a copy; raise a FeddError (answered as a status) when it cannot start."""
+        config = self.config
+        if not config.enabled:
+            raise Forbidden("third-party copy is disabled here ([tpc] enabled = no)")
+        parts = urlsplit(request.remote)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BadRequest(f"the remote URL must be http:// or https://, got {request.remote[:200]!r}")
+        guard, _ = self._guarded()
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            await guard.address(parts.hostname, port)
+        except HostRefused as exc:
+            log.info(
+                "refused {mode} copy of {path} with {remote}: {reason}",
+                mode=request.mode,
+                path=request.path,
+                remote=public_url(request.remote),
+                reason=str(exc),
+            )
+            raise Forbidden(f"third-party copy refused: {exc}") from None
+        except Exception as exc:
+            raise BadGateway(f"cannot resolve {parts.hostname}: {describe(exc)}") from None
+        if len(self.active) >= config.max_concurrent:
+            raise TransferBusy(f"{len(self.active)} third-party copies are running (the limit): try again later")
+        now = self.reactor.seconds()
+        job = Job(request, uuid.uuid4().hex, now, last_progress=now, next_marker=now + config.marker_interval)
+        if request.mode == "pull":
+            target = await self.writer.put(request.path, request.client, None)
+            job.endpoint = target.endpoint
+            if config.redirect and self.fed.endpoints[target.endpoint].config.tpc:
+                job.redirect = target.url
+            job.target = target
+        else:
+            replicas = await self.fed.find(request.path, request.client)
+            job.endpoint = replicas[0].endpoint
+            if config.redirect and self.fed.endpoints[replicas[0].endpoint].config.tpc:
+                job.redirect = replicas[0].url
+            job.replicas = [r for r in replicas if r.url.startswith(("http://", "https://"))]
+            if not job.replicas and job.redirect is None:
+                raise BadGateway(f"no replica of {request.path} is on an endpoint fedd can read over HTTP")
+        if job.redirect is not None:
+            self.redirected += 1
+            log.info(
+                "{mode} copy of {path}: redirected to {endpoint}, which does TPC itself",
+                mode=request.mode,
+                path=request.path,
+                endpoint=job.endpoint,
+            )
+            return job
+        if request.credential.lower() not in ("", "none"):
+            raise BadRequest(
+                f"Credential: {request.credential[:40]} is not supported: send Credential: none and the remote "
+                "side's credentials as TransferHeaderAuthorization"
+            )
+        self.active.add(job)
+        return job
+
+    # --- after the 202 --------------------------------------------------------------------------
+
+    async def run(self, job: Job, write: Any) -> bool:
+        """Do the copy, writing markers and the last line with `write(bytes)`; True on success."""
+        config = self.config
+        ticker = LoopingCall(self._tick, job, write)
+        ticker.clock = self.reactor
+        ticker.start(min(config.marker_interval, 1.0), now=False)
+        log.info(
+            "{mode} copy {id} of {path} with {remote} started",
+            mode=job.request.mode,
+            id=job.id,
+            path=job.request.path,
+            remote=public_url(job.request.remote),
+        )
+        reason = ""
+        try:
+            if job.request.mode == "pull":
+                await self._pull(job)
+            else:
+                await self._push(job)
+        except Exception as exc:
+            reason = job.reason or _reason(exc)
+            await self._clean_up(job)
+        finally:
+            ticker.stop()
+            self.active.discard(job)
+            if job.request.mode == "pull":
+                self.fed.locator.forget(job.request.path)
+        write(perf_marker(self.reactor.seconds(), job.bytes))
+        write(b"success: Created\n" if not reason else f"failure: {reason}\n".encode())
+        self._finished(job, reason)
+        return not reason
+
+    def _tick(self, job: Job, write: Any) -> None:
+        try:
+            now = self.reactor.seconds()
+            config = self.config
+            if now - job.started > config.timeout:
+                job.cancel(f"the copy did not finish within [tpc] timeout ({config.timeout:g}s)")
+            elif now - job.last_progress > config.idle_timeout:
+                job.cancel(f"no data moved for {config.idle_timeout:g}s")
+            if now >= job.next_marker:
+                job.next_marker = now + config.marker_interval
+                write(perf_marker(now, job.bytes))
+        except Exception:
+            log.failure("TPC ticker of copy {id}", id=job.id)
+
+    async def _await(self, job: Job, d: Deferred[Any], timeout: float | None) -> Any:
+        if job.reason:
+            d.cancel()
+            raise TransferFailed(job.reason)
+        if timeout is not None:
+            d.addTimeout(timeout, self.reactor)
+        job.pending = d
+        try:
+            return await d
+        finally:
+            job.pending = None
+
+    async def _get(self, job: Job, agent: Agent, url: str, headers: dict[str, str]) -> IResponse:
+        """GET a source, following redirects (credentials only to the same host); the body unread."""
+        origin = urlsplit(url).netloc
+        for _ in range(MAX_REDIRECTS + 1):
+            same = urlsplit(url).netloc == origin
+            sent = {k: v for k, v in headers.items() if same or k.lower() not in ("authorization", "cookie")}
+            hdrs = Headers({k.encode("latin-1"): [v.encode("latin-1")] for k, v in sent.items()})
+            response: IResponse = await self._await(
+                job, agent.request(b"GET", url.encode("latin-1"), hdrs, None), self.config.connect_timeout
+            )
+            location = response.headers.getRawHeaders(b"location")
+            if response.code not in REDIRECTS or not location:
+                return response
+            await self._drain(job, response)
+            url = urljoin(url, location[-1].decode("latin-1"))
+        raise TransferFailed(f"the source redirected more than {MAX_REDIRECTS} times")
+
+    async def _drain(self, job: Job, response: IResponse) -> bytes:
+        drain = Drain()
+        response.deliverBody(drain)
+        data: bytes = await self._await(job, drain.done, self.config.connect_timeout)
+        return data
+
+    async def _refusal(self, job: Job, response: IResponse, who: str) -> str:
+        detail = b""
+        try:
+            detail = await self._drain(job, response)
+        except Exception:
+            pass
+        text = " ".join(detail.decode("utf-8", "replace").split())[:200]
+        return f"{who} answered HTTP {response.code}{f' ({text})' if text and '<' not in text else ''}"
+
+    def _on_data(self, job: Job) -> Any:
+        return lambda n: job.progress(n, self.reactor.seconds())
+
+    async def _send(self, job: Job, agent: Agent, url: str, headers: dict[str, str], pump: Pump) -> IResponse:
+        job.pump = pump
+        job.writing = True
+        hdrs = Headers({k.encode("latin-1"): [v.encode("latin-1")] for k, v in headers.items()})
+        d = agent.request(b"PUT", url.encode("latin-1"), hdrs, pump)
+        try:
+            response: IResponse = await self._await(job, d, None)
+        except Exception:
+            if pump.error:
+                raise TransferFailed(pump.error) from None
+            raise
+        return response
+
+    async def _pull(self, job: Job) -> None:
+        assert job.target is not None
+        request, target = job.request, job.target
+        _, remote = self._guarded()
+        source = await self._get(
+            job, remote, request.remote, dict(request.transfer_headers, **{"Want-Digest": "adler32"})
+        )
+        if source.code != 200:
+            raise TransferFailed(await self._refusal(job, source, "the source"))
+        pump = Pump(source, self._on_data(job))
+        job.size = pump.expected
+        endpoint = self.fed.endpoints[target.endpoint]
+        if job.size is None and endpoint.config.kind != "dav":
+            await self._drain(job, source)
+            raise TransferFailed(
+                f"the source announced no Content-Length, and {target.endpoint} ({endpoint.config.kind}) "
+                "needs the size before the upload"
+            )
+        headers = dict(getattr(endpoint, "upload_headers", {}))
+        response = await self._send(job, self._agent(target.endpoint), target.url, headers, pump)
+        if response.code not in (200, 201, 204):
+            job.refused = True
+            raise TransferFailed(await self._refusal(job, response, f"destination {target.endpoint}"))
+        await self._drain(job, response)
+        job.adler = pump.adler32
+        self._compare(adler32_of(source.headers), pump.adler32, "the source")
+        # the destination's own view of what it stored
+        endpoint_path = self.writer.writable(request.path).get(target.endpoint)
+        if endpoint_path is not None:
+            d = endpoint.stat(endpoint_path)
+            stat = await self._await(job, d, endpoint.config.timeout * 2)
+            if stat is None or (stat.size is not None and stat.size != pump.bytes):
+                got = "nothing" if stat is None else f"{stat.size} bytes"
+                raise TransferFailed(f"{target.endpoint} holds {got} after receiving {pump.bytes} bytes")
+
+    async def _push(self, job: Job) -> None:
+        request = job.request
+        problems = []
+        source: IResponse | None = None
+        for replica in job.replicas:
+            try:
+                source = await self._get(job, self._agent(replica.endpoint), replica.url, {"Want-Digest": "adler32"})
+            except (CancelledError, TransferFailed):
+                raise
+            except Exception as exc:
+                problems.append(f"{replica.endpoint}: {_reason(exc)}")
+                continue
+            if source.code == 200:
+                job.endpoint = replica.endpoint
+                break
+            problems.append(f"{replica.endpoint}: " + await self._refusal(job, source, "HTTP"))
+            source = None
+        if source is None:
+            raise TransferFailed("no replica could be read: " + "; ".join(problems))
+        pump = Pump(source, self._on_data(job))
+        job.size = pump.expected
+        _, remote = self._guarded()
+        response = await self._send(job, remote, request.remote, dict(request.transfer_headers), pump)
+        if response.code in REDIRECTS:
+            job.refused = True
+            await self._drain(job, response)
+            raise TransferFailed(
+                f"the destination redirected the upload (HTTP {response.code}): give fedd the final URL"
+            )
+        if response.code not in (200, 201, 204):
+            job.refused = True
+            raise TransferFailed(await self._refusal(job, response, "the destination"))
+        await self._drain(job, response)
+        job.adler = pump.adler32
+        self._compare(adler32_of(source.headers), pump.adler32, "the source")
+        self._compare(adler32_of(response.headers), pump.adler32, "the destination")
+        # ask the destination what it stored (many grid storages answer Want-Digest)
+        hdrs = Headers({k.encode("latin-1"): [v.encode("latin-1")] for k, v in request.transfer_headers.items()})
+        hdrs.setRawHeaders(b"want-digest", [b"adler32"])
+        try:
+            head = await self._await(
+                job, remote.request(b"HEAD", request.remote.encode("latin-1"), hdrs, None), self.config.connect_timeout
+            )
+        except (CancelledError, TransferFailed):
+            raise
+        except Exception as exc:
+            log.info("copy {id}: HEAD on the destination failed: {reason}", id=job.id, reason=_reason(exc))
+            return
+        await self._drain(job, head)
+        if head.code == 200:
+            self._compare(adler32_of(head.headers), pump.adler32, "the destination")
+            size = head.headers.getRawHeaders(b"content-length")
+            if size and size[-1].isdigit() and int(size[-1]) != pump.bytes:
+                raise TransferFailed(f"the destination holds {int(size[-1])} bytes after receiving {pump.bytes}")
+
+    def _compare(self, announced: str | None, counted: str, who: str) -> None:
+        if announced is not None and announced != counted:
+            raise TransferFailed(f"checksum mismatch: {who} says adler32 {announced}, fedd counted {counted}")
+
+    async def _clean_up(self, job: Job) -> None:
+        """Remove what a failed copy wrote: never a file that existed before, nothing that was refused."""
+        if not job.writing or job.refused:
+            return
+        try:
+            if job.request.mode == "pull" and job.target is not None and not job.target.overwrite:
+                eid = job.target.endpoint
+                endpoint_path = self.writer.writable(job.request.path).get(eid)
+                if endpoint_path is not None:
+                    endpoint = self.fed.endpoints[eid]
+                    d = endpoint.delete(endpoint_path)  # type: ignore[attr-defined]
+                    d.addTimeout(endpoint.config.timeout * 4, self.reactor)
+                    await d
+            elif job.request.mode == "push":
+                _, remote = self._guarded()
+                hdrs = Headers(
+                    {k.encode("latin-1"): [v.encode("latin-1")] for k, v in job.request.transfer_headers.items()}
+                )
+                deleting = remote.request(b"DELETE", job.request.remote.encode("latin-1"), hdrs, None)
+                deleting.addTimeout(self.config.connect_timeout, self.reactor)
+                response = await deleting
+                drain = Drain()
+                response.deliverBody(drain)
+                drain.done.addTimeout(self.config.connect_timeout, self.reactor)
+                await drain.done
+        except Exception as exc:
+            log.warn("copy {id}: removing the partial target failed: {reason}", id=job.id, reason=_reason(exc))
+
+    # --- events and state -------------------------------------------------------------------------
+
+    def _finished(self, job: Job, reason: str) -> None:
+        request = job.request
+        duration = round(self.reactor.seconds() - job.started, 3)
+        if reason:
+            self.failed += 1
+            log.info(
+                "{mode} copy {id} of {path} failed after {bytes} bytes: {reason}",
+                mode=request.mode,
+                id=job.id,
+                path=request.path,
+                bytes=job.bytes,
+                reason=reason,
+            )
+        else:
+            self.done += 1
+            log.info(
+                "{mode} copy {id} of {path}: {bytes} bytes in {duration}s",
+                mode=request.mode,
+                id=job.id,
+                path=request.path,
+                bytes=job.bytes,
+                duration=duration,
+            )
+        if self.events is None:
+            return
+        remote = urlsplit(request.remote).hostname or ""
+        here = job.target.url if job.target is not None else (job.replicas[0].url if job.replicas else "")
+        local_url, remote_url = public_url(here) if here else None, public_url(request.remote)
+        pull = request.mode == "pull"
+        self.events.emit(
+            "transfer-failed" if reason else "transfer-done",
+            {
+                "request-id": job.id,
+                "scope": request.path.strip("/").split("/", 1)[0] or None,
+                "name": request.path.rsplit("/", 1)[-1],
+                "path": request.path,
+                "activity": request.activity,
+                "tpc-mode": request.mode,
+                "src-rse": remote if pull else job.endpoint,
+                "dst-rse": job.endpoint if pull else remote,
+                "src-url": remote_url if pull else local_url,
+                "dst-url": local_url if pull else remote_url,
+                "file-size": job.size,
+                "bytes": job.bytes,
+                "checksum-adler": job.adler,
+                "duration": duration,
+                "reason": reason or None,
+                "client": request.client,
+                "client_dn": request.client_dn,
+            },
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "active": len(self.active),
+            "done": self.done,
+            "failed": self.failed,
+            "redirected": self.redirected,
+            "transfers": [
+                {"id": j.id, "mode": j.request.mode, "path": j.request.path, "bytes": j.bytes, "size": j.size}
+                for j in sorted(self.active, key=lambda j: j.started)
+            ],
+        }
+
+    def close(self) -> Deferred[None]:
+        for job in list(self.active):
+            job.cancel("fedd is shutting down")
+        return self._pool.closeCachedConnections()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TransferFailed | FeddError):
+        return str(exc)
+    if isinstance(exc, CancelledError):
+        return "cancelled"
+    if isinstance(exc, ResponseNeverReceived):
+        return "the connection closed before an answer: " + "; ".join(describe(r) for r in getattr(exc, "reasons", []))
+    if isinstance(exc, HostRefused):
+        return f"refused: {exc}"
+    text = describe(exc)
+    return text.replace("\n", " ")[:300]

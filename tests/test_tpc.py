@@ -1,0 +1,350 @@
+"""HTTP third-party copy through `twistd fedd` with real storage and real clients.
+
+The "remote site" is an Apache mod_dav (Basic auth on /private/), fedd federates Ceph RGW (S3) and
+another Apache; gfal-copy (pull and push modes) and curl drive the copies. Misbehaving sources are
+small loopback servers (tests/tpcservers.py)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon import Fedd, start_fedd
+from tests.servers import free_port
+from tests.tpcservers import RemoteSite, TrickySource, start_remote_site
+
+BUCKET = "fedd-tpc"
+MARKER_INTERVAL = 0.3
+
+
+@pytest.fixture(scope="module")
+def remote() -> Iterator[RemoteSite]:
+    site = start_remote_site()
+    yield site
+    site.stop()
+
+
+def fedd_config(port: int, ceph: Any, dav: Any, tpc: str, extra: str = "") -> str:
+    return f"""
+[server]
+listen = tcp:{port}:interface=127.0.0.1
+[locate]
+wait_budget = 3
+negative_ttl = 0
+[health]
+interval = 2
+timeout = 5
+[tpc]
+marker_interval = {MARKER_INTERVAL}
+idle_timeout = 5
+timeout = 120
+connect_timeout = 10
+{tpc}
+[endpoint ceph]
+kind = s3
+url = {ceph.url}
+bucket = {BUCKET}
+access_key = {ceph.access_key}
+secret_key_env = FEDD_TEST_SECRET
+map = /tpc/s3 /s3
+write = yes
+[endpoint dav]
+kind = dav
+url = {dav.url}
+map = /tpc/dav /tpcdav
+write = yes
+{extra}
+"""
+
+
+@pytest.fixture(scope="module")
+def stores(ceph: Any, s3client: Any, dav2: Any) -> dict[str, Any]:
+    os.environ["FEDD_TEST_SECRET"] = ceph.secret_key
+    try:
+        s3client.create_bucket(Bucket=BUCKET)
+    except s3client.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    return {"ceph": ceph, "s3": s3client, "dav": dav2}
+
+
+@pytest.fixture(scope="module")
+def fed(stores: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fedd]:
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("tpc")
+    f = start_fedd(workdir, fedd_config(port, stores["ceph"], stores["dav"], "allow_hosts = 127.0.0.1"), port)
+    yield f
+    f.stop()
+
+
+def copy(
+    fed: Fedd, path: str, headers: dict[str, str], timeout: float = 120
+) -> tuple[int, dict[str, str], list[tuple[float, str]]]:
+    """COPY and read the answer line by line as it streams: (status, headers, [(arrival time, line)])."""
+    conn = http.client.HTTPConnection("127.0.0.1", fed.port, timeout=timeout)
+    conn.request("COPY", path, headers={"Credential": "none", **headers})
+    r = conn.getresponse()
+    lines = []
+    while True:
+        line = r.readline()
+        if not line:
+            break
+        lines.append((time.monotonic(), line.decode().rstrip("\n")))
+    conn.close()
+    return r.status, {k.lower(): v for k, v in r.getheaders()}, lines
+
+
+def outcome(lines: list[tuple[float, str]]) -> str:
+    return lines[-1][1] if lines else ""
+
+
+def events(fed: Fedd, kind: str, path: str) -> list[dict[str, Any]]:
+    """The events of one type about one path, from fedd's spool file (waiting a little for them)."""
+    spool = fed.config.parent / "fedd-events.jsonl"
+    deadline = time.monotonic() + 5
+    while True:
+        found = []
+        if spool.exists():
+            for text in spool.read_text().splitlines():
+                event = json.loads(text) if text.strip() else {}
+                if event.get("event_type") == kind and event["payload"].get("path") == path:
+                    found.append(event["payload"])
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def s3_exists(stores: dict[str, Any], key: str) -> bool:
+    try:
+        stores["s3"].head_object(Bucket=BUCKET, Key=key)
+        return True
+    except Exception:
+        return False
+
+
+def s3_get(stores: dict[str, Any], key: str) -> bytes:
+    return stores["s3"].get_object(Bucket=BUCKET, Key=key)["Body"].read()  # type: ignore[no-any-return]
+
+
+def dav_file(stores: dict[str, Any], rel: str) -> Path:
+    return Path(stores["dav"].docroot) / "tpcdav" / rel
+
+
+def gfal(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["gfal-copy", "-t", "90", *args], capture_output=True, text=True, timeout=timeout)
+
+
+# --- the two modes with real clients ----------------------------------------------------------------
+
+
+def test_curl_pull_passes_transfer_headers_to_the_remote(fed: Fedd, remote: RemoteSite, stores: dict[str, Any]) -> None:
+    data = os.urandom(3 << 20)
+    remote.put_file("private/secret.bin", data)
+    src = remote.url + "/private/secret.bin"
+    status, headers, lines = copy(
+        fed, "/tpc/dav/pulled/secret.bin", {"Source": src, "TransferHeaderAuthorization": remote.basic}
+    )
+    assert status == 202 and headers["content-type"] == "text/plain", lines
+    assert outcome(lines) == "success: Created", lines
+    assert dav_file(stores, "pulled/secret.bin").read_bytes() == data
+    # the remote got the credentials as a plain Authorization header (the prefix taken off)
+    assert any(
+        line.startswith("GET /private/secret.bin 200 ") and f'auth="{remote.basic}"' in line
+        for line in remote.access_log()
+    ), remote.access_log()
+    done = events(fed, "transfer-done", "/tpc/dav/pulled/secret.bin")
+    assert done and done[0]["src-url"] == src and done[0]["dst-rse"] == "dav" and done[0]["src-rse"] == "127.0.0.1"
+    assert done[0]["bytes"] == done[0]["file-size"] == len(data)
+    assert done[0]["checksum-adler"] == f"{zlib.adler32(data) & 0xFFFFFFFF:08x}"
+    # without the transfer header the remote says 401, after the 202, in the body
+    status, _, lines = copy(fed, "/tpc/dav/pulled/noauth.bin", {"Source": src})
+    assert status == 202
+    assert outcome(lines).startswith("failure: the source answered HTTP 401"), lines
+    assert not dav_file(stores, "pulled/noauth.bin").exists()
+
+
+def test_gfal_copy_pull_into_s3(fed: Fedd, remote: RemoteSite, stores: dict[str, Any]) -> None:
+    data = os.urandom(5 << 20)
+    remote.put_file("public/gfal-pull.bin", data)
+    out = gfal("--copy-mode", "pull", remote.url + "/public/gfal-pull.bin", fed.url + "/tpc/s3/gfal/pulled.bin")
+    assert out.returncode == 0, out.stderr + out.stdout
+    assert s3_get(stores, "s3/gfal/pulled.bin") == data
+    # gfal2 asked fedd to pull (it did not stream the bytes through itself)
+    assert "pull copy" in fed.log_text() and events(fed, "transfer-done", "/tpc/s3/gfal/pulled.bin")
+
+
+def test_gfal_copy_push_from_s3(fed: Fedd, remote: RemoteSite, stores: dict[str, Any]) -> None:
+    data = os.urandom(4 << 20)
+    stores["s3"].put_object(Bucket=BUCKET, Key="s3/push/src.bin", Body=data)
+    remote.put_file("public/pushed/.keep", b"")
+    out = gfal("--copy-mode", "push", fed.url + "/tpc/s3/push/src.bin", remote.url + "/public/pushed/from-fedd.bin")
+    assert out.returncode == 0, out.stderr + out.stdout
+    assert (remote.docroot / "public/pushed/from-fedd.bin").read_bytes() == data
+    done = events(fed, "transfer-done", "/tpc/s3/push/src.bin")
+    assert done and done[0]["tpc-mode"] == "push" and done[0]["src-rse"] == "ceph"
+    assert done[0]["dst-url"] == remote.url + "/public/pushed/from-fedd.bin"
+    assert "X-Amz" not in json.dumps(done[0]), "presigned signatures must not reach the events"
+
+
+def test_curl_push_with_transfer_header(fed: Fedd, remote: RemoteSite, stores: dict[str, Any]) -> None:
+    data = os.urandom(1 << 20)
+    target = dav_file(stores, "push/src.bin")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    dst = remote.url + "/private/pushed.bin"
+    status, _, lines = copy(
+        fed, "/tpc/dav/push/src.bin", {"Destination": dst, "TransferHeaderAuthorization": remote.basic}
+    )
+    assert status == 202 and outcome(lines) == "success: Created", lines
+    assert (remote.docroot / "private/pushed.bin").read_bytes() == data
+    assert any(line.startswith("PUT /private/pushed.bin 201 ") and remote.basic in line for line in remote.access_log())
+
+
+# --- failures ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["s3", "dav"])
+def test_source_dying_mid_copy_leaves_nothing(fed: Fedd, stores: dict[str, Any], where: str) -> None:
+    source = TrickySource(os.urandom(2 << 20), "half")
+    try:
+        status, _, lines = copy(fed, f"/tpc/{where}/broken/half.bin", {"Source": source.url + "/half.bin"})
+    finally:
+        source.stop()
+    assert status == 202
+    assert outcome(lines) == f"failure: the source closed the connection after {1 << 20} of {2 << 20} bytes", lines
+    if where == "s3":
+        assert not s3_exists(stores, "s3/broken/half.bin")
+    else:
+        assert not dav_file(stores, "broken/half.bin").exists()
+    failed = events(fed, "transfer-failed", f"/tpc/{where}/broken/half.bin")
+    assert failed and failed[0]["reason"].startswith("the source closed") and failed[0]["bytes"] == 1 << 20
+
+
+def test_destination_refusing_the_write(fed: Fedd, remote: RemoteSite, stores: dict[str, Any]) -> None:
+    stores["s3"].put_object(Bucket=BUCKET, Key="s3/refused/src.bin", Body=b"r" * 300_000)
+    status, _, lines = copy(fed, "/tpc/s3/refused/src.bin", {"Destination": remote.url + "/private/refused.bin"})
+    assert status == 202
+    assert outcome(lines).startswith("failure: the destination answered HTTP 401"), lines
+    assert not (remote.docroot / "private/refused.bin").exists()
+    # a pull whose destination path exists already (no overwrite allowed): refused before the 202
+    stores["s3"].put_object(Bucket=BUCKET, Key="s3/refused/exists.bin", Body=b"old")
+    status, _, lines = copy(fed, "/tpc/s3/refused/exists.bin", {"Source": remote.url + "/private/x"})
+    assert status == 409, lines
+    assert s3_get(stores, "s3/refused/exists.bin") == b"old"
+
+
+def test_forbidden_addresses(fed: Fedd, stores: dict[str, Any], tmp_path: Path) -> None:
+    for url in ("http://169.254.169.254/latest/meta-data/", "http://10.1.2.3/x", "http://127.0.0.2:9/x"):
+        status, _, lines = copy(fed, "/tpc/s3/forbidden.bin", {"Source": url})
+        assert status == 403, (url, lines)
+        assert "allow_hosts" in " ".join(line for _, line in lines), lines
+    status, _, lines = copy(fed, "/tpc/s3/push/src.bin", {"Destination": "http://169.254.169.254/put"})
+    assert status == 403 and "link-local" in " ".join(line for _, line in lines), lines
+    # a fedd with the default allow_hosts (public addresses only) refuses loopback, by name too
+    source = TrickySource(b"never fetched", "honest")
+    port = free_port()
+    other = start_fedd(tmp_path / "strict", fedd_config(port, stores["ceph"], stores["dav"], ""), port)
+    try:
+        for url in (source.url + "/f", f"http://localhost:{source.port}/f", f"http://[::1]:{source.port}/f"):
+            status, _, lines = copy(other, "/tpc/s3/strict.bin", {"Source": url})
+            assert status == 403 and "loopback" in " ".join(line for _, line in lines), (url, lines)
+    finally:
+        other.stop()
+        source.stop()
+    assert source.requests == [], "a refused source must not be contacted at all"
+
+
+def test_checksum_is_verified(fed: Fedd, stores: dict[str, Any]) -> None:
+    data = os.urandom(700_000)
+    liar = TrickySource(data, "liar")
+    honest = TrickySource(data, "honest")
+    try:
+        status, _, lines = copy(fed, "/tpc/dav/sum/liar.bin", {"Source": liar.url + "/f"})
+        assert status == 202
+        assert outcome(lines).startswith("failure: checksum mismatch: the source says adler32"), lines
+        assert not dav_file(stores, "sum/liar.bin").exists(), "a copy that failed its checksum is removed"
+        status, _, lines = copy(fed, "/tpc/dav/sum/honest.bin", {"Source": honest.url + "/f"})
+        assert outcome(lines) == "success: Created", lines
+    finally:
+        liar.stop()
+        honest.stop()
+    assert b"want-digest: adler32" in honest.requests[0].lower()
+    assert dav_file(stores, "sum/honest.bin").read_bytes() == data
+
+
+def test_markers_stream_during_a_slow_copy(fed: Fedd, stores: dict[str, Any]) -> None:
+    data = os.urandom(40 * 8192)
+    slow = TrickySource(data, "slow", chunk=8192, delay=0.05)  # about 2 s
+    try:
+        started = time.monotonic()
+        status, _, lines = copy(fed, "/tpc/s3/slow.bin", {"Source": slow.url + "/slow"})
+    finally:
+        slow.stop()
+    assert status == 202 and outcome(lines) == "success: Created", lines
+    texts = [line for _, line in lines]
+    starts = [i for i, t in enumerate(texts) if t == "Perf Marker"]
+    assert len(starts) >= 4, texts
+    first = texts[starts[0] : starts[0] + 6]
+    assert first[1].startswith("    Timestamp: ") and abs(int(first[1].split()[-1]) - time.time()) < 60
+    assert first[2:] == [
+        "    Stripe Index: 0",
+        first[3],
+        "    Total Stripe Count: 1",
+        "End",
+    ] and first[3].startswith("    Stripe Bytes Transferred: ")
+    counts = [int(texts[i + 3].split()[-1]) for i in starts]
+    assert counts == sorted(counts) and counts[-1] == len(data) and 0 < counts[0] < len(data), counts
+    # the markers arrived while the copy was running, not all at the end
+    arrival = [lines[i][0] - started for i in starts]
+    assert arrival[0] < arrival[-1] - 1.0, arrival
+    assert s3_get(stores, "s3/slow.bin") == data
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_huge_file_streams_in_little_memory(fed: Fedd, remote: RemoteSite, stores: dict[str, Any]) -> None:
+    size = 300 << 20
+    remote.put_file("public/huge.bin", sparse=size)
+    before = _rss_kb(fed.proc.pid)
+    peak = [before]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_kb(fed.proc.pid))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        status, _, lines = copy(fed, "/tpc/dav/huge.bin", {"Source": remote.url + "/public/huge.bin"}, timeout=300)
+    finally:
+        stop.set()
+        sampler.join()
+    assert status == 202 and outcome(lines) == "success: Created", lines
+    assert dav_file(stores, "huge.bin").stat().st_size == size
+    growth_mb = (peak[0] - before) / 1024
+    assert growth_mb < 40, f"fedd grew by {growth_mb:.0f} MB while copying {size >> 20} MB"
+    done = events(fed, "transfer-done", "/tpc/dav/huge.bin")
+    assert done and done[0]["checksum-adler"] == f"{_zero_adler(size):08x}"
+
+
+def _zero_adler(size: int) -> int:
+    value, chunk = 1, bytes(1 << 20)
+    for _ in range(size >> 20):
+        value = zlib.adler32(chunk, value)
+    return value & 0xFFFFFFFF
