@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -103,6 +104,14 @@ def copy(
     return r.status, {k.lower(): v for k, v in r.getheaders()}, lines
 
 
+def http_status(fed: Fedd, method: str, path: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", fed.port, timeout=30)
+    conn.request(method, path)
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
 def outcome(lines: list[tuple[float, str]]) -> str:
     return lines[-1][1] if lines else ""
 
@@ -137,6 +146,16 @@ def s3_get(stores: dict[str, Any], key: str) -> bytes:
 
 def dav_file(stores: dict[str, Any], rel: str) -> Path:
     return Path(stores["dav"].docroot) / "tpcdav" / rel
+
+
+def dav_put(stores: dict[str, Any], rel: str, data: bytes) -> None:
+    """Put a file straight into the DAV endpoint's tree, owned by Apache's user like its own files."""
+    path = dav_file(stores, rel)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    docroot = Path(stores["dav"].docroot)
+    for part in [path, *path.relative_to(docroot).parents]:
+        shutil.chown(docroot / part, "www-data", "www-data")
 
 
 def gfal(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -197,9 +216,7 @@ def test_gfal_copy_push_from_s3(fed: Fedd, remote: RemoteSite, stores: dict[str,
 
 def test_curl_push_with_transfer_header(fed: Fedd, remote: RemoteSite, stores: dict[str, Any]) -> None:
     data = os.urandom(1 << 20)
-    target = dav_file(stores, "push/src.bin")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
+    dav_put(stores, "push/src.bin", data)
     dst = remote.url + "/private/pushed.bin"
     status, _, lines = copy(
         fed, "/tpc/dav/push/src.bin", {"Destination": dst, "TransferHeaderAuthorization": remote.basic}
@@ -348,3 +365,83 @@ def _zero_adler(size: int) -> int:
     for _ in range(size >> 20):
         value = zlib.adler32(chunk, value)
     return value & 0xFFFFFFFF
+
+
+def test_authorisation_pull_writes_push_reads(
+    fed: Fedd, remote: RemoteSite, stores: dict[str, Any], tmp_path: Path
+) -> None:
+    access = tmp_path / "access"
+    access.write_text("/tpc/dav/ro anonymous rl\n/tpc/dav/rw anonymous rlw\n")
+    data = os.urandom(200_000)
+    remote.put_file("public/authz.bin", data)
+    dav_put(stores, "ro/src.bin", data)
+    port = free_port()
+    extra = f"[auth]\naccess_file = {access}\n"
+    guarded = start_fedd(
+        tmp_path / "authz", fedd_config(port, stores["ceph"], stores["dav"], "allow_hosts = 127.0.0.1", extra), port
+    )
+    try:
+        source = remote.url + "/public/authz.bin"
+        # pull = a write on the federation path
+        status, _, lines = copy(guarded, "/tpc/dav/ro/pulled.bin", {"Source": source})
+        assert status == 401, lines
+        status, _, lines = copy(guarded, "/tpc/dav/rw/pulled.bin", {"Source": source})
+        assert status == 202 and outcome(lines) == "success: Created", lines
+        # push = a read of the federation path: allowed from the read-only prefix
+        status, _, lines = copy(guarded, "/tpc/dav/ro/src.bin", {"Destination": remote.url + "/public/authz-out.bin"})
+        assert status == 202 and outcome(lines) == "success: Created", lines
+        assert (remote.docroot / "public/authz-out.bin").read_bytes() == data
+        status, _, lines = copy(guarded, "/tpc/s3/x.bin", {"Destination": remote.url + "/public/never.bin"})
+        assert status == 401, lines
+    finally:
+        guarded.stop()
+    assert dav_file(stores, "rw/pulled.bin").read_bytes() == data
+    assert not dav_file(stores, "ro/pulled.bin").exists()
+
+
+def test_copy_redirected_to_an_endpoint_that_does_tpc(
+    fed: Fedd, remote: RemoteSite, stores: dict[str, Any], tmp_path: Path
+) -> None:
+    """An endpoint with `tpc = yes` gets the COPY itself (307). Here it is another fedd, which does TPC."""
+    data = os.urandom(300_000)
+    remote.put_file("public/native.bin", data)
+    dav_put(stores, "nat/out.bin", data)
+    port = free_port()
+    front = start_fedd(
+        tmp_path / "front",
+        f"""
+[server]
+listen = tcp:{port}:interface=127.0.0.1
+[tpc]
+allow_hosts = 127.0.0.1
+[endpoint native]
+kind = dav
+url = {fed.url}
+map = /nat /tpc/dav/nat
+write = yes
+tpc = yes
+""",
+        port,
+    )
+    try:
+        status, headers, lines = copy(front, "/nat/in.bin", {"Source": remote.url + "/public/native.bin"})
+        assert status == 307, lines
+        assert headers["location"] == fed.url + "/tpc/dav/nat/in.bin"
+        out = subprocess.run(
+            ["curl", "-sS", "-L", "--max-time", "60", "-X", "COPY", "-H", f"Source: {remote.url}/public/native.bin",
+             "-H", "Credential: none", front.url + "/nat/in.bin"],
+            capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+        assert out.stdout.rstrip("\n").endswith("success: Created"), out.stdout + out.stderr
+        assert dav_file(stores, "nat/in.bin").read_bytes() == data
+        # the front locates the file with HEAD on the other fedd, which may first answer 202 while it
+        # computes a checksum the HEAD asked for (Want-Digest): wait until the front sees the file
+        deadline = time.monotonic() + 20
+        while http_status(front, "HEAD", "/nat/out.bin") != 200:
+            assert time.monotonic() < deadline, "the front never found /nat/out.bin"
+            time.sleep(0.2)
+        status, headers, lines = copy(front, "/nat/out.bin", {"Destination": remote.url + "/public/native-out.bin"})
+        assert status == 307, lines
+        assert headers["location"] == fed.url + "/tpc/dav/nat/out.bin"
+    finally:
+        front.stop()
