@@ -1,0 +1,203 @@
+"""Checksum headers and hashers (pure, tables of cases), Stat's cache form, the SQLite store, config."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import zlib
+from pathlib import Path
+
+import pytest
+
+from fedd.checksums.digest import (
+    Adler32,
+    format_value,
+    md5_from_etag,
+    new_hasher,
+    normalise,
+    parse_digest,
+    parse_prefer_wait,
+    parse_want_digest,
+    parse_want_repr_digest,
+    wants_of,
+)
+from fedd.checksums.store import ChecksumStore
+from fedd.config import ConfigError, parse_config
+from fedd.endpoints.base import Stat
+from fedd.locate.cache import LocateResult
+from tests.reactor import call, the_reactor
+
+DATA = b"fedd checksums\n" * 1000
+ADLER = f"{zlib.adler32(DATA) & 0xFFFFFFFF:08x}"
+MD5 = hashlib.md5(DATA).hexdigest()
+SHA256 = hashlib.sha256(DATA).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("adler32", ("adler32",)),
+        ("ADLER32", ("adler32",)),  # gfal2
+        ("MD5", ("md5",)),
+        ("md5;q=0.3, adler32;q=0.9", ("adler32", "md5")),
+        ("SHA-256;q=1, md5;q=1", ("sha256", "md5")),  # ties keep the client's order
+        ("sha-512;q=0.1,ADLER32", ("adler32", "sha512")),
+        ("md5;q=0, adler32;q=0.5", ("adler32",)),  # q=0: not acceptable
+        ("crc32c, unixsum", ()),  # unknown only
+        ("sha256", ()),  # not the registered RFC 3230 name (SHA-256)
+        ("adler32;q=bad, md5", ("md5",)),
+        ("adler32;q=1.5", ()),
+        ("", ()),
+        (" md5 ; q=0.2 , UNIXcksum , adler32 ; Q=0.4", ("adler32", "md5")),
+        ("md5;q=0.2, md5;q=0.9", ("md5",)),
+    ],
+)
+def test_want_digest(header: str, expected: tuple[str, ...]) -> None:
+    assert parse_want_digest(header).algorithms == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("sha-256=1", ("sha256",)),
+        ("sha-512=3, sha-256=10", ("sha256", "sha512")),
+        ("adler=5, md5=2", ("adler32", "md5")),
+        ("adler32=5", ()),  # not an RFC 9530 name
+        ("sha-256=0, md5=1", ("md5",)),
+        ("sha-256=11", ()),
+        ("sha-256=x", ()),
+        ("SHA-256=2", ("sha256",)),
+        ("sha-256", ("sha256",)),  # bare key: boolean true
+        ("unixsum=9, crc32c=2", ()),
+    ],
+)
+def test_want_repr_digest(header: str, expected: tuple[str, ...]) -> None:
+    assert parse_want_repr_digest(header).algorithms == expected
+
+
+def test_pick_takes_the_most_wanted_known_one() -> None:
+    want = parse_want_digest("sha-256;q=1, md5;q=0.8, adler32;q=0.5")
+    assert want.pick({"adler32": ADLER, "md5": MD5}) == "md5"
+    assert want.pick({"adler32": ADLER}) == "adler32"
+    assert want.pick({"sha512": "ab" * 64}) is None
+    assert wants_of(b"crc32c", None) == []
+    assert [w.field for w in wants_of(b"adler32", b"sha-256=1")] == ["digest", "repr-digest"]
+
+
+def test_format_values_as_the_clients_read_them() -> None:
+    md5_b64 = base64.b64encode(bytes.fromhex(MD5)).decode()
+    sha_b64 = base64.b64encode(bytes.fromhex(SHA256)).decode()
+    assert format_value("digest", "adler32", "0000abcd") == b"adler32=0000abcd"
+    assert format_value("digest", "md5", MD5) == f"md5={md5_b64}".encode()
+    assert format_value("digest", "sha256", SHA256) == f"sha-256={sha_b64}".encode()
+    assert format_value("repr-digest", "sha256", SHA256) == f"sha-256=:{sha_b64}:".encode()
+    assert format_value("repr-digest", "adler32", "0a1b2c3d") == b"adler=:ChssPQ==:"
+    assert format_value("repr-digest", "md5", MD5) == f"md5=:{md5_b64}:".encode()
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "value", "expected"),
+    [
+        ("adler32", "0A1B2C3D", "0a1b2c3d"),
+        ("adler32", "abcd", "0000abcd"),  # leading zeros lost by some tools
+        ("adler32", "0x1234", "00001234"),
+        ("adler32", "123456789", None),
+        ("adler32", "xyz", None),
+        ("adler32", "", None),
+        ("md5", MD5.upper(), MD5),
+        ("md5", MD5[1:], None),  # only adler32 is padded
+        ("sha256", SHA256, SHA256),
+        ("crc32c", "1234", None),
+    ],
+)
+def test_normalise(algorithm: str, value: str, expected: str | None) -> None:
+    assert normalise(algorithm, value) == expected
+
+
+def test_parse_digest_answers_of_storage() -> None:
+    md5_b64 = base64.b64encode(bytes.fromhex(MD5)).decode()
+    assert parse_digest(f"adler32={ADLER}, md5={md5_b64}") == {"adler32": ADLER, "md5": MD5}
+    assert parse_digest("ADLER32=1abc") == {"adler32": "00001abc"}  # dCache style, upper case, short
+    assert parse_digest(f"MD5={MD5}") == {"md5": MD5}  # hex where base64 belongs: still understood
+    assert parse_digest("md5=notbase64!, UNIXcksum=12") == {}
+    assert parse_digest("adler32") == {}
+
+
+def test_md5_from_etag() -> None:
+    assert md5_from_etag(f'"{MD5}"') == MD5
+    assert md5_from_etag(f"{MD5}-3") is None  # multipart
+    assert md5_from_etag("") is None
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("wait=10", 10.0), ("respond-async, wait=5", 0.0), ("return=minimal", None), ("wait=abc", None), ("", None)],
+)
+def test_prefer_wait(header: str, expected: float | None) -> None:
+    assert parse_prefer_wait(header) == expected
+
+
+def test_streaming_hashers_match_one_shot() -> None:
+    blob = os.urandom(300_000)
+    for algorithm, reference in (
+        ("adler32", f"{zlib.adler32(blob) & 0xFFFFFFFF:08x}"),
+        ("md5", hashlib.md5(blob).hexdigest()),
+        ("sha256", hashlib.sha256(blob).hexdigest()),
+        ("sha512", hashlib.sha512(blob).hexdigest()),
+    ):
+        h = new_hasher(algorithm)
+        for i in range(0, len(blob), 65536):
+            h.update(blob[i : i + 65536])
+        assert h.hexdigest() == reference, algorithm
+    assert Adler32().hexdigest() == "00000001"  # empty input
+    with pytest.raises(ValueError):
+        new_hasher("crc32c")
+
+
+def test_stat_cache_form_old_and_new() -> None:
+    plain = Stat(size=5, mtime=1.5, etag="e")
+    assert plain.to_json() == [5, 1.5, False, "e"]  # unchanged: older processes still read it
+    with_sums = Stat(size=5, mtime=1.5, etag="e", checksums=(("adler32", ADLER), ("md5", MD5)))
+    assert Stat.from_json(with_sums.to_json()) == with_sums
+    assert Stat.from_json([5, 1.5, False, "e"]) == plain  # entries written before checksums existed
+    old = LocateResult.from_bytes("/p", b'{"f":{"a":[5,1.5,false,"e"]},"m":[],"t":1}', {"a"})
+    assert old is not None and old.found["a"] == plain
+    new = LocateResult("/p", {"a": with_sums}, at=1.0)
+    back = LocateResult.from_bytes("/p", new.to_bytes(), {"a"})
+    assert back is not None and back.found["a"].checksums == with_sums.checksums
+
+
+def test_store_keeps_values_per_replica_version(tmp_path: Path) -> None:
+    store = ChecksumStore(the_reactor(), str(tmp_path / "sums.sqlite"))
+    assert call(store.open) == 0
+    key = ("dav", "/a/f", 10, "etag1")
+    call(store.put, key, {"adler32": ADLER, "md5": MD5}, 1.0)
+    other = ("dav", "/a/g", 10, "x")
+    call(store.put, other, {"adler32": "00000001"}, 1.0)
+    got = call(store.get, [key, other, ("s3", "/a/f", 10, "etag1")])
+    assert got[key] == {"adler32": ADLER, "md5": MD5}
+    assert got[other] == {"adler32": "00000001"}
+    assert got[("s3", "/a/f", 10, "etag1")] == {}
+    newer = ("dav", "/a/f", 11, "etag2")  # the file was rewritten: the old row goes
+    call(store.put, newer, {"adler32": "0000abcd"}, 2.0)
+    got = call(store.get, [key, newer])
+    assert got == {key: {}, newer: {"adler32": "0000abcd"}}
+    call(store.close)
+    reopened = ChecksumStore(the_reactor(), str(tmp_path / "sums.sqlite"))
+    assert call(reopened.open) == 2
+    call(reopened.close)
+
+
+def test_config_section(tmp_path: Path) -> None:
+    base = f"[endpoint l]\nkind = local\npath = {tmp_path}\n"
+    config = parse_config(base)
+    assert config.checksums.workers == 2 and config.checksums.wait == 0
+    config = parse_config(
+        base + "[checksums]\nworkers = 0\nmax_file_bytes = 2G\nwait = 5\nmax_wait = 30\nstore_s3_metadata = no\n"
+    )
+    assert config.checksums.workers == 0 and config.checksums.max_file_bytes == 2 * 10**9
+    assert config.checksums.wait == 5 and not config.checksums.store_s3_metadata
+    with pytest.raises(ConfigError) as info:
+        parse_config(base + "[checksums]\nworkers = -1\nalgorithm = md5\n")
+    assert "workers" in str(info.value) and "unknown key 'algorithm'" in str(info.value)
