@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
@@ -32,18 +33,23 @@ class Stat:
     mtime: float | None = None
     is_dir: bool = False
     etag: str = ""
+    checksums: tuple[tuple[str, str], ...] = ()  # (algorithm, lowercase hex) the endpoint told, e.g. adler32
 
     def to_json(self) -> list[Any]:
+        if self.checksums:  # a fifth element only when there is something: older entries stay 4 long
+            return [self.size, self.mtime, self.is_dir, self.etag, dict(self.checksums)]
         return [self.size, self.mtime, self.is_dir, self.etag]
 
     @classmethod
     def from_json(cls, data: list[Any]) -> Stat:
-        size, mtime, is_dir, etag = data
+        size, mtime, is_dir, etag = data[:4]
+        sums = data[4] if len(data) > 4 and isinstance(data[4], dict) else {}
         return cls(
             size=None if size is None else int(size),
             mtime=None if mtime is None else float(mtime),
             is_dir=bool(is_dir),
             etag=str(etag),
+            checksums=tuple(sorted((str(k), str(v)) for k, v in sums.items())),
         )
 
 
@@ -209,19 +215,26 @@ class HttpClient:
         *,
         timeout: float | None = None,
         read_body: bool = True,
+        sink: Callable[[bytes], None] | None = None,
     ) -> Deferred[HttpResponse]:
-        d = ensureDeferred(self._request(method, url, headers or {}, body, read_body))
+        """`sink`: a 2xx answer's body goes to it chunk by chunk as it arrives (never held whole)."""
+        d = ensureDeferred(self._request(method, url, headers or {}, body, read_body, sink))
         d.addTimeout(timeout or self.timeout, self._clock, onTimeoutCancel=self._timed_out(method))
         d.addErrback(self._translate, method)
         return d
 
     async def _request(
-        self, method: str, url: str, headers: dict[str, str], body: Any, read_body: bool
+        self, method: str, url: str, headers: dict[str, str], body: Any, read_body: bool, sink: Any = None
     ) -> HttpResponse:
         hdrs = Headers({k.encode(): [v.encode()] for k, v in headers.items()})
-        response = await self._http.request(method, url, headers=hdrs, data=body, allow_redirects=False)
+        # unbuffered for a sink: treq otherwise keeps every chunk of the body for later readers
+        response = await self._http.request(
+            method, url, headers=hdrs, data=body, allow_redirects=False, unbuffered=sink is not None
+        )
         data = b""
-        if read_body and method != "HEAD":
+        if sink is not None and 200 <= response.code < 300:
+            await treq.collect(response, sink)
+        elif read_body and method != "HEAD":
             chunks: list[bytes] = []
             size = 0
 

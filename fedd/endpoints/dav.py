@@ -7,6 +7,7 @@ from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred, ensureDeferred
 
+from fedd.checksums.digest import parse_digest
 from fedd.config import EndpointConfig
 from fedd.endpoints.base import (
     Entry,
@@ -33,6 +34,7 @@ QUOTA_BODY = (
 )
 MAX_LIST_ENTRIES = 1_000_000
 MAX_PARENTS = 64
+WANT_DIGEST = {"Want-Digest": "adler32, md5;q=0.5"}
 
 
 class DavEndpoint:
@@ -50,7 +52,8 @@ class DavEndpoint:
             raise EndpointError(self.id, f"{what}: HTTP {response.code}")
 
     def stat(self, path: str) -> Deferred[Stat | None]:
-        return self._http.request("HEAD", self.url_for(path, 0)).addCallback(self._stat_result, path)
+        # RFC 3230: storage that keeps checksums (dCache, EOS, StoRM, fedd) answers with a Digest header
+        return self._http.request("HEAD", self.url_for(path, 0), WANT_DIGEST).addCallback(self._stat_result, path)
 
     def _stat_result(self, response: HttpResponse, path: str) -> Stat | None:
         self._check(response, "HEAD")
@@ -64,10 +67,12 @@ class DavEndpoint:
         if (response.header("Content-Type") or "").startswith("httpd/unix-directory"):
             return Stat(is_dir=True)
         size = parse_int(response.header("Content-Length"))
+        digest = response.header("Digest")
         return Stat(
             size=size,
             mtime=parse_http_date(response.header("Last-Modified")),
             etag=(response.header("ETag") or "").strip('"'),
+            checksums=tuple(sorted(parse_digest(digest).items())) if digest else (),
         )
 
     def listdir(self, path: str) -> Deferred[list[Entry] | None]:

@@ -16,6 +16,7 @@ from botocore.credentials import Credentials
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
+from fedd.checksums.digest import ALGORITHMS, md5_from_etag, normalise
 from fedd.config import EndpointConfig
 from fedd.endpoints.base import (
     Entry,
@@ -33,6 +34,24 @@ from fedd.errors import EndpointError
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 MAX_LIST_ENTRIES = 1_000_000
 PAGE_SIZE = 1000  # ListObjectsV2 max-keys
+
+
+_KEPT_HEADERS = ("content-type", "content-encoding", "content-disposition", "content-language", "cache-control")
+
+
+def _checksums(response: HttpResponse, etag: str) -> tuple[tuple[str, str], ...]:
+    """Checksums an S3 HEAD tells: `x-amz-meta-<algorithm>` (dynafed-storagestats writes adler32) and
+    the MD5 that a one-part upload's ETag is."""
+    found: dict[str, str] = {}
+    md5 = md5_from_etag(etag)
+    if md5 is not None:
+        found["md5"] = md5
+    for algorithm in ALGORITHMS:
+        raw = response.header(f"x-amz-meta-{algorithm}")
+        value = normalise(algorithm, raw) if raw else None
+        if value is not None:
+            found[algorithm] = value
+    return tuple(sorted(found.items()))
 
 
 def _iso_to_epoch(text: str | None) -> float | None:
@@ -111,11 +130,45 @@ class S3Endpoint:
         size = parse_int(response.header("Content-Length"))
         if size is None:
             raise EndpointError(self.id, "HEAD: no Content-Length in answer")
+        etag = (response.header("ETag") or "").strip('"')
         return Stat(
             size=size,
             mtime=parse_http_date(response.header("Last-Modified")),
-            etag=(response.header("ETag") or "").strip('"'),
+            etag=etag,
+            checksums=_checksums(response, etag),
         )
+
+    def store_checksums(self, path: str, values: dict[str, str], etag: str) -> Deferred[bool]:
+        """Keep computed checksums in the object's own metadata (`x-amz-meta-adler32`, ...): a copy onto
+        itself that replaces the metadata, only if the object is still the one hashed (its ETag).
+        True when stored; False when the object changed or is too large for a single copy (5 GB)."""
+        return ensureDeferred(self._store_checksums(path, values, etag))
+
+    async def _store_checksums(self, path: str, values: dict[str, str], etag: str) -> bool:
+        head = await self._send("HEAD", self.object_url(path))
+        self._check(head, "HEAD before metadata update")
+        size = parse_int(head.header("Content-Length")) or 0
+        if head.code != 200 or (head.header("ETag") or "").strip('"') != etag or size > 5 * 10**9:
+            return False
+        headers = {
+            "x-amz-copy-source": quote(f"/{self.config.bucket}/{path.lstrip('/')}", safe="/~"),
+            "x-amz-copy-source-if-match": f'"{etag}"',
+            "x-amz-metadata-directive": "REPLACE",
+        }
+        for name, raw in head.headers.getAllRawHeaders():
+            key = name.decode("latin-1").lower()
+            if key.startswith("x-amz-meta-") or key in _KEPT_HEADERS:
+                headers[key] = raw[-1].decode("latin-1")
+        for algorithm, value in values.items():
+            if algorithm != "md5" or md5_from_etag(etag) is None:  # a one-part ETag already is the md5
+                headers[f"x-amz-meta-{algorithm}"] = value
+        response = await self._send("PUT", self.object_url(path), headers)
+        self._check(response, "metadata update")
+        if response.code == 412:
+            return False
+        if response.code != 200 or b"<Error>" in response.body[:512]:
+            raise EndpointError(self.id, f"metadata update: unexpected HTTP {response.code}")
+        return True
 
     def listdir(self, path: str) -> Deferred[list[Entry] | None]:
         return ensureDeferred(self._listdir(path))
