@@ -347,12 +347,15 @@ class ChecksumService(Service):
             self._failed[job.key] = self.clock.seconds()
             if len(self._failed) > 10_000:
                 self._failed.clear()
-            log.warn(
-                "computing the checksum of {path} on {endpoint} failed: {reason}",
-                path=job.path,
-                endpoint=job.endpoint,
-                reason=job.error,
-            )
+            if not self.running:
+                log.info("checksum of {path} abandoned: fedd is stopping", path=job.path)
+            else:
+                log.warn(
+                    "computing the checksum of {path} on {endpoint} failed: {reason}",
+                    path=job.path,
+                    endpoint=job.endpoint,
+                    reason=job.error,
+                )
         finally:
             job.finished = self.clock.seconds()
             self._recent.append(job)
