@@ -11,6 +11,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from fedd.config import EndpointConfig
+from fedd.endpoints.azure import AzureEndpoint
 from fedd.endpoints.base import Endpoint, Entry, HttpClient, Space, Stat
 from fedd.endpoints.dav import DavEndpoint
 from fedd.endpoints.local import LocalEndpoint
@@ -47,6 +48,8 @@ def make_endpoint(config: EndpointConfig, *, reactor: Any, presign_reuse: float 
     http = HttpClient(reactor, endpoint=config.id, timeout=config.timeout, tls_policy=_tls_policy(config))
     if config.kind == "s3":
         return S3Endpoint(config, http, presign_reuse=presign_reuse)
+    if config.kind == "azure":
+        return AzureEndpoint(config, http, clock=reactor, presign_reuse=presign_reuse)
     return DavEndpoint(config, http)
 
 

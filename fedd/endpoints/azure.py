@@ -1,0 +1,407 @@
+"""Azure Blob Storage endpoints (and Azurite): SharedKey-signed HEAD/List Blobs over treq, service SAS redirects.
+
+Signing is pure computation (HMAC-SHA256 with the base64-decoded account key); every request goes through the
+non-blocking `HttpClient`. `url` is the blob service URL: `https://ACCOUNT.blob.core.windows.net`, or for
+Azurite the path-style `http://127.0.0.1:10000/devstoreaccount1`; blobs are `<url>/<container>/<name>`.
+Directories are prefixes, as on S3; MKCOL writes a zero-length `dir/` marker blob with `hdi_isfolder=true`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import quote, unquote, urlencode, urlsplit
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from fedd.config import EndpointConfig
+from fedd.endpoints.base import (
+    Entry,
+    HttpClient,
+    HttpResponse,
+    Space,
+    Stat,
+    UrlCache,
+    parse_http_date,
+    parse_int,
+    parse_xml,
+)
+from fedd.errors import EndpointError
+
+API_VERSION = "2021-08-06"  # x-ms-version of fedd's own requests and `sv` of its SAS tokens
+PAGE_SIZE = 5000  # List Blobs maxresults (the service's maximum)
+MAX_LIST_ENTRIES = 1_000_000
+MAX_SPACE_OBJECTS = 50_000_000
+CLOCK_SKEW = 300  # a SAS starts this many seconds before `now`
+COPY_SAS_SECONDS = 3600  # validity of the read SAS a Copy Blob's source carries
+COPY_WAIT = 300.0  # longest wait for a pending Copy Blob
+COPY_POLL = 0.5
+FOLDER_META = "hdi_isfolder"  # what Azure's own tools (ADLS, Storage Explorer, blobfuse) mark folders with
+_PERMISSIONS = {"GET": "r", "HEAD": "r", "PUT": "cw"}
+
+
+def _iso(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _sign(key: bytes, text: str) -> str:
+    return base64.b64encode(hmac.new(key, text.encode("utf-8"), hashlib.sha256).digest()).decode("ascii")
+
+
+def _md5_hex(value: str | None) -> str | None:
+    """Azure's Content-MD5 (base64 of 16 bytes) as the lowercase hex that `Stat.checksums` holds."""
+    try:
+        raw = base64.b64decode(value or "", validate=True)
+    except ValueError:
+        return None
+    return raw.hex() if len(raw) == 16 else None
+
+
+def _is_folder(metadata: dict[str, str]) -> bool:
+    return metadata.get(FOLDER_META, "").lower() == "true"
+
+
+class AzureEndpoint:
+    upload_headers = {"x-ms-blob-type": "BlockBlob"}  # what a PUT to a SAS URL must carry
+
+    def __init__(
+        self, config: EndpointConfig, http: HttpClient, *, clock: IReactorTime, presign_reuse: float = 0.5
+    ) -> None:
+        self.id = config.id
+        self.config = config
+        self._http = http
+        self._clock = clock
+        self._key = base64.b64decode(config.account_key)
+        self._base = f"{config.url}/{quote(config.container, safe='')}"
+        self._base_path = urlsplit(self._base).path  # "/container", or "/devstoreaccount1/container" on Azurite
+        self._protocols = "https" if config.url.startswith("https:") else "https,http"
+        self._urls = UrlCache()
+        self._reuse = config.presign_expiry * presign_reuse
+        self.log = Logger(namespace=f"fedd.endpoints.azure.{config.id}")
+
+    # --- signing: pure ------------------------------------------------------------------------
+
+    def blob_url(self, path: str) -> str:
+        return f"{self._base}/{quote(path.lstrip('/'), safe='/~')}"
+
+    def signed_headers(
+        self,
+        method: str,
+        url: str,
+        query: dict[str, str],
+        now: float,
+        extra: dict[str, str] | None = None,
+        content_length: int = 0,
+    ) -> dict[str, str]:
+        """SharedKey authorisation (Blob service, version 2009-09-19 and later): `url` without its query,
+        `query` the decoded parameters that will be sent."""
+        headers = {"x-ms-date": formatdate(now, usegmt=True), "x-ms-version": API_VERSION, **(extra or {})}
+        lower = {k.lower(): v for k, v in headers.items()}
+        standard = [
+            lower.get(name, "")
+            for name in ("content-encoding", "content-language", "content-length", "content-md5", "content-type")
+        ]
+        standard[2] = str(content_length) if content_length else ""  # "" for 0 since version 2015-02-21
+        standard += [lower.get(name, "") for name in ("date", "if-modified-since", "if-match", "if-none-match")]
+        standard += [lower.get(name, "") for name in ("if-unmodified-since", "range")]
+        canonical_headers = "".join(
+            f"{name}:{' '.join(value.split())}\n" for name, value in sorted(lower.items()) if name.startswith("x-ms-")
+        )
+        resource = f"/{self.config.account}{urlsplit(url).path}"  # the encoded path as sent
+        for name in sorted({k.lower() for k in query}):
+            values = sorted(v for k, v in query.items() if k.lower() == name)
+            resource += f"\n{name}:{','.join(values)}"
+        text = "\n".join([method, *standard]) + "\n" + canonical_headers + resource
+        headers["Authorization"] = f"SharedKey {self.config.account}:{_sign(self._key, text)}"
+        return headers
+
+    def sas(self, path: str, permissions: str, now: float, expiry: int | None = None) -> str:
+        """A service SAS URL for one blob (string-to-sign of version 2020-12-06 and later)."""
+        start, end = _iso(now - CLOCK_SKEW), _iso(now + (expiry or self.config.presign_expiry))
+        resource = f"/blob/{self.config.account}/{self.config.container}/{path.lstrip('/')}"
+        # sp st se resource si sip spr sv sr snapshot-time ses rscc rscd rsce rscl rsct
+        fields = [permissions, start, end, resource, "", "", self._protocols, API_VERSION, "b", "", ""]
+        text = "\n".join(fields + [""] * 5)
+        query = {
+            "sv": API_VERSION,
+            "spr": self._protocols,
+            "st": start,
+            "se": end,
+            "sr": "b",
+            "sp": permissions,
+            "sig": _sign(self._key, text),
+        }
+        return f"{self.blob_url(path)}?{urlencode(query, quote_via=quote)}"
+
+    def url_for(self, path: str, now: float, method: str = "GET") -> str:
+        permissions = _PERMISSIONS.get(method.upper(), "r")
+        key = f"{permissions} {path}"  # a SAS does not sign the method: GET and HEAD share the read URL
+        url = self._urls.get(key, now)
+        if url is None:
+            url = self.sas(path, permissions, now)
+            self._urls.put(key, url, now + self._reuse)
+        return url
+
+    # --- requests -----------------------------------------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        query: dict[str, str] | None = None,
+        extra: dict[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> Deferred[HttpResponse]:
+        query = query or {}
+        if body is None and method == "PUT":
+            body = b""
+        headers = self.signed_headers(method, url, query, self._clock.seconds(), extra, len(body or b""))
+        full = f"{url}?{urlencode(sorted(query.items()), quote_via=quote)}" if query else url
+        return self._http.request(method, full, headers, body)
+
+    def _check(self, response: HttpResponse, what: str) -> None:
+        if response.code >= 500:
+            raise EndpointError(self.id, f"{what}: HTTP {response.code}")
+        if response.code in (401, 403):
+            code = response.header("x-ms-error-code") or f"HTTP {response.code}"
+            raise EndpointError(self.id, f"{what}: access denied ({code}): check the account key")
+        if response.code == 404 and response.header("x-ms-error-code") == "ContainerNotFound":
+            raise EndpointError(self.id, f"{what}: container {self.config.container!r} does not exist")
+
+    def _unexpected(self, response: HttpResponse, what: str) -> EndpointError:
+        code = response.header("x-ms-error-code")
+        return EndpointError(self.id, f"{what}: unexpected HTTP {response.code}{f' ({code})' if code else ''}")
+
+    async def _head(self, path: str) -> HttpResponse | None:
+        """A blob's properties; None when there is no such blob."""
+        response = await self._send("HEAD", self.blob_url(path))
+        self._check(response, "HEAD")
+        if response.code == 404:
+            return None
+        if response.code != 200:
+            raise self._unexpected(response, "HEAD")
+        return response
+
+    def stat(self, path: str) -> Deferred[Stat | None]:
+        return ensureDeferred(self._stat(path))
+
+    async def _stat(self, path: str) -> Stat | None:
+        if path.strip("/") == "":
+            return Stat(is_dir=True)
+        response = await self._head(path)
+        if response is None or (response.header(f"x-ms-meta-{FOLDER_META}") or "").lower() == "true":
+            return None  # no blob, or a folder marker: directories are answered by listings
+        size = parse_int(response.header("Content-Length"))
+        if size is None:
+            raise EndpointError(self.id, "HEAD: no Content-Length in answer")
+        md5 = _md5_hex(response.header("Content-MD5"))
+        return Stat(
+            size=size,
+            mtime=parse_http_date(response.header("Last-Modified")),
+            etag=(response.header("ETag") or "").strip('"'),
+            checksums=(("md5", md5),) if md5 else (),
+        )
+
+    def content_md5(self, path: str) -> Deferred[str | None]:
+        """The blob's Content-MD5 property (base64, as Azure keeps it); None when unset or no such blob."""
+        return ensureDeferred(self._content_md5(path))
+
+    async def _content_md5(self, path: str) -> str | None:
+        response = await self._head(path)
+        return (response.header("Content-MD5") or None) if response is not None else None
+
+    # --- listings -----------------------------------------------------------------------------
+
+    async def _list_page(self, prefix: str, marker: str, *, delimiter: bool, size: int) -> Any:
+        query = {"restype": "container", "comp": "list", "maxresults": str(size)}
+        if delimiter:
+            query.update(delimiter="/", include="metadata")
+        if prefix:
+            query["prefix"] = prefix
+        if marker:
+            query["marker"] = marker
+        response = await self._send("GET", self._base, query)
+        self._check(response, "List Blobs")
+        if response.code == 404:
+            raise EndpointError(self.id, f"container {self.config.container!r} does not exist")
+        if response.code != 200:
+            raise self._unexpected(response, "List Blobs")
+        root = parse_xml(response.body, self.id, "List Blobs")
+        if root.tag != "EnumerationResults":
+            raise EndpointError(self.id, f"List Blobs: unexpected answer <{root.tag}>")
+        return root
+
+    def listdir(self, path: str) -> Deferred[list[Entry] | None]:
+        return ensureDeferred(self._listdir(path))
+
+    async def _listdir(self, path: str) -> list[Entry] | None:
+        prefix = path.strip("/") + "/" if path.strip("/") else ""
+        entries: dict[str, Entry] = {}
+        marker_seen = False
+        marker = ""
+        while True:
+            root = await self._list_page(prefix, marker, delimiter=True, size=PAGE_SIZE)
+            marker_seen = self._parse_page(root, prefix, entries) or marker_seen
+            marker = root.findtext("NextMarker") or ""
+            del root
+            if len(entries) > MAX_LIST_ENTRIES:
+                raise EndpointError(self.id, f"listing of {path} exceeds {MAX_LIST_ENTRIES} entries")
+            if not marker:
+                break
+        if not entries and not marker_seen and prefix:
+            return None
+        return [entries[name] for name in sorted(entries)]
+
+    def _parse_page(self, root: Any, prefix: str, entries: dict[str, Entry]) -> bool:
+        marker = False
+        blobs = root.find("Blobs")
+        if blobs is None:
+            return False
+        for item in blobs:
+            name = _name(item)[len(prefix) :]
+            if item.tag == "BlobPrefix":
+                name = name.rstrip("/")
+                if name and "/" not in name:
+                    entries[name] = Entry(name, Stat(is_dir=True))
+                continue
+            if item.tag != "Blob":
+                continue
+            if not name:
+                marker = True  # the listed directory's own marker blob
+                continue
+            if "/" in name:
+                continue
+            meta = {m.tag.lower(): (m.text or "") for m in _children(item, "Metadata")}
+            if _is_folder(meta):
+                entries[name] = Entry(name, Stat(is_dir=True))
+                continue
+            if name in entries:  # a folder of the same name wins over a blob, as in merged listings
+                continue
+            props = item.find("Properties")
+            entries[name] = Entry(
+                name,
+                Stat(
+                    size=parse_int(props.findtext("Content-Length")) if props is not None else None,
+                    mtime=parse_http_date(props.findtext("Last-Modified")) if props is not None else None,
+                    etag=(props.findtext("Etag") or "").strip('"') if props is not None else "",
+                ),
+            )
+        return marker
+
+    # --- writes and space ---------------------------------------------------------------------
+
+    def delete(self, path: str) -> Deferred[bool]:
+        return ensureDeferred(self._delete(path))
+
+    async def _delete(self, path: str) -> bool:
+        for name in (path, path.rstrip("/") + "/"):  # the blob, else a directory's marker blob
+            response = await self._send("DELETE", self.blob_url(name), extra={"x-ms-delete-snapshots": "include"})
+            self._check(response, "DELETE")
+            if response.code in (200, 202):
+                return True
+            if response.code != 404:
+                raise self._unexpected(response, "DELETE")
+        return False
+
+    def mkcol(self, path: str) -> Deferred[bool]:
+        return ensureDeferred(self._mkcol(path))
+
+    async def _mkcol(self, path: str) -> bool:
+        if await self._head(path) is not None or await self._has_prefix(path):
+            return False
+        extra = {"x-ms-blob-type": "BlockBlob", f"x-ms-meta-{FOLDER_META}": "true"}
+        response = await self._send("PUT", self.blob_url(path.rstrip("/") + "/"), extra=extra)
+        self._check(response, "PUT directory marker")
+        if response.code != 201:
+            raise self._unexpected(response, "PUT directory marker")
+        return True
+
+    async def _has_prefix(self, path: str) -> bool:
+        root = await self._list_page(path.strip("/") + "/", "", delimiter=False, size=1)
+        blobs = root.find("Blobs")
+        return blobs is not None and blobs.find("Blob") is not None
+
+    def move(self, source: str, destination: str) -> Deferred[None]:
+        return ensureDeferred(self._move(source, destination))
+
+    async def _move(self, source: str, destination: str) -> None:
+        # no rename in Blob storage: Copy Blob (the source read through a short SAS), then delete the source
+        copy_source = self.sas(source, "r", self._clock.seconds(), COPY_SAS_SECONDS)
+        response = await self._send("PUT", self.blob_url(destination), extra={"x-ms-copy-source": copy_source})
+        if response.code == 404:
+            raise EndpointError(self.id, "copy: the source disappeared")
+        self._check(response, "Copy Blob")
+        if response.code not in (201, 202):
+            raise self._unexpected(response, "Copy Blob")
+        status = response.header("x-ms-copy-status") or "success"
+        waited = 0.0
+        while status == "pending":
+            if waited >= COPY_WAIT:
+                raise EndpointError(self.id, f"copy: still pending after {COPY_WAIT:g}s")
+            await deferLater(self._clock, COPY_POLL, lambda: None)
+            waited += COPY_POLL
+            head = await self._head(destination)
+            status = (head.header("x-ms-copy-status") if head is not None else None) or "failed"
+        if status != "success":
+            raise EndpointError(self.id, f"copy: {status}")
+        deleted = await self._send("DELETE", self.blob_url(source), extra={"x-ms-delete-snapshots": "include"})
+        self._check(deleted, "DELETE after copy")
+        if deleted.code not in (200, 202, 404):
+            raise self._unexpected(deleted, "DELETE after copy")
+
+    def space(self, max_objects: int = MAX_SPACE_OBJECTS) -> Deferred[Space]:
+        return ensureDeferred(self._space(max_objects))
+
+    async def _space(self, max_objects: int) -> Space:
+        """Sum of blob sizes over the whole container, page by page: one page in memory at a time."""
+        used = files = 0
+        marker = ""
+        while True:
+            root = await self._list_page("", marker, delimiter=False, size=PAGE_SIZE)
+            blobs = root.find("Blobs")
+            for blob in blobs.iterfind("Blob") if blobs is not None else ():
+                size = parse_int(blob.findtext("Properties/Content-Length")) or 0
+                used += size
+                if size or not _name(blob).endswith("/"):  # directory markers are not files
+                    files += 1
+            marker = root.findtext("NextMarker") or ""
+            del root, blobs
+            if files > max_objects:
+                raise EndpointError(self.id, f"space: container holds more than {max_objects} blobs")
+            if not marker:
+                break
+        return Space(used=used, total=self.config.quota, files=files, source="listing")
+
+    def probe(self) -> Deferred[None]:
+        return self._send("HEAD", self._base, {"restype": "container"}).addCallback(self._probe_result)
+
+    def _probe_result(self, response: HttpResponse) -> None:
+        if response.code >= 500:
+            raise EndpointError(self.id, f"probe: HTTP {response.code}")
+        if response.code in (401, 403):
+            raise EndpointError(self.id, f"probe: access denied (HTTP {response.code}): check the account key")
+        if response.code == 404:
+            raise EndpointError(self.id, f"probe: container {self.config.container!r} does not exist")
+        if response.code != 200:
+            raise self._unexpected(response, "probe")
+
+
+def _name(item: Any) -> str:
+    """A List Blobs <Name>; percent-encoded (Encoded="true") when it holds characters XML cannot."""
+    element = item.find("Name")
+    if element is None:
+        return ""
+    text = element.text or ""
+    return unquote(text) if element.get("Encoded") == "true" else text
+
+
+def _children(item: Any, tag: str) -> list[Any]:
+    element = item.find(tag)
+    return list(element) if element is not None else []
