@@ -75,3 +75,14 @@ def memcached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield mc
     finally:
         mc.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests import servers
+
+    emulator = servers.start_azurite(tmp_path_factory.mktemp("azurite"))
+    try:
+        yield emulator
+    finally:
+        emulator.stop()

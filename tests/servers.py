@@ -398,3 +398,61 @@ rgw thread pool size = 64
 
 def have(command: str) -> bool:
     return shutil.which(command) is not None
+
+
+# --- Azurite (Azure Blob emulator) ------------------------------------------------------------------
+
+AZURITE = Path(__file__).resolve().parent / "node" / "node_modules" / ".bin" / "azurite-blob"
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+@dataclass
+class Azurite:
+    workdir: Path
+    port: int
+    proc: subprocess.Popen[bytes]
+    account: str = AZURITE_ACCOUNT
+    key: str = AZURITE_KEY
+
+    @property
+    def url(self) -> str:
+        """The blob service URL, account path included (Azurite's path-style addressing)."""
+        return f"http://127.0.0.1:{self.port}/{self.account}"
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            _stop_pid(self.proc.pid)
+            self.proc.wait(5)
+
+
+def start_azurite(workdir: Path) -> Azurite:
+    """Microsoft's emulator: it checks SharedKey and SAS signatures like the service does."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            str(AZURITE),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+            "--location",
+            str(workdir / "data"),
+            "--silent",
+            "--skipApiVersionCheck",
+        ],
+        stdout=(workdir / "azurite.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, 30, proc)
+    except RuntimeError as exc:
+        proc.kill()
+        raise RuntimeError(f"{exc}\n{_tail(workdir / 'azurite.log')}") from None
+    return Azurite(workdir, port, proc)
