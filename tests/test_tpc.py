@@ -445,3 +445,19 @@ tpc = yes
         assert headers["location"] == fed.url + "/tpc/dav/nat/out.bin"
     finally:
         front.stop()
+
+
+def test_stalled_source_hits_the_idle_timeout(fed: Fedd, stores: dict[str, Any]) -> None:
+    data = os.urandom(200_000)
+    stalled = TrickySource(data, "slow", chunk=100_000, delay=8)  # half, then 8 s of silence (idle_timeout 5)
+    try:
+        started = time.monotonic()
+        status, _, lines = copy(fed, "/tpc/dav/stalled.bin", {"Source": stalled.url + "/f"})
+        elapsed = time.monotonic() - started
+    finally:
+        stalled.stop()
+    assert status == 202
+    assert outcome(lines) == "failure: no data moved for 5s", lines
+    assert 4.5 < elapsed < 7.5, elapsed
+    assert not dav_file(stores, "stalled.bin").exists()
+    assert fed.status()["tpc"]["active"] == 0

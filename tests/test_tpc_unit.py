@@ -169,3 +169,22 @@ def test_pump_stopped_by_the_upload_stops_the_download() -> None:
     pump.stopProducing()
     response.protocol.connectionLost(Failure(ConnectionError("aborted")))
     assert response.transport.calls == ["stop"] and not done.called  # IBodyProducer: never fires after stop
+
+
+def test_pump_abort_cuts_the_upload_connection() -> None:
+    class Transport:
+        aborted = False
+
+        def abortConnection(self) -> None:
+            self.aborted = True
+
+    class LengthEnforcing:  # what twisted.web's client hands a body producer with a known length
+        def __init__(self) -> None:
+            self._consumer = Transport()
+
+    response = _Response(10)
+    pump = Pump(response, lambda n: None)  # type: ignore[arg-type]
+    consumer = LengthEnforcing()
+    pump.startProducing(consumer)
+    pump.abort()
+    assert consumer._consumer.aborted and response.transport.calls == ["stop"]

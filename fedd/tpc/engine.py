@@ -134,7 +134,7 @@ class Job:
             return
         self.reason = reason
         if self.pump is not None:
-            self.pump.stopProducing()
+            self.pump.abort()
         if self.pending is not None and not self.pending.called:
             self.pending.cancel()
 

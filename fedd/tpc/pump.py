@@ -71,6 +71,18 @@ class Pump:
         if self._transport is not None:
             self._transport.stopProducing()
 
+    def abort(self) -> None:
+        """Cancelled from outside (timeouts, client gone): stop the download and cut the upload's
+        connection. Closing it gracefully is not enough: a transport whose producer is paused waits
+        for it before closing, and the destination would wait for the rest of the body until its own
+        timeout."""
+        self.stopProducing()
+        consumer = self._consumer
+        transport = getattr(consumer, "_consumer", None) or getattr(consumer, "transport", None) or consumer
+        abort = getattr(transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+
     # --- the download delivers ------------------------------------------------------------------
 
     def _data(self, data: bytes) -> None:
