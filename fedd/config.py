@@ -153,6 +153,35 @@ class SpaceConfig:
 
 
 @dataclass(frozen=True)
+class TpcConfig:
+    """HTTP third-party copy (COPY with Source:/Destination:); see docs/operations.md."""
+
+    enabled: bool = True
+    allow_hosts: tuple[str, ...] = ("*",)  # given patterns replace the default
+    max_concurrent: int = 20
+    timeout: float = 3600.0  # a whole copy
+    idle_timeout: float = 60.0  # no byte moved
+    connect_timeout: float = 30.0  # resolving, connecting and each answer's headers
+    marker_interval: float = 5.0
+    redirect: bool = True  # COPY to an endpoint with tpc = yes: 307 to it
+    verify_tls: bool = True
+    ca_file: str = ""
+
+
+@dataclass(frozen=True)
+class ChecksumsConfig:
+    """Checksums for Want-Digest/Want-Repr-Digest; see docs/configuration.md."""
+
+    workers: int = 2  # objects hashed at the same time; 0: never compute, answer what is known
+    max_file_bytes: int = 100 * 10**9  # larger files are not computed
+    database: str = "fedd-checksums.sqlite"
+    wait: float = 0.0  # seconds a HEAD waits for a computation when the client does not say (Prefer: wait=N)
+    max_wait: float = 60.0  # the longest a client may ask to wait
+    queue: int = 1000  # computations waiting for a worker; more are refused (answered without Digest)
+    store_s3_metadata: bool = True  # on writable S3 endpoints, keep computed values in x-amz-meta-*
+
+
+@dataclass(frozen=True)
 class Downtime:
     """A planned downtime of one endpoint: no writes (scope write), no reads (read), or neither (all)."""
 
@@ -209,6 +238,7 @@ class EndpointConfig:
     vos: tuple[str, ...] = ()
     downtimes: tuple[Downtime, ...] = ()
     source: str = ""
+    tpc: bool = False  # the storage does HTTP-TPC itself (dCache, StoRM, XRootD): COPY is redirected to it
 
     @property
     def share_name(self) -> str:
@@ -224,6 +254,8 @@ class Config:
     events: EventsConfig = EventsConfig()
     write: WriteConfig = WriteConfig()
     space: SpaceConfig = SpaceConfig()
+    checksums: ChecksumsConfig = ChecksumsConfig()
+    tpc: TpcConfig = TpcConfig()
     auth: AuthConfig | None = None
     issuers: tuple[IssuerSettings, ...] = ()
     endpoints: tuple[EndpointConfig, ...] = ()
@@ -459,6 +491,12 @@ def _redirect_code(text: str) -> int:
     return int(text)
 
 
+def _allow_host(text: str) -> str:
+    from fedd.tpc.guard import parse_host_pattern
+
+    return parse_host_pattern(text).text
+
+
 def _sample(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
@@ -554,6 +592,27 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
         "name": _Key(_text),
         "max_list_objects": _Key(_positive_int),
     },
+    "tpc": {
+        "enabled": _Key(_bool),
+        "allow_hosts": _Key(_allow_host, repeat=True),
+        "max_concurrent": _Key(_positive_int),
+        "timeout": _Key(_positive_float),
+        "idle_timeout": _Key(_positive_float),
+        "connect_timeout": _Key(_positive_float),
+        "marker_interval": _Key(_positive_float),
+        "redirect": _Key(_bool),
+        "verify_tls": _Key(_bool),
+        "ca_file": _Key(_text),
+    },
+    "checksums": {
+        "workers": _Key(_nonneg_int),
+        "max_file_bytes": _Key(_size),
+        "database": _Key(_text),
+        "wait": _Key(_nonneg_float),
+        "max_wait": _Key(_nonneg_float),
+        "queue": _Key(_positive_int),
+        "store_s3_metadata": _Key(_bool),
+    },
     "issuer": {
         "issuer": _Key(_text),
         "jwks_url": _Key(_url),
@@ -595,6 +654,7 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
         "share": _Key(_text),
         "vo": _Key(_text, attr="vos", repeat=True),
         "downtime": _Key(_downtime, attr="downtimes", repeat=True),
+        "tpc": _Key(_bool),
     },
 }
 _SECRET_SOURCES = ("access_key", "secret_key", "account_key")
@@ -871,6 +931,8 @@ def parse_config(
         events=EventsConfig(**groups.get("events", {})),
         write=WriteConfig(**groups.get("write", {})),
         space=SpaceConfig(**groups.get("space", {})),
+        checksums=ChecksumsConfig(**groups.get("checksums", {})),
+        tpc=TpcConfig(**groups.get("tpc", {})),
         auth=AuthConfig(**auth_values) if auth_values is not None else None,
         issuers=tuple(issuers),
         endpoints=tuple(endpoints),

@@ -17,6 +17,7 @@ from fedd.auth.rules import RulesError
 from fedd.auth.service import AuthService
 from fedd.auth.tls import GridContextFactory
 from fedd.auth.tokens import TokenVerifier
+from fedd.checksums.service import ChecksumService
 from fedd.config import Config
 from fedd.endpoints import Endpoint, HttpClient, close_endpoint, make_endpoint
 from fedd.events.outbox import Outbox
@@ -31,6 +32,7 @@ from fedd.namespace import Namespace
 from fedd.select.geo import GeoLocator
 from fedd.space.downtime import DowntimeBook
 from fedd.space.service import SpaceService
+from fedd.tpc.engine import TpcEngine
 from fedd.web.accesslog import AccessLog
 from fedd.web.lifecycle import DrainFirst, Listener, WebService
 from fedd.web.metrics import Metrics, StateCollector, TlsCounter
@@ -275,6 +277,10 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
     resource.writer = Writer(federation, config.write, space=space, downtimes=downtimes)
     resource.space = space
     resource.downtimes = downtimes
+    resource.tpc = TpcEngine(federation, resource.writer, reactor=reactor, events=events)
+    checksums = ChecksumService(config.checksums, federation=federation, reactor=reactor, emit=events.emit)
+    checksums.setServiceParent(top)
+    resource.checksums = checksums
     resource.srr_path = config.space.srr_path.encode()
     metrics = Metrics()
     resource.metrics = metrics

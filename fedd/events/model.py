@@ -18,9 +18,13 @@ EVENT_TYPES = (
     "put-redirect",
     "deletion-done",
     "deletion-failed",
+    "transfer-done",
+    "transfer-failed",
     "endpoint-offline",
     "endpoint-online",
     "quota-report",
+    "checksum-done",
+    "checksum-mismatch",
     "events-dropped",
 )
 

@@ -27,6 +27,8 @@ from fedd import __version__
 from fedd.auth.identity import ANONYMOUS, Identity
 from fedd.auth.policy import METHOD_LETTER
 from fedd.auth.service import AuthService, Unauthenticated
+from fedd.checksums.digest import Want, format_value, parse_prefer_wait, wants_of
+from fedd.checksums.service import ChecksumService
 from fedd.endpoints.local import LOCAL_PREFIX, LocalEndpoint
 from fedd.errors import (
     BadGateway,
@@ -44,6 +46,8 @@ from fedd.namespace import normalise_path
 from fedd.space.downtime import DowntimeBook
 from fedd.space.downtime import parse_request as parse_downtime
 from fedd.space.service import SpaceService
+from fedd.tpc.engine import TpcEngine
+from fedd.tpc.wire import copy_letter, copy_request
 from fedd.web import xml
 from fedd.web.accesslog import AccessLog
 from fedd.web.accesslog import record as access_record
@@ -58,7 +62,7 @@ STATUS_PATHS = (STATUS_PATH, STATUS_HTML_PATH)
 # the status page needs nothing but its own inline styles (and an empty data: favicon)
 STATUS_PAGE_CSP = b"default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'"
 METALINK_TYPE = b"application/metalink4+xml"
-ALLOW = b"OPTIONS, GET, HEAD, PROPFIND, PUT, DELETE, MKCOL, MOVE"
+ALLOW = b"OPTIONS, GET, HEAD, PROPFIND, PUT, DELETE, MKCOL, MOVE, COPY"
 DOWNTIMES_PATH = b"/.well-known/fedd/downtimes"
 _HOST_RE = re.compile(rb"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 
@@ -351,6 +355,8 @@ class FeddResource(Resource):
         self.writer: Writer | None = None
         self.space: SpaceService | None = None
         self.downtimes: DowntimeBook | None = None
+        self.tpc: TpcEngine | None = None
+        self.checksums: ChecksumService | None = None
         self.srr_path = b"/.well-known/fedd/srr.json"
         self._local: dict[str, LocalEndpoint] = {}
         self.refresh_local()
@@ -423,6 +429,8 @@ class FeddResource(Resource):
             return self._start(request, self._propfind(request, path))
         if method in _WRITE_METHODS and self.writer is not None:
             return self._start(request, getattr(self, _WRITE_METHODS[method])(request, path))
+        if method == b"COPY" and self.tpc is not None:
+            return self._start(request, self._copy(request, path))
         if method == b"OPTIONS":
             request.setHeader(b"allow", ALLOW)
             request.setHeader(b"dav", b"1")
@@ -459,7 +467,7 @@ class FeddResource(Resource):
         """Raise Unauthorized/Forbidden unless `who` may do this request's method on `path`."""
         assert self.auth is not None
         request.fedd_identity = who  # type: ignore[attr-defined]
-        letter = METHOD_LETTER.get(request.method)
+        letter = copy_letter(request) if request.method == b"COPY" else METHOD_LETTER.get(request.method)
         if letter is None:
             return  # OPTIONS and unsupported methods: nothing to protect
         decision = self.auth.decide(who, letter, path)
@@ -552,6 +560,12 @@ class FeddResource(Resource):
     def render_read(self, request: server.Request, path: str) -> bytes | int:
         if self._wants_metalink(request):
             return self._start(request, self._metalink(request, path))
+        if self.checksums is not None:
+            wd, wr = request.getHeader(b"want-digest"), request.getHeader(b"want-repr-digest")
+            if wd is not None or wr is not None:
+                wants = wants_of(wd, wr)
+                if wants:  # RFC 3230: only algorithms fedd does not know: answered as if not asked
+                    return self._start(request, self._read_digest(request, path, wants))
         client = self._client(request)
         key = (path, client, request.method, request.getHeader(b"host"), request.isSecure())
         plan = self._plans.get(key)
@@ -577,6 +591,43 @@ class FeddResource(Resource):
                 raise
             return self._index(request, path, listing)
         self._redirect(request, path, replicas, key, (self.fed.clock.seconds() - started) * 1000.0)
+        return b""
+
+    async def _read_digest(self, request: server.Request, path: str, wants: list[Want]) -> bytes:
+        """A read asking for checksums: the usual answer plus `Digest`/`Repr-Digest` when known. A HEAD
+        that fedd answers itself may wait for a computation (`Prefer: wait=N`) or get 202 + Retry-After;
+        a GET redirect is never delayed by one."""
+        assert self.checksums is not None
+        client, method = self._client(request), request.method.decode()
+        cached = self.fed.locator.cached(path)
+        replicas = self.fed.replicas(cached, self.fed.order(path, client), method) if cached is not None else []
+        if not replicas:
+            try:
+                replicas = await self.fed.find(path, client, method=method)
+            except NotFound:
+                listing = await self.fed.listdir(path)
+                if listing is None:
+                    raise
+                return self._index(request, path, listing)
+        if request.method == b"HEAD" and not self.head_redirect:
+            prefer = request.getHeader(b"prefer")
+            wait = parse_prefer_wait(prefer.decode("latin-1")) if prefer is not None else None
+            answer = await self.checksums.answer(path, replicas, wants, wait)
+            if answer.job is not None:
+                job = answer.job
+                request.setResponseCode(202)
+                request.setHeader(b"retry-after", b"%d" % answer.retry_after)
+                request.setHeader(b"cache-control", b"no-store")
+                request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+                return f"computing the checksum of {path}: {job.bytes} of {job.size} bytes\n".encode()
+            values = answer.values
+        else:
+            values = self.checksums.known(path, replicas)
+        self._redirect(request, path, replicas)
+        for want in wants:
+            algorithm = want.pick(values)
+            if algorithm is not None:
+                request.setHeader(want.header, format_value(want.field, algorithm, values[algorithm]))
         return b""
 
     def _redirect(
@@ -788,6 +839,32 @@ class FeddResource(Resource):
         request.setResponseCode(204 if existed else 201)
         return b""
 
+    async def _copy(self, request: server.Request, path: str) -> bytes:
+        """HTTP third-party copy: 307 to an endpoint doing TPC itself, or 202 + markers + the outcome."""
+        assert self.tpc is not None
+        who = getattr(request, "fedd_identity", ANONYMOUS)
+        job = await self.tpc.prepare(copy_request(request, path, self._client(request), who.subject or None))
+        request.fedd_endpoint = job.endpoint  # type: ignore[attr-defined]
+        if job.redirect is not None:
+            request.setResponseCode(307)
+            request.setHeader(b"location", _absolute(request, job.redirect).encode())
+            request.setHeader(b"cache-control", b"no-store")
+            return b""
+        request.setResponseCode(202)
+        request.setHeader(b"content-type", b"text/plain")
+        request.setHeader(b"cache-control", b"no-store")
+        request.notifyFinish().addErrback(lambda _: job.cancel("the client closed the connection"))
+
+        def write(data: bytes) -> None:
+            if not request.finished and request.channel is not None:
+                request.write(data)
+
+        write(b"")  # the 202 goes out now; markers and the outcome follow in the body
+        await self.tpc.run(job, write)
+        if not request.finished and request.channel is not None:
+            request.finish()
+        return _ALREADY_ANSWERED
+
     def _destination(self, request: server.Request) -> str:
         raw = request.getHeader(b"destination")
         if not raw:
@@ -919,6 +996,10 @@ class FeddResource(Resource):
             data["space"] = self.space.to_json()
         if self.downtimes is not None:
             data["downtimes"] = self.downtimes.to_json()
+        if self.tpc is not None:
+            data["tpc"] = self.tpc.to_json()
+        if self.checksums is not None:
+            data["checksums"] = self.checksums.to_json()
         reloader = getattr(self, "reloader", None)
         if reloader is not None:
             data["reload"] = reloader.to_json()
