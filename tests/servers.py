@@ -426,8 +426,9 @@ class Azurite:
             self.proc.wait(5)
 
     def stop(self) -> None:
+        # on SIGTERM Azurite waits for idle keep-alive connections (fedd's pools hold some): not for long
         if self.proc.poll() is None:
-            _stop_pid(self.proc.pid)
+            _stop_pid(self.proc.pid, timeout=2)
             self.proc.wait(5)
 
 

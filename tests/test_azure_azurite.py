@@ -471,3 +471,39 @@ def test_azurite_stopped_mid_test_goes_offline_and_reads_go_elsewhere(
     finally:
         f.stop()
         emulator.stop()
+
+
+def test_writes_through_fedd_to_azure(azurite: Any, tmp_path: Path) -> None:
+    create_container(endpoint(azurite, container="fedd-azure-writes"), {})
+    port = free_port()
+    conf = f"""
+[server]
+listen = tcp:{port}:interface=127.0.0.1
+[endpoint azure]
+kind = azure
+url = {azurite.url}
+account = {azurite.account}
+container = fedd-azure-writes
+account_key = {azurite.key}
+write = yes
+"""
+    f = start_fedd(tmp_path / "fed", conf, port)
+    try:
+        payload = os.urandom(50_000)
+        (tmp_path / "up.bin").write_bytes(payload)
+        target = f.url + "/dir/up%20%C3%BC.bin"
+        # the documented upload: follow the 307 to the write SAS, with the blob type Azure requires
+        assert status_of(target, "-L", "-T", str(tmp_path / "up.bin"), "-H", "x-ms-blob-type: BlockBlob") == 201
+        assert curl("-fL", target).stdout == payload
+        assert status_of(f.url + "/dir/other.bin", "-L", "-T", str(tmp_path / "up.bin")) == 400  # no blob type
+        assert status_of(f.url + "/newcol", "-X", "MKCOL") == 201
+        assert status_of(f.url + "/newcol", "-X", "MKCOL") == 405
+        moved = f.url + "/newcol/moved.bin"
+        assert status_of(target, "-X", "MOVE", "-H", f"Destination: {moved}") in (201, 204)
+        assert curl("-fL", moved).stdout == payload
+        status, _, body = request(f, "PROPFIND", "/newcol", {"Depth": "1"})
+        assert status == 207 and "<D:getcontentlength>50000</D:getcontentlength>" in body.decode()
+        assert status_of(moved, "-X", "DELETE") == 204
+        assert status_of(moved, "-X", "DELETE") == 404
+    finally:
+        f.stop()
