@@ -25,7 +25,7 @@ class FakeEndpoint:
         self.answers: list[Any] = []
         self.calls = 0
 
-    def space(self) -> Deferred[Space]:
+    def space(self, max_objects: int = 0) -> Deferred[Space]:
         self.calls += 1
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):

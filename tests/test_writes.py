@@ -118,13 +118,17 @@ def fed(stores: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Ite
     port = free_port()
     workdir = tmp_path_factory.mktemp("writes")
     f = start_fedd(workdir, config(stores, port, workdir), port)
-    # the quota reporter's first round: every endpoint measured once
-    wait_for(
-        lambda: (lambda sp: sp["ceph"]["measured"] and sp["cephfull"]["measured"] and sp["dav"]["error"])(
-            f.status()["space"]
-        ),
-        what="space measured",
-    )
+    try:
+        # the quota reporter's first round: every endpoint measured once
+        wait_for(
+            lambda: (lambda sp: sp["ceph"]["measured"] and sp["cephfull"]["measured"] and sp["dav"]["error"])(
+                f.status()["space"]
+            ),
+            what="space measured",
+        )
+    except BaseException:
+        f.stop()
+        raise
     yield f
     f.stop()
 
@@ -439,13 +443,13 @@ def test_two_processes_share_writes_and_space_through_memcached(
     """A file written through one process is seen by the other at once (its cached 'not found' is
     invalidated through memcached), a delete too; space measurements are shared, not repeated."""
     mc = f"[locate]\nmemcached = 127.0.0.1:{memcached.port}\n"
-    procs = []
-    for name in ("a", "b"):
-        port = free_port()
-        text = config(stores, port, tmp_path / name).replace("[locate]\n", mc, 1)
-        procs.append(start_fedd(tmp_path / name, text, port))
-    a, b = procs
+    procs: list[Fedd] = []
     try:
+        for name in ("a", "b"):
+            port = free_port()
+            text = config(stores, port, tmp_path / name).replace("[locate]\n", mc, 1)
+            procs.append(start_fedd(tmp_path / name, text, port))
+        a, b = procs
         for f in procs:
             wait_for(lambda f=f: "down" not in f.status()["locate"]["memcached"]["servers"].values(), what="memcached")
         path = "/s3only/shared/new.txt"

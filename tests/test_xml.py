@@ -65,3 +65,15 @@ def test_metalink_orders_urls_and_escapes() -> None:
         ("http://a/x?s=1&t=2", "1"),
         ("http://b/x", "2"),
     ]
+
+
+def test_entity_tags_keep_weak_markers() -> None:
+    from fedd.endpoints.base import Stat, etag_value, format_etag
+    from fedd.web.xml import response_xml
+
+    assert etag_value('W/"493e0-5f1"') == "W/493e0-5f1"
+    assert etag_value('"abc"') == "abc" and etag_value(None) == ""
+    assert format_etag(etag_value('W/"493e0-5f1"')) == 'W/"493e0-5f1"'
+    assert format_etag(etag_value('"abc"')) == '"abc"'
+    body = response_xml("/f", Stat(size=1, etag="W/x"), "prop", [("DAV:", "getetag")])
+    assert "<D:getetag>W/&quot;x&quot;</D:getetag>" in body or '<D:getetag>W/"x"</D:getetag>' in body

@@ -106,8 +106,9 @@ class Endpoint(Protocol):
     def move(self, source: str, destination: str) -> Deferred[None]:
         """Rename a file within the endpoint (replacing `destination`); fails with EndpointError."""
 
-    def space(self) -> Deferred[Space]:
-        """Measure used and total space (may take long: paged listings); fails with EndpointError."""
+    def space(self, max_objects: int = 50_000_000) -> Deferred[Space]:
+        """Measure used and total space (may take long: paged listings, which stop with an EndpointError
+        past `max_objects`); fails with EndpointError."""
 
 
 def quote_path(path: str) -> str:
@@ -140,6 +141,21 @@ def parse_xml(body: bytes, endpoint: str, what: str) -> Any:
     if root.getroottree().docinfo.internalDTD is not None:
         raise EndpointError(endpoint, f"{what}: unreadable XML (DTDs are refused)")
     return root
+
+
+def etag_value(header: str | None) -> str:
+    """An entity tag as stored in a Stat: without quotes, `W/` kept for weak ones (`W/"x"` -> `W/x`)."""
+    text = (header or "").strip()
+    if text[:2] in ("W/", "w/"):
+        return "W/" + text[2:].strip().strip('"')
+    return text.strip('"')
+
+
+def format_etag(value: str) -> str:
+    """The header form of a stored entity tag: `"x"`, or `W/"x"` for a weak one."""
+    if value.startswith("W/"):
+        return f'W/"{value[2:]}"'
+    return f'"{value}"'
 
 
 def parse_int(value: str | None) -> int | None:

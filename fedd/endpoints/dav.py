@@ -15,6 +15,7 @@ from fedd.endpoints.base import (
     HttpResponse,
     Space,
     Stat,
+    etag_value,
     parse_http_date,
     parse_int,
     parse_xml,
@@ -52,8 +53,15 @@ class DavEndpoint:
             raise EndpointError(self.id, f"{what}: HTTP {response.code}")
 
     def stat(self, path: str) -> Deferred[Stat | None]:
+        return ensureDeferred(self._stat(path))
+
+    async def _stat(self, path: str) -> Stat | None:
         # RFC 3230: storage that keeps checksums (dCache, EOS, StoRM, fedd) answers with a Digest header
-        return self._http.request("HEAD", self.url_for(path, 0), WANT_DIGEST).addCallback(self._stat_result, path)
+        response = await self._http.request("HEAD", self.url_for(path, 0), WANT_DIGEST)
+        if response.code == 202:
+            # a server computing the checksum now (another fedd): ask again for the stat alone
+            response = await self._http.request("HEAD", self.url_for(path, 0))
+        return self._stat_result(response, path)
 
     def _stat_result(self, response: HttpResponse, path: str) -> Stat | None:
         self._check(response, "HEAD")
@@ -71,7 +79,7 @@ class DavEndpoint:
         return Stat(
             size=size,
             mtime=parse_http_date(response.header("Last-Modified")),
-            etag=(response.header("ETag") or "").strip('"'),
+            etag=etag_value(response.header("ETag")),
             checksums=tuple(sorted(parse_digest(digest).items())) if digest else (),
         )
 
@@ -178,7 +186,7 @@ class DavEndpoint:
             raise EndpointError(self.id, "MOVE: the source disappeared")
         raise self._refused(response, "MOVE")
 
-    def space(self) -> Deferred[Space]:
+    def space(self, max_objects: int = 0) -> Deferred[Space]:  # one PROPFIND: nothing is listed
         root = self.config.mappings[0][1] if self.config.mappings else "/"
         headers = {"Depth": "0", "Content-Type": "application/xml; charset=utf-8"}
         url = self.url_for(root, 0).rstrip("/") + "/"
@@ -239,7 +247,7 @@ def _props(response: Any) -> Stat:
             elif tag == _MODIFIED:
                 mtime = parse_http_date((el.text or "").strip())
             elif tag == _ETAG:
-                etag = (el.text or "").strip().strip('"')
+                etag = etag_value(el.text)
     if is_dir:
         size = None
     elif size is None:

@@ -90,7 +90,7 @@ class LocalEndpoint:
 
     delete = mkcol = move = _read_only
 
-    def space(self) -> Deferred[Space]:
+    def space(self, max_objects: int = 0) -> Deferred[Space]:  # statvfs: nothing is listed
         return self._defer(self._space)
 
     def _space(self) -> Space:

@@ -198,7 +198,7 @@ class SpaceService(Service):
     async def _measure(self, eid: str) -> None:
         endpoint = self.endpoints[eid]
         started = self.reactor.seconds()
-        d = endpoint.space()
+        d = endpoint.space(self.settings.max_list_objects)
         d.addTimeout(self.settings.timeout, self.reactor)
         try:
             space = await d

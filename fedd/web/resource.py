@@ -29,6 +29,7 @@ from fedd.auth.policy import METHOD_LETTER
 from fedd.auth.service import AuthService, Unauthenticated
 from fedd.checksums.digest import Want, format_value, parse_prefer_wait, wants_of
 from fedd.checksums.service import ChecksumService
+from fedd.endpoints.base import format_etag
 from fedd.endpoints.local import LOCAL_PREFIX, LocalEndpoint
 from fedd.errors import (
     BadGateway,
@@ -652,7 +653,7 @@ class FeddResource(Resource):
             if stat.mtime is not None:
                 headers.append((b"last-modified", formatdate(stat.mtime, usegmt=True).encode()))
             if stat.etag:
-                headers.append((b"etag", f'"{stat.etag}"'.encode()))
+                headers.append((b"etag", format_etag(stat.etag).encode()))
             headers.append((b"content-type", b"application/octet-stream"))
         else:
             code = 302

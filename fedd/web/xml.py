@@ -10,7 +10,7 @@ from xml.sax.saxutils import escape
 
 from defusedxml import ElementTree
 
-from fedd.endpoints.base import Stat, quote_path
+from fedd.endpoints.base import Stat, format_etag, quote_path
 from fedd.errors import BadRequest
 
 DAV = "{DAV:}"
@@ -74,7 +74,7 @@ def _live(name: str, href_name: str, stat: Stat) -> str | None:
     if name == "creationdate" and stat.mtime is not None:
         return f"<D:creationdate>{_iso_date(stat.mtime)}</D:creationdate>"
     if name == "getetag" and stat.etag:
-        return f'<D:getetag>"{escape(stat.etag)}"</D:getetag>'
+        return f"<D:getetag>{escape(format_etag(stat.etag))}</D:getetag>"
     if name == "displayname":
         return f"<D:displayname>{escape(href_name)}</D:displayname>"
     if name == "getcontenttype" and not stat.is_dir:
