@@ -231,14 +231,7 @@ class Writer:
                 outcome.failed[eid] = "offline"
             else:
                 asked.append(eid)
-        results = await DeferredList([self._call(eid, "delete", targets[eid]) for eid in asked], consumeErrors=True)
-        for eid, (ok, value) in zip(asked, results, strict=True):
-            if not ok:
-                outcome.failed[eid] = describe(value)
-            elif value:
-                outcome.done.append(eid)
-            else:
-                outcome.absent.append(eid)
+        await self._on_each("delete", asked, targets, outcome)
         self.fed.locator.forget(path)
         if outcome.failed:
             raise PartialFailure(f"DELETE {path}: {outcome.describe()}", outcome)
@@ -265,14 +258,7 @@ class Writer:
         if not asked:
             raise InsufficientStorage(f"no writable endpoint for {path} is online and open for writes")
         outcome = Outcome()
-        results = await DeferredList([self._call(eid, "mkcol", targets[eid]) for eid in asked], consumeErrors=True)
-        for eid, (ok, value) in zip(asked, results, strict=True):
-            if not ok:
-                outcome.failed[eid] = describe(value)
-            elif value:
-                outcome.done.append(eid)
-            else:
-                outcome.absent.append(eid)
+        await self._on_each("mkcol", asked, targets, outcome)
         self.fed.locator.forget(path)
         if not outcome.done and not outcome.absent:
             raise BadGateway(f"MKCOL {path}: {outcome.describe()}")
@@ -324,6 +310,17 @@ class Writer:
         if outcome.failed:
             raise PartialFailure(f"MOVE {source}: {outcome.describe()}", outcome)
         return bool(existed)
+
+    async def _on_each(self, method: str, asked: list[str], targets: dict[str, str], outcome: Outcome) -> None:
+        """Call `method` (True: done, False: nothing there) on every endpoint in parallel; record each."""
+        results = await DeferredList([self._call(eid, method, targets[eid]) for eid in asked], consumeErrors=True)
+        for eid, (ok, value) in zip(asked, results, strict=True):
+            if not ok:
+                outcome.failed[eid] = describe(value)
+            elif value:
+                outcome.done.append(eid)
+            else:
+                outcome.absent.append(eid)
 
     def _call(self, eid: str, method: str, *args: Any) -> Any:
         endpoint = self.fed.endpoints[eid]

@@ -29,17 +29,23 @@ class _NoVerify:
 
 
 def _tls_policy(config: EndpointConfig) -> Any:
-    if not config.verify_tls:
+    return tls_policy(config.verify_tls, config.ca_file, default=None)
+
+
+def tls_policy(verify: bool, ca_file: str, default: Any = None) -> Any:
+    """How fedd checks a server's certificate: not at all (test beds), against a PEM bundle, or
+    `default` (None: Twisted's system roots)."""
+    if not verify:
         return _NoVerify()
-    if config.ca_file:
-        pem = Path(config.ca_file).read_bytes()
+    if ca_file:
+        pem = Path(ca_file).read_bytes()
         roots = [
             ssl.Certificate.loadPEM(block + b"-----END CERTIFICATE-----\n")
             for block in pem.split(b"-----END CERTIFICATE-----")
             if b"BEGIN CERTIFICATE" in block
         ]
         return BrowserLikePolicyForHTTPS(trustRoot=ssl.trustRootFromCertificates(roots))
-    return None
+    return default
 
 
 def make_endpoint(config: EndpointConfig, *, reactor: Any, presign_reuse: float = 0.5) -> Endpoint:

@@ -184,14 +184,7 @@ class S3Endpoint:
                 query["prefix"] = prefix
             if token:
                 query["continuation-token"] = token
-            url = f"{self._base}?{urlencode(sorted(query.items()), quote_via=quote)}"
-            response = await self._send("GET", url)
-            if response.code == 404:
-                raise EndpointError(self.id, f"bucket {self.config.bucket!r} does not exist")
-            self._check(response, "ListObjectsV2")
-            if response.code != 200:
-                raise EndpointError(self.id, f"ListObjectsV2: unexpected HTTP {response.code}")
-            token, page_marker = self._parse_page(response.body, prefix, entries)
+            token, page_marker = self._parse_page(await self._list_page(query), prefix, entries)
             marker_seen = marker_seen or page_marker
             if len(entries) > MAX_LIST_ENTRIES:
                 raise EndpointError(self.id, f"listing of {path} exceeds {MAX_LIST_ENTRIES} entries")
@@ -200,6 +193,17 @@ class S3Endpoint:
         if not entries and not marker_seen and prefix:
             return None
         return entries
+
+    async def _list_page(self, query: dict[str, str]) -> bytes:
+        """One ListObjectsV2 page (the XML body); a missing bucket or refusal is an EndpointError."""
+        url = f"{self._base}?{urlencode(sorted(query.items()), quote_via=quote)}"
+        response = await self._send("GET", url)
+        if response.code == 404:
+            raise EndpointError(self.id, f"bucket {self.config.bucket!r} does not exist")
+        self._check(response, "ListObjectsV2")
+        if response.code != 200:
+            raise EndpointError(self.id, f"ListObjectsV2: unexpected HTTP {response.code}")
+        return response.body
 
     def _parse_page(self, body: bytes, prefix: str, entries: list[Entry]) -> tuple[str | None, bool]:
         root = parse_xml(body, self.id, "ListObjectsV2")
@@ -303,20 +307,14 @@ class S3Endpoint:
             query: dict[str, str] = {"list-type": "2", "max-keys": str(PAGE_SIZE)}
             if token:
                 query["continuation-token"] = token
-            url = f"{self._base}?{urlencode(sorted(query.items()), quote_via=quote)}"
-            response = await self._send("GET", url)
-            if response.code == 404:
-                raise EndpointError(self.id, f"bucket {self.config.bucket!r} does not exist")
-            self._check(response, "ListObjectsV2")
-            if response.code != 200:
-                raise EndpointError(self.id, f"ListObjectsV2: unexpected HTTP {response.code}")
-            root = parse_xml(response.body, self.id, "ListObjectsV2")
+            body = await self._list_page(query)
+            root = parse_xml(body, self.id, "ListObjectsV2")
             for size in root.iter(f"{_NS}Size"):
                 used += parse_int(size.text) or 0
                 files += 1
             truncated = (root.findtext(f"{_NS}IsTruncated") or "").lower() == "true"
             token = root.findtext(f"{_NS}NextContinuationToken") if truncated else None
-            del root, response
+            del root, body
             if files > max_objects:
                 raise EndpointError(self.id, f"space: bucket holds more than {max_objects} objects")
             if not token:

@@ -14,18 +14,15 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from twisted.internet import ssl
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseNeverReceived
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IPolicyForHTTPS, IResponse
-from zope.interface import implementer
+from twisted.web.iweb import IResponse
 
 from fedd.config import TpcConfig
 from fedd.errors import BadGateway, BadRequest, FeddError, Forbidden, describe
@@ -139,24 +136,10 @@ class Job:
             self.pending.cancel()
 
 
-@implementer(IPolicyForHTTPS)
-class _NoVerify:
-    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        return ssl.CertificateOptions(verify=False)
-
-
 def _remote_tls(config: TpcConfig) -> Any:
-    if not config.verify_tls:
-        return _NoVerify()
-    if config.ca_file:
-        pem = Path(config.ca_file).read_bytes()
-        roots = [
-            ssl.Certificate.loadPEM(block + b"-----END CERTIFICATE-----\n")
-            for block in pem.split(b"-----END CERTIFICATE-----")
-            if b"BEGIN CERTIFICATE" in block
-        ]
-        return BrowserLikePolicyForHTTPS(trustRoot=ssl.trustRootFromCertificates(roots))
-    return BrowserLikePolicyForHTTPS()
+    from fedd.endpoints import tls_policy
+
+    return tls_policy(config.verify_tls, config.ca_file, default=BrowserLikePolicyForHTTPS())
 
 
 class TpcEngine:
