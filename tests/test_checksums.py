@@ -348,3 +348,26 @@ map = /l /
         assert [sorted(j["algorithms"]) for j in reversed(recent)][:2] == [["adler32"], ["md5"]]
     finally:
         f.stop()
+
+
+def test_metalink_carries_the_known_hashes_and_aria2_checks_them(
+    fed: Fedd, stores: dict[str, Any], tmp_path: Path
+) -> None:
+    data = os.urandom(50_000)
+    stores["s3"].put_object(Bucket=BUCKET, Key="sums/ml.bin", Body=data, Metadata={"adler32": adler(data)})
+    stores["s3"].put_object(Bucket=BUCKET, Key="sums/bad.bin", Body=data, Metadata={"adler32": "00000001"})
+    status, _, body = request(fed, "GET", "/sums/ml.bin?metalink")
+    assert status == 200
+    text = body.decode()
+    assert f'<hash type="adler32">{adler(data)}</hash>' in text
+    assert f'<hash type="md5">{hashlib.md5(data).hexdigest()}</hash>' in text  # the one-part ETag
+    (tmp_path / "good.meta4").write_bytes(body)
+    good = run(
+        "aria2c", "-q", "--check-integrity=true", "-d", str(tmp_path / "good"), "-M", str(tmp_path / "good.meta4")
+    )
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert (tmp_path / "good" / "ml.bin").read_bytes() == data
+    # a wrong stored checksum makes aria2 refuse the download
+    (tmp_path / "ml.meta4").write_bytes(request(fed, "GET", "/sums/bad.bin?metalink")[2])
+    bad = run("aria2c", "-q", "--check-integrity=true", "-d", str(tmp_path / "bad"), "-M", str(tmp_path / "ml.meta4"))
+    assert bad.returncode == 32, bad.stdout + bad.stderr  # aria2: "checksum validation failed"

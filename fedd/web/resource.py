@@ -708,7 +708,12 @@ class FeddResource(Resource):
         best = replicas[0].stat
         request.setHeader(b"content-type", METALINK_TYPE)
         request.setHeader(b"cache-control", b"no-store")
-        return xml.metalink(path, [(_absolute(request, r.url), r.priority) for r in replicas], best.size, best.mtime)
+        hashes: dict[str, str] = {}
+        for replica in replicas:  # the best-ranked replica's value wins where two disagree
+            for algorithm, value in replica.stat.checksums:
+                hashes.setdefault(algorithm, value)
+        urls = [(_absolute(request, r.url), r.priority) for r in replicas]
+        return xml.metalink(path, urls, best.size, best.mtime, sorted(hashes.items()))
 
     def _index(self, request: server.Request, path: str, listing: Any) -> bytes:
         from html import escape

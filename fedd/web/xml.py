@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import formatdate
@@ -145,8 +146,20 @@ FINITE_DEPTH_ERROR = (
 )
 
 
-def metalink(path: str, replicas: Sequence[tuple[str, int]], size: int | None, mtime: float | None) -> bytes:
-    """A metalink v4 (RFC 5854) document: `<url>`s in rank order with priority 1..n."""
+# RFC 5854 names (IANA hash function textual names) for the checksums endpoints tell; adler32 is not
+# registered but is what grid tools (aria2, davix) understand under that name
+METALINK_HASHES = {"md5": "md5", "sha256": "sha-256", "sha-256": "sha-256", "sha512": "sha-512", "adler32": "adler32"}
+
+
+def metalink(
+    path: str,
+    replicas: Sequence[tuple[str, int]],
+    size: int | None,
+    mtime: float | None,
+    hashes: Sequence[tuple[str, str]] = (),
+) -> bytes:
+    """A metalink v4 (RFC 5854) document: `<url>`s in rank order with priority 1..n, and the file's
+    `<hash>`es (lowercase hex) where the endpoints told them."""
     name = escape(path.rsplit("/", 1)[-1] or "/")
     lines = [
         '<?xml version="1.0" encoding="UTF-8"?>',
@@ -158,6 +171,10 @@ def metalink(path: str, replicas: Sequence[tuple[str, int]], size: int | None, m
     lines.append(f'  <file name="{name}">')
     if size is not None:
         lines.append(f"    <size>{size}</size>")
+    for algorithm, value in hashes:
+        kind = METALINK_HASHES.get(algorithm.lower())
+        if kind is not None and re.fullmatch(r"[0-9a-f]{8,128}", value):
+            lines.append(f'    <hash type="{kind}">{value}</hash>')
     for url, priority in replicas:
         lines.append(f'    <url priority="{priority}">{escape(url)}</url>')
     lines += ["  </file>", "</metalink>", ""]
