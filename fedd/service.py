@@ -36,7 +36,8 @@ from fedd.tpc.engine import TpcEngine
 from fedd.web.accesslog import AccessLog
 from fedd.web.lifecycle import DrainFirst, Listener, WebService
 from fedd.web.metrics import Metrics, StateCollector, TlsCounter
-from fedd.web.resource import FeddResource, FeddSite
+from fedd.web.resource import FeddResource
+from fedd.web.site import FeddSite
 from fedd.writes import Writer
 
 log = Logger(namespace="fedd")

@@ -8,18 +8,17 @@ in `_respond`/`_fail`, the one place where domain errors become HTTP statuses.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Any, cast
-from urllib.parse import quote, urlsplit
+from typing import Any
+from urllib.parse import quote
 
 from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, server
+from twisted.web import server
 from twisted.web.resource import Resource
 from twisted.web.static import File, getTypeAndEncoding
 
@@ -32,29 +31,25 @@ from fedd.checksums.service import ChecksumService
 from fedd.endpoints.base import format_etag
 from fedd.endpoints.local import LOCAL_PREFIX, LocalEndpoint
 from fedd.errors import (
-    BadGateway,
-    BadRequest,
-    Conflict,
     FeddError,
     Forbidden,
     MethodNotAllowed,
     NotFound,
-    PartialFailure,
     Unauthorized,
 )
 from fedd.federation import Federation, Replica
 from fedd.namespace import normalise_path
 from fedd.space.downtime import DowntimeBook
-from fedd.space.downtime import parse_request as parse_downtime
 from fedd.space.service import SpaceService
 from fedd.tpc.engine import TpcEngine
-from fedd.tpc.wire import copy_letter, copy_request
+from fedd.tpc.wire import copy_letter
 from fedd.web import xml
-from fedd.web.accesslog import AccessLog
-from fedd.web.accesslog import record as access_record
 from fedd.web.metrics import Metrics
+from fedd.web.site import ALREADY_ANSWERED as _ALREADY_ANSWERED
+from fedd.web.site import absolute_url as _absolute
 from fedd.web.statuspage import render_status_page, wants_html
-from fedd.writes import MAX_UPLOAD, Writer
+from fedd.web.writing import DOWNTIMES_PATH, WriteHandlers
+from fedd.writes import Writer
 
 log = Logger(namespace="fedd.web")
 STATUS_PATH = b"/.well-known/fedd/status"
@@ -64,240 +59,6 @@ STATUS_PATHS = (STATUS_PATH, STATUS_HTML_PATH)
 STATUS_PAGE_CSP = b"default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'"
 METALINK_TYPE = b"application/metalink4+xml"
 ALLOW = b"OPTIONS, GET, HEAD, PROPFIND, PUT, DELETE, MKCOL, MOVE, COPY"
-DOWNTIMES_PATH = b"/.well-known/fedd/downtimes"
-_HOST_RE = re.compile(rb"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
-
-
-class FeddRequest(server.Request):
-    """Refuses request bodies over the site's limit before buffering them."""
-
-    max_body = 1 << 20
-    fedd_early = False  # answered before its body (an upload fedd redirects): the body is never read
-    fedd_proxy = False  # an upload fedd carries itself (clients that cannot follow a 307 with a body)
-    proxy_agents: tuple[bytes, ...] = ()
-    proxy_max = 0
-
-    def _limit(self) -> int:
-        return self.proxy_max if self.fedd_proxy else self.max_body
-
-    def gotLength(self, length: int | None) -> None:
-        if self.fedd_early:
-            super().gotLength(0)
-            return
-        if length is not None and length > self._limit():
-            self._too_large()
-            return
-        self._body_seen = 0
-        super().gotLength(length)
-
-    def handleContentChunk(self, data: bytes) -> None:
-        self._body_seen = getattr(self, "_body_seen", 0) + len(data)
-        if self._body_seen > self._limit():
-            self._too_large()
-            return
-        super().handleContentChunk(data)
-
-    def _too_large(self) -> None:
-        transport = self.channel.transport if self.channel is not None else None
-        if transport is not None:
-            transport.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            transport.loseConnection()
-        self.content = _NullSink()
-        self.channel = None  # type: ignore[assignment]
-
-
-class _NullSink:
-    def write(self, data: bytes) -> None:
-        pass
-
-    def seek(self, *args: Any) -> int:
-        return 0
-
-    def read(self, *args: Any) -> bytes:
-        return b""
-
-    def close(self) -> None:
-        pass
-
-
-LINGER_SECONDS = 5.0
-
-
-class FeddChannel(http.HTTPChannel):
-    """Answers an over-long request or header line with 431 instead of silently closing.
-
-    Uploads are answered before their body: fedd only says where the bytes go (307), so a `PUT` that
-    announces `Expect: 100-continue`, a body over the site's limit or a chunked body is handled as soon
-    as its headers are in, and the connection is closed after the answer. Without `Expect`, the client
-    may already be sending: the socket is half-closed after the answer and what still arrives is read
-    and dropped for a few seconds, so the client sees the 307 rather than a connection reset.
-    """
-
-    _fedd_linger = False
-
-    def allHeadersReceived(self) -> None:
-        req = self.requests[-1]
-        if getattr(self, "_command", None) == b"PUT" and self.length != 0:
-            agent = (req.requestHeaders.getRawHeaders(b"user-agent") or [b""])[0]
-            if (
-                self.length is not None
-                and self.length <= req.proxy_max
-                and agent.startswith(req.proxy_agents or (b"\0",))
-            ):
-                # a client known not to follow a 307 with its body (rclone, Go): fedd carries the upload,
-                # spooled to a temporary file by twisted.web, then streamed to the chosen endpoint
-                req.fedd_proxy = True
-                super().allHeadersReceived()
-                return
-            expect = (req.requestHeaders.getRawHeaders(b"expect") or [b""])[0].lower()
-            if expect == b"100-continue" or self.length is None or self.length > req.max_body:
-                req.fedd_early = True
-                self._fedd_linger = expect != b"100-continue"
-                self.persistent = False
-                self.length = 0
-                req.parseCookies()
-                req.gotLength(0)
-                return  # no "100 Continue": the answer comes now, and the body goes elsewhere
-        super().allHeadersReceived()
-
-    def loseConnection(self) -> None:
-        transport = self.transport
-        half_close = getattr(transport, "loseWriteConnection", None)
-        if not self._fedd_linger or half_close is None or not hasattr(transport, "abortConnection"):
-            super().loseConnection()
-            return
-        self._fedd_linger = False
-        self._networkProducer.unregisterProducer()  # type: ignore[attr-defined]
-        self.dataReceived = _drop  # type: ignore[method-assign]
-        transport.resumeProducing()  # type: ignore[union-attr]
-        half_close()
-
-        def abort() -> None:
-            if getattr(transport, "connected", False):
-                transport.abortConnection()  # type: ignore[union-attr]
-
-        self.callLater(LINGER_SECONDS, abort)
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        self.transport.loseConnection()
-
-
-def _drop(data: bytes) -> None:
-    """Discard the rest of an upload that was redirected."""
-
-
-def _channel(factory: object) -> http._GenericHTTPChannelProtocol:
-    return http._GenericHTTPChannelProtocol(FeddChannel())
-
-
-class FeddSite(server.Site):
-    requestFactory = FeddRequest
-    protocol = _channel
-
-    def __init__(
-        self,
-        resource: Resource,
-        *,
-        max_body: int,
-        access_log: bool,
-        metrics: Metrics | None = None,
-        clock: Any = None,
-        proxy_agents: tuple[str, ...] = (),
-        proxy_max: int = 0,
-    ) -> None:
-        super().__init__(resource)
-        self._access_log = access_log
-        self.metrics = metrics
-        self.clock = clock
-        self.access_file: AccessLog | None = None
-        self.open_connections = 0
-        self.connections: set[Any] = set()  # open ones: on shutdown, the drain waits for their requests
-        self.draining = False
-        self.requestFactory = cast(
-            type[FeddRequest],
-            type(
-                "Request",
-                (FeddRequest,),
-                {
-                    "max_body": max_body,
-                    "proxy_agents": tuple(a.encode() for a in proxy_agents if a),
-                    "proxy_max": proxy_max,
-                },
-            ),
-        )
-
-    def buildProtocol(self, addr: Any) -> Any:
-        protocol = super().buildProtocol(addr)
-        if protocol is not None:
-            self.open_connections += 1
-            self.connections.add(protocol)
-            lost = protocol.connectionLost
-
-            def connection_lost(reason: Any) -> None:
-                self.open_connections -= 1
-                self.connections.discard(protocol)
-                lost(reason)
-
-            protocol.connectionLost = connection_lost
-        return protocol
-
-    @property
-    def open_requests(self) -> list[server.Request]:
-        """Requests received (or being received) and not answered yet, over all open connections."""
-        channels = (getattr(p, "_channel", p) for p in self.connections)
-        return [r for c in channels for r in getattr(c, "requests", ())]
-
-    def getResourceFor(self, request: server.Request) -> Any:
-        if self.draining:  # a request that came in on a kept-alive connection during the drain
-            _close_after(request)
-        return super().getResourceFor(request)
-
-    def drain(self) -> None:
-        """Shutting down: no more keep-alive, each connection closes after its current answer."""
-        self.draining = True
-        for request in self.open_requests:
-            _close_after(request)
-
-    def log(self, request: http.Request) -> None:
-        started = getattr(request, "fedd_started", None)
-        if self.metrics is not None:
-            elapsed = self.clock.seconds() - started if started is not None and self.clock is not None else None
-            self.metrics.request(request.method, request.code, elapsed)
-        if self.access_file is not None and self.clock is not None:
-            self.access_file.write(access_record(request, self.clock.seconds(), started))
-        if self._access_log:
-            log.info(
-                "{client} {method} {uri} {code}",
-                client=request.getClientAddress().host if request.getClientAddress() else "-",
-                method=request.method.decode("latin-1"),
-                uri=request.uri.decode("latin-1"),
-                code=request.code,
-            )
-
-
-def _close_after(request: server.Request) -> None:
-    if request.channel is not None:
-        request.channel.persistent = False
-    if not request.startedWriting:
-        request.setHeader(b"connection", b"close")
-
-
-def _absolute(request: server.Request, url: str) -> str:
-    """fedd-local targets are paths: make them absolute on the host the client asked for."""
-    if not url.startswith("/"):
-        return url
-    host = request.getHeader(b"host")
-    if host is None or not _HOST_RE.match(host.encode("latin-1") if isinstance(host, str) else host):
-        addr = request.getHost()
-        host_s = f"{addr.host}:{addr.port}" if ":" not in addr.host else f"[{addr.host}]:{addr.port}"
-    else:
-        host_s = host if isinstance(host, str) else host.decode("ascii")
-    scheme = "https" if request.isSecure() else "http"
-    return f"{scheme}://{host_s}{url}"
 
 
 @dataclass(frozen=True)
@@ -321,23 +82,11 @@ class _Plan:
 _WRITE_METHODS = {b"PUT": "_put", b"DELETE": "_delete", b"MKCOL": "_mkcol", b"MOVE": "_move"}
 
 
-def _declared_length(request: server.Request) -> int | None:
-    """The upload's announced size: None when not announced (chunked); BadRequest when absurd."""
-    raw = request.getHeader(b"content-length")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    if not raw.isdigit() or len(raw) > 19 or int(raw) > MAX_UPLOAD:
-        raise BadRequest(f"unacceptable Content-Length {raw[:40].decode('latin-1')!r}")
-    return int(raw)
-
-
-_ALREADY_ANSWERED = b"<answered by the handler>"  # a distinct object, compared by identity
 PLAN_SECONDS = 1.0
 PLAN_ENTRIES = 100_000
 
 
-class FeddResource(Resource):
+class FeddResource(WriteHandlers, Resource):
     isLeaf = True
 
     def __init__(
@@ -755,195 +504,6 @@ class FeddResource(Resource):
         request.setResponseCode(207)
         request.setHeader(b"content-type", b"application/xml; charset=utf-8")
         return "".join(parts).encode()
-
-    # --- writes -------------------------------------------------------------------------------
-
-    async def _put(self, request: server.Request, path: str) -> bytes:
-        assert self.writer is not None
-        if request.path.endswith(b"/"):
-            raise Conflict("cannot PUT a collection")
-        size = _declared_length(request)
-        target = await self.writer.put(path, self._client(request), size)
-        request.fedd_endpoint = target.endpoint  # type: ignore[attr-defined]
-        if getattr(request, "fedd_proxy", False):
-            status = await self.writer.carry(target, request.content, size or 0)
-            request.setResponseCode(status)
-            self._put_event(request, path, target, size, carried=True)
-            return b""
-        request.setResponseCode(self.writer.config.redirect_code)
-        request.setHeader(b"location", _absolute(request, target.url).encode())
-        request.setHeader(b"cache-control", b"no-store")
-        self._put_event(request, path, target, size)
-        return b""
-
-    def _put_event(
-        self, request: server.Request, path: str, target: Any, size: int | None, carried: bool = False
-    ) -> None:
-        if self.events is not None:
-            who = getattr(request, "fedd_identity", ANONYMOUS)
-            self.events.emit(
-                "put-redirect",
-                {
-                    "path": path,
-                    "name": path.rsplit("/", 1)[-1],
-                    "scope": path.strip("/").split("/", 1)[0] or None,
-                    "rse": target.endpoint,
-                    "endpoint": target.endpoint,
-                    "url": target.url.split("?", 1)[0],
-                    "file-size": size,
-                    "bytes": size,
-                    "overwrite": target.overwrite,
-                    "client": self._client(request),
-                    "client_dn": who.subject or None,
-                    "candidates": len(target.placement.order),
-                    "refused": target.placement.refused or None,
-                    "carried": carried,
-                },
-            )
-
-    async def _delete(self, request: server.Request, path: str) -> bytes:
-        assert self.writer is not None
-        started = self.fed.clock.seconds()
-        try:
-            outcome = await self.writer.delete(path)
-        except PartialFailure as exc:
-            self._deletion_events(path, exc.outcome, started)
-            raise
-        self._deletion_events(path, outcome, started)
-        request.setResponseCode(204)
-        return b""
-
-    def _deletion_events(self, path: str, outcome: Any, started: float) -> None:
-        if self.events is None or outcome is None:
-            return
-        duration = round(self.fed.clock.seconds() - started, 3)
-        base = {"path": path, "name": path.rsplit("/", 1)[-1], "scope": path.strip("/").split("/", 1)[0] or None}
-        for eid in outcome.done:
-            self.events.emit("deletion-done", dict(base, rse=eid, endpoint=eid, duration=duration))
-        for eid, why in outcome.failed.items():
-            self.events.emit("deletion-failed", dict(base, rse=eid, endpoint=eid, duration=duration, reason=why))
-
-    async def _mkcol(self, request: server.Request, path: str) -> bytes:
-        assert self.writer is not None
-        if request.content is not None and request.content.read(1):
-            request.setResponseCode(415)
-            return b"MKCOL with a body is not supported\n"
-        await self.writer.mkcol(path)
-        request.setResponseCode(201)
-        return b""
-
-    async def _move(self, request: server.Request, path: str) -> bytes:
-        assert self.writer is not None
-        destination = self._destination(request)
-        if self.auth is not None:
-            who = getattr(request, "fedd_identity", ANONYMOUS)
-            decision = self.auth.decide(who, "w", destination)
-            if not decision.allowed:
-                raise Forbidden(f"forbidden: destination {destination}: {decision.reason}")
-        overwrite = (request.getHeader(b"overwrite") or b"T").strip().upper() != b"F"
-        existed = await self.writer.move(path, destination, overwrite)
-        request.setResponseCode(204 if existed else 201)
-        return b""
-
-    async def _copy(self, request: server.Request, path: str) -> bytes:
-        """HTTP third-party copy: 307 to an endpoint doing TPC itself, or 202 + markers + the outcome."""
-        assert self.tpc is not None
-        who = getattr(request, "fedd_identity", ANONYMOUS)
-        job = await self.tpc.prepare(copy_request(request, path, self._client(request), who.subject or None))
-        request.fedd_endpoint = job.endpoint  # type: ignore[attr-defined]
-        if job.redirect is not None:
-            request.setResponseCode(307)
-            request.setHeader(b"location", _absolute(request, job.redirect).encode())
-            request.setHeader(b"cache-control", b"no-store")
-            return b""
-        request.setResponseCode(202)
-        request.setHeader(b"content-type", b"text/plain")
-        request.setHeader(b"cache-control", b"no-store")
-        request.notifyFinish().addErrback(lambda _: job.cancel("the client closed the connection"))
-
-        def write(data: bytes) -> None:
-            if not request.finished and request.channel is not None:
-                request.write(data)
-
-        write(b"")  # the 202 goes out now; markers and the outcome follow in the body
-        await self.tpc.run(job, write)
-        if not request.finished and request.channel is not None:
-            request.finish()
-        return _ALREADY_ANSWERED
-
-    def _destination(self, request: server.Request) -> str:
-        raw = request.getHeader(b"destination")
-        if not raw:
-            raise BadRequest("MOVE needs a Destination header")
-        parts = urlsplit(raw.decode("latin-1"))
-        if parts.scheme or parts.netloc:
-            host = (request.getHeader(b"host") or b"").decode("latin-1").lower()
-            if parts.scheme not in ("http", "https") or parts.netloc.lower() != host:
-                raise BadGateway(f"Destination {raw.decode('latin-1')!r} is outside this federation")
-        if parts.path.encode().startswith(b"/.well-known/fedd/"):
-            raise Forbidden("Destination is one of fedd's own paths")
-        return normalise_path(parts.path.encode("latin-1"))
-
-    # --- space and downtimes ----------------------------------------------------------------------
-
-    def _srr(self, request: server.Request) -> bytes:
-        assert self.space is not None
-        if request.method not in (b"GET", b"HEAD"):
-            raise MethodNotAllowed("the storage report is read-only")
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
-        scheme = "https" if request.isSecure() else "http"
-        host = (request.getHeader(b"host") or b"").decode("latin-1")
-        base = f"{scheme}://{host}" if _HOST_RE.match(host.encode("latin-1")) else ""
-        return json.dumps(self.space.srr(base), indent=1, sort_keys=True).encode() + b"\n"
-
-    def _downtimes(self, request: server.Request, raw: bytes) -> bytes | int:
-        if self.downtimes is None:
-            raise NotFound("downtimes are not managed here")
-        if request.method in (b"GET", b"HEAD"):
-            request.setHeader(b"content-type", b"application/json")
-            request.setHeader(b"cache-control", b"no-store")
-            return json.dumps(self.downtimes.to_json(), indent=1).encode() + b"\n"
-        self._admin_only(request)
-        if request.method == b"POST" and raw == DOWNTIMES_PATH:
-            body = b""
-            if request.content is not None:
-                request.content.seek(0)
-                body = request.content.read()
-            endpoint, downtime = parse_downtime(body, set(self.fed.endpoints), self.fed.clock.seconds())
-            declared = self.downtimes.add(endpoint, downtime)
-            request.setResponseCode(201)
-            request.setHeader(b"content-type", b"application/json")
-            request.setHeader(b"location", DOWNTIMES_PATH + b"/" + declared.id.encode())
-            return json.dumps(declared.to_json(self.fed.clock.seconds()), indent=1).encode() + b"\n"
-        if request.method == b"DELETE" and raw.startswith(DOWNTIMES_PATH + b"/"):
-            if not self.downtimes.remove(raw[len(DOWNTIMES_PATH) + 1 :].decode("latin-1")):
-                raise NotFound("no such run-time downtime (configured ones are changed in the configuration)")
-            request.setResponseCode(204)
-            return b""
-        raise MethodNotAllowed("GET, POST (new downtime) or DELETE .../<id>")
-
-    def _admin_only(self, request: server.Request) -> None:
-        """Changing downtimes: an identity the access rules let write the downtimes path; without
-        [auth], clients on the same host only."""
-        if self.auth is None:
-            if self._client(request) not in ("127.0.0.1", "::1") and not self._client(request).startswith("127."):
-                raise Forbidden("without [auth], downtimes can be changed from this host only")
-            return
-        who = getattr(request, "fedd_identity", ANONYMOUS)
-        decision = self.auth.decide(who, "w", DOWNTIMES_PATH.decode())
-        if not decision.allowed:
-            if who.anonymous:
-                raise Unauthorized(f"authentication required: {decision.reason}")
-            raise Forbidden(f"forbidden: {decision.reason}")
-
-    def _quota(self, path: str, stat: Any) -> tuple[int, int] | None:
-        """(available, used) over the endpoints serving a collection (writable ones if any), or None."""
-        if self.space is None or not stat.is_dir:
-            return None
-        targets = [t.endpoint for t in self.fed.namespace.targets(path) if t.endpoint in self.fed.endpoints]
-        writable = [eid for eid in targets if self.fed.endpoints[eid].config.write]
-        return self.space.quota(writable or targets)
 
     # --- fedd's own paths -------------------------------------------------------------------------
 
