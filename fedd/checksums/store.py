@@ -7,42 +7,28 @@ checksum is never served for new bytes. Several fedd processes may share the fil
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
+
+from fedd.sqlite import SqliteThread
 
 Key = tuple[str, str, int, str]  # endpoint, endpoint path, size, version
 
 
-class ChecksumStore:
+class ChecksumStore(SqliteThread):
+    SCHEMA = (
+        "CREATE TABLE IF NOT EXISTS checksums (endpoint TEXT NOT NULL, path TEXT NOT NULL, "
+        "size INTEGER NOT NULL, version TEXT NOT NULL, algorithm TEXT NOT NULL, value TEXT NOT NULL, "
+        "computed REAL NOT NULL, PRIMARY KEY (endpoint, path, size, version, algorithm))"
+    )
+
     def __init__(self, reactor: Any, path: str) -> None:
-        self._reactor = reactor
-        self.path = path
-        self._pool = ThreadPool(1, 1, name="fedd-checksums")
-        self._db: sqlite3.Connection | None = None
+        super().__init__(reactor, path, "fedd-checksums")
 
-    def _run(self, fn: Any, *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(self._reactor, self._pool, fn, *args)
-
-    def open(self) -> Deferred[int]:
-        """Open (creating if needed); fires with the number of checksums held."""
-        self._pool.start()
-        return self._run(self._open)
-
-    def _open(self) -> int:
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS checksums (endpoint TEXT NOT NULL, path TEXT NOT NULL, "
-            "size INTEGER NOT NULL, version TEXT NOT NULL, algorithm TEXT NOT NULL, value TEXT NOT NULL, "
-            "computed REAL NOT NULL, PRIMARY KEY (endpoint, path, size, version, algorithm))"
-        )
-        self._db = db
-        return int(db.execute("SELECT COUNT(*) FROM checksums").fetchone()[0])
+    def _opened(self) -> int:
+        assert self._db is not None
+        return int(self._db.execute("SELECT COUNT(*) FROM checksums").fetchone()[0])
 
     def get(self, keys: list[Key]) -> Deferred[dict[Key, dict[str, str]]]:
         """The known checksums of each key ({} for keys without any)."""
@@ -71,17 +57,3 @@ class ChecksumStore:
             [(*key, algorithm, value, now) for algorithm, value in values.items()],
         )
         self._db.execute("COMMIT")
-
-    def close(self) -> Deferred[None]:
-        d = self._run(self._close)
-
-        def stop(result: Any) -> Any:
-            self._pool.stop()
-            return result
-
-        return d.addBoth(stop)
-
-    def _close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None

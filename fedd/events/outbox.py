@@ -8,45 +8,30 @@ ones. Either way the number dropped is returned and counted, never raised.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
+
+from fedd.sqlite import SqliteThread
 
 SHED_POLICIES = ("drop-oldest", "drop-newest")
 Row = tuple[int, str, bytes]
 
 
-class Outbox:
+class Outbox(SqliteThread):
+    SCHEMA = (
+        "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "routing_key TEXT NOT NULL, body BLOB NOT NULL)"
+    )
+
     def __init__(self, reactor: Any, path: str, max_events: int, shed: str = "drop-oldest") -> None:
         if shed not in SHED_POLICIES:
             raise ValueError(f"unknown shedding policy {shed!r}")
-        self._reactor = reactor
-        self.path = path
+        super().__init__(reactor, path, "fedd-outbox")
         self.max_events = max_events
         self.shed = shed
-        self._pool = ThreadPool(1, 1, name="fedd-outbox")
-        self._db: sqlite3.Connection | None = None
 
-    def _run(self, fn: Any, *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(self._reactor, self._pool, fn, *args)
-
-    def open(self) -> Deferred[int]:
-        """Open (creating if needed); fires with the number of events waiting from a previous run."""
-        self._pool.start()
-        return self._run(self._open)
-
-    def _open(self) -> int:
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-            "routing_key TEXT NOT NULL, body BLOB NOT NULL)"
-        )
-        self._db = db
+    def _opened(self) -> int:
         return self._count()
 
     def _count(self) -> int:
@@ -97,17 +82,3 @@ class Outbox:
         assert self._db is not None
         self._db.execute("DELETE FROM outbox WHERE id <= ?", (up_to,))
         return self._count()
-
-    def close(self) -> Deferred[None]:
-        d = self._run(self._close)
-
-        def stop(result: Any) -> Any:
-            self._pool.stop()
-            return result
-
-        return d.addBoth(stop)
-
-    def _close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
