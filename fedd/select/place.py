@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fedd.health.state import OFFLINE, ONLINE
-from fedd.select.rank import _hrw, distance_km
+from fedd.select.rank import distance_tiers, hrw
 
 
 @dataclass(frozen=True)
@@ -94,31 +94,7 @@ def place(
     order: list[str] = []
     for online in (True, False):
         group = [c for c in eligible if (c.state == ONLINE) == online]
-        for tier in _tiers(group, client, fuzz_km):
-            tier.sort(key=lambda c: (-_hrw(path, c.endpoint, weight(c)), c.endpoint))
+        for tier in distance_tiers(group, client, fuzz_km):
+            tier.sort(key=lambda c: (-hrw(path, c.endpoint, weight(c)), c.endpoint))
             order.extend(c.endpoint for c in tier)
     return Placement(order, refused)
-
-
-def _tiers(
-    group: list[WriteCandidate], client: tuple[float, float] | None, fuzz_km: float
-) -> list[list[WriteCandidate]]:
-    if client is None:
-        return [group] if group else []
-    located = sorted(
-        (
-            (distance_km(client[0], client[1], c.lat, c.lon), c)
-            for c in group
-            if c.lat is not None and c.lon is not None
-        ),
-        key=lambda dc: (dc[0], dc[1].endpoint),
-    )
-    tiers: list[list[WriteCandidate]] = []
-    if located:
-        nearest = located[0][0]
-        tiers.append([c for d, c in located if d <= nearest + fuzz_km])
-        tiers.extend([c] for d, c in located if d > nearest + fuzz_km)
-    unlocated = [c for c in group if c.lat is None or c.lon is None]
-    if unlocated:
-        tiers.append(unlocated)
-    return tiers

@@ -16,6 +16,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from fedd.health.state import OFFLINE, ONLINE
 
@@ -41,7 +42,44 @@ def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
 
 
-def _hrw(key: str, endpoint: str, weight: float) -> float:
+class Located(Protocol):
+    @property
+    def endpoint(self) -> str: ...
+    @property
+    def lat(self) -> float | None: ...
+    @property
+    def lon(self) -> float | None: ...
+
+
+L = TypeVar("L", bound=Located)
+
+
+def distance_tiers(items: Sequence[L], client: tuple[float, float] | None, fuzz_km: float) -> list[list[L]]:
+    """Rule 2 above, for reads and for write placement alike: without a client location one tier;
+    else the endpoints within `fuzz_km` of the nearest, then the others one by one by distance, then
+    the endpoints without a location."""
+    if client is None:
+        return [list(items)] if items else []
+    located = sorted(
+        (
+            (distance_km(client[0], client[1], c.lat, c.lon), c)
+            for c in items
+            if c.lat is not None and c.lon is not None
+        ),
+        key=lambda dc: (dc[0], dc[1].endpoint),
+    )
+    tiers: list[list[L]] = []
+    if located:
+        nearest = located[0][0]
+        tiers.append([c for d, c in located if d <= nearest + fuzz_km])
+        tiers.extend([c] for d, c in located if d > nearest + fuzz_km)
+    unlocated = [c for c in items if c.lat is None or c.lon is None]
+    if unlocated:
+        tiers.append(unlocated)
+    return tiers
+
+
+def hrw(key: str, endpoint: str, weight: float) -> float:
     """Weighted rendezvous score in (0, inf): larger wins."""
     h = int.from_bytes(hashlib.blake2b(f"{endpoint}\x00{key}".encode(), digest_size=8).digest(), "big")
     u = (h + 0.5) / 18446744073709551616.0
@@ -65,7 +103,7 @@ def _order_tier(tier: list[Candidate], key: str, tolerance_ms: float, load_penal
         best = min(costs.values())
         equals = [c for c in group if costs[c.endpoint] <= best + tolerance_ms]
         rest = [c for c in group if costs[c.endpoint] > best + tolerance_ms]
-        equals.sort(key=lambda c: (-_hrw(key, c.endpoint, c.weight), c.endpoint))
+        equals.sort(key=lambda c: (-hrw(key, c.endpoint, c.weight), c.endpoint))
         rest.sort(key=lambda c: (costs[c.endpoint], c.endpoint))
         out.extend(equals + rest)
     return out
@@ -83,24 +121,7 @@ def rank(
     """Endpoint ids, best first. `key` (the file path) spreads equal endpoints per file."""
     penalty = latency_tolerance_ms * 2 if load_penalty_ms is None else load_penalty_ms
     usable = [c for c in candidates if c.state != OFFLINE]
-    if client is None:
-        tiers = [usable]
-    else:
-        located = [
-            (distance_km(client[0], client[1], c.lat, c.lon), c)
-            for c in usable
-            if c.lat is not None and c.lon is not None
-        ]
-        unlocated = [c for c in usable if c.lat is None or c.lon is None]
-        located.sort(key=lambda dc: (dc[0], dc[1].endpoint))
-        tiers = []
-        if located:
-            nearest = located[0][0]
-            tiers.append([c for d, c in located if d <= nearest + fuzz_km])
-            tiers.extend([c] for d, c in located if d > nearest + fuzz_km)
-        if unlocated:
-            tiers.append(unlocated)
     ordered: list[str] = []
-    for tier in tiers:
+    for tier in distance_tiers(usable, client, fuzz_km):
         ordered.extend(c.endpoint for c in _order_tier(tier, key, latency_tolerance_ms, penalty))
     return ordered
