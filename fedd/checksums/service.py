@@ -34,6 +34,7 @@ from fedd.config import ChecksumsConfig
 from fedd.endpoints.base import HttpClient, Stat
 from fedd.endpoints.local import LocalEndpoint
 from fedd.errors import EndpointError, describe
+from fedd.events.model import file_fields
 
 log = Logger(namespace="fedd.checksums")
 MIN_RATE = 1_000_000  # bytes/s: a computation's time limit is the endpoint timeout + size / MIN_RATE
@@ -213,9 +214,7 @@ class ChecksumService(Service):
             self.emit(
                 "checksum-mismatch",
                 {
-                    "path": path,
-                    "scope": path.strip("/").split("/", 1)[0] or None,
-                    "name": path.rsplit("/", 1)[-1],
+                    **file_fields(path),
                     "algorithm": algorithm,
                     "values": dict(sorted(seen.items())),
                     "endpoints": sorted(seen),
@@ -463,9 +462,7 @@ class ChecksumService(Service):
             self.emit(
                 "checksum-done",
                 {
-                    "path": job.path,
-                    "scope": job.path.strip("/").split("/", 1)[0] or None,
-                    "name": job.path.rsplit("/", 1)[-1],
+                    **file_fields(job.path),
                     "endpoint": job.endpoint,
                     "rse": job.endpoint,
                     "file-size": job.size,

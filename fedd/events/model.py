@@ -46,6 +46,12 @@ def envelope(event_type: str, payload: dict[str, Any], now: float) -> bytes:
     return _encode({"event_type": event_type, "payload": payload, "created_at": created_at(now)}).encode()
 
 
+def file_fields(path: str) -> dict[str, Any]:
+    """The Rucio-style naming of a federation path in event payloads: path, scope (its first
+    component), name (its last)."""
+    return {"path": path, "scope": path.strip("/").split("/", 1)[0] or None, "name": path.rsplit("/", 1)[-1]}
+
+
 def routing_key(prefix: str, event_type: str) -> str:
     key = event_type.replace("-", ".")
     return f"{prefix}.{key}" if prefix else key

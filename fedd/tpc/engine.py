@@ -26,6 +26,7 @@ from twisted.web.iweb import IResponse
 
 from fedd.config import TpcConfig
 from fedd.errors import BadGateway, BadRequest, FeddError, Forbidden, describe
+from fedd.events.model import file_fields
 from fedd.federation import Federation, Replica
 from fedd.tpc.guard import Guard, GuardedEndpointFactory, HostPolicy, HostRefused
 from fedd.tpc.pump import Drain, Pump
@@ -510,9 +511,7 @@ class TpcEngine:
             "transfer-failed" if reason else "transfer-done",
             {
                 "request-id": job.id,
-                "scope": request.path.strip("/").split("/", 1)[0] or None,
-                "name": request.path.rsplit("/", 1)[-1],
-                "path": request.path,
+                **file_fields(request.path),
                 "activity": request.activity,
                 "tpc-mode": request.mode,
                 "src-rse": remote if pull else job.endpoint,

@@ -22,6 +22,7 @@ from fedd.errors import (
     PartialFailure,
     Unauthorized,
 )
+from fedd.events.model import file_fields
 from fedd.federation import Federation
 from fedd.namespace import normalise_path
 from fedd.space.downtime import DowntimeBook
@@ -90,9 +91,7 @@ class WriteHandlers:
             self.events.emit(
                 "put-redirect",
                 {
-                    "path": path,
-                    "name": path.rsplit("/", 1)[-1],
-                    "scope": path.strip("/").split("/", 1)[0] or None,
+                    **file_fields(path),
                     "rse": target.endpoint,
                     "endpoint": target.endpoint,
                     "url": target.url.split("?", 1)[0],
@@ -123,7 +122,7 @@ class WriteHandlers:
         if self.events is None or outcome is None:
             return
         duration = round(self.fed.clock.seconds() - started, 3)
-        base = {"path": path, "name": path.rsplit("/", 1)[-1], "scope": path.strip("/").split("/", 1)[0] or None}
+        base = file_fields(path)
         for eid in outcome.done:
             self.events.emit("deletion-done", dict(base, rse=eid, endpoint=eid, duration=duration))
         for eid, why in outcome.failed.items():
