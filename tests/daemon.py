@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,3 +83,15 @@ def start_fedd(workdir: Path, config_text: str, port: int, *extra: str, timeout:
             time.sleep(0.05)
     fedd.stop()
     raise RuntimeError(f"fedd did not answer within {timeout}s:\n{fedd.log_text()}")
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll `check` every 0.1 s until it returns something true (returned), or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon import Fedd, start_fedd
+from tests.daemon import Fedd, start_fedd, wait_for
 from tests.servers import free_port
 
 BUCKET = "fedd-sums"
@@ -63,17 +63,6 @@ def spool_events(fed: Fedd, event_type: str) -> list[dict[str, Any]]:
         return []
     lines = [json.loads(line) for line in spool.read_text().splitlines() if line.strip()]
     return [e for e in lines if e["event_type"] == event_type]
-
-
-def wait_for(check: Any, timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -171,18 +160,24 @@ def test_s3_object_without_metadata_is_computed_once_and_stored(fed: Fedd, store
         lambda: (lambda h: h if "adler32" in h["Metadata"] else None)(
             s3.head_object(Bucket=BUCKET, Key="sums/plain.bin")
         ),
+        timeout=30,
         what="metadata stored back",
     )
     assert head["Metadata"] == {"owner": "me", "adler32": value}
     assert head["ContentType"] == "application/x-fedd-test"
     assert head["ContentLength"] == len(data)
     assert s3.get_object(Bucket=BUCKET, Key="sums/plain.bin")["Body"].read() == data
+    # Ceph holds the metadata a moment before fedd has its answer and finishes the job: wait for the event
+    events = wait_for(
+        lambda: [e["payload"] for e in spool_events(fed, "checksum-done") if e["payload"]["path"] == "/sums/plain.bin"],
+        timeout=30,
+        what="checksum-done event",
+    )
+    assert events[0]["checksum-adler"] == value and events[0]["stored"] == "s3-metadata"
     st = fed.status()["checksums"]
     assert st["stored_s3"] >= 1
     done = [j for j in st["recent"] if j["path"] == "/sums/plain.bin"]
     assert done and done[0]["bytes"] == len(data) and done[0]["values"]["adler32"] == value
-    events = [e["payload"] for e in spool_events(fed, "checksum-done") if e["payload"]["path"] == "/sums/plain.bin"]
-    assert events and events[0]["checksum-adler"] == value and events[0]["stored"] == "s3-metadata"
     computed = st["computed"]
     for _ in range(3):  # asked again: answered from memory, never computed again
         status, headers, _ = request(fed, "HEAD", "/sums/plain.bin", {"Want-Digest": "adler32"})
@@ -260,7 +255,7 @@ def test_mismatch_between_ceph_and_apache_is_an_event(fed: Fedd, stores: dict[st
         request(fed, "HEAD", path, {"Want-Digest": "adler32"})
         return [e["payload"] for e in spool_events(fed, "checksum-mismatch") if e["payload"]["path"] == path]
 
-    events = wait_for(mismatch, what="checksum-mismatch event")
+    events = wait_for(mismatch, timeout=30, what="checksum-mismatch event")
     assert events[0]["algorithm"] == "adler32"
     assert events[0]["values"] == {"ceph": "deadbeef", "dav": adler(dav_data)}
     assert "checksum mismatch for /sums/mm.bin" in fed.log_text()

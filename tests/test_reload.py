@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.daemon import Fedd, start_fedd
+from tests.daemon import Fedd, start_fedd, wait_for
 from tests.servers import free_port
-from tests.test_writes import wait_for
 
 
 def base(port: int, dav1: Any) -> str:

@@ -17,9 +17,8 @@ from fedd.endpoints import make_endpoint
 from fedd.endpoints import s3 as s3mod
 from fedd.errors import EndpointError
 from tests import reactor
-from tests.daemon import start_fedd
+from tests.daemon import start_fedd, wait_for
 from tests.servers import free_port
-from tests.test_writes import wait_for
 
 BUCKET = "fedd-space"
 

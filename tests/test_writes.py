@@ -10,13 +10,13 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.daemon import Fedd, start_fedd
+from tests.daemon import Fedd, start_fedd, wait_for
 from tests.servers import ApacheDav, free_port, start_apache_dav
 
 BUCKET = "fedd-writes"
@@ -32,17 +32,6 @@ def request(
     data = r.read()
     conn.close()
     return r.status, {k.lower(): v for k, v in r.getheaders()}, data
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def upload(url: str, data: bytes) -> subprocess.CompletedProcess[str]:
