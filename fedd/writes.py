@@ -199,11 +199,10 @@ class Writer:
 
     async def _existing(self, path: str) -> tuple[list[str], dict[str, str]]:
         """Endpoints holding `path` now (asked afresh), and the endpoints that did not answer."""
-        self.fed.locator.forget(path)
         order = list(self.fed.locator.targets(path))
         if not order:
             return [], {}
-        result = await self.fed.locator.locate(path, order, wait_all=True)
+        result = await self.fed.locator.locate(path, order, wait_all=True, fresh=True)
         return sorted(result.files()), dict(result.failed)
 
     # --- DELETE -------------------------------------------------------------------------------------

@@ -134,3 +134,14 @@ def test_no_endpoint_for_path() -> None:
     loc, _, _ = make(a)
     got = results(loc.locate("/elsewhere/f", []))
     assert got[0].complete and not got[0].found  # type: ignore[attr-defined]
+
+
+def test_fresh_locate_asks_the_endpoints_past_the_cache_and_is_shared() -> None:
+    a = FakeEndpoint("a")
+    loc, _, _ = make(a, negative_ttl=30.0)
+    assert not results(loc.locate("/atlas/f", ["a"]))[0].found  # type: ignore[attr-defined]
+    a.files["/f"] = F  # written behind the cache's back
+    assert not results(loc.locate("/atlas/f", ["a"]))[0].found  # type: ignore[attr-defined]  # cached
+    got = results(loc.locate("/atlas/f", ["a"], wait_all=True, fresh=True))
+    assert set(got[0].files()) == {"a"} and a.calls == ["/f", "/f"]  # type: ignore[attr-defined]
+    assert set(loc.cached("/atlas/f").files()) == {"a"}  # type: ignore[union-attr]  # the cache took the news

@@ -55,8 +55,9 @@ def decided(result: LocateResult, order: list[str], wait_all: bool) -> bool:
 
 
 class _Query:
-    def __init__(self, locator: Locator, path: str, targets: dict[str, str]) -> None:
+    def __init__(self, locator: Locator, path: str, targets: dict[str, str], fresh: bool = False) -> None:
         self.locator = locator
+        self.fresh = fresh  # ask the endpoints themselves, not memcached
         self.path = path
         self.targets = targets  # endpoint id -> endpoint path
         self.result = LocateResult(path, pending=set(targets), at=locator.clock.seconds())
@@ -79,7 +80,7 @@ class _Query:
             return
         self.timer = self.locator.clock.callLater(self.locator.config.wait_budget, self.expire)
         memcached = self.locator.memcached
-        if memcached is None:
+        if memcached is None or self.fresh:
             self.fan_out(set(self.targets))
             return
         d = memcached.get(cache_key(self.path))
@@ -211,19 +212,24 @@ class Locator:
             if t.endpoint in self.endpoints and self._readable(t.endpoint) and self.health.usable(t.endpoint)
         }
 
-    def locate(self, path: str, order: list[str], *, wait_all: bool = False) -> Deferred[LocateResult]:
-        hit = self.cached(path)
-        if hit is not None:
-            return succeed(hit)
-        query = self._inflight.get(path)
-        if query is None:
-            self.fanouts += 1
-            query = _Query(self, path, self.targets(path))
-            self._inflight[path] = query
-            d = query.watch(order, wait_all)
-            query.start()
-            return d
-        return query.watch(order, wait_all)
+    def locate(
+        self, path: str, order: list[str], *, wait_all: bool = False, fresh: bool = False
+    ) -> Deferred[LocateResult]:
+        """The replicas of `path`. `fresh`: ask the endpoints now, whatever the caches or a query
+        already under way know (before a write decides on what exists)."""
+        if not fresh:
+            hit = self.cached(path)
+            if hit is not None:
+                return succeed(hit)
+            query = self._inflight.get(path)
+            if query is not None:
+                return query.watch(order, wait_all)
+        self.fanouts += 1
+        query = _Query(self, path, self.targets(path), fresh)
+        self._inflight[path] = query  # later lookups share the newest query
+        d = query.watch(order, wait_all)
+        query.start()
+        return d
 
     def finished(self, query: _Query) -> None:
         if self._inflight.get(query.path) is query:
