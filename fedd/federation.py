@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from fedd.config import Config
+from fedd.config import Config, EndpointConfig
 from fedd.endpoints.base import Endpoint, Entry, Stat
 from fedd.errors import EndpointError, NoReplicaAvailable, NotFound, describe
 from fedd.health.service import HealthRegistry
@@ -66,16 +66,32 @@ class Federation:
         self.locator = locator
         self.geo = geo
         self.namespace = namespace
-        self.locations: dict[str, tuple[float, float] | None] = {}
-        for ep in config.endpoints:
-            if ep.lat is not None and ep.lon is not None:
-                self.locations[ep.id] = (ep.lat, ep.lon)
-            else:
-                self.locations[ep.id] = self._locate_host(ep.url)
+        self.locations = {ep.id: self._location(ep) for ep in config.endpoints}
         self._weights = {ep.id: ep.weight for ep in config.endpoints}
         self._load: dict[str, float] = {eid: 0.0 for eid in endpoints}
         self._load_at = clock.seconds()
         self._order_cache: dict[tuple[str, tuple[float, float] | None], tuple[int, float, list[str]]] = {}
+
+    def reconfigure(self, config: Config, namespace: Namespace, placed: list[str], removed: list[str]) -> None:
+        """A reloaded configuration: `placed` endpoints are new or changed (located again), `removed`
+        are gone. The endpoint objects themselves are swapped by the caller in the shared dict."""
+        self.config = config
+        self.namespace = self.locator.namespace = namespace
+        self.locator.config = config.locate
+        self._weights = {ep.id: ep.weight for ep in config.endpoints}
+        for ep in config.endpoints:
+            if ep.id in placed:
+                self.locations[ep.id] = self._location(ep)
+                self._load.setdefault(ep.id, 0.0)
+        for eid in removed:
+            self.locations.pop(eid, None)
+            self._load.pop(eid, None)
+        self._order_cache.clear()
+
+    def _location(self, ep: EndpointConfig) -> tuple[float, float] | None:
+        if ep.lat is not None and ep.lon is not None:
+            return (ep.lat, ep.lon)
+        return self._locate_host(ep.url)
 
     def _locate_host(self, url: str) -> tuple[float, float] | None:
         host = urlsplit(url).hostname if url else None

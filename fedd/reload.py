@@ -93,8 +93,6 @@ class Reloader:
         )
         changed_endpoints = self._apply_endpoints(old, applied)
         fed = self.top.federation
-        fed.config = applied
-        fed.locator.config = applied.locate
         fed.health.config = applied.health
         for state in fed.health.states.values():
             state.failures_to_offline = applied.health.failures_to_offline
@@ -112,7 +110,6 @@ class Reloader:
             except Exception:
                 log.failure("reload: re-reading the access rules failed; the previous rules stay")
         fed.health.version += 1  # cached redirect plans and rankings are recomputed
-        fed._order_cache.clear()
         self.config = applied
         self.reloads += 1
         self.last_error = None
@@ -150,18 +147,7 @@ class Reloader:
         mappings_changed = [(ep.id, ep.mappings) for ep in old.endpoints] != [
             (ep.id, ep.mappings) for ep in new.endpoints
         ]
-        fed.namespace = namespace
-        fed.locator.namespace = namespace
-        fed._weights = {ep.id: ep.weight for ep in new.endpoints}
-        for eid in added + changed:
-            ep = after[eid]
-            fed.locations[eid] = (
-                (ep.lat, ep.lon) if ep.lat is not None and ep.lon is not None else fed._locate_host(ep.url)
-            )
-            fed._load.setdefault(eid, 0.0)
-        for eid in removed:
-            fed.locations.pop(eid, None)
-            fed._load.pop(eid, None)
+        fed.reconfigure(new, namespace, added + changed, removed)
         self.top.resource.refresh_local()
         if added or removed or mappings_changed:
             dropped = fed.locator.local.drop_negative()
