@@ -232,7 +232,8 @@ class WriteHandlers:
         """Changing downtimes: an identity the access rules let write the downtimes path; without
         [auth], clients on the same host only."""
         if self.auth is None:
-            if self._client(request) not in ("127.0.0.1", "::1") and not self._client(request).startswith("127."):
+            client = self._client(request)
+            if client != "::1" and not client.startswith("127."):
                 raise Forbidden("without [auth], downtimes can be changed from this host only")
             return
         who = getattr(request, "fedd_identity", ANONYMOUS)
