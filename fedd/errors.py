@@ -66,9 +66,23 @@ class PartialFailure(FeddError):
 
 
 class NoReplicaAvailable(FeddError):
-    """Replicas may exist, but no endpoint that could serve them answered in time or is online."""
+    """Replicas may exist, but no endpoint that could serve them answered in time or is online.
+
+    Never a 404: to Rucio and FTS "not found" means "file lost". `retry_after`: seconds for the
+    `Retry-After` header (when the next health check may have brought an endpoint back)."""
 
     status = 503
+
+    def __init__(self, message: str, retry_after: int = 30, unreachable: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.unreachable = unreachable
+
+
+class LoopDetected(FeddError):
+    """A request that already went through this fedd instance (RFC 5842 508): a federation loop."""
+
+    status = 508
 
 
 class EndpointError(Exception):
@@ -80,9 +94,22 @@ class EndpointError(Exception):
         super().__init__(f"{endpoint}: {reason}")
 
 
+class PathRefused(Exception):
+    """An endpoint refused a request because of the path asked (4xx, ENOTDIR, ENAMETOOLONG, EINVAL):
+    the request's fault, never the endpoint's. Counts as "no such name here" and leaves its health
+    untouched. `suspect`: the refusal could also mean a broken endpoint (401/403: revoked keys), so
+    the health poller should look at it early (the probe, not the request, decides)."""
+
+    def __init__(self, endpoint: str, reason: str, *, suspect: bool = False) -> None:
+        self.endpoint = endpoint
+        self.reason = reason
+        self.suspect = suspect
+        super().__init__(f"{endpoint}: {reason}")
+
+
 def describe(failure: object) -> str:
     """A short reason for a Failure: the EndpointError's own reason, else 'Type: message'."""
     value = getattr(failure, "value", failure)
-    if isinstance(value, EndpointError):
+    if isinstance(value, EndpointError | PathRefused):
         return value.reason
     return f"{type(value).__name__}: {value}"

@@ -7,6 +7,8 @@ directory?") and turns the answers into responses.
 from __future__ import annotations
 
 import ipaddress
+import math
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +20,7 @@ from twisted.logger import Logger
 
 from fedd.config import Config, EndpointConfig
 from fedd.endpoints.base import Endpoint, Entry, Stat
-from fedd.errors import EndpointError, NoReplicaAvailable, NotFound, describe
+from fedd.errors import EndpointError, NoReplicaAvailable, NotFound, PathRefused, describe
 from fedd.health.service import HealthRegistry
 from fedd.locate.cache import LocateResult
 from fedd.locate.locator import Locator
@@ -28,6 +30,13 @@ from fedd.select.rank import Candidate, rank
 
 log = Logger(namespace="fedd.federation")
 LOAD_HALF_LIFE = 10.0  # seconds
+MAX_HOPS = 8  # fedd instances a request may pass through (Via) before it is refused as a loop
+MAX_RETRY_AFTER = 300  # seconds: the longest Retry-After fedd gives
+
+
+def new_instance_id() -> str:
+    """This process's name in `Via` headers: unique among the fedd instances that may federate it."""
+    return "fedd-" + uuid.uuid4().hex[:12]
 
 
 @dataclass(frozen=True)
@@ -58,8 +67,10 @@ class Federation:
         locator: Locator,
         geo: GeoLocator,
         namespace: Namespace,
+        instance: str = "",
     ) -> None:
         self.config = config
+        self.instance = instance or new_instance_id()
         self.clock = clock
         self.endpoints = endpoints
         self.health = health
@@ -204,16 +215,45 @@ class Federation:
             out.append(Replica(eid, self.endpoints[eid].url_for(target_path, now, method), stat, len(out) + 1))
         return out
 
-    async def find(self, path: str, client_ip: str, *, wait_all: bool = False, method: str = "GET") -> list[Replica]:
+    async def find(
+        self, path: str, client_ip: str, *, wait_all: bool = False, method: str = "GET", via: tuple[str, ...] = ()
+    ) -> list[Replica]:
         """Replicas of a file, best first; NotFound / NoReplicaAvailable when there is none."""
         order = self.order(path, client_ip)
-        result = await self.locator.locate(path, order, wait_all=wait_all)
+        result = await self.locator.locate(path, order, wait_all=wait_all, via=via)
         replicas = self.replicas(result, order, method)
         if replicas:
             return replicas
-        if result.failed and not result.found:
-            raise NoReplicaAvailable(f"no replica available: {len(result.failed)} endpoint(s) did not answer")
-        raise NotFound(f"{path}: no such file")
+        self.no_replica(result)
+        raise AssertionError("unreachable")
+
+    def unavailable(self, result: LocateResult) -> dict[str, str]:
+        """Endpoints that may hold `result.path` but did not say "no": they failed to answer, or map
+        the path and are offline or in a read downtime now (also when they held a cached replica)."""
+        out = dict(result.failed)
+        for eid, reason in self.locator.unreachable(result.path).items():
+            stat = result.found.get(eid)
+            if eid not in result.missing and not (stat is not None and stat.is_dir):
+                out.setdefault(eid, reason)
+        return out
+
+    def retry_after(self) -> int:
+        """Seconds until an unreachable endpoint may be back: the next health check."""
+        return max(1, min(MAX_RETRY_AFTER, math.ceil(self.health.config.interval)))
+
+    def no_replica(self, result: LocateResult) -> None:
+        """Raise the answer for a path with no usable replica: 404 only when every endpoint that maps
+        the path said no; 503 + Retry-After when any of them could not be asked or did not answer
+        (to Rucio and FTS a 404 means "file lost")."""
+        missing = self.unavailable(result)
+        if missing:
+            names = ", ".join(f"{eid} ({why})" for eid, why in sorted(missing.items()))
+            raise NoReplicaAvailable(
+                f"{result.path}: no replica available now; not answering: {names}",
+                retry_after=self.retry_after(),
+                unreachable=tuple(sorted(missing)),
+            )
+        raise NotFound(f"{result.path}: no such file")
 
     # --- listings -----------------------------------------------------------------------------
 
@@ -226,13 +266,23 @@ class Federation:
             and self.health.usable(t.endpoint)
         }
 
-    async def listdir(self, path: str) -> Listing | None:
-        """Merged listing of a collection, or None when no endpoint has `path` as a collection."""
+    def unlistable(self, path: str) -> dict[str, str]:
+        """Endpoints that list `path` but cannot be asked now (offline, in a read downtime)."""
+        out: dict[str, str] = {}
+        for t in self.namespace.targets(path):
+            ep = self.endpoints.get(t.endpoint)
+            if ep is not None and ep.config.list and not self.health.usable(t.endpoint):
+                out[t.endpoint] = "in a read downtime" if t.endpoint in self.health.read_blocked else "offline"
+        return out
+
+    async def listdir(self, path: str, via: tuple[str, ...] = ()) -> Listing | None:
+        """Merged listing of a collection, or None when no endpoint has `path` as a collection.
+        `failed` names the endpoints missing from it (did not answer, offline, in a downtime)."""
         targets = self.listable(path)
         ids = sorted(targets)
-        results = await DeferredList([self._list_one(eid, targets[eid]) for eid in ids], consumeErrors=True)
+        results = await DeferredList([self._list_one(eid, targets[eid], via) for eid in ids], consumeErrors=True)
         merged: dict[str, Entry] = {}
-        failed: dict[str, str] = {}
+        failed: dict[str, str] = self.unlistable(path)
         any_collection = False
         for eid, (ok, value) in zip(ids, results, strict=False):
             if not ok:
@@ -253,41 +303,47 @@ class Federation:
             any_collection = True
         if not any_collection:
             if failed:
-                raise NoReplicaAvailable(f"{len(failed)} endpoint(s) did not answer the listing")
+                names = ", ".join(f"{eid} ({why})" for eid, why in sorted(failed.items()))
+                raise NoReplicaAvailable(
+                    f"{path}: cannot be listed now; not answering: {names}",
+                    retry_after=self.retry_after(),
+                    unreachable=tuple(sorted(failed)),
+                )
             return None
         return Listing(path, [merged[k] for k in sorted(merged)], failed)
 
-    def _list_one(self, eid: str, path: str) -> Deferred[list[Entry] | None]:
+    def _list_one(self, eid: str, path: str, via: tuple[str, ...] = ()) -> Deferred[list[Entry] | None]:
         started = self.clock.seconds()
-        d = ensureDeferred(self._call_list(eid, path))
+        d = ensureDeferred(self._call_list(eid, path, via))
 
         def ok(value: list[Entry] | None) -> list[Entry] | None:
-            self.health.success(eid, (self.clock.seconds() - started) * 1000.0)
+            self.health.observed(eid, (self.clock.seconds() - started) * 1000.0)
             return value
 
         def bad(failure: Any) -> Any:
-            reason = describe(failure)
-            self.health.failure(eid, reason, passive=True)
+            if failure.check(PathRefused):
+                return None  # refused for its name: not a collection there, and not the endpoint's fault
+            self.health.passive_failure(eid, describe(failure))
             return failure
 
         d.addCallbacks(ok, bad)
         return d
 
-    async def _call_list(self, eid: str, path: str) -> list[Entry] | None:
-        d = self.endpoints[eid].listdir(path)
+    async def _call_list(self, eid: str, path: str, via: tuple[str, ...] = ()) -> list[Entry] | None:
+        d = self.endpoints[eid].listdir(path, via=via)
         d.addTimeout(self.endpoints[eid].config.timeout * 4, self.clock)
         try:
             return await d
-        except EndpointError:
+        except (EndpointError, PathRefused):
             raise
         except Exception as exc:
             raise EndpointError(eid, f"listing failed: {type(exc).__name__}") from exc
 
-    async def stat(self, path: str, client_ip: str) -> tuple[Stat, Listing | None]:
+    async def stat(self, path: str, client_ip: str, via: tuple[str, ...] = ()) -> tuple[Stat, Listing | None]:
         """PROPFIND's question: a file (stat, None) or a collection (stat, listing). Asked in parallel."""
         both: list[Deferred[Any]] = [
-            ensureDeferred(self.listdir(path)),
-            ensureDeferred(self.find(path, client_ip, wait_all=True)),
+            ensureDeferred(self.listdir(path, via)),
+            ensureDeferred(self.find(path, client_ip, wait_all=True, via=via)),
         ]
         (list_ok, listing), (find_ok, found) = await DeferredList(both, consumeErrors=True)
         if list_ok and listing is not None:
@@ -316,4 +372,5 @@ class Federation:
                 for ep in self.config.endpoints
             },
             "locate": self.locator.to_json(),
+            "instance": self.instance,
         }

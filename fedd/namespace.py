@@ -2,6 +2,8 @@
 
 Pure code: no I/O. A path that tries to climb out of its prefix never gets this far:
 `normalise_path` refuses `.`/`..` segments (also percent-encoded), encoded slashes and NUL bytes.
+It also refuses names no storage can hold (a segment over 255 bytes, a path over 4096 bytes, the
+POSIX NAME_MAX/PATH_MAX), so such a request is the client's 400 and never an endpoint's error.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from urllib.parse import unquote_to_bytes
 
 from fedd.errors import BadRequest
 
+MAX_SEGMENT_BYTES = 255  # NAME_MAX: ENAMETOOLONG on a POSIX file system, 400/414 on many object stores
+MAX_PATH_BYTES = 4096  # PATH_MAX
+
 
 def normalise_path(raw: bytes) -> str:
     """Turn the raw request path (no query) into a clean absolute path, or raise BadRequest.
@@ -20,7 +25,10 @@ def normalise_path(raw: bytes) -> str:
     """
     if not raw.startswith(b"/"):
         raise BadRequest("request path must be absolute")
+    if len(raw) > 3 * MAX_PATH_BYTES:  # even fully percent-encoded it would be too long
+        raise BadRequest(f"request path longer than {MAX_PATH_BYTES} bytes")
     segments: list[str] = []
+    total = 0
     for piece in raw.split(b"/"):
         if not piece:
             continue
@@ -34,6 +42,12 @@ def normalise_path(raw: bytes) -> str:
             raise BadRequest("encoded slashes, backslashes and NUL are not allowed in paths")
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in seg):
             raise BadRequest("control characters are not allowed in paths")
+        size = len(seg.encode("utf-8"))
+        if size > MAX_SEGMENT_BYTES:
+            raise BadRequest(f"a path segment is longer than {MAX_SEGMENT_BYTES} bytes")
+        total += size + 1
+        if total > MAX_PATH_BYTES:
+            raise BadRequest(f"request path longer than {MAX_PATH_BYTES} bytes")
         segments.append(seg)
     return "/" + "/".join(segments)
 

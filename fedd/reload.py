@@ -132,7 +132,9 @@ class Reloader:
         for eid in removed + changed:
             retired.append(endpoints.pop(eid))
         for eid in added + changed:
-            endpoints[eid] = make_endpoint(after[eid], reactor=self.reactor, presign_reuse=new.locate.presign_reuse)
+            endpoints[eid] = make_endpoint(
+                after[eid], reactor=self.reactor, presign_reuse=new.locate.presign_reuse, instance=fed.instance
+            )
         for endpoint in retired:
             self.reactor.callLater(CLOSE_GRACE, lambda e=endpoint: ensureDeferred(close_endpoint(e)))
         # keep this order: the dict above first, then everything keyed by endpoint id

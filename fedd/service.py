@@ -23,7 +23,7 @@ from fedd.endpoints import Endpoint, HttpClient, close_endpoint, make_endpoint
 from fedd.events.outbox import Outbox
 from fedd.events.service import EventsService
 from fedd.events.sinks import AmqpSink, SpoolSink
-from fedd.federation import Federation
+from fedd.federation import Federation, new_instance_id
 from fedd.health.service import HealthRegistry, HealthService
 from fedd.locate.invalidate import InvalidationLog
 from fedd.locate.locator import Locator
@@ -217,8 +217,10 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
     listeners = [listen_endpoint(reactor, d, config, tls) for d in config.server.listen]  # fail fast
     auth_tls = tls if isinstance(tls, GridContextFactory) else None
     top = DrainFirst()  # on shutdown: drain the web front first, then stop the rest
+    instance = new_instance_id()
     endpoints: dict[str, Endpoint] = {
-        ep.id: make_endpoint(ep, reactor=reactor, presign_reuse=config.locate.presign_reuse) for ep in config.endpoints
+        ep.id: make_endpoint(ep, reactor=reactor, presign_reuse=config.locate.presign_reuse, instance=instance)
+        for ep in config.endpoints
     }
     namespace = Namespace((ep.id, fed, epath) for ep in config.endpoints for fed, epath in ep.mappings)
     try:
@@ -242,7 +244,14 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
         locator.invalidations = InvalidationLog(memcached, locator, reactor)
         locator.invalidations.setServiceParent(top)
     federation = Federation(
-        config, clock=reactor, endpoints=endpoints, health=registry, locator=locator, geo=geo, namespace=namespace
+        config,
+        clock=reactor,
+        endpoints=endpoints,
+        health=registry,
+        locator=locator,
+        geo=geo,
+        namespace=namespace,
+        instance=instance,
     )
     _Closer(endpoints, geo).setServiceParent(top)
     _Placer(federation, reactor).setServiceParent(top)

@@ -165,7 +165,7 @@ class Writer:
                     await d
                 except Exception as exc:
                     problems[eid] = describe(exc)
-                    self.fed.health.failure(eid, f"preparing an upload: {describe(exc)}", passive=True)
+                    self.fed.health.passive_failure(eid, f"preparing an upload: {describe(exc)}")
                     continue
             url = endpoint.url_for(targets[eid], now, "PUT")
             if self.space is not None:
@@ -189,7 +189,7 @@ class Writer:
         try:
             response = await http.request("PUT", _absolute_url(target.url), headers, producer, timeout=timeout)
         except EndpointError as exc:
-            self.fed.health.failure(target.endpoint, f"carried upload: {exc.reason}", passive=True)
+            self.fed.health.passive_failure(target.endpoint, f"carried upload: {exc.reason}")
             raise BadGateway(f"upload to {target.endpoint} failed: {exc.reason}") from None
         finally:
             self.fed.locator.forget(target.path)
@@ -328,7 +328,7 @@ class Writer:
 
         def failed(failure: Any) -> Any:
             if failure.check(EndpointError):
-                self.fed.health.failure(eid, describe(failure), passive=True)
+                self.fed.health.passive_failure(eid, describe(failure))
             return failure
 
         d.addErrback(failed)

@@ -27,7 +27,7 @@ class FakeEndpoint:
     def __post_init__(self) -> None:
         self.config = EndpointConfig(id=self.id, kind="dav", url=f"http://{self.id}.example")
 
-    def stat(self, path: str) -> Deferred[Stat | None]:
+    def stat(self, path: str, via: tuple[str, ...] = ()) -> Deferred[Stat | None]:
         self.calls.append(path)
         if self.broken:
             return fail(EndpointError(self.id, self.broken))
@@ -40,7 +40,7 @@ class FakeEndpoint:
     def answer(self, path: str) -> None:
         self.pending.pop(path).callback(self.files.get(path))
 
-    def listdir(self, path: str) -> Deferred[list[Entry] | None]:
+    def listdir(self, path: str, via: tuple[str, ...] = ()) -> Deferred[list[Entry] | None]:
         if self.broken:
             return fail(EndpointError(self.id, self.broken))
         return succeed(self.dirs.get(path))

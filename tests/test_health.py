@@ -6,7 +6,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from fedd.config import HealthConfig
-from fedd.health.service import HealthRegistry, HealthService
+from fedd.health.service import EARLY_PROBE_GAP, HealthRegistry, HealthService
 from fedd.health.state import OFFLINE, ONLINE, UNKNOWN, EndpointHealth
 from tests.fakes import FakeEndpoint
 
@@ -33,11 +33,52 @@ def test_latency_is_smoothed() -> None:
     assert h.latency_ms is not None and 100 < h.latency_ms < 200
 
 
-def test_passive_failures_count() -> None:
+def test_passive_failures_are_counted_but_never_change_the_state() -> None:
     h = EndpointHealth("e", failures_to_offline=2)
-    h.failure("client saw timeout", 1, passive=True)
-    h.failure("client saw timeout", 2, passive=True)
-    assert h.state == OFFLINE and h.passive_failures == 2 and h.checks == 0
+    h.success(5.0, 0)
+    for i in range(100):
+        h.passive_failure("client saw timeout", i + 1)
+    assert h.state == ONLINE and h.passive_failures == 100 and h.checks == 1
+    assert h.last_error == "client saw timeout"
+
+
+def _registry(*eps: FakeEndpoint, interval: float = 30.0) -> tuple[HealthRegistry, HealthService, Clock]:
+    clock = Clock()
+    endpoints = {e.id: e for e in eps}
+    reg = HealthRegistry(list(endpoints), HealthConfig(interval=interval, timeout=3, failures_to_offline=3), clock)
+    return reg, HealthService(reg, endpoints, clock), clock
+
+
+def test_a_passive_fault_asks_for_an_early_probe_and_only_the_probes_take_the_endpoint_offline() -> None:
+    ep = FakeEndpoint("e")
+    reg, svc, clock = _registry(ep)
+    svc.startService()
+    assert ep.probes == 1 and reg.states["e"].state == ONLINE
+    clock.advance(5)
+    reg.passive_failure("e", "connection refused")  # the endpoint answers its probes: it stays online
+    assert ep.probes == 2 and reg.states["e"].state == ONLINE
+    for _ in range(50):  # a storm of faults costs at most one probe per EARLY_PROBE_GAP
+        reg.passive_failure("e", "connection refused")
+    assert ep.probes == 2
+    clock.advance(EARLY_PROBE_GAP)
+    assert ep.probes == 3 and reg.states["e"].state == ONLINE
+    ep.probe_ok = False  # now it is really down: the early probes follow each other until it is offline
+    reg.passive_failure("e", "connection refused")
+    clock.pump([EARLY_PROBE_GAP] * 4)
+    assert reg.states["e"].state == OFFLINE
+    assert clock.seconds() < 5 + 30  # long before the next poll period
+    probes = ep.probes
+    clock.pump([EARLY_PROBE_GAP] * 5)  # offline: no more early probes, the poller's period again
+    assert ep.probes == probes
+    svc.stopService()
+
+
+def test_suspect_without_a_running_poller_does_nothing() -> None:
+    ep = FakeEndpoint("e")
+    reg, _svc, clock = _registry(ep)
+    reg.passive_failure("e", "reset")
+    clock.advance(10)
+    assert ep.probes == 0 and reg.states["e"].state == UNKNOWN
 
 
 class HangingEndpoint(FakeEndpoint):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 
 from fedd.config import HealthConfig, LocateConfig
 from fedd.endpoints.base import Stat
+from fedd.errors import PathRefused
 from fedd.health.service import HealthRegistry
 from fedd.locate.locator import Locator
 from fedd.namespace import Namespace
@@ -145,3 +147,52 @@ def test_fresh_locate_asks_the_endpoints_past_the_cache_and_is_shared() -> None:
     got = results(loc.locate("/atlas/f", ["a"], wait_all=True, fresh=True))
     assert set(got[0].files()) == {"a"} and a.calls == ["/f", "/f"]  # type: ignore[attr-defined]
     assert set(loc.cached("/atlas/f").files()) == {"a"}  # type: ignore[union-attr]  # the cache took the news
+
+
+class RefusingEndpoint(FakeEndpoint):
+    """Refuses some names the way S3/DAV/local storage does (400/414/ENOTDIR): the request's fault."""
+
+    def stat(self, path: str, via: tuple[str, ...] = ()) -> Deferred[Stat | None]:
+        if path.startswith("/weird"):
+            return fail(PathRefused(self.id, "HEAD: HTTP 400", suspect=path.endswith("403")))
+        return super().stat(path, via)
+
+
+def test_a_refused_path_is_that_endpoints_no_and_never_a_fault() -> None:
+    a = RefusingEndpoint("a", {"/f": F})
+    loc, _, health = make(a)
+    suspects: list[str] = []
+    health.suspects.append(suspects.append)
+    for i in range(20):
+        got = results(loc.locate(f"/atlas/weird{i}", ["a"]))
+        assert got[0].complete and not got[0].found and not got[0].failed  # type: ignore[attr-defined]
+        assert got[0].missing == {"a"}  # type: ignore[attr-defined]
+    assert health.states["a"].passive_failures == 0 and health.states["a"].usable
+    assert suspects == []
+    results(loc.locate("/atlas/weird403", ["a"]))  # 401/403 may be revoked keys: the poller looks early
+    assert suspects == ["a"]
+
+
+def test_endpoint_faults_are_passive_and_ask_for_a_probe() -> None:
+    bad = FakeEndpoint("bad", broken="HEAD: HTTP 503")
+    loc, _, health = make(bad)
+    suspects: list[str] = []
+    health.suspects.append(suspects.append)
+    got = results(loc.locate("/atlas/f", ["bad"]))
+    assert got[0].failed == {"bad": "HEAD: HTTP 503"}  # type: ignore[attr-defined]
+    assert health.states["bad"].passive_failures == 1 and health.states["bad"].state != "offline"
+    assert suspects == ["bad"]
+    assert loc.cached("/atlas/f") is None  # "not found" with a failure is never cached
+
+
+def test_offline_and_downtimed_endpoints_count_as_not_answering() -> None:
+    a, b = FakeEndpoint("a", {"/f": F}), FakeEndpoint("b")
+    loc, _, health = make(a, b, negative_ttl=5.0)
+    for _ in range(2):
+        health.failure("a", "probe refused")
+    assert not health.usable("a")
+    health.block_reads(frozenset({"b"}))
+    got = results(loc.locate("/atlas/f", ["a", "b"]))
+    assert got[0].failed == {"a": "offline", "b": "in a read downtime"}  # type: ignore[attr-defined]
+    assert a.calls == [] and b.calls == []  # not asked
+    assert loc.cached("/atlas/f") is None  # and the "not found" is not cached

@@ -20,6 +20,8 @@ from fedd.namespace import Namespace, Target, normalise_path
         (b"/atlas/...", "/atlas/..."),
         (b"/atlas/.hidden", "/atlas/.hidden"),
         (b"/atlas/a%25b", "/atlas/a%b"),
+        (b"/atlas/" + b"n" * 255, "/atlas/" + "n" * 255),
+        (b"/a" * 2047, "/a" * 2047),
     ],
 )
 def test_normalise_accepts(raw: bytes, clean: str) -> None:
@@ -42,6 +44,12 @@ def test_normalise_accepts(raw: bytes, clean: str) -> None:
         b"/atlas/a%0ab",
         b"/atlas/%ff",
         b"atlas/x",
+        b"/atlas/" + b"n" * 256,  # ENAMETOOLONG on a local endpoint, 400/414 on object stores
+        b"/atlas/" + b"%C3%A9" * 128,  # 256 bytes once decoded
+        b"/atlas" + b"/d" * 2100,  # over PATH_MAX (4096 bytes)
+        b"/atlas/" + b"%41" * 5000,
+        b"/atlas/a%7fb",
+        b"/atlas/a\x01b",
     ],
 )
 def test_normalise_refuses(raw: bytes) -> None:

@@ -48,7 +48,8 @@ def tls_policy(verify: bool, ca_file: str, default: Any = None) -> Any:
     return default
 
 
-def make_endpoint(config: EndpointConfig, *, reactor: Any, presign_reuse: float = 0.5) -> Endpoint:
+def make_endpoint(config: EndpointConfig, *, reactor: Any, presign_reuse: float = 0.5, instance: str = "") -> Endpoint:
+    """`instance`: this fedd's id, marked (`Via`) on what a DAV endpoint is asked, against loops."""
     if config.kind == "local":
         return LocalEndpoint(config, reactor)
     http = HttpClient(reactor, endpoint=config.id, timeout=config.timeout, tls_policy=_tls_policy(config))
@@ -56,7 +57,7 @@ def make_endpoint(config: EndpointConfig, *, reactor: Any, presign_reuse: float 
         return S3Endpoint(config, http, presign_reuse=presign_reuse)
     if config.kind == "azure":
         return AzureEndpoint(config, http, clock=reactor, presign_reuse=presign_reuse)
-    return DavEndpoint(config, http)
+    return DavEndpoint(config, http, instance=instance)
 
 
 async def close_endpoint(endpoint: Endpoint) -> None:

@@ -32,6 +32,7 @@ from fedd.endpoints.base import (
     parse_http_date,
     parse_int,
     parse_xml,
+    refused,
 )
 from fedd.errors import EndpointError
 
@@ -179,9 +180,13 @@ class AzureEndpoint:
         code = response.header("x-ms-error-code")
         return EndpointError(self.id, f"{what}: unexpected HTTP {response.code}{f' ({code})' if code else ''}")
 
-    async def _head(self, path: str) -> HttpResponse | None:
-        """A blob's properties; None when there is no such blob."""
+    async def _head(self, path: str, *, refuse: bool = False) -> HttpResponse | None:
+        """A blob's properties; None when there is no such blob. `refuse`: a 4xx other than 404 is
+        the path's refusal (PathRefused), not the endpoint's fault."""
         response = await self._send("HEAD", self.blob_url(path))
+        refusal = refused(self.id, response.code, "HEAD") if refuse and response.code != 404 else None
+        if refusal is not None:
+            raise refusal
         self._check(response, "HEAD")
         if response.code == 404:
             return None
@@ -189,13 +194,13 @@ class AzureEndpoint:
             raise self._unexpected(response, "HEAD")
         return response
 
-    def stat(self, path: str) -> Deferred[Stat | None]:
+    def stat(self, path: str, via: tuple[str, ...] = ()) -> Deferred[Stat | None]:
         return ensureDeferred(self._stat(path))
 
     async def _stat(self, path: str) -> Stat | None:
         if path.strip("/") == "":
             return Stat(is_dir=True)
-        response = await self._head(path)
+        response = await self._head(path, refuse=True)
         if response is None or (response.header(f"x-ms-meta-{FOLDER_META}") or "").lower() == "true":
             return None  # no blob, or a folder marker: directories are answered by listings
         size = parse_int(response.header("Content-Length"))
@@ -238,7 +243,7 @@ class AzureEndpoint:
             raise EndpointError(self.id, f"List Blobs: unexpected answer <{root.tag}>")
         return root
 
-    def listdir(self, path: str) -> Deferred[list[Entry] | None]:
+    def listdir(self, path: str, via: tuple[str, ...] = ()) -> Deferred[list[Entry] | None]:
         return ensureDeferred(self._listdir(path))
 
     async def _listdir(self, path: str) -> list[Entry] | None:

@@ -22,7 +22,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 
 from fedd.config import EndpointConfig
-from fedd.errors import EndpointError, describe
+from fedd.errors import EndpointError, PathRefused, describe
 
 
 @dataclass(frozen=True)
@@ -83,11 +83,13 @@ class Endpoint(Protocol):
     id: str
     config: EndpointConfig
 
-    def stat(self, path: str) -> Deferred[Stat | None]:
-        """Stat of a file; None when it does not exist. Fails with EndpointError."""
+    def stat(self, path: str, via: tuple[str, ...] = ()) -> Deferred[Stat | None]:
+        """Stat of a file; None when it does not exist. Fails with EndpointError (the endpoint's
+        fault) or PathRefused (the path's: 4xx, ENOTDIR, ENAMETOOLONG). `via`: the fedd instances
+        the client's request came through, sent on to endpoints that are fedd instances (loops)."""
 
-    def listdir(self, path: str) -> Deferred[list[Entry] | None]:
-        """Children of a collection; None when `path` is not a collection."""
+    def listdir(self, path: str, via: tuple[str, ...] = ()) -> Deferred[list[Entry] | None]:
+        """Children of a collection; None when `path` is not a collection (or refused for its name)."""
 
     def url_for(self, path: str, now: float, method: str = "GET") -> str:
         """Where to send a client doing `method` (GET, HEAD or PUT) on `path`: an absolute URL, or a fedd path.
@@ -109,6 +111,14 @@ class Endpoint(Protocol):
     def space(self, max_objects: int = 50_000_000) -> Deferred[Space]:
         """Measure used and total space (may take long: paged listings, which stop with an EndpointError
         past `max_objects`); fails with EndpointError."""
+
+
+def refused(endpoint: str, code: int, what: str) -> PathRefused | None:
+    """The answer of a request for one path that refuses it for that path (400, 403, 414, ...): the
+    request's fault, not the endpoint's. 401/403 may also mean revoked keys: the probe will tell."""
+    if 400 <= code < 500 or code == 501 or code == 508:  # 508: a fedd endpoint saw a federation loop
+        return PathRefused(endpoint, f"{what}: HTTP {code}", suspect=code in (401, 403))
+    return None
 
 
 def quote_path(path: str) -> str:

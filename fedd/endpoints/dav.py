@@ -20,6 +20,7 @@ from fedd.endpoints.base import (
     parse_int,
     parse_xml,
     quote_path,
+    refused,
 )
 from fedd.errors import EndpointError
 
@@ -39,11 +40,21 @@ WANT_DIGEST = {"Want-Digest": "adler32, md5;q=0.5"}
 
 
 class DavEndpoint:
-    def __init__(self, config: EndpointConfig, http: HttpClient) -> None:
+    def __init__(self, config: EndpointConfig, http: HttpClient, *, instance: str = "") -> None:
         self.id = config.id
         self.config = config
         self._http = http
         self._base_path = urlsplit(config.url).path.rstrip("/")
+        self._instance = instance  # this fedd's id, marked on the requests that locate and list
+
+    def _via(self, via: tuple[str, ...], headers: dict[str, str] | None = None) -> dict[str, str]:
+        """Headers with a `Via` naming the fedd instances the request came through and this one, so
+        an endpoint that is a fedd can refuse a request that already went through it (a loop)."""
+        out = dict(headers or {})
+        chain = [*via, self._instance] if self._instance else list(via)
+        if chain:
+            out["Via"] = format_via(chain)
+        return out
 
     def url_for(self, path: str, now: float, method: str = "GET") -> str:
         return self.config.url + quote_path(path)
@@ -52,21 +63,24 @@ class DavEndpoint:
         if response.code >= 500:
             raise EndpointError(self.id, f"{what}: HTTP {response.code}")
 
-    def stat(self, path: str) -> Deferred[Stat | None]:
-        return ensureDeferred(self._stat(path))
+    def stat(self, path: str, via: tuple[str, ...] = ()) -> Deferred[Stat | None]:
+        return ensureDeferred(self._stat(path, via))
 
-    async def _stat(self, path: str) -> Stat | None:
+    async def _stat(self, path: str, via: tuple[str, ...] = ()) -> Stat | None:
         # RFC 3230: storage that keeps checksums (dCache, EOS, StoRM, fedd) answers with a Digest header
-        response = await self._http.request("HEAD", self.url_for(path, 0), WANT_DIGEST)
+        response = await self._http.request("HEAD", self.url_for(path, 0), self._via(via, WANT_DIGEST))
         if response.code == 202:
             # a server computing the checksum now (another fedd): ask again for the stat alone
-            response = await self._http.request("HEAD", self.url_for(path, 0))
+            response = await self._http.request("HEAD", self.url_for(path, 0), self._via(via))
         return self._stat_result(response, path)
 
     def _stat_result(self, response: HttpResponse, path: str) -> Stat | None:
-        self._check(response, "HEAD")
-        if response.code in (404, 410, 401, 403):
+        if response.code in (404, 410):
             return None
+        refusal = refused(self.id, response.code, "HEAD")  # 400/403/414/508: this path, not the endpoint
+        if refusal is not None:
+            raise refusal
+        self._check(response, "HEAD")
         location = response.header("Location") or ""
         if response.code in (301, 302, 307, 308) and location.rstrip("/").endswith(quote_path(path)):
             return Stat(is_dir=True)
@@ -83,20 +97,20 @@ class DavEndpoint:
             checksums=tuple(sorted(parse_digest(digest).items())) if digest else (),
         )
 
-    def listdir(self, path: str) -> Deferred[list[Entry] | None]:
-        return ensureDeferred(self._listdir(path))
+    def listdir(self, path: str, via: tuple[str, ...] = ()) -> Deferred[list[Entry] | None]:
+        return ensureDeferred(self._listdir(path, via))
 
-    async def _listdir(self, path: str) -> list[Entry] | None:
+    async def _listdir(self, path: str, via: tuple[str, ...] = ()) -> list[Entry] | None:
         url = self.url_for(path, 0)
-        headers = {"Depth": "1", "Content-Type": "application/xml; charset=utf-8"}
+        headers = self._via(via, {"Depth": "1", "Content-Type": "application/xml; charset=utf-8"})
         response = await self._http.request("PROPFIND", url, headers, PROPFIND_BODY)
         if response.code in (301, 302, 307, 308) and (response.header("Location") or "").endswith(
             quote_path(path) + "/"
         ):
             # servers with mod_dir-like behaviour redirect collections to the slashed name: follow once
             response = await self._http.request("PROPFIND", url + "/", headers, PROPFIND_BODY)
-        if response.code in (404, 410, 401, 403, 301, 302, 307, 308):
-            return None
+        if response.code in (404, 410, 301, 302, 307, 308) or refused(self.id, response.code, "PROPFIND"):
+            return None  # not a collection here, or refused for its name: the endpoint is not at fault
         self._check(response, "PROPFIND")
         if response.code != 207:
             raise EndpointError(self.id, f"PROPFIND: unexpected HTTP {response.code}")
@@ -214,6 +228,25 @@ class DavEndpoint:
 
 async def _none() -> None:
     return None
+
+
+VIA_PROTOCOL = "1.1"
+
+
+def format_via(chain: list[str]) -> str:
+    """`Via: 1.1 fedd-a, 1.1 fedd-b` (RFC 9110 7.6.3: received-protocol received-by)."""
+    return ", ".join(f"{VIA_PROTOCOL} {name}" for name in chain)
+
+
+def parse_via(values: list[str]) -> tuple[str, ...]:
+    """The fedd instances named in `Via` header values, in order (other proxies are left out)."""
+    out: list[str] = []
+    for value in values:
+        for part in value.split(","):
+            words = part.split()
+            if len(words) >= 2 and words[1].startswith("fedd-"):
+                out.append(words[1][:64])
+    return tuple(out)
 
 
 _MULTISTATUS, _RESPONSE, _HREF = f"{_D}multistatus", f"{_D}response", f"{_D}href"

@@ -6,6 +6,7 @@ File-system calls run in the reactor's thread pool, so a slow disk never stalls 
 
 from __future__ import annotations
 
+import errno
 import os
 import stat as statmod
 from typing import Any
@@ -15,9 +16,11 @@ from twisted.internet.threads import deferToThreadPool
 
 from fedd.config import EndpointConfig
 from fedd.endpoints.base import Entry, Space, Stat, quote_path
-from fedd.errors import EndpointError
+from fedd.errors import EndpointError, PathRefused
 
 LOCAL_PREFIX = "/.well-known/fedd/local/"
+# errors caused by the path asked, not by the file system: never an endpoint fault
+PATH_ERRNOS = frozenset({errno.ENOTDIR, errno.ENAMETOOLONG, errno.EINVAL, errno.ELOOP, errno.EACCES, errno.EPERM})
 
 
 class LocalEndpoint:
@@ -40,7 +43,7 @@ class LocalEndpoint:
     def url_for(self, path: str, now: float, method: str = "GET") -> str:
         return LOCAL_PREFIX + self.id + quote_path(path)
 
-    def stat(self, path: str) -> Deferred[Stat | None]:
+    def stat(self, path: str, via: tuple[str, ...] = ()) -> Deferred[Stat | None]:
         return self._defer(self._stat, path)
 
     def _stat(self, path: str) -> Stat | None:
@@ -52,10 +55,12 @@ class LocalEndpoint:
         except FileNotFoundError:
             return None
         except OSError as exc:
+            if exc.errno in PATH_ERRNOS:  # a path below a file, a name too long: the request's fault
+                raise PathRefused(self.id, f"stat: {exc.strerror}") from None
             raise EndpointError(self.id, f"stat: {exc.strerror}") from None
         return _to_stat(st)
 
-    def listdir(self, path: str) -> Deferred[list[Entry] | None]:
+    def listdir(self, path: str, via: tuple[str, ...] = ()) -> Deferred[list[Entry] | None]:
         return self._defer(self._listdir, path)
 
     def _listdir(self, path: str) -> list[Entry] | None:
@@ -71,6 +76,8 @@ class LocalEndpoint:
                     except OSError:
                         continue
         except OSError as exc:
+            if exc.errno in PATH_ERRNOS:
+                return None
             raise EndpointError(self.id, f"list: {exc.strerror}") from None
         return entries
 

@@ -28,6 +28,7 @@ from fedd.endpoints.base import (
     parse_http_date,
     parse_int,
     parse_xml,
+    refused,
 )
 from fedd.errors import EndpointError
 
@@ -115,7 +116,7 @@ class S3Endpoint:
         if response.code in (401, 403):
             raise EndpointError(self.id, f"{what}: access denied (HTTP {response.code}): check the keys")
 
-    def stat(self, path: str) -> Deferred[Stat | None]:
+    def stat(self, path: str, via: tuple[str, ...] = ()) -> Deferred[Stat | None]:
         return ensureDeferred(self._stat(path))
 
     async def _stat(self, path: str) -> Stat | None:
@@ -124,6 +125,9 @@ class S3Endpoint:
         response = await self._send("HEAD", self.object_url(path))
         if response.code == 404:
             return None
+        refusal = refused(self.id, response.code, "HEAD")  # e.g. 400/414 for a name RGW will not take
+        if refusal is not None:
+            raise refusal
         self._check(response, "HEAD")
         if response.code != 200:
             raise EndpointError(self.id, f"HEAD: unexpected HTTP {response.code}")
@@ -170,7 +174,7 @@ class S3Endpoint:
             raise EndpointError(self.id, f"metadata update: unexpected HTTP {response.code}")
         return True
 
-    def listdir(self, path: str) -> Deferred[list[Entry] | None]:
+    def listdir(self, path: str, via: tuple[str, ...] = ()) -> Deferred[list[Entry] | None]:
         return ensureDeferred(self._listdir(path))
 
     async def _listdir(self, path: str) -> list[Entry] | None:

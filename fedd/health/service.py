@@ -21,8 +21,12 @@ from fedd.health.state import OFFLINE, EndpointHealth, Transition
 log = Logger(namespace="fedd.health")
 
 
+EARLY_PROBE_GAP = 1.0  # seconds between two probes of one endpoint asked for by faults, not the period
+
+
 class HealthRegistry:
-    """Per-endpoint health, fed by the poller and by failures seen while serving clients."""
+    """Per-endpoint health. Only the poller's probes change a state; faults seen while serving
+    clients are counted and ask for an early probe (`suspects` listeners), nothing more."""
 
     def __init__(self, endpoint_ids: list[str], config: HealthConfig, clock: IReactorTime) -> None:
         self._clock = clock
@@ -31,6 +35,7 @@ class HealthRegistry:
             eid: EndpointHealth(eid, config.failures_to_offline, config.successes_to_online) for eid in endpoint_ids
         }
         self.listeners: list[Callable[[Transition], None]] = []
+        self.suspects: list[Callable[[str], None]] = []  # told of passive faults: the poller probes early
         self.version = 0  # bumped on every state change, so rankings can be cached per version
         self.read_blocked: frozenset[str] = frozenset()  # endpoints in a planned downtime for reads
 
@@ -43,10 +48,35 @@ class HealthRegistry:
             self.version += 1
 
     def success(self, endpoint_id: str, latency_ms: float | None) -> None:
+        """A probe answered."""
         self._notify(self.states[endpoint_id].success(latency_ms, self._clock.seconds()))
 
-    def failure(self, endpoint_id: str, reason: str, *, passive: bool = False) -> None:
-        self._notify(self.states[endpoint_id].failure(reason, self._clock.seconds(), passive=passive))
+    def failure(self, endpoint_id: str, reason: str) -> None:
+        """A probe failed."""
+        self._notify(self.states[endpoint_id].failure(reason, self._clock.seconds()))
+
+    def observed(self, endpoint_id: str, latency_ms: float) -> None:
+        """A client request was answered by the endpoint: latency for the ranking, no state change."""
+        state = self.states.get(endpoint_id)
+        if state is not None:
+            state.observe(latency_ms)
+
+    def passive_failure(self, endpoint_id: str, reason: str) -> None:
+        """An endpoint fault (refused, reset, TLS, timeout, 5xx) seen while serving a client: counted,
+        and the poller is asked to probe early. The state itself changes only by probes."""
+        state = self.states.get(endpoint_id)
+        if state is None:
+            return
+        state.passive_failure(reason, self._clock.seconds())
+        self.suspect(endpoint_id)
+
+    def suspect(self, endpoint_id: str) -> None:
+        """Ask for an early probe of an endpoint (rate-limited by the poller)."""
+        for listener in self.suspects:
+            try:
+                listener(endpoint_id)
+            except Exception:
+                log.failure("health suspect listener failed")
 
     def _notify(self, transition: Transition | None) -> None:
         if transition is None:
@@ -80,6 +110,10 @@ class HealthService(Service):
         self._loop: LoopingCall | None = None
         self._loop_done: Deferred[Any] | None = None
         self._inflight: Deferred[Any] | None = None
+        self._probing: dict[str, Deferred[None]] = {}  # endpoint id -> its probe under way
+        self._last_probe: dict[str, float] = {}  # endpoint id -> when its last probe started
+        self._early: dict[str, Any] = {}  # endpoint id -> scheduled early probe (IDelayedCall)
+        registry.suspects.append(self.probe_soon)
 
     def startService(self) -> None:
         super().startService()
@@ -90,6 +124,7 @@ class HealthService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        self._cancel_early()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         inflight = self._inflight
@@ -110,7 +145,49 @@ class HealthService(Service):
         return d
 
     def _probe(self, eid: str, endpoint: Endpoint) -> Deferred[None]:
-        return ensureDeferred(self._probe_one(eid, endpoint))
+        running = self._probing.get(eid)
+        if running is not None:
+            return running  # an early probe is under way: the poll round shares it
+        self._last_probe[eid] = self.clock.seconds()
+        d = ensureDeferred(self._probe_one(eid, endpoint))
+        self._probing[eid] = d
+
+        def done(_: Any) -> None:
+            self._probing.pop(eid, None)
+            state = self.registry.states.get(eid)
+            if self.running and state is not None and state.consecutive_failures and state.state != OFFLINE:
+                # failing but not yet offline: the next probes come early, so a dead endpoint is
+                # taken out within failures_to_offline x EARLY_PROBE_GAP, not a whole interval
+                self.probe_soon(eid)
+
+        d.addBoth(done)
+        return d
+
+    def probe_soon(self, eid: str) -> None:
+        """Probe one endpoint early (a client saw it fail): at once, or EARLY_PROBE_GAP after its last
+        probe; never more than one probe of an endpoint at a time, so faults cannot pile probes up."""
+        endpoint = self.endpoints.get(eid)
+        if not self.running or endpoint is None or eid in self._probing or eid in self._early:
+            return
+        wait = self._last_probe.get(eid, -EARLY_PROBE_GAP) + EARLY_PROBE_GAP - self.clock.seconds()
+
+        def fire() -> None:
+            self._early.pop(eid, None)
+            current = self.endpoints.get(eid)
+            if self.running and current is not None and eid not in self._probing:
+                self._probe(eid, current)
+
+        if wait <= 0:
+            self._early[eid] = None  # guards against re-entry while the probe starts
+            fire()
+        else:
+            self._early[eid] = self.clock.callLater(wait, fire)
+
+    def _cancel_early(self) -> None:
+        for call in self._early.values():
+            if call is not None and call.active():
+                call.cancel()
+        self._early.clear()
 
     async def _probe_one(self, eid: str, endpoint: Endpoint) -> None:
         start = self.clock.seconds()

@@ -1,8 +1,11 @@
 """Endpoint health with hysteresis. Pure: every change takes an explicit `now`.
 
 States: `unknown` (no data yet: usable, so a fresh start serves at once), `online`, `offline`.
-N consecutive failures take an endpoint offline, M consecutive successes bring it back.
-Failures seen while serving clients ("passive") count like poller failures.
+N consecutive failed probes take an endpoint offline, M consecutive successful probes bring it back.
+
+Only probes change the state. What is seen while serving clients ("passive") is counted and shown,
+and a passive fault asks the poller for an early probe, but it never moves the state itself:
+clients choose the paths they ask for, and no path a client chooses may take an endpoint offline.
 """
 
 from __future__ import annotations
@@ -52,18 +55,24 @@ class EndpointHealth:
         self.consecutive_failures = 0
         self.consecutive_successes += 1
         if latency_ms is not None:
-            # exponentially weighted, so one slow answer moves the figure but does not own it
-            self.latency_ms = latency_ms if self.latency_ms is None else 0.7 * self.latency_ms + 0.3 * latency_ms
+            self.observe(latency_ms)  # exponentially weighted: one slow answer moves the figure, not owns it
         if self.state == UNKNOWN or (self.state == OFFLINE and self.consecutive_successes >= self.successes_to_online):
             return self._move(ONLINE, "answering", now)
         return None
 
-    def failure(self, reason: str, now: float, *, passive: bool = False) -> Transition | None:
-        if passive:
-            self.passive_failures += 1
-        else:
-            self.checks += 1
-            self.last_check = now
+    def observe(self, latency_ms: float) -> None:
+        """A client request answered: its latency counts for ranking; the state does not change."""
+        self.latency_ms = latency_ms if self.latency_ms is None else 0.7 * self.latency_ms + 0.3 * latency_ms
+
+    def passive_failure(self, reason: str, now: float) -> None:
+        """A fault seen while serving a client: counted and shown, not a state change."""
+        self.passive_failures += 1
+        self.last_error = reason
+        self.last_error_at = now
+
+    def failure(self, reason: str, now: float) -> Transition | None:
+        self.checks += 1
+        self.last_check = now
         self.failures += 1
         self.consecutive_successes = 0
         self.consecutive_failures += 1

@@ -6,6 +6,12 @@
   the file, or every better one said no. Slower endpoints keep answering in the background and
   complete the cached answer.
 - The fan-out has a wait budget: endpoints silent past it count as failed for this answer.
+- Endpoints that map the path but are offline or in a read downtime are not asked; they count as
+  failed for this answer ("offline", "in a read downtime"), so "not found" is never concluded
+  while an endpoint that may hold the file could not be asked.
+- Who is at fault decides who pays: an endpoint fault (refused, reset, TLS, timeout, 5xx) fails
+  the endpoint for this answer and asks the poller for an early probe; a refusal tied to the path
+  (`PathRefused`: 4xx, ENOTDIR, ENAMETOOLONG) is that endpoint's "no". Neither changes its health.
 - Answers are cached with separate TTLs for found / not found; answers with failures are kept
   only briefly, and "not found" with failures is not cached at all.
 """
@@ -23,7 +29,7 @@ from twisted.python.failure import Failure
 
 from fedd.config import LocateConfig
 from fedd.endpoints.base import Endpoint, Stat
-from fedd.errors import EndpointError, describe
+from fedd.errors import EndpointError, PathRefused, describe
 from fedd.health.service import HealthRegistry
 from fedd.locate.cache import LocalCache, LocateResult, cache_key
 from fedd.locate.memcache import Memcached
@@ -55,12 +61,22 @@ def decided(result: LocateResult, order: list[str], wait_all: bool) -> bool:
 
 
 class _Query:
-    def __init__(self, locator: Locator, path: str, targets: dict[str, str], fresh: bool = False) -> None:
+    def __init__(
+        self,
+        locator: Locator,
+        path: str,
+        targets: dict[str, str],
+        fresh: bool = False,
+        unreachable: dict[str, str] | None = None,
+        via: tuple[str, ...] = (),
+    ) -> None:
         self.locator = locator
         self.fresh = fresh  # ask the endpoints themselves, not memcached
         self.path = path
         self.targets = targets  # endpoint id -> endpoint path
+        self.via = via  # the fedd instances the request came through (loop protection)
         self.result = LocateResult(path, pending=set(targets), at=locator.clock.seconds())
+        self.result.failed.update(unreachable or {})
         self.waiters: list[_Waiter] = []
         self.requests: dict[str, Deferred[Any]] = {}
         self.timer: IDelayedCall | None = None
@@ -113,7 +129,7 @@ class _Query:
         endpoint = self.locator.endpoints[eid]
         started = self.locator.clock.seconds()
         try:
-            d = endpoint.stat(self.targets[eid])
+            d = endpoint.stat(self.targets[eid], via=self.via)
         except Exception as exc:  # an endpoint bug must not break the whole request
             d = Deferred()
             d.errback(EndpointError(eid, f"{type(exc).__name__}: {exc}"))
@@ -123,7 +139,7 @@ class _Query:
     def answered(self, stat: Stat | None, eid: str, started: float) -> None:
         if eid not in self.result.pending:
             return
-        self.locator.health.success(eid, (self.locator.clock.seconds() - started) * 1000.0)
+        self.locator.health.observed(eid, (self.locator.clock.seconds() - started) * 1000.0)
         self.result.pending.discard(eid)
         if stat is None:
             self.result.missing.add(eid)
@@ -135,10 +151,18 @@ class _Query:
         if eid not in self.result.pending:
             return
         reason = describe(failure)
+        self.result.pending.discard(eid)
+        if failure.check(PathRefused):
+            # the endpoint's "no" for this path (the request's fault): not a fault of the endpoint
+            log.debug("{endpoint} refused {path}: {reason}", endpoint=eid, path=self.path, reason=reason)
+            self.result.missing.add(eid)
+            if isinstance(failure.value, PathRefused) and failure.value.suspect:
+                self.locator.health.suspect(eid)
+            self.update()
+            return
         if not failure.check(EndpointError):
             log.failure("unexpected error from endpoint {endpoint}", failure, endpoint=eid)
-        self.locator.health.failure(eid, reason, passive=True)
-        self.result.pending.discard(eid)
+        self.locator.health.passive_failure(eid, reason)
         self.result.failed[eid] = reason
         self.update()
 
@@ -147,7 +171,7 @@ class _Query:
         budget = self.locator.config.wait_budget
         for eid in sorted(self.result.pending):
             self.result.failed[eid] = f"no answer within the wait budget ({budget:g}s)"
-            self.locator.health.failure(eid, self.result.failed[eid], passive=True)
+            self.locator.health.passive_failure(eid, self.result.failed[eid])
         self.result.pending.clear()
         for eid, d in self.requests.items():
             if eid in self.result.failed:
@@ -206,17 +230,34 @@ class Locator:
         return self.local.get(path, self.clock.seconds())
 
     def targets(self, path: str) -> dict[str, str]:
+        """The endpoints that may hold `path` and can be asked now (readable, usable)."""
         return {
             t.endpoint: t.path
             for t in self.namespace.targets(path)
             if t.endpoint in self.endpoints and self._readable(t.endpoint) and self.health.usable(t.endpoint)
         }
 
+    def unreachable(self, path: str) -> dict[str, str]:
+        """Readable endpoints that map `path` but cannot be asked now, with the reason."""
+        out: dict[str, str] = {}
+        for t in self.namespace.targets(path):
+            eid = t.endpoint
+            if eid in self.endpoints and self._readable(eid) and not self.health.usable(eid):
+                out[eid] = "in a read downtime" if eid in self.health.read_blocked else "offline"
+        return out
+
     def locate(
-        self, path: str, order: list[str], *, wait_all: bool = False, fresh: bool = False
+        self,
+        path: str,
+        order: list[str],
+        *,
+        wait_all: bool = False,
+        fresh: bool = False,
+        via: tuple[str, ...] = (),
     ) -> Deferred[LocateResult]:
         """The replicas of `path`. `fresh`: ask the endpoints now, whatever the caches or a query
-        already under way know (before a write decides on what exists)."""
+        already under way know (before a write decides on what exists). `via`: the fedd instances
+        the client's request came through, passed on to endpoints that are fedd instances."""
         if not fresh:
             hit = self.cached(path)
             if hit is not None:
@@ -225,7 +266,7 @@ class Locator:
             if query is not None:
                 return query.watch(order, wait_all)
         self.fanouts += 1
-        query = _Query(self, path, self.targets(path), fresh)
+        query = _Query(self, path, self.targets(path), fresh, self.unreachable(path), via)
         self._inflight[path] = query  # later lookups share the newest query
         d = query.watch(order, wait_all)
         query.start()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
@@ -29,15 +29,18 @@ from fedd.auth.service import AuthService, Unauthenticated
 from fedd.checksums.digest import Want, format_value, parse_prefer_wait, wants_of
 from fedd.checksums.service import ChecksumService
 from fedd.endpoints.base import format_etag
+from fedd.endpoints.dav import parse_via
 from fedd.endpoints.local import LOCAL_PREFIX, LocalEndpoint
 from fedd.errors import (
     FeddError,
     Forbidden,
+    LoopDetected,
     MethodNotAllowed,
+    NoReplicaAvailable,
     NotFound,
     Unauthorized,
 )
-from fedd.federation import Federation, Replica
+from fedd.federation import MAX_HOPS, Federation, Listing, Replica
 from fedd.namespace import normalise_path
 from fedd.space.downtime import DowntimeBook
 from fedd.space.service import SpaceService
@@ -58,6 +61,8 @@ STATUS_PATHS = (STATUS_PATH, STATUS_HTML_PATH)
 # the status page needs nothing but its own inline styles (and an empty data: favicon)
 STATUS_PAGE_CSP = b"default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'"
 METALINK_TYPE = b"application/metalink4+xml"
+# on a listing (PROPFIND 207, HTML index) that lacks some endpoints: which ones, and why
+MISSING_HEADER = b"fedd-missing-endpoints"
 ALLOW = b"OPTIONS, GET, HEAD, PROPFIND, PUT, DELETE, MKCOL, MOVE, COPY"
 
 
@@ -158,6 +163,9 @@ class FeddResource(WriteHandlers, Resource):
                         self._paths.clear()
                     self._paths[raw] = known
                 path = known
+                via = request.requestHeaders.getRawHeaders(b"via")
+                if via is not None:
+                    self._check_loop(request, via)
 
                 def handler() -> bytes | int:
                     return self._dispatch(request, path)
@@ -170,6 +178,28 @@ class FeddResource(WriteHandlers, Resource):
             return handler()
         except FeddError as exc:
             return self._error(request, exc)
+
+    def _check_loop(self, request: server.Request, values: Sequence[bytes]) -> None:
+        """A request that already went through this instance, or through too many fedd instances,
+        is answered at once (508) instead of being asked of the endpoints again: a federation loop
+        (two fedd listing each other) must cost one request per instance, not a storm."""
+        chain = parse_via([v.decode("latin-1") for v in values])
+        if self.fed.instance in chain:
+            log.warn(
+                "federation loop: {method} {path} already went through this instance ({chain})",
+                method=request.method.decode("latin-1"),
+                path=request.path.decode("latin-1"),
+                chain=", ".join(chain),
+            )
+            raise LoopDetected("federation loop: this request already went through this fedd instance")
+        if len(chain) >= MAX_HOPS:
+            raise LoopDetected(f"federation loop: the request went through {len(chain)} fedd instances")
+        request.fedd_via = chain  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _via(request: server.Request) -> tuple[str, ...]:
+        via: tuple[str, ...] = getattr(request, "fedd_via", ())
+        return via
 
     def _dispatch(self, request: server.Request, path: str) -> bytes | int:
         method = request.method
@@ -290,6 +320,10 @@ class FeddResource(WriteHandlers, Resource):
             request.setHeader(b"www-authenticate", b'Bearer realm="fedd"')
         if isinstance(exc, MethodNotAllowed):
             request.setHeader(b"allow", ALLOW)
+        if isinstance(exc, NoReplicaAvailable):
+            request.setHeader(b"retry-after", b"%d" % exc.retry_after)
+            if exc.unreachable:
+                request.setHeader(MISSING_HEADER, ", ".join(exc.unreachable).encode())
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         return (str(exc) + "\n").encode()
@@ -327,16 +361,18 @@ class FeddResource(WriteHandlers, Resource):
             replicas = self.fed.replicas(cached, order, request.method.decode())
             if replicas:
                 return self._redirect(request, path, replicas, key)
-            if cached.complete and not cached.failed and not cached.found:
-                raise NotFound(f"{path}: no such file")
+            if cached.complete and not cached.found and not self.fed.unavailable(cached):
+                raise NotFound(f"{path}: no such file")  # every endpoint mapping the path said no
         return self._start(request, self._read(request, path, client, key))
 
     async def _read(self, request: server.Request, path: str, client: str, key: tuple[Any, ...]) -> bytes:
         started = self.fed.clock.seconds()
+        via = self._via(request)
         try:
-            replicas = await self.fed.find(path, client, method=request.method.decode())
-        except NotFound:
-            listing = await self.fed.listdir(path)
+            replicas = await self.fed.find(path, client, method=request.method.decode(), via=via)
+        except (NotFound, NoReplicaAvailable):
+            # no file: a collection (listed even with an endpoint missing: the index says so)?
+            listing = await self.fed.listdir(path, via)
             if listing is None:
                 raise
             return self._index(request, path, listing)
@@ -352,10 +388,11 @@ class FeddResource(WriteHandlers, Resource):
         cached = self.fed.locator.cached(path)
         replicas = self.fed.replicas(cached, self.fed.order(path, client), method) if cached is not None else []
         if not replicas:
+            via = self._via(request)
             try:
-                replicas = await self.fed.find(path, client, method=method)
-            except NotFound:
-                listing = await self.fed.listdir(path)
+                replicas = await self.fed.find(path, client, method=method, via=via)
+            except (NotFound, NoReplicaAvailable):
+                listing = await self.fed.listdir(path, via)
                 if listing is None:
                     raise
                 return self._index(request, path, listing)
@@ -453,7 +490,7 @@ class FeddResource(WriteHandlers, Resource):
         return b""
 
     async def _metalink(self, request: server.Request, path: str) -> bytes:
-        replicas = await self.fed.find(path, self._client(request), wait_all=True)
+        replicas = await self.fed.find(path, self._client(request), wait_all=True, via=self._via(request))
         best = replicas[0].stat
         request.setHeader(b"content-type", METALINK_TYPE)
         request.setHeader(b"cache-control", b"no-store")
@@ -464,9 +501,16 @@ class FeddResource(WriteHandlers, Resource):
         urls = [(_absolute(request, r.url), r.priority) for r in replicas]
         return xml.metalink(path, urls, best.size, best.mtime, sorted(hashes.items()))
 
-    def _index(self, request: server.Request, path: str, listing: Any) -> bytes:
+    def _mark_missing(self, request: server.Request, listing: Listing) -> None:
+        """A listing without some endpoints says so, in a header: which endpoints, and why."""
+        if listing.failed:
+            names = ", ".join(f'{eid}; reason="{why[:80]}"' for eid, why in sorted(listing.failed.items()))
+            request.setHeader(MISSING_HEADER, names.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace"))
+
+    def _index(self, request: server.Request, path: str, listing: Listing) -> bytes:
         from html import escape
 
+        self._mark_missing(request, listing)
         base = path.rstrip("/")
         rows = [
             f'<li><a href="{escape(quote(base + "/" + e.name))}{"/" if e.stat.is_dir else ""}">'
@@ -492,7 +536,9 @@ class FeddResource(WriteHandlers, Resource):
             request.content.seek(0)
             body = request.content.read()
         mode, wanted = xml.parse_propfind(body)
-        stat, listing = await self.fed.stat(path, self._client(request))
+        stat, listing = await self.fed.stat(path, self._client(request), self._via(request))
+        if listing is not None:
+            self._mark_missing(request, listing)
         parts = [xml.MULTISTATUS_HEAD, xml.response_xml(path, stat, mode, wanted, self._quota(path, stat))]
         if listing is not None and depth == b"1":
             base = path.rstrip("/")
