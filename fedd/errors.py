@@ -43,6 +43,12 @@ class PayloadTooLarge(FeddError):
     status = 413
 
 
+class UnsupportedMediaType(FeddError):
+    """A body in a media type the resource does not take (e.g. admin calls that are not JSON)."""
+
+    status = 415
+
+
 class InsufficientStorage(FeddError):
     """No writable endpoint can take the upload (RFC 4918 507)."""
 

@@ -195,6 +195,9 @@ class Federation:
             fuzz_km=self.config.geo.fuzz_km,
             latency_tolerance_ms=self.config.geo.latency_tolerance_ms,
         )
+        if any(self.health.failing(eid) for eid in ordered):
+            # an endpoint whose last probe failed goes last (still usable for a file only it holds)
+            ordered = sorted(ordered, key=self.health.failing)
         if len(self._order_cache) > 100_000:
             self._order_cache.clear()
         self._order_cache[key] = (self.health.version, now, ordered)
@@ -322,6 +325,7 @@ class Federation:
 
         def bad(failure: Any) -> Any:
             if failure.check(PathRefused):
+                self.health.refused(eid)
                 return None  # refused for its name: not a collection there, and not the endpoint's fault
             self.health.passive_failure(eid, describe(failure))
             return failure

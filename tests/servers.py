@@ -292,9 +292,44 @@ class CephRGW:
         self.procs.append(proc)
         return proc
 
+    def _rgw(self) -> subprocess.Popen[bytes]:
+        return next(p for p in reversed(self.procs) if "radosgw" in str(p.args))
+
+    def kill_rgw(self) -> None:
+        """SIGKILL the gateway (monitor and OSD keep running, the data stays)."""
+        proc = self._rgw()
+        proc.kill()
+        proc.wait(10)
+        self.procs.remove(proc)
+
+    def start_rgw(self, timeout: float = 60.0) -> None:
+        """Start the gateway again on the same port and wait until it answers."""
+        proc = self._daemon("rgw", "radosgw", "-f", "-c", str(self.conf), "-n", "client.rgw.a")
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"radosgw exited:\n{_tail(self.workdir / 'log' / 'client.rgw.a.log')}")
+            try:
+                urllib.request.urlopen(self.url, timeout=2).close()
+                return
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"radosgw did not answer again in {timeout}s") from None
+                time.sleep(0.1)
+
+    def pause_rgw(self) -> None:
+        """SIGSTOP: connections are accepted by the kernel and never answered (a hanging endpoint)."""
+        self._rgw().send_signal(signal.SIGSTOP)
+
+    def resume_rgw(self) -> None:
+        self._rgw().send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)  # a paused gateway must hear the terminate
                 proc.terminate()
         for proc in reversed(self.procs):
             try:

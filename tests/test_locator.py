@@ -168,6 +168,7 @@ def test_a_refused_path_is_that_endpoints_no_and_never_a_fault() -> None:
         assert got[0].complete and not got[0].found and not got[0].failed  # type: ignore[attr-defined]
         assert got[0].missing == {"a"}  # type: ignore[attr-defined]
     assert health.states["a"].passive_failures == 0 and health.states["a"].usable
+    assert health.states["a"].refusals == 20
     assert suspects == []
     results(loc.locate("/atlas/weird403", ["a"]))  # 401/403 may be revoked keys: the poller looks early
     assert suspects == ["a"]

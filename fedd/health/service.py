@@ -49,11 +49,24 @@ class HealthRegistry:
 
     def success(self, endpoint_id: str, latency_ms: float | None) -> None:
         """A probe answered."""
-        self._notify(self.states[endpoint_id].success(latency_ms, self._clock.seconds()))
+        state = self.states[endpoint_id]
+        was_failing = state.consecutive_failures > 0
+        self._notify(state.success(latency_ms, self._clock.seconds()))
+        if was_failing:
+            self.version += 1  # no longer failing: ranked as usual again
 
     def failure(self, endpoint_id: str, reason: str) -> None:
-        """A probe failed."""
-        self._notify(self.states[endpoint_id].failure(reason, self._clock.seconds()))
+        """A probe failed. The first failure already ranks the endpoint after the others (`failing`),
+        before the hysteresis takes it offline: a file with another replica is sent there at once."""
+        state = self.states[endpoint_id]
+        self._notify(state.failure(reason, self._clock.seconds()))
+        if state.consecutive_failures == 1:
+            self.version += 1
+
+    def failing(self, endpoint_id: str) -> bool:
+        """Its last probe failed (it may still be usable, ranked after the others)."""
+        state = self.states.get(endpoint_id)
+        return state is not None and state.consecutive_failures > 0
 
     def observed(self, endpoint_id: str, latency_ms: float) -> None:
         """A client request was answered by the endpoint: latency for the ranking, no state change."""
@@ -69,6 +82,12 @@ class HealthRegistry:
             return
         state.passive_failure(reason, self._clock.seconds())
         self.suspect(endpoint_id)
+
+    def refused(self, endpoint_id: str) -> None:
+        """The endpoint refused a request for its path (the request's fault): counted, nothing more."""
+        state = self.states.get(endpoint_id)
+        if state is not None:
+            state.refusals += 1
 
     def suspect(self, endpoint_id: str) -> None:
         """Ask for an early probe of an endpoint (rate-limited by the poller)."""
@@ -117,10 +136,27 @@ class HealthService(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._start_loop(self.registry.config.interval, now=True)
+
+    def _start_loop(self, interval: float, *, now: bool) -> None:
         self._loop = LoopingCall(self.poll_once)
         self._loop.clock = self.clock
-        self._loop_done = self._loop.start(self.registry.config.interval, now=True)
+        self._loop_done = self._loop.start(interval, now=now)
         self._loop_done.addErrback(lambda f: log.failure("health loop stopped", f))
+
+    def set_interval(self, interval: float) -> None:
+        """Poll every `interval` seconds from now on (a reload changed `[health] interval`): the loop
+        is restarted, its next round comes one new interval from now."""
+        loop = self._loop
+        if not self.running or loop is None or not loop.running or loop.interval == interval:
+            return
+        loop.stop()
+        self._start_loop(interval, now=False)
+
+    @property
+    def interval(self) -> float | None:
+        """The period in force (None when not running)."""
+        return self._loop.interval if self._loop is not None and self._loop.running else None
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

@@ -43,6 +43,7 @@ class EndpointHealth:
     checks: int = 0
     failures: int = 0
     passive_failures: int = 0
+    refusals: int = 0  # requests the endpoint refused for their path (4xx, ENOTDIR): never a fault
     history: list[Transition] = field(default_factory=list)
 
     @property
@@ -102,4 +103,5 @@ class EndpointHealth:
             "checks": self.checks,
             "failures": self.failures,
             "passive_failures": self.passive_failures,
+            "refusals": self.refusals,
         }

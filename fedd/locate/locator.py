@@ -156,6 +156,7 @@ class _Query:
             # the endpoint's "no" for this path (the request's fault): not a fault of the endpoint
             log.debug("{endpoint} refused {path}: {reason}", endpoint=eid, path=self.path, reason=reason)
             self.result.missing.add(eid)
+            self.locator.health.refused(eid)
             if isinstance(failure.value, PathRefused) and failure.value.suspect:
                 self.locator.health.suspect(eid)
             self.update()

@@ -1,6 +1,7 @@
 """Replica ranking: pure and deterministic.
 
-1. Offline endpoints are dropped.
+1. Offline endpoints are dropped. (`Federation.order` then puts endpoints whose last probe failed
+   after all others: still usable, but never first while another replica is there.)
 2. With a client location, endpoints within `fuzz_km` of the nearest one form the first tier; the
    others follow by distance; endpoints without a location come after all located ones.
    Without a client location every endpoint is in the first tier.
