@@ -8,13 +8,15 @@ dropping connections or caches:
   minimum free space, downtimes, ...): unchanged endpoints keep their objects (connection pools,
   signed-URL caches, health history); changed ones get new objects and the old ones are closed after
   a grace period, so requests already using them finish;
-- `[write]`, `[locate]` timings and TTLs, `[health]` thresholds, `[space]` reporting, configured
-  downtimes; `[auth]` files are re-read at once;
+- `[write]`, `[locate]` timings and TTLs, `[health]` thresholds and interval, `[space]` reporting
+  and interval (the health poller and the space reporter restart their loops on a new interval),
+  `[checksums]` limits and workers, configured downtimes; `[auth]` files are re-read at once;
 - cached locate answers stay; answers that said "not found" are dropped when the set of endpoints
   or their mappings changed, since a new endpoint may hold the file.
 
-Listen addresses, TLS files, memcached servers, the events broker and the GeoIP database need a
-restart: a change to them is logged and ignored until then.
+Listen addresses, TLS files, memcached servers, the events broker, the GeoIP database and the
+checksum database need a restart: a change to them is logged, listed in the status
+(`reload.needs_restart`) and ignored until then.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Reloader:
         self.reloads = 0
         self.refused = 0
         self.last_error: str | None = None
+        self.needs_restart: list[str] = []  # what the running configuration differs in until a restart
 
     def reload(self) -> bool:
         """Parse and apply the configuration file; False (and nothing changed) when it has errors."""
@@ -74,13 +77,15 @@ class Reloader:
     def apply(self, new: Config) -> None:
         old = self.config
         # what needs a restart keeps its running value
-        for name in RESTART_SECTIONS:
-            if getattr(new, name) != getattr(old, name):
-                log.warn("reload: changes to [{section}] need a restart; they are not applied now", section=name)
+        pending = [f"[{name}]" for name in RESTART_SECTIONS if getattr(new, name) != getattr(old, name)]
         if new.locate.memcached != old.locate.memcached or new.locate.lru_entries != old.locate.lru_entries:
-            log.warn("reload: memcached servers and lru_entries need a restart; they are not applied now")
+            pending.append("[locate] memcached, lru_entries")
         if (new.auth is None) != (old.auth is None) or new.issuers != old.issuers:
-            log.warn("reload: adding or removing [auth] or issuers needs a restart; they are not applied now")
+            pending.append("[auth] added or removed, [issuer] sections")
+        if new.checksums.database != old.checksums.database:
+            pending.append("[checksums] database")
+        for what in pending:
+            log.warn("reload: changes to {what} need a restart; they are not applied now", what=what)
         locate = replace(new.locate, memcached=old.locate.memcached, lru_entries=old.locate.lru_entries)
         applied = replace(
             new,
@@ -90,6 +95,7 @@ class Reloader:
             locate=locate,
             auth=old.auth if (new.auth is None) != (old.auth is None) else new.auth,
             issuers=old.issuers,
+            checksums=replace(new.checksums, database=old.checksums.database),
         )
         changed_endpoints = self._apply_endpoints(old, applied)
         fed = self.top.federation
@@ -102,6 +108,10 @@ class Reloader:
             resource.writer.config = applied.write
         space = self.top.space
         space.config, space.settings = applied, applied.space
+        intervals = self._apply_intervals(old, applied)
+        checksums = self.top.resource.checksums
+        if checksums is not None:
+            checksums.reconfigure(applied.checksums)
         self.top.downtimes.replace_configured({ep.id: ep.downtimes for ep in applied.endpoints})
         auth = getattr(self.top, "auth", None)
         if auth is not None:
@@ -113,12 +123,25 @@ class Reloader:
         self.config = applied
         self.reloads += 1
         self.last_error = None
+        self.needs_restart = pending  # `old` holds the running values, so this is all the file differs in
         log.info(
-            "reloaded {path}: {n} endpoint(s){changes}",
+            "reloaded {path}: {n} endpoint(s){changes}{intervals}",
             path=self.path,
             n=len(applied.endpoints),
             changes=f" ({changed_endpoints})" if changed_endpoints else ", endpoints unchanged",
+            intervals=f"; {intervals}" if intervals else "",
         )
+
+    def _apply_intervals(self, old: Config, new: Config) -> str:
+        """Restart the periodic loops whose interval changed; what changed, for the log."""
+        done = []
+        if new.health.interval != old.health.interval:
+            self.top.getServiceNamed("health").set_interval(new.health.interval)
+            done.append(f"[health] interval {old.health.interval:g}s -> {new.health.interval:g}s")
+        if new.space.interval != old.space.interval:
+            self.top.space.set_interval(new.space.interval)
+            done.append(f"[space] interval {old.space.interval:g}s -> {new.space.interval:g}s")
+        return ", ".join(done)
 
     def _apply_endpoints(self, old: Config, new: Config) -> str:
         fed = self.top.federation
@@ -162,4 +185,10 @@ class Reloader:
         return "; ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "reloads": self.reloads, "refused": self.refused, "last_error": self.last_error}
+        return {
+            "path": self.path,
+            "reloads": self.reloads,
+            "refused": self.refused,
+            "last_error": self.last_error,
+            "needs_restart": list(self.needs_restart),
+        }

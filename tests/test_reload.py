@@ -153,3 +153,49 @@ def test_reload_while_requests_are_in_flight(daemon: tuple[Fedd, Path], dav2: An
     assert not failures, failures[:5]
     assert counts[0] > 100
     assert reloaded(f, 6)["reload"]["refused"] == 0
+
+
+def test_reload_restarts_the_loops_with_new_intervals_and_applies_checksums(
+    daemon: tuple[Fedd, Path], tmp_path: Path
+) -> None:
+    """[health] and [space] intervals are read by loops that run since the start: a reload that says
+    it applied a new interval must restart them. [checksums] is applied too, but its database needs a
+    restart, and the status says so."""
+    f, conf = daemon
+    slow = base(f.port, _dav_from(conf)).replace("interval = 5", "interval = 60") + "[space]\ninterval = 300\n"
+    conf.write_text(slow)
+    f.proc.send_signal(signal.SIGHUP)
+    reloaded(f, 1)
+
+    def checks() -> int:
+        return int(f.status()["endpoints"]["one"]["health"]["checks"])
+
+    def measured() -> tuple[Any, Any]:
+        m = f.status()["space"]["one"]  # mod_dav reports no quota: every round records its error
+        return m["measured"], m["error_at"]
+
+    wait_for(lambda: measured() != (None, None), what="the first space round")
+    health_before, space_before = checks(), measured()
+    fast = slow.replace("interval = 60", "interval = 0.2").replace("interval = 300", "interval = 0.3")
+    fast += f"[checksums]\nworkers = 5\nqueue = 7\ndatabase = {tmp_path / 'other.sqlite'}\n"
+    conf.write_text(fast)
+    f.proc.send_signal(signal.SIGHUP)
+    status = reloaded(f, 2)
+    # the old periods (60 s, 300 s) would give at most one more round in these 5 seconds
+    wait_for(lambda: checks() >= health_before + 10, timeout=5, what="health probes every 0.2 s")
+    seen = {space_before}
+    wait_for(lambda: seen.add(measured()) or len(seen) >= 4, timeout=5, what="space rounds every 0.3 s")
+    ck = f.status()["checksums"]
+    assert ck["workers"] == 5 and ck["queue_max"] == 7
+    assert ck["database"] == "fedd-checksums.sqlite"  # the running database stays until a restart
+    assert status["reload"]["needs_restart"] == ["[checksums] database"]
+    log = f.log_text()
+    assert "[health] interval 60s -> 0.2s" in log and "[space] interval 300s -> 0.3s" in log
+    assert "changes to [checksums] database need a restart" in log
+    # back to a slow period: the fast loop stops (not a second loop beside it)
+    conf.write_text(slow)
+    f.proc.send_signal(signal.SIGHUP)
+    assert reloaded(f, 3)["reload"]["needs_restart"] == []
+    settled = checks()
+    time.sleep(1.5)  # nothing to wait for: this checks that probes do *not* happen
+    assert checks() <= settled + 1

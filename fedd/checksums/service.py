@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twisted.application.service import Service
@@ -153,6 +153,12 @@ class ChecksumService(Service):
         for d in list(self._running.values()):
             d.cancel()
         return ensureDeferred(self._close())
+
+    def reconfigure(self, config: ChecksumsConfig) -> None:
+        """Apply a reloaded `[checksums]` (all but `database`, which needs a restart): limits apply
+        to the next request; more workers start on the queue at once, fewer let running jobs end."""
+        self.config = replace(config, database=self.config.database)
+        self._pump()
 
     async def _close(self) -> None:
         try:

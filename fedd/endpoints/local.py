@@ -34,11 +34,34 @@ class LocalEndpoint:
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
 
     def resolve(self, path: str) -> str | None:
-        """File-system path for an endpoint path, or None if it would leave the root."""
-        candidate = os.path.realpath(os.path.join(self.root, path.lstrip("/")))
-        if candidate != self.root and not candidate.startswith(self.root + os.sep):
+        """File-system path for an endpoint path, or None if it would leave the root, or if a symlink
+        leads out of the mapped prefix the path is under (into another prefix, whose access rules
+        the path asked would bypass, or into a part of the root that is not published)."""
+        lexical = os.path.normpath(os.path.join(self.root, path.lstrip("/")))
+        candidate = os.path.realpath(lexical)
+        if not self._inside_dir(candidate, self.root):
             return None
+        if candidate != lexical:  # a symlink was followed: it must stay in the prefix it starts from
+            asked = self._deepest(lexical, [os.path.normpath(self.root + p) for p in self._prefixes])
+            # the prefixes' own directories may be symlinks within the root: compare real places
+            landed = self._deepest(candidate, [os.path.realpath(self.root + p) for p in self._prefixes])
+            if asked is None or landed is None or os.path.realpath(asked) != landed:
+                return None
         return candidate
+
+    @staticmethod
+    def _inside_dir(path: str, directory: str) -> bool:
+        return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+    @property
+    def _prefixes(self) -> list[str]:
+        return sorted({"" if ep == "/" else ep for _, ep in self.config.mappings})
+
+    @staticmethod
+    def _deepest(path: str, places: list[str]) -> str | None:
+        """The most specific of the mapped prefixes' directories that holds `path`."""
+        holding = [place for place in places if LocalEndpoint._inside_dir(path, place)]
+        return max(holding, key=len) if holding else None
 
     def url_for(self, path: str, now: float, method: str = "GET") -> str:
         return LOCAL_PREFIX + self.id + quote_path(path)

@@ -127,9 +127,26 @@ class SpaceService(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._start_loop(self.settings.interval, now=True)
+
+    def _start_loop(self, interval: float, *, now: bool) -> None:
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self.reactor
-        self._loop.start(self.settings.interval, now=True).addErrback(lambda f: log.failure("space loop stopped", f))
+        self._loop.start(interval, now=now).addErrback(lambda f: log.failure("space loop stopped", f))
+
+    def set_interval(self, interval: float) -> None:
+        """Measure every `interval` seconds from now on (a reload changed `[space] interval`): the loop
+        is restarted; a round under way finishes, the next one comes one new interval from now."""
+        loop = self._loop
+        if not self.running or loop is None or not loop.running or loop.interval == interval:
+            return
+        loop.stop()
+        self._start_loop(interval, now=False)
+
+    @property
+    def interval(self) -> float | None:
+        """The period in force (None when not running)."""
+        return self._loop.interval if self._loop is not None and self._loop.running else None
 
     def stopService(self) -> Any:
         super().stopService()

@@ -4,11 +4,13 @@ Domain work happens in `fedd.writes`, `fedd.tpc` and `fedd.space`; here only HTT
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.web import server
+from twisted.web.http_headers import Headers
 
 from fedd.auth.identity import ANONYMOUS
 from fedd.auth.service import AuthService
@@ -21,6 +23,7 @@ from fedd.errors import (
     NotFound,
     PartialFailure,
     Unauthorized,
+    UnsupportedMediaType,
 )
 from fedd.events.model import file_fields
 from fedd.federation import Federation
@@ -36,6 +39,50 @@ from fedd.web.site import absolute_url as _absolute
 from fedd.writes import MAX_UPLOAD, Writer
 
 DOWNTIMES_PATH = b"/.well-known/fedd/downtimes"
+# headers a proxy adds: behind one, the loopback peer is the proxy, not the admin
+PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip", b"via")
+LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback address, parsed: 127.0.0.0/8, ::1 and IPv4-mapped ::ffff:127.x.y.z."""
+    try:
+        addr = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
+
+
+def _host_name(value: bytes | None) -> str:
+    """The name in a Host header, without the port ('[::1]:8080' -> '::1'); '' when absent."""
+    host = (value or b"").decode("latin-1").strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def local_admin_refusal(client: str, headers: Headers) -> str | None:
+    """Why an admin change without [auth] is refused, or None when it comes from this host itself:
+    a loopback peer, no proxy headers (behind a reverse proxy every client would look local), and a
+    Host naming this host by a loopback name (a page whose name resolves to 127.0.0.1, DNS
+    rebinding, is not the admin)."""
+    if not is_loopback(client):
+        return "without [auth], downtimes can be changed from this host only"
+    if any(headers.hasHeader(name) for name in PROXY_HEADERS):
+        return "without [auth], downtimes cannot be changed through a proxy: turn [auth] on"
+    host = _host_name(headers.getRawHeaders(b"host", [b""])[-1])
+    if host not in LOCAL_NAMES and not is_loopback(host):
+        return "without [auth], downtimes are changed at a loopback address (e.g. http://127.0.0.1:PORT/)"
+    return None
+
+
+def is_json(content_type: bytes | None) -> bool:
+    """True for application/json, with or without parameters (charset)."""
+    if content_type is None:
+        return False
+    return content_type.split(b";", 1)[0].strip().lower() == b"application/json"
 
 
 def _declared_length(request: server.Request) -> int | None:
@@ -230,11 +277,15 @@ class WriteHandlers:
 
     def _admin_only(self, request: server.Request) -> None:
         """Changing downtimes: an identity the access rules let write the downtimes path; without
-        [auth], clients on the same host only."""
+        [auth], clients on the same host only (see `local_admin_refusal`). A POST body must be JSON."""
+        if request.method == b"POST" and not is_json(request.getHeader(b"content-type")):
+            # a browser sends text/plain or a form cross-site without asking first; JSON needs a CORS
+            # preflight, which fedd never grants
+            raise UnsupportedMediaType("a downtime is declared with Content-Type: application/json")
         if self.auth is None:
-            client = self._client(request)
-            if client != "::1" and not client.startswith("127."):
-                raise Forbidden("without [auth], downtimes can be changed from this host only")
+            refusal = local_admin_refusal(self._client(request), request.requestHeaders)
+            if refusal is not None:
+                raise Forbidden(refusal)
             return
         who = getattr(request, "fedd_identity", ANONYMOUS)
         decision = self.auth.decide(who, "w", DOWNTIMES_PATH.decode())
