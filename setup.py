@@ -38,6 +38,7 @@ setup(
         "test": [
             "pytest>=7.4",
             "pytest-timeout",
+            "hypothesis",
             "boto3",
             "mmdb-writer",
             "maxminddb-geolite2",

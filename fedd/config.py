@@ -26,6 +26,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -448,7 +449,8 @@ def _size(text: str) -> int:
     match = re.match(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*$", text)
     if not match or match.group(2).lower() not in _SIZE_UNITS:
         raise ValueError(f"expected a size such as 1000000, 500G, 1.5TB or 2TiB, got {text!r}")
-    value = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    # exact decimal arithmetic: a float loses bytes past 2**53 and makes 1.001G 1000999999
+    value = Fraction(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
     if value >= 1 << 63:
         raise ValueError(f"size too large: {text!r}")
     return int(value)
@@ -713,7 +715,8 @@ class _Reader:
 
     def read_text(self, text: str, name: str) -> None:
         current: _Section | None = None
-        for number, raw in enumerate(text.splitlines(), 1):
+        # lines end at \n only, as in editors: str.splitlines also splits at \x0c, \x85, \u2028, ...
+        for number, raw in enumerate(text.split("\n"), 1):
             where = f"{name}:{number}"
             line = raw.strip()
             if not line or line.startswith(("#", ";")):

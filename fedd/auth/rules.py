@@ -35,7 +35,7 @@ class RulesError(Exception):
 def parse_gridmap(text: str, name: str = "<grid-mapfile>") -> dict[str, str]:
     mapping: dict[str, str] = {}
     errors: list[str] = []
-    for number, raw in enumerate(text.splitlines(), 1):
+    for number, raw in enumerate(text.split("\n"), 1):  # not splitlines: it also splits at \x0c, \x85, ...
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -44,7 +44,7 @@ def parse_gridmap(text: str, name: str = "<grid-mapfile>") -> dict[str, str]:
         except ValueError as exc:
             errors.append(f"{name}:{number}: {exc}")
             continue
-        if len(parts) != 2 or not _DN_RE.match(parts[0]):
+        if len(parts) != 2 or not _DN_RE.match(parts[0]) or not parts[1].split(",")[0]:
             errors.append(f"{name}:{number}: expected '\"<DN>\" <account>', got {line!r}")
             continue
         mapping[parts[0]] = parts[1].split(",")[0]
@@ -85,7 +85,7 @@ class Rule:
 def parse_access(text: str, name: str = "<access file>") -> list[Rule]:
     rules: list[Rule] = []
     errors: list[str] = []
-    for number, raw in enumerate(text.splitlines(), 1):
+    for number, raw in enumerate(text.split("\n"), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -99,6 +99,9 @@ def parse_access(text: str, name: str = "<access file>") -> list[Rule]:
             errors.append(f"{where}: expected '<path prefix> <principal> <letters>', got {line!r}")
             continue
         prefix, principal, letters = parts
+        if not principal:  # it would equal the empty account of every identity the grid-mapfile lacks
+            errors.append(f"{where}: empty principal")
+            continue
         try:
             prefix = _normal_prefix(prefix)
         except ValueError as exc:

@@ -95,7 +95,7 @@ def parse_want_repr_digest(text: str) -> Want:
         value = value.split(";", 1)[0].strip()
         if not sep:
             weight = 1.0  # a bare key is the boolean true: accept it as a plain "yes"
-        elif value.isdigit() and int(value) <= 10:
+        elif re.fullmatch(r"[0-9]{1,15}", value) and int(value) <= 10:  # not isdigit: it takes '²' (\xb2)
             weight = float(value)
         else:
             continue
@@ -177,7 +177,7 @@ def parse_prefer_wait(text: str | None) -> float | None:
             return 0.0
         if key == "wait":
             value = value.strip().strip('"')
-            if value.isdigit():
+            if value.isascii() and value.isdigit():  # str.isdigit alone takes '²', which float() refuses
                 wait = float(value)
     return wait
 

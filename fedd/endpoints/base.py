@@ -169,7 +169,8 @@ def format_etag(value: str) -> str:
 
 
 def parse_int(value: str | None) -> int | None:
-    if value is None or not value.isdigit():
+    # ASCII only (str.isdigit takes '²' and '٣'); more than 19 digits is no size (and int() refuses 4300+)
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 19:
         return None
     return int(value)
 

@@ -52,12 +52,12 @@ def parse_request(body: bytes, endpoints: set[str], now: float) -> tuple[str, Do
     """A downtime from an admin's JSON: {"endpoint", "start"?, "end" | "duration", "scope"?, "reason"?}."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: "[[[[..." nested too deep
         raise BadRequest("expected a JSON object") from None
     if not isinstance(data, dict):
         raise BadRequest("expected a JSON object")
     endpoint = data.get("endpoint")
-    if endpoint not in endpoints:
+    if not isinstance(endpoint, str) or endpoint not in endpoints:  # a list or object is not hashable
         raise BadRequest(f"unknown endpoint {endpoint!r}")
     scope = data.get("scope", "all")
     if scope not in DOWNTIME_SCOPES:
@@ -68,7 +68,7 @@ def parse_request(body: bytes, endpoints: set[str], now: float) -> tuple[str, Do
             end = start + float(data["duration"])
         else:
             end = float(data["end"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: a 400-digit integer
         raise BadRequest("give 'end' (epoch seconds) or 'duration' (seconds); 'start' is optional") from None
     if not (end > start and end > now) or end - start > 366 * 86400 or start != start or end != end:
         raise BadRequest("the downtime must end after it starts, in the future, within a year")

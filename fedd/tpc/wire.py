@@ -58,7 +58,11 @@ def copy_request(request: Any, path: str, client: str, client_dn: str | None) ->
     mode = mode_of(source, destination)
     remote = source if mode == "pull" else destination
     assert remote is not None
-    parts = urlsplit(remote)
+    try:
+        parts = urlsplit(remote)
+        parts.port  # noqa: B018  # raises ValueError for a port that is no number or out of range
+    except ValueError:  # also "Invalid IPv6 URL" (an unclosed '[')
+        raise BadRequest(f"unusable remote URL {remote[:200]!r}") from None
     if not parts.scheme and not parts.netloc:
         raise Forbidden("COPY within the federation is not supported: give a full http(s):// URL of another storage")
     host = (_header(request, b"host") or "").lower()

@@ -227,7 +227,10 @@ class WriteHandlers:
         raw = request.getHeader(b"destination")
         if not raw:
             raise BadRequest("MOVE needs a Destination header")
-        parts = urlsplit(raw.decode("latin-1"))
+        try:
+            parts = urlsplit(raw.decode("latin-1"))
+        except ValueError:  # "Invalid IPv6 URL": an unclosed '['
+            raise BadRequest("unusable Destination URL") from None
         if parts.scheme or parts.netloc:
             host = (request.getHeader(b"host") or b"").decode("latin-1").lower()
             if parts.scheme not in ("http", "https") or parts.netloc.lower() != host:
