@@ -15,7 +15,7 @@ from typing import Any
 import pika
 import pytest
 
-from tests.daemon import Fedd, start_fedd
+from tests.daemon import Fedd, start_fedd, wait_for
 from tests.servers import free_port
 
 BROKER = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -96,7 +96,7 @@ space_source = none
 @pytest.fixture()
 def setup(tmp_path: Path, broker_up: None) -> Iterator[tuple[Path, str, Consumer]]:
     (tmp_path / "data").mkdir()
-    for i in range(30):
+    for i in range(60):
         (tmp_path / "data" / f"f{i}").write_text("x")
     exchange = f"fedd-test-{uuid.uuid4().hex[:8]}"
     consumer = Consumer(exchange)
@@ -129,7 +129,9 @@ def test_events_arrive_on_the_broker(setup: tuple[Path, str, Consumer]) -> None:
         method, props, body = kinds["get-redirect"]
         assert method.routing_key == "fedd.get.redirect"
         assert props.content_type == "application/json" and props.delivery_mode == 2
-        assert set(body) == {"event_type", "payload", "created_at"}
+        assert set(body) == {"id", "event_type", "payload", "created_at"}
+        assert props.message_id == body["id"] and len(body["id"]) == 32
+        assert len({m[1].message_id for m in msgs}) == len(msgs)  # one id per event
         assert body["payload"]["endpoint"] == "data" and body["payload"]["client"] == "127.0.0.1"
         assert [b["payload"]["path"] for b in redirects(msgs)] == ["/atlas/f0", "/atlas/f1", "/atlas/f2"]
         online = kinds["endpoint-online"]
@@ -160,35 +162,55 @@ def test_broker_outage_and_restart_lose_nothing(setup: tuple[Path, str, Consumer
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
             assert fed.status()["events"]["connected"] is False
+            log = fed.log_text()
+            assert log.count("exchange " + exchange + " connection lost: events wait in the outbox") == 1, log
             fed.stop()  # fedd restarts with events still in its outbox
             fed = start_fedd(tmp / "run", conf, port)
             assert get(fed, "/atlas/f11") == 302
+            wait_for(lambda: "unreachable" in fed.log_text(), 10, "the broker outage in the log")
         finally:
             rabbitmqctl("start_app")
         consumer._connect()
         got = redirects(consumer.take(12, timeout=60))
         assert [g["payload"]["path"] for g in got] == [f"/atlas/f{i}" for i in range(1, 12)]  # in order
-        assert "broker" in fed.log_text() or fed.status()["events"]["connected"] is True
+        log = fed.log_text()
+        outage = [line for line in log.splitlines() if "unreachable" in line]
+        assert len(outage) == 1 and f"exchange {exchange} unreachable (" in outage[0], log  # once per outage
+        assert "connected to broker" in log.split(outage[0], 1)[1]  # and back afterwards
+        assert "Traceback" not in log and "Unhandled" not in log, log
     finally:
         fed.stop()
 
 
-def test_full_outbox_sheds_and_counts(setup: tuple[Path, str, Consumer]) -> None:
-    tmp, exchange, _ = setup
+def test_full_outbox_sheds_counts_and_reports_once(setup: tuple[Path, str, Consumer]) -> None:
+    tmp, exchange, consumer = setup
     port = free_port()
     conf = config(port, exchange, "outbox_max_events = 5\nshed = drop-oldest\ntypes = get-redirect events-dropped")
-    conf = conf.replace("path = data", f"path = {tmp / 'data'}").replace(BROKER, "amqp://guest:guest@127.0.0.1:1/")
-    fed = start_fedd(tmp / "run", conf, port)  # a broker that is not there
+    conf = conf.replace("path = data", f"path = {tmp / 'data'}")
+    down = conf.replace(BROKER, "amqp://guest:guest@127.0.0.1:1/")
+    fed = start_fedd(tmp / "run", down, port)  # a broker that is not there
     try:
-        for i in range(20):
+        for i in range(60):  # over many flush intervals (20 ms)
             assert get(fed, f"/atlas/f{i}") == 302
-        deadline = time.monotonic() + 10
-        while fed.status()["events"]["dropped"] < 15:
-            assert time.monotonic() < deadline, fed.status()["events"]
-            time.sleep(0.05)
+        wait_for(lambda: fed.status()["events"]["dropped"] == 55, 10, "55 events dropped")
         status = fed.status()["events"]
-        assert status["outbox_depth"] == 5 and status["connected"] is False
-        assert "outbox full" in fed.log_text()
+        assert status["outbox_depth"] == 5 and status["connected"] is False  # notices take no room
+        reports = [line for line in fed.log_text().splitlines() if "events dropped" in line]
+        assert len(reports) == 1 and "outbox full: 5 events, drop-oldest" in reports[0], reports  # not one per flush
         assert fed.proc.poll() is None
+    finally:
+        fed.stop()  # the drops since the report go into the notice slot
+    fed = start_fedd(tmp / "run", conf, port)  # the real broker, the same outbox
+    try:
+        msgs = consumer.take(6)
+        assert len(msgs) == 6, [m[2] for m in msgs]
+        assert [m[2]["payload"]["path"] for m in msgs if m[2]["event_type"] == "get-redirect"] == [
+            f"/atlas/f{i}" for i in range(55, 60)
+        ]
+        notices = [m[2] for m in msgs if m[2]["event_type"] == "events-dropped"]
+        assert len(notices) == 1 and notices[0]["payload"]["dropped"] == 55, notices
+        assert notices[0]["payload"]["outbox_max"] == 5 and notices[0]["payload"]["policy"] == "drop-oldest"
+        assert consumer.take(1, timeout=1.0) == []  # nothing else: one notice, not one per flush
+        assert "events dropped" not in fed.log_text()
     finally:
         fed.stop()

@@ -1,20 +1,30 @@
-"""Events: envelope and routing keys (pure), and the SQLite outbox's order and shedding."""
+"""Events: envelope, ids and routing keys (pure), the journal, the SQLite outbox's order, shedding
+and notice slot, and the events service's durable emit (in process, with a Clock and a fake sink;
+tests/test_events_rabbitmq.py and tests/test_events_durable.py run the real broker)."""
 
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
 from pathlib import Path
 
 import pytest
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
 
-from fedd.events.model import envelope, routing_key
+from fedd.config import EventsConfig
+from fedd.events.journal import Journal, decode, encode, read_segments
+from fedd.events.model import Event, EventIds, envelope, routing_key
 from fedd.events.outbox import Outbox
+from fedd.events.service import EventsService
 from tests import reactor
 
 
-def test_envelope_is_hermes_shaped() -> None:
-    body = json.loads(envelope("get-redirect", {"path": "/a", "n": 1}, 1700000000.25))
+def test_envelope_is_hermes_shaped_with_an_id() -> None:
+    body = json.loads(envelope("0123", "get-redirect", {"path": "/a", "n": 1}, 1700000000.25))
     assert body == {
+        "id": "0123",
         "event_type": "get-redirect",
         "payload": {"path": "/a", "n": 1},
         "created_at": "2023-11-14 22:13:20.250000",
@@ -33,8 +43,16 @@ def test_routing_keys(prefix: str, kind: str, key: str) -> None:
     assert routing_key(prefix, kind) == key
 
 
-def rows(n: int, start: int = 0) -> list[tuple[str, bytes]]:
-    return [("k", b"%d" % i) for i in range(start, start + n)]
+def test_event_ids_are_unique_across_processes_and_restarts() -> None:
+    first, second = EventIds(1), EventIds(2)
+    ids = [first() for _ in range(1000)] + [second() for _ in range(1000)]
+    assert len(set(ids)) == 2000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert EventIds(2**64 + 5)() == EventIds(5)()  # the seed is 64 bits
+
+
+def rows(n: int, start: int = 0) -> list[tuple[str, str, bytes]]:
+    return [(f"id{i}", "k", b"%d" % i) for i in range(start, start + n)]
 
 
 def test_outbox_keeps_order_across_reopen(tmp_path: Path) -> None:
@@ -45,9 +63,9 @@ def test_outbox_keeps_order_across_reopen(tmp_path: Path) -> None:
     again = Outbox(reactor.the_reactor(), str(tmp_path / "o.sqlite"), 100)
     assert reactor.call(again.open) == 5
     got = reactor.call(again.peek, 3)
-    assert [b for _, _, b in got] == [b"0", b"1", b"2"]
+    assert [e for _, e in got] == [("id0", "k", b"0"), ("id1", "k", b"1"), ("id2", "k", b"2")]
     assert reactor.call(again.remove, got[-1][0]) == 2
-    assert [b for _, _, b in reactor.call(again.peek, 10)] == [b"3", b"4"]
+    assert [b for _, (_, _, b) in reactor.call(again.peek, 10)] == [b"3", b"4"]
     reactor.call(again.close)
 
 
@@ -56,9 +74,9 @@ def test_outbox_drop_oldest(tmp_path: Path) -> None:
     reactor.call(box.open)
     reactor.call(box.add, rows(4))
     assert reactor.call(box.add, rows(3, 4)) == (5, 2)
-    assert [b for _, _, b in reactor.call(box.peek, 10)] == [b"2", b"3", b"4", b"5", b"6"]
+    assert [b for _, (_, _, b) in reactor.call(box.peek, 10)] == [b"2", b"3", b"4", b"5", b"6"]
     assert reactor.call(box.add, rows(12, 100)) == (5, 12)  # 5 old ones + 7 of the batch
-    assert [b for _, _, b in reactor.call(box.peek, 10)] == [b"107", b"108", b"109", b"110", b"111"]
+    assert [b for _, (_, _, b) in reactor.call(box.peek, 10)] == [b"107", b"108", b"109", b"110", b"111"]
     reactor.call(box.close)
 
 
@@ -67,10 +85,127 @@ def test_outbox_drop_newest(tmp_path: Path) -> None:
     reactor.call(box.open)
     reactor.call(box.add, rows(4))
     assert reactor.call(box.add, rows(3, 4)) == (5, 2)
-    assert [b for _, _, b in reactor.call(box.peek, 10)] == [b"0", b"1", b"2", b"3", b"4"]
+    assert [b for _, (_, _, b) in reactor.call(box.peek, 10)] == [b"0", b"1", b"2", b"3", b"4"]
     reactor.call(box.close)
 
 
 def test_unknown_policy_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         Outbox(reactor.the_reactor(), str(tmp_path / "o.sqlite"), 5, "drop-random")
+
+
+def test_outbox_written_before_ids_gets_stable_ids(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, routing_key TEXT NOT NULL, body BLOB NOT NULL)"
+    )
+    db.executemany("INSERT INTO outbox (routing_key, body) VALUES (?, ?)", [("k", b'{"a":1}'), ("k", b'{"a":2}')])
+    db.commit()
+    db.close()
+    box = Outbox(reactor.the_reactor(), str(path), 10)
+    assert reactor.call(box.open) == 2
+    first = reactor.call(box.peek, 10)
+    assert reactor.call(box.peek, 10) == first  # the same id on every resend
+    assert len({e[0] for _, e in first}) == 2
+    assert reactor.call(box.add, rows(1)) == (3, 0)
+    assert reactor.call(box.peek, 10)[-1][1] == ("id0", "k", b"0")
+    reactor.call(box.close)
+
+
+def test_notice_slot_is_outside_the_capacity(tmp_path: Path) -> None:
+    box = Outbox(reactor.the_reactor(), str(tmp_path / "o.sqlite"), 2)
+    reactor.call(box.open)
+    assert reactor.call(box.add, rows(2)) == (2, 0)
+    reactor.call(box.put_notice, (("n1", "k", b"{}"), 7))
+    reactor.call(box.put_notice, (("n2", "k", b"{}"), 9))  # replaces the unsent one
+    assert reactor.call(box.add, rows(1, 2)) == (2, 1)  # the notice takes no room and is never shed
+    reactor.call(box.clear_notice, "n1")  # confirmed an older notice: the newer one stays
+    reactor.call(box.close)
+    again = Outbox(reactor.the_reactor(), str(tmp_path / "o.sqlite"), 2)
+    reactor.call(again.open)
+    assert again.notice == (("n2", "k", b"{}"), 9)
+    reactor.call(again.clear_notice, "n2")
+    reactor.call(again.close)
+    third = Outbox(reactor.the_reactor(), str(tmp_path / "o.sqlite"), 2)
+    reactor.call(third.open)
+    assert third.notice is None
+    reactor.call(third.close)
+
+
+def test_journal_decode_skips_torn_and_broken_lines() -> None:
+    good = encode(("a1", "fedd.get.redirect", b'{"x":1}'))
+    events, bad = decode(good + b"junk\n" + good + b'a2\tk\t{"y"')
+    assert events == [("a1", "fedd.get.redirect", b'{"x":1}')] * 2 and bad == 2
+
+
+def test_journal_segments_rotate_and_only_dead_ones_are_leftovers(tmp_path: Path) -> None:
+    clock = Clock()
+    base = str(tmp_path / "o.sqlite")
+    journal = Journal(base, clock)
+    journal.append(("a1", "k", b"{}"))
+    held = journal.rotate()
+    assert held is not None and os.path.getsize(held.path) == len(encode(("a1", "k", b"{}")))
+    journal.append(("a2", "k", b"{}"))
+    other = Journal(base, clock)  # a second process sharing the outbox: both segments are locked
+    assert other.leftovers() == []
+    Journal.release(held)  # its writer died
+    found = other.leftovers()
+    assert [s.path for s in found] == [held.path]
+    assert read_segments([s.path for s in found]) == ([("a1", "k", b"{}")], 0)
+    Journal.remove(found[0])
+    assert not os.path.exists(held.path)
+    journal.close()
+
+
+class FakeSink:
+    """An in-memory spool: what a SpoolSink would have written."""
+
+    connected = True
+    last_error = ""
+
+    def __init__(self) -> None:
+        self.written: list[Event] = []
+
+    def describe(self) -> str:
+        return "fake"
+
+    def publish(self, events: list[Event]) -> Deferred[None]:
+        self.written += events
+        return succeed(None)
+
+    def replay(self, paths: list[str]) -> Deferred[tuple[int, int]]:
+        events, bad = read_segments(paths)
+        self.written += events
+        return succeed((len(events), bad))
+
+
+def service(tmp_path: Path, clock: Clock, sink: FakeSink) -> EventsService:
+    config = EventsConfig(spool=str(tmp_path / "spool.jsonl"), flush_interval=0.05)
+    return EventsService(config, clock=clock, outbox=None, sink=sink)
+
+
+def journal_lines(tmp_path: Path) -> list[bytes]:
+    return [line for p in sorted(tmp_path.glob("spool.jsonl.journal.*")) for line in p.read_bytes().splitlines()]
+
+
+def test_emit_is_on_disk_before_it_returns_and_a_killed_run_is_replayed(tmp_path: Path) -> None:
+    clock, sink = Clock(), FakeSink()
+    events = service(tmp_path, clock, sink)
+    events.startService()
+    events.emit("get-redirect", {"path": "/a"})
+    assert len(journal_lines(tmp_path)) == 1 and sink.written == []  # on disk, not yet delivered
+    clock.advance(0.05)
+    assert [json.loads(b)["payload"] for _, _, b in sink.written] == [{"path": "/a"}]
+    assert journal_lines(tmp_path) == []  # stored: the segment is gone
+    events.emit("get-redirect", {"path": "/b"})
+    events.emit("get-redirect", {"path": "/c"})
+    killed = [e[0] for e in events._batch]
+    events.journal.close()  # the process dies here: no flush, its lock goes with it
+    again_sink = FakeSink()
+    again = service(tmp_path, Clock(), again_sink)
+    again.startService()
+    assert [e[0] for e in again_sink.written] == killed  # same ids, in order
+    assert [json.loads(b)["id"] for _, _, b in again_sink.written] == killed
+    assert journal_lines(tmp_path) == []
+    again.stopService()

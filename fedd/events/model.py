@@ -1,8 +1,10 @@
-"""Event envelope and routing keys. Pure.
+"""Event envelope, ids and routing keys. Pure.
 
-Every message is Hermes' envelope: `{"event_type": ..., "payload": {...}, "created_at": "YYYY-MM-DD
-HH:MM:SS.ffffff"}` (UTC). The AMQP routing key is `<prefix>.<event type with '-' -> '.'>`, so
-`get-redirect` is published as `fedd.get.redirect` and consumers bind `fedd.get.#` or `#`.
+Every message is Hermes' envelope plus an id: `{"id": ..., "event_type": ..., "payload": {...},
+"created_at": "YYYY-MM-DD HH:MM:SS.ffffff"}` (UTC). The id is also the AMQP `message_id`: delivery
+is at least once, and a consumer drops a message whose id it has seen. The AMQP routing key is
+`<prefix>.<event type with '-' -> '.'>`, so `get-redirect` is published as `fedd.get.redirect` and
+consumers bind `fedd.get.#` or `#`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import json
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
+
+Event = tuple[str, str, bytes]  # (id, routing key, envelope): what the journal, outbox and sinks carry
 
 # every type fedd publishes (docs/events.md describes each with its fields)
 EVENT_TYPES = (
@@ -42,8 +46,25 @@ def created_at(now: float) -> str:
 _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
-def envelope(event_type: str, payload: dict[str, Any], now: float) -> bytes:
-    return _encode({"event_type": event_type, "payload": payload, "created_at": created_at(now)}).encode()
+def envelope(event_id: str, event_type: str, payload: dict[str, Any], now: float) -> bytes:
+    doc = {"id": event_id, "event_type": event_type, "payload": payload, "created_at": created_at(now)}
+    return _encode(doc).encode()
+
+
+class EventIds:
+    """Unique event ids without a system call per event: 16 hex digits drawn once per process start
+    (`seed`, 64 random bits) followed by a 16-hex-digit counter, 32 hex digits in all."""
+
+    def __init__(self, seed: int) -> None:
+        self._prefix = f"{seed & _ID_MASK:016x}"
+        self._count = 0
+
+    def __call__(self) -> str:
+        self._count += 1
+        return f"{self._prefix}{self._count:016x}"
+
+
+_ID_MASK = 2**64 - 1
 
 
 def file_fields(path: str) -> dict[str, Any]:

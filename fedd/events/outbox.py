@@ -1,27 +1,39 @@
 """The durable outbox: an SQLite database in WAL mode, used from one dedicated thread.
 
-Events are appended in batches and removed only after the sink (broker or spool) confirmed them,
-so a broker outage or a restart loses nothing. When the outbox holds `max_events`, the shedding
-policy decides: `drop-oldest` deletes the oldest events to make room, `drop-newest` refuses the new
-ones. Either way the number dropped is returned and counted, never raised.
+Events are appended in batches (from the journal, fedd/events/journal.py) and removed only after
+the sink (the broker) confirmed them, so a broker outage or a restart loses nothing. When the
+outbox holds `max_events`, the shedding policy decides: `drop-oldest` deletes the oldest events to
+make room, `drop-newest` refuses the new ones. Either way the number dropped is returned and
+counted, never raised.
+
+The `events-dropped` notice lives in a table of its own with one slot: it is never counted against
+`max_events`, never shed, and a newer notice replaces an unsent one (the service adds the counts).
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from fedd.events.journal import read_segments
+from fedd.events.model import Event
 from fedd.sqlite import SqliteThread
 
 SHED_POLICIES = ("drop-oldest", "drop-newest")
-Row = tuple[int, str, bytes]
+Row = tuple[int, Event]  # (outbox position, event)
+Notice = tuple[Event, int]  # (the events-dropped event, the count it carries)
 
 
 class Outbox(SqliteThread):
     SCHEMA = (
         "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-        "routing_key TEXT NOT NULL, body BLOB NOT NULL)"
+        "routing_key TEXT NOT NULL, body BLOB NOT NULL, message_id TEXT)"
+    )
+    NOTICE_SCHEMA = (
+        "CREATE TABLE IF NOT EXISTS notice (slot INTEGER PRIMARY KEY CHECK (slot = 1), "
+        "message_id TEXT NOT NULL, routing_key TEXT NOT NULL, body BLOB NOT NULL, dropped INTEGER NOT NULL)"
     )
 
     def __init__(self, reactor: Any, path: str, max_events: int, shed: str = "drop-oldest") -> None:
@@ -30,8 +42,17 @@ class Outbox(SqliteThread):
         super().__init__(reactor, path, "fedd-outbox")
         self.max_events = max_events
         self.shed = shed
+        self.notice: Notice | None = None  # the unsent events-dropped notice found at open
 
     def _opened(self) -> int:
+        assert self._db is not None
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "message_id" not in columns:  # an outbox written before events had ids
+            self._db.execute("ALTER TABLE outbox ADD COLUMN message_id TEXT")
+        self._db.execute(self.NOTICE_SCHEMA)
+        row = self._db.execute("SELECT message_id, routing_key, body, dropped FROM notice").fetchone()
+        if row is not None:
+            self.notice = ((str(row[0]), str(row[1]), bytes(row[2])), int(row[3]))
         return self._count()
 
     def _count(self) -> int:
@@ -39,28 +60,38 @@ class Outbox(SqliteThread):
         row = self._db.execute("SELECT MIN(id), MAX(id) FROM outbox").fetchone()
         return 0 if row[0] is None else int(row[1]) - int(row[0]) + 1  # ids are contiguous: O(1), not a scan
 
-    def add(self, rows: list[tuple[str, bytes]]) -> Deferred[tuple[int, int]]:
+    def add(self, events: list[Event]) -> Deferred[tuple[int, int]]:
         """Append events; fires with (depth after, number dropped by the shedding policy)."""
-        return self._run(self._add, rows)
+        return self._run(self._add, events)
 
-    def _add(self, rows: list[tuple[str, bytes]]) -> tuple[int, int]:
+    def replay(self, paths: list[str]) -> Deferred[tuple[int, int, int, int]]:
+        """Store the events of journal segments (read in this thread); fires with (events, unreadable
+        lines, depth after, number dropped)."""
+        return self._run(self._replay, paths)
+
+    def _replay(self, paths: list[str]) -> tuple[int, int, int, int]:
+        events, bad = read_segments(paths)
+        depth, dropped = self._add(events)
+        return len(events), bad, depth, dropped
+
+    def _add(self, events: list[Event]) -> tuple[int, int]:
         assert self._db is not None
         depth = self._count()
         room = self.max_events - depth
         dropped = 0
-        if len(rows) > room:
+        if len(events) > room:
             if self.shed == "drop-newest":
                 keep = max(room, 0)
-                dropped, rows = len(rows) - keep, rows[:keep]
+                dropped, events = len(events) - keep, events[:keep]
             else:
-                truncated = max(0, len(rows) - self.max_events)  # a batch larger than the outbox: newest part
-                rows = rows[truncated:]
-                evict = min(depth, len(rows) - room)
+                truncated = max(0, len(events) - self.max_events)  # a batch larger than the outbox: newest part
+                events = events[truncated:]
+                evict = min(depth, len(events) - room)
                 self._db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)", (evict,))
                 dropped = truncated + evict
-        if rows:
+        if events:
             self._db.execute("BEGIN")
-            self._db.executemany("INSERT INTO outbox (routing_key, body) VALUES (?, ?)", rows)
+            self._db.executemany("INSERT INTO outbox (message_id, routing_key, body) VALUES (?, ?, ?)", events)
             self._db.execute("COMMIT")
         return self._count(), dropped
 
@@ -69,9 +100,11 @@ class Outbox(SqliteThread):
 
     def _peek(self, limit: int) -> list[Row]:
         assert self._db is not None
+        query = "SELECT id, message_id, routing_key, body FROM outbox ORDER BY id LIMIT ?"
         return [
-            (int(i), str(k), bytes(b))
-            for i, k, b in self._db.execute("SELECT id, routing_key, body FROM outbox ORDER BY id LIMIT ?", (limit,))
+            # an event stored before ids existed gets one from its content: the same on every resend
+            (int(i), (str(m) if m else hashlib.sha256(bytes(b)).hexdigest()[:32], str(k), bytes(b)))
+            for i, m, k, b in self._db.execute(query, (limit,))
         ]
 
     def remove(self, up_to: int) -> Deferred[int]:
@@ -82,3 +115,23 @@ class Outbox(SqliteThread):
         assert self._db is not None
         self._db.execute("DELETE FROM outbox WHERE id <= ?", (up_to,))
         return self._count()
+
+    def put_notice(self, notice: Notice) -> Deferred[None]:
+        """Keep this events-dropped notice in the slot, replacing an unsent one."""
+        return self._run(self._put_notice, notice)
+
+    def _put_notice(self, notice: Notice) -> None:
+        assert self._db is not None
+        (event_id, key, body), dropped = notice
+        self._db.execute(
+            "INSERT OR REPLACE INTO notice (slot, message_id, routing_key, body, dropped) VALUES (1, ?, ?, ?, ?)",
+            (event_id, key, body, dropped),
+        )
+
+    def clear_notice(self, event_id: str) -> Deferred[None]:
+        """The broker confirmed the notice `event_id`: empty the slot unless a newer notice took it."""
+        return self._run(self._clear_notice, event_id)
+
+    def _clear_notice(self, event_id: str) -> None:
+        assert self._db is not None
+        self._db.execute("DELETE FROM notice WHERE message_id = ?", (event_id,))

@@ -1,31 +1,40 @@
-"""The `events` service: emit() is cheap and never waits; a background loop drains the outbox.
+"""The `events` service: emit() puts an event on disk and never waits; background work delivers it.
 
-emit() only appends to an in-memory batch. Every `flush_interval` the batch is encoded and written
-to the durable outbox (in the outbox's own thread). The sender loop takes events from the outbox in
-order, publishes them, and deletes them only once the sink confirmed them. Sink down: the loop
-backs off and the outbox fills; outbox full: the shedding policy drops events and an
-`events-dropped` count is kept (and published once the sink is back).
+emit() encodes the event (the envelope with a fresh id) and appends it to the journal with one
+write() (fedd/events/journal.py): from then on the event survives a kill of the process, and the
+web front sends its answer only after emit() returned. Every `flush_interval` the journal's current
+segment is stored in the durable outbox (SQLite, in its own thread) and then removed; with a spool
+file instead of a broker it is written to the spool. The sender loop takes events from the outbox
+in order, publishes them, and deletes them only once the sink confirmed them: delivery is at least
+once, and an event sent twice carries the same id both times.
+
+Sink down: the loop waits and the outbox fills. Outbox full: the shedding policy drops events; the
+drops are reported by at most one `events-dropped` notice and one log line per
+`drop_report_interval`, and the notice has a slot of its own outside the outbox's capacity.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from fedd.config import EventsConfig
 from fedd.errors import describe
-from fedd.events.model import envelope, routing_key
-from fedd.events.outbox import Outbox
+from fedd.events.journal import Journal, Segment
+from fedd.events.model import Event, EventIds, envelope, routing_key
+from fedd.events.outbox import Notice, Outbox
 from fedd.events.sinks import Sink
 
 log = Logger(namespace="fedd.events")
 BATCH = 500
+MAX_RETRY = 5.0  # seconds between attempts to store events while the outbox or spool refuses them
 
 
 class EventsService(MultiService):
@@ -39,6 +48,8 @@ class EventsService(MultiService):
         outbox: Outbox | None,
         sink: Sink,
         rng: random.Random | None = None,
+        journal: Journal | None = None,
+        ids: EventIds | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -47,91 +58,200 @@ class EventsService(MultiService):
         self.sink = sink
         self.rng = rng or random.Random()
         self.enabled = set(config.types)
-        self._batch: list[tuple[str, dict[str, Any], float]] = []
+        self.journal = journal or Journal(config.outbox if outbox is not None else config.spool, clock)
+        self._ids = ids or EventIds(int.from_bytes(os.urandom(8)))  # unique across restarts and processes
+        self._keys: dict[str, str] = {}
+        self._batch: list[Event] = []  # in the journal's current segment, not yet stored
+        self._unstored: list[tuple[Segment | None, list[Event]]] = []  # rotated out, being (or to be) stored
+        self._unstored_n = 0
         self._flush_call: IDelayedCall | None = None
-        self._flushing: Deferred[Any] | None = None
+        self._flushing: Deferred[None] | None = None
+        self._store_failures = 0
         self._wake: Deferred[None] | None = None
         self._loop: Deferred[None] | None = None
         self.depth = 0
-        self.emitted = self.sent = self.failed = self.dropped = self.sampled_out = 0
+        self.emitted = self.sent = self.failed = self.dropped = self.sampled_out = self.journal_errors = 0
         self.last_error = ""
         self._open = False
+        self._drops_pending = 0  # dropped since the last report
+        self._drop_call: IDelayedCall | None = None
+        self._last_drop_report: float | None = None
+        self._notice: Notice | None = None  # the unsent events-dropped notice (outbox mode)
+        self._notice_sending = False
+        self._journal_logged: float | None = None
 
     # --- producing ----------------------------------------------------------------------------
 
     def emit(self, event_type: str, payload: dict[str, Any]) -> None:
-        """Record an event. Never blocks, never raises, never waits for the broker."""
+        """Record an event durably (one write()). Never blocks on the network, never raises."""
         if event_type not in self.enabled:
             return
         if event_type == "get-redirect" and self.config.get_redirect_sample < 1.0:
             if self.rng.random() >= self.config.get_redirect_sample:
                 self.sampled_out += 1
                 return
-        if len(self._batch) >= self.config.outbox_max_events:  # the outbox is not taking them: shed here
-            self.dropped += 1
+        if (self._store_failures or not self._open) and (
+            len(self._batch) + self._unstored_n >= self.config.outbox_max_events
+        ):  # the outbox is not taking events: memory holds no more than it would
+            self._note_dropped(1)
+            return
+        event_id = self._ids()
+        try:
+            body = envelope(event_id, event_type, payload, self.clock.seconds())
+        except (TypeError, ValueError) as exc:  # a payload that cannot be encoded is a bug: log, go on
+            log.error("cannot encode {event_type} event: {reason}", event_type=event_type, reason=exc)
             return
         self.emitted += 1
-        self._batch.append((event_type, payload, self.clock.seconds()))
-        if self._flush_call is None and self.running:
+        self._append((event_id, self._key(event_type), body))
+
+    def _key(self, event_type: str) -> str:
+        key = self._keys.get(event_type)
+        if key is None:
+            key = self._keys[event_type] = routing_key(self.config.routing_prefix, event_type)
+        return key
+
+    def _append(self, event: Event) -> None:
+        try:
+            self.journal.append(event)
+        except OSError as exc:  # a full disk: the event is only in memory until stored
+            self.journal_errors += 1
+            now = self.clock.seconds()
+            if self._journal_logged is None or now - self._journal_logged >= self.config.drop_report_interval:
+                self._journal_logged = now
+                log.error(
+                    "event journal {path} not writable ({reason}): events are only in memory until stored ({n} so far)",
+                    path=self.journal.base,
+                    reason=describe(exc),
+                    n=self.journal_errors,
+                )
+        self._batch.append(event)
+        if self._flush_call is None and self._flushing is None and self.running:
             self._flush_call = self.clock.callLater(self.config.flush_interval, self._flush)
 
-    def _flush(self) -> Deferred[Any]:
+    def _flush(self) -> Deferred[None]:
         self._flush_call = None
-        if not self._open:  # the outbox is still opening: keep the batch, try again shortly
+        if self._flushing is not None:
+            return self._flushing
+        if not self._open:  # the outbox is still opening: try again shortly
             if self.running:
                 self._flush_call = self.clock.callLater(self.config.flush_interval, self._flush)
-            return Deferred.fromCoroutine(_nothing())
-        batch, self._batch = self._batch, []
-        prefix = self.config.routing_prefix
-        rows = []
-        for event_type, payload, at in batch:
-            try:
-                rows.append((routing_key(prefix, event_type), envelope(event_type, payload, at)))
-            except (TypeError, ValueError) as exc:  # a payload that cannot be encoded is a bug: log, go on
-                log.error("cannot encode {event_type} event: {reason}", event_type=event_type, reason=exc)
-        d = ensureDeferred(self._store(rows))
+            return succeed(None)
+        if self._batch:
+            self._unstored.append((self.journal.rotate(), self._batch))
+            self._unstored_n += len(self._batch)
+            self._batch = []
+        if not self._unstored:
+            return succeed(None)
+        d = ensureDeferred(self._store())
         self._flushing = d
+        d.addBoth(self._flushed)
         return d
 
-    async def _store(self, rows: list[tuple[str, bytes]]) -> None:
-        if not rows:
-            return
-        if self.outbox is None:  # a spool file is durable itself: no outbox in front of it
-            try:
-                await self.sink.publish([(0, key, body) for key, body in rows])
-                self.sent += len(rows)
-            except Exception as exc:
-                self.failed += 1
-                self.dropped += len(rows)
-                self.last_error = describe(exc)
-                log.error("spool write failed, {n} events lost: {reason}", n=len(rows), reason=self.last_error)
-            return
+    def _flushed(self, result: Any) -> Any:
+        self._flushing = None
+        if self.running and self._flush_call is None and (self._batch or self._unstored):
+            delay = self.config.flush_interval * 2 ** min(self._store_failures, 10)
+            self._flush_call = self.clock.callLater(min(delay, MAX_RETRY), self._flush)
+        return result
+
+    async def _store(self) -> None:
+        pending = self._unstored
+        events = [event for _, batch in pending for event in batch]
+        dropped = 0
         try:
-            self.depth, dropped = await self.outbox.add(rows)
-            outbox = self.outbox
+            if self.outbox is None:  # a spool file is durable itself: no outbox in front of it
+                await self.sink.publish(events)
+                self.sent += len(events)
+            else:
+                self.depth, dropped = await self.outbox.add(events)
         except Exception as exc:
-            self.dropped += len(rows)
-            log.error("outbox write failed, {n} events lost: {reason}", n=len(rows), reason=describe(exc))
+            self._store_failures += 1
+            self.last_error = describe(exc)
+            if self._store_failures == 1:
+                log.error(
+                    "cannot store events in the {where} ({reason}): they stay in the journal, retrying",
+                    where="outbox" if self.outbox is not None else "spool",
+                    reason=self.last_error,
+                )
+            self._shed_unstored()
             return
+        self._unstored, self._unstored_n = [], 0  # _flush adds nothing while a store runs
+        for segment, _ in pending:
+            if segment is not None:
+                self._remove(segment)
+        if self._store_failures:
+            log.info("events stored again after {n} failed attempts", n=self._store_failures)
+            self._store_failures = 0
         if dropped:
-            self.dropped += dropped
-            self.emit(
-                "events-dropped",
-                {
-                    "dropped": dropped,
-                    "dropped_total": self.dropped,
-                    "policy": outbox.shed,
-                    "outbox_max": outbox.max_events,
-                },
-            )
-            log.warn(
-                "outbox full ({max} events): {n} events dropped ({policy}); {total} dropped in all",
-                max=outbox.max_events,
-                n=dropped,
-                policy=outbox.shed,
-                total=self.dropped,
-            )
+            self._note_dropped(dropped)
         self._kick()
+
+    def _remove(self, segment: Segment) -> None:
+        try:
+            Journal.remove(segment)
+        except OSError as exc:  # stored already: a leftover segment only means duplicates after a restart
+            log.error("cannot remove journal segment {path}: {reason}", path=segment.path, reason=describe(exc))
+
+    def _shed_unstored(self) -> None:
+        """Events the outbox or spool did not take stay in memory (and the journal) up to the outbox's size."""
+        while self._unstored_n > self.config.outbox_max_events and len(self._unstored) > 1:
+            segment, batch = self._unstored.pop(-1 if self.config.shed == "drop-newest" else 0)
+            self._unstored_n -= len(batch)
+            if segment is not None:
+                self._remove(segment)
+            self._note_dropped(len(batch))
+
+    # --- reporting drops ----------------------------------------------------------------------
+
+    def _note_dropped(self, n: int) -> None:
+        self.dropped += n
+        self._drops_pending += n
+        if self._drop_call is None:
+            due = 0.0
+            if self._last_drop_report is not None:
+                due = max(0.0, self._last_drop_report + self.config.drop_report_interval - self.clock.seconds())
+            self._drop_call = self.clock.callLater(due, self._report_drops)
+
+    def _report_drops(self) -> Deferred[None] | None:
+        """One log line and one events-dropped notice for the drops since the last report."""
+        self._drop_call = None
+        n = self._drops_pending
+        if not n:
+            return None
+        if self._notice_sending or not self._open:  # the slot is busy: very soon
+            self._drop_call = self.clock.callLater(self.config.flush_interval, self._report_drops)
+            return None
+        self._drops_pending = 0
+        now = self._last_drop_report = self.clock.seconds()
+        why = "outbox full: {max} events, {policy}" if self.outbox is not None else "spool not writable"
+        log.warn(
+            "events dropped: {n} since the last report, {total} since start (" + why + "); "
+            "next report in {interval:g} s at the earliest",
+            n=n,
+            total=self.dropped,
+            max=self.config.outbox_max_events,
+            policy=self.config.shed,
+            interval=self.config.drop_report_interval,
+        )
+        if "events-dropped" not in self.enabled:
+            return None
+        count = n + (self._notice[1] if self._notice is not None else 0)  # an unsent notice is replaced
+        payload = {
+            "dropped": count,
+            "dropped_total": self.dropped,
+            "policy": self.config.shed,
+            "outbox_max": self.config.outbox_max_events,
+        }
+        event_id = self._ids()
+        event = (event_id, self._key("events-dropped"), envelope(event_id, "events-dropped", payload, now))
+        if self.outbox is None:
+            self._append(event)  # into the spool with the next batch
+            return None
+        self._notice = (event, count)
+        d = self.outbox.put_notice(self._notice)
+        d.addErrback(lambda f: log.error("cannot store the events-dropped notice: {reason}", reason=describe(f)))
+        self._kick()
+        return d
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -144,6 +264,13 @@ class EventsService(MultiService):
         assert self.outbox is not None
         backoff = 0.5
         while self.running:
+            if not self.sink.connected:  # the broker connection reconnects by itself; look again soon
+                await self._sleep(self.config.idle_interval)
+                continue
+            if self._notice is not None and not await self._send_notice():
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
             try:
                 rows = await self.outbox.peek(BATCH)
             except Exception as exc:
@@ -153,7 +280,7 @@ class EventsService(MultiService):
                 await self._sleep(self.config.idle_interval)
                 continue
             try:
-                await self.sink.publish(rows)
+                await self.sink.publish([event for _, event in rows])
             except Exception as exc:
                 self.failed += 1
                 self.last_error = describe(exc)
@@ -163,16 +290,31 @@ class EventsService(MultiService):
             backoff = 0.5
             try:
                 self.depth = await self.outbox.remove(rows[-1][0])
-            except Exception as exc:  # sent but not removed: they will be sent again (at least once)
+            except Exception as exc:  # sent but not removed: they will be sent again (same ids)
                 log.error("outbox delete failed: {reason}", reason=describe(exc))
             self.sent += len(rows)
+
+    async def _send_notice(self) -> bool:
+        assert self.outbox is not None and self._notice is not None
+        notice = self._notice
+        self._notice_sending = True  # no new report replaces it while it is on the wire
+        try:
+            await self.sink.publish([notice[0]])
+            await self.outbox.clear_notice(notice[0][0])
+        except Exception as exc:
+            self.failed += 1
+            self.last_error = describe(exc)
+            return False
+        finally:
+            self._notice_sending = False
+        self._notice = None
+        self.sent += 1
+        return True
 
     async def _sleep(self, seconds: float) -> None:
         wake: Deferred[None] = Deferred()
         self._wake = wake
         timer = deferLater(self.clock, seconds, lambda: None)
-        timer.addErrback(lambda _: None)
-        wake.addErrback(lambda _: None)
         await DeferredList([wake, timer], fireOnOneCallback=True, consumeErrors=True)
         if not timer.called:
             timer.cancel()
@@ -187,50 +329,97 @@ class EventsService(MultiService):
         self._loop.addErrback(lambda f: log.failure("event sender stopped", f))
 
     async def _start(self) -> None:
-        if self.outbox is None:
-            self._open = True
-            return
-        self.depth = await self.outbox.open()
+        if self.outbox is not None:
+            self.depth = await self.outbox.open()
+            self._notice = self.outbox.notice
+        await self._replay()
         self._open = True
         if self.depth:
             log.info("{n} events waiting in the outbox from a previous run", n=self.depth)
-        if self._batch and self._flush_call is None:
+        if (self._batch or self._unstored) and self._flush_call is None:
             self._flush_call = self.clock.callLater(self.config.flush_interval, self._flush)
-        await self._send_loop()
+        if self._drops_pending and self._drop_call is None:
+            self._drop_call = self.clock.callLater(0, self._report_drops)
+        if self.outbox is not None:
+            await self._send_loop()
+
+    async def _replay(self) -> None:
+        """Store what a killed process left in its journal, before any event of this run."""
+        try:
+            leftovers = self.journal.leftovers()
+        except OSError as exc:
+            log.error("cannot read the event journal {path}: {reason}", path=self.journal.base, reason=describe(exc))
+            return
+        if not leftovers:
+            return
+        paths = [segment.path for segment in leftovers]
+        dropped = 0
+        try:
+            if self.outbox is not None:
+                n, bad, self.depth, dropped = await self.outbox.replay(paths)
+            else:
+                n, bad = await self.sink.replay(paths)  # type: ignore[attr-defined]
+        except Exception as exc:
+            log.error("cannot replay the event journal ({reason}): kept for the next start", reason=describe(exc))
+            for segment in leftovers:
+                Journal.release(segment)
+            return
+        for segment in leftovers:
+            self._remove(segment)
+        log.info(
+            "{n} events recovered from the journal of a previous run ({segments} segments, {bad} unreadable lines)",
+            n=n,
+            segments=len(leftovers),
+            bad=bad,
+        )
+        if dropped:
+            self._note_dropped(dropped)
 
     def stopService(self) -> Deferred[None]:
         self.running = False
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
+        for call in (self._flush_call, self._drop_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._flush_call = self._drop_call = None
         if self._open:
-            await self._flush()  # whatever was emitted goes to the outbox, not to the void
+            if self.outbox is None:
+                self._report_drops()  # into the spool with the last batch
+            if self._flushing is not None:
+                await self._flushing
+            await self._flush()  # whatever was emitted goes to the outbox now, not at the next start
         self._kick()
         if self._loop is not None:
             await self._loop
+        if self._open and self.outbox is not None:
+            if self._drop_call is not None and self._drop_call.active():
+                self._drop_call.cancel()
+            report = self._report_drops()  # the counts survive the restart in the notice slot
+            if report is not None:
+                await report
         if self.outbox is not None:
             await self.outbox.close()
         await MultiService.stopService(self)  # children: the broker connection
+        self.journal.close()
         close = getattr(self.sink, "close", None)
         if close is not None:
             close()
 
     def to_json(self) -> dict[str, Any]:
+        sink_error = getattr(self.sink, "last_error", "")
         return {
             "sink": self.sink.describe(),
             "connected": self.sink.connected,
             "outbox_depth": self.depth,
-            "pending": len(self._batch),
+            "pending": len(self._batch) + self._unstored_n,
             "emitted": self.emitted,
             "sent": self.sent,
             "failed_publishes": self.failed,
+            "connect_failures": getattr(self.sink, "failures", 0),
             "dropped": self.dropped,
             "sampled_out": self.sampled_out,
-            "last_error": self.last_error,
+            "journal_errors": self.journal_errors,
+            "last_error": (sink_error if not self.sink.connected else "") or self.last_error,
         }
-
-
-async def _nothing() -> None:
-    return None

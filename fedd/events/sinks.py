@@ -1,7 +1,7 @@
 """Where events go after the outbox: an AMQP 0-9-1 broker (RabbitMQ) or a JSON-lines spool file.
 
-A sink's `publish(rows)` fires once every row is safely delivered (broker: publisher confirms; spool:
-written and flushed), and fails otherwise; the outbox keeps the rows until then.
+A sink's `publish(events)` fires once every event is safely delivered (broker: publisher confirms;
+spool: written and flushed), and fails otherwise; the outbox keeps the events until then.
 """
 
 from __future__ import annotations
@@ -11,21 +11,24 @@ from typing import Any, Protocol
 
 import pika
 from pika.adapters.twisted_connection import TwistedProtocolConnection
-from twisted.application.internet import ClientService
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from fedd.events.outbox import Row
+from fedd.errors import describe
+from fedd.events.journal import read_segments
+from fedd.events.model import Event
 
 log = Logger(namespace="fedd.events")
 
 
 class Sink(Protocol):
-    def publish(self, rows: list[Row]) -> Deferred[None]: ...
+    def publish(self, events: list[Event]) -> Deferred[None]: ...
 
     @property
     def connected(self) -> bool: ...
@@ -37,8 +40,47 @@ class NotConnected(Exception):
     pass
 
 
+class _Connection(TwistedProtocolConnection):
+    """pika's protocol, remembering why the broker closed the connection: pika's Twisted adapter
+    replaces the broker's reason (`403 ACCESS_REFUSED` for a wrong password) by `ConnectionDone` once
+    the socket closes, and a refused login would look like a dead broker. `callbacks` is pika's own
+    registry of frame handlers (tests/test_events_durable.py checks that this still works)."""
+
+    def __init__(self, parameters: pika.URLParameters, reactor: Any) -> None:
+        super().__init__(parameters, custom_reactor=reactor)
+        self.broker_close: pika.exceptions.ConnectionClosedByBroker | None = None
+        self._impl.callbacks.add(0, pika.spec.Connection.Close, self._closed_by_broker, one_shot=False)
+
+    def _closed_by_broker(self, method_frame: Any) -> None:
+        method = method_frame.method
+        self.broker_close = pika.exceptions.ConnectionClosedByBroker(method.reply_code, method.reply_text)
+
+
+def failure_kind(exc: BaseException) -> str:
+    """`authentication`, `access` (vhost or exchange refused), `setup` or `unreachable`."""
+    errors = pika.exceptions
+    code = getattr(exc, "reply_code", None)
+    if isinstance(exc, errors.ProbableAuthenticationError | errors.AuthenticationError) or code == 403:
+        return "authentication" if isinstance(exc, errors.AMQPConnectionError) else "access"
+    if isinstance(exc, errors.ProbableAccessDeniedError) or code == 530:
+        return "access"
+    if isinstance(exc, errors.AMQPChannelError):
+        return "setup"
+    return "unreachable"
+
+
+_OUTAGE_TEXT = {
+    "authentication": "refused the login of user {user}: authentication failed ({reason})",
+    "access": "refused access for user {user} ({reason})",
+    "setup": "refused to set up the exchange ({reason})",
+    "unreachable": "unreachable ({reason})",
+    "lost": "connection lost",
+}
+
+
 class AmqpSink:
-    """Publishes to a durable topic exchange with persistent messages and publisher confirms."""
+    """Publishes to a durable topic exchange with persistent messages, publisher confirms and each
+    event's id as `message_id`. Its `service` keeps one connection up, reconnecting with backoff."""
 
     def __init__(self, reactor: Any, url: str, exchange: str, *, timeout: float = 10.0) -> None:
         self.reactor = reactor
@@ -47,13 +89,16 @@ class AmqpSink:
         self.timeout = timeout
         self.params = pika.URLParameters(url)
         self.channel: Any = None
-        self._down_logged = False
-        endpoint = TCP4ClientEndpoint(reactor, self.params.host, self.params.port, timeout=timeout)
-        factory = Factory.forProtocol(lambda: TwistedProtocolConnection(self.params))
-        self.service = ClientService(
-            endpoint, factory, retryPolicy=self._retry, clock=reactor, prepareConnection=self._prepare
-        )
-        self.properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
+        self.failures = 0  # connection attempts that failed since start
+        self.last_error = ""
+        self._outage: str | None = None  # what the current outage was logged as
+        self._proto: _Connection | None = None
+        self._attempt: Deferred[tuple[_Connection, Any]] | None = None
+        self._wake: Deferred[None] | None = None
+        self._endpoint = TCP4ClientEndpoint(reactor, self.params.host, self.params.port, timeout=timeout)
+        self._factory = Factory.forProtocol(lambda: _Connection(self.params, reactor))
+        self._factory.noisy = False  # no "Starting factory" line per reconnection attempt
+        self.service = _Connector(self)
 
     def describe(self) -> str:
         host = f"{self.params.host}:{self.params.port}{self.params.virtual_host}"
@@ -63,53 +108,157 @@ class AmqpSink:
     def connected(self) -> bool:
         return self.channel is not None
 
-    def _retry(self, attempt: int) -> float:
-        if not self._down_logged:
-            self._down_logged = True
-            log.warn("broker {broker} unreachable: events wait in the outbox", broker=self.describe())
+    @staticmethod
+    def backoff(attempt: int) -> float:
         return float(min(30.0, 0.5 * 2 ** min(attempt, 6)))
 
-    def _prepare(self, proto: TwistedProtocolConnection) -> Deferred[None]:
-        return ensureDeferred(self._setup(proto))
+    # --- the connection loop ----------------------------------------------------------------
 
-    async def _setup(self, proto: TwistedProtocolConnection) -> None:
-        ready = proto.ready
-        assert ready is not None
-        ready.addTimeout(self.timeout, self.reactor)
-        await ready
-        channel = await proto.channel()
-        await channel.confirm_delivery()
-        await channel.exchange_declare(exchange=self.exchange, exchange_type="topic", durable=True)
+    async def run(self, service: Service) -> None:
+        attempt = 0
+        while service.running:
+            self._attempt = ensureDeferred(self._connect())
+            try:
+                self._proto, channel = await self._attempt
+            except CancelledError:
+                continue  # stopping
+            except Exception as exc:
+                attempt += 1
+                self._failed(exc)
+                await self._pause(self.backoff(attempt))
+                continue
+            finally:
+                self._attempt = None
+            attempt = 0
+            self.channel = channel
+            log.info("connected to broker {broker}", broker=self.describe())
+            self._outage = None
+            await self._pause(None)  # until the connection is lost or the service stops
+
+    async def _connect(self) -> tuple[_Connection, Any]:
+        proto: _Connection = await self._endpoint.connect(self._factory)  # type: ignore[assignment]
+        try:
+            assert proto.ready is not None
+            await self._within(proto.ready)
+            channel = await self._within(proto.channel())
+            await self._within(channel.confirm_delivery())
+            await self._within(channel.exchange_declare(exchange=self.exchange, exchange_type="topic", durable=True))
+        except BaseException as exc:
+            proto.transport.abortConnection()
+            if proto.broker_close is not None and not isinstance(exc, CancelledError):
+                raise proto.broker_close from None
+            raise
         channel.on_closed.addBoth(self._lost, channel, proto)
         if proto.closed is not None:
             proto.closed.addBoth(self._lost, channel, proto)
-        self.channel = channel
-        log.info("connected to broker {broker}", broker=self.describe())
-        self._down_logged = False
+        return proto, channel
 
-    def _lost(self, reason: Any, channel: Any, proto: TwistedProtocolConnection) -> None:
+    def _within(self, d: Deferred[Any]) -> Deferred[Any]:
+        return d.addTimeout(self.timeout, self.reactor)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        kind = failure_kind(exc)
+        reason = describe(exc)
+        self.last_error = f"authentication failed: {reason}" if kind == "authentication" else reason
+        if kind == self._outage or (kind == "unreachable" and self._outage == "lost"):
+            return  # once per outage, not on every retry
+        self._outage = kind
+        text = _OUTAGE_TEXT[kind].format(user=self.params.credentials.username, reason=reason)
+        emit = log.error if kind in ("authentication", "access", "setup") else log.warn
+        emit(
+            "broker {broker} {what}: events wait in the outbox, retrying with backoff",
+            broker=self.describe(),
+            what=text,
+        )
+
+    def _lost(self, reason: Any, channel: Any, proto: _Connection) -> None:
         if self.channel is not channel:
             return
         self.channel = None
-        if not self._down_logged:
-            self._down_logged = True
+        if self._outage is None:
+            self._outage = "lost"
             log.warn("broker {broker} connection lost: events wait in the outbox", broker=self.describe())
-        if proto.is_open:  # a channel closed under an open connection: drop it, ClientService reconnects
+        if proto.is_open:  # a channel closed under an open connection: drop the connection, reconnect
             proto.close()
+        self._kick()
 
-    def publish(self, rows: list[Row]) -> Deferred[None]:
-        return ensureDeferred(self._publish(rows))
+    async def _pause(self, seconds: float | None) -> None:
+        wake: Deferred[None] = Deferred()
+        self._wake = wake
+        waits: list[Deferred[Any]] = [wake]
+        if seconds is not None:
+            waits.append(deferLater(self.reactor, seconds, lambda: None))
+        await DeferredList(waits, fireOnOneCallback=True, consumeErrors=True)
+        for d in waits[1:]:
+            d.cancel()
+        if self._wake is wake:
+            self._wake = None
 
-    async def _publish(self, rows: list[Row]) -> None:
+    def _kick(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            wake.callback(None)
+
+    async def stop(self) -> None:
+        if self._attempt is not None:
+            self._attempt.cancel()
+        self._kick()
+        proto, self._proto, self.channel = self._proto, None, None
+        if proto is not None and proto.is_open:
+            closed = proto.close()
+            if closed is not None:
+                closed.addTimeout(self.timeout, self.reactor)
+                try:
+                    await closed
+                except Exception as exc:  # going away anyway
+                    log.debug("broker close: {reason}", reason=describe(exc))
+
+    # --- publishing ---------------------------------------------------------------------------
+
+    def publish(self, events: list[Event]) -> Deferred[None]:
+        return ensureDeferred(self._publish(events))
+
+    async def _publish(self, events: list[Event]) -> None:
         channel = self.channel
         if channel is None:
             raise NotConnected(self.describe())
-        confirms = [channel.basic_publish(self.exchange, key, body, self.properties) for _, key, body in rows]
+        confirms = [
+            channel.basic_publish(
+                self.exchange,
+                key,
+                body,
+                pika.BasicProperties(content_type="application/json", delivery_mode=2, message_id=event_id),
+            )
+            for event_id, key, body in events
+        ]
         results = DeferredList(confirms, consumeErrors=True)
         results.addTimeout(self.timeout, self.reactor)
         for ok, value in await results:
             if not ok:
                 raise NotConnected(f"broker did not confirm: {value.getErrorMessage()}")
+
+
+class _Connector(Service):
+    """The broker connection as a service (child of `events`, named `broker`)."""
+
+    def __init__(self, sink: AmqpSink) -> None:
+        self.sink = sink
+        self._loop: Deferred[None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = ensureDeferred(self.sink.run(self))
+        self._loop.addErrback(lambda f: log.failure("broker connection loop stopped", f))
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        await self.sink.stop()
+        if self._loop is not None:
+            await self._loop
 
 
 class SpoolSink:
@@ -122,14 +271,28 @@ class SpoolSink:
         self._pool = ThreadPool(1, 1, name="fedd-spool")  # started on first use: no thread before the reactor runs
 
     connected = True
+    last_error = ""
 
     def describe(self) -> str:
         return f"spool file {self.path}"
 
-    def publish(self, rows: list[Row]) -> Deferred[None]:
+    def _in_thread(self, fn: Any, *args: Any) -> Deferred[Any]:
         if not self._pool.started:
             self._pool.start()
-        return deferToThreadPool(self.reactor, self._pool, self._write, [body for _, _, body in rows])
+        return deferToThreadPool(self.reactor, self._pool, fn, *args)
+
+    def publish(self, events: list[Event]) -> Deferred[None]:
+        return self._in_thread(self._write, [body for _, _, body in events])
+
+    def replay(self, paths: list[str]) -> Deferred[tuple[int, int]]:
+        """Write the events of journal segments (read in the spool's thread): (events, unreadable lines)."""
+        return self._in_thread(self._replay, paths)
+
+    def _replay(self, paths: list[str]) -> tuple[int, int]:
+        events, bad = read_segments(paths)
+        if events:
+            self._write([body for _, _, body in events])
+        return len(events), bad
 
     def _write(self, bodies: list[bytes]) -> None:
         if os.path.exists(self.path) and os.path.getsize(self.path) > self.max_bytes:
@@ -140,4 +303,5 @@ class SpoolSink:
             os.fsync(f.fileno())
 
     def close(self) -> None:
-        self._pool.stop()
+        if self._pool.started:
+            self._pool.stop()
