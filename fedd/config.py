@@ -115,6 +115,7 @@ class EventsConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
+    drop_report_interval: float = 60.0
     access_file: str = ""
     gridmap_file: str = ""
     reload_interval: float = 60.0
@@ -588,6 +589,7 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
     "space": {
         "interval": _Key(_positive_float),
         "timeout": _Key(_positive_float),
+        "drop_report_interval": _Key(_positive_float),
         "stale_after": _Key(_nonneg_float),
         "srr_path": _Key(_fed_path),
         "srr_file": _Key(_text),
