@@ -15,23 +15,23 @@ import sys
 import tarfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.testing import MemoryReactorClock
 
 import fedd
 from fedd.auth.rules import parse_access
 from fedd.config import parse_config
-from fedd.web.metrics import Metrics, StateCollector
+from fedd.endpoints.base import Space
+from fedd.service import build_service
+from fedd.space.service import Measurement
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "packaging" / "systemd" / "fedd.service"
 DASHBOARD = ROOT / "packaging" / "grafana" / "fedd-dashboard.json"
 SITELIB = re.compile(r"^/usr/lib/python3\.\d+/site-packages/")
 RPMFILE_CONFIG, RPMFILE_NOREPLACE = 1 << 0, 1 << 4
-# the free-space metric the space service is to export; the dashboard has its panel already
-PENDING_METRICS = {"fedd_endpoint_space_free_bytes"}
 
 
 def run(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -276,23 +276,27 @@ def test_unit_reload_matches_the_daemon(tmp_path: Path) -> None:
     )
 
 
-class _LocalCache:
-    hits, misses = 3, 1
-
-    def __len__(self) -> int:
-        return 2
-
-
-def exposed_metric_names() -> set[str]:
-    """Every sample name fedd's /metrics can show, from a Metrics with one endpoint and events."""
-    metrics = Metrics()
-    metrics.request(b"GET", 302, 0.004)
-    health = SimpleNamespace(state="online", latency_ms=12.0, failures=1, passive_failures=0)
-    federation = SimpleNamespace(
-        health=SimpleNamespace(states={"ep1": health}), locator=SimpleNamespace(local=_LocalCache(), fanouts=1)
+def exposed_metric_names(workdir: Path) -> set[str]:
+    """Every sample name fedd's /metrics shows, from the service fedd really builds (one local
+    endpoint, events, the space reporter), after a request, a probe and a space measurement."""
+    (workdir / "data").mkdir()
+    config = parse_config(
+        text=f"""[server]
+listen = tcp:0:interface=127.0.0.1
+[events]
+outbox = {workdir / "outbox.sqlite"}
+[checksums]
+database = {workdir / "checksums.sqlite"}
+[endpoint ep1]
+kind = local
+path = {workdir / "data"}
+"""
     )
-    events = SimpleNamespace(depth=0, sink=SimpleNamespace(connected=True), sent=1, dropped=0, failed=0)
-    metrics.add_state(StateCollector(federation, events, SimpleNamespace(open_connections=1)))
+    top = build_service(config, reactor=MemoryReactorClock())  # built, never started: no port, no thread
+    top.federation.health.success("ep1", 12.0)  # type: ignore[attr-defined]
+    top.space.measurements["ep1"] = Measurement(space=Space(used=1, total=10), measured=0.0)  # type: ignore[attr-defined]
+    metrics = top.resource.metrics  # type: ignore[attr-defined]
+    metrics.request(b"GET", 302, 0.004)
     names: set[str] = set()
     for family in text_string_to_metric_families(metrics.render().decode()):
         names.update(sample.name for sample in family.samples)
@@ -301,7 +305,7 @@ def exposed_metric_names() -> set[str]:
     return names
 
 
-def test_dashboard_uses_only_exposed_metrics() -> None:
+def test_dashboard_uses_only_exposed_metrics(tmp_path: Path) -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     assert dashboard["title"] == "fedd" and dashboard["uid"]
     variables = {v["name"] for v in dashboard["templating"]["list"]}
@@ -322,13 +326,10 @@ def test_dashboard_uses_only_exposed_metrics() -> None:
         assert names, f"an expression without a fedd metric: {expr}"
         used |= names
         assert set(re.findall(r"\$(\w+)", expr)) - {"__rate_interval"} <= variables, expr
-    exposed = exposed_metric_names()
-    # once metrics.py exports a free-space metric, the dashboard must use its real name
-    free_exposed = {n for n in exposed if "free" in n and n.endswith("_bytes")}
-    allowed_missing = set() if free_exposed else PENDING_METRICS
-    assert used - exposed <= allowed_missing, sorted(used - exposed)
+    exposed = exposed_metric_names(tmp_path)
+    assert used - exposed == set(), sorted(used - exposed)
     for family in ("fedd_requests_total", "fedd_redirect_seconds_bucket", "fedd_locate_cache_lookups_total",
                    "fedd_endpoint_up", "fedd_endpoint_latency_seconds", "fedd_endpoint_errors_total",
                    "fedd_events_outbox_depth", "fedd_open_connections"):  # fmt: skip
         assert family in used, family
-    assert used & (free_exposed or PENDING_METRICS), "no free-space panel"
+    assert "fedd_endpoint_space_free_bytes" in used, "no free-space panel"

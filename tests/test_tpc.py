@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from tests.daemon import Fedd, start_fedd
 from tests.servers import free_port
@@ -133,11 +134,20 @@ def events(fed: Fedd, kind: str, path: str) -> list[dict[str, Any]]:
 
 
 def s3_exists(stores: dict[str, Any], key: str) -> bool:
+    """Whether Ceph holds `key`: only its 404 means no; any other error (Ceph down) fails the test."""
     try:
         stores["s3"].head_object(Bucket=BUCKET, Key=key)
         return True
-    except Exception:
+    except ClientError as exc:
+        if not is_not_found(exc):
+            raise
         return False
+
+
+def is_not_found(exc: ClientError) -> bool:
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return error.get("Code") in ("404", "NoSuchKey", "NotFound") or status == 404
 
 
 def s3_get(stores: dict[str, Any], key: str) -> bytes:
