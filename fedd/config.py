@@ -65,6 +65,10 @@ class ServerConfig:
     metrics_path: str = "/metrics"
     access_log_file: str = ""
     drain_timeout: float = 10.0  # seconds open requests may finish in after SIGTERM
+    header_timeout: float = 30.0  # seconds from the first byte of a request head to its end; 0 = off
+    max_connections_per_client: int = 0  # open connections per client address; 0 = no limit
+    public_url: str = ""  # scheme://host[:port] of absolute URLs fedd builds; empty = from Host
+    allowed_hosts: tuple[str, ...] = ()  # Host values used as sent in absolute URLs
 
 
 @dataclass(frozen=True)
@@ -354,6 +358,23 @@ def _url(text: str) -> str:
     return text.rstrip("/")
 
 
+_HOST_PORT = r"(?:[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+
+
+def _public_url(text: str) -> str:
+    if not re.fullmatch(rf"https?://{_HOST_PORT}/?", text):
+        raise ValueError(f"expected http(s)://host[:port] with no path, got {text!r}")
+    return text.rstrip("/").lower()
+
+
+def _host_names(text: str) -> tuple[str, ...]:
+    names = tuple(text.replace(",", " ").split())
+    bad = [n for n in names if not re.fullmatch(_HOST_PORT, n)]
+    if bad or not names:
+        raise ValueError(f"expected host names (host or host:port), got {' '.join(bad) or 'nothing'!r}")
+    return tuple(n.lower() for n in names)
+
+
 def _kind(text: str) -> str:
     if text not in ENDPOINT_KINDS:
         raise ValueError(f"unknown endpoint kind {text!r} (known: {', '.join(ENDPOINT_KINDS)})")
@@ -526,6 +547,10 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
         "metrics_path": _Key(_fed_path),
         "access_log_file": _Key(_text),
         "drain_timeout": _Key(_nonneg_float),
+        "header_timeout": _Key(_nonneg_float),
+        "max_connections_per_client": _Key(_nonneg_int),
+        "public_url": _Key(_public_url),
+        "allowed_hosts": _Key(_host_names),
     },
     "locate": {
         "wait_budget": _Key(_positive_float),

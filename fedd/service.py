@@ -37,7 +37,7 @@ from fedd.web.accesslog import AccessLog
 from fedd.web.lifecycle import DrainFirst, Listener, WebService
 from fedd.web.metrics import Metrics, StateCollector, TlsCounter
 from fedd.web.resource import FeddResource
-from fedd.web.site import FeddSite
+from fedd.web.site import FeddSite, PublicBase
 from fedd.writes import Writer
 
 log = Logger(namespace="fedd")
@@ -303,6 +303,9 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
         clock=reactor,
         proxy_agents=config.write.proxy_user_agents,
         proxy_max=config.write.proxy_max_bytes,
+        header_timeout=config.server.header_timeout,
+        max_connections_per_client=config.server.max_connections_per_client,
+        public=PublicBase(config.server.public_url, config.server.allowed_hosts),
     )
     collector = StateCollector(federation, events, site)
     collector.space = space  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ in `_respond`/`_fail`, the one place where domain errors become HTTP statuses.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -585,6 +586,12 @@ class FeddResource(WriteHandlers, Resource):
         return endpoint, endpoint_path, fed_path
 
     def _local_file(self, request: server.Request, endpoint: LocalEndpoint, endpoint_path: str) -> bytes | int:
+        """The bytes of a local endpoint's file, served by twisted.web's `File` (ranges included).
+
+        `File` logs a malformed `Range` by decoding it as UTF-8 (a non-UTF-8 byte made that a 500 and a
+        traceback) and answers any number of overlapping ranges: fedd hands it only a `Range` it has
+        checked itself (ASCII `bytes=` ranges, at most MAX_RANGES); anything else is ignored and the whole
+        file is sent (RFC 9110 section 14.2 lets a server ignore Range). An unsatisfiable one stays 416."""
         real = endpoint.resolve(endpoint_path)
         if real is None:
             raise Forbidden("outside of the endpoint")
@@ -594,6 +601,13 @@ class FeddResource(WriteHandlers, Resource):
         leaf.type, leaf.encoding = getTypeAndEncoding(
             leaf.basename(), leaf.contentTypes, leaf.contentEncodings, "application/octet-stream"
         )
+        headers = request.requestHeaders
+        ranges = headers.getRawHeaders(b"range")
+        if ranges is not None and (len(ranges) != 1 or not _usable_range(ranges[0])):
+            headers.removeHeader(b"range")
+        if headers.hasHeader(b"if-range"):
+            headers.removeHeader(b"if-range")  # File ignores it (it would send a range for a changed file)
+            headers.removeHeader(b"range")
         result: bytes | int = leaf.render(request)
         return result
 
@@ -616,3 +630,24 @@ class FeddResource(WriteHandlers, Resource):
         if reloader is not None:
             data["reload"] = reloader.to_json()
         return data
+
+
+# --- local data: the Range values twisted.web's File is given (see FeddResource._local_file) ----------
+
+MAX_RANGES = 16
+_RANGE_RE = re.compile(rb"bytes[ \t]*=[ \t]*([0-9]{0,18}-[0-9]{0,18}(?:[ \t]*,[ \t]*[0-9]{0,18}-[0-9]{0,18})*)[ \t]*")
+
+
+def _usable_range(value: bytes) -> bool:
+    """A `Range` value twisted.web's File may see: `bytes=` and 1..MAX_RANGES well-formed ranges."""
+    match = _RANGE_RE.fullmatch(value)
+    if match is None:
+        return False
+    specs = match.group(1).split(b",")
+    if len(specs) > MAX_RANGES:
+        return False
+    for spec in specs:
+        first, _, last = spec.strip(b" \t").partition(b"-")
+        if (not first and not last) or (first and last and int(first) > int(last)):
+            return False
+    return True

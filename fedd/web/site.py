@@ -1,19 +1,39 @@
 """twisted.web plumbing for fedd's front: requests with a body cap, a channel that answers uploads
-before their body (and over-long header lines with 431), and the site with metrics, the access log,
-connection counting and the drain used on shutdown."""
+before their body and refuses malformed or slow request heads, and the site with metrics, the access
+log, connection counting (and a per-client limit), the public base of absolute URLs and the drain used
+on shutdown.
+
+What a hostile or broken client gets (never a 500, never a traceback in the log):
+- a line of the request head ending in a bare LF (or holding a bare CR): `400` at once, connection
+  closed (RFC 9112 section 2.2 allows refusing it; accepting it would let fedd and a proxy in front
+  of it disagree about where a request ends);
+- a header line folded onto the next one (obs-fold): `400`, closed (RFC 9112 section 5.2);
+- a second `Host` header: `400`, closed (RFC 9112 section 3.2);
+- a request head not complete `header_timeout` seconds after its first byte (also for the second
+  and later requests of a kept-alive connection): `408`, closed;
+- a connection from an address that already holds `max_connections_per_client` open ones: `503`
+  with `Retry-After`, closed;
+- an over-long line `431`, too many headers or a malformed line `400` (Twisted's own checks).
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, cast
 
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import Resource
 
 from fedd.web.accesslog import AccessLog
 from fedd.web.accesslog import record as access_record
 from fedd.web.metrics import Metrics
+from fedd.web.twcompat import inner_channel, release_transport, wrap_channel
 
 log = Logger(namespace="fedd.web")
 ALREADY_ANSWERED = b"<answered by the handler>"  # a distinct object, compared by identity
@@ -28,6 +48,17 @@ class FeddRequest(server.Request):
     fedd_proxy = False  # an upload fedd carries itself (clients that cannot follow a 307 with a body)
     proxy_agents: tuple[bytes, ...] = ()
     proxy_max = 0
+
+    def __repr__(self) -> str:
+        # Twisted's own repr decodes the URI as ASCII and fails (a traceback in the log) on other bytes
+        method = self.method.decode("latin-1", "replace") if isinstance(self.method, bytes) else self.method
+        uri = self.uri.decode("ascii", "backslashreplace") if isinstance(self.uri, bytes) else self.uri
+        return f"<Request {method} {uri[:200]!r}>"
+
+    def render(self, resrc: Any) -> None:
+        if self.method == b"HEAD":
+            resrc = _HeadOf(resrc)  # no "HEAD request is returning a message body" line per HEAD
+        super().render(resrc)
 
     def _limit(self) -> int:
         return self.proxy_max if self.fedd_proxy else self.max_body
@@ -58,6 +89,20 @@ class FeddRequest(server.Request):
         self.channel = None  # type: ignore[assignment]
 
 
+class _HeadOf:
+    """A resource's answer to HEAD: the body it rendered becomes a Content-Length, not a log line."""
+
+    def __init__(self, resource: Any) -> None:
+        self.resource = resource
+
+    def render(self, request: server.Request) -> Any:
+        body = self.resource.render(request)
+        if isinstance(body, bytes) and body:
+            request.setHeader(b"content-length", b"%d" % len(body))
+            return b""
+        return body
+
+
 class _NullSink:
     def write(self, data: bytes) -> None:
         pass
@@ -73,21 +118,111 @@ class _NullSink:
 
 
 LINGER_SECONDS = 5.0
+ABORT_SECONDS = 5.0  # a refused client that does not read its answer is cut off after this
+HEADER_TIMEOUT = 30.0
+REFUSAL_LOG_SECONDS = 60.0
+
+
+def _refusal(code: int, reason: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n%s\r\n" % (code, reason, extra)
+
+
+BAD_REQUEST = _refusal(400, b"Bad Request")
+REQUEST_TIMEOUT = _refusal(408, b"Request Timeout")
+BUSY = _refusal(503, b"Service Unavailable", b"Retry-After: 5\r\n")
 
 
 class FeddChannel(http.HTTPChannel):
-    """Answers an over-long request or header line with 431 instead of silently closing.
+    """HTTP/1.1 channel: early answers to uploads, strict request heads, a deadline for each head.
 
     Uploads are answered before their body: fedd only says where the bytes go (307), so a `PUT` that
     announces `Expect: 100-continue`, a body over the site's limit or a chunked body is handled as soon
     as its headers are in, and the connection is closed after the answer. Without `Expect`, the client
     may already be sending: the socket is half-closed after the answer and what still arrives is read
     and dropped for a few seconds, so the client sees the 307 rather than a connection reset.
+
+    Request heads are split on LF (`delimiter`) so that a line without its CR is seen at once and
+    refused, instead of waiting for a CRLF that never comes; the CR is stripped before Twisted's
+    parser sees the line. The head deadline starts with the first byte of each head and ends when the
+    last header is in; body and answer time are not counted (the idle timeout covers them).
     """
 
+    delimiter = b"\n"
     _fedd_linger = False
+    _fedd_head: IDelayedCall | None = None
+    _fedd_refused = False
+    _fedd_request_line = True
+
+    def __init__(self, header_timeout: float = HEADER_TIMEOUT) -> None:
+        super().__init__()
+        self.header_timeout = header_timeout
+
+    # --- strict request heads -------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.line_mode and self._fedd_head is None and data and self.header_timeout > 0:
+            self._fedd_head = self.callLater(self.header_timeout, self._head_too_slow)
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if line[-1:] != b"\r" or b"\r" in line[:-1] or line[:1] in (b" ", b"\t"):
+            # a bare LF ends this line, a bare CR is inside it, or it folds the previous header (obs-fold:
+            # Twisted would join it, RFC 9112 section 5.2 lets a server refuse it instead)
+            self._refuse(BAD_REQUEST)
+            return
+        line = line[:-1]
+        if self._fedd_request_line and line:
+            self._fedd_request_line = False
+            if not line.isascii() or b"\x7f" in line:
+                # RFC 9112: the request line is ASCII (Twisted lets bytes 0x7f-0xb0 through, which then
+                # break its own log lines); a path's other bytes come %-escaped
+                self._refuse(BAD_REQUEST)
+                return
+        super().lineReceived(line)
+
+    def headerReceived(self, line: bytes) -> bool:
+        if line[:5].lower() == b"host:" and self.requests and self.requests[-1].requestHeaders.hasHeader(b"host"):
+            self._refuse(BAD_REQUEST)  # RFC 9112 section 3.2: exactly one Host
+            return False
+        ok: bool = super().headerReceived(line)
+        return ok
+
+    def _head_too_slow(self) -> None:
+        self._fedd_head = None
+        self._refuse(REQUEST_TIMEOUT)
+
+    def _head_done(self) -> None:
+        if self._fedd_head is not None:
+            if self._fedd_head.active():
+                self._fedd_head.cancel()
+            self._fedd_head = None
+
+    def _refuse(self, answer: bytes) -> None:
+        """Answer a request that cannot be parsed (or came too slowly) and close; no log line."""
+        self._head_done()
+        if self._fedd_refused or self.transport is None:
+            return
+        self._fedd_refused = True
+        self.persistent = False
+        self.transport.write(answer)
+        self.loseConnection()
+        transport = self.transport
+
+        def abort() -> None:  # a client that does not read its answer does not keep the socket
+            if getattr(transport, "connected", False):
+                transport.abortConnection()  # type: ignore[attr-defined]
+
+        self.callLater(ABORT_SECONDS, abort)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._head_done()
+        super().connectionLost(reason)
+
+    # --- uploads answered before their body --------------------------------------------------------
 
     def allHeadersReceived(self) -> None:
+        self._head_done()
+        self._fedd_request_line = True  # the next line in line mode starts the next request
         req = self.requests[-1]
         if getattr(self, "_command", None) == b"PUT" and self.length != 0:
             agent = (req.requestHeaders.getRawHeaders(b"user-agent") or [b""])[0]
@@ -119,7 +254,7 @@ class FeddChannel(http.HTTPChannel):
             super().loseConnection()
             return
         self._fedd_linger = False
-        self._networkProducer.unregisterProducer()  # type: ignore[attr-defined]
+        release_transport(self)
         self.dataReceived = _drop  # type: ignore[method-assign]
         transport.resumeProducing()  # type: ignore[union-attr]
         half_close()
@@ -131,19 +266,97 @@ class FeddChannel(http.HTTPChannel):
         self.callLater(LINGER_SECONDS, abort)
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        self.transport.loseConnection()
+        self._refuse(_refusal(431, b"Request Header Fields Too Large"))
 
 
 def _drop(data: bytes) -> None:
     """Discard the rest of an upload that was redirected."""
 
 
-def _channel(factory: object) -> http._GenericHTTPChannelProtocol:
-    return http._GenericHTTPChannelProtocol(FeddChannel())
+class _Busy(Protocol):
+    """A connection over the per-client limit: `503`, half-closed, what the client sends is dropped,
+    cut off after a few seconds (closing outright would reset the connection and lose the answer)."""
+
+    def __init__(self, callLater: Callable[..., Any]) -> None:
+        self.callLater = callLater
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        transport.write(BUSY)
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if half_close is None:
+            transport.loseConnection()
+            return
+        half_close()
+
+        def abort() -> None:
+            if getattr(transport, "connected", False):
+                transport.abortConnection()  # type: ignore[attr-defined]
+
+        self.callLater(ABORT_SECONDS, abort)
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+
+def _channel(factory: Any) -> Any:
+    return wrap_channel(FeddChannel(getattr(factory, "header_timeout", HEADER_TIMEOUT)))
+
+
+class PublicBase:
+    """Where the absolute URLs fedd builds (redirects to its own local data, `Link`, metalink) point.
+
+    - `public_url` set: always there; the client's `Host` is never copied into an answer.
+    - `allowed_hosts` set: a `Host` in the list (a name alone matches any port, `name:port` only that
+      port) is used as sent; any other goes to `public_url`, or to the first name of the list.
+    - neither: the client's `Host` if it is a well-formed host[:port] (HOST_RE), else the address the
+      client connected to. A client can then make fedd name any host in the answers it gets itself
+      (a shared cache in front of fedd could keep such an answer: set one of the two above).
+    """
+
+    MEMO_ENTRIES = 4096
+
+    def __init__(self, public_url: str = "", allowed_hosts: tuple[str, ...] = ()) -> None:
+        self.public_url = public_url.rstrip("/")
+        self.allowed = tuple(h.lower() for h in allowed_hosts)
+        self._names = frozenset(h for h in self.allowed if not _has_port(h))
+        self._exact = frozenset(h for h in self.allowed if _has_port(h))
+        self._memo: dict[tuple[bytes | None, bool], str | None] = {}
+
+    def base(self, host: bytes | None, secure: bool) -> str | None:
+        """`scheme://host[:port]` for this Host value, or None for "the address the client reached"."""
+        key = (host, secure)
+        try:
+            return self._memo[key]
+        except KeyError:
+            pass
+        value = self._compute(host, secure)
+        if len(self._memo) >= self.MEMO_ENTRIES:
+            self._memo.clear()
+        self._memo[key] = value
+        return value
+
+    def _compute(self, host: bytes | None, secure: bool) -> str | None:
+        scheme = "https" if secure else "http"
+        valid = host is not None and HOST_RE.match(host) is not None
+        if not self.public_url and not self.allowed:
+            return f"{scheme}://{host.decode('ascii')}" if valid and host is not None else None
+        if valid and host is not None:
+            name = host.decode("ascii").lower()
+            if name in self._exact or _strip_port(name) in self._names:
+                return f"{scheme}://{name}"
+        if self.public_url:
+            return self.public_url
+        return f"{scheme}://{self.allowed[0]}"
+
+
+def _has_port(host: str) -> bool:
+    return host.rpartition("]")[2].count(":") == 1 if host.startswith("[") else ":" in host
+
+
+def _strip_port(host: str) -> str:
+    return host.rpartition(":")[0] if _has_port(host) else host
 
 
 class FeddSite(server.Site):
@@ -160,8 +373,20 @@ class FeddSite(server.Site):
         clock: Any = None,
         proxy_agents: tuple[str, ...] = (),
         proxy_max: int = 0,
+        header_timeout: float = HEADER_TIMEOUT,
+        max_connections_per_client: int = 0,
+        public: PublicBase | None = None,
     ) -> None:
-        super().__init__(resource)
+        if clock is not None:
+            super().__init__(resource, reactor=clock)  # Twisted's idle timeouts on the same clock
+        else:
+            super().__init__(resource)
+        self.header_timeout = header_timeout
+        self.max_per_client = max_connections_per_client
+        self.public = public if public is not None else PublicBase()
+        self.per_client: dict[str, int] = {}
+        self.refused_connections = 0
+        self._refusal_logged = float("-inf")
         self._access_log = access_log
         self.metrics = metrics
         self.clock = clock
@@ -183,24 +408,46 @@ class FeddSite(server.Site):
         )
 
     def buildProtocol(self, addr: Any) -> Any:
+        client = addr.host if self.max_per_client and isinstance(addr, IPv4Address | IPv6Address) else None
+        if client is not None and self.per_client.get(client, 0) >= self.max_per_client:
+            return self._busy(client)
         protocol = super().buildProtocol(addr)
         if protocol is not None:
             self.open_connections += 1
             self.connections.add(protocol)
+            if client is not None:
+                self.per_client[client] = self.per_client.get(client, 0) + 1
             lost = protocol.connectionLost
 
             def connection_lost(reason: Any) -> None:
                 self.open_connections -= 1
                 self.connections.discard(protocol)
+                if client is not None:
+                    left = self.per_client.pop(client, 1) - 1
+                    if left > 0:
+                        self.per_client[client] = left
                 lost(reason)
 
             protocol.connectionLost = connection_lost
         return protocol
 
+    def _busy(self, client: str) -> Protocol:
+        self.refused_connections += 1
+        now = self.reactor.seconds()
+        if now - self._refusal_logged >= REFUSAL_LOG_SECONDS:  # one line a minute, however hard the flood
+            self._refusal_logged = now
+            log.warn(
+                "refusing connections over max_connections_per_client={limit} (from {client}; {n} refused so far)",
+                limit=self.max_per_client,
+                client=client,
+                n=self.refused_connections,
+            )
+        return _Busy(self.reactor.callLater)
+
     @property
     def open_requests(self) -> list[server.Request]:
         """Requests received (or being received) and not answered yet, over all open connections."""
-        channels = (getattr(p, "_channel", p) for p in self.connections)
+        channels = (inner_channel(p) for p in self.connections)
         return [r for c in channels for r in getattr(c, "requests", ())]
 
     def getResourceFor(self, request: server.Request) -> Any:
@@ -239,14 +486,27 @@ def _close_after(request: server.Request) -> None:
 
 
 def absolute_url(request: server.Request, url: str) -> str:
-    """fedd-local targets are paths: make them absolute on the host the client asked for."""
+    """fedd-local targets are paths: make them absolute on fedd's public base (see `PublicBase`).
+
+    The base is worked out once per request (kept on it) and memoised per Host value by the site."""
     if not url.startswith("/"):
         return url
-    host = request.getHeader(b"host")
-    if host is None or not HOST_RE.match(host.encode("latin-1") if isinstance(host, str) else host):
-        addr = request.getHost()
-        host_s = f"{addr.host}:{addr.port}" if ":" not in addr.host else f"[{addr.host}]:{addr.port}"
-    else:
-        host_s = host if isinstance(host, str) else host.decode("ascii")
-    scheme = "https" if request.isSecure() else "http"
-    return f"{scheme}://{host_s}{url}"
+    base: str | None = getattr(request, "fedd_base", None)
+    if base is None:
+        site = getattr(request, "site", None)
+        public: PublicBase = getattr(site, "public", None) or _DEFAULT_PUBLIC
+        host = request.requestHeaders.getRawHeaders(b"host")
+        base = public.base(host[0] if host else None, request.isSecure())
+        if base is None:
+            addr = request.getHost()
+            scheme = "https" if request.isSecure() else "http"
+            base = (
+                f"{scheme}://{addr.host}:{addr.port}"
+                if ":" not in addr.host
+                else f"{scheme}://[{addr.host}]:{addr.port}"
+            )
+        request.fedd_base = base  # type: ignore[attr-defined]
+    return base + url
+
+
+_DEFAULT_PUBLIC = PublicBase()
