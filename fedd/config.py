@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fedd.events.model import EVENT_TYPES
 
@@ -115,11 +116,11 @@ class EventsConfig:
     flush_interval: float = 0.05
     idle_interval: float = 1.0
     timeout: float = 10.0
+    drop_report_interval: float = 60.0
 
 
 @dataclass(frozen=True)
 class AuthConfig:
-    drop_report_interval: float = 60.0
     access_file: str = ""
     gridmap_file: str = ""
     reload_interval: float = 60.0
@@ -352,8 +353,21 @@ def _mapping(text: str) -> tuple[str, str]:
     return (_fed_path(parts[0]), _fed_path(parts[1]))
 
 
+def _usable_url(text: str) -> bool:
+    """No control characters, and urlsplit finds a host and reads the port (an unclosed '[' or a port
+    out of range would raise ValueError later, when the endpoint or broker is built)."""
+    if any(c < " " or c == "\x7f" for c in text):
+        return False
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return False
+    return port != 0 and bool(parts.hostname)  # `http://user@` has no host
+
+
 def _url(text: str) -> str:
-    if not re.match(r"^https?://[^/\s]+(/\S*)?$", text):
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", text) or not _usable_url(text):
         raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
     return text.rstrip("/")
 
@@ -403,7 +417,7 @@ def _site(text: str) -> SiteRange:
 
 
 def _broker(text: str) -> str:
-    if text and not re.match(r"^amqps?://[^/\s]+(/\S*)?$", text):
+    if text and not (re.match(r"^amqps?://[^/\s]+(/\S*)?$", text) and _usable_url(text)):
         raise ValueError("expected amqp://user:password@host:port/vhost (or empty for the spool file)")
     return text
 
@@ -589,6 +603,7 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
         "flush_interval": _Key(_positive_float),
         "idle_interval": _Key(_positive_float),
         "timeout": _Key(_positive_float),
+        "drop_report_interval": _Key(_positive_float),
     },
     "auth": {
         "access_file": _Key(_text),
@@ -614,7 +629,6 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
     "space": {
         "interval": _Key(_positive_float),
         "timeout": _Key(_positive_float),
-        "drop_report_interval": _Key(_positive_float),
         "stale_after": _Key(_nonneg_float),
         "srr_path": _Key(_fed_path),
         "srr_file": _Key(_text),
