@@ -15,6 +15,8 @@ class BadRequest(FeddError):
 
 class NotFound(FeddError):
     status = 404
+    # endpoints whose "no" also says the name is no collection (WebDAV, local): not listed after
+    not_collections: frozenset[str] = frozenset()
 
 
 class Unauthorized(FeddError):
@@ -78,6 +80,7 @@ class NoReplicaAvailable(FeddError):
     `Retry-After` header (when the next health check may have brought an endpoint back)."""
 
     status = 503
+    not_collections: frozenset[str] = frozenset()  # as for NotFound
 
     def __init__(self, message: str, retry_after: int = 30, unreachable: tuple[str, ...] = ()) -> None:
         super().__init__(message)

@@ -249,14 +249,27 @@ class Federation:
         the path said no; 503 + Retry-After when any of them could not be asked or did not answer
         (to Rucio and FTS a 404 means "file lost")."""
         missing = self.unavailable(result)
+        exc: NotFound | NoReplicaAvailable
         if missing:
             names = ", ".join(f"{eid} ({why})" for eid, why in sorted(missing.items()))
-            raise NoReplicaAvailable(
+            exc = NoReplicaAvailable(
                 f"{result.path}: no replica available now; not answering: {names}",
                 retry_after=self.retry_after(),
                 unreachable=tuple(sorted(missing)),
             )
-        raise NotFound(f"{result.path}: no such file")
+        else:
+            exc = NotFound(f"{result.path}: no such file")
+        exc.not_collections = self.not_collections(result)
+        raise exc
+
+    def not_collections(self, result: LocateResult) -> frozenset[str]:
+        """Endpoints whose answer already says `result.path` is no collection there: kinds whose stat
+        tells collections (WebDAV, local) that said "no" or found a file. Listing them again would
+        cost a request each (and, between fedd instances, multiply a loop)."""
+        said = set(result.missing) | {eid for eid, st in result.found.items() if not st.is_dir}
+        return frozenset(
+            eid for eid in said if eid in self.endpoints and self.endpoints[eid].collections_by_stat
+        )
 
     # --- listings -----------------------------------------------------------------------------
 
@@ -278,10 +291,13 @@ class Federation:
                 out[t.endpoint] = "in a read downtime" if t.endpoint in self.health.read_blocked else "offline"
         return out
 
-    async def listdir(self, path: str, via: tuple[str, ...] = ()) -> Listing | None:
+    async def listdir(
+        self, path: str, via: tuple[str, ...] = (), skip: frozenset[str] = frozenset()
+    ) -> Listing | None:
         """Merged listing of a collection, or None when no endpoint has `path` as a collection.
-        `failed` names the endpoints missing from it (did not answer, offline, in a downtime)."""
-        targets = self.listable(path)
+        `failed` names the endpoints missing from it (did not answer, offline, in a downtime).
+        `skip`: endpoints known not to hold `path` as a collection (not asked)."""
+        targets = {eid: p for eid, p in self.listable(path).items() if eid not in skip}
         ids = sorted(targets)
         results = await DeferredList([self._list_one(eid, targets[eid], via) for eid in ids], consumeErrors=True)
         merged: dict[str, Entry] = {}
@@ -344,19 +360,26 @@ class Federation:
             raise EndpointError(eid, f"listing failed: {type(exc).__name__}") from exc
 
     async def stat(self, path: str, client_ip: str, via: tuple[str, ...] = ()) -> tuple[Stat, Listing | None]:
-        """PROPFIND's question: a file (stat, None) or a collection (stat, listing). Asked in parallel."""
-        both: list[Deferred[Any]] = [
-            ensureDeferred(self.listdir(path, via)),
-            ensureDeferred(self.find(path, client_ip, wait_all=True, via=via)),
-        ]
-        (list_ok, listing), (find_ok, found) = await DeferredList(both, consumeErrors=True)
-        if list_ok and listing is not None:
+        """PROPFIND's question: a file (stat, None) or a collection (stat, listing).
+
+        First every endpoint's stat, then a listing from only those that may hold a collection by
+        that name: a WebDAV or local endpoint that said "no" or found a file is not asked again, so
+        a PROPFIND of a file costs one request per endpoint, and a loop of fedd instances one
+        request per instance."""
+        order = self.order(path, client_ip)
+        result = await self.locator.locate(path, order, wait_all=True, via=via)
+        replicas = self.replicas(result, order)
+        try:
+            listing = await self.listdir(path, via, skip=self.not_collections(result))
+        except NoReplicaAvailable:
+            if replicas:
+                return replicas[0].stat, None
+            raise
+        if listing is not None:
             return Stat(is_dir=True), listing
-        if find_ok:
-            return found[0].stat, None
-        if not list_ok:
-            listing.raiseException()
-        found.raiseException()
+        if replicas:
+            return replicas[0].stat, None
+        self.no_replica(result)
         raise AssertionError("unreachable")
 
     def to_json(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ class FakeEndpoint:
     pending: dict[str, Deferred[Stat | None]] = field(default_factory=dict)
     probes: int = 0
     probe_ok: bool = True
+    collections_by_stat: bool = False
 
     def __post_init__(self) -> None:
         self.config = EndpointConfig(id=self.id, kind="dav", url=f"http://{self.id}.example")

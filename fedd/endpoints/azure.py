@@ -70,6 +70,8 @@ def _is_folder(metadata: dict[str, str]) -> bool:
 
 
 class AzureEndpoint:
+    collections_by_stat = False
+
     upload_headers = {"x-ms-blob-type": "BlockBlob"}  # what a PUT to a SAS URL must carry
 
     def __init__(

@@ -82,6 +82,9 @@ class Endpoint(Protocol):
 
     id: str
     config: EndpointConfig
+    # a stat also tells collections (WebDAV HEAD, stat(2)): a name it says "no" to, or finds as a
+    # file, is no collection there and needs no listing; object stores (S3, Azure) cannot tell
+    collections_by_stat: bool
 
     def stat(self, path: str, via: tuple[str, ...] = ()) -> Deferred[Stat | None]:
         """Stat of a file; None when it does not exist. Fails with EndpointError (the endpoint's

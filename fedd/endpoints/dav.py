@@ -40,6 +40,8 @@ WANT_DIGEST = {"Want-Digest": "adler32, md5;q=0.5"}
 
 
 class DavEndpoint:
+    collections_by_stat = True
+
     def __init__(self, config: EndpointConfig, http: HttpClient, *, instance: str = "") -> None:
         self.id = config.id
         self.config = config

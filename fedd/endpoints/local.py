@@ -24,6 +24,8 @@ PATH_ERRNOS = frozenset({errno.ENOTDIR, errno.ENAMETOOLONG, errno.EINVAL, errno.
 
 
 class LocalEndpoint:
+    collections_by_stat = True
+
     def __init__(self, config: EndpointConfig, reactor: Any) -> None:
         self.id = config.id
         self.config = config

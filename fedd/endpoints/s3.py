@@ -65,6 +65,8 @@ def _iso_to_epoch(text: str | None) -> float | None:
 
 
 class S3Endpoint:
+    collections_by_stat = False
+
     def __init__(self, config: EndpointConfig, http: HttpClient, *, presign_reuse: float = 0.5) -> None:
         self.id = config.id
         self.config = config

@@ -371,9 +371,9 @@ class FeddResource(WriteHandlers, Resource):
         via = self._via(request)
         try:
             replicas = await self.fed.find(path, client, method=request.method.decode(), via=via)
-        except (NotFound, NoReplicaAvailable):
+        except (NotFound, NoReplicaAvailable) as exc:
             # no file: a collection (listed even with an endpoint missing: the index says so)?
-            listing = await self.fed.listdir(path, via)
+            listing = await self.fed.listdir(path, via, exc.not_collections)
             if listing is None:
                 raise
             return self._index(request, path, listing)
@@ -392,8 +392,8 @@ class FeddResource(WriteHandlers, Resource):
             via = self._via(request)
             try:
                 replicas = await self.fed.find(path, client, method=method, via=via)
-            except (NotFound, NoReplicaAvailable):
-                listing = await self.fed.listdir(path, via)
+            except (NotFound, NoReplicaAvailable) as exc:
+                listing = await self.fed.listdir(path, via, exc.not_collections)
                 if listing is None:
                     raise
                 return self._index(request, path, listing)
@@ -603,7 +603,7 @@ class FeddResource(WriteHandlers, Resource):
         )
         headers = request.requestHeaders
         ranges = headers.getRawHeaders(b"range")
-        if ranges is not None and (len(ranges) != 1 or not _usable_range(ranges[0])):
+        if ranges is not None and (len(ranges) != 1 or not _usable_range(ranges[0], leaf.getFileSize())):
             headers.removeHeader(b"range")
         if headers.hasHeader(b"if-range"):
             headers.removeHeader(b"if-range")  # File ignores it (it would send a range for a changed file)
@@ -638,8 +638,10 @@ MAX_RANGES = 16
 _RANGE_RE = re.compile(rb"bytes[ \t]*=[ \t]*([0-9]{0,18}-[0-9]{0,18}(?:[ \t]*,[ \t]*[0-9]{0,18}-[0-9]{0,18})*)[ \t]*")
 
 
-def _usable_range(value: bytes) -> bool:
-    """A `Range` value twisted.web's File may see: `bytes=` and 1..MAX_RANGES well-formed ranges."""
+def _usable_range(value: bytes, size: int) -> bool:
+    """A `Range` value twisted.web's File may see: `bytes=` and 1..MAX_RANGES well-formed ranges, no
+    suffix longer than the file (`bytes=-N`, N > size: File seeks before the start, a 500; ignoring it
+    sends the whole file, which is what RFC 9110 section 14.1.3 asks for)."""
     match = _RANGE_RE.fullmatch(value)
     if match is None:
         return False
@@ -649,5 +651,7 @@ def _usable_range(value: bytes) -> bool:
     for spec in specs:
         first, _, last = spec.strip(b" \t").partition(b"-")
         if (not first and not last) or (first and last and int(first) > int(last)):
+            return False
+        if not first and int(last) > size:
             return False
     return True
