@@ -134,7 +134,9 @@ class Writer:
             raise ValueError(size)
         targets = self.writable(path)
         if not targets:
-            raise InsufficientStorage(f"no writable endpoint serves {path}")
+            # a read-only part of the namespace, not a full one: 403 like DELETE and MKCOL (a 507 reads
+            # "out of space" to FTS and Rucio)
+            raise Forbidden(f"no writable endpoint serves {path}")
         existing, failed = await self._existing(path)
         overwrite = bool(existing)
         ids = sorted(targets)

@@ -317,7 +317,7 @@ def test_bad_writes(fed: Fedd) -> None:
     status, _, body = request(fed, "PUT", "/full/new.bin", b"x" * 10)
     assert status == 507 and b"over quota" in body, body
     status, _, body = request(fed, "PUT", "/nowhere/x.bin", b"x")
-    assert status == 507 and b"no writable endpoint" in body
+    assert status == 403 and b"no writable endpoint" in body
     conn = http.client.HTTPConnection("127.0.0.1", fed.port, timeout=10)
     conn.putrequest("PUT", "/atlas/absurd.bin")
     conn.putheader("Content-Length", "99999999999999999999999")

@@ -34,7 +34,6 @@ from fedd.space.service import SpaceService
 from fedd.tpc.engine import TpcEngine
 from fedd.tpc.wire import copy_request
 from fedd.web.site import ALREADY_ANSWERED as _ALREADY_ANSWERED
-from fedd.web.site import HOST_RE as _HOST_RE
 from fedd.web.site import absolute_url as _absolute
 from fedd.writes import MAX_UPLOAD, Writer
 
@@ -247,9 +246,7 @@ class WriteHandlers:
             raise MethodNotAllowed("the storage report is read-only")
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        scheme = "https" if request.isSecure() else "http"
-        host = (request.getHeader(b"host") or b"").decode("latin-1")
-        base = f"{scheme}://{host}" if _HOST_RE.match(host.encode("latin-1")) else ""
+        base = _absolute(request, "/").rstrip("/")  # [server] public_url, never an unchecked Host
         return json.dumps(self.space.srr(base), indent=1, sort_keys=True).encode() + b"\n"
 
     def _downtimes(self, request: server.Request, raw: bytes) -> bytes | int:
