@@ -234,6 +234,15 @@ def test_resolve_keeps_symlinks_in_their_mapped_prefix(tmp_path: Path) -> None:
     assert ep.resolve("/pub/new.txt") == f"{real}/pub/new.txt"
 
 
+def test_listings_leave_out_symlinks_out_of_their_prefix(tmp_path: Path) -> None:
+    data = tree(tmp_path)
+    cfg = parse_config(text=f"[endpoint l]\nkind = local\npath = {data}\nmap = /pub /pub\nmap = /priv /priv\n")
+    ep = LocalEndpoint(cfg.endpoints[0], Clock())
+    names = {e.name for e in ep._listdir("/pub") or []}
+    assert {"real.txt", "alias.txt", "sub"} <= names
+    assert not names & {"escape.txt", "privdir", "absolute.txt", "hidden.txt"}, names
+
+
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fedd]:
     base = tmp_path_factory.mktemp("symlinks")

@@ -95,7 +95,10 @@ class LocalEndpoint:
         entries: list[Entry] = []
         try:
             with os.scandir(real) as it:
+                base = path.rstrip("/")
                 for item in it:
+                    if item.is_symlink() and self.resolve(f"{base}/{item.name}") is None:
+                        continue  # a link out of its mapped prefix: not served, so not listed either
                     try:
                         entries.append(Entry(item.name, _to_stat(item.stat())))
                     except OSError:
