@@ -109,7 +109,7 @@ url_text = st.tuples(
 ).map("".join)
 
 
-@FUZZ
+@FILES
 @given(st.sampled_from([cfg._url, cfg._broker]), st.one_of(url_text, any_value))
 @example(cfg._url, "http://[::1")
 @example(cfg._url, "http://a:99999")
