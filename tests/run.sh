@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 PKGS="memcached apache2 nginx-light wrk curl openssl davix gfal2 gfal2-util-scripts gfal2-plugin-http gfal2-plugin-file
-      python3-gfal2 python-is-python3 aria2 rclone voms-clients ceph-mon ceph-osd radosgw ceph-common iproute2 python3-venv chromium rpm rpmlint"
+      python3-gfal2 python-is-python3 aria2 rclone fuse3 voms-clients ceph-mon ceph-osd radosgw ceph-common iproute2 python3-venv chromium rpm rpmlint"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
