@@ -141,7 +141,7 @@ class WriteConfig:
     redirect_code: int = 307
     presign_expiry: int = 3600
     proxy_user_agents: tuple[str, ...] = ("rclone/",)
-    proxy_max_bytes: int = 5 * 10**9
+    proxy_max_bytes: int = 0  # 0: no limit but the endpoint's (carried uploads are streamed)
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,11 @@ class EndpointError(Exception):
         super().__init__(f"{endpoint}: {reason}")
 
 
+class ClientGone(Exception):
+    """The client went away (or was answered) before its whole upload arrived: a carried upload to
+    an endpoint is aborted, and that is no fault of the endpoint."""
+
+
 class PathRefused(Exception):
     """An endpoint refused a request because of the path asked (4xx, ENOTDIR, ENAMETOOLONG, EINVAL):
     the request's fault, never the endpoint's. Counts as "no such name here" and leaves its health

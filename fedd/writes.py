@@ -12,11 +12,12 @@ from typing import Any
 
 from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.logger import Logger
-from twisted.web.client import FileBodyProducer
+from twisted.web.iweb import IBodyProducer
 
 from fedd.config import WriteConfig
 from fedd.errors import (
     BadGateway,
+    ClientGone,
     Conflict,
     EndpointError,
     Forbidden,
@@ -177,19 +178,26 @@ class Writer:
         detail = "; ".join(f"{eid}: {why}" for eid, why in sorted(problems.items()))
         raise InsufficientStorage(f"no writable endpoint can take {path} now ({detail})")
 
-    async def carry(self, target: PutTarget, content: Any, size: int) -> int:
-        """Upload a spooled request body to the chosen endpoint ourselves (for clients that cannot follow
-        a 307 with their body); 201 on success. The body streams from the spool file, 64 KiB at a time."""
+    async def carry(self, target: PutTarget, body: IBodyProducer | None, size: int) -> int:
+        """Upload a client's body to the chosen endpoint ourselves (for clients that cannot follow a
+        307 with their body); 201 on success. `body` passes the bytes on as they arrive from the
+        client (fedd.web.streambody): nothing is spooled, and the client is paced by the endpoint."""
         endpoint = self.fed.endpoints[target.endpoint]
         http = getattr(endpoint, "_http", None)
-        if http is None or content is None:
+        if http is None or body is None:
             raise BadGateway(f"{target.endpoint} cannot take uploads carried by fedd")
-        content.seek(0)
         headers = dict(getattr(endpoint, "upload_headers", {}))
-        producer = FileBodyProducer(content, readSize=1 << 16)
+        producer = body
         timeout = endpoint.config.timeout + size / CARRY_MIN_RATE
         try:
             response = await http.request("PUT", _absolute_url(target.url), headers, producer, timeout=timeout)
+        except ClientGone:
+            log.info(
+                "carried upload of {path} to {endpoint} stopped: the client went away",
+                path=target.path,
+                endpoint=target.endpoint,
+            )
+            raise
         except EndpointError as exc:
             self.fed.health.passive_failure(target.endpoint, f"carried upload: {exc.reason}")
             raise BadGateway(f"upload to {target.endpoint} failed: {exc.reason}") from None

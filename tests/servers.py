@@ -167,6 +167,8 @@ Mutex file:{workdir}/lock default
 TypesConfig /etc/mime.types
 DavLockDB {workdir}/lock/davlock
 KeepAliveTimeout 30
+# Apache 2.4.54+ caps request bodies at 1 GiB by default; storage endpoints (dCache, EOS) do not
+LimitRequestBody 0
 MaxKeepAliveRequests 0
 StartServers 1
 ServerLimit 2

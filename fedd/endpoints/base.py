@@ -17,12 +17,12 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.client import Agent, HTTPConnectionPool, RequestGenerationFailed, ResponseFailed
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 
 from fedd.config import EndpointConfig
-from fedd.errors import EndpointError, PathRefused, describe
+from fedd.errors import ClientGone, EndpointError, PathRefused, describe
 
 
 @dataclass(frozen=True)
@@ -290,6 +290,11 @@ class HttpClient:
     def _translate(self, failure: Failure, method: str) -> Failure:
         if failure.check(EndpointError):
             return failure
+        if failure.check(RequestGenerationFailed):
+            # the request body failed: the client whose upload it was went away (not the endpoint)
+            for reason in getattr(failure.value, "reasons", []):
+                if isinstance(reason, Failure) and reason.check(ClientGone):
+                    return reason
         if failure.check(defer.TimeoutError, error.TimeoutError, defer.CancelledError):
             reason = f"{method} timed out after {self.timeout:g}s"
         elif failure.check(ConnectError, ConnectingCancelledError):

@@ -30,10 +30,12 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import Resource
 
+from fedd.errors import ClientGone
 from fedd.web.accesslog import AccessLog
 from fedd.web.accesslog import record as access_record
 from fedd.web.metrics import Metrics
-from fedd.web.twcompat import inner_channel, release_transport, wrap_channel
+from fedd.web.streambody import StreamBody, transport_of
+from fedd.web.twcompat import inner_channel, release_transport, request_line, wrap_channel
 
 log = Logger(namespace="fedd.web")
 ALREADY_ANSWERED = b"<answered by the handler>"  # a distinct object, compared by identity
@@ -46,8 +48,42 @@ class FeddRequest(server.Request):
     max_body = 1 << 20
     fedd_early = False  # answered before its body (an upload fedd redirects): the body is never read
     fedd_proxy = False  # an upload fedd carries itself (clients that cannot follow a 307 with a body)
+    fedd_stream: StreamBody | None = None  # that upload's body, passed on as it arrives
     proxy_agents: tuple[bytes, ...] = ()
-    proxy_max = 0
+    proxy_max = 0  # 0: no limit but the endpoint's
+
+    def start_streaming(self, length: int) -> None:
+        """Handle this request now, at the end of its head: its body is passed on (`fedd_stream`) to
+        the endpoint as it arrives, never spooled, with the client paused while the endpoint lags."""
+        channel = self.channel
+        self.fedd_stream = StreamBody(length, transport_of(channel))
+        self.content = _NullSink()
+        command, path, version = request_line(channel)
+        server.Request.requestReceived(self, command, path, version)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.fedd_stream is not None:
+            self.fedd_stream.end()  # the whole body is in: handled already, at the end of its head
+            return
+        super().requestReceived(command, path, version)
+
+    def finish(self) -> None:
+        stream = self.fedd_stream
+        if stream is not None and not stream.complete and self.channel is not None:
+            # answered before the whole body arrived (refused, or the endpoint failed): the rest of
+            # the body must not be read as the next request; it is dropped and the connection closed
+            stream.fail(ClientGone("answered before the end of the upload"))
+            self.channel.persistent = False
+            self.channel._fedd_linger = True  # type: ignore[attr-defined]
+        super().finish()
+
+    fedd_gone = False  # the client's connection was lost before the answer
+
+    def connectionLost(self, reason: Any) -> None:
+        self.fedd_gone = True
+        super().connectionLost(reason)  # first: whoever learns of the failure below sees no channel
+        if self.fedd_stream is not None:
+            self.fedd_stream.fail(ClientGone("the client's connection was lost during the upload"))
 
     def __repr__(self) -> str:
         # Twisted's own repr decodes the URI as ASCII and fails (a traceback in the log) on other bytes
@@ -61,11 +97,16 @@ class FeddRequest(server.Request):
         super().render(resrc)
 
     def _limit(self) -> int:
-        return self.proxy_max if self.fedd_proxy else self.max_body
+        if self.fedd_proxy:
+            return self.proxy_max or (1 << 62)
+        return self.max_body
 
     def gotLength(self, length: int | None) -> None:
         if self.fedd_early:
             super().gotLength(0)
+            return
+        if self.fedd_proxy:
+            self.content = _NullSink()  # streamed (start_streaming): no buffer, no temporary file
             return
         if length is not None and length > self._limit():
             self._too_large()
@@ -74,6 +115,9 @@ class FeddRequest(server.Request):
         super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
+        if self.fedd_stream is not None:
+            self.fedd_stream.feed(data)
+            return
         self._body_seen = getattr(self, "_body_seen", 0) + len(data)
         if self._body_seen > self._limit():
             self._too_large()
@@ -106,6 +150,9 @@ class _HeadOf:
 class _NullSink:
     def write(self, data: bytes) -> None:
         pass
+
+    def tell(self) -> int:
+        return 0
 
     def seek(self, *args: Any) -> int:
         return 0
@@ -228,13 +275,15 @@ class FeddChannel(http.HTTPChannel):
             agent = (req.requestHeaders.getRawHeaders(b"user-agent") or [b""])[0]
             if (
                 self.length is not None
-                and self.length <= req.proxy_max
+                and self.length <= (req.proxy_max or 1 << 62)
                 and agent.startswith(req.proxy_agents or (b"\0",))
             ):
                 # a client known not to follow a 307 with its body (rclone, Go): fedd carries the upload,
-                # spooled to a temporary file by twisted.web, then streamed to the chosen endpoint
+                # streamed to the chosen endpoint as it arrives (nothing on disk, the client paced by it)
                 req.fedd_proxy = True
+                length = self.length
                 super().allHeadersReceived()
+                req.start_streaming(length)
                 return
             expect = (req.requestHeaders.getRawHeaders(b"expect") or [b""])[0].lower()
             if expect == b"100-continue" or self.length is None or self.length > req.max_body:
@@ -250,7 +299,12 @@ class FeddChannel(http.HTTPChannel):
     def loseConnection(self) -> None:
         transport = self.transport
         half_close = getattr(transport, "loseWriteConnection", None)
-        if not self._fedd_linger or half_close is None or not hasattr(transport, "abortConnection"):
+        if (
+            not self._fedd_linger
+            or half_close is None
+            or not hasattr(transport, "abortConnection")
+            or not getattr(transport, "connected", False)
+        ):
             super().loseConnection()
             return
         self._fedd_linger = False

@@ -23,6 +23,12 @@ def inner_channel(protocol: Any) -> Any:
     return getattr(protocol, "_channel", protocol)
 
 
+def request_line(channel: http.HTTPChannel) -> tuple[bytes, bytes, bytes]:
+    """(method, target, version) of the request whose head the channel has just read, before its
+    body: what the channel later passes to `Request.requestReceived` (kept there until then)."""
+    return channel._command, channel._path, channel._version  # type: ignore[attr-defined]
+
+
 def release_transport(channel: http.HTTPChannel) -> None:
     """Stop the channel from pausing/resuming the transport (it is about to be half-closed)."""
     channel._networkProducer.unregisterProducer()  # type: ignore[attr-defined]

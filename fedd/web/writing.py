@@ -17,6 +17,7 @@ from fedd.auth.service import AuthService
 from fedd.errors import (
     BadGateway,
     BadRequest,
+    ClientGone,
     Conflict,
     Forbidden,
     MethodNotAllowed,
@@ -119,7 +120,13 @@ class WriteHandlers:
         target = await self.writer.put(path, self._client(request), size)
         request.fedd_endpoint = target.endpoint  # type: ignore[attr-defined]
         if getattr(request, "fedd_proxy", False):
-            status = await self.writer.carry(target, request.content, size or 0)
+            body = getattr(request, "fedd_stream", None)
+            try:
+                status = await self.writer.carry(target, body, size or 0)
+            except ClientGone:
+                if request.finished or request.channel is None or getattr(request, "fedd_gone", False):
+                    return _ALREADY_ANSWERED  # nobody to answer: the client is gone
+                raise BadRequest("the upload ended before its Content-Length") from None
             request.setResponseCode(status)
             self._put_event(request, path, target, size, carried=True)
             return b""
