@@ -8,13 +8,15 @@ import json
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 
 from fedd.config import EventsConfig
-from fedd.events.journal import Journal, decode, encode, read_segments
+from fedd.events.journal import SEGMENT_BYTES, Journal, decode, encode, read_segments
 from fedd.events.model import Event, EventIds, envelope, routing_key
 from fedd.events.outbox import Outbox
 from fedd.events.service import EventsService
@@ -135,27 +137,54 @@ def test_notice_slot_is_outside_the_capacity(tmp_path: Path) -> None:
 
 def test_journal_decode_skips_torn_and_broken_lines() -> None:
     good = encode(("a1", "fedd.get.redirect", b'{"x":1}'))
-    events, bad = decode(good + b"junk\n" + good + b'a2\tk\t{"y"')
+    events, bad = decode(good + b"junk\n" + good + b'a2\tk\t{"y"' + b"\0" * 100)  # cut off, then unwritten
     assert events == [("a1", "fedd.get.redirect", b'{"x":1}')] * 2 and bad == 2
+    assert decode(good + b"\0" * 10) == ([("a1", "fedd.get.redirect", b'{"x":1}')], 0)
 
 
-def test_journal_segments_rotate_and_only_dead_ones_are_leftovers(tmp_path: Path) -> None:
+def test_journal_marks_what_is_stored_and_only_dead_segments_are_leftovers(tmp_path: Path) -> None:
     clock = Clock()
     base = str(tmp_path / "o.sqlite")
     journal = Journal(base, clock)
+    assert journal.mark() == []  # nothing written: nothing to store
     journal.append(("a1", "k", b"{}"))
-    held = journal.rotate()
-    assert held is not None and os.path.getsize(held.path) == len(encode(("a1", "k", b"{}")))
     journal.append(("a2", "k", b"{}"))
-    other = Journal(base, clock)  # a second process sharing the outbox: both segments are locked
+    [(segment, end)] = journal.mark()
+    assert read_segments([segment.path]) == ([("a1", "k", b"{}"), ("a2", "k", b"{}")], 0)  # in the file already
+    journal.stored([(segment, end)])
+    journal.append(("a3", "k", b"{}"))
+    assert read_segments([segment.path]) == ([("a3", "k", b"{}")], 0)  # what is stored is not replayed
+    other = Journal(base, clock)  # a second process sharing the outbox: the segment is locked
     assert other.leftovers() == []
-    Journal.release(held)  # its writer died
-    found = other.leftovers()
-    assert [s.path for s in found] == [held.path]
-    assert read_segments([s.path for s in found]) == ([("a1", "k", b"{}")], 0)
-    Journal.remove(found[0])
-    assert not os.path.exists(held.path)
-    journal.close()
+    journal.close(everything_stored=False)  # its writer dies with a3 unstored
+    [found] = other.leftovers()
+    assert found.path == segment.path and read_segments([found.path]) == ([("a3", "k", b"{}")], 0)
+    Journal.remove(found)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_journal_opens_another_segment_when_one_is_full(tmp_path: Path) -> None:
+    journal = Journal(str(tmp_path / "o.sqlite"), Clock())
+    body = b"{" + b"x" * (SEGMENT_BYTES // 4) + b"}"  # three lines to a segment
+    events = [(f"id{i}", "k", body) for i in range(7)]
+    for event in events[:2]:
+        journal.append(event)
+    first = journal.mark()
+    for event in events[2:]:
+        journal.append(event)
+    second = journal.mark()
+    paths = sorted({s.path for s, _ in first + second})
+    assert len(paths) == 3 and read_segments(paths) == (events, 0)
+    journal.stored(first)
+    assert read_segments(paths) == (events[2:], 0)
+    journal.stored(second)  # the two full segments are gone, the current one stays for more
+    assert [p for p in paths if os.path.exists(p)] == paths[2:]
+    journal.append(("big", "k", b"{" + b"y" * SEGMENT_BYTES + b"}"))  # larger than a segment: one of its own
+    big = journal.mark()
+    assert [e[0] for e in read_segments(sorted({s.path for s, _ in big}))[0]] == ["big"]
+    journal.stored(big)
+    journal.close(everything_stored=True)
+    assert list(tmp_path.iterdir()) == []
 
 
 class FakeSink:
@@ -186,7 +215,8 @@ def service(tmp_path: Path, clock: Clock, sink: FakeSink) -> EventsService:
 
 
 def journal_lines(tmp_path: Path) -> list[bytes]:
-    return [line for p in sorted(tmp_path.glob("spool.jsonl.journal.*")) for line in p.read_bytes().splitlines()]
+    events, _ = read_segments([str(p) for p in sorted(tmp_path.glob("spool.jsonl.journal.*"))])
+    return [encode(e) for e in events]
 
 
 def test_emit_is_on_disk_before_it_returns_and_a_killed_run_is_replayed(tmp_path: Path) -> None:
@@ -197,11 +227,11 @@ def test_emit_is_on_disk_before_it_returns_and_a_killed_run_is_replayed(tmp_path
     assert len(journal_lines(tmp_path)) == 1 and sink.written == []  # on disk, not yet delivered
     clock.advance(0.05)
     assert [json.loads(b)["payload"] for _, _, b in sink.written] == [{"path": "/a"}]
-    assert journal_lines(tmp_path) == []  # stored: the segment is gone
+    assert journal_lines(tmp_path) == []  # stored: nothing left to replay
     events.emit("get-redirect", {"path": "/b"})
     events.emit("get-redirect", {"path": "/c"})
     killed = [e[0] for e in events._batch]
-    events.journal.close()  # the process dies here: no flush, its lock goes with it
+    events.journal.close(everything_stored=False)  # the process dies here: no flush, its lock goes with it
     again_sink = FakeSink()
     again = service(tmp_path, Clock(), again_sink)
     again.startService()
@@ -209,3 +239,46 @@ def test_emit_is_on_disk_before_it_returns_and_a_killed_run_is_replayed(tmp_path
     assert [json.loads(b)["id"] for _, _, b in again_sink.written] == killed
     assert journal_lines(tmp_path) == []
     again.stopService()
+
+
+class FailingSink(FakeSink):
+    """A spool on a full disk, until `fail` is cleared."""
+
+    fail = True
+
+    def publish(self, events: list[Event]) -> Deferred[None]:
+        if self.fail:
+            return fail(OSError(28, "No space left on device"))
+        return super().publish(events)
+
+
+def test_drops_are_reported_once_per_interval_and_counted_once(tmp_path: Path) -> None:
+    clock, sink = Clock(), FailingSink()
+    config = EventsConfig(
+        spool=str(tmp_path / "spool.jsonl"), flush_interval=0.05, outbox_max_events=3, drop_report_interval=60
+    )
+    events = EventsService(config, clock=clock, outbox=None, sink=sink)
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        events.startService()
+        for i in range(200):  # 10 s of redirects while the spool refuses every write
+            events.emit("get-redirect", {"i": i})
+            clock.advance(0.05)
+        reports = [e for e in logged if "events dropped" in e.get("log_format", "")]
+        assert len(reports) == 1 and events.dropped >= 190  # not one line per flush
+        store_errors = [e for e in logged if "cannot store events" in e.get("log_format", "")]
+        assert len(store_errors) == 1  # logged when it starts failing, not on every retry
+        clock.advance(60)
+        assert len([e for e in logged if "events dropped" in e.get("log_format", "")]) == 2
+        sink.fail = False
+        clock.advance(config.flush_interval + 5.0)
+        notices = [json.loads(b)["payload"] for _, k, b in sink.written if k == "fedd.events.dropped"]
+        assert len(notices) == 2 and sum(n["dropped"] for n in notices) == events.dropped
+        redirects = [json.loads(b)["payload"]["i"] for _, k, b in sink.written if k == "fedd.get.redirect"]
+        assert len(redirects) + events.dropped == 200 and redirects == sorted(redirects)
+        assert journal_lines(tmp_path) == []
+        assert "Traceback" not in "".join(str(e) for e in logged)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+        events.stopService()

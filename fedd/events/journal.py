@@ -1,38 +1,50 @@
 """The journal: an event is on disk before the answer that caused it is sent.
 
-`append` writes each event as one line to the current segment file with a single `os.write`. Once
-write() returned, the bytes are in the kernel's page cache: they survive the process being killed
+`append` copies each event as one line into the current segment, a file mapped shared into memory.
+Once copied, the bytes are in the kernel's page cache: they survive the process being killed
 (SIGKILL, the OOM killer, a crash). They are not fsync'ed: a power loss can lose the last seconds
-(docs/events.md). Every `flush_interval` the service rotates to a new segment, stores the old
-segment's events in the outbox (or the spool), and only then removes the segment. At start, the
-segments a killed process left behind are replayed before anything else; events stored just before
-the kill are stored again under the same id (at least once, never lost).
+(docs/events.md). Every `flush_interval` the service takes a `mark` (how far the journal is
+written), stores the events up to it in the outbox (or the spool), and then records the mark as
+stored: in the segment's header, or by deleting a segment stored to its end. At start, what the
+segments of a dead process hold past their header is replayed before anything else; events stored
+just before the kill are stored again under the same id (at least once, never lost).
 
 A segment is locked (`flock`) for as long as its writer holds it, so a second fedd process sharing
 the outbox never takes a segment that is still being written: only dead processes' segments are
 leftovers.
 
-A line is `<id> TAB <routing key> TAB <envelope> LF`; the envelope is JSON without raw newlines.
+Layout: 8 bytes, the offset up to which the events are stored (little-endian; 0 = none), then
+lines `<id> TAB <routing key> TAB <envelope> LF` (the envelope is JSON without raw newlines), then
+zeros up to the segment's size.
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
+import mmap
 import os
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, field
 from typing import Any
 
 from fedd.events.model import Event
 
 SUFFIX = ".journal."
-_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+SEGMENT_BYTES = 4 << 20  # about 10,000 events: opening a segment costs a few ms, once per this many
+HEADER = struct.Struct("<Q")
+_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Segment:
     path: str
-    fd: int  # open and flock'ed by this process until removed
+    fd: int  # open and flock'ed by this process until removed or released
+    map: mmap.mmap | None = field(default=None, repr=False)
+    full: int = 0  # once another segment took over: where this one's lines end
+    stored_to: int = 0  # the events up to here are stored
+
+
+Mark = list[tuple[Segment, int]]  # each segment written since the previous mark, and how far
 
 
 def encode(event: Event) -> bytes:
@@ -41,11 +53,11 @@ def encode(event: Event) -> bytes:
 
 
 def decode(data: bytes) -> tuple[list[Event], int]:
-    """The events of a segment, and how many lines were unreadable (a write cut short by a full disk)."""
+    """The events of a segment's unstored part, and how many lines were unreadable (a torn last one)."""
     events: list[Event] = []
     bad = 0
-    lines = data.split(b"\n")
-    if lines[-1]:  # no newline at the end: a torn last write
+    lines = data.rstrip(b"\0").split(b"\n")
+    if lines[-1]:  # no newline at the end: the process died in the middle of a copy
         bad += 1
     for line in lines[:-1]:
         parts = line.split(b"\t", 2)
@@ -57,35 +69,53 @@ def decode(data: bytes) -> tuple[list[Event], int]:
 
 
 def read_segments(paths: list[str]) -> tuple[list[Event], int]:
-    """Blocking: call it from a worker thread."""
+    """The unstored events of segment files. Blocking: call it from a worker thread."""
     events: list[Event] = []
     bad = 0
     for path in paths:
         with open(path, "rb") as f:
-            got, torn = decode(f.read())
+            data = f.read()
+        if len(data) < HEADER.size:
+            continue
+        stored = HEADER.unpack_from(data)[0] or HEADER.size
+        got, torn = decode(data[stored:])
         events += got
         bad += torn
     return events, bad
 
 
 class Journal:
-    """Segments `<base>.journal.<microseconds>-<pid>`, named in the order they were opened."""
+    """Segments `<base>.journal.<microseconds>-<pid>`, named in the order they were opened.
+
+    A segment is a file of SEGMENT_BYTES, allocated at creation (`posix_fallocate`: a full disk is
+    an OSError then, never a SIGBUS later) and mapped into memory: an append is a copy into the page
+    cache, no system call. That matters on the hot path: a write() would release the GIL, and getting
+    it back from the outbox's busy SQLite thread costs far more than the write.
+    """
 
     def __init__(self, base: str, clock: Any) -> None:
         self.base = base
         self.clock = clock
-        self._fd: int | None = None
-        self._path = ""
+        self._current: Segment | None = None
+        self._pos = 0
+        self._marked = 0  # how far the current segment was handed out by mark()
+        self._full: list[Segment] = []  # taken over since the last mark
         self._last = 0
 
     def append(self, event: Event) -> None:
-        """One write() of one line; raises OSError (a full disk) for the caller to count."""
-        fd = self._fd if self._fd is not None else self._open()
+        """Copy one line into the mapped segment; raises OSError (a full disk) for the caller to count."""
         line = encode(event)
-        if os.write(fd, line) != len(line):
-            raise OSError(errno.ENOSPC, "short write to the event journal")
+        current = self._current
+        end = self._pos + len(line)
+        if current is None or current.map is None or end > len(current.map):
+            current = self._next(len(line))
+            end = HEADER.size + len(line)
+        assert current.map is not None
+        current.map[self._pos : end] = line
+        self._pos = end
 
-    def _open(self) -> int:
+    def _next(self, need: int) -> Segment:
+        size = max(SEGMENT_BYTES, HEADER.size + need)
         while True:
             self._last = max(int(self.clock.seconds() * 1_000_000), self._last + 1)
             path = f"{self.base}{SUFFIX}{self._last:016d}-{os.getpid()}"
@@ -94,17 +124,43 @@ class Journal:
             except FileExistsError:
                 continue
             if _lock(fd) and os.fstat(fd).st_nlink:  # not taken (and removed) by a replaying process meanwhile
-                self._fd, self._path = fd, path
-                return fd
+                break
             os.close(fd)
-
-    def rotate(self) -> Segment | None:
-        """Close the current segment for appends (it stays locked); the next append opens a new one."""
-        if self._fd is None:
-            return None
-        segment = Segment(self._path, self._fd)
-        self._fd, self._path = None, ""
+        segment = Segment(path, fd)
+        try:
+            os.posix_fallocate(fd, 0, size)
+            segment.map = mmap.mmap(fd, size)
+        except OSError:
+            Journal.remove(segment)
+            raise
+        old = self._current
+        if old is not None:
+            old.full = self._pos
+            if self._pos > self._marked:
+                self._full.append(old)  # its last lines go with the next mark
+            elif old.stored_to >= old.full:
+                Journal.remove(old)
+            # else: everything in it was handed out, and it goes when that mark is stored
+        self._current, self._pos, self._marked = segment, HEADER.size, HEADER.size
         return segment
+
+    def mark(self) -> Mark:
+        """How far the journal is written, segment by segment, since the previous mark."""
+        mark: Mark = [(segment, segment.full) for segment in self._full]
+        self._full = []
+        if self._current is not None and self._pos > self._marked:
+            mark.append((self._current, self._pos))
+            self._marked = self._pos
+        return mark
+
+    def stored(self, mark: Mark) -> None:
+        """The events up to `mark` are in the outbox: record it, and delete segments stored to their end."""
+        for segment, end in mark:
+            segment.stored_to = max(segment.stored_to, end)
+            if segment.full and end >= segment.full:
+                Journal.remove(segment)
+            elif segment.map is not None:
+                HEADER.pack_into(segment.map, 0, end)
 
     def leftovers(self) -> list[Segment]:
         """Segments of processes that are gone, oldest first, locked for this process."""
@@ -116,8 +172,6 @@ class Journal:
             return found
         for name in names:
             path = os.path.join(directory, name)
-            if path == self._path:
-                continue
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
@@ -130,21 +184,29 @@ class Journal:
 
     @staticmethod
     def remove(segment: Segment) -> None:
-        """The segment's events are stored: delete it (before unlocking it, so nobody replays it)."""
+        """Delete a segment (before unlocking it, so nobody replays it)."""
         try:
             os.unlink(segment.path)
         finally:
-            os.close(segment.fd)
+            Journal.release(segment)
 
     @staticmethod
     def release(segment: Segment) -> None:
-        """Keep the file for the next start, unlock it."""
+        """Unmap and unlock; the file stays for the next start."""
+        if segment.map is not None:
+            segment.map.close()  # the pages stay in the page cache: the file holds them
+            segment.map = None
         os.close(segment.fd)
 
-    def close(self) -> None:
-        segment = self.rotate()
-        if segment is not None:
-            os.close(segment.fd)  # anything still in it is replayed at the next start
+    def close(self, everything_stored: bool) -> None:
+        """Let go of the segments: deleted when `everything_stored`, else left for the next start."""
+        segments = [*self._full, *([self._current] if self._current is not None else [])]
+        self._full, self._current = [], None
+        for segment in segments:
+            if everything_stored:
+                Journal.remove(segment)
+            else:
+                Journal.release(segment)
 
 
 def _lock(fd: int) -> bool:

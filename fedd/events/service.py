@@ -1,7 +1,7 @@
 """The `events` service: emit() puts an event on disk and never waits; background work delivers it.
 
-emit() encodes the event (the envelope with a fresh id) and appends it to the journal with one
-write() (fedd/events/journal.py): from then on the event survives a kill of the process, and the
+emit() encodes the event (the envelope with a fresh id) and copies it into the journal, a file
+mapped into memory (fedd/events/journal.py): from then on the event survives a kill of the process, and the
 web front sends its answer only after emit() returned. Every `flush_interval` the journal's current
 segment is stored in the durable outbox (SQLite, in its own thread) and then removed; with a spool
 file instead of a broker it is written to the spool. The sender loop takes events from the outbox
@@ -27,7 +27,7 @@ from twisted.logger import Logger
 
 from fedd.config import EventsConfig
 from fedd.errors import describe
-from fedd.events.journal import Journal, Segment
+from fedd.events.journal import Journal, Mark, Segment
 from fedd.events.model import Event, EventIds, envelope, routing_key
 from fedd.events.outbox import Notice, Outbox
 from fedd.events.sinks import Sink
@@ -62,7 +62,7 @@ class EventsService(MultiService):
         self._ids = ids or EventIds(int.from_bytes(os.urandom(8)))  # unique across restarts and processes
         self._keys: dict[str, str] = {}
         self._batch: list[Event] = []  # in the journal's current segment, not yet stored
-        self._unstored: list[tuple[Segment | None, list[Event]]] = []  # rotated out, being (or to be) stored
+        self._unstored: list[tuple[Mark, list[Event]]] = []  # taken from the batch, being (or to be) stored
         self._unstored_n = 0
         self._flush_call: IDelayedCall | None = None
         self._flushing: Deferred[None] | None = None
@@ -83,7 +83,7 @@ class EventsService(MultiService):
     # --- producing ----------------------------------------------------------------------------
 
     def emit(self, event_type: str, payload: dict[str, Any]) -> None:
-        """Record an event durably (one write()). Never blocks on the network, never raises."""
+        """Record an event durably (in the page cache). Never blocks on the network, never raises."""
         if event_type not in self.enabled:
             return
         if event_type == "get-redirect" and self.config.get_redirect_sample < 1.0:
@@ -137,7 +137,7 @@ class EventsService(MultiService):
                 self._flush_call = self.clock.callLater(self.config.flush_interval, self._flush)
             return succeed(None)
         if self._batch:
-            self._unstored.append((self.journal.rotate(), self._batch))
+            self._unstored.append((self.journal.mark(), self._batch))
             self._unstored_n += len(self._batch)
             self._batch = []
         if not self._unstored:
@@ -176,15 +176,20 @@ class EventsService(MultiService):
             self._shed_unstored()
             return
         self._unstored, self._unstored_n = [], 0  # _flush adds nothing while a store runs
-        for segment, _ in pending:
-            if segment is not None:
-                self._remove(segment)
+        for mark, _ in pending:
+            self._stored(mark)
         if self._store_failures:
             log.info("events stored again after {n} failed attempts", n=self._store_failures)
             self._store_failures = 0
         if dropped:
             self._note_dropped(dropped)
         self._kick()
+
+    def _stored(self, mark: Mark) -> None:
+        try:
+            self.journal.stored(mark)
+        except OSError as exc:  # stored already: a leftover segment only means duplicates after a restart
+            log.error("cannot update the event journal {path}: {reason}", path=self.journal.base, reason=describe(exc))
 
     def _remove(self, segment: Segment) -> None:
         try:
@@ -193,12 +198,12 @@ class EventsService(MultiService):
             log.error("cannot remove journal segment {path}: {reason}", path=segment.path, reason=describe(exc))
 
     def _shed_unstored(self) -> None:
-        """Events the outbox or spool did not take stay in memory (and the journal) up to the outbox's size."""
+        """Events the outbox or spool does not take stay in memory (and the journal) up to the outbox's
+        size; past it the oldest go (the journal records what is done in order)."""
         while self._unstored_n > self.config.outbox_max_events and len(self._unstored) > 1:
-            segment, batch = self._unstored.pop(-1 if self.config.shed == "drop-newest" else 0)
+            mark, batch = self._unstored.pop(0)
             self._unstored_n -= len(batch)
-            if segment is not None:
-                self._remove(segment)
+            self._stored(mark)
             self._note_dropped(len(batch))
 
     # --- reporting drops ----------------------------------------------------------------------
@@ -402,7 +407,7 @@ class EventsService(MultiService):
         if self.outbox is not None:
             await self.outbox.close()
         await MultiService.stopService(self)  # children: the broker connection
-        self.journal.close()
+        self.journal.close(everything_stored=not (self._batch or self._unstored))
         close = getattr(self.sink, "close", None)
         if close is not None:
             close()
