@@ -282,3 +282,23 @@ def test_drops_are_reported_once_per_interval_and_counted_once(tmp_path: Path) -
     finally:
         globalLogPublisher.removeObserver(logged.append)
         events.stopService()
+
+
+def test_a_journal_the_disk_refuses_is_counted_and_events_still_go_out(tmp_path: Path) -> None:
+    clock, sink = Clock(), FakeSink()
+    config = EventsConfig(spool=str(tmp_path / "spool.jsonl"), flush_interval=0.05, drop_report_interval=60)
+    journal = Journal(str(tmp_path / "missing" / "o"), clock)  # a directory that is not there: every open fails
+    events = EventsService(config, clock=clock, outbox=None, sink=sink, journal=journal)
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        events.startService()
+        for i in range(30):
+            events.emit("get-redirect", {"i": i})
+            clock.advance(0.1)
+        assert [json.loads(b)["payload"]["i"] for _, _, b in sink.written] == list(range(30))
+        assert events.journal_errors == 30
+        assert len([e for e in logged if "not writable" in e.get("log_format", "")]) == 1
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+        events.stopService()

@@ -20,6 +20,7 @@ zeros up to the segment's size.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import mmap
 import os
@@ -32,6 +33,7 @@ from fedd.events.model import Event
 SUFFIX = ".journal."
 SEGMENT_BYTES = 4 << 20  # about 10,000 events: opening a segment costs a few ms, once per this many
 HEADER = struct.Struct("<Q")
+RETRY_SECONDS = 1.0
 _FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
@@ -101,6 +103,7 @@ class Journal:
         self._marked = 0  # how far the current segment was handed out by mark()
         self._full: list[Segment] = []  # taken over since the last mark
         self._last = 0
+        self._failed_at: float | None = None  # a segment could not be opened (a full disk): retry a second later
 
     def append(self, event: Event) -> None:
         """Copy one line into the mapped segment; raises OSError (a full disk) for the caller to count."""
@@ -115,6 +118,18 @@ class Journal:
         self._pos = end
 
     def _next(self, need: int) -> Segment:
+        now = self.clock.seconds()
+        if self._failed_at is not None and now - self._failed_at < RETRY_SECONDS:
+            raise OSError(errno.ENOSPC, "no journal segment (opening one failed less than a second ago)")
+        try:
+            segment = self._open(need)
+        except OSError:
+            self._failed_at = now
+            raise
+        self._failed_at = None
+        return segment
+
+    def _open(self, need: int) -> Segment:
         size = max(SEGMENT_BYTES, HEADER.size + need)
         while True:
             self._last = max(int(self.clock.seconds() * 1_000_000), self._last + 1)
