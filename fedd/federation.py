@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -331,6 +331,74 @@ class Federation:
             return None
         return Listing(path, [merged[k] for k in sorted(merged)], failed)
 
+    async def stream_listing(
+        self,
+        path: str,
+        on_start: Callable[[], None],
+        on_entries: Callable[[list[Entry]], None],
+        via: tuple[str, ...] = (),
+        skip: frozenset[str] = frozenset(),
+    ) -> dict[str, str] | None:
+        """A merged listing handed on as the endpoints answer, for listings of any size: `on_start`
+        once the path is known to be a collection (the first endpoint that lists it), then
+        `on_entries` with each new batch, names already seen left out (the first endpoint to name
+        an entry gives its stat). Returns the endpoints missing from the listing (did not answer,
+        offline, in a downtime), or None when no endpoint has `path` as a collection (nothing was
+        handed on). Memory: the set of names, not the entries."""
+        targets = {eid: p for eid, p in self.listable(path).items() if eid not in skip}
+        failed = self.unlistable(path)
+        seen: set[str] = set()
+        started = False
+
+        def start() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                on_start()
+
+        def take(entries: list[Entry]) -> None:
+            fresh = [e for e in entries if e.name not in seen]
+            seen.update(e.name for e in fresh)
+            if not fresh:
+                return
+            start()
+            on_entries(fresh)
+
+        virtual = [Entry(name, Stat(is_dir=True)) for name in sorted(self.namespace.virtual_children(path))]
+        if virtual or path == "/":
+            start()
+            take(virtual)
+
+        async def one(eid: str) -> None:
+            began = self.clock.seconds()
+            d = self.endpoints[eid].list_stream(targets[eid], take, via=via)
+            d.addTimeout(self.endpoints[eid].config.timeout * 4, self.clock)
+            try:
+                is_collection = await d
+            except PathRefused:
+                self.health.refused(eid)
+                return
+            except Exception as exc:  # an endpoint bug must not break the listing of the others
+                reason = describe(exc) if isinstance(exc, EndpointError) else f"listing failed: {type(exc).__name__}"
+                self.health.passive_failure(eid, reason)
+                failed[eid] = reason
+                return
+            self.health.observed(eid, (self.clock.seconds() - began) * 1000.0)
+            if is_collection:
+                start()
+
+        await DeferredList([ensureDeferred(one(eid)) for eid in sorted(targets)], consumeErrors=True)
+        if not started:
+            if failed:
+                names = ", ".join(f"{eid} ({why})" for eid, why in sorted(failed.items()))
+                raise NoReplicaAvailable(
+                    f"{path}: cannot be listed now; not answering: {names}",
+                    retry_after=self.retry_after(),
+                    unreachable=tuple(sorted(failed)),
+                )
+            return None
+        return failed
+
     def _list_one(self, eid: str, path: str, via: tuple[str, ...] = ()) -> Deferred[list[Entry] | None]:
         started = self.clock.seconds()
         d = ensureDeferred(self._call_list(eid, path, via))
@@ -358,6 +426,13 @@ class Federation:
             raise
         except Exception as exc:
             raise EndpointError(eid, f"listing failed: {type(exc).__name__}") from exc
+
+    async def lookup(self, path: str, client_ip: str, via: tuple[str, ...] = ()) -> tuple[list[Replica], LocateResult]:
+        """Every endpoint's stat of `path` (all of them, not the first): the file replicas, best first,
+        and the answer they came from."""
+        order = self.order(path, client_ip)
+        result = await self.locator.locate(path, order, wait_all=True, via=via)
+        return self.replicas(result, order), result
 
     async def stat(self, path: str, client_ip: str, via: tuple[str, ...] = ()) -> tuple[Stat, Listing | None]:
         """PROPFIND's question: a file (stat, None) or a collection (stat, listing).

@@ -3,12 +3,13 @@ test_dav_apache and test_daemon."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred, fail, succeed
 
 from fedd.config import EndpointConfig
-from fedd.endpoints.base import Entry, Stat
+from fedd.endpoints.base import Entry, Stat, emit_listing
 from fedd.errors import EndpointError
 
 
@@ -45,6 +46,11 @@ class FakeEndpoint:
         if self.broken:
             return fail(EndpointError(self.id, self.broken))
         return succeed(self.dirs.get(path))
+
+    def list_stream(
+        self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...] = ()
+    ) -> Deferred[bool]:
+        return emit_listing(self.listdir(path, via), emit)
 
     def url_for(self, path: str, now: float, method: str = "GET") -> str:
         return f"http://{self.id}.example{path}"

@@ -23,7 +23,7 @@ import pytest
 from fedd.config import ConfigError, EndpointConfig, parse_config
 from fedd.endpoints import make_endpoint
 from fedd.endpoints.azure import API_VERSION, AzureEndpoint
-from fedd.errors import EndpointError
+from fedd.errors import EndpointError, PathRefused
 from tests import reactor
 from tests.daemon import Fedd, start_fedd
 from tests.servers import AZURITE_KEY, free_port, start_azurite
@@ -221,9 +221,12 @@ def test_sas_urls_are_reused_for_part_of_their_validity(azurite: Any, container:
 def test_wrong_key_and_missing_container_are_clear_endpoint_errors(azurite: Any, container: str) -> None:
     wrong = base64.b64encode(b"not the account key, but base64").decode()
     bad = endpoint(azurite, account_key=wrong)
-    for call, args in [(bad.stat, ("/data/file.txt",)), (bad.listdir, ("/data",)), (bad.probe, ())]:
+    for call, args in [(bad.listdir, ("/data",)), (bad.probe, ())]:
         with pytest.raises(EndpointError, match=r"access denied.*check the account key"):
             reactor.call(call, *args)
+    with pytest.raises(PathRefused, match="HTTP 403") as refusal:  # a HEAD's 403: suspect, the probe decides
+        reactor.call(bad.stat, "/data/file.txt")
+    assert refusal.value.suspect
     assert status_of(bad.url_for("/data/file.txt", time.time())) == 403  # Azurite checks the SAS key too
     missing = endpoint(azurite, container="no-such-container")
     for call, args in [(missing.stat, ("/x",)), (missing.listdir, ("/",)), (missing.probe, ()), (missing.space, ())]:

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlsplit
@@ -29,6 +30,7 @@ from fedd.endpoints.base import (
     Space,
     Stat,
     UrlCache,
+    emit_listing,
     parse_http_date,
     parse_int,
     parse_xml,
@@ -247,6 +249,11 @@ class AzureEndpoint:
 
     def listdir(self, path: str, via: tuple[str, ...] = ()) -> Deferred[list[Entry] | None]:
         return ensureDeferred(self._listdir(path))
+
+    def list_stream(
+        self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...] = ()
+    ) -> Deferred[bool]:
+        return emit_listing(self.listdir(path), emit)
 
     async def _listdir(self, path: str) -> list[Entry] | None:
         prefix = path.strip("/") + "/" if path.strip("/") else ""

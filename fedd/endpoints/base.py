@@ -94,6 +94,12 @@ class Endpoint(Protocol):
     def listdir(self, path: str, via: tuple[str, ...] = ()) -> Deferred[list[Entry] | None]:
         """Children of a collection; None when `path` is not a collection (or refused for its name)."""
 
+    def list_stream(
+        self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...] = ()
+    ) -> Deferred[bool]:
+        """The children of a collection passed to `emit` in batches as they are read (a listing of any
+        size in bounded memory); True when `path` is a collection, False when it is not."""
+
     def url_for(self, path: str, now: float, method: str = "GET") -> str:
         """Where to send a client doing `method` (GET, HEAD or PUT) on `path`: an absolute URL, or a fedd path.
 
@@ -114,6 +120,24 @@ class Endpoint(Protocol):
     def space(self, max_objects: int = 50_000_000) -> Deferred[Space]:
         """Measure used and total space (may take long: paged listings, which stop with an EndpointError
         past `max_objects`); fails with EndpointError."""
+
+
+LIST_BATCH = 500  # entries handed on at a time by streamed listings
+
+
+def emit_listing(
+    listing: Deferred[list[Entry] | None], emit: Callable[[list[Entry]], None]
+) -> Deferred[bool]:
+    """`list_stream` for a kind that reads a listing whole (local directories, Azure): in batches."""
+
+    def hand_on(entries: list[Entry] | None) -> bool:
+        if entries is None:
+            return False
+        for start in range(0, len(entries), LIST_BATCH):
+            emit(entries[start : start + LIST_BATCH])
+        return True
+
+    return listing.addCallback(hand_on)
 
 
 def refused(endpoint: str, code: int, what: str) -> PathRefused | None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from lxml import etree
 from twisted.internet.defer import Deferred, ensureDeferred
 
 from fedd.checksums.digest import parse_digest
 from fedd.config import EndpointConfig
 from fedd.endpoints.base import (
+    LIST_BATCH,
     Entry,
     HttpClient,
     HttpResponse,
@@ -117,6 +120,30 @@ class DavEndpoint:
         if response.code != 207:
             raise EndpointError(self.id, f"PROPFIND: unexpected HTTP {response.code}")
         return self._parse_multistatus(response.body, path)
+
+    def list_stream(
+        self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...] = ()
+    ) -> Deferred[bool]:
+        """PROPFIND Depth 1 parsed as it arrives (lxml's pull parser, each <D:response> dropped once
+        read): entries handed on in batches, memory independent of the size of the listing."""
+        return ensureDeferred(self._list_stream(path, emit, via))
+
+    async def _list_stream(self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...]) -> bool:
+        url = self.url_for(path, 0)
+        headers = self._via(via, {"Depth": "1", "Content-Type": "application/xml; charset=utf-8"})
+        reader = _MultistatusReader(self, path, emit)
+        response = await self._http.request("PROPFIND", url, headers, PROPFIND_BODY, sink=reader.feed)
+        if response.code in (301, 302, 307, 308) and (response.header("Location") or "").endswith(
+            quote_path(path) + "/"
+        ):
+            reader = _MultistatusReader(self, path, emit)
+            response = await self._http.request("PROPFIND", url + "/", headers, PROPFIND_BODY, sink=reader.feed)
+        if response.code in (404, 410, 301, 302, 307, 308) or refused(self.id, response.code, "PROPFIND"):
+            return False
+        self._check(response, "PROPFIND")
+        if response.code != 207:
+            raise EndpointError(self.id, f"PROPFIND: unexpected HTTP {response.code}")
+        return reader.close()
 
     def _parse_multistatus(self, body: bytes, path: str) -> list[Entry] | None:
         root = parse_xml(body, self.id, "PROPFIND")
@@ -251,6 +278,77 @@ def parse_via(values: list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+class _MultistatusReader:
+    """A 207 multistatus read incrementally: children handed on in batches of LIST_BATCH."""
+
+    def __init__(self, endpoint: DavEndpoint, path: str, emit: Callable[[list[Entry]], None]) -> None:
+        self._endpoint = endpoint
+        self._own = (endpoint._base_path + path).rstrip("/")
+        self._emit = emit
+        self._parser = etree.XMLPullParser(
+            events=("start", "end"), resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
+        )
+        self._batch: list[Entry] = []
+        self._count = 0
+        self._root_checked = False
+        self.self_is_dir: bool | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            self._parser.feed(chunk)
+            self._drain()
+        except etree.XMLSyntaxError as exc:
+            raise EndpointError(self._endpoint.id, f"PROPFIND: unreadable XML ({exc.msg})") from None
+
+    def _drain(self) -> None:
+        for event, el in self._parser.read_events():
+            if event == "start":
+                if not self._root_checked:
+                    self._root_checked = True
+                    if el.tag != _MULTISTATUS:
+                        raise EndpointError(self._endpoint.id, f"PROPFIND: unexpected answer <{el.tag}>")
+                continue
+            if el.tag != _RESPONSE:
+                continue
+            self._response(el)
+            el.clear()
+            parent = el.getparent()
+            if parent is not None:
+                parent.remove(el)  # what was read is dropped: memory stays one response deep
+        if len(self._batch) >= LIST_BATCH:
+            self._flush()
+
+    def _response(self, response: Any) -> None:
+        href = response.findtext(_HREF) or ""
+        href_path = unquote(href if href.startswith("/") else urlsplit(href).path).rstrip("/")
+        stat = _props(response)
+        if href_path == self._own:
+            self.self_is_dir = stat.is_dir
+            return
+        parent, _, name = href_path.rpartition("/")
+        if parent != self._own or not name:
+            return
+        self._count += 1
+        if self._count > MAX_LIST_ENTRIES:
+            raise EndpointError(self._endpoint.id, f"listing exceeds {MAX_LIST_ENTRIES} entries")
+        self._batch.append(Entry(name, stat))
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        if batch:
+            self._emit(batch)
+
+    def close(self) -> bool:
+        """The answer is complete: True when the path is a collection."""
+        try:
+            self._parser.close()
+        except etree.XMLSyntaxError as exc:
+            raise EndpointError(self._endpoint.id, f"PROPFIND: unreadable XML ({exc.msg})") from None
+        if not self._root_checked:
+            raise EndpointError(self._endpoint.id, "PROPFIND: empty XML answer")
+        self._drain()
+        self._flush()
+        return self.self_is_dir is not False
 _MULTISTATUS, _RESPONSE, _HREF = f"{_D}multistatus", f"{_D}response", f"{_D}href"
 _PROPSTAT, _STATUS, _PROP = f"{_D}propstat", f"{_D}status", f"{_D}prop"
 _RTYPE, _COLLECTION, _LENGTH = f"{_D}resourcetype", f"{_D}collection", f"{_D}getcontentlength"

@@ -9,13 +9,14 @@ from __future__ import annotations
 import errno
 import os
 import stat as statmod
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
 from fedd.config import EndpointConfig
-from fedd.endpoints.base import Entry, Space, Stat, quote_path
+from fedd.endpoints.base import Entry, Space, Stat, emit_listing, quote_path
 from fedd.errors import EndpointError, PathRefused
 
 LOCAL_PREFIX = "/.well-known/fedd/local/"
@@ -87,6 +88,11 @@ class LocalEndpoint:
 
     def listdir(self, path: str, via: tuple[str, ...] = ()) -> Deferred[list[Entry] | None]:
         return self._defer(self._listdir, path)
+
+    def list_stream(
+        self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...] = ()
+    ) -> Deferred[bool]:
+        return emit_listing(self.listdir(path), emit)
 
     def _listdir(self, path: str) -> list[Entry] | None:
         real = self.resolve(path)

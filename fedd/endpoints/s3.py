@@ -7,6 +7,7 @@ Signing is pure computation with botocore's signers; every request goes through 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from urllib.parse import quote, urlencode
 
@@ -180,8 +181,18 @@ class S3Endpoint:
         return ensureDeferred(self._listdir(path))
 
     async def _listdir(self, path: str) -> list[Entry] | None:
-        prefix = path.strip("/") + "/" if path.strip("/") else ""
         entries: list[Entry] = []
+        return entries if await self._list_pages(path, entries.extend) else None
+
+    def list_stream(
+        self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...] = ()
+    ) -> Deferred[bool]:
+        """Each ListObjectsV2 page handed on as it comes (one page in memory at a time)."""
+        return ensureDeferred(self._list_pages(path, emit))
+
+    async def _list_pages(self, path: str, emit: Callable[[list[Entry]], None]) -> bool:
+        prefix = path.strip("/") + "/" if path.strip("/") else ""
+        count = 0
         marker_seen = False
         token: str | None = None
         while True:
@@ -190,15 +201,17 @@ class S3Endpoint:
                 query["prefix"] = prefix
             if token:
                 query["continuation-token"] = token
-            token, page_marker = self._parse_page(await self._list_page(query), prefix, entries)
+            page: list[Entry] = []
+            token, page_marker = self._parse_page(await self._list_page(query), prefix, page)
             marker_seen = marker_seen or page_marker
-            if len(entries) > MAX_LIST_ENTRIES:
+            count += len(page)
+            if count > MAX_LIST_ENTRIES:
                 raise EndpointError(self.id, f"listing of {path} exceeds {MAX_LIST_ENTRIES} entries")
+            if page:
+                emit(page)
             if not token:
                 break
-        if not entries and not marker_seen and prefix:
-            return None
-        return entries
+        return bool(count or marker_seen or not prefix)
 
     async def _list_page(self, query: dict[str, str]) -> bytes:
         """One ListObjectsV2 page (the XML body); a missing bucket or refusal is an EndpointError."""

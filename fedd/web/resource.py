@@ -29,7 +29,7 @@ from fedd.auth.policy import METHOD_LETTER
 from fedd.auth.service import AuthService, Unauthenticated
 from fedd.checksums.digest import Want, format_value, parse_prefer_wait, wants_of
 from fedd.checksums.service import ChecksumService
-from fedd.endpoints.base import format_etag
+from fedd.endpoints.base import Entry, Stat, format_etag
 from fedd.endpoints.dav import parse_via
 from fedd.endpoints.local import LOCAL_PREFIX, LocalEndpoint
 from fedd.errors import (
@@ -41,7 +41,7 @@ from fedd.errors import (
     NotFound,
     Unauthorized,
 )
-from fedd.federation import MAX_HOPS, Federation, Listing, Replica
+from fedd.federation import MAX_HOPS, Federation, Replica
 from fedd.namespace import normalise_path
 from fedd.space.downtime import DowntimeBook
 from fedd.space.service import SpaceService
@@ -373,10 +373,14 @@ class FeddResource(WriteHandlers, Resource):
             replicas = await self.fed.find(path, client, method=request.method.decode(), via=via)
         except (NotFound, NoReplicaAvailable) as exc:
             # no file: a collection (listed even with an endpoint missing: the index says so)?
-            listing = await self.fed.listdir(path, via, exc.not_collections)
-            if listing is None:
+            if request.method == b"HEAD":
+                if await self.fed.listdir(path, via, exc.not_collections) is None:
+                    raise
+                request.setHeader(b"content-type", b"text/html; charset=utf-8")
+                return b""
+            if not await self._index(request, path, exc.not_collections):
                 raise
-            return self._index(request, path, listing)
+            return _ALREADY_ANSWERED
         self._redirect(request, path, replicas, key, (self.fed.clock.seconds() - started) * 1000.0)
         return b""
 
@@ -393,10 +397,14 @@ class FeddResource(WriteHandlers, Resource):
             try:
                 replicas = await self.fed.find(path, client, method=method, via=via)
             except (NotFound, NoReplicaAvailable) as exc:
-                listing = await self.fed.listdir(path, via, exc.not_collections)
-                if listing is None:
+                if request.method == b"HEAD":
+                    if await self.fed.listdir(path, via, exc.not_collections) is None:
+                        raise
+                    request.setHeader(b"content-type", b"text/html; charset=utf-8")
+                    return b""
+                if not await self._index(request, path, exc.not_collections):
                     raise
-                return self._index(request, path, listing)
+                return _ALREADY_ANSWERED
         if request.method == b"HEAD" and not self.head_redirect:
             prefer = request.getHeader(b"prefer")
             wait = parse_prefer_wait(prefer.decode("latin-1")) if prefer is not None else None
@@ -502,27 +510,74 @@ class FeddResource(WriteHandlers, Resource):
         urls = [(_absolute(request, r.url), r.priority) for r in replicas]
         return xml.metalink(path, urls, best.size, best.mtime, sorted(hashes.items()))
 
-    def _mark_missing(self, request: server.Request, listing: Listing) -> None:
+    def _mark_missing(self, request: server.Request, failed: dict[str, str]) -> None:
         """A listing without some endpoints says so, in a header: which endpoints, and why."""
-        if listing.failed:
-            names = ", ".join(f'{eid}; reason="{why[:80]}"' for eid, why in sorted(listing.failed.items()))
+        if failed:
+            names = ", ".join(f'{eid}; reason="{why[:80]}"' for eid, why in sorted(failed.items()))
             request.setHeader(MISSING_HEADER, names.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace"))
 
-    def _index(self, request: server.Request, path: str, listing: Listing) -> bytes:
+    async def _stream_listing(
+        self,
+        request: server.Request,
+        path: str,
+        skip: frozenset[str],
+        head: Callable[[], bytes],
+        rows: Callable[[list[Entry]], bytes],
+        tail: Callable[[dict[str, str]], bytes],
+        content_type: bytes,
+    ) -> bool:
+        """Answer with a merged listing written as the endpoints answer (first bytes before the
+        slowest endpoint is done; memory for the names, not the entries). False when no endpoint
+        has `path` as a collection (nothing written). Endpoints known to be out at the start are in
+        the `Fedd-Missing-Endpoints` header, those failing later in `tail`."""
+        open_writes = [True]
+
+        def write(data: bytes) -> None:
+            if open_writes[0] and not request.finished and not getattr(request, "fedd_gone", False):
+                request.write(data)
+
+        def on_start() -> None:
+            request.setResponseCode(207 if content_type.startswith(b"application/xml") else 200)
+            request.setHeader(b"content-type", content_type)
+            self._mark_missing(request, self.fed.unlistable(path))
+            write(head())
+
+        def on_entries(entries: list[Entry]) -> None:
+            write(rows(entries))
+
+        failed = await self.fed.stream_listing(path, on_start, on_entries, self._via(request), skip)
+        if failed is None:
+            return False
+        write(tail({eid: why for eid, why in failed.items() if eid not in self.fed.unlistable(path)}))
+        open_writes[0] = False
+        if not request.finished and not getattr(request, "fedd_gone", False):
+            request.finish()
+        return True
+
+    async def _index(self, request: server.Request, path: str, skip: frozenset[str]) -> bool:
+        """The HTML index of a collection, streamed (see `_stream_listing`)."""
         from html import escape
 
-        self._mark_missing(request, listing)
         base = path.rstrip("/")
-        rows = [
-            f'<li><a href="{escape(quote(base + "/" + e.name))}{"/" if e.stat.is_dir else ""}">'
-            f"{escape(e.name)}{'/' if e.stat.is_dir else ''}</a></li>"
-            for e in listing.entries
-        ]
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        return (
-            f"<!DOCTYPE html><html><head><title>{escape(path)}</title></head><body>"
-            f"<h1>{escape(path)}</h1><ul>{''.join(rows)}</ul></body></html>\n"
-        ).encode()
+
+        def head() -> bytes:
+            return (
+                f"<!DOCTYPE html><html><head><title>{escape(path)}</title></head><body>"
+                f"<h1>{escape(path)}</h1><ul>"
+            ).encode()
+
+        def rows(entries: list[Entry]) -> bytes:
+            return "".join(
+                f'<li><a href="{escape(quote(base + "/" + e.name))}{"/" if e.stat.is_dir else ""}">'
+                f"{escape(e.name)}{'/' if e.stat.is_dir else ''}</a></li>"
+                for e in entries
+            ).encode()
+
+        def tail(failed: dict[str, str]) -> bytes:
+            note = "".join(f"<p>not listed: {escape(eid)} ({escape(why)})</p>" for eid, why in sorted(failed.items()))
+            return f"</ul>{note}</body></html>\n".encode()
+
+        return await self._stream_listing(request, path, skip, head, rows, tail, b"text/html; charset=utf-8")
 
     # --- WebDAV ---------------------------------------------------------------------------------
 
@@ -537,20 +592,44 @@ class FeddResource(WriteHandlers, Resource):
             request.content.seek(0)
             body = request.content.read()
         mode, wanted = xml.parse_propfind(body)
-        stat, listing = await self.fed.stat(path, self._client(request), self._via(request))
-        if listing is not None:
-            self._mark_missing(request, listing)
-        parts = [xml.MULTISTATUS_HEAD, xml.response_xml(path, stat, mode, wanted, self._quota(path, stat))]
-        if listing is not None and depth == b"1":
-            base = path.rstrip("/")
-            parts.extend(
+        # first every endpoint's stat, then a listing from those that may hold a collection by that
+        # name, written as it comes (Federation.stat for why in this order)
+        replicas, result = await self.fed.lookup(path, self._client(request), self._via(request))
+        base = path.rstrip("/")
+        collection = Stat(is_dir=True)
+
+        def head() -> bytes:
+            own = xml.response_xml(path, collection, mode, wanted, self._quota(path, collection))
+            return (xml.MULTISTATUS_HEAD + own).encode()
+
+        def rows(entries: list[Entry]) -> bytes:
+            if depth != b"1":
+                return b""
+            return "".join(
                 xml.response_xml(f"{base}/{e.name}", e.stat, mode, wanted, self._quota(f"{base}/{e.name}", e.stat))
-                for e in listing.entries
+                for e in entries
+            ).encode()
+
+        def tail(failed: dict[str, str]) -> bytes:
+            return xml.multistatus_tail(failed).encode()
+
+        try:
+            listed = await self._stream_listing(
+                request, path, self.fed.not_collections(result), head, rows, tail, b"application/xml; charset=utf-8"
             )
-        parts.append(xml.MULTISTATUS_TAIL)
+        except NoReplicaAvailable:
+            if not replicas:
+                raise
+            listed = False
+        if listed:
+            return _ALREADY_ANSWERED
+        if not replicas:
+            self.fed.no_replica(result)
+        stat = replicas[0].stat
         request.setResponseCode(207)
         request.setHeader(b"content-type", b"application/xml; charset=utf-8")
-        return "".join(parts).encode()
+        own = xml.response_xml(path, stat, mode, wanted, self._quota(path, stat))
+        return (xml.MULTISTATUS_HEAD + own + xml.MULTISTATUS_TAIL).encode()
 
     # --- fedd's own paths -------------------------------------------------------------------------
 

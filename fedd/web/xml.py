@@ -141,6 +141,18 @@ def response_xml(
 MULTISTATUS_HEAD = '<?xml version="1.0" encoding="utf-8"?>\n<D:multistatus xmlns:D="DAV:">'
 MULTISTATUS_TAIL = "</D:multistatus>\n"
 
+
+def multistatus_tail(failed: dict[str, str]) -> str:
+    """The end of a streamed multistatus; endpoints that failed while it was written are named in a
+    closing <D:responsedescription> (RFC 4918 14.20: allowed after the responses), since the
+    status and headers were sent before they failed."""
+    if not failed:
+        return MULTISTATUS_TAIL
+    text = "; ".join(f"{eid}: {why}" for eid, why in sorted(failed.items()))
+    return f"<D:responsedescription>incomplete listing, not answering: {escape(text)}</D:responsedescription>" + (
+        MULTISTATUS_TAIL
+    )
+
 FINITE_DEPTH_ERROR = (
     b'<?xml version="1.0" encoding="utf-8"?>\n<D:error xmlns:D="DAV:"><D:propfind-finite-depth/></D:error>\n'
 )
