@@ -189,6 +189,21 @@ class ChecksumsConfig:
 
 
 @dataclass(frozen=True)
+class GocdbConfig:
+    """Downtimes read from GOCDB's programmatic interface (`get_downtime`); see docs/configuration.md."""
+
+    urls: tuple[str, ...] = ()  # http(s):// PI queries or file:/// copies; none: GOCDB is not read
+    interval: float = 300.0
+    timeout: float = 30.0
+    max_bytes: int = 16 << 20  # one document (page)
+    max_pages: int = 20
+    ca_file: str = ""
+    service_types: tuple[str, ...] = ()  # lower case; empty: every service type
+    outage: str = "all"  # scope an OUTAGE becomes
+    warning: str = "none"  # scope a WARNING becomes; none: shown, not applied
+
+
+@dataclass(frozen=True)
 class Downtime:
     """A planned downtime of one endpoint: no writes (scope write), no reads (read), or neither (all)."""
 
@@ -246,6 +261,7 @@ class EndpointConfig:
     downtimes: tuple[Downtime, ...] = ()
     source: str = ""
     tpc: bool = False  # the storage does HTTP-TPC itself (dCache, StoRM, XRootD): COPY is redirected to it
+    gocdb_hostnames: tuple[str, ...] = ()  # GOCDB service host names; empty: the URL's host; ("none",): none
 
     @property
     def share_name(self) -> str:
@@ -263,6 +279,7 @@ class Config:
     space: SpaceConfig = SpaceConfig()
     checksums: ChecksumsConfig = ChecksumsConfig()
     tpc: TpcConfig = TpcConfig()
+    gocdb: GocdbConfig = GocdbConfig()
     auth: AuthConfig | None = None
     issuers: tuple[IssuerSettings, ...] = ()
     endpoints: tuple[EndpointConfig, ...] = ()
@@ -515,6 +532,38 @@ def _downtime(text: str) -> Downtime:
     return Downtime(start, end, scope, parts[3] if len(parts) > 3 else "")
 
 
+def _gocdb_url(text: str) -> str:
+    if text.startswith("file://"):
+        path = text[len("file://") :]
+        if not path.startswith("/") or any(c < " " or c == "\x7f" for c in path):
+            raise ValueError(f"expected file:///absolute/path, got {text!r}")
+        return text
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", text) or not _usable_url(text):
+        raise ValueError(f"expected an http(s):// URL of GOCDB's get_downtime or a file:/// path, got {text!r}")
+    return text
+
+
+def _positive_size(text: str) -> int:
+    value = _size(text)
+    if value <= 0:
+        raise ValueError(f"expected a size above 0, got {text!r}")
+    return value
+
+
+def _gocdb_hostname(text: str) -> str:
+    name = text.lower().rstrip(".")
+    if name != "none" and not re.fullmatch(r"[a-z0-9](?:[a-z0-9.\-]{0,251}[a-z0-9])?", name):
+        raise ValueError(f"expected a host name as GOCDB lists it (or none), got {text!r}")
+    return name
+
+
+def _service_types(text: str) -> tuple[str, ...]:
+    names = tuple(n.lower() for n in text.replace(",", " ").split())
+    if not names or any(not re.fullmatch(r"[a-z0-9][a-z0-9._\-]{0,99}", n) for n in names):
+        raise ValueError(f"expected GOCDB service types such as 'webdav SRM xrootd', got {text!r}")
+    return names
+
+
 def _agent(text: str) -> str:
     if text == "none":
         return ""
@@ -647,6 +696,17 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
         "verify_tls": _Key(_bool),
         "ca_file": _Key(_text),
     },
+    "gocdb": {
+        "url": _Key(_gocdb_url, attr="urls", repeat=True),
+        "interval": _Key(_positive_float),
+        "timeout": _Key(_positive_float),
+        "max_bytes": _Key(_positive_size),
+        "max_pages": _Key(_positive_int),
+        "ca_file": _Key(_text),
+        "service_types": _Key(_service_types),
+        "outage": _Key(_choice("all", "read", "write")),
+        "warning": _Key(_choice("none", "write", "read", "all")),
+    },
     "checksums": {
         "workers": _Key(_nonneg_int),
         "max_file_bytes": _Key(_size),
@@ -698,6 +758,7 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
         "vo": _Key(_text, attr="vos", repeat=True),
         "downtime": _Key(_downtime, attr="downtimes", repeat=True),
         "tpc": _Key(_bool),
+        "gocdb_hostname": _Key(_gocdb_hostname, attr="gocdb_hostnames", repeat=True),
     },
 }
 _SECRET_SOURCES = ("access_key", "secret_key", "account_key")
@@ -910,7 +971,10 @@ def _build_endpoint(section: _Section, environ: Mapping[str, str], errors: list[
     if len(errors) > before:
         return None
     values["mappings"] = tuple(values["mappings"])
-    for key in ("vos", "downtimes"):
+    if "none" in values.get("gocdb_hostnames", ()) and len(values["gocdb_hostnames"]) > 1:
+        errors.append(f"{where}: endpoint {section.arg!r}: gocdb_hostname = none cannot go with other names")
+        return None
+    for key in ("vos", "downtimes", "gocdb_hostnames"):
         if key in values:
             values[key] = tuple(values[key])
     return EndpointConfig(id=section.arg, source=where, **values)
@@ -963,6 +1027,9 @@ def parse_config(
         errors.append(f"{path or '<string>'}: [auth] needs access_file")
     if issuers and auth_values is None:
         errors.append(f"{path or '<string>'}: [issuer ...] sections need an [auth] section with access_file")
+    gocdb_values = groups.get("gocdb")
+    if gocdb_values is not None and not gocdb_values.get("urls"):
+        errors.append(f"{path or '<string>'}: [gocdb] needs url (GOCDB's get_downtime query, or file:///...)")
     if not endpoints and not errors:
         errors.append(f"{path or '<string>'}: no [endpoint ...] section: nothing to federate")
     if errors:
@@ -977,6 +1044,7 @@ def parse_config(
         space=SpaceConfig(**groups.get("space", {})),
         checksums=ChecksumsConfig(**groups.get("checksums", {})),
         tpc=TpcConfig(**groups.get("tpc", {})),
+        gocdb=GocdbConfig(**groups.get("gocdb", {})),
         auth=AuthConfig(**auth_values) if auth_values is not None else None,
         issuers=tuple(issuers),
         endpoints=tuple(endpoints),

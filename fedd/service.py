@@ -31,6 +31,7 @@ from fedd.locate.memcache import Memcached
 from fedd.namespace import Namespace
 from fedd.select.geo import GeoLocator
 from fedd.space.downtime import DowntimeBook
+from fedd.space.gocdb import Fetcher, GocdbService
 from fedd.space.service import SpaceService
 from fedd.tpc.engine import TpcEngine
 from fedd.web.accesslog import AccessLog
@@ -193,6 +194,27 @@ def build_auth(config: Config, reactor: Any, tls: GridContextFactory | None = No
         raise usage.UsageError(f"cannot read the authorisation files: {exc}") from None
 
 
+def build_gocdb(config: Config, reactor: Any, book: DowntimeBook, federation: Federation) -> GocdbService:
+    """The `gocdb` service (idle without [gocdb] url); it reads settings and endpoints from the
+    running configuration, so a reload applies at its next refresh."""
+    from twisted.internet.threads import deferToThreadPool
+
+    from fedd.endpoints import tls_policy
+
+    if config.gocdb.ca_file:
+        try:
+            tls_policy(True, config.gocdb.ca_file)
+        except (OSError, ValueError) as exc:
+            raise usage.UsageError(f"[gocdb] ca_file {config.gocdb.ca_file}: {exc}") from None
+
+    def to_thread(work: Any) -> Any:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), work)
+
+    return GocdbService(
+        book, clock=reactor, config=lambda: federation.config, fetch=Fetcher(reactor, to_thread), to_thread=to_thread
+    )
+
+
 class _Placer(Service):
     """At start, looks up endpoint host names (without blocking) so GeoIP can place them."""
 
@@ -284,6 +306,9 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
         on_change=registry.block_reads,
     )
     downtimes.setServiceParent(top)
+    gocdb = build_gocdb(config, reactor, downtimes, federation)
+    gocdb.setServiceParent(top)
+    resource.gocdb = gocdb
     resource.writer = Writer(federation, config.write, space=space, downtimes=downtimes)
     resource.space = space
     resource.downtimes = downtimes

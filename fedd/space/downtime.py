@@ -1,7 +1,9 @@
 """Planned downtimes: declared in the configuration or at run time, applied without a restart.
 
 A downtime stops writes to an endpoint (scope `write`), reads and listings (`read`) or both (`all`)
-between its start and end. Run-time downtimes come from the admin resource
+between its start and end; scope `none` is shown but stops nothing (a GOCDB WARNING, by default).
+Downtimes also come from other sources (`replace_source`: GOCDB, see fedd/space/gocdb.py), each
+set replaced whole by its source and listed with its origin. Run-time downtimes come from the admin resource
 (`/.well-known/fedd/downtimes`) and live in `[health] downtime_file` (JSON), which every fedd process
 of the host re-reads when it changes, so all of them apply the same downtimes, and they survive a
 restart. The book re-evaluates itself exactly when a downtime starts or ends.
@@ -35,7 +37,8 @@ class Declared:
     id: str
     endpoint: str
     downtime: Downtime
-    origin: str  # "config" or "admin"
+    origin: str  # "config", "admin", or another source's name ("gocdb")
+    link: str = ""  # where the source shows it (a GOCDB portal page)
 
     def to_json(self, now: float) -> dict[str, Any]:
         data = self.downtime.to_json()
@@ -45,6 +48,8 @@ class Declared:
             origin=self.origin,
             active=self.downtime.start <= now < self.downtime.end,
         )
+        if self.link:
+            data["link"] = self.link
         return data
 
 
@@ -96,6 +101,7 @@ class DowntimeBook(Service):
             for i, d in enumerate(downtimes)
         ]
         self._admin: list[Declared] = []
+        self._sources: dict[str, list[Declared]] = {}  # origin -> its whole current set
         self._mtime: float | None = None
         self._timer: IDelayedCall | None = None
         self._loop: LoopingCall | None = None
@@ -111,9 +117,22 @@ class DowntimeBook(Service):
         if self.running:
             self.evaluate()
 
+    def replace_source(self, origin: str, declared: list[Declared]) -> None:
+        """The whole current set of downtimes from another source (e.g. "gocdb"); applied at once."""
+        if origin in ("config", "admin") or any(d.origin != origin for d in declared):
+            raise ValueError(f"downtimes of source {origin!r} must all carry that origin")
+        if declared == self._sources.get(origin, []):
+            return
+        if declared:
+            self._sources[origin] = list(declared)
+        else:
+            self._sources.pop(origin, None)
+        if self.running:
+            self.evaluate()
+
     @property
     def all(self) -> list[Declared]:
-        return self._configured + self._admin
+        return self._configured + self._admin + [d for ds in self._sources.values() for d in ds]
 
     def startService(self) -> None:
         super().startService()

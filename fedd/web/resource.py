@@ -44,6 +44,7 @@ from fedd.errors import (
 from fedd.federation import MAX_HOPS, Federation, Replica
 from fedd.namespace import normalise_path
 from fedd.space.downtime import DowntimeBook
+from fedd.space.gocdb import GocdbService
 from fedd.space.service import SpaceService
 from fedd.tpc.engine import TpcEngine
 from fedd.tpc.wire import copy_letter
@@ -111,6 +112,7 @@ class FeddResource(WriteHandlers, Resource):
         self.writer: Writer | None = None
         self.space: SpaceService | None = None
         self.downtimes: DowntimeBook | None = None
+        self.gocdb: GocdbService | None = None
         self.tpc: TpcEngine | None = None
         self.checksums: ChecksumService | None = None
         self.srr_path = b"/.well-known/fedd/srr.json"
@@ -701,6 +703,8 @@ class FeddResource(WriteHandlers, Resource):
             data["space"] = self.space.to_json()
         if self.downtimes is not None:
             data["downtimes"] = self.downtimes.to_json()
+        if self.gocdb is not None and self.gocdb.sources:
+            data["gocdb"] = self.gocdb.to_json()
         if self.tpc is not None:
             data["tpc"] = self.tpc.to_json()
         if self.checksums is not None:

@@ -211,6 +211,10 @@ def _recent_errors(status: dict[str, Any], now: float | None) -> list[str]:
         if entry.get("error"):
             at = _number(entry.get("error_at")) or _number(entry.get("measured"))
             found.append((at or 0.0, f"space of {eid}", str(entry["error"])))
+    for src in _dict(status.get("gocdb")).get("sources") or []:
+        src = _dict(src)
+        if src.get("last_error"):
+            found.append((_number(src.get("last_error_at")) or 0.0, f"GOCDB {src.get('url')}", str(src["last_error"])))
     events = _dict(status.get("events"))
     if events.get("last_error"):
         found.append((0.0, "events", str(events["last_error"])))
@@ -279,14 +283,59 @@ def _downtimes(status: dict[str, Any], now: float | None) -> str:
     if not downtimes:
         return '<h2>Downtimes</h2><p class="muted">none scheduled</p>'
     rows = [
-        f"<tr><td>{_text(d.get('endpoint'))}</td><td>{_text(d.get('scope'))}</td>"
+        f"<tr><td>{_text(d.get('endpoint'))}</td><td>{_scope(d.get('scope'))}</td>"
         f"<td>{_when(d.get('start'), now)}</td><td>{_when(d.get('end'), now)}</td>"
-        f"<td>{'active' if d.get('active') else 'scheduled'}</td><td>{_text(d.get('reason'))}</td></tr>"
+        f"<td>{'active' if d.get('active') else 'scheduled'}</td><td>{_source(d)}</td>"
+        f"<td>{_text(d.get('reason'))}</td></tr>"
         for d in (_dict(x) for x in downtimes)
     ]
     return (
         "<h2>Downtimes</h2><table><tr><th>endpoint</th><th>scope</th><th>start</th><th>end</th>"
-        "<th>state</th><th>reason</th></tr>" + "".join(rows) + "</table>"
+        "<th>state</th><th>source</th><th>reason</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+def _scope(scope: Any) -> str:
+    """A downtime's scope; `none` (a GOCDB WARNING by default) is listed but blocks nothing."""
+    return '<span class="muted">none (shown only)</span>' if scope == "none" else _text(scope)
+
+
+def _source(downtime: dict[str, Any]) -> str:
+    """Where a downtime comes from (config, admin, gocdb), linked to the source's page when known."""
+    origin, link = _text(downtime.get("origin")), downtime.get("link")
+    if isinstance(link, str) and link.startswith(("https://", "http://")):
+        return f'<a href="{_text(link)}" rel="noreferrer">{origin}</a>'
+    return origin
+
+
+def _gocdb(status: dict[str, Any], now: float | None) -> str:
+    """GOCDB sources: when each was last read, how many downtimes it gave, its last error."""
+    gocdb = _dict(status.get("gocdb"))
+    sources = gocdb.get("sources")
+    if not isinstance(sources, list) or not sources:
+        return ""
+    rows = []
+    for src in (_dict(x) for x in sources):
+        unmatched = src.get("unmatched_hosts")
+        hosts = ", ".join(_text(h) for h in unmatched) if isinstance(unmatched, list) and unmatched else DASH
+        error = src.get("last_error")
+        rows.append(
+            f"<tr><td>{_text(src.get('url'))}</td><td>{_when(src.get('fetched_at'), now)}</td>"
+            f'<td class="num">{_text(src.get("downtimes"))}</td><td class="num">{_text(src.get("pages"))}</td>'
+            f"<td>{hosts}</td>"
+            + (
+                f'<td><span class="err">{_text(error)}</span><br>{_when(src.get("last_error_at"), now)}</td>'
+                if error
+                else f"<td>{DASH}</td>"
+            )
+            + "</tr>"
+        )
+    return (
+        f'<h2>GOCDB</h2><p class="meta">{_text(gocdb.get("applied"))} downtime(s) on fedd endpoints · '
+        f"OUTAGE → {_text(gocdb.get('outage'))}, WARNING → {_text(gocdb.get('warning'))} · "
+        f"next read {_when(gocdb.get('next_refresh'), now)}</p>"
+        "<table><tr><th>source</th><th>last read</th><th>downtimes</th><th>pages</th>"
+        "<th>hosts on no endpoint</th><th>last error</th></tr>" + "".join(rows) + "</table>"
     )
 
 
@@ -318,6 +367,7 @@ def render_status_page(status: dict[str, Any]) -> bytes:
         f"as of {_when(now, None)} · reloads every {REFRESH_SECONDS} s</p>"
         f"<h2>Endpoints</h2>{endpoints}"
         f"{_downtimes(status, now)}"
+        f"{_gocdb(status, now)}"
         "<h2>Recent errors</h2>"
         + (f'<ul class="errors">{"".join(errors)}</ul>' if errors else '<p class="muted">none</p>')
         + f"<h2>Events</h2>{_events(status)}"
