@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from fedd.config import Config, EndpointConfig
-from fedd.endpoints.base import Endpoint, Entry, Stat
+from fedd.endpoints.base import Endpoint, Entry, Stat, Valve
 from fedd.errors import EndpointError, NoReplicaAvailable, NotFound, PathRefused, describe
 from fedd.health.service import HealthRegistry
 from fedd.locate.cache import LocateResult
@@ -338,6 +338,7 @@ class Federation:
         on_entries: Callable[[list[Entry]], None],
         via: tuple[str, ...] = (),
         skip: frozenset[str] = frozenset(),
+        valve: Valve | None = None,
     ) -> dict[str, str] | None:
         """A merged listing handed on as the endpoints answer, for listings of any size: `on_start`
         once the path is known to be a collection (the first endpoint that lists it), then
@@ -371,18 +372,42 @@ class Federation:
 
         async def one(eid: str) -> None:
             began = self.clock.seconds()
-            d = self.endpoints[eid].list_stream(targets[eid], take, via=via)
-            d.addTimeout(self.endpoints[eid].config.timeout * 4, self.clock)
+            # no total limit (a listing of a million names takes long), but an idle one: the first
+            # batch within 4 x the endpoint's timeout, then one at least every 2 x its timeout
+            idle = self.endpoints[eid].config.timeout
+            watchdog: list[Any] = [None]
+
+            def handed_on(entries: list[Entry]) -> None:
+                if watchdog[0] is not None and watchdog[0].active():
+                    watchdog[0].reset(idle * 2)
+                take(entries)
+
+            d = self.endpoints[eid].list_stream(targets[eid], handed_on, via=via, valve=valve)
+            stalled: list[bool] = []
+
+            def stall() -> None:
+                stalled.append(True)
+                d.cancel()
+
+            watchdog[0] = self.clock.callLater(idle * 4, stall)
             try:
                 is_collection = await d
             except PathRefused:
                 self.health.refused(eid)
                 return
             except Exception as exc:  # an endpoint bug must not break the listing of the others
-                reason = describe(exc) if isinstance(exc, EndpointError) else f"listing failed: {type(exc).__name__}"
+                if stalled:
+                    reason = f"listing stalled: nothing for {idle * 2:g}s"
+                elif isinstance(exc, EndpointError):
+                    reason = describe(exc)
+                else:
+                    reason = f"listing failed: {type(exc).__name__}"
                 self.health.passive_failure(eid, reason)
                 failed[eid] = reason
                 return
+            finally:
+                if watchdog[0] is not None and watchdog[0].active():
+                    watchdog[0].cancel()
             self.health.observed(eid, (self.clock.seconds() - began) * 1000.0)
             if is_collection:
                 start()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from twisted.internet.defer import Deferred, fail, succeed
 
 from fedd.config import EndpointConfig
-from fedd.endpoints.base import Entry, Stat, emit_listing
+from fedd.endpoints.base import Entry, Stat, Valve, emit_listing
 from fedd.errors import EndpointError
 
 
@@ -48,7 +48,7 @@ class FakeEndpoint:
         return succeed(self.dirs.get(path))
 
     def list_stream(
-        self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...] = ()
+        self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...] = (), valve: Valve | None = None
     ) -> Deferred[bool]:
         return emit_listing(self.listdir(path, via), emit)
 

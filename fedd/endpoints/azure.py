@@ -30,6 +30,7 @@ from fedd.endpoints.base import (
     Space,
     Stat,
     UrlCache,
+    Valve,
     emit_listing,
     parse_http_date,
     parse_int,
@@ -251,7 +252,7 @@ class AzureEndpoint:
         return ensureDeferred(self._listdir(path))
 
     def list_stream(
-        self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...] = ()
+        self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...] = (), valve: Valve | None = None
     ) -> Deferred[bool]:
         return emit_listing(self.listdir(path), emit)
 

@@ -13,13 +13,17 @@ from urllib.parse import quote
 import treq
 from lxml import etree
 from twisted.internet import defer, error
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.error import ConnectError, ConnectingCancelledError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, RequestGenerationFailed, ResponseFailed
+from twisted.web.client import Agent, HTTPConnectionPool, RequestGenerationFailed, ResponseDone, ResponseFailed
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 
 from fedd.config import EndpointConfig
 from fedd.errors import ClientGone, EndpointError, PathRefused, describe
@@ -95,10 +99,11 @@ class Endpoint(Protocol):
         """Children of a collection; None when `path` is not a collection (or refused for its name)."""
 
     def list_stream(
-        self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...] = ()
+        self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...] = (), valve: Valve | None = None
     ) -> Deferred[bool]:
         """The children of a collection passed to `emit` in batches as they are read (a listing of any
-        size in bounded memory); True when `path` is a collection, False when it is not."""
+        size in bounded memory); True when `path` is a collection, False when it is not. `valve`:
+        reading pauses while it is closed (the client reading the listing is slower)."""
 
     def url_for(self, path: str, now: float, method: str = "GET") -> str:
         """Where to send a client doing `method` (GET, HEAD or PUT) on `path`: an absolute URL, or a fedd path.
@@ -270,15 +275,24 @@ class HttpClient:
         timeout: float | None = None,
         read_body: bool = True,
         sink: Callable[[bytes], None] | None = None,
+        valve: Valve | None = None,
     ) -> Deferred[HttpResponse]:
-        """`sink`: a 2xx answer's body goes to it chunk by chunk as it arrives (never held whole)."""
-        d = ensureDeferred(self._request(method, url, headers or {}, body, read_body, sink))
+        """`sink`: a 2xx answer's body goes to it chunk by chunk as it arrives (never held whole);
+        `valve`: pauses reading that body while whoever the sink writes to cannot take more."""
+        d = ensureDeferred(self._request(method, url, headers or {}, body, read_body, sink, valve))
         d.addTimeout(timeout or self.timeout, self._clock, onTimeoutCancel=self._timed_out(method))
         d.addErrback(self._translate, method)
         return d
 
     async def _request(
-        self, method: str, url: str, headers: dict[str, str], body: Any, read_body: bool, sink: Any = None
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: Any,
+        read_body: bool,
+        sink: Any = None,
+        valve: Valve | None = None,
     ) -> HttpResponse:
         hdrs = Headers({k.encode(): [v.encode()] for k, v in headers.items()})
         # unbuffered for a sink: treq otherwise keeps every chunk of the body for later readers
@@ -287,7 +301,12 @@ class HttpClient:
         )
         data = b""
         if sink is not None and 200 <= response.code < 300:
-            await treq.collect(response, sink)
+            if valve is None:
+                await treq.collect(response, sink)
+            else:
+                done: Deferred[None] = Deferred()
+                response.deliverBody(_ValvedBody(sink, valve, done))
+                await done
         elif read_body and method != "HEAD":
             chunks: list[bytes] = []
             size = 0
@@ -331,6 +350,84 @@ class HttpClient:
 
     def close(self) -> Deferred[None]:
         return self._pool.closeCachedConnections()
+
+
+@implementer(IPushProducer)
+class Valve:
+    """Flow control for a body passed on as it arrives (a streamed listing): the consumer at the far
+    end (the client's connection) pauses and resumes the endpoints' answers feeding it."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self._producers: list[Any] = []
+        self._waiters: list[Deferred[None]] = []
+
+    def attach(self, producer: Any) -> None:
+        self._producers.append(producer)
+        if self.paused:
+            producer.pauseProducing()
+
+    def detach(self, producer: Any) -> None:
+        if producer in self._producers:
+            self._producers.remove(producer)
+
+    def wait(self) -> Deferred[None]:
+        """Fires when the consumer takes more (at once when it does now): for page-by-page readers."""
+        if not self.paused:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        for producer in list(self._producers):
+            producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        for producer in list(self._producers):
+            producer.resumeProducing()
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()  # the consumer is gone: let the readers run to their end
+
+
+class _ValvedBody(TwistedProtocol):
+    """A response body handed to `sink` chunk by chunk, its transport paused by the `valve`."""
+
+    def __init__(self, sink: Callable[[bytes], None], valve: Valve, done: Deferred[None]) -> None:
+        self._sink = sink
+        self._valve = valve
+        self._done: Deferred[None] | None = done
+
+    def connectionMade(self) -> None:
+        self._valve.attach(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._done is None:
+            return
+        try:
+            self._sink(data)
+        except BaseException:
+            done, self._done = self._done, None
+            self._valve.detach(self.transport)
+            if self.transport is not None:
+                self.transport.stopProducing()  # type: ignore[attr-defined]
+            done.errback(Failure())
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._valve.detach(self.transport)
+        done, self._done = self._done, None
+        if done is None:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            done.callback(None)
+        else:
+            done.errback(reason)
 
 
 def _discard(chunk: bytes) -> None:

@@ -18,6 +18,7 @@ from fedd.endpoints.base import (
     HttpResponse,
     Space,
     Stat,
+    Valve,
     etag_value,
     parse_http_date,
     parse_int,
@@ -39,6 +40,7 @@ QUOTA_BODY = (
 )
 MAX_LIST_ENTRIES = 1_000_000
 MAX_PARENTS = 64
+STREAM_TIMEOUT = 24 * 3600.0  # a streamed listing is cut by its caller's idle watchdog instead
 WANT_DIGEST = {"Want-Digest": "adler32, md5;q=0.5"}
 
 
@@ -122,22 +124,30 @@ class DavEndpoint:
         return self._parse_multistatus(response.body, path)
 
     def list_stream(
-        self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...] = ()
+        self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...] = (), valve: Valve | None = None
     ) -> Deferred[bool]:
         """PROPFIND Depth 1 parsed as it arrives (lxml's pull parser, each <D:response> dropped once
         read): entries handed on in batches, memory independent of the size of the listing."""
-        return ensureDeferred(self._list_stream(path, emit, via))
+        return ensureDeferred(self._list_stream(path, emit, via, valve))
 
-    async def _list_stream(self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...]) -> bool:
+    async def _list_stream(
+        self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...], valve: Valve | None
+    ) -> bool:
         url = self.url_for(path, 0)
         headers = self._via(via, {"Depth": "1", "Content-Type": "application/xml; charset=utf-8"})
+        # no total time limit of its own: a long listing takes long; the caller cuts it when no batch
+        # came for a while (Federation.stream_listing)
         reader = _MultistatusReader(self, path, emit)
-        response = await self._http.request("PROPFIND", url, headers, PROPFIND_BODY, sink=reader.feed)
+        response = await self._http.request(
+            "PROPFIND", url, headers, PROPFIND_BODY, sink=reader.feed, timeout=STREAM_TIMEOUT, valve=valve
+        )
         if response.code in (301, 302, 307, 308) and (response.header("Location") or "").endswith(
             quote_path(path) + "/"
         ):
             reader = _MultistatusReader(self, path, emit)
-            response = await self._http.request("PROPFIND", url + "/", headers, PROPFIND_BODY, sink=reader.feed)
+            response = await self._http.request(
+                "PROPFIND", url + "/", headers, PROPFIND_BODY, sink=reader.feed, timeout=STREAM_TIMEOUT, valve=valve
+            )
         if response.code in (404, 410, 301, 302, 307, 308) or refused(self.id, response.code, "PROPFIND"):
             return False
         self._check(response, "PROPFIND")

@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
 from fedd.config import EndpointConfig
-from fedd.endpoints.base import Entry, Space, Stat, emit_listing, quote_path
+from fedd.endpoints.base import Entry, Space, Stat, Valve, emit_listing, quote_path
 from fedd.errors import EndpointError, PathRefused
 
 LOCAL_PREFIX = "/.well-known/fedd/local/"
@@ -90,7 +90,7 @@ class LocalEndpoint:
         return self._defer(self._listdir, path)
 
     def list_stream(
-        self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...] = ()
+        self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...] = (), valve: Valve | None = None
     ) -> Deferred[bool]:
         return emit_listing(self.listdir(path), emit)
 

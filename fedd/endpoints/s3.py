@@ -26,6 +26,7 @@ from fedd.endpoints.base import (
     Space,
     Stat,
     UrlCache,
+    Valve,
     parse_http_date,
     parse_int,
     parse_xml,
@@ -185,12 +186,12 @@ class S3Endpoint:
         return entries if await self._list_pages(path, entries.extend) else None
 
     def list_stream(
-        self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...] = ()
+        self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...] = (), valve: Valve | None = None
     ) -> Deferred[bool]:
         """Each ListObjectsV2 page handed on as it comes (one page in memory at a time)."""
-        return ensureDeferred(self._list_pages(path, emit))
+        return ensureDeferred(self._list_pages(path, emit, valve))
 
-    async def _list_pages(self, path: str, emit: Callable[[list[Entry]], None]) -> bool:
+    async def _list_pages(self, path: str, emit: Callable[[list[Entry]], None], valve: Valve | None = None) -> bool:
         prefix = path.strip("/") + "/" if path.strip("/") else ""
         count = 0
         marker_seen = False
@@ -211,6 +212,8 @@ class S3Endpoint:
                 emit(page)
             if not token:
                 break
+            if valve is not None:
+                await valve.wait()  # the next page when the reader took this one
         return bool(count or marker_seen or not prefix)
 
     async def _list_page(self, query: dict[str, str]) -> bytes:

@@ -29,7 +29,7 @@ from fedd.auth.policy import METHOD_LETTER
 from fedd.auth.service import AuthService, Unauthenticated
 from fedd.checksums.digest import Want, format_value, parse_prefer_wait, wants_of
 from fedd.checksums.service import ChecksumService
-from fedd.endpoints.base import Entry, Stat, format_etag
+from fedd.endpoints.base import Entry, Stat, Valve, format_etag
 from fedd.endpoints.dav import parse_via
 from fedd.endpoints.local import LOCAL_PREFIX, LocalEndpoint
 from fedd.errors import (
@@ -533,6 +533,7 @@ class FeddResource(WriteHandlers, Resource):
         has `path` as a collection (nothing written). Endpoints known to be out at the start are in
         the `Fedd-Missing-Endpoints` header, those failing later in `tail`."""
         open_writes = [True]
+        valve = Valve()  # the client's connection paces the endpoints' answers: memory stays bounded
 
         def write(data: bytes) -> None:
             if open_writes[0] and not request.finished and not getattr(request, "fedd_gone", False):
@@ -542,12 +543,17 @@ class FeddResource(WriteHandlers, Resource):
             request.setResponseCode(207 if content_type.startswith(b"application/xml") else 200)
             request.setHeader(b"content-type", content_type)
             self._mark_missing(request, self.fed.unlistable(path))
+            request.registerProducer(valve, True)
             write(head())
 
         def on_entries(entries: list[Entry]) -> None:
             write(rows(entries))
 
-        failed = await self.fed.stream_listing(path, on_start, on_entries, self._via(request), skip)
+        try:
+            failed = await self.fed.stream_listing(path, on_start, on_entries, self._via(request), skip, valve)
+        finally:
+            if request.producer is valve:
+                request.unregisterProducer()
         if failed is None:
             return False
         write(tail({eid: why for eid, why in failed.items() if eid not in self.fed.unlistable(path)}))
