@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,9 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
 from fedd.config import EventsConfig
-from fedd.events.journal import SEGMENT_BYTES, Journal, decode, encode, read_segments
+from fedd.events.journal import LENGTH, SEGMENT_BYTES, Journal, decode, encode, read_segments
 from fedd.events.model import Event, EventIds, envelope, routing_key
-from fedd.events.outbox import Outbox
+from fedd.events.outbox import Outbox, encode_all
 from fedd.events.service import EventsService
 from tests import reactor
 
@@ -135,11 +136,23 @@ def test_notice_slot_is_outside_the_capacity(tmp_path: Path) -> None:
     reactor.call(third.close)
 
 
-def test_journal_decode_skips_torn_and_broken_lines() -> None:
-    good = encode(("a1", "fedd.get.redirect", b'{"x":1}'))
-    events, bad = decode(good + b"junk\n" + good + b'a2\tk\t{"y"' + b"\0" * 100)  # cut off, then unwritten
-    assert events == [("a1", "fedd.get.redirect", b'{"x":1}')] * 2 and bad == 2
-    assert decode(good + b"\0" * 10) == ([("a1", "fedd.get.redirect", b'{"x":1}')], 0)
+def test_journal_decode_skips_torn_and_broken_records() -> None:
+    raw = ("a1", "get-redirect", {"x": 1, "y": [None, 2.5, "é"]}, 1700000000.25)
+    good = encode(raw)
+    garbage = LENGTH.pack(4, 0) + b"junk"
+    torn = good[: len(good) - 3]  # the process died in the middle of the copy
+    assert decode(good + garbage + good + torn + b"\0" * 100) == ([raw, raw], 2)
+    assert decode(good + b"\0" * 10) == ([raw], 0)
+
+
+def test_journal_keeps_what_only_json_can_say() -> None:
+    when = datetime(2026, 1, 2, tzinfo=UTC)  # marshal cannot, JSON writes str(): the journal stores that
+    [(_, _, payload, _)], bad = decode(encode(("a1", "quota-report", {"at": when}, 1.0)))
+    assert payload == {"at": str(when)} and bad == 0
+    loop: dict[str, Any] = {"at": when}
+    loop["self"] = loop  # neither marshal (the datetime) nor JSON (the cycle): the emitting code's bug
+    with pytest.raises(ValueError):
+        encode(("a2", "quota-report", loop, 1.0))
 
 
 def test_journal_marks_what_is_stored_and_only_dead_segments_are_leftovers(tmp_path: Path) -> None:
@@ -147,26 +160,26 @@ def test_journal_marks_what_is_stored_and_only_dead_segments_are_leftovers(tmp_p
     base = str(tmp_path / "o.sqlite")
     journal = Journal(base, clock)
     assert journal.mark() == []  # nothing written: nothing to store
-    journal.append(("a1", "k", b"{}"))
-    journal.append(("a2", "k", b"{}"))
+    journal.append(("a1", "t", {}, 1.0))
+    journal.append(("a2", "t", {}, 1.0))
     [(segment, end)] = journal.mark()
-    assert read_segments([segment.path]) == ([("a1", "k", b"{}"), ("a2", "k", b"{}")], 0)  # in the file already
+    assert read_segments([segment.path]) == ([("a1", "t", {}, 1.0), ("a2", "t", {}, 1.0)], 0)  # in the file already
     journal.stored([(segment, end)])
-    journal.append(("a3", "k", b"{}"))
-    assert read_segments([segment.path]) == ([("a3", "k", b"{}")], 0)  # what is stored is not replayed
+    journal.append(("a3", "t", {}, 1.0))
+    assert read_segments([segment.path]) == ([("a3", "t", {}, 1.0)], 0)  # what is stored is not replayed
     other = Journal(base, clock)  # a second process sharing the outbox: the segment is locked
     assert other.leftovers() == []
     journal.close(everything_stored=False)  # its writer dies with a3 unstored
     [found] = other.leftovers()
-    assert found.path == segment.path and read_segments([found.path]) == ([("a3", "k", b"{}")], 0)
+    assert found.path == segment.path and read_segments([found.path]) == ([("a3", "t", {}, 1.0)], 0)
     Journal.remove(found)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_journal_opens_another_segment_when_one_is_full(tmp_path: Path) -> None:
     journal = Journal(str(tmp_path / "o.sqlite"), Clock())
-    body = b"{" + b"x" * (SEGMENT_BYTES // 4) + b"}"  # three lines to a segment
-    events = [(f"id{i}", "k", body) for i in range(7)]
+    body = {"x": "x" * (SEGMENT_BYTES // 4)}  # three records to a segment
+    events = [(f"id{i}", "t", body, 1.0) for i in range(7)]
     for event in events[:2]:
         journal.append(event)
     first = journal.mark()
@@ -179,7 +192,7 @@ def test_journal_opens_another_segment_when_one_is_full(tmp_path: Path) -> None:
     assert read_segments(paths) == (events[2:], 0)
     journal.stored(second)  # the two full segments are gone, the current one stays for more
     assert [p for p in paths if os.path.exists(p)] == paths[2:]
-    journal.append(("big", "k", b"{" + b"y" * SEGMENT_BYTES + b"}"))  # larger than a segment: one of its own
+    journal.append(("big", "t", {"y": "y" * SEGMENT_BYTES}, 1.0))  # larger than a segment: one of its own
     big = journal.mark()
     assert [e[0] for e in read_segments(sorted({s.path for s, _ in big}))[0]] == ["big"]
     journal.stored(big)
@@ -203,8 +216,9 @@ class FakeSink:
         self.written += events
         return succeed(None)
 
-    def replay(self, paths: list[str]) -> Deferred[tuple[int, int]]:
-        events, bad = read_segments(paths)
+    def replay(self, paths: list[str], prefix: str) -> Deferred[tuple[int, int]]:
+        raws, bad = read_segments(paths)
+        events, _ = encode_all(raws, prefix)
         self.written += events
         return succeed((len(events), bad))
 
@@ -215,8 +229,8 @@ def service(tmp_path: Path, clock: Clock, sink: FakeSink) -> EventsService:
 
 
 def journal_lines(tmp_path: Path) -> list[bytes]:
-    events, _ = read_segments([str(p) for p in sorted(tmp_path.glob("spool.jsonl.journal.*"))])
-    return [encode(e) for e in events]
+    raws, _ = read_segments([str(p) for p in sorted(tmp_path.glob("spool.jsonl.journal.*"))])
+    return [encode(r) for r in raws]
 
 
 def test_emit_is_on_disk_before_it_returns_and_a_killed_run_is_replayed(tmp_path: Path) -> None:

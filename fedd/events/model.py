@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-Event = tuple[str, str, bytes]  # (id, routing key, envelope): what the journal, outbox and sinks carry
+Event = tuple[str, str, bytes]  # (id, routing key, envelope): what the outbox and sinks carry
+Raw = tuple[str, str, dict[str, Any], float]  # (id, event type, payload, time): what emit() journals
 
 # every type fedd publishes (docs/events.md describes each with its fields)
 EVENT_TYPES = (
@@ -49,6 +50,12 @@ _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 def envelope(event_id: str, event_type: str, payload: dict[str, Any], now: float) -> bytes:
     doc = {"id": event_id, "event_type": event_type, "payload": payload, "created_at": created_at(now)}
     return _encode(doc).encode()
+
+
+def encode(raw: Raw, prefix: str) -> Event:
+    """Raises TypeError/ValueError for a payload JSON cannot carry (a bug in the emitting code)."""
+    event_id, event_type, payload, at = raw
+    return event_id, routing_key(prefix, event_type), envelope(event_id, event_type, payload, at)
 
 
 class EventIds:

@@ -18,12 +18,22 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from fedd.events.journal import read_segments
-from fedd.events.model import Event
+from fedd.events.model import Event, Raw, encode
 from fedd.sqlite import SqliteThread
 
 SHED_POLICIES = ("drop-oldest", "drop-newest")
 Row = tuple[int, Event]  # (outbox position, event)
 Notice = tuple[Event, int]  # (the events-dropped event, the count it carries)
+
+
+def encode_all(raws: list[Raw], prefix: str) -> tuple[list[Event], int]:
+    events: list[Event] = []
+    for raw in raws:
+        try:
+            events.append(encode(raw, prefix))
+        except (TypeError, ValueError):  # journaled, yet not JSON: counted with the unreadable ones
+            pass
+    return events, len(raws) - len(events)
 
 
 class Outbox(SqliteThread):
@@ -64,15 +74,16 @@ class Outbox(SqliteThread):
         """Append events; fires with (depth after, number dropped by the shedding policy)."""
         return self._run(self._add, events)
 
-    def replay(self, paths: list[str]) -> Deferred[tuple[int, int, int, int]]:
-        """Store the events of journal segments (read in this thread); fires with (events, unreadable
-        lines, depth after, number dropped)."""
-        return self._run(self._replay, paths)
+    def replay(self, paths: list[str], prefix: str) -> Deferred[tuple[int, int, int, int]]:
+        """Store the events of journal segments (read and encoded in this thread); fires with (events,
+        unreadable records, depth after, number dropped)."""
+        return self._run(self._replay, paths, prefix)
 
-    def _replay(self, paths: list[str]) -> tuple[int, int, int, int]:
-        events, bad = read_segments(paths)
+    def _replay(self, paths: list[str], prefix: str) -> tuple[int, int, int, int]:
+        raws, bad = read_segments(paths)
+        events, unencodable = encode_all(raws, prefix)
         depth, dropped = self._add(events)
-        return len(events), bad, depth, dropped
+        return len(events), bad + unencodable, depth, dropped
 
     def _add(self, events: list[Event]) -> tuple[int, int]:
         assert self._db is not None

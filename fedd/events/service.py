@@ -1,10 +1,11 @@
 """The `events` service: emit() puts an event on disk and never waits; background work delivers it.
 
-emit() encodes the event (the envelope with a fresh id) and copies it into the journal, a file
-mapped into memory (fedd/events/journal.py): from then on the event survives a kill of the process, and the
-web front sends its answer only after emit() returned. Every `flush_interval` the journal's current
-segment is stored in the durable outbox (SQLite, in its own thread) and then removed; with a spool
-file instead of a broker it is written to the spool. The sender loop takes events from the outbox
+emit() gives the event a fresh id and copies it (marshalled) into the journal, a file mapped into
+memory (fedd/events/journal.py): from then on the event survives a kill of the process, and the web
+front sends its answer only after emit() returned. Every `flush_interval` the events since the last
+flush are encoded (JSON envelopes) and stored in the durable outbox (SQLite, in its own thread),
+and the journal records that they are; with a spool file instead of a broker they are written to
+the spool. The sender loop takes events from the outbox
 in order, publishes them, and deletes them only once the sink confirmed them: delivery is at least
 once, and an event sent twice carries the same id both times.
 
@@ -28,7 +29,7 @@ from twisted.logger import Logger
 from fedd.config import EventsConfig
 from fedd.errors import describe
 from fedd.events.journal import Journal, Mark, Segment
-from fedd.events.model import Event, EventIds, envelope, routing_key
+from fedd.events.model import Event, EventIds, Raw, encode, envelope, routing_key
 from fedd.events.outbox import Notice, Outbox
 from fedd.events.sinks import Sink
 
@@ -61,7 +62,7 @@ class EventsService(MultiService):
         self.journal = journal or Journal(config.outbox if outbox is not None else config.spool, clock)
         self._ids = ids or EventIds(int.from_bytes(os.urandom(8)))  # unique across restarts and processes
         self._keys: dict[str, str] = {}
-        self._batch: list[Event] = []  # in the journal's current segment, not yet stored
+        self._batch: list[Raw] = []  # in the journal, not yet encoded and stored
         self._unstored: list[tuple[Mark, list[Event]]] = []  # taken from the batch, being (or to be) stored
         self._unstored_n = 0
         self._flush_call: IDelayedCall | None = None
@@ -95,14 +96,8 @@ class EventsService(MultiService):
         ):  # the outbox is not taking events: memory holds no more than it would
             self._note_dropped(1)
             return
-        event_id = self._ids()
-        try:
-            body = envelope(event_id, event_type, payload, self.clock.seconds())
-        except (TypeError, ValueError) as exc:  # a payload that cannot be encoded is a bug: log, go on
-            log.error("cannot encode {event_type} event: {reason}", event_type=event_type, reason=exc)
-            return
-        self.emitted += 1
-        self._append((event_id, self._key(event_type), body))
+        if self._append((self._ids(), event_type, payload, self.clock.seconds())):
+            self.emitted += 1
 
     def _key(self, event_type: str) -> str:
         key = self._keys.get(event_type)
@@ -110,9 +105,12 @@ class EventsService(MultiService):
             key = self._keys[event_type] = routing_key(self.config.routing_prefix, event_type)
         return key
 
-    def _append(self, event: Event) -> None:
+    def _append(self, raw: Raw) -> bool:
         try:
-            self.journal.append(event)
+            self.journal.append(raw)
+        except ValueError as exc:  # a payload that cannot be encoded is a bug: log, go on
+            log.error("cannot encode {event_type} event: {reason}", event_type=raw[1], reason=exc)
+            return False
         except OSError as exc:  # a full disk: the event is only in memory until stored
             self.journal_errors += 1
             now = self.clock.seconds()
@@ -124,9 +122,10 @@ class EventsService(MultiService):
                     reason=describe(exc),
                     n=self.journal_errors,
                 )
-        self._batch.append(event)
+        self._batch.append(raw)
         if self._flush_call is None and self._flushing is None and self.running:
             self._flush_call = self.clock.callLater(self.config.flush_interval, self._flush)
+        return True
 
     def _flush(self) -> Deferred[None]:
         self._flush_call = None
@@ -137,8 +136,15 @@ class EventsService(MultiService):
                 self._flush_call = self.clock.callLater(self.config.flush_interval, self._flush)
             return succeed(None)
         if self._batch:
-            self._unstored.append((self.journal.mark(), self._batch))
-            self._unstored_n += len(self._batch)
+            events: list[Event] = []
+            prefix = self.config.routing_prefix
+            for raw in self._batch:  # JSON a batch at a time, off the requests
+                try:
+                    events.append(encode(raw, prefix))
+                except (TypeError, ValueError) as exc:  # a payload that cannot be encoded is a bug: log, go on
+                    log.error("cannot encode {event_type} event: {reason}", event_type=raw[1], reason=exc)
+            self._unstored.append((self.journal.mark(), events))
+            self._unstored_n += len(events)
             self._batch = []
         if not self._unstored:
             return succeed(None)
@@ -248,10 +254,10 @@ class EventsService(MultiService):
             "outbox_max": self.config.outbox_max_events,
         }
         event_id = self._ids()
-        event = (event_id, self._key("events-dropped"), envelope(event_id, "events-dropped", payload, now))
         if self.outbox is None:
-            self._append(event)  # into the spool with the next batch
+            self._append((event_id, "events-dropped", payload, now))  # into the spool with the next batch
             return None
+        event = (event_id, self._key("events-dropped"), envelope(event_id, "events-dropped", payload, now))
         self._notice = (event, count)
         d = self.outbox.put_notice(self._notice)
         d.addErrback(lambda f: log.error("cannot store the events-dropped notice: {reason}", reason=describe(f)))
@@ -361,9 +367,9 @@ class EventsService(MultiService):
         dropped = 0
         try:
             if self.outbox is not None:
-                n, bad, self.depth, dropped = await self.outbox.replay(paths)
+                n, bad, self.depth, dropped = await self.outbox.replay(paths, self.config.routing_prefix)
             else:
-                n, bad = await self.sink.replay(paths)  # type: ignore[attr-defined]
+                n, bad = await self.sink.replay(paths, self.config.routing_prefix)  # type: ignore[attr-defined]
         except Exception as exc:
             log.error("cannot replay the event journal ({reason}): kept for the next start", reason=describe(exc))
             for segment in leftovers:

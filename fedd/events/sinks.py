@@ -23,6 +23,7 @@ from twisted.python.threadpool import ThreadPool
 from fedd.errors import describe
 from fedd.events.journal import read_segments
 from fedd.events.model import Event
+from fedd.events.outbox import encode_all
 
 log = Logger(namespace="fedd.events")
 
@@ -98,6 +99,7 @@ class AmqpSink:
         self._endpoint = TCP4ClientEndpoint(reactor, self.params.host, self.params.port, timeout=timeout)
         self._factory = Factory.forProtocol(lambda: _Connection(self.params, reactor))
         self._factory.noisy = False  # no "Starting factory" line per reconnection attempt
+        self._properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
         self.service = _Connector(self)
 
     def describe(self) -> str:
@@ -223,15 +225,11 @@ class AmqpSink:
         channel = self.channel
         if channel is None:
             raise NotConnected(self.describe())
-        confirms = [
-            channel.basic_publish(
-                self.exchange,
-                key,
-                body,
-                pika.BasicProperties(content_type="application/json", delivery_mode=2, message_id=event_id),
-            )
-            for event_id, key, body in events
-        ]
+        properties = self._properties  # one object: basic_publish marshals it before the next id is set
+        confirms = []
+        for event_id, key, body in events:
+            properties.message_id = event_id
+            confirms.append(channel.basic_publish(self.exchange, key, body, properties))
         results = DeferredList(confirms, consumeErrors=True)
         results.addTimeout(self.timeout, self.reactor)
         for ok, value in await results:
@@ -284,15 +282,16 @@ class SpoolSink:
     def publish(self, events: list[Event]) -> Deferred[None]:
         return self._in_thread(self._write, [body for _, _, body in events])
 
-    def replay(self, paths: list[str]) -> Deferred[tuple[int, int]]:
-        """Write the events of journal segments (read in the spool's thread): (events, unreadable lines)."""
-        return self._in_thread(self._replay, paths)
+    def replay(self, paths: list[str], prefix: str) -> Deferred[tuple[int, int]]:
+        """Write the events of journal segments (read in the spool's thread): (events, unreadable records)."""
+        return self._in_thread(self._replay, paths, prefix)
 
-    def _replay(self, paths: list[str]) -> tuple[int, int]:
-        events, bad = read_segments(paths)
+    def _replay(self, paths: list[str], prefix: str) -> tuple[int, int]:
+        raws, bad = read_segments(paths)
+        events, unencodable = encode_all(raws, prefix)
         if events:
             self._write([body for _, _, body in events])
-        return len(events), bad
+        return len(events), bad + unencodable
 
     def _write(self, bodies: list[bytes]) -> None:
         if os.path.exists(self.path) and os.path.getsize(self.path) > self.max_bytes:
