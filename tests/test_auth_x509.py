@@ -174,13 +174,15 @@ def test_gfal_lists_with_a_voms_proxy(pki: Pki, fed: tuple[Fedd, int]) -> None:
 
 
 def test_limited_proxy_policy(pki: Pki, tmp_path: Path) -> None:
+    from twisted.internet.task import Clock
+
     from fedd.auth.identity import Identity
     from fedd.auth.service import AuthService
 
     (tmp_path / "access.conf").write_text("/ authenticated rlwd\n")
     who = Identity("x509", USER_DN, limited_proxy=True)
     for policy, allowed in [("allow", "rlwd"), ("read-only", "rl"), ("deny", "")]:
-        auth = AuthService(clock=None, access_file=str(tmp_path / "access.conf"), limited_proxies=policy)
+        auth = AuthService(clock=Clock(), access_file=str(tmp_path / "access.conf"), limited_proxies=policy)
         assert "".join(c for c in "rlwd" if auth.decide(who, c, "/x").allowed) == allowed
     limited = proxy(pki.user, tmp_path / "x509up_limited", pki.certdir, extra=("-limited",))
     from cryptography import x509

@@ -20,6 +20,7 @@ ACCESS = """
 /scratch/alice      alice001                           rlwd
 """
 RULES = parse_access(ACCESS, "access")
+NOW = 1_800_000_000.0  # rules without times decide the same at any time
 JANE = Identity("x509", "/DC=ch/DC=cern/OU=Users/CN=Jane Doe", fqans=("/atlas/Role=NULL/Capability=NULL",))
 PROD = Identity("x509", "/DC=org/CN=Prod Bot", fqans=("/atlas/Role=production/Capability=NULL",))
 ATLAS = Identity("x509", "/DC=org/CN=Atlas User", fqans=("/atlas",))
@@ -55,7 +56,7 @@ ALICE = Identity("x509", "/DC=org/CN=Alice", user="alice001")
     ],
 )
 def test_access_rules(who: Identity, letter: str, path: str, allowed: bool) -> None:
-    assert decide(who, letter, path, RULES).allowed is allowed
+    assert decide(who, letter, path, RULES, NOW).allowed is allowed
 
 
 @pytest.mark.parametrize(
@@ -74,15 +75,15 @@ def test_access_rules(who: Identity, letter: str, path: str, allowed: bool) -> N
 )
 def test_token_scopes(scopes: tuple[str, ...], letter: str, path: str, allowed: bool) -> None:
     who = Identity("token", "sub", scopes=scopes, groups=("/atlas",))
-    assert decide(who, letter, path, RULES).allowed is allowed
+    assert decide(who, letter, path, RULES, NOW).allowed is allowed
 
 
 def test_reasons_are_readable() -> None:
-    assert decide(JANE, "w", "/atlas/production/f", RULES).reason == (
+    assert decide(JANE, "w", "/atlas/production/f", RULES, NOW).reason == (
         "write on /atlas/production not granted to /DC=ch/DC=cern/OU=Users/CN=Jane Doe"
     )
-    assert decide(ATLAS, "r", "/atlas/f", RULES).reason.startswith("access:3: /atlas atlas")
-    assert decide(ATLAS, "r", "/nowhere", RULES).reason == "no access rule covers /nowhere"
+    assert decide(ATLAS, "r", "/atlas/f", RULES, NOW).reason.startswith("access:3: /atlas atlas")
+    assert decide(ATLAS, "r", "/nowhere", RULES, NOW).reason == "no access rule covers /nowhere"
 
 
 @pytest.mark.parametrize(
@@ -93,6 +94,7 @@ def test_reasons_are_readable() -> None:
         ("\n\natlas atlas r\n", "access:3: expected an absolute path prefix"),
         ("/a/../b atlas r\n", "access:1: expected an absolute path prefix"),
         ('/atlas "unterminated r\n', "access:1: No closing quotation"),
+        ("/atlas atlas rl extra\n", "access:1: expected from=<time> or until=<time> after the letters, got 'extra'"),
     ],
 )
 def test_bad_access_lines(text: str, message: str) -> None:

@@ -15,7 +15,7 @@ import os
 import shlex
 import string
 import tempfile
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from fractions import Fraction
 from typing import Any
 from urllib.parse import urlsplit
@@ -434,13 +434,32 @@ def _normal(prefix_text: str) -> str:
     return "/" + "/".join(s for s in prefix_text.split("/") if s)
 
 
+def _iso(seconds: int, offset_minutes: int) -> str:
+    return datetime.fromtimestamp(seconds, timezone(timedelta(minutes=offset_minutes))).isoformat()
+
+
+# time bounds (embargoes): epoch seconds 1970..2100 written with any UTC offset; from < until
+epoch = st.integers(min_value=0, max_value=4_102_444_800)
+offset = st.integers(min_value=-(23 * 60 + 59), max_value=23 * 60 + 59)
+bounds = st.one_of(
+    st.just(("", None, None)),
+    st.tuples(epoch, offset).map(lambda x: (f" from={_iso(*x)}", float(x[0]), None)),
+    st.tuples(epoch, offset).map(lambda x: (f" until={_iso(*x)}", None, float(x[0]))),
+    st.tuples(epoch, st.integers(min_value=1, max_value=10**9), offset, offset).map(
+        lambda x: (f" until={_iso(x[0] + x[1], x[3])} from={_iso(x[0], x[2])}", float(x[0]), float(x[0] + x[1]))
+    ),
+)
+
+
 @FUZZ
-@given(st.lists(st.tuples(prefix, principal, letters, st.one_of(st.just(""), comment)), max_size=8))
-def test_generated_access_file_rules_come_back(rules: list[tuple[str, str, str, str]]) -> None:
+@given(st.lists(st.tuples(prefix, principal, letters, st.one_of(st.just(""), comment), bounds), max_size=8))
+def test_generated_access_file_rules_come_back(
+    rules: list[tuple[str, str, str, str, tuple[str, float | None, float | None]]],
+) -> None:
     lines, want = ["# generated"], []
-    for p, who, ls, after in rules:
-        lines.append(f"{shlex.quote(p)} {shlex.quote(who)} {ls}")
-        want.append(Rule(_normal(p), who, frozenset(ls), f"acl:{len(lines)}"))
+    for p, who, ls, after, (times, start, end) in rules:
+        lines.append(f"{shlex.quote(p)} {shlex.quote(who)} {ls}{times}")
+        want.append(Rule(_normal(p), who, frozenset(ls), f"acl:{len(lines)}", start, end))
         if after.strip().startswith("#"):  # the access file knows only '#' comments
             lines.append(after)
     assert parse_access("\n".join(lines), "acl") == want

@@ -2,6 +2,9 @@
 
 Rules (access file, grid-mapfile) are re-read when their files change, every `reload_interval`;
 a file with errors is refused with every error and line logged, and the rules in force stay.
+
+Decisions are taken at the clock's time of each request (time-bounded rules change effect at their
+exact time, with no reload) and cached only until the rules' next change.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -20,8 +24,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from fedd.auth.identity import ANONYMOUS, Identity
-from fedd.auth.policy import Decision, decide
-from fedd.auth.rules import Rule, RulesError, parse_access, parse_gridmap
+from fedd.auth.policy import Decision, children_with_rules, decide, in_force, next_change
+from fedd.auth.rules import Rule, RulesError, format_time, parse_access, parse_gridmap
 from fedd.auth.tls import GridContextFactory
 from fedd.auth.tokens import TokenError, TokenVerifier
 from fedd.auth.x509id import identity_from_chain
@@ -65,6 +69,7 @@ class AuthService(Service):
         self._mtimes: dict[str, float | None] = {}
         self._tokens: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
         self._decisions: dict[tuple[Identity, str, str], Decision] = {}
+        self._decided_until: float | None = None  # the cached decisions hold until this time (None: ever)
         self._loop: LoopingCall | None = None
         self.reloads = self.reload_errors = 0
         self.load(initial=True)
@@ -107,10 +112,15 @@ class AuthService(Service):
             return
         self.rules, self.gridmap = rules, gridmap
         self._decisions.clear()
+        self._decided_until = next_change(rules, self.clock.seconds())
         self._tokens.clear()
         self.reloads += 1
         if not initial:
             log.info("authorisation rules reloaded: {n} rules, {m} grid-mapfile entries", n=len(rules), m=len(gridmap))
+
+    def reload(self) -> None:
+        """Re-read the rule files that changed now (SIGHUP) instead of at the next interval."""
+        self.load()
 
     def startService(self) -> None:
         super().startService()
@@ -176,17 +186,61 @@ class AuthService(Service):
             self.limited_proxies == "deny" or (self.limited_proxies == "read-only" and letter in "wd")
         ):
             return Decision(False, f"limited proxies may not do this (limited_proxies = {self.limited_proxies})")
+        now = self.clock.seconds()
+        if self._decided_until is not None and now >= self._decided_until:
+            # a rule started or stopped granting: no decision taken before may be reused
+            self._decisions.clear()
+            self._decided_until = next_change(self.rules, now)
         key = (who, letter, path)
         hit = self._decisions.get(key)
         if hit is None:
-            hit = decide(who, letter, path, self.rules)
+            hit = decide(who, letter, path, self.rules, now)
             if len(self._decisions) >= CACHE_ENTRIES:
                 self._decisions.clear()
             self._decisions[key] = hit
         return hit
 
+    def listing_filter(self, who: Identity, path: str) -> Callable[[str], bool] | None:
+        """For a listing of `path` that `who` was allowed: which child names it may show (None: all).
+        A child with rules of its own is shown only if `who` may read or list it now; the others
+        are decided by the same rules as `path`, which allowed the listing."""
+        base = "/" + "/".join(s for s in path.split("/") if s)
+        guarded = children_with_rules(base, self.rules)
+        if not guarded:
+            return None
+        parent = base.rstrip("/")
+
+        def shown(name: str) -> bool:
+            if name not in guarded:
+                return True
+            child = f"{parent}/{name}"
+            return self.decide(who, "r", child).allowed or self.decide(who, "l", child).allowed
+
+        return shown
+
+    def embargoes(self) -> dict[str, Any]:
+        """The time bounds in force now and the next time a decision changes (status JSON)."""
+        now = self.clock.seconds()
+        rules = [
+            {
+                "rule": r.where,
+                "prefix": r.prefix,
+                "principal": r.principal,
+                "letters": "".join(sorted(r.letters, key="rlwd".index)),
+                "from": r.valid_from,
+                "until": r.valid_until,
+                "from_iso": format_time(r.valid_from) if r.valid_from is not None else None,
+                "until_iso": format_time(r.valid_until) if r.valid_until is not None else None,
+                "state": state,
+            }
+            for r, state in in_force(self.rules, now)
+        ]
+        change = next_change(self.rules, now)
+        return {"embargoes": rules, "next_change": change}
+
     def to_json(self) -> dict[str, Any]:
         return {
+            **self.embargoes(),
             "access_file": self.access_file,
             "gridmap_file": self.gridmap_file or None,
             "rules": len(self.rules),

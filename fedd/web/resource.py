@@ -546,8 +546,12 @@ class FeddResource(WriteHandlers, Resource):
             request.registerProducer(valve, True)
             write(head())
 
+        # a child with access rules of its own (an embargo) is named only to who may read or list it
+        who = getattr(request, "fedd_identity", None)
+        shown = self.auth.listing_filter(who, path) if self.auth is not None and who is not None else None
+
         def on_entries(entries: list[Entry]) -> None:
-            write(rows(entries))
+            write(rows(entries if shown is None else [e for e in entries if shown(e.name)]))
 
         try:
             failed = await self.fed.stream_listing(path, on_start, on_entries, self._via(request), skip, valve)

@@ -339,6 +339,27 @@ def _gocdb(status: dict[str, Any], now: float | None) -> str:
     )
 
 
+def _embargoes(status: dict[str, Any], now: float | None) -> str:
+    """Time-bounded access rules in force: those yet to start and those granting until a time."""
+    auth = _dict(status.get("auth"))
+    embargoes = auth.get("embargoes")
+    if not isinstance(embargoes, list):
+        return ""
+    head = f'<h2>Access embargoes</h2><p class="meta">next change {_when(auth.get("next_change"), now)}</p>'
+    if not embargoes:
+        return head + '<p class="muted">no time-bounded rules in force</p>'
+    rows = [
+        f"<tr><td>{_text(e.get('prefix'))}</td><td>{_text(e.get('principal'))}</td><td>{_text(e.get('letters'))}</td>"
+        f"<td>{_when(e.get('from'), now)}</td><td>{_when(e.get('until'), now)}</td>"
+        f"<td>{'starts' if e.get('state') == 'pending' else 'ends'}</td><td>{_text(e.get('rule'))}</td></tr>"
+        for e in (_dict(x) for x in embargoes)
+    ]
+    return (
+        head + "<table><tr><th>prefix</th><th>principal</th><th>letters</th><th>from</th><th>until</th>"
+        "<th>next</th><th>rule</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
 def render_status_page(status: dict[str, Any]) -> bytes:
     """A complete HTML page (UTF-8) showing `status`, the dict behind the status JSON."""
     fedd = _dict(status.get("fedd"))
@@ -368,6 +389,7 @@ def render_status_page(status: dict[str, Any]) -> bytes:
         f"<h2>Endpoints</h2>{endpoints}"
         f"{_downtimes(status, now)}"
         f"{_gocdb(status, now)}"
+        f"{_embargoes(status, now)}"
         "<h2>Recent errors</h2>"
         + (f'<ul class="errors">{"".join(errors)}</ul>' if errors else '<p class="muted">none</p>')
         + f"<h2>Events</h2>{_events(status)}"
