@@ -40,6 +40,7 @@ QUOTA_BODY = (
 )
 MAX_LIST_ENTRIES = 1_000_000
 MAX_PARENTS = 64
+ROOT_WITHIN = 1 << 20  # bytes of a streamed answer within which its <D:multistatus> root must start
 STREAM_TIMEOUT = 24 * 3600.0  # a streamed listing is cut by its caller's idle watchdog instead
 WANT_DIGEST = {"Want-Digest": "adler32, md5;q=0.5"}
 
@@ -295,18 +296,28 @@ class _MultistatusReader:
         self._endpoint = endpoint
         self._own = (endpoint._base_path + path).rstrip("/")
         self._emit = emit
+        # events for the root and each <D:response> only, not for every property (a tenth of the work)
         self._parser = etree.XMLPullParser(
-            events=("start", "end"), resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
+            events=("start", "end"),
+            tag=[_MULTISTATUS, _RESPONSE],
+            resolve_entities=False,
+            no_network=True,
+            load_dtd=False,
+            huge_tree=False,
         )
+        self._fed = 0
         self._batch: list[Entry] = []
         self._count = 0
         self._root_checked = False
         self.self_is_dir: bool | None = None
 
     def feed(self, chunk: bytes) -> None:
+        self._fed += len(chunk)
         try:
             self._parser.feed(chunk)
             self._drain()
+            if not self._root_checked and self._fed > ROOT_WITHIN:
+                raise EndpointError(self._endpoint.id, "PROPFIND: the answer is not a DAV multistatus")
         except etree.XMLSyntaxError as exc:
             raise EndpointError(self._endpoint.id, f"PROPFIND: unreadable XML ({exc.msg})") from None
 
@@ -351,11 +362,12 @@ class _MultistatusReader:
     def close(self) -> bool:
         """The answer is complete: True when the path is a collection."""
         try:
-            self._parser.close()
+            root = self._parser.close()
         except etree.XMLSyntaxError as exc:
             raise EndpointError(self._endpoint.id, f"PROPFIND: unreadable XML ({exc.msg})") from None
         if not self._root_checked:
-            raise EndpointError(self._endpoint.id, "PROPFIND: empty XML answer")
+            tag = getattr(root, "tag", None)
+            raise EndpointError(self._endpoint.id, f"PROPFIND: unexpected answer <{tag}>" if tag else "PROPFIND: empty")
         self._drain()
         self._flush()
         return self.self_is_dir is not False
