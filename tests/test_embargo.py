@@ -58,6 +58,8 @@ ALICE = Identity("x509", "/DC=org/CN=Alice", user="alice")
         ("/e anonymous r from=2027-01-01T00:00:00.5Z", T + 0.5, None),
         ("/e anonymous r until=2027-01-31T00:00Z from=2027-01-01T00:00Z", T, T2),  # any order
         ('/e anonymous r "from=2027-01-01 00:00Z"', T, None),  # quoted, with a space instead of T
+        ("/e anonymous r from=20270101T010000+0100", T, None),
+        ("/e anonymous r from=2027-01-01T00:00:00,25Z", T + 0.25, None),  # ISO 8601's decimal comma
     ],
 )
 def test_time_bounds_parse(text: str, valid_from: float | None, valid_until: float | None) -> None:
@@ -70,7 +72,11 @@ def test_time_bounds_parse(text: str, valid_from: float | None, valid_until: flo
     ("line", "message"),
     [
         ("/e anonymous r from=2027-01-01T00:00", "has no timezone"),
-        ("/e anonymous r from=2027-01-01", "has no timezone"),
+        ("/e anonymous r from=2027-01-01", "expected an ISO 8601 time"),  # a date is not a time
+        ("/e anonymous r from=2027-01-01T00:00:00.5", "has no timezone"),
+        ('/e anonymous r "from=2027-01-01T00:00Z\x00"', "expected an ISO 8601 time"),
+        ('/e anonymous r "from=2027-01-01T00:00 Z"', "expected an ISO 8601 time"),
+        ("/e anonymous r from=2027-01-01T00:00:00+00:00:00.5", "expected an ISO 8601 time"),
         ("/e anonymous r until=tomorrow", "until=: expected an ISO 8601 time with a timezone"),
         ("/e anonymous r from=", "from=: expected an ISO 8601 time"),
         ("/e anonymous r from=2027-13-01T00:00Z", "expected an ISO 8601 time"),

@@ -32,6 +32,11 @@ from fedd.auth.identity import Identity
 LETTERS = frozenset("rlwd")
 BOUNDS = ("from", "until")
 _DN_RE = re.compile(r"^/[A-Za-z][A-Za-z0-9.]*=")
+# ISO 8601 calendar date and time with a zone, extended or basic: 2027-01-01T00:00Z, 20270101T000000+0100
+_TIME_RE = re.compile(
+    r"[0-9]{4}(-?)[0-9]{2}\1[0-9]{2}[T ][0-9]{2}(:?[0-9]{2}(:?[0-9]{2}([.,][0-9]{1,9})?)?)?"
+    r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)?"
+)
 
 
 class RulesError(Exception):
@@ -70,9 +75,9 @@ def _normal_prefix(text: str) -> str:
 def parse_time(text: str) -> float:
     """An ISO 8601 time with a timezone as epoch seconds; ValueError for anything else."""
     try:
-        if not text.isascii():
+        if not _TIME_RE.fullmatch(text):
             raise ValueError
-        when = datetime.fromisoformat(text)
+        when = datetime.fromisoformat(text.replace(",", "."))
     except ValueError:
         raise ValueError(f"expected an ISO 8601 time with a timezone such as 2027-01-01T00:00Z, got {text!r}") from None
     if when.tzinfo is None or when.utcoffset() is None:
