@@ -1,10 +1,12 @@
 #!/bin/bash
-# Build the fedd RPM from this git checkout, offline:
+# Build the self-contained fedd RPM from this git checkout, the same way on EL9 and on Debian:
 #   packaging/rpm/build.sh OUTDIR [--ref REF] [extra rpmbuild arguments...]
 # The source tarball holds the files git knows in the working tree (tracked and not ignored: a clean
-# checkout gives exactly HEAD), or `git archive REF` with --ref. The RPM lands in OUTDIR/RPMS/noarch/.
-# On EL9 (Python 3.11 for fedd):
-#   packaging/rpm/build.sh /tmp/fedd-rpm --define '__python3 /usr/bin/python3.11' --define 'python3_pkgversion 3.11'
+# checkout gives exactly HEAD), or `git archive REF` with --ref. The wheels of requirements.lock come
+# from the wheel cache, downloaded from PyPI (hash-checked) only when missing (wheels.sh fetch), and
+# go into the SRPM as Source1, so rpmbuild itself runs offline. The RPM lands in OUTDIR/RPMS/x86_64/.
+# Needs /usr/bin/python3.11 with pip (EL9: dnf install python3.11 python3.11-pip rpm-build
+# systemd-rpm-macros git; Debian: python3.11 python3-pip rpm git).
 set -euo pipefail
 
 if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
@@ -44,15 +46,20 @@ else
     tar -czf "$tarball" -C "$stage" "fedd-$version"
     rm -rf "$stage"
 fi
+wheels="$out/tmp/wheels"
+rm -rf "$wheels"
+"$top/packaging/rpm/wheels.sh" fetch "$wheels"
+# wheels are zip files already: an uncompressed tar
+tar -cf "$out/SOURCES/fedd-$version-wheels.tar" -C "$out/tmp" wheels
+rm -rf "$wheels"
 cp "$spec" "$out/SPECS/fedd.spec"
 
-# Debian's rpm has an empty package database (BuildRequires cannot be checked) and its Python
-# dependency generator needs python3-packaging: leave both to real EL builds
+# Debian's rpm has an empty package database: BuildRequires cannot be checked there
 host=()
 if ! rpm -q rpm >/dev/null 2>&1; then
-    host=(--nodeps --define "__pythondist_requires %{nil}" --define "__pythondist_provides %{nil}")
+    host=(--nodeps)
 fi
 rpmbuild -bb --quiet "${host[@]}" \
     --define "_topdir $out" --define "_tmppath $out/tmp" \
     "$@" "$out/SPECS/fedd.spec"
-ls "$out"/RPMS/noarch/fedd-"$version"-*.noarch.rpm
+ls "$out"/RPMS/x86_64/fedd-"$version"-*.x86_64.rpm
