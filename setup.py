@@ -47,6 +47,7 @@ setup(
             "mypy",
             "mypy-zope",
             "types-pyOpenSSL",
+            "stomp.py",
         ],
     },
     entry_points={"console_scripts": ["fedd-import-ugr = fedd.ugrimport:main"]},

@@ -117,6 +117,15 @@ class EventsConfig:
     idle_interval: float = 1.0
     timeout: float = 10.0
     drop_report_interval: float = 60.0
+    # STOMP (broker = stomp://... or stomp+ssl://..., several for fail-over): docs/events.md
+    destination: str = "/topic/fedd.events"
+    login: str = field(default="", repr=False)
+    passcode: str = field(default="", repr=False)
+    heartbeat: float = 10.0
+    receipts: str = "each"
+    ca_file: str = ""
+    tls_certificate: str = ""
+    tls_private_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -434,8 +443,23 @@ def _site(text: str) -> SiteRange:
 
 
 def _broker(text: str) -> str:
+    if text.startswith("stomp"):  # several, for fail-over (Hermes' broker list)
+        urls = text.replace(",", " ").split()
+        bad = [u for u in urls if not (re.match(r"^stomp(\+ssl)?://[^/\s]+(/[^/\s]*)?$", u) and _usable_url(u))]
+        if bad:
+            raise ValueError(f"expected stomp://host:port or stomp+ssl://host:port URLs, got {bad[0]!r}")
+        return ", ".join(urls)
     if text and not (re.match(r"^amqps?://[^/\s]+(/\S*)?$", text) and _usable_url(text)):
-        raise ValueError("expected amqp://user:password@host:port/vhost (or empty for the spool file)")
+        raise ValueError(
+            "expected amqp://user:password@host:port/vhost, stomp://host:port[, stomp://...] "
+            "(or empty for the spool file)"
+        )
+    return text
+
+
+def _destination(text: str) -> str:
+    if not text or any(c < " " or c == "\x7f" for c in text) or len(text) > 255:
+        raise ValueError(f"expected a STOMP destination such as /topic/fedd.events, got {text!r}")
     return text
 
 
@@ -653,6 +677,18 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
         "idle_interval": _Key(_positive_float),
         "timeout": _Key(_positive_float),
         "drop_report_interval": _Key(_positive_float),
+        "destination": _Key(_destination),
+        "login": _Key(_text),
+        "login_file": _Key(_text),
+        "login_env": _Key(_text),
+        "passcode": _Key(_text),
+        "passcode_file": _Key(_text),
+        "passcode_env": _Key(_text),
+        "heartbeat": _Key(_nonneg_float),
+        "receipts": _Key(_choice("each", "batch")),
+        "ca_file": _Key(_text),
+        "tls_certificate": _Key(_text),
+        "tls_private_key": _Key(_text),
     },
     "auth": {
         "access_file": _Key(_text),
@@ -771,6 +807,8 @@ _FILE_KEYS = frozenset(
         "access_key_file",
         "secret_key_file",
         "account_key_file",
+        "login_file",
+        "passcode_file",
         "srr_file",
         "downtime_file",
         "tls_certificate",
@@ -980,6 +1018,36 @@ def _build_endpoint(section: _Section, environ: Mapping[str, str], errors: list[
     return EndpointConfig(id=section.arg, source=where, **values)
 
 
+_STOMP_KEYS = (
+    "destination",
+    "login",
+    "passcode",
+    "heartbeat",
+    "receipts",
+    "ca_file",
+    "tls_certificate",
+    "tls_private_key",
+)
+
+
+def _check_events(values: dict[str, Any], reader: _Reader, errors: list[str]) -> None:
+    """STOMP credentials from a file or the environment; STOMP keys only with a STOMP broker."""
+    lines = {k: v for s in reader.sections if s.name == "events" for k, v in s.lines.items()}
+    for name in ("login", "passcode"):
+        sources = [k for k in (name, f"{name}_file", f"{name}_env") if k in values]
+        _resolve_secret(values, name, reader.environ, lines[sources[0]] if sources else "", errors)
+    stomp = values.get("broker", "").startswith("stomp")
+    for key in _STOMP_KEYS:
+        if key in values and not stomp:
+            errors.append(f"{lines[key]}: {key!r} only applies to a stomp:// or stomp+ssl:// broker")
+    for key in ("ca_file", "tls_certificate", "tls_private_key"):
+        if values.get(key) and not os.path.isfile(values[key]):
+            errors.append(f"{lines[key]}: {key}: no such file {values[key]!r}")
+    if bool(values.get("tls_certificate")) != bool(values.get("tls_private_key")):
+        key = "tls_certificate" if values.get("tls_certificate") else "tls_private_key"
+        errors.append(f"{lines[key]}: give both tls_certificate and tls_private_key, or neither")
+
+
 def parse_config(
     text: str | None = None,
     *,
@@ -1030,6 +1098,8 @@ def parse_config(
     gocdb_values = groups.get("gocdb")
     if gocdb_values is not None and not gocdb_values.get("urls"):
         errors.append(f"{path or '<string>'}: [gocdb] needs url (GOCDB's get_downtime query, or file:///...)")
+    if "events" in groups:
+        _check_events(groups["events"], reader, errors)
     if not endpoints and not errors:
         errors.append(f"{path or '<string>'}: no [endpoint ...] section: nothing to federate")
     if errors:

@@ -23,6 +23,7 @@ from fedd.endpoints import Endpoint, HttpClient, close_endpoint, make_endpoint
 from fedd.events.outbox import Outbox
 from fedd.events.service import EventsService
 from fedd.events.sinks import AmqpSink, SpoolSink
+from fedd.events.stomp import StompSink, parse_brokers, stomp_tls
 from fedd.federation import Federation, new_instance_id
 from fedd.health.service import HealthRegistry, HealthService
 from fedd.locate.invalidate import InvalidationLog
@@ -140,15 +141,28 @@ class _Closer(Service):
 
 
 def build_events(config: Config, reactor: Any) -> EventsService:
-    """The `events` service; with a broker, its reconnecting AMQP client is a child service."""
+    """The `events` service; with a broker, its reconnecting AMQP or STOMP client is a child service."""
     ev = config.events
     if not ev.broker:
         return EventsService(ev, clock=reactor, outbox=None, sink=SpoolSink(reactor, ev.spool, ev.spool_max_bytes))
     outbox = Outbox(reactor, ev.outbox, ev.outbox_max_events, ev.shed)
-    amqp = AmqpSink(reactor, ev.broker, ev.exchange, timeout=ev.timeout)
-    events = EventsService(ev, clock=reactor, outbox=outbox, sink=amqp)
-    amqp.service.setName("broker")
-    amqp.service.setServiceParent(events)
+    sink: AmqpSink | StompSink
+    if ev.broker.startswith("stomp"):  # stomp:// or stomp+ssl://, several for fail-over
+        sink = StompSink(
+            reactor,
+            parse_brokers(ev.broker, ev.login, ev.passcode),
+            ev.destination,
+            routing_prefix=ev.routing_prefix,
+            timeout=ev.timeout,
+            heartbeat=ev.heartbeat,
+            receipts=ev.receipts,
+            tls_options=stomp_tls(ev.ca_file, ev.tls_certificate, ev.tls_private_key),
+        )
+    else:
+        sink = AmqpSink(reactor, ev.broker, ev.exchange, timeout=ev.timeout)
+    events = EventsService(ev, clock=reactor, outbox=outbox, sink=sink)
+    sink.service.setName("broker")
+    sink.service.setServiceParent(events)
     return events
 
 
