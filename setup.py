@@ -35,7 +35,10 @@ setup(
     ],
     extras_require={
         "geolite2": ["maxminddb-geolite2"],
+        # zlib-ng's Adler-32 is ~9x the system zlib's: checksums and third-party copies hash less
+        "fast": ["zlib-ng>=0.5"],
         "test": [
+            "zlib-ng>=0.5",
             "pytest>=7.4",
             "pytest-timeout",
             "hypothesis",

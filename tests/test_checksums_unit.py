@@ -5,11 +5,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import queue
+import threading
+import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
+from twisted.internet.abstract import FileDescriptor
 
+from fedd.checksums.bulk import InlineHashing, ThreadedHashing, hashing_for, widen
 from fedd.checksums.digest import (
     Adler32,
     format_value,
@@ -155,6 +161,19 @@ def test_streaming_hashers_match_one_shot() -> None:
         new_hasher("crc32c")
 
 
+def test_adler32_uses_zlib_ng_with_the_same_values() -> None:
+    from fedd.checksums.digest import ADLER32_IMPLEMENTATION
+
+    assert ADLER32_IMPLEMENTATION == "zlib-ng"  # the `test` extra installs it, as `fast` does for sites
+    blob = os.urandom(5 << 20)
+    h = Adler32()
+    for i in range(0, len(blob), 1 << 20):
+        h.update(blob[i : i + (1 << 20)])
+    h.update(b"")
+    assert h.hexdigest() == f"{zlib.adler32(blob) & 0xFFFFFFFF:08x}"
+    assert new_hasher("adler32").hexdigest() == "00000001"
+
+
 def test_stat_cache_form_old_and_new() -> None:
     plain = Stat(size=5, mtime=1.5, etag="e")
     assert plain.to_json() == [5, 1.5, False, "e"]  # unchanged: older processes still read it
@@ -201,3 +220,104 @@ def test_config_section(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(base + "[checksums]\nworkers = -1\nalgorithm = md5\n")
     assert "workers" in str(info.value) and "unknown key 'algorithm'" in str(info.value)
+
+
+class _ThreadReactor:
+    """callFromThread queues the call; the test thread runs the queue (as the reactor thread would)."""
+
+    def __init__(self) -> None:
+        self.calls: queue.SimpleQueue[tuple[Any, tuple[Any, ...]]] = queue.SimpleQueue()
+
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        self.calls.put((f, args))
+
+    def run_until(self, done: Any, seconds: float = 10.0) -> None:
+        deadline = time.monotonic() + seconds
+        while not done():
+            f, args = self.calls.get(timeout=max(0.01, deadline - time.monotonic()))
+            f(*args)
+
+
+class _Gate:
+    """A hasher that waits for the test to open it: lets the backlog build up."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.seen = 0
+
+    def update(self, data: bytes, /) -> None:
+        assert self.open.wait(10)
+        self.seen += len(data)
+
+    def hexdigest(self) -> str:
+        return str(self.seen)
+
+
+def test_threaded_hashing_matches_one_shot_and_bounds_its_backlog() -> None:
+    reactor = _ThreadReactor()
+    blob = os.urandom(10 * 65536)
+    adler, md5, gate = Adler32(), hashlib.md5(), _Gate()
+    calls: list[bool] = []
+    hashing = ThreadedHashing([adler, md5, gate], reactor=reactor, on_backlog=calls.append, high=4 * 65536, low=65536)
+    for i in range(0, len(blob), 65536):
+        hashing.update(blob[i : i + 65536])
+    # the gate holds the first chunk: the rest is queued, past the high mark -> pause, said once
+    assert calls == [True] and hashing.held and hashing.backlog > 4 * 65536
+    gate.open.set()
+    finished: list[Any] = []
+    hashing.finish().addBoth(finished.append)
+    reactor.run_until(lambda: bool(finished))
+    assert finished == [None] and calls == [True, False] and not hashing.held and hashing.backlog == 0
+    assert adler.hexdigest() == f"{zlib.adler32(blob) & 0xFFFFFFFF:08x}"
+    assert md5.hexdigest() == hashlib.md5(blob).hexdigest()
+    assert gate.seen == len(blob)
+
+
+def test_threaded_hashing_cancel_and_errors() -> None:
+    reactor = _ThreadReactor()
+    gate = _Gate()
+    hashing = ThreadedHashing([gate], reactor=reactor)
+    hashing.update(b"x" * 10_000)
+    hashing.update(b"y" * 10_000)
+    hashing.cancel()  # what is still queued is dropped, the thread ends
+    gate.open.set()
+    ended: list[Any] = []
+    hashing.finish().addBoth(ended.append)
+    reactor.run_until(lambda: bool(ended))
+    assert ended == [None] and gate.seen <= 10_000
+
+    class Broken:
+        def update(self, data: bytes, /) -> None:
+            raise ValueError("hasher bug")
+
+        def hexdigest(self) -> str:
+            return ""
+
+    broken = ThreadedHashing([Broken()], reactor=reactor)
+    broken.update(b"z" * 10_000)
+    failures: list[Any] = []
+    broken.finish().addErrback(failures.append)
+    reactor.run_until(lambda: bool(failures))
+    assert failures[0].check(ValueError)
+
+
+def test_small_streams_are_hashed_inline_large_ones_in_a_thread() -> None:
+    reactor = _ThreadReactor()
+    assert isinstance(hashing_for([Adler32()], 1000, reactor=reactor), InlineHashing)
+    big = hashing_for([Adler32()], 1 << 30, reactor=reactor)
+    unknown = hashing_for([Adler32()], None, reactor=reactor)
+    assert isinstance(big, ThreadedHashing) and isinstance(unknown, ThreadedHashing)
+    for h in (big, unknown):
+        h.cancel()
+
+
+def test_widen_reaches_the_socket_under_tls() -> None:
+    class TlsLike:  # TLSMemoryBIOProtocol: its own transport is the TCP connection
+        def __init__(self, transport: Any) -> None:
+            self.transport = transport
+
+    tcp = FileDescriptor()
+    widen(TlsLike(tcp), 1 << 20)
+    assert tcp.bufferSize == 1 << 20 and tcp.SEND_LIMIT == 1 << 20
+    assert FileDescriptor.bufferSize == 65536  # the class default stays: only bulk connections change
+    widen(None)  # nothing to widen: no error

@@ -7,8 +7,10 @@ small loopback servers (tests/tpcservers.py)."""
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -343,38 +345,131 @@ def _rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def test_huge_file_streams_in_little_memory(fed: Fedd, remote: RemoteSite, stores: dict[str, Any]) -> None:
-    size = 300 << 20
-    remote.put_file("public/huge.bin", sparse=size)
-    before = _rss_kb(fed.proc.pid)
-    peak = [before]
-    stop = threading.Event()
+HUGE = 2 << 30
 
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss_kb(fed.proc.pid))
-            time.sleep(0.05)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+@pytest.fixture(scope="module")
+def huge(remote: RemoteSite) -> str:
+    """A 2 GiB (sparse) file on the remote site: its URL."""
+    remote.put_file("public/huge.bin", sparse=HUGE)
+    return remote.url + "/public/huge.bin"
+
+
+class RssSampler:
+    """The largest VmRSS of a process while a `with` block runs (KiB), sampled every 50 ms."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.before = self.peak = _rss_kb(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, _rss_kb(self.pid))
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_2gib_pull_streams_in_flat_memory(fed: Fedd, huge: str, stores: dict[str, Any]) -> None:
+    with RssSampler(fed.proc.pid) as rss:
+        status, _, lines = copy(fed, "/tpc/dav/huge.bin", {"Source": huge}, timeout=300)
     try:
-        status, _, lines = copy(fed, "/tpc/dav/huge.bin", {"Source": remote.url + "/public/huge.bin"}, timeout=300)
+        assert status == 202 and outcome(lines) == "success: Created", lines
+        assert dav_file(stores, "huge.bin").stat().st_size == HUGE
     finally:
-        stop.set()
-        sampler.join()
-    assert status == 202 and outcome(lines) == "success: Created", lines
-    assert dav_file(stores, "huge.bin").stat().st_size == size
-    growth_mb = (peak[0] - before) / 1024
-    assert growth_mb < 40, f"fedd grew by {growth_mb:.0f} MB while copying {size >> 20} MB"
+        dav_file(stores, "huge.bin").unlink(missing_ok=True)
+    growth_mb = (rss.peak - rss.before) / 1024
+    # the hashing thread's backlog (8 MiB) and 1 MiB socket reads are the only buffers
+    assert growth_mb < 40, f"fedd grew by {growth_mb:.0f} MB while copying {HUGE >> 20} MB"
     done = events(fed, "transfer-done", "/tpc/dav/huge.bin")
-    assert done and done[0]["checksum-adler"] == f"{_zero_adler(size):08x}"
+    assert done and done[0]["bytes"] == HUGE and done[0]["checksum-adler"] == f"{_zero_adler(HUGE):08x}"
 
 
 def _zero_adler(size: int) -> int:
-    value, chunk = 1, bytes(1 << 20)
-    for _ in range(size >> 20):
-        value = zlib.adler32(chunk, value)
-    return value & 0xFFFFFFFF
+    """Adler-32 of `size` zero bytes: A stays 1, B adds 1 per byte."""
+    return ((size % 65521) << 16) | 1
+
+
+def test_zero_adler_formula() -> None:
+    for size in (0, 1, 65521, 3 << 20):
+        assert _zero_adler(size) == zlib.adler32(bytes(size)), size
+
+
+def _connections(pid: int) -> dict[int, tuple[int, int]]:
+    """A process's established TCP connections: local port -> (bytes received, bytes sent), from ss."""
+    out = subprocess.run(
+        ["ss", "-tnpiH", "state", "established"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout.splitlines()
+    found: dict[int, tuple[int, int]] = {}
+    for line, info in itertools.pairwise(out):
+        if f"pid={pid}," not in line or not info.startswith(("\t", " ")):
+            continue
+        local = line.split()[2]
+        counters = dict(re.findall(r"\b(bytes_received|bytes_acked):(\d+)", info))
+        found[int(local.rsplit(":", 1)[1])] = (
+            int(counters.get("bytes_received", 0)),
+            int(counters.get("bytes_acked", 0)),
+        )
+    return found
+
+
+REPLICA = 900 << 20  # the remote site's Apache takes at most 1 GiB in one PUT (LimitRequestBody)
+
+
+@pytest.fixture(scope="module")
+def huge_replica(stores: dict[str, Any]) -> Iterator[str]:
+    """A large (sparse) file on the federation's DAV endpoint: its federation path."""
+    path = dav_file(stores, "huge-replica.bin")
+    dav_put(stores, "huge-replica.bin", b"")
+    with path.open("r+b") as f:
+        f.truncate(REPLICA)
+    yield "/tpc/dav/huge-replica.bin"
+    path.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("mode", ["pull", "push"])
+def test_client_gone_mid_copy_releases_every_connection(
+    fed: Fedd, remote: RemoteSite, stores: dict[str, Any], huge: str, huge_replica: str, mode: str
+) -> None:
+    if mode == "pull":
+        path, headers, size = "/tpc/dav/gone.bin", {"Source": huge}, HUGE
+        target: Path = dav_file(stores, "gone.bin")
+    else:
+        path, headers, size = huge_replica, {"Destination": remote.url + "/public/gone.bin"}, REPLICA
+        target = remote.docroot / "public/gone.bin"
+    conn = http.client.HTTPConnection("127.0.0.1", fed.port, timeout=60)
+    conn.request("COPY", path, headers={"Credential": "none", **headers})
+    response = conn.getresponse()
+    assert response.status == 202
+    moving: dict[int, tuple[int, int]] = {}
+    deadline = time.monotonic() + 60
+    while len(moving) < 2 and time.monotonic() < deadline:  # wait for the copy to be under way
+        line = response.readline().decode()
+        assert line and not line.startswith("failure"), line
+        # the copy's two data connections: one reading the source, one writing the destination
+        moving = {port: c for port, c in _connections(fed.proc.pid).items() if max(c) > 8 << 20}
+    assert len(moving) == 2, moving
+    response.close()
+    conn.close()  # the client goes away mid-stream
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        still = set(moving) & set(_connections(fed.proc.pid))
+        if not still and fed.status()["tpc"]["active"] == 0 and not target.exists():
+            break
+        time.sleep(0.1)
+    assert not set(moving) & set(_connections(fed.proc.pid)), "a data connection outlived the copy"
+    assert fed.status()["tpc"]["active"] == 0
+    assert not target.exists(), "the partial copy was left behind"
+    failed = events(fed, "transfer-failed", path)
+    assert failed and failed[-1]["reason"] == "the client closed the connection", failed
+    assert 0 < failed[-1]["bytes"] < size
 
 
 def test_authorisation_pull_writes_push_reads(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import zlib
 from typing import Any
 
 import pytest
@@ -138,7 +140,7 @@ class _Consumer:
 def test_pump_streams_counts_and_passes_flow_control_on() -> None:
     response = _Response(10)
     seen: list[int] = []
-    pump = Pump(response, seen.append)  # type: ignore[arg-type]
+    pump = Pump(response, seen.append, reactor=None)  # type: ignore[arg-type]
     consumer = _Consumer()
     done: Deferred[None] = pump.startProducing(consumer)
     pump.pauseProducing()
@@ -153,7 +155,7 @@ def test_pump_streams_counts_and_passes_flow_control_on() -> None:
 
 def test_pump_reports_a_short_source() -> None:
     response = _Response(10)
-    pump = Pump(response, lambda n: None)  # type: ignore[arg-type]
+    pump = Pump(response, lambda n: None, reactor=None)  # type: ignore[arg-type]
     done = pump.startProducing(_Consumer())
     failures: list[Failure] = []
     done.addErrback(failures.append)
@@ -164,7 +166,7 @@ def test_pump_reports_a_short_source() -> None:
 
 def test_pump_stopped_by_the_upload_stops_the_download() -> None:
     response = _Response(10)
-    pump = Pump(response, lambda n: None)  # type: ignore[arg-type]
+    pump = Pump(response, lambda n: None, reactor=None)  # type: ignore[arg-type]
     done = pump.startProducing(_Consumer())
     pump.stopProducing()
     response.protocol.connectionLost(Failure(ConnectionError("aborted")))
@@ -183,8 +185,53 @@ def test_pump_abort_cuts_the_upload_connection() -> None:
             self._consumer = Transport()
 
     response = _Response(10)
-    pump = Pump(response, lambda n: None)  # type: ignore[arg-type]
+    pump = Pump(response, lambda n: None, reactor=None)  # type: ignore[arg-type]
     consumer = LengthEnforcing()
     pump.startProducing(consumer)
     pump.abort()
     assert consumer._consumer.aborted and response.transport.calls == ["stop"]
+
+
+class _ThreadReactor:
+    """callFromThread queues the call; the test runs the queue (as the reactor thread would)."""
+
+    def __init__(self) -> None:
+        self.calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        self.calls.put((f, args))
+
+
+def test_pump_reads_only_while_upload_and_hashing_both_keep_up() -> None:
+    response = _Response(1 << 30)  # large: hashed in a thread of its own
+    pump = Pump(response, lambda n: None, reactor=_ThreadReactor())
+    pump.startProducing(_Consumer())
+    calls = response.transport.calls
+    pump.pauseProducing()  # the upload is full
+    pump._backlog(True)  # ... and so is the hashing thread's queue
+    pump.resumeProducing()  # the upload drained: still paused for the hashing
+    assert calls == ["pause"]
+    pump._backlog(False)
+    assert calls == ["pause", "resume"]
+    pump._backlog(False)  # said twice (from the hashing thread): no second resume
+    pump.stopProducing()
+    assert calls == ["pause", "resume", "stop"]
+
+
+def test_pump_checksum_waits_for_the_hashing_thread() -> None:
+    reactor = _ThreadReactor()
+    data = bytes(range(256)) * 4096  # 1 MiB
+    response = _Response(2 * len(data))
+    pump = Pump(response, lambda n: None, reactor=reactor)
+    consumer = _Consumer()
+    done = pump.startProducing(consumer)
+    response.protocol.dataReceived(data)
+    response.protocol.dataReceived(data)
+    response.protocol.connectionLost(Failure(ResponseDone()))
+    assert done.called and pump.bytes == 2 * len(data)
+    value: list[str] = []
+    pump.checksum().addCallback(value.append)
+    while not value:
+        f, args = reactor.calls.get(timeout=10)
+        f(*args)
+    assert value == [f"{zlib.adler32(data * 2) & 0xFFFFFFFF:08x}"]

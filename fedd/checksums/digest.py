@@ -17,10 +17,18 @@ import base64
 import binascii
 import hashlib
 import re
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
+
+try:  # zlib-ng's Adler-32 (SIMD) runs ~9x faster than the system zlib 1.2's here: same values
+    from zlib_ng.zlib_ng import adler32 as _adler32
+
+    ADLER32_IMPLEMENTATION = "zlib-ng"
+except ImportError:  # pragma: no cover - the `fast` extra is not installed
+    from zlib import adler32 as _adler32
+
+    ADLER32_IMPLEMENTATION = "zlib"
 
 ALGORITHMS = ("adler32", "md5", "sha256", "sha512")
 HEX_LENGTH = {"adler32": 8, "md5": 32, "sha256": 64, "sha512": 128}
@@ -189,13 +197,13 @@ class Hasher(Protocol):
 
 
 class Adler32:
-    """zlib's Adler-32 as a streaming hasher (initial value 1)."""
+    """Adler-32 as a streaming hasher (initial value 1): zlib-ng's when installed, else zlib's."""
 
     def __init__(self) -> None:
         self.value = 1
 
     def update(self, data: bytes, /) -> None:
-        self.value = zlib.adler32(data, self.value)
+        self.value = _adler32(data, self.value)
 
     def hexdigest(self) -> str:
         return f"{self.value & 0xFFFFFFFF:08x}"

@@ -5,10 +5,12 @@ Where a value comes from, cheapest first:
    one-part ETag's MD5, a DAV endpoint's `Digest` answer), plus values this process already read or
    computed (an in-process LRU keyed by replica);
 2. fedd's own database (`[checksums] database`, SQLite in its own thread), and Azure's Content-MD5;
-3. a computation: one worker streams the best replica through the endpoint's HTTP client (or reads a
-   local file in a thread), feeding every chunk to the hashers as it arrives: memory stays at one chunk
-   whatever the file size. The result goes to the LRU, the database, and, on writable S3 endpoints,
-   into the object's own metadata (copy onto itself), so it is computed once.
+3. a computation: one worker streams the best replica over a bulk connection (1 MiB reads, see
+   `fedd.checksums.bulk`) with the endpoint's TLS settings, or reads a local file in a thread; the
+   hashers run in a thread of their own, fed every chunk as it arrives, and their bounded backlog
+   pauses the download: memory stays at a few MiB whatever the file size. The result goes to the
+   LRU, the database, and, on writable S3 endpoints, into the object's own metadata (copy onto
+   itself), so it is computed once.
 
 Two replicas with different values for one algorithm are logged and published as `checksum-mismatch`.
 """
@@ -23,15 +25,29 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.error import ConnectError, ConnectingCancelledError
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
 
-from fedd.checksums.digest import Hasher, Want, from_base64, new_hasher, normalise
+from fedd.checksums.bulk import BulkEndpointFactory, InlineHashing, ThreadedHashing, hashing_for
+from fedd.checksums.digest import ADLER32_IMPLEMENTATION, Hasher, Want, from_base64, new_hasher, normalise
 from fedd.checksums.store import ChecksumStore, Key
 from fedd.config import ChecksumsConfig
-from fedd.endpoints.base import HttpClient, Stat
+from fedd.endpoints.base import Stat
 from fedd.endpoints.local import LocalEndpoint
 from fedd.errors import EndpointError, describe
 from fedd.events.model import file_fields
@@ -130,6 +146,7 @@ class ChecksumService(Service):
         self._failed: dict[Key, float] = {}
         self._mismatches: set[tuple[str, str, tuple[tuple[str, str], ...]]] = set()
         self._recent: deque[Job] = deque(maxlen=RECENT)
+        self._agents: dict[str, tuple[Any, Agent]] = {}
         self.computed = self.failed = self.refused = self.stored_s3 = self.stored_db = 0
         self.mismatches = self.bytes_hashed = 0
 
@@ -393,22 +410,28 @@ class ChecksumService(Service):
             raise EndpointError(job.endpoint, f"read {job.bytes} bytes of {job.size}: the file changed")
         return {algorithm: h.hexdigest() for algorithm, h in hashers.items()}
 
+    def _agent(self, endpoint: Any) -> Agent:
+        """Bulk connections to one endpoint, with its TLS settings (not its pooled HTTP client: that
+        one reads 64 KiB at a time and serves the small requests of the hot path)."""
+        from fedd.endpoints import _tls_policy  # the endpoints' own rule: verify_tls, ca_file
+
+        config = endpoint.config
+        hit = self._agents.get(endpoint.id)
+        if hit is None or hit[0] is not config:
+            policy = _tls_policy(config) or BrowserLikePolicyForHTTPS()
+            bulk = BulkEndpointFactory(self.reactor, tls=policy, connect_timeout=config.timeout)
+            pool = HTTPConnectionPool(self.reactor, persistent=False)  # one GET per computation
+            hit = self._agents[endpoint.id] = (config, Agent.usingEndpointFactory(self.reactor, bulk, pool=pool))
+        return hit[1]
+
     async def _hash_http(self, endpoint: Any, job: Job, hashers: list[Hasher]) -> None:
-        http = getattr(endpoint, "_http", None)
-        if not isinstance(http, HttpClient):
-            raise EndpointError(job.endpoint, "cannot read this kind of endpoint")
         url = endpoint.url_for(job.endpoint_path, self.clock.seconds(), "GET")
-
-        def sink(chunk: bytes) -> None:
-            for h in hashers:
-                h.update(chunk)
-            job.bytes += len(chunk)
-            if job.bytes > job.size:
-                raise EndpointError(job.endpoint, "the file is larger than located: it changed")
-
+        if not url.startswith(("http://", "https://")):
+            raise EndpointError(job.endpoint, "cannot read this kind of endpoint")
         timeout = endpoint.config.timeout + job.size / MIN_RATE
-        d = http.request("GET", url, timeout=timeout, sink=sink)
         idle = max(10.0, endpoint.config.timeout * 3)
+        d = ensureDeferred(self._get(self._agent(endpoint), url, job, hashers))
+        d.addTimeout(timeout, self.clock)
         last = [-1]
 
         def watchdog() -> None:
@@ -420,10 +443,22 @@ class ChecksumService(Service):
         dog.clock = self.clock
         dog.start(idle, now=True)
         try:
-            response = await d
+            await d
+        except (CancelledError, defer.TimeoutError):
+            raise EndpointError(job.endpoint, f"GET for checksum: nothing for {idle:g}s or over {timeout:g}s") from None
+        except (ConnectError, ConnectingCancelledError) as exc:
+            raise EndpointError(job.endpoint, f"GET for checksum: cannot connect: {describe(exc)}") from None
+        except (ResponseFailed, ResponseNeverReceived):
+            raise EndpointError(job.endpoint, "GET for checksum: connection lost or malformed HTTP answer") from None
         finally:
             if dog.running:
                 dog.stop()
+
+    async def _get(self, agent: Agent, url: str, job: Job, hashers: list[Hasher]) -> None:
+        response = await agent.request(b"GET", url.encode("latin-1"), Headers(), None)
+        reader = _Reader(job, hashers if response.code == 200 else [], self.reactor)
+        response.deliverBody(reader)
+        await reader.done
         if response.code != 200:
             raise EndpointError(job.endpoint, f"GET for checksum: HTTP {response.code}")
 
@@ -486,6 +521,7 @@ class ChecksumService(Service):
         now = self.clock.seconds()
         return {
             "workers": self.config.workers,
+            "adler32": ADLER32_IMPLEMENTATION,
             "running": [j.to_json(now) for j in self._jobs.values() if j.started is not None],
             "queued": len(self._queue),
             "queue_max": self.config.queue,
@@ -512,3 +548,61 @@ def _hash_file(real: str, hashers: list[Hasher], job: Job) -> None:
             job.bytes += len(chunk)
             if job.bytes > job.size:
                 raise EndpointError(job.endpoint, "the file is larger than located: it changed")
+
+
+class _Reader(Protocol):
+    """A response body, counted on the reactor thread and hashed in a thread of its own (the hashing's
+    backlog pauses the connection); `done` fires once every byte is hashed."""
+
+    def __init__(self, job: Job, hashers: list[Hasher], reactor: Any) -> None:
+        self.job = job
+        self.source: Any = None  # the response's transport (pause, resume, stop)
+        self.counting = bool(hashers)
+        self.failed: Exception | None = None
+        self.done: Deferred[None] = Deferred(self._cancel)
+        self.hashing: InlineHashing | ThreadedHashing = hashing_for(
+            hashers, job.size, reactor=reactor, on_backlog=self._backlog, name="fedd-checksum"
+        )
+
+    def makeConnection(self, transport: Any) -> None:
+        self.source = transport
+        super().makeConnection(transport)
+
+    def _backlog(self, full: bool) -> None:
+        if self.source is not None and not self.done.called:
+            if full:
+                self.source.pauseProducing()
+            else:
+                self.source.resumeProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.counting or self.failed is not None:
+            return  # an error answer's body, or after a failure: dropped
+        self.job.bytes += len(data)
+        if self.job.bytes > self.job.size:
+            self.failed = EndpointError(self.job.endpoint, "the file is larger than located: it changed")
+            self.source.stopProducing()
+            return
+        self.hashing.update(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.done.called:
+            return
+        if self.failed is None and (reason is None or reason.check(ResponseDone, PotentialDataLoss)):
+            self.hashing.finish().addCallbacks(self._hashed, self._hash_failed)
+            return
+        self.hashing.cancel()
+        self.done.errback(self.failed or EndpointError(self.job.endpoint, "GET for checksum: connection lost"))
+
+    def _hashed(self, _: Any) -> None:
+        if not self.done.called:
+            self.done.callback(None)
+
+    def _hash_failed(self, failure: Failure) -> None:
+        if not self.done.called:
+            self.done.errback(failure)
+
+    def _cancel(self, _: Deferred[None]) -> None:
+        self.hashing.cancel()
+        if self.source is not None:
+            self.source.stopProducing()

@@ -24,6 +24,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
+from fedd.checksums.bulk import BulkEndpointFactory
 from fedd.config import TpcConfig
 from fedd.errors import BadGateway, BadRequest, FeddError, Forbidden, describe
 from fedd.events.model import file_fields
@@ -169,7 +170,8 @@ class TpcEngine:
                 self.reactor, guard, tls=_remote_tls(config), connect_timeout=config.connect_timeout
             )
             pool = HTTPConnectionPool(self.reactor, persistent=False)  # every remote connection checked anew
-            self._remote = (config, guard, Agent.usingEndpointFactory(self.reactor, factory, pool=pool))
+            bulk = BulkEndpointFactory(self.reactor, inner=factory)
+            self._remote = (config, guard, Agent.usingEndpointFactory(self.reactor, bulk, pool=pool))
         return self._remote[1], self._remote[2]
 
     def _agent(self, eid: str) -> Agent:
@@ -180,9 +182,8 @@ class TpcEngine:
         hit = self._agents.get(eid)
         if hit is None or hit[0] is not config:
             policy = _tls_policy(config) or BrowserLikePolicyForHTTPS()
-            agent = Agent(
-                self.reactor, contextFactory=policy, connectTimeout=self.config.connect_timeout, pool=self._pool
-            )
+            bulk = BulkEndpointFactory(self.reactor, tls=policy, connect_timeout=self.config.connect_timeout)
+            agent = Agent.usingEndpointFactory(self.reactor, bulk, pool=self._pool)
             hit = self._agents[eid] = (config, agent)
         return hit[1]
 
@@ -363,7 +364,7 @@ class TpcEngine:
         )
         if source.code != 200:
             raise TransferFailed(await self._refusal(job, source, "the source"))
-        pump = Pump(source, self._on_data(job))
+        pump = Pump(source, self._on_data(job), reactor=self.reactor)
         job.size = pump.expected
         endpoint = self.fed.endpoints[target.endpoint]
         if job.size is None and endpoint.config.kind != "dav":
@@ -378,7 +379,7 @@ class TpcEngine:
             job.refused = True
             raise TransferFailed(await self._refusal(job, response, f"destination {target.endpoint}"))
         await self._drain(job, response)
-        job.adler = pump.adler32
+        job.adler = await self._await(job, pump.checksum(), None)
         self._compare(adler32_of(source.headers), pump.adler32, "the source")
         # the destination's own view of what it stored
         endpoint_path = self.writer.writable(request.path).get(target.endpoint)
@@ -408,7 +409,7 @@ class TpcEngine:
             source = None
         if source is None:
             raise TransferFailed("no replica could be read: " + "; ".join(problems))
-        pump = Pump(source, self._on_data(job))
+        pump = Pump(source, self._on_data(job), reactor=self.reactor)
         job.size = pump.expected
         _, remote = self._guarded()
         response = await self._send(job, remote, request.remote, dict(request.transfer_headers), pump)
@@ -422,7 +423,7 @@ class TpcEngine:
             job.refused = True
             raise TransferFailed(await self._refusal(job, response, "the destination"))
         await self._drain(job, response)
-        job.adler = pump.adler32
+        job.adler = await self._await(job, pump.checksum(), None)
         self._compare(adler32_of(source.headers), pump.adler32, "the source")
         self._compare(adler32_of(response.headers), pump.adler32, "the destination")
         # ask the destination what it stored (many grid storages answer Want-Digest)
