@@ -21,6 +21,7 @@ import pytest
 import stomp
 
 from tests.daemon import Fedd, start_fedd, wait_for
+from tests.gridpki import CA, run
 from tests.servers import free_port, wait_for_port
 
 N = 2000
@@ -49,17 +50,39 @@ class ActiveMQ:
         for f in Path("/etc/activemq/instances-available/main").iterdir():
             shutil.copy(f, base / "conf" / f.name)
         self.port, openwire = free_port(), free_port()
+        self.tls_port, self.mtls_port = free_port(), free_port()  # stomp+ssl, the second needs a client cert
+        self._make_pki(base / "pki")
         conf = base / "conf" / "activemq.xml"
         text = conf.read_text()
         connectors = (
             f'<transportConnector name="openwire" uri="tcp://127.0.0.1:{openwire}"/>\n'
-            f'<transportConnector name="stomp" uri="stomp://127.0.0.1:{self.port}"/>'
+            f'<transportConnector name="stomp" uri="stomp://127.0.0.1:{self.port}"/>\n'
+            f'<transportConnector name="stomps" uri="stomp+ssl://127.0.0.1:{self.tls_port}"/>\n'
+            f'<transportConnector name="stompm" uri="stomp+ssl://127.0.0.1:{self.mtls_port}?needClientAuth=true"/>'
+        )
+        ssl_context = (
+            f'<sslContext><sslContext keyStore="file:{self.keystore}" keyStorePassword="changeit" '
+            f'trustStore="file:{self.truststore}" trustStorePassword="changeit"/></sslContext>\n'
         )
         text = text.replace('<transportConnector name="openwire" uri="tcp://127.0.0.1:61616"/>', connectors)
         text = text.replace("<persistenceAdapter>", ACTIVEMQ_SECURITY + "<persistenceAdapter>", 1)
-        assert connectors in text and "simpleAuthenticationPlugin" in text
+        text = text.replace("<transportConnectors>", ssl_context + "<transportConnectors>", 1)
+        assert connectors in text and "simpleAuthenticationPlugin" in text and ssl_context in text
         conf.write_text(text)
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def _make_pki(self, pki: Path) -> None:
+        """A throwaway CA, the broker's certificate for 127.0.0.1 in a PKCS#12 key store, the CA in
+        the trust store (for client certificates), a client certificate, and an unrelated CA."""
+        self.ca = CA(pki, "ca", "/CN=fedd test STOMP CA")
+        self.other_ca = CA(pki, "other", "/CN=fedd test other CA")
+        host, host_key = self.ca.issue("broker", "/CN=127.0.0.1", "host")
+        self.client_cert, self.client_key = self.ca.issue("client", "/CN=fedd client", "usr")
+        self.keystore, self.truststore = pki / "broker.p12", pki / "trust.p12"
+        run("openssl", "pkcs12", "-export", "-in", str(host), "-inkey", str(host_key), "-name", "broker",
+            "-out", str(self.keystore), "-passout", "pass:changeit")  # fmt: skip
+        run("keytool", "-importcert", "-noprompt", "-alias", "ca", "-file", str(self.ca.pem), "-storetype", "PKCS12",
+            "-keystore", str(self.truststore), "-storepass", "changeit")  # fmt: skip
 
     def start(self) -> None:
         b = self.base
@@ -76,7 +99,8 @@ class ActiveMQ:
             f"xbean:file:{b}/conf/activemq.xml",
         ]
         self.proc = subprocess.Popen(command, stdout=(b / "activemq.log").open("ab"), stderr=subprocess.STDOUT)
-        wait_for_port(self.port, 90, self.proc)
+        for port in (self.port, self.tls_port, self.mtls_port):
+            wait_for_port(port, 90, self.proc)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -387,3 +411,109 @@ def test_rabbitmq_stomp_wrong_password(rabbit_stomp: int, data: Path, tmp_path: 
         clean(log)
     finally:
         fed.stop()
+
+
+def test_activemq_tls_ca_bundle_and_client_certificate(activemq: ActiveMQ, data: Path, tmp_path: Path) -> None:
+    """stomp+ssl:// to ActiveMQ's TLS connector: the broker's certificate is checked against a
+    `ca_file` bundle whose second certificate is the broker's CA (every certificate of the bundle
+    counts); then the connector that needs a client certificate, with tls_certificate/tls_private_key."""
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(activemq.other_ca.pem.read_bytes() + activemq.ca.pem.read_bytes())
+    cases = [
+        (activemq.tls_port, f"ca_file = {bundle}"),
+        (
+            activemq.mtls_port,
+            f"ca_file = {activemq.ca.pem}\ntls_certificate = {activemq.client_cert}\n"
+            f"tls_private_key = {activemq.client_key}",
+        ),
+    ]
+    for n, (tls_port, extra) in enumerate(cases):
+        queue = f"/queue/fedd.tls.{uuid.uuid4().hex[:8]}"
+        port = free_port()
+        broker = f"stomp+ssl://fedd:secret@127.0.0.1:{tls_port}"
+        fed = start_fedd(tmp_path / f"run{n}", config(port, data, broker, queue, extra), port)
+        try:
+            wait_for(lambda f=fed: f.status()["events"]["connected"], 20, "fedd connected to ActiveMQ over TLS")
+            redirects(fed, 200)
+            wait_for(lambda f=fed: f.status()["events"]["sent"] == 200, 20, "fedd to send every event")
+            status = fed.status()["events"]
+            assert f"stomp+ssl://127.0.0.1:{tls_port}" in status["sink"] and status["outbox_depth"] == 0
+            consumer = Consumer(activemq.port, "fedd", "secret", queue)  # plain STOMP on the same broker
+            try:
+                consumer.take(200)
+                c = counts(consumer.settle(0.5), 200)
+            finally:
+                consumer.close()
+            report(f"ActiveMQ stomp+ssl {'client certificate' if n else 'CA bundle'}", c)
+            assert c == {"emitted": 200, "delivered": 200, "duplicated": 0, "lost": 0}
+            clean(fed.log_text())
+        finally:
+            fed.stop()
+
+
+def test_activemq_tls_wrong_ca_then_fixed(activemq: ActiveMQ, data: Path, tmp_path: Path) -> None:
+    """`ca_file` is another CA: fedd refuses the broker's certificate, says so once without a
+    traceback, keeps the events; restarted with the right CA it delivers every one."""
+    queue = f"/queue/fedd.tlsca.{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    broker = f"stomp+ssl://fedd:secret@127.0.0.1:{activemq.tls_port}"
+    fed = start_fedd(tmp_path / "run", config(port, data, broker, queue, f"ca_file = {activemq.other_ca.pem}"), port)
+    try:
+        redirects(fed, 50)
+        wait_for(lambda: fed.status()["events"]["connect_failures"] >= 3, 20, "several refused handshakes")
+        status = fed.status()["events"]
+        assert not status["connected"] and status["outbox_depth"] == 50 and status["sent"] == 0, status
+        assert "certificate verify failed" in status["last_error"], status
+        log = fed.log_text()
+        refused = [line for line in log.splitlines() if f"stomp+ssl://127.0.0.1:{activemq.tls_port}" in line]
+        assert len(refused) == 1 and "failed the TLS handshake" in refused[0], log  # once per outage
+        assert "[fedd.events#error]" in refused[0] and "certificate verify failed" in refused[0], log
+        print(f"\nwrong CA log line: {refused[0]}")
+        clean(log)
+        fed.stop()
+        fed = start_fedd(tmp_path / "run", config(port, data, broker, queue, f"ca_file = {activemq.ca.pem}"), port)
+        consumer = Consumer(activemq.port, "fedd", "secret", queue)
+        try:
+            consumer.take(50)
+            c = counts(consumer.settle(0.5), 50)
+        finally:
+            consumer.close()
+        report("ActiveMQ stomp+ssl wrong CA, fixed by a restart", c)
+        assert c == {"emitted": 50, "delivered": 50, "duplicated": 0, "lost": 0}
+        clean(fed.log_text())
+    finally:
+        fed.stop()
+
+
+def test_activemq_tls_client_certificate_missing(activemq: ActiveMQ, data: Path, tmp_path: Path) -> None:
+    """The connector needs a client certificate and fedd has none: the broker ends the handshake;
+    logged once as a TLS failure, events kept."""
+    port = free_port()
+    broker = f"stomp+ssl://fedd:secret@127.0.0.1:{activemq.mtls_port}"
+    fed = start_fedd(
+        tmp_path / "run", config(port, data, broker, "/queue/fedd.nocert", f"ca_file = {activemq.ca.pem}"), port
+    )
+    try:
+        redirects(fed, 10)
+        wait_for(lambda: fed.status()["events"]["connect_failures"] >= 3, 20, "several refused handshakes")
+        status = fed.status()["events"]
+        assert not status["connected"] and status["outbox_depth"] == 10 and status["sent"] == 0, status
+        log = fed.log_text()
+        refused = [line for line in log.splitlines() if f"stomp+ssl://127.0.0.1:{activemq.mtls_port}" in line]
+        print(f"\nno client certificate log line: {refused}")
+        assert len(refused) == 1 and "failed the TLS handshake" in refused[0], log
+        clean(log)
+    finally:
+        fed.stop()
+
+
+def test_malformed_ca_file_is_a_start_up_error(data: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "ca.pem"
+    bad.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    port = free_port()
+    conf = config(port, data, "stomp+ssl://127.0.0.1:1", "/queue/fedd.x", f"ca_file = {bad}")
+    with pytest.raises(RuntimeError) as err:
+        start_fedd(tmp_path / "run", conf, port)
+    text = str(err.value)
+    assert f"fedd: [events] ca_file {bad}: not PEM certificates" in text, text
+    assert "Traceback" not in text, text

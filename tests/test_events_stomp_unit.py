@@ -4,16 +4,19 @@ RabbitMQ's STOMP plugin) are in tests/test_events_stomp.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from OpenSSL import SSL
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python import usage
 from twisted.python.failure import Failure
 
 from fedd.config import ConfigError, parse_config
@@ -22,14 +25,18 @@ from fedd.events.stomp import (
     Frame,
     FrameError,
     FrameParser,
+    HandshakeFailed,
     StompBroker,
     StompError,
     StompProtocol,
     StompSink,
     encode,
     escape,
+    failure_kind,
     heartbeats,
+    load_ca_file,
     parse_brokers,
+    stomp_tls,
     unescape,
 )
 
@@ -238,6 +245,30 @@ def test_error_before_connected_fails_ready() -> None:
     assert isinstance(_failure(proto.ready).value, StompError)
 
 
+def test_tls_handshake_failure_is_its_own_kind() -> None:
+    """A refused certificate (pyOpenSSL's SSL.Error as the connection's end) is not 'unreachable'."""
+    proto = StompProtocol(Clock(), BROKER, 0)
+    proto.makeConnection(StringTransport())
+    proto.connectionLost(Failure(SSL.Error([("SSL routines", "", "certificate verify failed")])))
+    error = _failure(proto.ready).value
+    assert isinstance(error, HandshakeFailed) and "certificate verify failed" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("exc", "connected", "kind"),
+    [
+        (StompError("password is invalid"), False, "authentication"),
+        (StompError("not authorized"), True, "error"),
+        (HandshakeFailed("TLS: certificate verify failed"), False, "tls"),
+        (NotConnected("connection lost: refused"), False, "unreachable"),
+        (NotConnected("connection lost: reset"), True, "lost"),
+        (TimeoutError(), False, "unreachable"),
+    ],
+)
+def test_failure_kind(exc: Exception, connected: bool, kind: str) -> None:
+    assert failure_kind(exc, connected) == kind
+
+
 def test_huge_frame_from_broker_drops_connection() -> None:
     proto, transport, _ = connected()
     transport.clear()
@@ -433,3 +464,58 @@ def test_config_stomp_errors(events: str, error: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config("[events]\n" + events + ENDPOINT, environ={})
     assert error in str(info.value)
+
+
+PEM_CERT = """-----BEGIN CERTIFICATE-----
+{}
+-----END CERTIFICATE-----
+"""
+
+
+def _self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    from tests.gridpki import run
+
+    key, pem = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(pem),
+        "-days", "2", "-subj", f"/CN={name}")  # fmt: skip
+    return pem, key
+
+
+def test_ca_file_bundle_trusts_every_certificate(tmp_path: Path) -> None:
+    a, _ = _self_signed(tmp_path, "ca-a")
+    b, _ = _self_signed(tmp_path, "ca-b")
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text("# a comment line, as in distribution bundles\n" + a.read_text() + "\n" + b.read_text())
+    certs = load_ca_file(str(bundle))
+    assert [c.original.to_cryptography().subject.rfc4514_string() for c in certs] == ["CN=ca-a", "CN=ca-b"]
+    options = stomp_tls(str(bundle), "", "")(BROKER)
+    assert options is not None
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        ("", "not PEM certificates"),
+        ("hello\n", "not PEM certificates"),
+        (PEM_CERT.format("bm90IGEgY2VydGlmaWNhdGU="), "not PEM certificates"),  # base64 of something else
+        (PEM_CERT.format("@@@"), "not PEM certificates"),
+    ],
+)
+def test_malformed_ca_file_is_a_usage_error(tmp_path: Path, content: str, error: str) -> None:
+    bad = tmp_path / "ca.pem"
+    bad.write_text(content)
+    with pytest.raises(usage.UsageError, match=f"ca_file {bad}: {error}"):
+        stomp_tls(str(bad), "", "")
+    with pytest.raises(usage.UsageError, match=f"ca_file {tmp_path}/gone.pem: FileNotFoundError"):
+        stomp_tls(str(tmp_path / "gone.pem"), "", "")
+
+
+def test_bad_client_certificate_is_a_usage_error(tmp_path: Path) -> None:
+    a, a_key = _self_signed(tmp_path, "a")
+    _, b_key = _self_signed(tmp_path, "b")
+    stomp_tls("", str(a), str(a_key))  # the good pair loads
+    junk = tmp_path / "junk.pem"
+    junk.write_text("junk\n")
+    for cert, key in [(a, b_key), (junk, a_key), (a, junk)]:
+        with pytest.raises(usage.UsageError, match=f"tls_certificate {cert} / tls_private_key {key}: "):
+            stomp_tls("", str(cert), str(key))

@@ -26,7 +26,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from cryptography import x509
+from OpenSSL import SSL, crypto
+from OpenSSL.crypto import X509
 from twisted.application.service import Service
+from twisted.internet._sslverify import VerifyError
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, FirstError, ensureDeferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
@@ -40,6 +44,7 @@ from twisted.internet.ssl import (
 )
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python import usage
 from twisted.python.failure import Failure
 
 from fedd.errors import describe
@@ -61,6 +66,11 @@ class FrameError(Exception):
 
 class StompError(Exception):
     """The broker sent an ERROR frame: its `message` header and (short) body."""
+
+
+class HandshakeFailed(NotConnected):
+    """The TLS handshake failed: the broker's certificate is not trusted (`ca_file`), is not for its
+    host name, or the broker refused ours. Not a blip: retrying will not help until someone acts."""
 
 
 @dataclass(frozen=True)
@@ -215,16 +225,33 @@ def parse_brokers(text: str, login: str = "", passcode: str = "") -> tuple[Stomp
 def stomp_tls(ca_file: str, certificate: str, private_key: str) -> Callable[[StompBroker], Any]:
     """TLS options per broker: its certificate checked against `ca_file` (or the system's CAs) and
     its host name; a client certificate (the grid host certificate, as Hermes uses) when given.
-    Files are read here, at start-up: a bad file is an error before the daemon runs."""
-    trust = trustRootFromCertificates([Certificate.loadPEM(Path(ca_file).read_bytes())]) if ca_file else platformTrust()
+    Files are read here, at start-up: a bad file is a usage error naming it before the daemon runs.
+    `ca_file` may hold several CA certificates (a bundle): each one is trusted."""
+    trust = trustRootFromCertificates(load_ca_file(ca_file)) if ca_file else platformTrust()
     client = None
     if certificate:
-        client = PrivateCertificate.loadPEM(Path(certificate).read_bytes() + b"\n" + Path(private_key).read_bytes())
+        try:
+            client = PrivateCertificate.loadPEM(Path(certificate).read_bytes() + b"\n" + Path(private_key).read_bytes())
+        except (OSError, ValueError, SSL.Error, crypto.Error, VerifyError) as exc:
+            raise usage.UsageError(
+                f"[events] tls_certificate {certificate} / tls_private_key {private_key}: {describe(exc)}"
+            ) from None
 
     def options(broker: StompBroker) -> Any:
         return optionsForClientTLS(broker.host, trustRoot=trust, clientCertificate=client)
 
     return options
+
+
+def load_ca_file(path: str) -> list[Certificate]:
+    """Every certificate of a PEM bundle (pyOpenSSL's loader reads only the first one)."""
+    try:
+        certs = x509.load_pem_x509_certificates(Path(path).read_bytes())
+    except OSError as exc:
+        raise usage.UsageError(f"[events] ca_file {path}: {describe(exc)}") from None
+    except ValueError:  # cryptography's text is long and points at a FAQ
+        raise usage.UsageError(f"[events] ca_file {path}: not PEM certificates (or a malformed one)") from None
+    return [Certificate(X509.from_cryptography(c)) for c in certs]
 
 
 class StompProtocol(Protocol):
@@ -311,7 +338,11 @@ class StompProtocol(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        error = self.error or NotConnected(f"connection lost: {reason.getErrorMessage()}")
+        error = self.error
+        if error is None and reason.check(SSL.Error):
+            error = HandshakeFailed(f"TLS: {reason.getErrorMessage()}")
+        elif error is None:
+            error = NotConnected(f"connection lost: {reason.getErrorMessage()}")
         receipts, self._receipts = self._receipts, {}
         for d in receipts.values():
             if not d.called:
@@ -384,6 +415,7 @@ _OUTAGE_TEXT = {
     "authentication": "refused the connection of user {user}: {reason}",
     "error": "answered with an ERROR frame ({reason})",
     "unreachable": "unreachable ({reason})",
+    "tls": "failed the TLS handshake ({reason}; check ca_file, the host name, tls_certificate)",
     "lost": "connection lost ({reason})",
 }
 
@@ -392,6 +424,8 @@ def failure_kind(exc: BaseException, connected: bool) -> str:
     """ERROR before CONNECTED is a refused login (ActiveMQ and RabbitMQ send one for a wrong passcode)."""
     if isinstance(exc, StompError):
         return "error" if connected else "authentication"
+    if isinstance(exc, HandshakeFailed):
+        return "tls"
     return "lost" if connected else "unreachable"
 
 
@@ -525,7 +559,7 @@ class StompSink:
         text = _OUTAGE_TEXT[kind].format(user=broker.login or "(none)", reason=reason)
         nxt = self.brokers[(index + 1) % len(self.brokers)]
         then = f"failing over to {nxt.describe()}" if nxt is not broker else "retrying with backoff"
-        emit = log.error if kind in ("authentication", "error") else log.warn
+        emit = log.error if kind in ("authentication", "error", "tls") else log.warn
         emit(
             "STOMP broker {broker} {what}: events wait in the outbox, {then}",
             broker=broker.describe(),
