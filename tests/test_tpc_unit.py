@@ -218,7 +218,11 @@ def test_pump_reads_only_while_upload_and_hashing_both_keep_up() -> None:
     assert calls == ["pause", "resume", "stop"]
 
 
-def test_pump_checksum_waits_for_the_hashing_thread() -> None:
+def test_pump_checksum_waits_for_the_hashing_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedd.checksums.bulk import ThreadedHashing
+    from fedd.checksums.digest import Adler32
+
+    monkeypatch.setattr(Adler32, "fast", False)  # the system zlib's Adler-32: hashed in a thread
     reactor = _ThreadReactor()
     data = bytes(range(256)) * 4096  # 1 MiB
     response = _Response(2 * len(data))
@@ -228,7 +232,7 @@ def test_pump_checksum_waits_for_the_hashing_thread() -> None:
     response.protocol.dataReceived(data)
     response.protocol.dataReceived(data)
     response.protocol.connectionLost(Failure(ResponseDone()))
-    assert done.called and pump.bytes == 2 * len(data)
+    assert done.called and pump.bytes == 2 * len(data) and isinstance(pump._hashing, ThreadedHashing)
     value: list[str] = []
     pump.checksum().addCallback(value.append)
     while not value:
