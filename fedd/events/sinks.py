@@ -100,7 +100,7 @@ class AmqpSink:
         self._factory = Factory.forProtocol(lambda: _Connection(self.params, reactor))
         self._factory.noisy = False  # no "Starting factory" line per reconnection attempt
         self._properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
-        self.service = _Connector(self)
+        self.service = BrokerConnector(self)
 
     def describe(self) -> str:
         host = f"{self.params.host}:{self.params.port}{self.params.virtual_host}"
@@ -237,17 +237,26 @@ class AmqpSink:
                 raise NotConnected(f"broker did not confirm: {value.getErrorMessage()}")
 
 
-class _Connector(Service):
-    """The broker connection as a service (child of `events`, named `broker`)."""
+class _Runs(Protocol):
+    """A sink with its own connection loop (AMQP, STOMP)."""
 
-    def __init__(self, sink: AmqpSink) -> None:
+    async def run(self, service: Service) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class BrokerConnector(Service):
+    """A broker sink's connection loop as a service (child of `events`, named `broker`)."""
+
+    def __init__(self, sink: _Runs, what: str = "broker") -> None:
         self.sink = sink
+        self._what = what
         self._loop: Deferred[None] | None = None
 
     def startService(self) -> None:
         super().startService()
         self._loop = ensureDeferred(self.sink.run(self))
-        self._loop.addErrback(lambda f: log.failure("broker connection loop stopped", f))
+        self._loop.addErrback(lambda f: log.failure("{what} connection loop stopped", f, what=self._what))
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

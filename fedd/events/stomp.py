@@ -49,7 +49,7 @@ from twisted.python.failure import Failure
 
 from fedd.errors import describe
 from fedd.events.model import EVENT_TYPES, Event, routing_key
-from fedd.events.sinks import NotConnected
+from fedd.events.sinks import BrokerConnector, NotConnected
 
 log = Logger(namespace="fedd.events")
 
@@ -467,7 +467,7 @@ class StompSink:
         self._ever_connected = False
         self._attempt: Deferred[StompProtocol] | None = None
         self._wake: Deferred[None] | None = None
-        self.service = _Connector(self)
+        self.service = BrokerConnector(self, "STOMP")
 
     def describe(self) -> str:
         names = [b.describe() for b in self.brokers]
@@ -624,25 +624,3 @@ class StompSink:
         self.delivered[broker] = self.delivered.get(broker, 0) + len(events)
         if self._logged.pop(self.current, None) == "error":
             log.info("STOMP broker {broker} takes events again", broker=broker)
-
-
-class _Connector(Service):
-    """The broker connection as a service (child of `events`, named `broker`)."""
-
-    def __init__(self, sink: StompSink) -> None:
-        self.sink = sink
-        self._loop: Deferred[None] | None = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._loop = ensureDeferred(self.sink.run(self))
-        self._loop.addErrback(lambda f: log.failure("STOMP connection loop stopped", f))
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        return ensureDeferred(self._stop())
-
-    async def _stop(self) -> None:
-        await self.sink.stop()
-        if self._loop is not None:
-            await self._loop
