@@ -240,6 +240,13 @@ class Federation:
                 out.setdefault(eid, reason)
         return out
 
+    def _not_answering(self, what: str, failed: dict[str, str]) -> NoReplicaAvailable:
+        """The 503 for endpoints that may hold the answer and could not give it (with Retry-After)."""
+        names = ", ".join(f"{eid} ({why})" for eid, why in sorted(failed.items()))
+        return NoReplicaAvailable(
+            f"{what}; not answering: {names}", retry_after=self.retry_after(), unreachable=tuple(sorted(failed))
+        )
+
     def retry_after(self) -> int:
         """Seconds until an unreachable endpoint may be back: the next health check."""
         return max(1, min(MAX_RETRY_AFTER, math.ceil(self.health.config.interval)))
@@ -251,12 +258,7 @@ class Federation:
         missing = self.unavailable(result)
         exc: NotFound | NoReplicaAvailable
         if missing:
-            names = ", ".join(f"{eid} ({why})" for eid, why in sorted(missing.items()))
-            exc = NoReplicaAvailable(
-                f"{result.path}: no replica available now; not answering: {names}",
-                retry_after=self.retry_after(),
-                unreachable=tuple(sorted(missing)),
-            )
+            exc = self._not_answering(f"{result.path}: no replica available now", missing)
         else:
             exc = NotFound(f"{result.path}: no such file")
         exc.not_collections = self.not_collections(result)
@@ -322,12 +324,7 @@ class Federation:
             any_collection = True
         if not any_collection:
             if failed:
-                names = ", ".join(f"{eid} ({why})" for eid, why in sorted(failed.items()))
-                raise NoReplicaAvailable(
-                    f"{path}: cannot be listed now; not answering: {names}",
-                    retry_after=self.retry_after(),
-                    unreachable=tuple(sorted(failed)),
-                )
+                raise self._not_answering(f"{path}: cannot be listed now", failed)
             return None
         return Listing(path, [merged[k] for k in sorted(merged)], failed)
 
@@ -415,12 +412,7 @@ class Federation:
         await DeferredList([ensureDeferred(one(eid)) for eid in sorted(targets)], consumeErrors=True)
         if not started:
             if failed:
-                names = ", ".join(f"{eid} ({why})" for eid, why in sorted(failed.items()))
-                raise NoReplicaAvailable(
-                    f"{path}: cannot be listed now; not answering: {names}",
-                    retry_after=self.retry_after(),
-                    unreachable=tuple(sorted(failed)),
-                )
+                raise self._not_answering(f"{path}: cannot be listed now", failed)
             return None
         return failed
 
@@ -454,33 +446,13 @@ class Federation:
 
     async def lookup(self, path: str, client_ip: str, via: tuple[str, ...] = ()) -> tuple[list[Replica], LocateResult]:
         """Every endpoint's stat of `path` (all of them, not the first): the file replicas, best first,
-        and the answer they came from."""
+        and the answer they came from. PROPFIND asks this first, then lists only the endpoints that
+        may hold a collection by that name (`not_collections`): a WebDAV or local endpoint that said
+        "no" or found a file is not asked again, so a PROPFIND of a file costs one request per
+        endpoint, and a loop of fedd instances one request per instance."""
         order = self.order(path, client_ip)
         result = await self.locator.locate(path, order, wait_all=True, via=via)
         return self.replicas(result, order), result
-
-    async def stat(self, path: str, client_ip: str, via: tuple[str, ...] = ()) -> tuple[Stat, Listing | None]:
-        """PROPFIND's question: a file (stat, None) or a collection (stat, listing).
-
-        First every endpoint's stat, then a listing from only those that may hold a collection by
-        that name: a WebDAV or local endpoint that said "no" or found a file is not asked again, so
-        a PROPFIND of a file costs one request per endpoint, and a loop of fedd instances one
-        request per instance."""
-        order = self.order(path, client_ip)
-        result = await self.locator.locate(path, order, wait_all=True, via=via)
-        replicas = self.replicas(result, order)
-        try:
-            listing = await self.listdir(path, via, skip=self.not_collections(result))
-        except NoReplicaAvailable:
-            if replicas:
-                return replicas[0].stat, None
-            raise
-        if listing is not None:
-            return Stat(is_dir=True), listing
-        if replicas:
-            return replicas[0].stat, None
-        self.no_replica(result)
-        raise AssertionError("unreachable")
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -533,6 +533,7 @@ class FeddResource(WriteHandlers, Resource):
         has `path` as a collection (nothing written). Endpoints known to be out at the start are in
         the `Fedd-Missing-Endpoints` header, those failing later in `tail`."""
         open_writes = [True]
+        known_out = self.fed.unlistable(path)  # in the header; those failing later go into `tail`
         valve = Valve()  # the client's connection paces the endpoints' answers: memory stays bounded
 
         def write(data: bytes) -> None:
@@ -542,7 +543,7 @@ class FeddResource(WriteHandlers, Resource):
         def on_start() -> None:
             request.setResponseCode(207 if content_type.startswith(b"application/xml") else 200)
             request.setHeader(b"content-type", content_type)
-            self._mark_missing(request, self.fed.unlistable(path))
+            self._mark_missing(request, known_out)
             request.registerProducer(valve, True)
             write(head())
 
@@ -560,7 +561,7 @@ class FeddResource(WriteHandlers, Resource):
                 request.unregisterProducer()
         if failed is None:
             return False
-        write(tail({eid: why for eid, why in failed.items() if eid not in self.fed.unlistable(path)}))
+        write(tail({eid: why for eid, why in failed.items() if eid not in known_out}))
         open_writes[0] = False
         if not request.finished and not getattr(request, "fedd_gone", False):
             request.finish()
@@ -605,7 +606,7 @@ class FeddResource(WriteHandlers, Resource):
             body = request.content.read()
         mode, wanted = xml.parse_propfind(body)
         # first every endpoint's stat, then a listing from those that may hold a collection by that
-        # name, written as it comes (Federation.stat for why in this order)
+        # name, written as it comes (Federation.lookup for why in this order)
         replicas, result = await self.fed.lookup(path, self._client(request), self._via(request))
         base = path.rstrip("/")
         collection = Stat(is_dir=True)
