@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.internet import ClientService
@@ -34,11 +34,16 @@ class _Protocol(MemCacheProtocol):
         self.server.lost(self)
         super().connectionLost(reason)
 
+    def callLater(self, period: float, func: Callable[[], object]) -> Any:
+        # TimeoutMixin's own callLater is the global reactor's: the request timeout runs on the injected clock
+        return self.server.clock.callLater(period, func)
+
 
 class _Server:
     def __init__(self, reactor: Any, address: str, timeout: float) -> None:
         host, _, port = address.rpartition(":")
         self.address = address
+        self.clock = reactor
         self.timeout = timeout
         self.proto: _Protocol | None = None
         self.down_logged = False
