@@ -21,17 +21,18 @@ import random
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from fedd.config import EventsConfig
 from fedd.errors import describe
-from fedd.events.journal import Journal, Mark, Segment
+from fedd.events.journal import Journal, Mark
 from fedd.events.model import Event, EventIds, Raw, encode, envelope, routing_key
 from fedd.events.outbox import Notice, Outbox
+from fedd.events.recovery import replay_journal
 from fedd.events.sinks import Sink
+from fedd.events.wakeup import Wakeup
 
 log = Logger(namespace="fedd.events")
 BATCH = 500
@@ -68,7 +69,7 @@ class EventsService(MultiService):
         self._flush_call: IDelayedCall | None = None
         self._flushing: Deferred[None] | None = None
         self._store_failures = 0
-        self._wake: Deferred[None] | None = None
+        self._wakeup = Wakeup(clock)  # the sender's idle wait, ended early by new events
         self._loop: Deferred[None] | None = None
         self.depth = 0
         self.emitted = self.sent = self.failed = self.dropped = self.sampled_out = self.journal_errors = 0
@@ -197,12 +198,6 @@ class EventsService(MultiService):
         except OSError as exc:  # stored already: a leftover segment only means duplicates after a restart
             log.error("cannot update the event journal {path}: {reason}", path=self.journal.base, reason=describe(exc))
 
-    def _remove(self, segment: Segment) -> None:
-        try:
-            Journal.remove(segment)
-        except OSError as exc:  # stored already: a leftover segment only means duplicates after a restart
-            log.error("cannot remove journal segment {path}: {reason}", path=segment.path, reason=describe(exc))
-
     def _shed_unstored(self) -> None:
         """Events the outbox or spool does not take stay in memory (and the journal) up to the outbox's
         size; past it the oldest go (the journal records what is done in order)."""
@@ -267,9 +262,7 @@ class EventsService(MultiService):
     # --- sending ------------------------------------------------------------------------------
 
     def _kick(self) -> None:
-        wake, self._wake = self._wake, None
-        if wake is not None:
-            wake.callback(None)
+        self._wakeup.wake()
 
     async def _send_loop(self) -> None:
         assert self.outbox is not None
@@ -323,14 +316,7 @@ class EventsService(MultiService):
         return True
 
     async def _sleep(self, seconds: float) -> None:
-        wake: Deferred[None] = Deferred()
-        self._wake = wake
-        timer = deferLater(self.clock, seconds, lambda: None)
-        await DeferredList([wake, timer], fireOnOneCallback=True, consumeErrors=True)
-        if not timer.called:
-            timer.cancel()
-        if self._wake is wake:
-            self._wake = None
+        await self._wakeup.sleep(seconds)
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -356,33 +342,9 @@ class EventsService(MultiService):
 
     async def _replay(self) -> None:
         """Store what a killed process left in its journal, before any event of this run."""
-        try:
-            leftovers = self.journal.leftovers()
-        except OSError as exc:
-            log.error("cannot read the event journal {path}: {reason}", path=self.journal.base, reason=describe(exc))
-            return
-        if not leftovers:
-            return
-        paths = [segment.path for segment in leftovers]
-        dropped = 0
-        try:
-            if self.outbox is not None:
-                n, bad, self.depth, dropped = await self.outbox.replay(paths, self.config.routing_prefix)
-            else:
-                n, bad = await self.sink.replay(paths, self.config.routing_prefix)  # type: ignore[attr-defined]
-        except Exception as exc:
-            log.error("cannot replay the event journal ({reason}): kept for the next start", reason=describe(exc))
-            for segment in leftovers:
-                Journal.release(segment)
-            return
-        for segment in leftovers:
-            self._remove(segment)
-        log.info(
-            "{n} events recovered from the journal of a previous run ({segments} segments, {bad} unreadable lines)",
-            n=n,
-            segments=len(leftovers),
-            bad=bad,
-        )
+        depth, dropped = await replay_journal(self.journal, self.outbox, self.sink, self.config.routing_prefix)
+        if depth is not None:
+            self.depth = depth
         if dropped:
             self._note_dropped(dropped)
 

@@ -23,11 +23,10 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, FirstError, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, FirstError, ensureDeferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from fedd.errors import describe
@@ -36,6 +35,7 @@ from fedd.events.sinks import BrokerConnector, NotConnected
 from fedd.events.stomp_brokers import StompBroker, load_ca_file, parse_brokers, stomp_tls
 from fedd.events.stomp_frames import Frame, FrameError, FrameParser, encode, escape, heartbeats, unescape
 from fedd.events.stomp_protocol import HandshakeFailed, StompError, StompProtocol
+from fedd.events.wakeup import Wakeup
 
 __all__ = [  # the wire, the protocol and the brokers live beside this module; importable from here too
     "Frame",
@@ -114,7 +114,7 @@ class StompSink:
         self._proto: StompProtocol | None = None
         self._ever_connected = False
         self._attempt: Deferred[StompProtocol] | None = None
-        self._wake: Deferred[None] | None = None
+        self._wakeup = Wakeup(reactor)  # the backoff between rounds, ended early by stop()
         self.service = BrokerConnector(self, "STOMP")
 
     def describe(self) -> str:
@@ -216,21 +216,12 @@ class StompSink:
         )
 
     async def _pause(self, seconds: float) -> None:
-        wake: Deferred[None] = Deferred()
-        self._wake = wake
-        timer = deferLater(self.reactor, seconds, lambda: None)
-        await DeferredList([wake, timer], fireOnOneCallback=True, consumeErrors=True)
-        if not timer.called:
-            timer.cancel()
-        if self._wake is wake:
-            self._wake = None
+        await self._wakeup.sleep(seconds)
 
     async def stop(self) -> None:
         if self._attempt is not None:
             self._attempt.cancel()
-        wake, self._wake = self._wake, None
-        if wake is not None:
-            wake.callback(None)
+        self._wakeup.wake()
         proto, self._proto = self._proto, None
         if proto is not None:
             await proto.disconnect(self.timeout)
