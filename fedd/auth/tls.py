@@ -18,6 +18,7 @@ from OpenSSL import SSL, crypto
 from twisted.logger import Logger
 
 from fedd.auth.voms import grid_dn
+from fedd.pem import read_certificates
 
 log = Logger(namespace="fedd.auth.tls")
 _SOFT_CRL_ERRORS = {3, 12}  # X509_V_ERR_UNABLE_TO_GET_CRL, X509_V_ERR_CRL_HAS_EXPIRED
@@ -100,12 +101,12 @@ class GridContextFactory:
             ctx.use_certificate_chain_file(self.certificate.encode())
         else:
             ctx.use_certificate_file(self.certificate.encode())
-            with open(self.chain, "rb") as f:
-                for block in f.read().split(b"-----END CERTIFICATE-----"):
-                    if b"BEGIN CERTIFICATE" in block:
-                        ctx.add_extra_chain_cert(
-                            crypto.load_certificate(crypto.FILETYPE_PEM, block + b"-----END CERTIFICATE-----\n")
-                        )
+            try:
+                chain = read_certificates(self.chain)
+            except ValueError as exc:  # callers (start-up, reload) handle TLS set-up errors as SSL.Error
+                raise SSL.Error(f"{self.chain}: {exc}") from None
+            for cert in chain:
+                ctx.add_extra_chain_cert(cert)
         ctx.use_privatekey_file(self.private_key.encode())
         ctx.check_privatekey()
         ctx.load_verify_locations(None, self.ca_dir)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import ssl
@@ -16,6 +15,7 @@ from fedd.endpoints.base import Endpoint, Entry, HttpClient, Space, Stat
 from fedd.endpoints.dav import DavEndpoint
 from fedd.endpoints.local import LocalEndpoint
 from fedd.endpoints.s3 import S3Endpoint
+from fedd.pem import read_certificates
 
 __all__ = ["Endpoint", "Entry", "HttpClient", "Space", "Stat", "close_endpoint", "make_endpoint"]
 
@@ -38,12 +38,7 @@ def tls_policy(verify: bool, ca_file: str, default: Any = None) -> Any:
     if not verify:
         return _NoVerify()
     if ca_file:
-        pem = Path(ca_file).read_bytes()
-        roots = [
-            ssl.Certificate.loadPEM(block + b"-----END CERTIFICATE-----\n")
-            for block in pem.split(b"-----END CERTIFICATE-----")
-            if b"BEGIN CERTIFICATE" in block
-        ]
+        roots = [ssl.Certificate(cert) for cert in read_certificates(ca_file)]
         return BrowserLikePolicyForHTTPS(trustRoot=ssl.trustRootFromCertificates(roots))
     return default
 
