@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
-from lxml import etree
 from twisted.internet.defer import Deferred, ensureDeferred
 
 from fedd.checksums.digest import parse_digest
 from fedd.config import EndpointConfig
 from fedd.endpoints.base import (
-    LIST_BATCH,
     Entry,
     HttpClient,
     HttpResponse,
@@ -26,6 +23,7 @@ from fedd.endpoints.base import (
     quote_path,
     refused,
 )
+from fedd.endpoints.multistatus import MultistatusReader, parse_listing
 from fedd.errors import EndpointError
 
 _D = "{DAV:}"
@@ -38,9 +36,7 @@ QUOTA_BODY = (
     b'<?xml version="1.0" encoding="utf-8"?>\n'
     b'<D:propfind xmlns:D="DAV:"><D:prop><D:quota-available-bytes/><D:quota-used-bytes/></D:prop></D:propfind>'
 )
-MAX_LIST_ENTRIES = 1_000_000
 MAX_PARENTS = 64
-ROOT_WITHIN = 1 << 20  # bytes of a streamed answer within which its <D:multistatus> root must start
 STREAM_TIMEOUT = 24 * 3600.0  # a streamed listing is cut by its caller's idle watchdog instead
 WANT_DIGEST = {"Want-Digest": "adler32, md5;q=0.5"}
 
@@ -71,10 +67,8 @@ class DavEndpoint:
         if response.code >= 500:
             raise EndpointError(self.id, f"{what}: HTTP {response.code}")
 
-    def stat(self, path: str, via: tuple[str, ...] = ()) -> Deferred[Stat | None]:
-        return ensureDeferred(self._stat(path, via))
-
-    async def _stat(self, path: str, via: tuple[str, ...] = ()) -> Stat | None:
+    @deferred
+    async def stat(self, path: str, via: tuple[str, ...] = ()) -> Stat | None:
         # RFC 3230: storage that keeps checksums (dCache, EOS, StoRM, fedd) answers with a Digest header
         response = await self._http.request("HEAD", self.url_for(path, 0), self._via(via, WANT_DIGEST))
         if response.code == 202:
@@ -105,10 +99,8 @@ class DavEndpoint:
             checksums=tuple(sorted(parse_digest(digest).items())) if digest else (),
         )
 
-    def listdir(self, path: str, via: tuple[str, ...] = ()) -> Deferred[list[Entry] | None]:
-        return ensureDeferred(self._listdir(path, via))
-
-    async def _listdir(self, path: str, via: tuple[str, ...] = ()) -> list[Entry] | None:
+    @deferred
+    async def listdir(self, path: str, via: tuple[str, ...] = ()) -> list[Entry] | None:
         url = self.url_for(path, 0)
         headers = self._via(via, {"Depth": "1", "Content-Type": "application/xml; charset=utf-8"})
         response = await self._http.request("PROPFIND", url, headers, PROPFIND_BODY)
@@ -138,14 +130,14 @@ class DavEndpoint:
         headers = self._via(via, {"Depth": "1", "Content-Type": "application/xml; charset=utf-8"})
         # no total time limit of its own: a long listing takes long; the caller cuts it when no batch
         # came for a while (Federation.stream_listing)
-        reader = _MultistatusReader(self, path, emit)
+        reader = MultistatusReader(self.id, (self._base_path + path).rstrip("/"), emit)
         response = await self._http.request(
             "PROPFIND", url, headers, PROPFIND_BODY, sink=reader.feed, timeout=STREAM_TIMEOUT, valve=valve
         )
         if response.code in (301, 302, 307, 308) and (response.header("Location") or "").endswith(
             quote_path(path) + "/"
         ):
-            reader = _MultistatusReader(self, path, emit)
+            reader = MultistatusReader(self.id, (self._base_path + path).rstrip("/"), emit)
             response = await self._http.request(
                 "PROPFIND", url + "/", headers, PROPFIND_BODY, sink=reader.feed, timeout=STREAM_TIMEOUT, valve=valve
             )
@@ -157,29 +149,7 @@ class DavEndpoint:
         return reader.close()
 
     def _parse_multistatus(self, body: bytes, path: str) -> list[Entry] | None:
-        root = parse_xml(body, self.id, "PROPFIND")
-        if root.tag != _MULTISTATUS:
-            raise EndpointError(self.id, f"PROPFIND: unexpected answer <{root.tag}>")
-        own = (self._base_path + path).rstrip("/")
-        entries: list[Entry] = []
-        self_is_dir: bool | None = None
-        for response in root.iterchildren(_RESPONSE):
-            href = response.findtext(_HREF) or ""
-            # most servers send absolute paths; full URLs need splitting
-            href_path = unquote(href if href.startswith("/") else urlsplit(href).path).rstrip("/")
-            stat = _props(response)
-            if href_path == own:
-                self_is_dir = stat.is_dir
-                continue
-            parent, _, name = href_path.rpartition("/")
-            if parent != own or not name:
-                continue
-            entries.append(Entry(name, stat))
-            if len(entries) > MAX_LIST_ENTRIES:
-                raise EndpointError(self.id, f"listing of {path} exceeds {MAX_LIST_ENTRIES} entries")
-        if self_is_dir is False:
-            return None
-        return entries
+        return parse_listing(body, self.id, (self._base_path + path).rstrip("/"), path)
 
     def probe(self) -> Deferred[None]:
         url = self.config.url + quote_path(self.config.health_path or "/")
@@ -203,10 +173,8 @@ class DavEndpoint:
             return False
         raise self._refused(response, "DELETE")
 
-    def mkcol(self, path: str) -> Deferred[bool]:
-        return ensureDeferred(self._mkcol(path, 0))
-
-    async def _mkcol(self, path: str, depth: int) -> bool:
+    @deferred
+    async def mkcol(self, path: str) -> bool:
         response = await self._http.request("MKCOL", self.url_for(path, 0).rstrip("/") + "/")
         self._check(response, "MKCOL")
         if response.code in (200, 201):
@@ -215,8 +183,8 @@ class DavEndpoint:
             return False
         if response.code == 409 and depth < MAX_PARENTS and path.rstrip("/").count("/") > 1:
             # object-store semantics for the federation: parents come into being with their children
-            await self._mkcol(path.rstrip("/").rpartition("/")[0], depth + 1)
-            return await self._mkcol(path, depth + 1)
+            await self.mkcol(path.rstrip("/").rpartition("/")[0], depth + 1)
+            return await self.mkcol(path, depth + 1)
         raise self._refused(response, "MKCOL")
 
     def prepare_put(self, path: str) -> Deferred[None]:
@@ -224,12 +192,10 @@ class DavEndpoint:
         parent = path.rstrip("/").rpartition("/")[0]
         if not parent:
             return Deferred.fromCoroutine(_none())
-        return ensureDeferred(self._mkcol(parent, 0)).addCallback(lambda _: None)
+        return ensureDeferred(self.mkcol(parent, 0)).addCallback(lambda _: None)
 
-    def move(self, source: str, destination: str) -> Deferred[None]:
-        return ensureDeferred(self._move(source, destination))
-
-    async def _move(self, source: str, destination: str) -> None:
+    @deferred
+    async def move(self, source: str, destination: str) -> None:
         await self.prepare_put(destination)
         headers = {"Destination": self.url_for(destination, 0), "Overwrite": "T"}
         response = await self._http.request("MOVE", self.url_for(source, 0), headers)
@@ -287,124 +253,3 @@ def parse_via(values: list[str]) -> tuple[str, ...]:
             if len(words) >= 2 and words[1].startswith("fedd-"):
                 out.append(words[1][:64])
     return tuple(out)
-
-
-class _MultistatusReader:
-    """A 207 multistatus read incrementally: children handed on in batches of LIST_BATCH."""
-
-    def __init__(self, endpoint: DavEndpoint, path: str, emit: Callable[[list[Entry]], None]) -> None:
-        self._endpoint = endpoint
-        self._own = (endpoint._base_path + path).rstrip("/")
-        self._emit = emit
-        # events for the root and each <D:response> only, not for every property (a tenth of the work)
-        self._parser = etree.XMLPullParser(
-            events=("start", "end"),
-            tag=[_MULTISTATUS, _RESPONSE],
-            resolve_entities=False,
-            no_network=True,
-            load_dtd=False,
-            huge_tree=False,
-        )
-        self._fed = 0
-        self._batch: list[Entry] = []
-        self._count = 0
-        self._root_checked = False
-        self.self_is_dir: bool | None = None
-
-    def feed(self, chunk: bytes) -> None:
-        self._fed += len(chunk)
-        try:
-            self._parser.feed(chunk)
-            self._drain()
-            if not self._root_checked and self._fed > ROOT_WITHIN:
-                raise EndpointError(self._endpoint.id, "PROPFIND: the answer is not a DAV multistatus")
-        except etree.XMLSyntaxError as exc:
-            raise EndpointError(self._endpoint.id, f"PROPFIND: unreadable XML ({exc.msg})") from None
-
-    def _drain(self) -> None:
-        for event, el in self._parser.read_events():
-            if event == "start":
-                if not self._root_checked:
-                    self._root_checked = True
-                    if el.tag != _MULTISTATUS:
-                        raise EndpointError(self._endpoint.id, f"PROPFIND: unexpected answer <{el.tag}>")
-                continue
-            if el.tag != _RESPONSE:
-                continue
-            self._response(el)
-            el.clear()
-            parent = el.getparent()
-            if parent is not None:
-                parent.remove(el)  # what was read is dropped: memory stays one response deep
-        if len(self._batch) >= LIST_BATCH:
-            self._flush()
-
-    def _response(self, response: Any) -> None:
-        href = response.findtext(_HREF) or ""
-        href_path = unquote(href if href.startswith("/") else urlsplit(href).path).rstrip("/")
-        stat = _props(response)
-        if href_path == self._own:
-            self.self_is_dir = stat.is_dir
-            return
-        parent, _, name = href_path.rpartition("/")
-        if parent != self._own or not name:
-            return
-        self._count += 1
-        if self._count > MAX_LIST_ENTRIES:
-            raise EndpointError(self._endpoint.id, f"listing exceeds {MAX_LIST_ENTRIES} entries")
-        self._batch.append(Entry(name, stat))
-
-    def _flush(self) -> None:
-        batch, self._batch = self._batch, []
-        if batch:
-            self._emit(batch)
-
-    def close(self) -> bool:
-        """The answer is complete: True when the path is a collection."""
-        try:
-            root = self._parser.close()
-        except etree.XMLSyntaxError as exc:
-            raise EndpointError(self._endpoint.id, f"PROPFIND: unreadable XML ({exc.msg})") from None
-        if not self._root_checked:
-            tag = getattr(root, "tag", None)
-            raise EndpointError(self._endpoint.id, f"PROPFIND: unexpected answer <{tag}>" if tag else "PROPFIND: empty")
-        self._drain()
-        self._flush()
-        return self.self_is_dir is not False
-_MULTISTATUS, _RESPONSE, _HREF = f"{_D}multistatus", f"{_D}response", f"{_D}href"
-_PROPSTAT, _STATUS, _PROP = f"{_D}propstat", f"{_D}status", f"{_D}prop"
-_RTYPE, _COLLECTION, _LENGTH = f"{_D}resourcetype", f"{_D}collection", f"{_D}getcontentlength"
-_MODIFIED, _ETAG = f"{_D}getlastmodified", f"{_D}getetag"
-
-
-def _props(response: Any) -> Stat:
-    """The stat of one <D:response>, from its 200 propstats, in one pass over the children."""
-    size: int | None = None
-    mtime: float | None = None
-    etag = ""
-    is_dir = False
-    for propstat in response.iterchildren(_PROPSTAT):
-        ok = True
-        prop = None
-        for child in propstat:
-            if child.tag == _STATUS:
-                ok = " 200 " in (child.text or " 200 ")
-            elif child.tag == _PROP:
-                prop = child
-        if not ok or prop is None:
-            continue
-        for el in prop:
-            tag = el.tag
-            if tag == _RTYPE:
-                is_dir = is_dir or any(c.tag == _COLLECTION for c in el)
-            elif tag == _LENGTH:
-                size = parse_int((el.text or "").strip())
-            elif tag == _MODIFIED:
-                mtime = parse_http_date((el.text or "").strip())
-            elif tag == _ETAG:
-                etag = etag_value(el.text)
-    if is_dir:
-        size = None
-    elif size is None:
-        size = 0
-    return Stat(size=size, mtime=mtime, is_dir=is_dir, etag=etag)

@@ -29,7 +29,7 @@ from fedd.auth.policy import METHOD_LETTER
 from fedd.auth.service import AuthService, Unauthenticated
 from fedd.checksums.digest import Want, format_value, parse_prefer_wait, wants_of
 from fedd.checksums.service import ChecksumService
-from fedd.endpoints.base import Entry, Stat, Valve, format_etag
+from fedd.endpoints.base import format_etag
 from fedd.endpoints.dav import parse_via
 from fedd.endpoints.local import LOCAL_PREFIX, LocalEndpoint
 from fedd.errors import (
@@ -48,7 +48,7 @@ from fedd.space.gocdb import GocdbService
 from fedd.space.service import SpaceService
 from fedd.tpc.engine import TpcEngine
 from fedd.tpc.wire import copy_letter
-from fedd.web import xml
+from fedd.web import listing, xml
 from fedd.web.metrics import Metrics
 from fedd.web.site import ALREADY_ANSWERED as _ALREADY_ANSWERED
 from fedd.web.site import absolute_url as _absolute
@@ -512,85 +512,9 @@ class FeddResource(WriteHandlers, Resource):
         urls = [(_absolute(request, r.url), r.priority) for r in replicas]
         return xml.metalink(path, urls, best.size, best.mtime, sorted(hashes.items()))
 
-    def _mark_missing(self, request: server.Request, failed: dict[str, str]) -> None:
-        """A listing without some endpoints says so, in a header: which endpoints, and why."""
-        if failed:
-            names = ", ".join(f'{eid}; reason="{why[:80]}"' for eid, why in sorted(failed.items()))
-            request.setHeader(MISSING_HEADER, names.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace"))
-
-    async def _stream_listing(
-        self,
-        request: server.Request,
-        path: str,
-        skip: frozenset[str],
-        head: Callable[[], bytes],
-        rows: Callable[[list[Entry]], bytes],
-        tail: Callable[[dict[str, str]], bytes],
-        content_type: bytes,
-    ) -> bool:
-        """Answer with a merged listing written as the endpoints answer (first bytes before the
-        slowest endpoint is done; memory for the names, not the entries). False when no endpoint
-        has `path` as a collection (nothing written). Endpoints known to be out at the start are in
-        the `Fedd-Missing-Endpoints` header, those failing later in `tail`."""
-        open_writes = [True]
-        known_out = self.fed.unlistable(path)  # in the header; those failing later go into `tail`
-        valve = Valve()  # the client's connection paces the endpoints' answers: memory stays bounded
-
-        def write(data: bytes) -> None:
-            if open_writes[0] and not request.finished and not getattr(request, "fedd_gone", False):
-                request.write(data)
-
-        def on_start() -> None:
-            request.setResponseCode(207 if content_type.startswith(b"application/xml") else 200)
-            request.setHeader(b"content-type", content_type)
-            self._mark_missing(request, known_out)
-            request.registerProducer(valve, True)
-            write(head())
-
-        # a child with access rules of its own (an embargo) is named only to who may read or list it
-        who = getattr(request, "fedd_identity", None)
-        shown = self.auth.listing_filter(who, path) if self.auth is not None and who is not None else None
-
-        def on_entries(entries: list[Entry]) -> None:
-            write(rows(entries if shown is None else [e for e in entries if shown(e.name)]))
-
-        try:
-            failed = await self.fed.stream_listing(path, on_start, on_entries, self._via(request), skip, valve)
-        finally:
-            if request.producer is valve:
-                request.unregisterProducer()
-        if failed is None:
-            return False
-        write(tail({eid: why for eid, why in failed.items() if eid not in known_out}))
-        open_writes[0] = False
-        if not request.finished and not getattr(request, "fedd_gone", False):
-            request.finish()
-        return True
-
     async def _index(self, request: server.Request, path: str, skip: frozenset[str]) -> bool:
-        """The HTML index of a collection, streamed (see `_stream_listing`)."""
-        from html import escape
-
-        base = path.rstrip("/")
-
-        def head() -> bytes:
-            return (
-                f"<!DOCTYPE html><html><head><title>{escape(path)}</title></head><body>"
-                f"<h1>{escape(path)}</h1><ul>"
-            ).encode()
-
-        def rows(entries: list[Entry]) -> bytes:
-            return "".join(
-                f'<li><a href="{escape(quote(base + "/" + e.name))}{"/" if e.stat.is_dir else ""}">'
-                f"{escape(e.name)}{'/' if e.stat.is_dir else ''}</a></li>"
-                for e in entries
-            ).encode()
-
-        def tail(failed: dict[str, str]) -> bytes:
-            note = "".join(f"<p>not listed: {escape(eid)} ({escape(why)})</p>" for eid, why in sorted(failed.items()))
-            return f"</ul>{note}</body></html>\n".encode()
-
-        return await self._stream_listing(request, path, skip, head, rows, tail, b"text/html; charset=utf-8")
+        """The HTML index of a collection, streamed (fedd.web.listing)."""
+        return await listing.index(self.fed, self.auth, request, path, skip, self._via(request))
 
     # --- WebDAV ---------------------------------------------------------------------------------
 
@@ -608,27 +532,18 @@ class FeddResource(WriteHandlers, Resource):
         # first every endpoint's stat, then a listing from those that may hold a collection by that
         # name, written as it comes (Federation.lookup for why in this order)
         replicas, result = await self.fed.lookup(path, self._client(request), self._via(request))
-        base = path.rstrip("/")
-        collection = Stat(is_dir=True)
-
-        def head() -> bytes:
-            own = xml.response_xml(path, collection, mode, wanted, self._quota(path, collection))
-            return (xml.MULTISTATUS_HEAD + own).encode()
-
-        def rows(entries: list[Entry]) -> bytes:
-            if depth != b"1":
-                return b""
-            return "".join(
-                xml.response_xml(f"{base}/{e.name}", e.stat, mode, wanted, self._quota(f"{base}/{e.name}", e.stat))
-                for e in entries
-            ).encode()
-
-        def tail(failed: dict[str, str]) -> bytes:
-            return xml.multistatus_tail(failed).encode()
-
         try:
-            listed = await self._stream_listing(
-                request, path, self.fed.not_collections(result), head, rows, tail, b"application/xml; charset=utf-8"
+            listed = await listing.propfind(
+                self.fed,
+                self.auth,
+                request,
+                path,
+                self.fed.not_collections(result),
+                self._via(request),
+                depth=depth,
+                mode=mode,
+                wanted=wanted,
+                quota=self._quota,
             )
         except NoReplicaAvailable:
             if not replicas:
