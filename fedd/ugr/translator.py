@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from fedd.config import ID_RE as _ID_RE
 from fedd.ugr.reader import Entry, Remark, UgrConfig
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 ENV_RE = re.compile(r"\$\{([^}]+)\}")
 _SCHEMES = {"http": "http", "https": "https", "s3": "http", "s3s": "https", "dav": "http", "davs": "https"}
 _LOCPLUGINS = {
