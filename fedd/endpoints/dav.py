@@ -67,8 +67,10 @@ class DavEndpoint:
         if response.code >= 500:
             raise EndpointError(self.id, f"{what}: HTTP {response.code}")
 
-    @deferred
-    async def stat(self, path: str, via: tuple[str, ...] = ()) -> Stat | None:
+    def stat(self, path: str, via: tuple[str, ...] = ()) -> Deferred[Stat | None]:
+        return ensureDeferred(self._stat(path, via))
+
+    async def _stat(self, path: str, via: tuple[str, ...] = ()) -> Stat | None:
         # RFC 3230: storage that keeps checksums (dCache, EOS, StoRM, fedd) answers with a Digest header
         response = await self._http.request("HEAD", self.url_for(path, 0), self._via(via, WANT_DIGEST))
         if response.code == 202:
@@ -99,8 +101,10 @@ class DavEndpoint:
             checksums=tuple(sorted(parse_digest(digest).items())) if digest else (),
         )
 
-    @deferred
-    async def listdir(self, path: str, via: tuple[str, ...] = ()) -> list[Entry] | None:
+    def listdir(self, path: str, via: tuple[str, ...] = ()) -> Deferred[list[Entry] | None]:
+        return ensureDeferred(self._listdir(path, via))
+
+    async def _listdir(self, path: str, via: tuple[str, ...] = ()) -> list[Entry] | None:
         url = self.url_for(path, 0)
         headers = self._via(via, {"Depth": "1", "Content-Type": "application/xml; charset=utf-8"})
         response = await self._http.request("PROPFIND", url, headers, PROPFIND_BODY)
@@ -173,8 +177,10 @@ class DavEndpoint:
             return False
         raise self._refused(response, "DELETE")
 
-    @deferred
-    async def mkcol(self, path: str) -> bool:
+    def mkcol(self, path: str) -> Deferred[bool]:
+        return ensureDeferred(self._mkcol(path, 0))
+
+    async def _mkcol(self, path: str, depth: int) -> bool:
         response = await self._http.request("MKCOL", self.url_for(path, 0).rstrip("/") + "/")
         self._check(response, "MKCOL")
         if response.code in (200, 201):
@@ -183,8 +189,8 @@ class DavEndpoint:
             return False
         if response.code == 409 and depth < MAX_PARENTS and path.rstrip("/").count("/") > 1:
             # object-store semantics for the federation: parents come into being with their children
-            await self.mkcol(path.rstrip("/").rpartition("/")[0], depth + 1)
-            return await self.mkcol(path, depth + 1)
+            await self._mkcol(path.rstrip("/").rpartition("/")[0], depth + 1)
+            return await self._mkcol(path, depth + 1)
         raise self._refused(response, "MKCOL")
 
     def prepare_put(self, path: str) -> Deferred[None]:
@@ -192,10 +198,12 @@ class DavEndpoint:
         parent = path.rstrip("/").rpartition("/")[0]
         if not parent:
             return Deferred.fromCoroutine(_none())
-        return ensureDeferred(self.mkcol(parent, 0)).addCallback(lambda _: None)
+        return ensureDeferred(self._mkcol(parent, 0)).addCallback(lambda _: None)
 
-    @deferred
-    async def move(self, source: str, destination: str) -> None:
+    def move(self, source: str, destination: str) -> Deferred[None]:
+        return ensureDeferred(self._move(source, destination))
+
+    async def _move(self, source: str, destination: str) -> None:
         await self.prepare_put(destination)
         headers = {"Destination": self.url_for(destination, 0), "Overwrite": "T"}
         response = await self._http.request("MOVE", self.url_for(source, 0), headers)
