@@ -10,21 +10,22 @@ import ipaddress
 import math
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from fedd.config import Config, EndpointConfig
 from fedd.endpoints.base import Endpoint, Entry, Stat, Valve
 from fedd.errors import EndpointError, NoReplicaAvailable, NotFound, PathRefused, describe
+from fedd.fleet import FleetChanges
 from fedd.health.service import HealthRegistry
 from fedd.locate.cache import LocateResult
 from fedd.locate.locator import Locator
-from fedd.namespace import Namespace
+from fedd.namespace import Namespace, Target
 from fedd.select.geo import GeoLocator
 from fedd.select.rank import Candidate, rank
 
@@ -83,21 +84,25 @@ class Federation:
         self._load_at = clock.seconds()
         self._order_cache: dict[tuple[str, tuple[float, float] | None], tuple[int, float, list[str]]] = {}
 
-    def reconfigure(self, config: Config, namespace: Namespace, placed: list[str], removed: list[str]) -> None:
-        """A reloaded configuration: `placed` endpoints are new or changed (located again), `removed`
-        are gone. The endpoint objects themselves are swapped by the caller in the shared dict."""
-        self.config = config
-        self.namespace = self.locator.namespace = namespace
-        self.locator.config = config.locate
-        self._weights = {ep.id: ep.weight for ep in config.endpoints}
-        for ep in config.endpoints:
-            if ep.id in placed:
+    def reconfigure(self, new: Config, changes: FleetChanges) -> list[str]:
+        """A reloaded configuration, after the fleet swapped the endpoint objects (`changes`): new
+        mappings, weights and locate timings; new and changed endpoints are located again. What is
+        read once at start (`[geo]`, memcached, the LRU size) keeps its running value."""
+        old = self.config
+        locate = replace(new.locate, memcached=old.locate.memcached, lru_entries=old.locate.lru_entries)
+        self.config = replace(new, geo=old.geo, locate=locate)
+        self.namespace = Namespace((ep.id, fed, epath) for ep in new.endpoints for fed, epath in ep.mappings)
+        self.locator.reconfigure(locate, self.namespace, changes.membership)
+        self._weights = {ep.id: ep.weight for ep in new.endpoints}
+        for ep in new.endpoints:
+            if ep.id in changes.placed:
                 self.locations[ep.id] = self._location(ep)
                 self._load.setdefault(ep.id, 0.0)
-        for eid in removed:
+        for eid in changes.removed:
             self.locations.pop(eid, None)
             self._load.pop(eid, None)
         self._order_cache.clear()
+        return []
 
     def _location(self, ep: EndpointConfig) -> tuple[float, float] | None:
         if ep.lat is not None and ep.lon is not None:
@@ -147,6 +152,38 @@ class Federation:
         return (self.health.version, self.locator.generation)
 
     # --- ranking ------------------------------------------------------------------------------
+
+    # --- what writers and the web front ask (one hop, not through the collaborators) ---------------
+
+    def mapped(self, path: str) -> list[Target]:
+        """Every endpoint the namespace maps `path` to, with the endpoint's own path."""
+        return self.namespace.targets(path)
+
+    def online(self, endpoint_id: str) -> bool:
+        return self.health.states[endpoint_id].usable
+
+    def passive_failure(self, endpoint_id: str, reason: str) -> None:
+        """A fault seen while serving a client: counted, and the poller probes the endpoint early."""
+        self.health.passive_failure(endpoint_id, reason)
+
+    def forget(self, path: str) -> None:
+        """`path` changed (written, deleted, moved): drop what every cache knows of it."""
+        self.locator.forget(path)
+
+    def client_location(self, client_ip: str) -> tuple[float, float] | None:
+        return self.geo.locate(client_ip)
+
+    @property
+    def fuzz_km(self) -> float:
+        return self.config.geo.fuzz_km
+
+    def locate_now(self, path: str) -> Deferred[LocateResult]:
+        """Where `path` is, asked of every readable mapped endpoint afresh (before a write decides on
+        what exists), waiting for all of them."""
+        order = list(self.locator.targets(path))
+        if not order:
+            return succeed(LocateResult(path, pending=set(), at=self.clock.seconds()))
+        return self.locator.locate(path, order, wait_all=True, fresh=True)
 
     def _decay_load(self, now: float) -> None:
         elapsed = now - self._load_at

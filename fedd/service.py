@@ -1,15 +1,15 @@
-"""Build fedd's `MultiService` from a `Config`: named children `web`, `health`, `memcached`."""
+"""Build fedd from a `Config`: every component constructed once, in dependency order, with its
+collaborators passed in; `build_service` returns them as one typed `Fedd` whose `service` is the
+`MultiService` twistd runs (named children `web`, `health`, `events`, `space`, ...)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from OpenSSL import SSL, crypto
 from twisted.application.service import MultiService, Service
-from twisted.internet import ssl
 from twisted.internet.defer import ensureDeferred
-from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -18,18 +18,22 @@ from fedd.auth.service import AuthService
 from fedd.auth.tls import GridContextFactory
 from fedd.auth.tokens import TokenVerifier
 from fedd.checksums.service import ChecksumService
-from fedd.config import Config
-from fedd.endpoints import Endpoint, HttpClient, close_endpoint, make_endpoint
+from fedd.config import Config, EndpointConfig
+from fedd.endpoints import Endpoint, HttpClient, make_endpoint
 from fedd.events.outbox import Outbox
 from fedd.events.service import EventsService
 from fedd.events.sinks import AmqpSink, SpoolSink
 from fedd.events.stomp import StompSink, parse_brokers, stomp_tls
 from fedd.federation import Federation, new_instance_id
+from fedd.fleet import EndpointFactory, EndpointFleet
 from fedd.health.service import HealthRegistry, HealthService
+from fedd.health.state import Transition
+from fedd.locate.cache import LocalCache
 from fedd.locate.invalidate import InvalidationLog
 from fedd.locate.locator import Locator
 from fedd.locate.memcache import Memcached
 from fedd.namespace import Namespace
+from fedd.reload import FixedAtStart, Reloader, ReloadStatus
 from fedd.select.geo import GeoLocator
 from fedd.space.downtime import DowntimeBook
 from fedd.space.gocdb import Fetcher, GocdbService
@@ -37,107 +41,13 @@ from fedd.space.service import SpaceService
 from fedd.tpc.engine import TpcEngine
 from fedd.web.accesslog import AccessLog
 from fedd.web.lifecycle import DrainFirst, Listener, WebService
+from fedd.web.listen import listen_endpoint, server_tls
 from fedd.web.metrics import Metrics, StateCollector, TlsCounter
 from fedd.web.resource import FeddResource
 from fedd.web.site import FeddSite, PublicBase
 from fedd.writes import Writer
 
 log = Logger(namespace="fedd")
-
-
-def tls_options(config: Config) -> ssl.CertificateOptions:
-    """Server TLS context from the configured PEM files (errors name the file)."""
-    server = config.server
-    if not server.tls_certificate or not server.tls_private_key:
-        raise usage.UsageError("an ssl: listener needs tls_certificate and tls_private_key in [server]")
-    try:
-        cert = crypto.load_certificate(crypto.FILETYPE_PEM, Path(server.tls_certificate).read_bytes())
-        key = crypto.load_privatekey(crypto.FILETYPE_PEM, Path(server.tls_private_key).read_bytes())
-        chain: list[Any] = []
-        if server.tls_chain:
-            pem = Path(server.tls_chain).read_bytes()
-            for block in pem.split(b"-----END CERTIFICATE-----"):
-                if b"BEGIN CERTIFICATE" in block:
-                    chain.append(crypto.load_certificate(crypto.FILETYPE_PEM, block + b"-----END CERTIFICATE-----\n"))
-    except (OSError, crypto.Error) as exc:
-        raise usage.UsageError(f"cannot load the TLS certificate or key: {exc}") from None
-    return ssl.CertificateOptions(
-        privateKey=key,
-        certificate=cert,
-        extraCertChain=chain,
-        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
-    )
-
-
-def server_tls(config: Config) -> Any:
-    """The TLS context for ssl: listeners: grid client-certificate verification when [auth] ca_dir is set."""
-    auth = config.auth
-    if auth is None or not auth.ca_dir:
-        return tls_options(config)
-    if not config.server.tls_certificate or not config.server.tls_private_key:
-        raise usage.UsageError("an ssl: listener needs tls_certificate and tls_private_key in [server]")
-    try:
-        return GridContextFactory(
-            certificate=config.server.tls_certificate,
-            private_key=config.server.tls_private_key,
-            chain=config.server.tls_chain,
-            ca_dir=auth.ca_dir,
-            require=auth.client_certificates == "required",
-            crl=auth.crl,
-            verify_depth=auth.verify_depth,
-        )
-    except (OSError, SSL.Error, crypto.Error) as exc:
-        raise usage.UsageError(f"cannot set up TLS with client certificates: {exc}") from None
-
-
-def listen_endpoint(reactor: Any, description: str, config: Config, tls: Any = None) -> Any:
-    """`tcp:...` strings go to Twisted; `ssl:PORT[:interface=ADDR]` uses the configured certificate."""
-    if description.startswith("ssl:") and "privateKey=" not in description:
-        parts = description.split(":")
-        kwargs: dict[str, str] = {}
-        for part in parts[2:]:
-            key, _, value = part.partition("=")
-            if key not in ("interface", "backlog"):
-                raise usage.UsageError(f"listen {description!r}: unknown option {key!r}")
-            kwargs[key] = value
-        try:
-            port = int(parts[1])
-        except (IndexError, ValueError):
-            raise usage.UsageError(f"listen {description!r}: expected ssl:PORT[:interface=ADDR]") from None
-        return SSL4ServerEndpoint(
-            reactor,
-            port,
-            tls if tls is not None else tls_options(config),
-            interface=kwargs.get("interface", ""),
-            backlog=int(kwargs.get("backlog", "128")),
-        )
-    try:
-        return serverFromString(reactor, description)
-    except IndexError:
-        raise usage.UsageError(f"listen {description!r}: no such inherited socket (not started by systemd?)") from None
-    except (ValueError, TypeError, KeyError) as exc:
-        raise usage.UsageError(f"listen {description!r}: {exc}") from None
-
-
-class _Closer(Service):
-    """Closes endpoint connection pools and the GeoIP reader on shutdown."""
-
-    name = "closer"
-
-    def __init__(self, endpoints: dict[str, Endpoint], geo: GeoLocator) -> None:
-        self.endpoints = endpoints
-        self.geo = geo
-
-    async def _close(self) -> None:
-        for endpoint in self.endpoints.values():
-            await close_endpoint(endpoint)
-        self.geo.close()
-
-    def stopService(self) -> Any:
-        from twisted.internet.defer import ensureDeferred
-
-        super().stopService()
-        return ensureDeferred(self._close())
 
 
 def build_events(config: Config, reactor: Any) -> EventsService:
@@ -229,6 +139,19 @@ def build_gocdb(config: Config, reactor: Any, book: DowntimeBook, federation: Fe
     )
 
 
+class _GeoCloser(Service):
+    """Closes the GeoIP reader on shutdown (the endpoint fleet closes its connection pools)."""
+
+    name = "geo"
+
+    def __init__(self, geo: GeoLocator) -> None:
+        self.geo = geo
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.geo.close()
+
+
 class _Placer(Service):
     """At start, looks up endpoint host names (without blocking) so GeoIP can place them."""
 
@@ -248,26 +171,76 @@ class _Placer(Service):
             )
 
 
-def build_service(config: Config, *, reactor: Any) -> MultiService:
+@dataclass(frozen=True)
+class Fedd:
+    """Everything `build_service` made. `service` is what twistd runs; the rest is for the reload,
+    the status page and in-process tests."""
+
+    service: MultiService
+    config: Config
+    fleet: EndpointFleet
+    federation: Federation
+    health: HealthService
+    events: EventsService
+    auth: AuthService | None
+    space: SpaceService
+    downtimes: DowntimeBook
+    gocdb: GocdbService
+    writer: Writer
+    tpc: TpcEngine
+    checksums: ChecksumService
+    metrics: Metrics
+    resource: FeddResource
+    site: FeddSite
+    reloader: Reloader
+
+
+def _endpoint_factory(reactor: Any, instance: str) -> EndpointFactory:
+    def make(ep: EndpointConfig, config: Config) -> Endpoint:
+        return make_endpoint(ep, reactor=reactor, presign_reuse=config.locate.presign_reuse, instance=instance)
+
+    return make
+
+
+def _emit_transitions(events: EventsService, registry: HealthRegistry) -> Callable[[Transition], None]:
+    def emit(t: Transition) -> None:
+        events.emit(
+            f"endpoint-{t.new}" if t.new in ("online", "offline") else "endpoint-online",
+            {
+                "endpoint": t.endpoint,
+                "previous": t.old,
+                "state": t.new,
+                "reason": t.reason,
+                "latency_ms": registry.states[t.endpoint].latency_ms,
+            },
+        )
+
+    return emit
+
+
+def build_service(config: Config, *, reactor: Any, config_path: str | None = None) -> Fedd:
+    """Construct fedd for `config`. Problems the configuration could not rule out (unreadable TLS or
+    GeoIP files, a port description Twisted refuses) raise `usage.UsageError` here, before start."""
     tls = server_tls(config) if any(d.startswith("ssl:") for d in config.server.listen) else None
     listeners = [listen_endpoint(reactor, d, config, tls) for d in config.server.listen]  # fail fast
-    auth_tls = tls if isinstance(tls, GridContextFactory) else None
     top = DrainFirst()  # on shutdown: drain the web front first, then stop the rest
     instance = new_instance_id()
-    endpoints: dict[str, Endpoint] = {
-        ep.id: make_endpoint(ep, reactor=reactor, presign_reuse=config.locate.presign_reuse, instance=instance)
-        for ep in config.endpoints
-    }
+    fleet = EndpointFleet(config, _endpoint_factory(reactor, instance), reactor)
+    fleet.setServiceParent(top)
+    endpoints = fleet.endpoints
     namespace = Namespace((ep.id, fed, epath) for ep in config.endpoints for fed, epath in ep.mappings)
     try:
         geo = GeoLocator(config.geo.database, config.geo.sites, config.geo.cache_entries)
     except (OSError, ValueError) as exc:
         raise usage.UsageError(f"[geo] database {config.geo.database!r}: {exc}") from None
     registry = HealthRegistry(list(endpoints), config.health, reactor)
-    memcached = None
+    memcached = invalidations = None
+    cache = LocalCache(config.locate.lru_entries)
     if config.locate.memcached:
         memcached = Memcached(reactor, config.locate.memcached, config.locate.memcached_timeout)
         memcached.setServiceParent(top)
+        invalidations = InvalidationLog(memcached, cache, reactor)
+        invalidations.setServiceParent(top)
     locator = Locator(
         clock=reactor,
         namespace=namespace,
@@ -275,10 +248,9 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
         health=registry,
         config=config.locate,
         memcached=memcached,
+        cache=cache,
+        invalidations=invalidations,
     )
-    if memcached is not None:
-        locator.invalidations = InvalidationLog(memcached, locator, reactor)
-        locator.invalidations.setServiceParent(top)
     federation = Federation(
         config,
         clock=reactor,
@@ -289,28 +261,16 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
         namespace=namespace,
         instance=instance,
     )
-    _Closer(endpoints, geo).setServiceParent(top)
+    _GeoCloser(geo).setServiceParent(top)
     _Placer(federation, reactor).setServiceParent(top)
-    HealthService(registry, endpoints, reactor).setServiceParent(top)
-
+    health = HealthService(registry, endpoints, reactor)
+    health.setServiceParent(top)
     events = build_events(config, reactor)
     events.setServiceParent(top)
-    registry.listeners.append(
-        lambda t: events.emit(
-            f"endpoint-{t.new}" if t.new in ("online", "offline") else "endpoint-online",
-            {
-                "endpoint": t.endpoint,
-                "previous": t.old,
-                "state": t.new,
-                "reason": t.reason,
-                "latency_ms": registry.states[t.endpoint].latency_ms,
-            },
-        )
-    )
-    auth = build_auth(config, reactor, auth_tls)
+    registry.listeners.append(_emit_transitions(events, registry))
+    auth = build_auth(config, reactor, tls if isinstance(tls, GridContextFactory) else None)
     if auth is not None:
         auth.setServiceParent(top)
-    resource = FeddResource(federation, head_redirect=config.server.head_redirect, events=events, auth=auth)
     space = SpaceService(config, endpoints, reactor, memcached=memcached, emit=events.emit)
     space.setServiceParent(top)
     downtimes = DowntimeBook(
@@ -322,18 +282,36 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
     downtimes.setServiceParent(top)
     gocdb = build_gocdb(config, reactor, downtimes, federation)
     gocdb.setServiceParent(top)
-    resource.gocdb = gocdb
-    resource.writer = Writer(federation, config.write, space=space, downtimes=downtimes)
-    resource.space = space
-    resource.downtimes = downtimes
-    resource.tpc = TpcEngine(federation, resource.writer, reactor=reactor, events=events)
+    writer = Writer(federation, config.write, space=space, downtimes=downtimes)
+    tpc = TpcEngine(federation, writer, reactor=reactor, events=events)
     checksums = ChecksumService(config.checksums, federation=federation, reactor=reactor, emit=events.emit)
     checksums.setServiceParent(top)
-    resource.checksums = checksums
-    resource.srr_path = config.space.srr_path.encode()
     metrics = Metrics()
-    resource.metrics = metrics
-    resource.metrics_path = config.server.metrics_path.encode()
+    reload_status = ReloadStatus(config_path)
+    resource = FeddResource(
+        federation,
+        head_redirect=config.server.head_redirect,
+        events=events,
+        auth=auth,
+        writer=writer,
+        tpc=tpc,
+        checksums=checksums,
+        space=space,
+        downtimes=downtimes,
+        gocdb=gocdb,
+        metrics=metrics,
+        metrics_path=config.server.metrics_path.encode(),
+        srr_path=config.space.srr_path.encode(),
+        reload_status=reload_status,
+    )
+    access = None
+    if config.server.access_log_file:
+        access = AccessLog(config.server.access_log_file, reactor)
+        try:
+            access.open()
+        except OSError as exc:
+            raise usage.UsageError(f"cannot open access_log_file {config.server.access_log_file}: {exc}") from None
+        access.setServiceParent(top)
     site = FeddSite(
         resource,
         max_body=config.server.max_body_bytes,
@@ -345,32 +323,53 @@ def build_service(config: Config, *, reactor: Any) -> MultiService:
         header_timeout=config.server.header_timeout,
         max_connections_per_client=config.server.max_connections_per_client,
         public=PublicBase(config.server.public_url, config.server.allowed_hosts),
+        access_file=access,
     )
-    collector = StateCollector(federation, events, site)
-    collector.space = space  # type: ignore[attr-defined]
+    site.noisy = False
+    counter = None
     if tls is not None:
         counter = TlsCounter()
         counter.install(tls)
-        collector.tls = counter  # type: ignore[attr-defined]
-    metrics.add_state(collector)
-    if config.server.access_log_file:
-        access = AccessLog(config.server.access_log_file, reactor)
-        try:
-            access._open()
-        except OSError as exc:
-            raise usage.UsageError(f"cannot open access_log_file {config.server.access_log_file}: {exc}") from None
-        access.setServiceParent(top)
-        site.access_file = access
-    site.noisy = False
+    metrics.add_state(StateCollector(federation, events, site, space=space, tls=counter))
     web = WebService(site, clock=reactor, drain_timeout=config.server.drain_timeout)
     for description, endpoint in zip(config.server.listen, listeners, strict=True):
         Listener(endpoint, site, description).setServiceParent(web)  # a port in use stops start-up, loudly
     web.setServiceParent(top)
-    top.federation = federation  # type: ignore[attr-defined]
-    top.events = events  # type: ignore[attr-defined]
-    top.site = site  # type: ignore[attr-defined]
-    top.resource = resource  # type: ignore[attr-defined]
-    top.auth = auth  # type: ignore[attr-defined]
-    top.space = space  # type: ignore[attr-defined]
-    top.downtimes = downtimes  # type: ignore[attr-defined]
-    return top
+    # a reload hands the new configuration to each of these, in this order (the fleet first: the
+    # others key their state by the endpoint ids it holds)
+    reloader = Reloader(
+        config_path,
+        [
+            FixedAtStart(config).reconfigure,
+            fleet.reconfigure,
+            lambda new: federation.reconfigure(new, fleet.changes),
+            registry.reconfigure,
+            health.reconfigure,
+            space.reconfigure,
+            writer.reconfigure,
+            checksums.reconfigure,
+            downtimes.reconfigure,
+            *([auth.reconfigure] if auth is not None else []),
+            resource.reconfigure,
+        ],
+        reload_status,
+    )
+    return Fedd(
+        service=top,
+        config=config,
+        fleet=fleet,
+        federation=federation,
+        health=health,
+        events=events,
+        auth=auth,
+        space=space,
+        downtimes=downtimes,
+        gocdb=gocdb,
+        writer=writer,
+        tpc=tpc,
+        checksums=checksums,
+        metrics=metrics,
+        resource=resource,
+        site=site,
+        reloader=reloader,
+    )

@@ -11,6 +11,7 @@ from twisted.python import usage
 
 from fedd.config import Config, ConfigError, default_config, parse_config
 from fedd.reload import Reloader
+from fedd.twcompat import clean_exit_after_signal
 
 log = Logger(namespace="fedd")
 DEMO_FILE = "hello.txt"
@@ -65,14 +66,6 @@ def demo_config(demo_dir: str, listen: str | None) -> Config:
     return default_config(str(path), listen or "tcp:8080:interface=127.0.0.1")
 
 
-def _clean_exit(reactor: object) -> None:
-    """A stop asked for by SIGTERM/SIGINT that got this far (drain done) exits 0, not "killed by signal"."""
-    import signal
-
-    if getattr(reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
-        reactor._exitSignal = None  # type: ignore[attr-defined]  # read by twistd after the reactor stops
-
-
 def _on_sighup(reactor: Any, reloader: Reloader) -> None:
     """`systemctl reload fedd`: SIGHUP re-reads the configuration (in the reactor thread, between requests)."""
     import signal
@@ -90,14 +83,11 @@ def makeService(options: Options) -> IService:
 
     config: Config = options.config
     try:
-        service = build_service(config, reactor=reactor)
+        fedd = build_service(config, reactor=reactor, config_path=options["config"])
     except usage.UsageError as exc:
         raise SystemExit(f"fedd: {exc}") from None
-    reactor.addSystemEventTrigger("after", "shutdown", _clean_exit, reactor)  # type: ignore[attr-defined]
-    reloader = Reloader(service, config, options["config"], reactor)
-    service.reloader = reloader  # type: ignore[attr-defined]
-    service.resource.reloader = reloader  # type: ignore[attr-defined]
-    _on_sighup(reactor, reloader)  # now: a SIGHUP right after the port opens must already be a reload
+    reactor.addSystemEventTrigger("after", "shutdown", clean_exit_after_signal, reactor)  # type: ignore[attr-defined]
+    _on_sighup(reactor, fedd.reloader)  # now: a SIGHUP right after the port opens must already be a reload
     if options["config"] is None:
         listen = config.server.listen[0]
         port = listen.split(":")[1] if ":" in listen else "8080"
@@ -117,4 +107,4 @@ def makeService(options: Options) -> IService:
             n=len(config.endpoints),
             listen=", ".join(config.server.listen),
         )
-    return service
+    return fedd.service

@@ -14,7 +14,7 @@ from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.logger import Logger
 from twisted.web.iweb import IBodyProducer
 
-from fedd.config import WriteConfig
+from fedd.config import Config, WriteConfig
 from fedd.errors import (
     BadGateway,
     ClientGone,
@@ -88,13 +88,17 @@ class Writer:
         self.space = space
         self.downtimes = downtimes
 
+    def reconfigure(self, new: Config) -> list[str]:
+        self.config = new.write  # read per request: the next write follows it
+        return []
+
     # --- which endpoints ----------------------------------------------------------------------------
 
     def writable(self, path: str) -> dict[str, str]:
         """Endpoint id -> endpoint path, for every writable endpoint the namespace maps `path` to."""
         return {
             t.endpoint: t.path
-            for t in self.fed.namespace.targets(path)
+            for t in self.fed.mapped(path)
             if t.endpoint in self.fed.endpoints and self.fed.endpoints[t.endpoint].config.write
         }
 
@@ -151,10 +155,10 @@ class Writer:
             ids = existing  # the new content replaces the old one where it is
         placement = place(
             self._candidates(ids, failed),
-            self.fed.geo.locate(client_ip),
+            self.fed.client_location(client_ip),
             path,
             size or 0,
-            fuzz_km=self.fed.config.geo.fuzz_km,
+            fuzz_km=self.fed.fuzz_km,
         )
         now = self.fed.clock.seconds()
         problems: dict[str, str] = dict(placement.refused)
@@ -168,12 +172,12 @@ class Writer:
                     await d
                 except Exception as exc:
                     problems[eid] = describe(exc)
-                    self.fed.health.passive_failure(eid, f"preparing an upload: {describe(exc)}")
+                    self.fed.passive_failure(eid, f"preparing an upload: {describe(exc)}")
                     continue
             url = endpoint.url_for(targets[eid], now, "PUT")
             if self.space is not None:
                 self.space.reserve(eid, size or 0)
-            self.fed.locator.forget(path)
+            self.fed.forget(path)
             return PutTarget(eid, url, placement, overwrite, path)
         detail = "; ".join(f"{eid}: {why}" for eid, why in sorted(problems.items()))
         raise InsufficientStorage(f"no writable endpoint can take {path} now ({detail})")
@@ -199,20 +203,17 @@ class Writer:
             )
             raise
         except EndpointError as exc:
-            self.fed.health.passive_failure(target.endpoint, f"carried upload: {exc.reason}")
+            self.fed.passive_failure(target.endpoint, f"carried upload: {exc.reason}")
             raise BadGateway(f"upload to {target.endpoint} failed: {exc.reason}") from None
         finally:
-            self.fed.locator.forget(target.path)
+            self.fed.forget(target.path)
         if response.code not in (200, 201, 204):
             raise BadGateway(f"{target.endpoint} refused the upload: HTTP {response.code}")
         return 201
 
     async def _existing(self, path: str) -> tuple[list[str], dict[str, str]]:
         """Endpoints holding `path` now (asked afresh), and the endpoints that did not answer."""
-        order = list(self.fed.locator.targets(path))
-        if not order:
-            return [], {}
-        result = await self.fed.locator.locate(path, order, wait_all=True, fresh=True)
+        result = await self.fed.locate_now(path)
         return sorted(result.files()), dict(result.failed)
 
     # --- DELETE -------------------------------------------------------------------------------------
@@ -236,12 +237,12 @@ class Writer:
             blocked = self._blocked(eid, "write")
             if blocked:
                 outcome.failed[eid] = blocked
-            elif not self.fed.health.states[eid].usable:
+            elif not self.fed.online(eid):
                 outcome.failed[eid] = "offline"
             else:
                 asked.append(eid)
         await self._on_each("delete", asked, targets, outcome)
-        self.fed.locator.forget(path)
+        self.fed.forget(path)
         if outcome.failed:
             raise PartialFailure(f"DELETE {path}: {outcome.describe()}", outcome)
         if not outcome.done:
@@ -262,13 +263,13 @@ class Writer:
         if existing:
             raise MethodNotAllowed(f"{path} already exists as a file")
         asked = [
-            eid for eid in sorted(targets) if self.fed.health.states[eid].usable and not self._blocked(eid, "write")
+            eid for eid in sorted(targets) if self.fed.online(eid) and not self._blocked(eid, "write")
         ]
         if not asked:
             raise InsufficientStorage(f"no writable endpoint for {path} is online and open for writes")
         outcome = Outcome()
         await self._on_each("mkcol", asked, targets, outcome)
-        self.fed.locator.forget(path)
+        self.fed.forget(path)
         if not outcome.done and not outcome.absent:
             raise BadGateway(f"MKCOL {path}: {outcome.describe()}")
         return outcome
@@ -308,8 +309,8 @@ class Writer:
         results = await DeferredList(
             [self._call(eid, "move", source_targets[eid], dest_targets[eid]) for eid in holders], consumeErrors=True
         )
-        self.fed.locator.forget(source)
-        self.fed.locator.forget(destination)
+        self.fed.forget(source)
+        self.fed.forget(destination)
         outcome = Outcome()
         for eid, (ok, value) in zip(holders, results, strict=True):
             if ok:
@@ -333,12 +334,12 @@ class Writer:
 
     def _call(self, eid: str, method: str, *args: Any) -> Any:
         endpoint = self.fed.endpoints[eid]
-        d = ensureDeferred(_invoke(getattr(endpoint, method), *args))
+        d = ensureDeferred(_invoke(getattr(IWritable(endpoint), method), *args))  # delete, mkcol or move
         d.addTimeout(endpoint.config.timeout * 4, self.fed.clock)
 
         def failed(failure: Any) -> Any:
             if failure.check(EndpointError):
-                self.fed.health.passive_failure(eid, describe(failure))
+                self.fed.passive_failure(eid, describe(failure))
             return failure
 
         d.addErrback(failed)

@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 
 from fedd.config import ConfigError, parse_config
-from fedd.web.site import FeddChannel, PublicBase, _channel
-from fedd.web.twcompat import inner_channel, release_transport
+from fedd.web.site import PublicBase
 from tests.daemon import Fedd, start_fedd, wait_for
 from tests.servers import free_port
 
@@ -265,20 +264,6 @@ def test_server_keys_are_checked_with_file_and_line() -> None:
     assert good.server.public_url == "https://f.example.org"
     assert good.server.allowed_hosts == ("a.example", "b.example:8443")
     assert parse_config("[endpoint e]\nkind = local\npath = /tmp\n").server.header_timeout == 30
-
-
-def test_twisted_compat_names() -> None:
-    """The private Twisted names in fedd/web/twcompat.py still exist and do what fedd expects."""
-    from twisted.internet.testing import StringTransport
-
-    class Factory:
-        header_timeout = 7.0
-
-    protocol = _channel(Factory())
-    channel = inner_channel(protocol)
-    assert isinstance(channel, FeddChannel) and channel.header_timeout == 7.0
-    protocol.makeConnection(StringTransport())
-    release_transport(channel)
 
 
 # --- 5. the fuzz run --------------------------------------------------------------------------------

@@ -542,10 +542,10 @@ kind = local
 path = {workdir / "data"}
 """
     )
-    top = build_service(config, reactor=MemoryReactorClock())  # built, never started: no port, no thread
-    top.federation.health.success("ep1", 12.0)  # type: ignore[attr-defined]
-    top.space.measurements["ep1"] = Measurement(space=Space(used=1, total=10), measured=0.0)  # type: ignore[attr-defined]
-    metrics = top.resource.metrics  # type: ignore[attr-defined]
+    fedd = build_service(config, reactor=MemoryReactorClock())  # built, never started: no port, no thread
+    fedd.federation.health.success("ep1", 12.0)
+    fedd.space.measurements["ep1"] = Measurement(space=Space(used=1, total=10), measured=0.0)
+    metrics = fedd.metrics
     metrics.request(b"GET", 302, 0.004)
     names: set[str] = set()
     for family in text_string_to_metric_families(metrics.render().decode()):

@@ -29,6 +29,7 @@ from fedd.auth.rules import Rule, RulesError, format_time, parse_access, parse_g
 from fedd.auth.tls import GridContextFactory
 from fedd.auth.tokens import TokenError, TokenVerifier
 from fedd.auth.x509id import identity_from_chain
+from fedd.config import Config
 
 log = Logger(namespace="fedd.auth")
 CACHE_ENTRIES = 65536
@@ -121,6 +122,15 @@ class AuthService(Service):
     def reload(self) -> None:
         """Re-read the rule files that changed now (SIGHUP) instead of at the next interval."""
         self.load()
+
+    def reconfigure(self, new: Config) -> list[str]:
+        """A reload re-reads the rule files at once; on errors the previous rules stay. (Adding or
+        removing `[auth]` itself, or issuers, needs a restart: `fedd.reload.FixedAtStart` says so.)"""
+        try:
+            self.load()
+        except Exception:
+            log.failure("reload: re-reading the access rules failed; the previous rules stay")
+        return []
 
     def startService(self) -> None:
         super().startService()

@@ -46,7 +46,7 @@ from twisted.web.http_headers import Headers
 from fedd.checksums.bulk import BulkEndpointFactory, InlineHashing, ThreadedHashing, hashing_for, tune_allocator
 from fedd.checksums.digest import ADLER32_IMPLEMENTATION, Hasher, Want, from_base64, new_hasher, normalise
 from fedd.checksums.store import ChecksumStore, Key
-from fedd.config import ChecksumsConfig
+from fedd.config import ChecksumsConfig, Config
 from fedd.endpoints.base import Stat
 from fedd.endpoints.local import LocalEndpoint
 from fedd.errors import EndpointError, describe
@@ -175,13 +175,15 @@ class ChecksumService(Service):
             d.cancel()
         return ensureDeferred(self._close())
 
-    def reconfigure(self, config: ChecksumsConfig) -> None:
+    def reconfigure(self, new: Config) -> list[str]:
         """Apply a reloaded `[checksums]` (all but `database`, which needs a restart): limits apply
         to the next request; more workers start on the queue at once, fewer let running jobs end."""
-        self.config = replace(config, database=self.config.database)
+        pending = ["[checksums] database"] if new.checksums.database != self.config.database else []
+        self.config = replace(new.checksums, database=self.config.database)
         self._pump()
 
     async def _close(self) -> None:
+        return pending
         try:
             await self.store.close()
         except Exception as exc:

@@ -13,7 +13,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from fedd.config import HealthConfig
+from fedd.config import Config, HealthConfig
 from fedd.endpoints import Endpoint
 from fedd.errors import EndpointError
 from fedd.health.state import OFFLINE, EndpointHealth, Transition
@@ -38,6 +38,23 @@ class HealthRegistry:
         self.suspects: list[Callable[[str], None]] = []  # told of passive faults: the poller probes early
         self.version = 0  # bumped on every state change, so rankings can be cached per version
         self.read_blocked: frozenset[str] = frozenset()  # endpoints in a planned downtime for reads
+
+    def reconfigure(self, new: Config) -> list[str]:
+        """New thresholds; endpoints that came get a fresh state, those that went lose theirs. Cached
+        rankings are recomputed (the version moves)."""
+        self.config = new.health
+        ids = [ep.id for ep in new.endpoints]
+        for eid in [eid for eid in self.states if eid not in ids]:
+            del self.states[eid]
+        for eid in ids:
+            state = self.states.get(eid)
+            if state is None:
+                self.states[eid] = EndpointHealth(eid, new.health.failures_to_offline, new.health.successes_to_online)
+            else:
+                state.failures_to_offline = new.health.failures_to_offline
+                state.successes_to_online = new.health.successes_to_online
+        self.version += 1
+        return []
 
     def usable(self, endpoint_id: str) -> bool:
         return self.states[endpoint_id].usable and endpoint_id not in self.read_blocked
@@ -144,14 +161,16 @@ class HealthService(Service):
         self._loop_done = self._loop.start(interval, now=now)
         self._loop_done.addErrback(lambda f: log.failure("health loop stopped", f))
 
-    def set_interval(self, interval: float) -> None:
-        """Poll every `interval` seconds from now on (a reload changed `[health] interval`): the loop
-        is restarted, its next round comes one new interval from now."""
+    def reconfigure(self, new: Config) -> list[str]:
+        """A reload (after the registry's): a new `[health] interval` restarts the loop, its next
+        round one new interval from now."""
         loop = self._loop
-        if not self.running or loop is None or not loop.running or loop.interval == interval:
-            return
-        loop.stop()
-        self._start_loop(interval, now=False)
+        interval = new.health.interval
+        if self.running and loop is not None and loop.running and loop.interval != interval:
+            log.info("reload: [health] interval {old:g}s -> {new:g}s", old=loop.interval, new=interval)
+            loop.stop()
+            self._start_loop(interval, now=False)
+        return []
 
     @property
     def interval(self) -> float | None:

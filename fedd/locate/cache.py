@@ -66,12 +66,15 @@ def cache_key(path: str) -> bytes:
 
 
 class LocalCache:
-    """A bounded LRU of locate answers, each with its own expiry."""
+    """A bounded LRU of locate answers, each with its own expiry. `generation` grows whenever an
+    answer is dropped before its expiry, so caches derived from these answers (the web front's
+    redirect plans) know to drop theirs."""
 
     def __init__(self, entries: int) -> None:
         self._entries = entries
         self._data: OrderedDict[str, tuple[float, LocateResult]] = OrderedDict()
         self.hits = self.misses = 0
+        self.generation = 0
 
     def get(self, path: str, now: float) -> LocateResult | None:
         hit = self._data.get(path)
@@ -92,17 +95,21 @@ class LocalCache:
         while len(self._data) > self._entries:
             self._data.popitem(last=False)
 
-    def drop(self, path: str) -> None:
-        self._data.pop(path, None)
+    def drop(self, *paths: str) -> None:
+        for path in paths:
+            self._data.pop(path, None)
+        self.generation += 1
 
     def clear(self) -> None:
         self._data.clear()
+        self.generation += 1
 
     def drop_negative(self) -> int:
         """Forget every answer that found no file (after the endpoints changed); returns how many."""
         gone = [path for path, (_, result) in self._data.items() if not result.files()]
         for path in gone:
             del self._data[path]
+        self.generation += 1
         return len(gone)
 
     def __len__(self) -> int:

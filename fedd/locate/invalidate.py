@@ -16,6 +16,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from fedd.locate.cache import LocalCache
 from fedd.locate.memcache import Memcached
 
 log = Logger(namespace="fedd.locate.invalidate")
@@ -32,9 +33,9 @@ def slot_key(n: int) -> bytes:
 class InvalidationLog(Service):
     name = "invalidations"
 
-    def __init__(self, memcached: Memcached, locator: Any, clock: Any, interval: float = 0.5) -> None:
+    def __init__(self, memcached: Memcached, cache: LocalCache, clock: Any, interval: float = 0.5) -> None:
         self.memcached = memcached
-        self.locator = locator
+        self.cache = cache  # this process's locate answers, dropped as the others change paths
         self.clock = clock
         self.interval = interval
         self.seen: int | None = None
@@ -97,7 +98,7 @@ class InvalidationLog(Service):
         if self.seen is None or latest < self.seen:
             # first contact (at start or after memcached was unreachable), or memcached restarted: what
             # changed before cannot be known, so nothing cached before may be trusted
-            if self.seen is not None or len(self.locator.local):
+            if self.seen is not None or len(self.cache):
                 self._flush("following the change log from a new starting point")
             self.seen = latest
             return
@@ -119,15 +120,13 @@ class InvalidationLog(Service):
                 self._missing = 0
                 return
             self._missing = 0
-            self.locator.local.drop(path)
+            self.cache.drop(path)
             self.applied += 1
             self.seen = n
-        self.locator.generation += 1
 
     def _flush(self, why: str) -> None:
         self.flushes += 1
-        self.locator.local.clear()
-        self.locator.generation += 1
+        self.cache.clear()
         log.info("emptied the in-process locate cache: {why}", why=why)
 
     def to_json(self) -> dict[str, Any]:

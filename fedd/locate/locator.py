@@ -32,6 +32,7 @@ from fedd.endpoints.base import Endpoint, Stat
 from fedd.errors import EndpointError, PathRefused, describe
 from fedd.health.service import HealthRegistry
 from fedd.locate.cache import LocalCache, LocateResult, cache_key
+from fedd.locate.invalidate import InvalidationLog
 from fedd.locate.memcache import Memcached
 from fedd.namespace import Namespace
 
@@ -211,6 +212,8 @@ class Locator:
         health: HealthRegistry,
         config: LocateConfig,
         memcached: Memcached | None = None,
+        cache: LocalCache | None = None,
+        invalidations: InvalidationLog | None = None,
         readable: Callable[[str], bool] | None = None,
     ) -> None:
         self.clock = clock
@@ -219,12 +222,24 @@ class Locator:
         self.health = health
         self.config = config
         self.memcached = memcached
-        self.local = LocalCache(config.lru_entries)
+        self.local = cache if cache is not None else LocalCache(config.lru_entries)
         self._readable = readable or (lambda eid: endpoints[eid].config.read)
         self._inflight: dict[str, _Query] = {}
         self.fanouts = 0
-        self.generation = 0  # bumped by forget(), so derived caches know to drop their entries
-        self.invalidations: Any = None  # an InvalidationLog when memcached is shared by several processes
+        self.invalidations = invalidations  # when memcached is shared by several processes
+
+    @property
+    def generation(self) -> int:
+        """Grows whenever cached answers are dropped early, so derived caches know to drop theirs."""
+        return self.local.generation
+
+    def reconfigure(self, config: LocateConfig, namespace: Namespace, membership_changed: bool) -> None:
+        """A reload: new timings and mappings. When endpoints came or went, or their mappings changed, a
+        cached "not found" may be wrong now: those answers are dropped."""
+        self.config, self.namespace = config, namespace
+        if membership_changed:
+            dropped = self.local.drop_negative()
+            log.info("reload: dropped {n} cached 'not found' answers (the endpoints changed)", n=dropped)
 
     def cached(self, path: str) -> LocateResult | None:
         """The hot path: a synchronous look into the in-process cache."""
@@ -290,7 +305,6 @@ class Locator:
     def forget(self, path: str) -> None:
         """Drop a path from both cache tiers (after a write or delete), and tell the other processes."""
         self.local.drop(path)
-        self.generation += 1
         if self.memcached is not None:
             self.memcached.delete(cache_key(path))
         if self.invalidations is not None:

@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from fedd.config import DOWNTIME_SCOPES, Downtime
+from fedd.config import DOWNTIME_SCOPES, Config, Downtime
 from fedd.errors import BadRequest
 
 log = Logger(namespace="fedd.downtime")
@@ -107,15 +107,16 @@ class DowntimeBook(Service):
         self._loop: LoopingCall | None = None
         self.read_blocked: frozenset[str] = frozenset()
 
-    def replace_configured(self, configured: Mapping[str, tuple[Downtime, ...]]) -> None:
-        """New downtimes from a reloaded configuration; run-time ones are kept."""
+    def reconfigure(self, new: Config) -> list[str]:
+        """New downtimes from a reloaded configuration; those declared at run time are kept."""
         self._configured = [
-            Declared(f"config-{eid}-{i}", eid, d, "config")
-            for eid, downtimes in configured.items()
-            for i, d in enumerate(downtimes)
+            Declared(f"config-{ep.id}-{i}", ep.id, d, "config")
+            for ep in new.endpoints
+            for i, d in enumerate(ep.downtimes)
         ]
         if self.running:
             self.evaluate()
+        return []
 
     def replace_source(self, origin: str, declared: list[Declared]) -> None:
         """The whole current set of downtimes from another source (e.g. "gocdb"); applied at once."""

@@ -134,14 +134,23 @@ class SpaceService(Service):
         self._loop.clock = self.reactor
         self._loop.start(interval, now=now).addErrback(lambda f: log.failure("space loop stopped", f))
 
-    def set_interval(self, interval: float) -> None:
-        """Measure every `interval` seconds from now on (a reload changed `[space] interval`): the loop
-        is restarted; a round under way finishes, the next one comes one new interval from now."""
+    def reconfigure(self, new: Config) -> list[str]:
+        """A reload: new settings and endpoints (a new one starts unmeasured, a removed one is
+        forgotten); a new `[space] interval` restarts the loop (a round under way finishes, the next
+        one comes one new interval from now)."""
+        self.config, self.settings = new, new.space
+        ids = {ep.id for ep in new.endpoints}
+        for eid in [eid for eid in self.measurements if eid not in ids]:
+            del self.measurements[eid]
+        for eid in ids:
+            self.measurements.setdefault(eid, Measurement())
         loop = self._loop
-        if not self.running or loop is None or not loop.running or loop.interval == interval:
-            return
-        loop.stop()
-        self._start_loop(interval, now=False)
+        interval = new.space.interval
+        if self.running and loop is not None and loop.running and loop.interval != interval:
+            log.info("reload: [space] interval {old:g}s -> {new:g}s", old=loop.interval, new=interval)
+            loop.stop()
+            self._start_loop(interval, now=False)
+        return []
 
     @property
     def interval(self) -> float | None:

@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from fedd.checksums.bulk import InlineHashing, ThreadedHashing, hashing_for
 from fedd.checksums.digest import Adler32
+from fedd.twcompat import transport_under
 
 _DONE = Failure(ResponseDone())
 
@@ -114,7 +115,7 @@ class Pump:
         timeout."""
         self.stopProducing()
         consumer = self._consumer
-        transport = getattr(consumer, "_consumer", None) or getattr(consumer, "transport", None) or consumer
+        transport = transport_under(consumer)
         abort = getattr(transport, "abortConnection", None)
         if abort is not None:
             abort()

@@ -28,14 +28,15 @@ class AccessLog(Service):
         self._loop: LoopingCall | None = None
         self.errors = 0
 
-    def _open(self) -> IO[str]:
+    def open(self) -> IO[str]:
+        """The log file, opened (append) on first use; `OSError` when it cannot be."""
         if self._file is None:
             self._file = open(self.path, "a", encoding="utf-8", buffering=1 << 16)
         return self._file
 
     def write(self, record: dict[str, Any]) -> None:
         try:
-            self._open().write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
+            self.open().write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
         except OSError as exc:
             self.errors += 1
             if self.errors == 1:
@@ -54,7 +55,7 @@ class AccessLog(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._open()  # a path that cannot be written is found at start
+        self.open()  # a path that cannot be written is found at start
         self._loop = LoopingCall(self.flush)
         self._loop.clock = self.clock
         self._loop.start(1.0, now=False).addErrback(lambda f: log.failure("access log flushing stopped", f))

@@ -50,10 +50,14 @@ _METHODS = {b"GET", b"HEAD", b"PROPFIND", b"OPTIONS", b"PUT", b"DELETE", b"MKCOL
 class StateCollector(Collector):
     """Endpoint health, locate cache and events figures, read at scrape time."""
 
-    def __init__(self, federation: Any, events: Any = None, site: Any = None) -> None:
+    def __init__(
+        self, federation: Any, events: Any = None, site: Any = None, *, space: Any = None, tls: TlsCounter | None = None
+    ) -> None:
         self.federation = federation
         self.events = events
         self.site = site
+        self.space = space
+        self.tls = tls
 
     def collect(self) -> Iterator[Any]:
         fed = self.federation
@@ -93,7 +97,7 @@ class StateCollector(Collector):
                 ("failed_publishes", ev.failed, "Failed publish attempts"),
             ):
                 yield CounterMetricFamily(f"fedd_events_{name}", text, value=float(value))
-        space = getattr(self, "space", None)
+        space = self.space
         if space is not None:
             families = {
                 "free": GaugeMetricFamily("fedd_endpoint_space_free_bytes", "Free bytes", labels=["endpoint"]),
@@ -112,7 +116,7 @@ class StateCollector(Collector):
                         families[key].add_metric([eid], float(m[key]))
                 families["stale"].add_metric([eid], 1.0 if m["stale"] else 0.0)
             yield from families.values()
-        tls = getattr(self, "tls", None)
+        tls = self.tls
         if tls is not None:
             handshakes = CounterMetricFamily("fedd_tls_handshakes", "Server TLS handshakes", labels=["result"])
             handshakes.add_metric(["ok"], float(tls.done))

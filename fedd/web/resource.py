@@ -29,6 +29,7 @@ from fedd.auth.policy import METHOD_LETTER
 from fedd.auth.service import AuthService, Unauthenticated
 from fedd.checksums.digest import Want, format_value, parse_prefer_wait, wants_of
 from fedd.checksums.service import ChecksumService
+from fedd.config import Config
 from fedd.endpoints.base import format_etag
 from fedd.endpoints.dav import parse_via
 from fedd.endpoints.local import LOCAL_PREFIX, LocalEndpoint
@@ -41,8 +42,10 @@ from fedd.errors import (
     NotFound,
     Unauthorized,
 )
+from fedd.events.service import EventsService
 from fedd.federation import MAX_HOPS, Federation, Replica
 from fedd.namespace import normalise_path
+from fedd.reload import ReloadStatus
 from fedd.space.downtime import DowntimeBook
 from fedd.space.gocdb import GocdbService
 from fedd.space.service import SpaceService
@@ -97,27 +100,50 @@ class FeddResource(WriteHandlers, Resource):
     isLeaf = True
 
     def __init__(
-        self, federation: Federation, *, head_redirect: bool = False, events: Any = None, auth: Any = None
+        self,
+        federation: Federation,
+        *,
+        head_redirect: bool = False,
+        events: EventsService | None = None,
+        auth: AuthService | None = None,
+        writer: Writer | None = None,
+        tpc: TpcEngine | None = None,
+        checksums: ChecksumService | None = None,
+        space: SpaceService | None = None,
+        downtimes: DowntimeBook | None = None,
+        gocdb: GocdbService | None = None,
+        metrics: Metrics | None = None,
+        metrics_path: bytes = b"/metrics",
+        srr_path: bytes = b"/.well-known/fedd/srr.json",
+        reload_status: ReloadStatus | None = None,
     ) -> None:
+        """Only `federation` is needed to serve reads; each other part adds what it serves (writes,
+        third-party copies, checksums, space reports, downtimes, metrics, status sections)."""
         super().__init__()
-        self.auth: AuthService | None = auth
-        self.metrics: Metrics | None = None
-        self.metrics_path = b"/metrics"
         self.fed = federation
-        self.events = events  # an EventsService, or None
         self.head_redirect = head_redirect
+        self.events = events
+        self.auth = auth
+        self.writer = writer
+        self.tpc = tpc
+        self.checksums = checksums
+        self.space = space
+        self.downtimes = downtimes
+        self.gocdb = gocdb
+        self.metrics = metrics
+        self.metrics_path = metrics_path
+        self.srr_path = srr_path
+        self.reload_status = reload_status
         self.started = time.time()
         self._plans: dict[tuple[Any, ...], _Plan] = {}
         self._paths: dict[bytes, str] = {}  # raw request path -> normalised path
-        self.writer: Writer | None = None
-        self.space: SpaceService | None = None
-        self.downtimes: DowntimeBook | None = None
-        self.gocdb: GocdbService | None = None
-        self.tpc: TpcEngine | None = None
-        self.checksums: ChecksumService | None = None
-        self.srr_path = b"/.well-known/fedd/srr.json"
         self._local: dict[str, LocalEndpoint] = {}
         self.refresh_local()
+
+    def reconfigure(self, new: Config) -> list[str]:
+        """A reload: the endpoint objects may have changed (see `refresh_local`)."""
+        self.refresh_local()
+        return []
 
     def refresh_local(self) -> None:
         """The local endpoints fedd serves bytes for (again after a reload)."""
@@ -635,9 +661,8 @@ class FeddResource(WriteHandlers, Resource):
             data["tpc"] = self.tpc.to_json()
         if self.checksums is not None:
             data["checksums"] = self.checksums.to_json()
-        reloader = getattr(self, "reloader", None)
-        if reloader is not None:
-            data["reload"] = reloader.to_json()
+        if self.reload_status is not None:
+            data["reload"] = self.reload_status.to_json()
         return data
 
 

@@ -31,11 +31,11 @@ from twisted.web import http, server
 from twisted.web.resource import Resource
 
 from fedd.errors import ClientGone
+from fedd.twcompat import inner_channel, release_transport, request_line, wrap_channel
 from fedd.web.accesslog import AccessLog
 from fedd.web.accesslog import record as access_record
 from fedd.web.metrics import Metrics
 from fedd.web.streambody import StreamBody, transport_of
-from fedd.web.twcompat import inner_channel, release_transport, request_line, wrap_channel
 
 log = Logger(namespace="fedd.web")
 ALREADY_ANSWERED = b"<answered by the handler>"  # a distinct object, compared by identity
@@ -271,7 +271,7 @@ class FeddChannel(http.HTTPChannel):
         self._head_done()
         self._fedd_request_line = True  # the next line in line mode starts the next request
         req = self.requests[-1]
-        if getattr(self, "_command", None) == b"PUT" and self.length != 0:
+        if request_line(self)[0] == b"PUT" and self.length != 0:
             agent = (req.requestHeaders.getRawHeaders(b"user-agent") or [b""])[0]
             if (
                 self.length is not None
@@ -430,6 +430,7 @@ class FeddSite(server.Site):
         header_timeout: float = HEADER_TIMEOUT,
         max_connections_per_client: int = 0,
         public: PublicBase | None = None,
+        access_file: AccessLog | None = None,
     ) -> None:
         if clock is not None:
             super().__init__(resource, reactor=clock)  # Twisted's idle timeouts on the same clock
@@ -444,7 +445,7 @@ class FeddSite(server.Site):
         self._access_log = access_log
         self.metrics = metrics
         self.clock = clock
-        self.access_file: AccessLog | None = None
+        self.access_file = access_file
         self.open_connections = 0
         self.connections: set[Any] = set()  # open ones: on shutdown, the drain waits for their requests
         self.draining = False

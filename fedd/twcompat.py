@@ -1,0 +1,50 @@
+"""The few private Twisted names fedd relies on, all in this module (checked on Twisted 26.10).
+
+twisted.web has no public way to (a) build the HTTP/1.1-or-HTTP/2 channel wrapper around a channel
+subclass of our own, (b) reach the channel inside that wrapper, (c) read the request line before the
+body, (d) stop the channel from pausing the transport while it is being closed, or (e) reach the
+connection under the body producer of an outgoing request (to cut an upload). twistd has no public
+way (f) to say that a stop asked for by SIGTERM was a clean one. If a Twisted upgrade renames one of
+them, tests/test_twcompat.py fails first, pointing here.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from twisted.web import http
+
+
+def wrap_channel(channel: http.HTTPChannel) -> Any:
+    """The protocol `Site` hands to the reactor: Twisted's HTTP/1.1 / HTTP/2 switch around `channel`."""
+    return http._GenericHTTPChannelProtocol(channel)
+
+
+def inner_channel(protocol: Any) -> Any:
+    """The `HTTPChannel` inside a protocol built by `wrap_channel` (the protocol itself otherwise)."""
+    return getattr(protocol, "_channel", protocol)
+
+
+def request_line(channel: http.HTTPChannel) -> tuple[bytes, bytes, bytes]:
+    """(method, target, version) of the request whose head the channel has just read, before its
+    body: what the channel later passes to `Request.requestReceived` (kept there until then)."""
+    return channel._command, channel._path, channel._version  # type: ignore[attr-defined]
+
+
+def release_transport(channel: http.HTTPChannel) -> None:
+    """Stop the channel from pausing/resuming the transport (it is about to be half-closed)."""
+    channel._networkProducer.unregisterProducer()  # type: ignore[attr-defined]
+
+
+def transport_under(consumer: Any) -> Any:
+    """The connection an outgoing request's body is written to: Twisted hands a body producer a
+    length- or chunk-encoding wrapper whose `_consumer` is the transport."""
+    return getattr(consumer, "_consumer", None) or getattr(consumer, "transport", None) or consumer
+
+
+def clean_exit_after_signal(reactor: Any) -> None:
+    """A stop asked for by SIGTERM/SIGINT that got this far (drain done) exits 0, not "killed by
+    signal": twistd reads `_exitSignal` after the reactor stops and re-raises the signal if set."""
+    if getattr(reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
+        reactor._exitSignal = None

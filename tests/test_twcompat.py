@@ -1,0 +1,68 @@
+"""The private Twisted names in fedd/twcompat.py still exist and do what fedd expects: a Twisted
+upgrade that renames one fails here first, pointing at the one module to fix."""
+
+from __future__ import annotations
+
+import io
+import signal
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import StringTransport
+from twisted.web.client import FileBodyProducer
+
+from fedd.twcompat import (
+    clean_exit_after_signal,
+    inner_channel,
+    release_transport,
+    request_line,
+    transport_under,
+    wrap_channel,
+)
+from fedd.web.site import FeddChannel
+
+
+def test_channel_wrapper_and_inner_channel() -> None:
+    protocol = wrap_channel(FeddChannel(7.0))
+    channel = inner_channel(protocol)
+    assert isinstance(channel, FeddChannel) and channel.header_timeout == 7.0
+    protocol.makeConnection(StringTransport())
+    release_transport(channel)
+
+
+def test_request_line_is_readable_before_the_body() -> None:
+    seen: list[tuple[bytes, bytes, bytes]] = []
+
+    class Probe(FeddChannel):
+        def allHeadersReceived(self) -> None:
+            seen.append(request_line(self))
+            super().allHeadersReceived()
+
+    protocol = wrap_channel(Probe(7.0))
+    protocol.makeConnection(StringTransport())
+    protocol.dataReceived(b"PUT /a/b HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    assert seen and seen[0] == (b"PUT", b"/a/b", b"HTTP/1.1")
+
+
+def test_transport_under_a_body_encoder() -> None:
+    """The request body of an outgoing request is written to an encoder whose `_consumer` is the
+    connection: twisted.web.http11 `LengthEnforcingConsumer` / `ChunkedEncoder`."""
+    from twisted.web._newclient import ChunkedEncoder, LengthEnforcingConsumer
+
+    transport = StringTransport()
+    producer = FileBodyProducer(io.BytesIO(b""))
+    assert transport_under(LengthEnforcingConsumer(producer, transport, Deferred())) is transport
+    assert transport_under(ChunkedEncoder(transport)) is transport
+    assert transport_under(transport) is transport
+
+
+def test_clean_exit_after_sigterm() -> None:
+    class Reactor:
+        _exitSignal: Any = signal.SIGTERM
+
+    reactor = Reactor()
+    clean_exit_after_signal(reactor)
+    assert reactor._exitSignal is None
+    reactor._exitSignal = signal.SIGKILL
+    clean_exit_after_signal(reactor)
+    assert reactor._exitSignal == signal.SIGKILL
