@@ -89,8 +89,11 @@ class InvalidationLog(Service):
             return
         raw = await self.memcached.get(SEQ_KEY)
         if raw is None:
-            if self.seen is None:
-                self.seen = 0  # nobody has written yet: follow from the very first change
+            # nobody has written yet (follow from the very first change), or memcached lost the log
+            # (restarted while this process could not see it): what was cached before may be stale
+            if self.seen or (self.seen is None and len(self.cache)):
+                self._flush("following the change log from a new starting point")
+            self.seen = 0
             return
         if not raw.strip().isdigit():
             return
