@@ -24,7 +24,6 @@ setup(
         "service-identity>=23.1",
         "cryptography>=41",
         "botocore>=1.31",
-        "defusedxml>=0.7",
         "lxml>=4.9",
         "pika>=1.3",
         "PyJWT>=2.8",

@@ -31,6 +31,8 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from lxml import etree
 
+from fedd.safexml import has_doctype, safe_parser
+
 SEVERITIES = ("OUTAGE", "WARNING")
 MAX_REASON = 300  # characters of a downtime's description kept in its reason
 _EPOCH_RE = re.compile(r"[0-9]{1,12}")
@@ -69,16 +71,13 @@ def parse_page(body: bytes) -> Page:
     Safe on hostile input: a fresh lxml parser per call (this runs in the thread pool, and lxml
     parsers are not to be shared between threads) that loads no DTD, expands no entity, reads
     nothing from the network and refuses huge trees; a document with a DTD is refused outright."""
-    parser = etree.XMLParser(
-        resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False, remove_comments=True, remove_pis=True
-    )
     try:
-        root = etree.fromstring(body, parser)
+        root = etree.fromstring(body, safe_parser())
     except etree.XMLSyntaxError as exc:
         raise GocdbError(f"malformed XML ({exc.msg})") from None
     if root is None:
         raise GocdbError("empty document")
-    if root.getroottree().docinfo.internalDTD is not None:
+    if has_doctype(root):
         raise GocdbError("the document has a DTD (refused)")
     if root.tag == "error":
         raise GocdbError(f"GOCDB answered an error: {clip(''.join(root.itertext()).strip(), 200)}")

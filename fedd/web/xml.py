@@ -9,10 +9,9 @@ from email.utils import formatdate
 from functools import lru_cache
 from xml.sax.saxutils import escape
 
-from defusedxml import ElementTree
-
 from fedd.endpoints.base import Stat, format_etag, quote_path
 from fedd.errors import BadRequest
+from fedd.safexml import UnsafeXML, parse_untrusted
 
 DAV = "{DAV:}"
 LIVE_PROPS = (
@@ -34,9 +33,9 @@ def parse_propfind(body: bytes) -> tuple[str, list[tuple[str, str]]]:
     if not body.strip():
         return "allprop", []
     try:
-        root = ElementTree.fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
-    except Exception as exc:  # defusedxml's DTDForbidden/EntitiesForbidden, or plain ParseError
-        raise BadRequest(f"unacceptable PROPFIND body ({type(exc).__name__})") from None
+        root = parse_untrusted(body)
+    except UnsafeXML as exc:
+        raise BadRequest(f"unacceptable PROPFIND body: {exc.reason}") from None
     if root.tag != f"{DAV}propfind":
         raise BadRequest("PROPFIND body must be a DAV:propfind element")
     if root.find(f"{DAV}propname") is not None:
