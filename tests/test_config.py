@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from fedd.config import ConfigError, parse_config
+from fedd.config import ConfigError, parse_config, values
+from fedd.config.endpoints import COMMON, KINDS, field_of
+from fedd.config.schema import SECTIONS
+from fedd.config.values import in_range
 
 GOOD = """
 [server]
@@ -167,3 +170,126 @@ def test_shipped_example_config_is_valid() -> None:
     root = Path(__file__).resolve().parent.parent
     config = parse_config(path=str(root / "conf" / "fedd.conf"))
     assert config.endpoints[0].id == "local-data"
+
+
+# --- per-kind endpoint keys (fedd/config/endpoints.py) -------------------------------------------
+
+AZURE = "kind = azure\nurl = http://x\naccount = a\ncontainer = c\naccount_key = a2V5"
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "error"),
+    [
+        ("kind = dav\nurl = http://x", "bucket = b", "'bucket' only applies to kind s3"),
+        ("kind = dav\nurl = http://x", "presign_expiry = 60", "'presign_expiry' only applies to kind s3 or azure"),
+        ("kind = local\npath = /", "url = http://x", "'url' only applies to kind s3 or dav or azure"),
+        ("kind = local\npath = /", "quota = 1T", "'quota' only applies to kind s3 or dav or azure"),
+        ("kind = local\npath = /", "verify_tls = no", "'verify_tls' only applies to kind s3 or dav or azure"),
+        (AZURE, "tpc = yes", "'tpc' only applies to kind s3 or dav"),
+        (AZURE, "health_path = /", "'health_path' only applies to kind dav"),
+        ("kind = dav\nurl = http://x", "account_key_file = k", "'account_key_file' only applies to kind azure"),
+        ("kind = dav\nurl = http://x", "path = /srv", "'path' only applies to kind local"),
+    ],
+)
+def test_key_of_another_kind_is_an_error_at_its_line(section: str, line: str, error: str) -> None:
+    """The error names the key's own file:line and the endpoint's kind, whatever order the keys come in."""
+    kind = section.split("\n")[0].split(" = ")[1]
+    after, before = f"[endpoint a]\n{section}\n{line}\n", f"[endpoint a]\n{line}\n{section}\n"
+    for text, number in ((after, section.count("\n") + 3), (before, 2)):
+        with pytest.raises(ConfigError) as info:
+            parse_config(text, environ={})
+        assert info.value.errors == [f"<string>:{number}: endpoint 'a' (kind {kind}): {error}"]
+
+
+def test_every_key_of_another_kind_is_reported() -> None:
+    text = "[endpoint a]\nkind = local\npath = /\nbucket = b\nregion = r\nurl = http://x\ntimeout = 3\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, environ={})
+    assert [e.split(":")[1] for e in info.value.errors] == ["4", "5", "6"]
+
+
+def _sample_values(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "ca.pem").write_text("")
+    return {
+        "kind": "",
+        "url": "http://127.0.0.1:9/x",
+        "path": str(tmp_path),
+        "bucket": "b",
+        "region": "eu",
+        "access_key": "AK",
+        "secret_key": "SK",
+        "presign_expiry": "60",
+        "map": "/a /b",
+        "lat": "1.5",
+        "lon": "2.5",
+        "read": "yes",
+        "list": "no",
+        "write": "no",
+        "timeout": "3",
+        "weight": "2",
+        "health_path": "/probe",
+        "verify_tls": "no",
+        "ca_file": "ca.pem",
+        "account": "acc",
+        "container": "cont",
+        "account_key": "a2V5",
+        "min_free": "1G",
+        "quota": "2G",
+        "space_source": "none",
+        "share": "disk",
+        "vo": "atlas",
+        "downtime": "2026-12-01T08:00Z 2026-12-01T09:00Z write",
+        "tpc": "yes",
+        "gocdb_hostname": "se.example.org",
+    }
+
+
+def test_every_kind_takes_every_key_it_declares(tmp_path: Path) -> None:
+    """Each kind's declared keys (fedd/config/endpoints.py) all parse together: the per-kind check
+    refuses no key a kind's implementation reads."""
+    samples = _sample_values(tmp_path)
+    plain = [k for k, key in SECTIONS["endpoint"].items() if field_of(key.attr) == key.attr]  # no *_key_file
+    assert sorted(samples) == sorted(plain)  # a new endpoint key needs a sample here
+    for kind in KINDS:
+        keys = [k for k in plain if field_of(SECTIONS["endpoint"][k].attr) in COMMON | KINDS[kind].takes]
+        lines = [f"kind = {kind}"] + [f"{k} = {samples[k]}" for k in keys if k != "kind"]
+        (tmp_path / f"{kind}.conf").write_text(f"[endpoint {kind}]\n" + "\n".join(lines) + "\n")
+        ep = parse_config(path=str(tmp_path / f"{kind}.conf"), environ={}).endpoints[0]
+        assert (ep.kind, ep.timeout, ep.mappings, ep.vos) == (kind, 3.0, (("/a", "/b"),), ("atlas",))
+        assert set(keys) > {"kind", "map"} and all(k in keys for k in KINDS[kind].needs)
+
+
+# --- the one range-checking parser factory (fedd/config/values.py) -------------------------------
+
+
+def test_in_range_bounds_open_and_closed() -> None:
+    half_open = in_range(float, low=0, high=1, high_open=True, what="a fraction in [0, 1)")
+    assert (half_open("0"), half_open("0.999")) == (0.0, 0.999)
+    for bad in ("1", "-0.001", "nan", "inf", "-inf", "1e999"):
+        with pytest.raises(ValueError, match=r"^expected a fraction in \[0, 1\), got "):
+            half_open(bad)
+    above = in_range(int, low=0, low_open=True, what="a positive integer")
+    assert above("1") == 1
+    assert above("1" + "0" * 400) == 10**400  # a huge int is compared, not turned into a float
+    with pytest.raises(ValueError, match="expected a positive integer, got '0'"):
+        above("0")
+    with pytest.raises(ValueError, match="invalid literal"):  # int()'s own error for a non-integer
+        above("1.5")
+    unbounded = in_range(float, what="a finite number")
+    assert unbounded("-1e300") == -1e300
+    with pytest.raises(ValueError, match="expected a finite number, got 'nan'"):
+        unbounded("nan")
+
+
+def test_range_parsers_keep_their_messages() -> None:
+    assert values.lat("90") == 90.0 and values.lon("-180") == -180.0
+    with pytest.raises(ValueError, match=r"^latitude out of range: '90.5'$"):
+        values.lat("90.5")
+    with pytest.raises(ValueError, match=r"^expected a size above 0, got '0G'$"):
+        values.positive_size("0G")
+    with pytest.raises(ConfigError) as info:
+        parse_config("[locate]\nwait_budget = nan\npresign_reuse = 1\n[endpoint e]\nkind = dav\nurl = http://h\n")
+    assert info.value.errors == [
+        "<string>:2: wait_budget: expected a positive number, got 'nan'",
+        "<string>:3: presign_reuse: expected a fraction in [0, 1), got '1'",
+    ]

@@ -39,7 +39,6 @@ COMMON = frozenset(
         "timeout",  # also the listing idle limit of local endpoints
         "weight",
         "min_free",
-        "quota",
         "space_source",
         "share",
         "vos",
@@ -47,7 +46,9 @@ COMMON = frozenset(
         "gocdb_hostnames",
     }
 )
-_HTTP = frozenset({"url", "verify_tls", "ca_file"})  # what fedd's HTTP client for the endpoint reads
+# what fedd's HTTP client for the endpoint reads, and a capacity for storage that may report none
+# (a local endpoint's statvfs always has one)
+_HTTP = frozenset({"url", "verify_tls", "ca_file", "quota"})
 
 KINDS: Mapping[str, EndpointKind] = {
     "s3": EndpointKind(
@@ -73,7 +74,8 @@ def kinds_taking(attr: str) -> tuple[str, ...]:
     return tuple(k.name for k in KINDS.values() if attr in COMMON or attr in k.takes)
 
 
-def _field_of(attr: str) -> str:
+def field_of(attr: str) -> str:
+    """The field a key sets: a secret's `_file`/`_env` forms set the secret."""
     for secret in SECRETS:
         if attr in (f"{secret}_file", f"{secret}_env"):
             return secret
@@ -84,7 +86,7 @@ def check_kind_keys(section: Section, kind: str, errors: list[str]) -> None:
     """An error, at its own line, for every key of `section` that `kind` does not take."""
     spec = KINDS[kind]
     for attr in section.values:
-        owner = _field_of(attr)
+        owner = field_of(attr)
         if owner in COMMON or owner in spec.takes:
             continue
         written = section.keys.get(attr, attr)
@@ -105,7 +107,8 @@ def build_endpoint(section: Section, environ: Mapping[str, str], errors: list[st
         return None
     check_kind_keys(section, kind, errors)
     for name in SECRETS:
-        resolve_secret(values, name, environ, where, errors)
+        if name in KINDS[kind].takes:  # another kind's key file is not read, only named as an error
+            resolve_secret(values, name, environ, where, errors)
     for key in KINDS[kind].needs:
         if not values.get(key):
             errors.append(f"{where}: endpoint {section.arg!r} (kind {kind}) needs {key!r}")

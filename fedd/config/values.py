@@ -92,7 +92,7 @@ lat = in_range(float, low=-90, high=90, what="latitude", message="latitude out o
 lon = in_range(float, low=-180, high=180, what="longitude", message="longitude out of range: {text!r}", name="lon")
 
 
-_SIZE_UNITS = {
+SIZE_UNITS = {
     "": 1,
     "b": 1,
     "k": 10**3,
@@ -111,16 +111,15 @@ _SIZE_UNITS = {
     "tib": 1 << 40,
     "pib": 1 << 50,
 }
-SIZE_UNITS = _SIZE_UNITS
 
 
 def size(text: str) -> int:
     """A byte count: `1000000`, `500G`, `1.5TB` (powers of 1000), `2TiB` (powers of 1024)."""
     match = re.match(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*$", text)
-    if not match or match.group(2).lower() not in _SIZE_UNITS:
+    if not match or match.group(2).lower() not in SIZE_UNITS:
         raise ValueError(f"expected a size such as 1000000, 500G, 1.5TB or 2TiB, got {text!r}")
     # exact decimal arithmetic: a float loses bytes past 2**53 and makes 1.001G 1000999999
-    value = Fraction(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    value = Fraction(match.group(1)) * SIZE_UNITS[match.group(2).lower()]
     if value >= 1 << 63:
         raise ValueError(f"size too large: {text!r}")
     return int(value)
