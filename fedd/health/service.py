@@ -191,12 +191,13 @@ class HealthService(Service):
             return self._inflight  # previous round still running: do not pile up
         probes = [self._probe(eid, ep) for eid, ep in self.endpoints.items()]
         d: Deferred[Any] = DeferredList(probes, consumeErrors=True)
+        self._inflight = d  # before the callback: a round whose probes all answer at once is done now
 
         def done(result: Any) -> None:
-            self._inflight = None
+            if self._inflight is d:
+                self._inflight = None
 
         d.addBoth(done)
-        self._inflight = d
         return d
 
     def _probe(self, eid: str, endpoint: Endpoint) -> Deferred[None]:
