@@ -173,7 +173,13 @@ def _nested(der: bytes) -> core.SequenceOf:
     return outer
 
 
-def proxy(user: Issued, ac: bytes | None = None) -> Issued:
+def proxy(
+    user: Issued,
+    ac: bytes | None = None,
+    *,
+    not_before: datetime.datetime = NOW - DAY,
+    not_after: datetime.datetime = NOW + DAY,
+) -> Issued:
     """An RFC 3820 proxy of `user`, with `ac` (from voms_ac) as its VOMS extension if given."""
     key = _key()
     serial = x509.random_serial_number() >> 100
@@ -191,8 +197,8 @@ def proxy(user: Issued, ac: bytes | None = None) -> Issued:
         .issuer_name(user.cert.subject)
         .public_key(key.public_key())
         .serial_number(serial)
-        .not_valid_before(NOW - DAY)
-        .not_valid_after(NOW + DAY)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
         .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14"), info), critical=True)
     )
     if ac is not None:
