@@ -4,7 +4,6 @@ test_federation (test_memcached_shares_answers_and_its_death_is_survived)."""
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +11,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent
 
 from fedd.locate.memcache import Memcached
+from fedd.locate.ring import HashRing
 from tests.inprocess import accept, captured_logs, formats, refuse, result
 
 TIMEOUT = 0.5
@@ -102,15 +102,17 @@ def test_commands_on_the_wire(reactor: MemoryReactorClock, cache: Memcached) -> 
     assert wire.sent().endswith(b"delete k\r\n")
 
 
-def test_keys_are_spread_over_servers_by_crc32(reactor: MemoryReactorClock) -> None:
+def test_keys_are_spread_over_servers_by_the_hash_ring(reactor: MemoryReactorClock) -> None:
     servers = ["127.0.0.1:11211", "127.0.0.1:11212"]
     cache = Memcached(reactor, servers, TIMEOUT)
     cache.startService()
     try:
         wires = {reactor.tcpClients[i][1]: accept(reactor, i) for i in range(2)}
+        ring = HashRing(servers)
+        assert {ring.node(key) for key in (b"a", b"b", b"c", b"d")} == {0, 1}  # both servers are asked
         for key in (b"a", b"b", b"c", b"d"):
             result(cache.get(key))
-            port = int(servers[zlib.crc32(key) % 2].rpartition(":")[2])
+            port = int(servers[ring.node(key)].rpartition(":")[2])
             assert wires[port].sent() == b"get " + key + b"\r\n"
             assert all(w.sent() == b"" for p, w in wires.items() if p != port)
     finally:

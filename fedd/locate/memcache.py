@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +18,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.memcache import MemCacheProtocol
+
+from fedd.locate.ring import HashRing
 
 log = Logger(namespace="fedd.memcached")
 
@@ -82,19 +83,22 @@ class _Server:
 
 
 class Memcached(MultiService):
-    """A set of memcached servers; keys are spread by CRC32."""
+    """A set of memcached servers; each key lives on one of them, chosen by consistent hashing
+    (fedd/locate/ring.py: adding a server moves only the keys it takes over)."""
 
     name = "memcached"
 
     def __init__(self, reactor: Any, servers: Sequence[str], timeout: float) -> None:
         super().__init__()
-        self._servers = [_Server(reactor, s, timeout) for s in servers]
+        addresses = list(dict.fromkeys(servers))  # one client per server, however often it is listed
+        self._servers = [_Server(reactor, s, timeout) for s in addresses]
+        self._ring = HashRing(addresses)
         for server in self._servers:
             server.service.setServiceParent(self)
         self.hits = self.misses = self.errors = 0
 
     def _server(self, key: bytes) -> _Server:
-        return self._servers[zlib.crc32(key) % len(self._servers)]
+        return self._servers[self._ring.node(key)]
 
     def get(self, key: bytes) -> Deferred[bytes | None]:
         proto = self._server(key).proto
