@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IBodyProducer
 
 from fedd.config import Config, WriteConfig
+from fedd.endpoints.interfaces import ITPCTarget, IWritable
 from fedd.errors import (
     BadGateway,
     ClientGone,
@@ -164,9 +165,8 @@ class Writer:
         problems: dict[str, str] = dict(placement.refused)
         for eid in placement.order:
             endpoint = self.fed.endpoints[eid]
-            prepare = getattr(endpoint, "prepare_put", None)
-            if prepare is not None:
-                d = prepare(targets[eid])
+            if IWritable.providedBy(endpoint):
+                d = IWritable(endpoint).prepare_put(targets[eid])
                 d.addTimeout(endpoint.config.timeout * 2, self.fed.clock)
                 try:
                     await d
@@ -187,10 +187,10 @@ class Writer:
         307 with their body); 201 on success. `body` passes the bytes on as they arrive from the
         client (fedd.web.streambody): nothing is spooled, and the client is paced by the endpoint."""
         endpoint = self.fed.endpoints[target.endpoint]
-        http = getattr(endpoint, "_http", None)
-        if http is None or body is None:
+        if not ITPCTarget.providedBy(endpoint) or body is None:
             raise BadGateway(f"{target.endpoint} cannot take uploads carried by fedd")
-        headers = dict(getattr(endpoint, "upload_headers", {}))
+        http = ITPCTarget(endpoint).http
+        headers = dict(ITPCTarget(endpoint).upload_headers)
         producer = body
         timeout = endpoint.config.timeout + size / CARRY_MIN_RATE
         try:

@@ -20,6 +20,7 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
+from fedd.checksums.reported import known_checksums
 from fedd.config import ConfigError, EndpointConfig, parse_config
 from fedd.endpoints import make_endpoint
 from fedd.endpoints.azure import API_VERSION, AzureEndpoint
@@ -247,11 +248,13 @@ def test_account_key_that_is_not_base64_is_a_config_error() -> None:
 def test_content_md5_is_what_azure_keeps(azurite: Any, container: str) -> None:
     ep = endpoint(azurite)
     expected = base64.b64encode(hashlib.md5(FILES["data/file.txt"]).digest()).decode()
-    assert reactor.call(ep.content_md5, "/data/file.txt") == expected
-    assert reactor.call(ep.content_md5, "/" + ODD) == base64.b64encode(hashlib.md5(b"odd name").digest()).decode()
-    assert reactor.call(ep.content_md5, "/data/nope") is None
-    stat = reactor.call(ep.stat, "/data/file.txt")  # the locate answer carries it too, as hex
-    assert stat.checksums == (("md5", hashlib.md5(FILES["data/file.txt"]).hexdigest()),)
+    assert reactor.call(ep.reported_checksums, "/data/file.txt") == (("content-md5", expected),)
+    odd = base64.b64encode(hashlib.md5(b"odd name").digest()).decode()
+    assert reactor.call(ep.reported_checksums, "/" + ODD) == (("content-md5", odd),)
+    assert reactor.call(ep.reported_checksums, "/data/nope") is None
+    stat = reactor.call(ep.stat, "/data/file.txt")  # the locate answer carries it too, read as hex
+    assert stat.reported == (("content-md5", expected),)
+    assert known_checksums(stat) == {"md5": hashlib.md5(FILES["data/file.txt"]).hexdigest()}
 
 
 def test_delete_mkcol_move(azurite: Any, container: str) -> None:

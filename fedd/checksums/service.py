@@ -44,10 +44,12 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from fedd.checksums.bulk import BulkEndpointFactory, InlineHashing, ThreadedHashing, hashing_for, tune_allocator
-from fedd.checksums.digest import ADLER32_IMPLEMENTATION, Hasher, Want, from_base64, new_hasher, normalise
+from fedd.checksums.digest import ADLER32_IMPLEMENTATION, Hasher, Want, new_hasher
+from fedd.checksums.reported import known_checksums, parse_reported, worth_storing
 from fedd.checksums.store import ChecksumStore, Key
 from fedd.config import ChecksumsConfig, Config
 from fedd.endpoints.base import Stat
+from fedd.endpoints.interfaces import IChecksumSource, IChecksumStore
 from fedd.endpoints.local import LocalEndpoint
 from fedd.errors import EndpointError, describe
 from fedd.events.model import file_fields
@@ -181,9 +183,9 @@ class ChecksumService(Service):
         pending = ["[checksums] database"] if new.checksums.database != self.config.database else []
         self.config = replace(new.checksums, database=self.config.database)
         self._pump()
+        return pending
 
     async def _close(self) -> None:
-        return pending
         try:
             await self.store.close()
         except Exception as exc:
@@ -213,7 +215,7 @@ class ChecksumService(Service):
         best: dict[str, str] = {}
         by_algorithm: dict[str, dict[str, str]] = {}
         for replica, key in self._keys(path, replicas):
-            values = dict(replica.stat.checksums)
+            values = known_checksums(replica.stat)
             hit = self._memory.get(key)
             if hit is not None:
                 values.update(hit[1])
@@ -270,18 +272,18 @@ class ChecksumService(Service):
                 log.warn("checksum database lookup failed: {reason}", reason=describe(exc))
         for replica, key in todo:
             values = dict(found.get(key, {}))
-            content_md5 = getattr(self.fed.endpoints.get(replica.endpoint), "content_md5", None)
-            if callable(content_md5) and "md5" not in values and "md5" not in dict(replica.stat.checksums):
+            source = self.fed.endpoints.get(replica.endpoint)
+            told = known_checksums(replica.stat)
+            if IChecksumSource.providedBy(source) and "md5" not in values and "md5" not in told:
                 try:
-                    d = content_md5(key[1])
-                    d.addTimeout(self.fed.endpoints[replica.endpoint].config.timeout, self.clock)
-                    raw = await d
+                    asked = IChecksumSource(source).reported_checksums(key[1])
+                    asked.addTimeout(IChecksumSource(source).config.timeout, self.clock)
+                    reported = await asked
                 except Exception as exc:
-                    log.warn("Content-MD5 of {endpoint}: {reason}", endpoint=replica.endpoint, reason=describe(exc))
-                    raw = None
-                md5 = (from_base64("md5", raw) or normalise("md5", raw)) if raw else None
-                if md5 is not None:
-                    values["md5"] = md5
+                    log.warn("checksums of {endpoint}: {reason}", endpoint=replica.endpoint, reason=describe(exc))
+                    reported = None
+                for algorithm, value in parse_reported(reported or ()).items():
+                    values.setdefault(algorithm, value)
             self._remember(key, values)
 
     def answer(self, path: str, replicas: list[Any], wants: list[Want], wait: float | None) -> Deferred[Answer]:
@@ -480,12 +482,12 @@ class ChecksumService(Service):
                 log.warn("storing a checksum in the database failed: {reason}", reason=describe(exc))
         where = "database" if self._db_ready else "memory"
         endpoint = self.fed.endpoints.get(job.endpoint)
-        store = getattr(endpoint, "store_checksums", None)
-        if store is not None and self.config.store_s3_metadata and endpoint.config.write and job.etag:
+        if IChecksumStore.providedBy(endpoint) and self.config.store_s3_metadata and endpoint.config.write and job.etag:
             try:
-                d = store(job.endpoint_path, job.values, job.etag)
-                d.addTimeout(endpoint.config.timeout * 4, self.clock)
-                if await d:
+                values = worth_storing(job.values, job.etag)
+                stored = IChecksumStore(endpoint).store_checksums(job.endpoint_path, values, job.etag)
+                stored.addTimeout(endpoint.config.timeout * 4, self.clock)
+                if await stored:
                     self.stored_s3 += 1
                     where = "s3-metadata"
             except Exception as exc:

@@ -7,12 +7,23 @@ from typing import Any
 from twisted.internet import ssl
 from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.web.iweb import IPolicyForHTTPS
-from zope.interface import implementer
+from zope.interface import Interface, implementer
+from zope.interface.verify import verifyObject
 
 from fedd.config import EndpointConfig
 from fedd.endpoints.azure import AzureEndpoint
 from fedd.endpoints.base import Endpoint, Entry, HttpClient, Space, Stat
 from fedd.endpoints.dav import DavEndpoint
+from fedd.endpoints.interfaces import (
+    IChecksumSource,
+    IChecksumStore,
+    IHttpEndpoint,
+    IListable,
+    IPresignable,
+    IReadable,
+    ISpaceSource,
+    ITPCTarget,
+)
 from fedd.endpoints.local import LocalEndpoint
 from fedd.endpoints.s3 import S3Endpoint
 from fedd.pem import read_certificates
@@ -43,19 +54,45 @@ def tls_policy(verify: bool, ca_file: str, default: Any = None) -> Any:
     return default
 
 
-def make_endpoint(config: EndpointConfig, *, reactor: Any, presign_reuse: float = 0.5, instance: str = "") -> Endpoint:
-    """`instance`: this fedd's id, marked (`Via`) on what a DAV endpoint is asked, against loops."""
+# what each kind must provide: checked on every endpoint built (verifyObject), so a kind that
+# declares a capability it does not implement fails at start-up, not on the first request that asks
+CAPABILITIES: dict[str, tuple[type[Interface], ...]] = {
+    "local": (IReadable, IListable, ISpaceSource),
+    "s3": (IPresignable, IListable, ITPCTarget, IChecksumSource, IChecksumStore, ISpaceSource),
+    "azure": (IPresignable, IListable, ITPCTarget, IChecksumSource, ISpaceSource),
+    "dav": (IReadable, IListable, ITPCTarget, IChecksumSource, ISpaceSource),
+}
+
+
+def make_endpoint(
+    config: EndpointConfig,
+    *,
+    reactor: Any,
+    presign_reuse: float = 0.5,
+    instance: str = "",
+    http_client: Any = None,
+) -> Endpoint:
+    """`instance`: this fedd's id, marked (`Via`) on what a DAV endpoint is asked, against loops.
+    `http_client`: a treq-compatible client for the HTTP kinds (`treq.testing.StubTreq` in tests);
+    without one each endpoint gets a pooled client of its own with its TLS settings."""
+    endpoint: Endpoint
     if config.kind == "local":
-        return LocalEndpoint(config, reactor)
-    http = HttpClient(reactor, endpoint=config.id, timeout=config.timeout, tls_policy=_tls_policy(config))
-    if config.kind == "s3":
-        return S3Endpoint(config, http, presign_reuse=presign_reuse)
-    if config.kind == "azure":
-        return AzureEndpoint(config, http, clock=reactor, presign_reuse=presign_reuse)
-    return DavEndpoint(config, http, instance=instance)
+        endpoint = LocalEndpoint(config, reactor)
+    else:
+        http = HttpClient(
+            reactor, endpoint=config.id, timeout=config.timeout, tls_policy=_tls_policy(config), client=http_client
+        )
+        if config.kind == "s3":
+            endpoint = S3Endpoint(config, http, presign_reuse=presign_reuse)
+        elif config.kind == "azure":
+            endpoint = AzureEndpoint(config, http, clock=reactor, presign_reuse=presign_reuse)
+        else:
+            endpoint = DavEndpoint(config, http, instance=instance)
+    for capability in CAPABILITIES.get(config.kind, CAPABILITIES["dav"]):
+        verifyObject(capability, endpoint)
+    return endpoint
 
 
 async def close_endpoint(endpoint: Endpoint) -> None:
-    http = getattr(endpoint, "_http", None)
-    if isinstance(http, HttpClient):
-        await http.close()
+    if IHttpEndpoint.providedBy(endpoint):
+        await IHttpEndpoint(endpoint).http.close()

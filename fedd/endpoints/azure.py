@@ -17,10 +17,11 @@ from email.utils import formatdate
 from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from fedd.config import EndpointConfig
 from fedd.endpoints.base import (
@@ -31,12 +32,14 @@ from fedd.endpoints.base import (
     Stat,
     UrlCache,
     Valve,
+    deferred,
     emit_listing,
     parse_http_date,
     parse_int,
     parse_xml,
     refused,
 )
+from fedd.endpoints.interfaces import IChecksumSource, IListable, IPresignable, ISpaceSource, ITPCTarget, Reported
 from fedd.errors import EndpointError
 
 API_VERSION = "2021-08-06"  # x-ms-version of fedd's own requests and `sv` of its SAS tokens
@@ -59,19 +62,11 @@ def _sign(key: bytes, text: str) -> str:
     return base64.b64encode(hmac.new(key, text.encode("utf-8"), hashlib.sha256).digest()).decode("ascii")
 
 
-def _md5_hex(value: str | None) -> str | None:
-    """Azure's Content-MD5 (base64 of 16 bytes) as the lowercase hex that `Stat.checksums` holds."""
-    try:
-        raw = base64.b64decode(value or "", validate=True)
-    except ValueError:
-        return None
-    return raw.hex() if len(raw) == 16 else None
-
-
 def _is_folder(metadata: dict[str, str]) -> bool:
     return metadata.get(FOLDER_META, "").lower() == "true"
 
 
+@implementer(IPresignable, IListable, ITPCTarget, IChecksumSource, ISpaceSource)
 class AzureEndpoint:
     collections_by_stat = False
 
@@ -82,7 +77,7 @@ class AzureEndpoint:
     ) -> None:
         self.id = config.id
         self.config = config
-        self._http = http
+        self.http = http
         self._clock = clock
         self._key = base64.b64decode(config.account_key)
         self._base = f"{config.url}/{quote(config.container, safe='')}"
@@ -170,7 +165,7 @@ class AzureEndpoint:
             body = b""
         headers = self.signed_headers(method, url, query, self._clock.seconds(), extra, len(body or b""))
         full = f"{url}?{urlencode(sorted(query.items()), quote_via=quote)}" if query else url
-        return self._http.request(method, full, headers, body)
+        return self.http.request(method, full, headers, body)
 
     def _check(self, response: HttpResponse, what: str) -> None:
         if response.code >= 500:
@@ -199,10 +194,8 @@ class AzureEndpoint:
             raise self._unexpected(response, "HEAD")
         return response
 
-    def stat(self, path: str, via: tuple[str, ...] = ()) -> Deferred[Stat | None]:
-        return ensureDeferred(self._stat(path))
-
-    async def _stat(self, path: str) -> Stat | None:
+    @deferred
+    async def stat(self, path: str, via: tuple[str, ...] = ()) -> Stat | None:
         if path.strip("/") == "":
             return Stat(is_dir=True)
         response = await self._head(path, refuse=True)
@@ -211,21 +204,22 @@ class AzureEndpoint:
         size = parse_int(response.header("Content-Length"))
         if size is None:
             raise EndpointError(self.id, "HEAD: no Content-Length in answer")
-        md5 = _md5_hex(response.header("Content-MD5"))
+        md5 = response.header("Content-MD5")
         return Stat(
             size=size,
             mtime=parse_http_date(response.header("Last-Modified")),
             etag=(response.header("ETag") or "").strip('"'),
-            checksums=(("md5", md5),) if md5 else (),
+            reported=(("content-md5", md5),) if md5 else (),
         )
 
-    def content_md5(self, path: str) -> Deferred[str | None]:
-        """The blob's Content-MD5 property (base64, as Azure keeps it); None when unset or no such blob."""
-        return ensureDeferred(self._content_md5(path))
-
-    async def _content_md5(self, path: str) -> str | None:
+    @deferred
+    async def reported_checksums(self, path: str) -> Reported | None:
+        """The blob's Content-MD5 property (base64, as Azure keeps it); None when there is no such blob."""
         response = await self._head(path)
-        return (response.header("Content-MD5") or None) if response is not None else None
+        if response is None:
+            return None
+        md5 = response.header("Content-MD5")
+        return (("content-md5", md5),) if md5 else ()
 
     # --- listings -----------------------------------------------------------------------------
 
@@ -248,15 +242,13 @@ class AzureEndpoint:
             raise EndpointError(self.id, f"List Blobs: unexpected answer <{root.tag}>")
         return root
 
-    def listdir(self, path: str, via: tuple[str, ...] = ()) -> Deferred[list[Entry] | None]:
-        return ensureDeferred(self._listdir(path))
-
     def list_stream(
         self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...] = (), valve: Valve | None = None
     ) -> Deferred[bool]:
         return emit_listing(self.listdir(path), emit)
 
-    async def _listdir(self, path: str) -> list[Entry] | None:
+    @deferred
+    async def listdir(self, path: str, via: tuple[str, ...] = ()) -> list[Entry] | None:
         prefix = path.strip("/") + "/" if path.strip("/") else ""
         entries: dict[str, Entry] = {}
         marker_seen = False
@@ -312,10 +304,11 @@ class AzureEndpoint:
 
     # --- writes and space ---------------------------------------------------------------------
 
-    def delete(self, path: str) -> Deferred[bool]:
-        return ensureDeferred(self._delete(path))
+    def prepare_put(self, path: str) -> Deferred[None]:
+        return succeed(None)  # names need no parents in Blob storage
 
-    async def _delete(self, path: str) -> bool:
+    @deferred
+    async def delete(self, path: str) -> bool:
         for name in (path, path.rstrip("/") + "/"):  # the blob, else a directory's marker blob
             response = await self._send("DELETE", self.blob_url(name), extra={"x-ms-delete-snapshots": "include"})
             self._check(response, "DELETE")
@@ -325,10 +318,8 @@ class AzureEndpoint:
                 raise self._unexpected(response, "DELETE")
         return False
 
-    def mkcol(self, path: str) -> Deferred[bool]:
-        return ensureDeferred(self._mkcol(path))
-
-    async def _mkcol(self, path: str) -> bool:
+    @deferred
+    async def mkcol(self, path: str) -> bool:
         if await self._head(path) is not None or await self._has_prefix(path):
             return False
         extra = {"x-ms-blob-type": "BlockBlob", f"x-ms-meta-{FOLDER_META}": "true"}
@@ -343,10 +334,8 @@ class AzureEndpoint:
         blobs = root.find("Blobs")
         return blobs is not None and blobs.find("Blob") is not None
 
-    def move(self, source: str, destination: str) -> Deferred[None]:
-        return ensureDeferred(self._move(source, destination))
-
-    async def _move(self, source: str, destination: str) -> None:
+    @deferred
+    async def move(self, source: str, destination: str) -> None:
         # no rename in Blob storage: Copy Blob (the source read through a short SAS), then delete the source
         copy_source = self.sas(source, "r", self._clock.seconds(), COPY_SAS_SECONDS)
         response = await self._send("PUT", self.blob_url(destination), extra={"x-ms-copy-source": copy_source})
@@ -371,10 +360,8 @@ class AzureEndpoint:
         if deleted.code not in (200, 202, 404):
             raise self._unexpected(deleted, "DELETE after copy")
 
-    def space(self, max_objects: int = MAX_SPACE_OBJECTS) -> Deferred[Space]:
-        return ensureDeferred(self._space(max_objects))
-
-    async def _space(self, max_objects: int) -> Space:
+    @deferred
+    async def space(self, max_objects: int = MAX_SPACE_OBJECTS) -> Space:
         """Sum of blob sizes over the whole container, page by page: one page in memory at a time."""
         used = files = 0
         marker = ""

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from functools import lru_cache
-from typing import Any, Protocol
+from functools import lru_cache, wraps
+from typing import Any, ParamSpec, Protocol, TypeVar
 from urllib.parse import quote
 
 import treq
@@ -37,9 +37,14 @@ class Stat:
     mtime: float | None = None
     is_dir: bool = False
     etag: str = ""
-    checksums: tuple[tuple[str, str], ...] = ()  # (algorithm, lowercase hex) the endpoint told, e.g. adler32
+    checksums: tuple[tuple[str, str], ...] = ()  # (algorithm, lowercase hex) known for it, e.g. adler32
+    # (field, raw value) about the content as the storage sent it: ("digest", "adler32=..."),
+    # ("x-amz-meta-adler32", ...), ("content-md5", base64), ("etag", ...); parsed by fedd.checksums.reported
+    reported: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> list[Any]:
+        if self.reported:
+            return [self.size, self.mtime, self.is_dir, self.etag, dict(self.checksums), dict(self.reported)]
         if self.checksums:  # a fifth element only when there is something: older entries stay 4 long
             return [self.size, self.mtime, self.is_dir, self.etag, dict(self.checksums)]
         return [self.size, self.mtime, self.is_dir, self.etag]
@@ -48,12 +53,14 @@ class Stat:
     def from_json(cls, data: list[Any]) -> Stat:
         size, mtime, is_dir, etag = data[:4]
         sums = data[4] if len(data) > 4 and isinstance(data[4], dict) else {}
+        reported = data[5] if len(data) > 5 and isinstance(data[5], dict) else {}
         return cls(
             size=None if size is None else int(size),
             mtime=None if mtime is None else float(mtime),
             is_dir=bool(is_dir),
             etag=str(etag),
             checksums=tuple(sorted((str(k), str(v)) for k, v in sums.items())),
+            reported=tuple(sorted((str(k), str(v)) for k, v in reported.items())),
         )
 
 
@@ -125,6 +132,21 @@ class Endpoint(Protocol):
     def space(self, max_objects: int = 50_000_000) -> Deferred[Space]:
         """Measure used and total space (may take long: paged listings, which stop with an EndpointError
         past `max_objects`); fails with EndpointError."""
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def deferred(method: Callable[_P, Coroutine[Any, Any, _T]]) -> Callable[_P, Deferred[_T]]:
+    """An `async def` endpoint method that hands its callers a Deferred (the interfaces' contract:
+    they add timeouts and callbacks), run at once up to its first wait."""
+
+    @wraps(method)
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> Deferred[_T]:
+        return Deferred.fromCoroutine(method(*args, **kwargs))
+
+    return call
 
 
 LIST_BATCH = 500  # entries handed on at a time by streamed listings
@@ -239,8 +261,26 @@ class HttpResponse:
         return values[-1].decode("latin-1") if isinstance(values[-1], bytes) else values[-1]
 
 
+def pooled_client(
+    reactor: Any, *, timeout: float, tls_policy: Any = None, connections_per_host: int = 16
+) -> tuple[treq.client.HTTPClient, HTTPConnectionPool]:
+    """The treq client an `HttpClient` uses outside tests: an Agent over a persistent pool (closed
+    with the `HttpClient`), connecting within `timeout`, checking certificates with `tls_policy`."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = connections_per_host
+    pool.retryAutomatically = True
+    kwargs: dict[str, Any] = {"pool": pool, "connectTimeout": timeout}
+    if tls_policy is not None:
+        kwargs["contextFactory"] = tls_policy
+    return treq.client.HTTPClient(Agent(reactor, **kwargs)), pool
+
+
 class HttpClient:
-    """treq over a persistent pool: every call has a total timeout and a body-size cap."""
+    """treq with a total timeout and a body-size cap on every call.
+
+    `client`: a treq-compatible client (`treq.client.HTTPClient`, or `treq.testing.StubTreq` in
+    tests, which answers from a twisted.web resource in process); without one, a pooled client is
+    built on `reactor` (`pooled_client`). `reactor` only needs to be an `IReactorTime` then."""
 
     def __init__(
         self,
@@ -251,19 +291,18 @@ class HttpClient:
         tls_policy: Any = None,
         max_body: int = 256 << 20,
         connections_per_host: int = 16,
+        client: Any = None,
     ) -> None:
-        self._reactor = reactor
         self._clock: IReactorTime = reactor
         self._endpoint = endpoint
         self.timeout = timeout
         self._max_body = max_body
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._pool.maxPersistentPerHost = connections_per_host
-        self._pool.retryAutomatically = True
-        kwargs: dict[str, Any] = {"pool": self._pool, "connectTimeout": timeout}
-        if tls_policy is not None:
-            kwargs["contextFactory"] = tls_policy
-        self._http = treq.client.HTTPClient(Agent(reactor, **kwargs))
+        self._pool: HTTPConnectionPool | None = None
+        if client is None:
+            client, self._pool = pooled_client(
+                reactor, timeout=timeout, tls_policy=tls_policy, connections_per_host=connections_per_host
+            )
+        self._http = client
 
     def request(
         self,
@@ -349,6 +388,9 @@ class HttpClient:
         return Failure(EndpointError(self._endpoint, reason))
 
     def close(self) -> Deferred[None]:
+        """Close the pooled connections (an injected client belongs to whoever made it)."""
+        if self._pool is None:
+            return succeed(None)
         return self._pool.closeCachedConnections()
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
 
-from fedd.checksums.digest import parse_digest
 from fedd.config import EndpointConfig
 from fedd.endpoints.base import (
     Entry,
@@ -16,6 +16,7 @@ from fedd.endpoints.base import (
     Space,
     Stat,
     Valve,
+    deferred,
     etag_value,
     parse_http_date,
     parse_int,
@@ -23,6 +24,7 @@ from fedd.endpoints.base import (
     quote_path,
     refused,
 )
+from fedd.endpoints.interfaces import IChecksumSource, IListable, IReadable, ISpaceSource, ITPCTarget, Reported
 from fedd.endpoints.multistatus import MultistatusReader, parse_listing
 from fedd.errors import EndpointError
 
@@ -41,13 +43,15 @@ STREAM_TIMEOUT = 24 * 3600.0  # a streamed listing is cut by its caller's idle w
 WANT_DIGEST = {"Want-Digest": "adler32, md5;q=0.5"}
 
 
+@implementer(IReadable, IListable, ITPCTarget, IChecksumSource, ISpaceSource)
 class DavEndpoint:
     collections_by_stat = True
+    upload_headers: dict[str, str] = {}
 
     def __init__(self, config: EndpointConfig, http: HttpClient, *, instance: str = "") -> None:
         self.id = config.id
         self.config = config
-        self._http = http
+        self.http = http
         self._base_path = urlsplit(config.url).path.rstrip("/")
         self._instance = instance  # this fedd's id, marked on the requests that locate and list
 
@@ -67,15 +71,13 @@ class DavEndpoint:
         if response.code >= 500:
             raise EndpointError(self.id, f"{what}: HTTP {response.code}")
 
-    def stat(self, path: str, via: tuple[str, ...] = ()) -> Deferred[Stat | None]:
-        return ensureDeferred(self._stat(path, via))
-
-    async def _stat(self, path: str, via: tuple[str, ...] = ()) -> Stat | None:
+    @deferred
+    async def stat(self, path: str, via: tuple[str, ...] = ()) -> Stat | None:
         # RFC 3230: storage that keeps checksums (dCache, EOS, StoRM, fedd) answers with a Digest header
-        response = await self._http.request("HEAD", self.url_for(path, 0), self._via(via, WANT_DIGEST))
+        response = await self.http.request("HEAD", self.url_for(path, 0), self._via(via, WANT_DIGEST))
         if response.code == 202:
             # a server computing the checksum now (another fedd): ask again for the stat alone
-            response = await self._http.request("HEAD", self.url_for(path, 0), self._via(via))
+            response = await self.http.request("HEAD", self.url_for(path, 0), self._via(via))
         return self._stat_result(response, path)
 
     def _stat_result(self, response: HttpResponse, path: str) -> Stat | None:
@@ -98,21 +100,32 @@ class DavEndpoint:
             size=size,
             mtime=parse_http_date(response.header("Last-Modified")),
             etag=etag_value(response.header("ETag")),
-            checksums=tuple(sorted(parse_digest(digest).items())) if digest else (),
+            reported=(("digest", digest),) if digest else (),
         )
 
-    def listdir(self, path: str, via: tuple[str, ...] = ()) -> Deferred[list[Entry] | None]:
-        return ensureDeferred(self._listdir(path, via))
+    @deferred
+    async def reported_checksums(self, path: str) -> Reported | None:
+        """The RFC 3230 `Digest` header a HEAD with `Want-Digest` gets, raw; None when there is no such file."""
+        response = await self.http.request("HEAD", self.url_for(path, 0), self._via((), WANT_DIGEST))
+        if response.code in (404, 410):
+            return None
+        refusal = refused(self.id, response.code, "HEAD")
+        if refusal is not None:
+            raise refusal
+        self._check(response, "HEAD")
+        digest = response.header("Digest")
+        return (("digest", digest),) if digest else ()
 
-    async def _listdir(self, path: str, via: tuple[str, ...] = ()) -> list[Entry] | None:
+    @deferred
+    async def listdir(self, path: str, via: tuple[str, ...] = ()) -> list[Entry] | None:
         url = self.url_for(path, 0)
         headers = self._via(via, {"Depth": "1", "Content-Type": "application/xml; charset=utf-8"})
-        response = await self._http.request("PROPFIND", url, headers, PROPFIND_BODY)
+        response = await self.http.request("PROPFIND", url, headers, PROPFIND_BODY)
         if response.code in (301, 302, 307, 308) and (response.header("Location") or "").endswith(
             quote_path(path) + "/"
         ):
             # servers with mod_dir-like behaviour redirect collections to the slashed name: follow once
-            response = await self._http.request("PROPFIND", url + "/", headers, PROPFIND_BODY)
+            response = await self.http.request("PROPFIND", url + "/", headers, PROPFIND_BODY)
         if response.code in (404, 410, 301, 302, 307, 308) or refused(self.id, response.code, "PROPFIND"):
             return None  # not a collection here, or refused for its name: the endpoint is not at fault
         self._check(response, "PROPFIND")
@@ -120,29 +133,25 @@ class DavEndpoint:
             raise EndpointError(self.id, f"PROPFIND: unexpected HTTP {response.code}")
         return self._parse_multistatus(response.body, path)
 
-    def list_stream(
+    @deferred
+    async def list_stream(
         self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...] = (), valve: Valve | None = None
-    ) -> Deferred[bool]:
+    ) -> bool:
         """PROPFIND Depth 1 parsed as it arrives (lxml's pull parser, each <D:response> dropped once
         read): entries handed on in batches, memory independent of the size of the listing."""
-        return ensureDeferred(self._list_stream(path, emit, via, valve))
-
-    async def _list_stream(
-        self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...], valve: Valve | None
-    ) -> bool:
         url = self.url_for(path, 0)
         headers = self._via(via, {"Depth": "1", "Content-Type": "application/xml; charset=utf-8"})
         # no total time limit of its own: a long listing takes long; the caller cuts it when no batch
         # came for a while (Federation.stream_listing)
         reader = MultistatusReader(self.id, (self._base_path + path).rstrip("/"), emit)
-        response = await self._http.request(
+        response = await self.http.request(
             "PROPFIND", url, headers, PROPFIND_BODY, sink=reader.feed, timeout=STREAM_TIMEOUT, valve=valve
         )
         if response.code in (301, 302, 307, 308) and (response.header("Location") or "").endswith(
             quote_path(path) + "/"
         ):
             reader = MultistatusReader(self.id, (self._base_path + path).rstrip("/"), emit)
-            response = await self._http.request(
+            response = await self.http.request(
                 "PROPFIND", url + "/", headers, PROPFIND_BODY, sink=reader.feed, timeout=STREAM_TIMEOUT, valve=valve
             )
         if response.code in (404, 410, 301, 302, 307, 308) or refused(self.id, response.code, "PROPFIND"):
@@ -157,7 +166,7 @@ class DavEndpoint:
 
     def probe(self) -> Deferred[None]:
         url = self.config.url + quote_path(self.config.health_path or "/")
-        return self._http.request("HEAD", url).addCallback(self._check, "probe")
+        return self.http.request("HEAD", url).addCallback(self._check, "probe")
 
     # --- writes -------------------------------------------------------------------------------
 
@@ -167,7 +176,7 @@ class DavEndpoint:
         return EndpointError(self.id, f"{what}: unexpected HTTP {response.code}")
 
     def delete(self, path: str) -> Deferred[bool]:
-        return self._http.request("DELETE", self.url_for(path, 0)).addCallback(self._deleted)
+        return self.http.request("DELETE", self.url_for(path, 0)).addCallback(self._deleted)
 
     def _deleted(self, response: HttpResponse) -> bool:
         self._check(response, "DELETE")
@@ -177,11 +186,12 @@ class DavEndpoint:
             return False
         raise self._refused(response, "DELETE")
 
-    def mkcol(self, path: str) -> Deferred[bool]:
-        return ensureDeferred(self._mkcol(path, 0))
+    @deferred
+    async def mkcol(self, path: str) -> bool:
+        return await self._mkcol(path, 0)
 
     async def _mkcol(self, path: str, depth: int) -> bool:
-        response = await self._http.request("MKCOL", self.url_for(path, 0).rstrip("/") + "/")
+        response = await self.http.request("MKCOL", self.url_for(path, 0).rstrip("/") + "/")
         self._check(response, "MKCOL")
         if response.code in (200, 201):
             return True
@@ -193,20 +203,18 @@ class DavEndpoint:
             return await self._mkcol(path, depth + 1)
         raise self._refused(response, "MKCOL")
 
-    def prepare_put(self, path: str) -> Deferred[None]:
+    @deferred
+    async def prepare_put(self, path: str) -> None:
         """Make sure the parent collection exists, so the client's PUT does not get 409 Conflict."""
         parent = path.rstrip("/").rpartition("/")[0]
-        if not parent:
-            return Deferred.fromCoroutine(_none())
-        return ensureDeferred(self._mkcol(parent, 0)).addCallback(lambda _: None)
+        if parent:
+            await self._mkcol(parent, 0)
 
-    def move(self, source: str, destination: str) -> Deferred[None]:
-        return ensureDeferred(self._move(source, destination))
-
-    async def _move(self, source: str, destination: str) -> None:
+    @deferred
+    async def move(self, source: str, destination: str) -> None:
         await self.prepare_put(destination)
         headers = {"Destination": self.url_for(destination, 0), "Overwrite": "T"}
-        response = await self._http.request("MOVE", self.url_for(source, 0), headers)
+        response = await self.http.request("MOVE", self.url_for(source, 0), headers)
         self._check(response, "MOVE")
         if response.code in (201, 204):
             return
@@ -218,7 +226,7 @@ class DavEndpoint:
         root = self.config.mappings[0][1] if self.config.mappings else "/"
         headers = {"Depth": "0", "Content-Type": "application/xml; charset=utf-8"}
         url = self.url_for(root, 0).rstrip("/") + "/"
-        return self._http.request("PROPFIND", url, headers, QUOTA_BODY).addCallback(self._space)
+        return self.http.request("PROPFIND", url, headers, QUOTA_BODY).addCallback(self._space)
 
     def _space(self, response: HttpResponse) -> Space:
         self._check(response, "quota PROPFIND")
@@ -238,10 +246,6 @@ class DavEndpoint:
         if total is None and used is not None and available is not None:
             total = used + available
         return Space(used=used, total=total, source="rfc4331", available=available)
-
-
-async def _none() -> None:
-    return None
 
 
 VIA_PROTOCOL = "1.1"

@@ -14,10 +14,10 @@ from urllib.parse import quote, urlencode
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from fedd.checksums.digest import ALGORITHMS, md5_from_etag, normalise
 from fedd.config import EndpointConfig
 from fedd.endpoints.base import (
     Entry,
@@ -27,10 +27,20 @@ from fedd.endpoints.base import (
     Stat,
     UrlCache,
     Valve,
+    deferred,
     parse_http_date,
     parse_int,
     parse_xml,
     refused,
+)
+from fedd.endpoints.interfaces import (
+    IChecksumSource,
+    IChecksumStore,
+    IListable,
+    IPresignable,
+    ISpaceSource,
+    ITPCTarget,
+    Reported,
 )
 from fedd.errors import EndpointError
 
@@ -42,21 +52,6 @@ PAGE_SIZE = 1000  # ListObjectsV2 max-keys
 _KEPT_HEADERS = ("content-type", "content-encoding", "content-disposition", "content-language", "cache-control")
 
 
-def _checksums(response: HttpResponse, etag: str) -> tuple[tuple[str, str], ...]:
-    """Checksums an S3 HEAD tells: `x-amz-meta-<algorithm>` (dynafed-storagestats writes adler32) and
-    the MD5 that a one-part upload's ETag is."""
-    found: dict[str, str] = {}
-    md5 = md5_from_etag(etag)
-    if md5 is not None:
-        found["md5"] = md5
-    for algorithm in ALGORITHMS:
-        raw = response.header(f"x-amz-meta-{algorithm}")
-        value = normalise(algorithm, raw) if raw else None
-        if value is not None:
-            found[algorithm] = value
-    return tuple(sorted(found.items()))
-
-
 def _iso_to_epoch(text: str | None) -> float | None:
     if not text:
         return None
@@ -66,13 +61,26 @@ def _iso_to_epoch(text: str | None) -> float | None:
         return None
 
 
+def _reported(response: HttpResponse) -> Reported:
+    """What a HEAD tells about the content, raw: the ETag (a one-part upload's is its MD5) and the
+    `x-amz-meta-*` values (dynafed-storagestats and fedd write `x-amz-meta-adler32`)."""
+    found = [("etag", response.header("ETag") or "")]
+    for name, values in response.headers.getAllRawHeaders():
+        key = name.decode("latin-1").lower()
+        if key.startswith("x-amz-meta-") and values:
+            found.append((key, values[-1].decode("latin-1")))
+    return tuple(sorted(found))
+
+
+@implementer(IPresignable, IListable, ITPCTarget, IChecksumSource, IChecksumStore, ISpaceSource)
 class S3Endpoint:
     collections_by_stat = False
+    upload_headers: dict[str, str] = {}
 
     def __init__(self, config: EndpointConfig, http: HttpClient, *, presign_reuse: float = 0.5) -> None:
         self.id = config.id
         self.config = config
-        self._http = http
+        self.http = http
         self._credentials = Credentials(config.access_key, config.secret_key)
         self._base = f"{config.url}/{quote(config.bucket, safe='')}"
         self._urls = UrlCache()
@@ -112,7 +120,7 @@ class S3Endpoint:
         self, method: str, url: str, extra: dict[str, str] | None = None, *, timeout: float | None = None
     ) -> Deferred[HttpResponse]:
         body = b"" if method == "PUT" else None
-        return self._http.request(method, url, self._signed_headers(method, url, extra), body, timeout=timeout)
+        return self.http.request(method, url, self._signed_headers(method, url, extra), body, timeout=timeout)
 
     def _check(self, response: HttpResponse, what: str) -> None:
         if response.code >= 500:
@@ -120,10 +128,8 @@ class S3Endpoint:
         if response.code in (401, 403):
             raise EndpointError(self.id, f"{what}: access denied (HTTP {response.code}): check the keys")
 
-    def stat(self, path: str, via: tuple[str, ...] = ()) -> Deferred[Stat | None]:
-        return ensureDeferred(self._stat(path))
-
-    async def _stat(self, path: str) -> Stat | None:
+    @deferred
+    async def stat(self, path: str, via: tuple[str, ...] = ()) -> Stat | None:
         if path == "/":
             return Stat(is_dir=True)
         response = await self._send("HEAD", self.object_url(path))
@@ -143,16 +149,14 @@ class S3Endpoint:
             size=size,
             mtime=parse_http_date(response.header("Last-Modified")),
             etag=etag,
-            checksums=_checksums(response, etag),
+            reported=_reported(response),
         )
 
-    def store_checksums(self, path: str, values: dict[str, str], etag: str) -> Deferred[bool]:
+    @deferred
+    async def store_checksums(self, path: str, values: dict[str, str], etag: str) -> bool:
         """Keep computed checksums in the object's own metadata (`x-amz-meta-adler32`, ...): a copy onto
         itself that replaces the metadata, only if the object is still the one hashed (its ETag).
         True when stored; False when the object changed or is too large for a single copy (5 GB)."""
-        return ensureDeferred(self._store_checksums(path, values, etag))
-
-    async def _store_checksums(self, path: str, values: dict[str, str], etag: str) -> bool:
         head = await self._send("HEAD", self.object_url(path))
         self._check(head, "HEAD before metadata update")
         size = parse_int(head.header("Content-Length")) or 0
@@ -168,8 +172,7 @@ class S3Endpoint:
             if key.startswith("x-amz-meta-") or key in _KEPT_HEADERS:
                 headers[key] = raw[-1].decode("latin-1")
         for algorithm, value in values.items():
-            if algorithm != "md5" or md5_from_etag(etag) is None:  # a one-part ETag already is the md5
-                headers[f"x-amz-meta-{algorithm}"] = value
+            headers[f"x-amz-meta-{algorithm}"] = value
         response = await self._send("PUT", self.object_url(path), headers)
         self._check(response, "metadata update")
         if response.code == 412:
@@ -178,20 +181,30 @@ class S3Endpoint:
             raise EndpointError(self.id, f"metadata update: unexpected HTTP {response.code}")
         return True
 
-    def listdir(self, path: str, via: tuple[str, ...] = ()) -> Deferred[list[Entry] | None]:
-        return ensureDeferred(self._listdir(path))
+    @deferred
+    async def reported_checksums(self, path: str) -> Reported | None:
+        """The ETag and `x-amz-meta-*` values of a HEAD, raw; None when there is no such object."""
+        response = await self._send("HEAD", self.object_url(path))
+        if response.code == 404:
+            return None
+        refusal = refused(self.id, response.code, "HEAD")
+        if refusal is not None:
+            raise refusal
+        self._check(response, "HEAD")
+        if response.code != 200:
+            raise EndpointError(self.id, f"HEAD: unexpected HTTP {response.code}")
+        return _reported(response)
 
-    async def _listdir(self, path: str) -> list[Entry] | None:
+    @deferred
+    async def listdir(self, path: str, via: tuple[str, ...] = ()) -> list[Entry] | None:
         entries: list[Entry] = []
-        return entries if await self._list_pages(path, entries.extend) else None
+        return entries if await self.list_stream(path, entries.extend) else None
 
-    def list_stream(
+    @deferred
+    async def list_stream(
         self, path: str, emit: Callable[[list[Entry]], None], via: tuple[str, ...] = (), valve: Valve | None = None
-    ) -> Deferred[bool]:
+    ) -> bool:
         """Each ListObjectsV2 page handed on as it comes (one page in memory at a time)."""
-        return ensureDeferred(self._list_pages(path, emit, valve))
-
-    async def _list_pages(self, path: str, emit: Callable[[list[Entry]], None], valve: Valve | None = None) -> bool:
         prefix = path.strip("/") + "/" if path.strip("/") else ""
         count = 0
         marker_seen = False
@@ -262,12 +275,13 @@ class S3Endpoint:
 
     # --- writes and space ---------------------------------------------------------------------
 
-    def delete(self, path: str) -> Deferred[bool]:
-        return ensureDeferred(self._delete(path))
+    def prepare_put(self, path: str) -> Deferred[None]:
+        return succeed(None)  # keys need no parents
 
-    async def _delete(self, path: str) -> bool:
+    @deferred
+    async def delete(self, path: str) -> bool:
         # S3 answers 204 whether or not the key existed: ask first, so 404 can be told apart
-        if await self._stat(path) is None:
+        if await self.stat(path) is None:
             marker = await self._send("HEAD", self.object_url(path.rstrip("/") + "/"))
             if marker.code != 200:
                 return False
@@ -278,11 +292,9 @@ class S3Endpoint:
             raise EndpointError(self.id, f"DELETE: unexpected HTTP {response.code}")
         return True
 
-    def mkcol(self, path: str) -> Deferred[bool]:
-        return ensureDeferred(self._mkcol(path))
-
-    async def _mkcol(self, path: str) -> bool:
-        if await self._stat(path) is not None or await self._has_prefix(path):
+    @deferred
+    async def mkcol(self, path: str) -> bool:
+        if await self.stat(path) is not None or await self._has_prefix(path):
             return False
         # a zero-byte "dir/" marker, as the S3 consoles and rclone make them
         response = await self._send("PUT", self.object_url(path.rstrip("/") + "/"))
@@ -301,10 +313,8 @@ class S3Endpoint:
         root = parse_xml(response.body, self.id, "ListObjectsV2")
         return root.find(f"{_NS}Contents") is not None
 
-    def move(self, source: str, destination: str) -> Deferred[None]:
-        return ensureDeferred(self._move(source, destination))
-
-    async def _move(self, source: str, destination: str) -> None:
+    @deferred
+    async def move(self, source: str, destination: str) -> None:
         # S3 has no rename: server-side copy, then delete the source
         copy_source = quote(f"/{self.config.bucket}/{source.lstrip('/')}", safe="/~")
         response = await self._send("PUT", self.object_url(destination), {"x-amz-copy-source": copy_source})
@@ -316,10 +326,11 @@ class S3Endpoint:
         deleted = await self._send("DELETE", self.object_url(source))
         self._check(deleted, "DELETE after copy")
 
-    def space(self, max_objects: int = 50_000_000) -> Deferred[Space]:
+    @deferred
+    async def space(self, max_objects: int = 50_000_000) -> Space:
         if self.config.space_source == "ceph-admin":
-            return ensureDeferred(self._ceph_admin_space())
-        return ensureDeferred(self._listing_space(max_objects))
+            return await self._ceph_admin_space()
+        return await self._listing_space(max_objects)
 
     async def _listing_space(self, max_objects: int) -> Space:
         """Sum of object sizes, page by page: one page (1000 keys) in memory at a time."""

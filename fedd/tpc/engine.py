@@ -26,6 +26,7 @@ from twisted.web.iweb import IResponse
 
 from fedd.checksums.bulk import BulkEndpointFactory, tune_allocator
 from fedd.config import TpcConfig
+from fedd.endpoints.interfaces import ITPCTarget
 from fedd.errors import BadGateway, BadRequest, FeddError, Forbidden, describe
 from fedd.events.model import file_fields
 from fedd.federation import Federation, Replica
@@ -374,7 +375,7 @@ class TpcEngine:
                 f"the source announced no Content-Length, and {target.endpoint} ({endpoint.config.kind}) "
                 "needs the size before the upload"
             )
-        headers = dict(getattr(endpoint, "upload_headers", {}))
+        headers = dict(ITPCTarget(endpoint).upload_headers) if ITPCTarget.providedBy(endpoint) else {}
         response = await self._send(job, self._agent(target.endpoint), target.url, headers, pump)
         if response.code not in (200, 201, 204):
             job.refused = True

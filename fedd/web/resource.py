@@ -28,6 +28,7 @@ from fedd.auth.identity import ANONYMOUS, Identity
 from fedd.auth.policy import METHOD_LETTER
 from fedd.auth.service import AuthService, Unauthenticated
 from fedd.checksums.digest import Want, format_value, parse_prefer_wait, wants_of
+from fedd.checksums.reported import known_checksums
 from fedd.checksums.service import ChecksumService
 from fedd.config import Config
 from fedd.endpoints.base import format_etag
@@ -533,7 +534,7 @@ class FeddResource(WriteHandlers, Resource):
         request.setHeader(b"cache-control", b"no-store")
         hashes: dict[str, str] = {}
         for replica in replicas:  # the best-ranked replica's value wins where two disagree
-            for algorithm, value in replica.stat.checksums:
+            for algorithm, value in known_checksums(replica.stat).items():
                 hashes.setdefault(algorithm, value)
         urls = [(_absolute(request, r.url), r.priority) for r in replicas]
         return xml.metalink(path, urls, best.size, best.mtime, sorted(hashes.items()))
