@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from fedd.config import ConfigError, parse_config, values
-from fedd.config.endpoints import COMMON, KINDS, field_of
-from fedd.config.schema import SECTIONS
-from fedd.config.values import in_range
+from fedd.config.endpoints import COMMON, KINDS, field_of, kinds_taking
+from fedd.config.schema import SECTION_TYPES, SECTIONS
+from fedd.config.values import ENDPOINT_KINDS, in_range
 
 GOOD = """
 [server]
@@ -206,6 +207,17 @@ def test_every_key_of_another_kind_is_reported() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(text, environ={})
     assert [e.split(":")[1] for e in info.value.errors] == ["4", "5", "6"]
+
+
+def test_kinds_and_keys_are_declared_once() -> None:
+    """Every kind has its key declaration; every field of a section is a key (but an endpoint's or
+    issuer's id and an endpoint's source); every endpoint key applies to some kind."""
+    assert tuple(KINDS) == ENDPOINT_KINDS
+    for name, cls in SECTION_TYPES.items():
+        names = {f.name for f in dataclasses.fields(cls)}
+        keyed = {key.attr for key in SECTIONS[name].values()}
+        assert names - keyed == {"id", "source"} & names, name
+    assert all(kinds_taking(field_of(key.attr)) for key in SECTIONS["endpoint"].values())
 
 
 def _sample_values(tmp_path: Path) -> dict[str, str]:
