@@ -70,28 +70,49 @@ def start_fedd(workdir: Path, config_text: str, port: int, *extra: str, timeout:
         env=env(),
     )
     fedd = Fedd(proc, port, log, config)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"fedd exited with {proc.returncode}:\n{fedd.log_text()}")
         try:
             fedd.status()
-            return fedd
         except urllib.error.HTTPError:
-            return fedd  # it answers (the status may be refused by the site's access rules)
-        except OSError:
-            time.sleep(0.05)
-    fedd.stop()
-    raise RuntimeError(f"fedd did not answer within {timeout}s:\n{fedd.log_text()}")
+            pass  # it answers (the status may be refused by the site's access rules)
+        return True
+
+    try:
+        wait_for(answers, timeout, "fedd to answer", interval=0.05, ignore=(OSError,))
+    except AssertionError as exc:
+        fedd.stop()
+        raise RuntimeError(f"fedd did not answer within {timeout}s ({exc}):\n{fedd.log_text()}") from None
+    return fedd
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll `check` every 0.1 s until it returns something true (returned), or fail after `timeout`."""
+def wait_for(
+    check: Callable[[], Any],
+    timeout: float = 20.0,
+    what: str = "condition",
+    *,
+    interval: float = 0.1,
+    ignore: tuple[type[BaseException], ...] = (),
+) -> Any:
+    """Poll `check` every `interval` s until it returns something true (returned), or fail after
+    `timeout` naming `what` and the last value seen. Exceptions of the `ignore` types count as "not
+    yet" (a server still starting refuses connections) and are reported as what was last seen."""
     deadline = time.monotonic() + timeout
+    seen: Any = None
     while True:
-        value = check()
-        if value:
+        try:
+            value = check()
+        except ignore as exc:
+            value = seen = exc
+        else:
+            seen = value
+        if value and not isinstance(value, BaseException):
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+            last = repr(seen)
+            if len(last) > 2000:
+                last = last[:1000] + " ... " + last[-1000:]
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last saw: {last}")
+        time.sleep(interval)

@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -335,10 +336,11 @@ def test_endpoint_host_names_are_resolved_for_their_location(tmp_path: Path) -> 
     )
     f = start_fedd(tmp_path, conf, port)
     try:
-        deadline = time.monotonic() + 10
-        while f.status()["endpoints"]["named"]["location"] != [46.2, 6.1]:
-            assert time.monotonic() < deadline, f.log_text()
-            time.sleep(0.05)
+        wait_for(
+            lambda: f.status()["endpoints"]["named"]["location"] == [46.2, 6.1],
+            10,
+            "the endpoint's host name placed at its site",
+        )
     finally:
         f.stop()
 
@@ -370,15 +372,12 @@ def test_json_access_log(fed: Fedd) -> None:
 
     assert request(fed, "GET", "/atlas/data/only-one.bin", {"User-Agent": "gfal2-test"}).status == 302
     path = fed.config.parent / "access.json"
-    deadline = time.monotonic() + 10
-    while True:
+
+    def hits() -> list[dict[str, Any]]:
         lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-        hits = [x for x in lines if x["path"] == "/atlas/data/only-one.bin" and x["user_agent"] == "gfal2-test"]
-        if hits:
-            break
-        assert time.monotonic() < deadline, "no access log line within 10 s"
-        time.sleep(0.1)
-    line = hits[-1]
+        return [x for x in lines if x["path"] == "/atlas/data/only-one.bin" and x["user_agent"] == "gfal2-test"]
+
+    line = wait_for(hits, 10, "the request's access log line")[-1]
     assert line["method"] == "GET" and line["status"] == 302 and line["client"] == "127.0.0.1"
     assert line["endpoint"] in ("one", "two") and line["locate_ms"] is not None and line["dn"] is None
     assert line["time"].endswith("+00:00") and line["duration_ms"] >= 0
