@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from tests.daemon import Fedd, env, start_fedd, twistd_command
+from tests.daemon import Fedd, env, start_fedd, twistd_command, wait_for
 from tests.servers import free_port
 
 AUD = "https://fedd.test"
@@ -205,15 +205,9 @@ def test_rules_reload_and_bad_files_keep_the_old_rules(fed: Fedd) -> None:
     access = Path(fed.config.read_text().split("access_file = ", 1)[1].split("\n", 1)[0])
     try:
         access.write_text(ACCESS + "/atlas/data anonymous r\n")
-        deadline = time.monotonic() + 10
-        while get(fed, "/atlas/data/f").status != 302:
-            assert time.monotonic() < deadline, "rules were not reloaded"
-            time.sleep(0.1)
+        wait_for(lambda: get(fed, "/atlas/data/f").status == 302, 10, "the new rules to be read")
         access.write_text("/atlas anonymous rx\nbroken line\n")
-        deadline = time.monotonic() + 10
-        while "previous rules stay in force" not in fed.log_text():
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_for(lambda: "previous rules stay in force" in fed.log_text(), 10, "the broken rules to be refused")
         log = fed.log_text()
         assert f"{access}:1: letters must be from 'rlwd'" in log and f"{access}:2: expected" in log
         assert get(fed, "/atlas/data/f").status == 302  # the previous rules are still in force

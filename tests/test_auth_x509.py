@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import http.client
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.daemon import Fedd, start_fedd
+from tests.daemon import Fedd, start_fedd, wait_for
 from tests.gridpki import CA, proxy, proxy_of, self_signed
 from tests.servers import free_port
 
@@ -239,10 +238,7 @@ def test_bad_certificates_are_refused_in_the_handshake(pki: Pki, fed: tuple[Fedd
     out = curl(pki, port, "/atlas/public/f", cred)
     assert out.returncode != 0 or status(out) == "000"
     if reason:
-        deadline = time.monotonic() + 5
-        while reason not in f.log_text():
-            assert time.monotonic() < deadline, f.log_text()[-2000:]
-            time.sleep(0.05)
+        wait_for(lambda: reason in f.log_text(), 5, f"{reason!r} in the log", interval=0.05)
     assert f.proc.poll() is None
     assert status(curl(pki, port, "/atlas/public/f", None)) == "302"  # and the daemon serves on
 
@@ -302,10 +298,7 @@ def test_chain_too_long(pki: Pki, tmp_path: Path) -> None:
         assert status(curl(pki, https_port, "/users/f", "user")) == "302"
         out = curl(pki, https_port, "/users/f", "plain_proxy")
         assert out.returncode != 0
-        deadline = time.monotonic() + 5
-        while "certificate chain too long" not in f.log_text():
-            assert time.monotonic() < deadline, f.log_text()[-2000:]
-            time.sleep(0.05)
+        wait_for(lambda: "certificate chain too long" in f.log_text(), 5, "the refusal in the log", interval=0.05)
     finally:
         f.stop()
 
@@ -324,10 +317,12 @@ def test_new_ca_is_picked_up_without_a_restart(pki: Pki, tmp_path: Path) -> None
     try:
         assert curl(pki, https_port, "/atlas/public/f", "newcomer").returncode != 0
         pki.newca.install(certdir)  # as fetch-crl or a CA rpm update would
-        deadline = time.monotonic() + 10
-        while status(curl(pki, https_port, "/atlas/public/f", "newcomer")) != "302":
-            assert time.monotonic() < deadline, "the new CA was not picked up"
-            time.sleep(0.2)
+        wait_for(
+            lambda: status(curl(pki, https_port, "/atlas/public/f", "newcomer")) == "302",
+            10,
+            "the new CA to be picked up",
+            interval=0.2,
+        )
         assert f.proc.poll() is None
     finally:
         f.stop()
