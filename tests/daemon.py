@@ -95,10 +95,12 @@ def wait_for(
     *,
     interval: float = 0.1,
     ignore: tuple[type[BaseException], ...] = (),
+    until: Callable[[Any], Any] = bool,
 ) -> Any:
-    """Poll `check` every `interval` s until it returns something true (returned), or fail after
-    `timeout` naming `what` and the last value seen. Exceptions of the `ignore` types count as "not
-    yet" (a server still starting refuses connections) and are reported as what was last seen."""
+    """Poll `check` every `interval` s until `until(value)` holds for its value (by default: the
+    value is true), and return that value; or fail after `timeout` naming `what` and the last value
+    seen. Exceptions of the `ignore` types count as "not yet" (a server still starting refuses
+    connections) and are reported as what was last seen."""
     deadline = time.monotonic() + timeout
     seen: Any = None
     while True:
@@ -108,7 +110,7 @@ def wait_for(
             value = seen = exc
         else:
             seen = value
-        if value and not isinstance(value, BaseException):
+        if not isinstance(value, BaseException) and until(value):
             return value
         if time.monotonic() > deadline:
             last = repr(seen)

@@ -26,7 +26,7 @@ from fedd.endpoints import make_endpoint
 from fedd.endpoints.azure import API_VERSION, AzureEndpoint
 from fedd.errors import EndpointError, PathRefused
 from tests import reactor
-from tests.daemon import Fedd, start_fedd
+from tests.daemon import Fedd, start_fedd, wait_for
 from tests.servers import AZURITE_KEY, free_port, start_azurite
 
 CONTAINER = "fedd-azure-tests"
@@ -381,18 +381,22 @@ def request(fed: Fedd, method: str, path: str, headers: dict[str, str] | None = 
     return r.status, r, body
 
 
+def azure_state(f: Fedd) -> str:
+    return str(f.status()["endpoints"]["azure"]["health"]["state"])
+
+
 def metalink_urls(fed: Fedd, path: str, count: int) -> list[str]:
-    """The metalink's URLs once every replica has answered (the first, cold answer may come earlier)."""
-    deadline = time.monotonic() + 15
-    while True:
+    """The metalink's URLs once `count` replicas have answered (the first, cold answer may come earlier)."""
+
+    def urls() -> list[str]:
         status, _, body = request(fed, "GET", path + "?metalink")
         assert status == 200
-        urls = [
+        return [
             part.split(">", 1)[1].split("</url>")[0].replace("&amp;", "&") for part in body.decode().split("<url ")[1:]
         ]
-        if len(urls) >= count or time.monotonic() > deadline:
-            return urls
-        time.sleep(0.1)
+
+    found: list[str] = wait_for(urls, 15, f"a metalink of {path} with {count} URLs", until=lambda u: len(u) >= count)
+    return found
 
 
 def test_mixed_federation_redirects_lists_every_replica_and_merges_listings(
@@ -455,16 +459,10 @@ def test_azurite_stopped_mid_test_goes_offline_and_reads_go_elsewhere(
     port = free_port()
     f = start_fedd(tmp_path / "fed", mixed_config(port, ceph, dav1, emulator, health=EAGER), port)
     try:
-        deadline = time.monotonic() + 15
-        while f.status()["endpoints"]["azure"]["health"]["state"] != "online":
-            assert time.monotonic() < deadline, "the poller never saw Azurite online"
-            time.sleep(0.1)
+        wait_for(lambda: azure_state(f), 15, "the poller to see Azurite online", until="online".__eq__)
         assert len(metalink_urls(f, "/mixed/data/both.bin", 3)) == 3
         emulator.kill()
-        deadline = time.monotonic() + 15
-        while f.status()["endpoints"]["azure"]["health"]["state"] != "offline":
-            assert time.monotonic() < deadline, "the poller never marked the stopped Azurite offline"
-            time.sleep(0.1)
+        wait_for(lambda: azure_state(f), 15, "the poller to mark the stopped Azurite offline", until="offline".__eq__)
         assert "cannot connect" in f.status()["endpoints"]["azure"]["health"]["last_error"]
         for _i in range(5):
             status, r, _ = request(f, "GET", "/mixed/data/both.bin")

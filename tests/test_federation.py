@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.badservers import BadServer
-from tests.daemon import Fedd, start_fedd
+from tests.daemon import Fedd, start_fedd, wait_for
 from tests.servers import free_port
 
 BUCKET = "fedd-federation"
@@ -204,16 +204,27 @@ def test_ranking_follows_the_client_site(ceph: Any, dav1: Any, data: dict[str, A
         f.stop()
 
 
+def state(f: Fedd, endpoint: str) -> str:
+    return str(f.status()["endpoints"][endpoint]["health"]["state"])
+
+
+def memcached_servers(f: Fedd) -> dict[str, str]:
+    """Each memcached server's state: connected or down."""
+    servers: dict[str, str] = f.status()["locate"]["memcached"]["servers"]
+    return servers
+
+
+def connected(servers: dict[str, str]) -> bool:
+    return "down" not in servers.values()
+
+
 def test_offline_endpoint_is_never_a_target(ceph: Any, dav1: Any, data: dict[str, Any], tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     extra = f"[endpoint dead]\nkind = dav\nurl = {dead}\nmap = /atlas /atlas\nlat = 46.2044\nlon = 6.1432\n"
     port = free_port()
     f = start_fedd(tmp_path, config(ceph, dav1, data, port, extra=extra, health=EAGER), port)
     try:
-        deadline = time.monotonic() + 10
-        while f.status()["endpoints"]["dead"]["health"]["state"] != "offline":
-            assert time.monotonic() < deadline, "poller never marked the dead endpoint offline"
-            time.sleep(0.1)
+        wait_for(lambda: state(f, "dead"), 10, "the poller to mark the dead endpoint offline", until="offline".__eq__)
         for _i in range(5):
             r = get(f, "/atlas/data/both.bin")
             assert r.status == 302 and not (r.getheader("Location") or "").startswith(dead)
@@ -258,20 +269,19 @@ def test_memcached_shares_answers_and_its_death_is_survived(
     f1 = start_fedd(tmp_path / "a", config(ceph, dav1, data, p1, locate=mc), p1)
     f2 = start_fedd(tmp_path / "b", config(ceph, dav1, data, p2, locate=mc), p2)
     try:
-        deadline = time.monotonic() + 10
-        while "down" in f2.status()["locate"]["memcached"]["servers"].values():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: memcached_servers(f2), 10, "the second fedd on memcached", interval=0.05, until=connected)
         assert get(f1, "/atlas/data/s3only.txt").status == 302
         from pymemcache.client.base import Client
 
         from fedd.locate.cache import cache_key
 
         mc_client = Client(("127.0.0.1", memcached.port), timeout=2)
-        deadline = time.monotonic() + 10
-        while mc_client.get(cache_key("/atlas/data/s3only.txt")) is None:  # the set is fire-and-forget
-            assert time.monotonic() < deadline, "fedd never stored its answer in memcached"
-            time.sleep(0.02)
+        wait_for(  # the set is fire-and-forget
+            lambda: mc_client.get(cache_key("/atlas/data/s3only.txt")),
+            10,
+            "fedd's answer stored in memcached",
+            interval=0.02,
+        )
         mc_client.close()
         assert get(f2, "/atlas/data/s3only.txt").status == 302
         assert f2.status()["locate"]["memcached"]["hits"] == 1  # f2 never asked the endpoints
@@ -282,10 +292,7 @@ def test_memcached_shares_answers_and_its_death_is_survived(
         assert get(f1, "/atlas/data/localonly.txt").status == 302
         assert time.monotonic() - start < 1.5  # memcached is gone: no wait for it (timeout would be 0.2 s each)
         memcached.restart()
-        deadline = time.monotonic() + 40
-        while "down" in f1.status()["locate"]["memcached"]["servers"].values():
-            assert time.monotonic() < deadline, "fedd did not reconnect to memcached"
-            time.sleep(0.1)
+        wait_for(lambda: memcached_servers(f1), 40, "fedd to reconnect to memcached", until=connected)
         log = f1.log_text()
         assert log.count("using the in-process cache alone") == 1
         assert "is back" in log

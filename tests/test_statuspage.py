@@ -7,7 +7,6 @@ import json
 import socket
 import struct
 import subprocess
-import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 
 from fedd.web.statuspage import render_status_page, state_of, wants_html
-from tests.daemon import Fedd, start_fedd
+from tests.daemon import Fedd, start_fedd, wait_for
 from tests.servers import free_port
 from tests.test_auth_tokens import AUD, Issuer
 
@@ -202,13 +201,14 @@ timeout = 60
 """
     f = start_fedd(base / "run", conf, port)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            states = {k: v["health"]["state"] for k, v in f.status()["endpoints"].items()}
-            if states == {"disk": "online", "dead": "offline", "quiet": "unknown"}:
-                break
-            assert time.monotonic() < deadline, states
-            time.sleep(0.05)
+        wanted = {"disk": "online", "dead": "offline", "quiet": "unknown"}
+        wait_for(
+            lambda: {k: v["health"]["state"] for k, v in f.status()["endpoints"].items()},
+            15,
+            f"endpoint states {wanted}",
+            interval=0.05,
+            until=wanted.__eq__,
+        )
         yield f
     finally:
         silent.close()  # resets the waiting connection, so the probe ends and fedd can stop at once

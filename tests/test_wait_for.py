@@ -56,3 +56,10 @@ def test_a_long_last_value_is_shortened_keeping_both_ends() -> None:
         wait_for(Falsy, 0.01, interval=0.01)
     text = str(info.value)
     assert len(text) < 2200 and "last saw: head" in text and text.endswith(" tail")
+
+
+def test_until_decides_and_the_last_value_is_reported() -> None:
+    states = iter(["unknown", "online", "online", "offline"])
+    assert wait_for(lambda: next(states), 5, interval=0, until=lambda s: s == "offline") == "offline"
+    with pytest.raises(AssertionError, match="last saw: 'online'"):
+        wait_for(lambda: "online", 0.02, "offline", interval=0.01, until=lambda s: s == "offline")
