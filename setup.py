@@ -15,6 +15,10 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
+    # Stated though it is the default: with package_dir {"": "."} setuptools makes `pip install -e .` a .pth
+    # file naming this checkout, not an import hook; twistd finds plugins by scanning sys.path for
+    # twisted/plugins directories, so only the .pth lets it see twisted/plugins/fedd_plugin.py here.
+    package_dir={"": "."},
     packages=[*find_packages(include=["fedd", "fedd.*"]), "twisted.plugins"],
     package_data={"twisted.plugins": ["fedd_plugin.py"], "fedd": ["py.typed"]},
     install_requires=[

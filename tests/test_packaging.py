@@ -583,3 +583,48 @@ def test_dashboard_uses_only_exposed_metrics(tmp_path: Path) -> None:
                    "fedd_events_outbox_depth", "fedd_open_connections"):  # fmt: skip
         assert family in used, family
     assert "fedd_endpoint_space_free_bytes" in used, "no free-space panel"
+
+
+def test_editable_install_gives_a_working_twistd_fedd(tmp_path: Path) -> None:
+    """`pip install -e .` into a fresh venv, then `twistd fedd --help`. twistd finds plugins by scanning
+    sys.path for twisted/plugins directories; setuptools' default editable install (an import hook)
+    hides the checkout's, so setup.py's package_dir makes it a .pth naming the checkout instead.
+    Offline and quick: the venv is /usr/bin/python3.11's (the RPM's interpreter; its Debian
+    setuptools and wheel build the editable wheel, --no-build-isolation), the dependencies are the
+    locked wheels from the cache the RPM build fills (packaging/rpm/wheels.sh fetch), --no-deps."""
+    checkout = tmp_path / "checkout"  # the files setup.py reads, so the shared tree gets no build output
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        checkout.mkdir(exist_ok=True)
+        shutil.copy2(ROOT / name, checkout / name)
+    for package in ("fedd", "twisted"):
+        shutil.copytree(ROOT / package, checkout / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    wheels, venv = tmp_path / "wheels", tmp_path / "venv"
+    fetched = run(str(ROOT / "packaging" / "rpm" / "wheels.sh"), "fetch", str(wheels), timeout=BUILD_SECONDS)
+    assert fetched.returncode == 0, fetched.stderr
+    made = run("/usr/bin/python3.11", "-m", "venv", "--system-site-packages", "--without-pip", str(venv))
+    assert made.returncode == 0, made.stderr
+    python = str(venv / "bin" / "python")
+    pip = (python, "-m", "pip", "--disable-pip-version-check", "--isolated", "install", "--quiet", "--no-deps")
+    deps = run(
+        *pip, "--no-index", "--require-hashes", "--find-links", str(wheels), "-r", str(wheels / "requirements.lock")
+    )
+    assert deps.returncode == 0, deps.stderr
+    editable = run(*pip, "--no-index", "--no-build-isolation", "-e", str(checkout), timeout=180)
+    assert editable.returncode == 0, editable.stderr
+    # from elsewhere: a twisted/plugins directory in the working directory would hide the defect
+    where = run(
+        python, "-c", "import fedd, twisted.plugins.fedd_plugin as p; print(fedd.__file__, p.__file__)", cwd=tmp_path
+    )
+    assert where.stdout.split() == [
+        str(checkout / "fedd" / "__init__.py"),
+        str(checkout / "twisted/plugins/fedd_plugin.py"),
+    ]
+    listed = run(str(venv / "bin" / "twistd"), "--help", cwd=tmp_path)
+    assert re.search(r"^\s+fedd\s+Storage federation daemon", listed.stdout, re.M), listed.stdout + listed.stderr
+    helped = run(str(venv / "bin" / "twistd"), "fedd", "--help", cwd=tmp_path)
+    assert helped.returncode == 0 and "--config" in helped.stdout, helped.stdout + helped.stderr
+    # editable: a change in the checkout is what runs, without reinstalling
+    init = checkout / "fedd" / "__init__.py"
+    init.write_text(init.read_text() + '\nEDITED = "yes"\n')
+    edited = run(python, "-c", "import fedd; print(fedd.EDITED)", cwd=tmp_path)
+    assert edited.stdout.strip() == "yes", edited.stderr
