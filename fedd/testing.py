@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import unquote, urlsplit
 
 from treq.testing import StubTreq
@@ -92,6 +92,8 @@ class FakeEndpoint:
 
     def _stat(self, path: str) -> Stat | None:
         found = self.files.get(path)
+        if found is not None and path in self.reported:
+            return replace(found, reported=self.reported[path])  # what the stat's answer tells of the content
         if found is None and self.collections_by_stat and (path in self.dirs or path == "/"):
             return Stat(is_dir=True)
         return found

@@ -175,10 +175,13 @@ class DavEndpoint:
             return EndpointError(self.id, f"{what}: refused by the endpoint (HTTP {response.code})")
         return EndpointError(self.id, f"{what}: unexpected HTTP {response.code}")
 
-    def delete(self, path: str) -> Deferred[bool]:
-        return self.http.request("DELETE", self.url_for(path, 0)).addCallback(self._deleted)
-
-    def _deleted(self, response: HttpResponse) -> bool:
+    @deferred
+    async def delete(self, path: str) -> bool:
+        url = self.url_for(path, 0)
+        response = await self.http.request("DELETE", url)
+        if response.code in (301, 308) and (response.header("Location") or "").endswith(quote_path(path) + "/"):
+            # a collection named without its slash (Apache): delete it by its own name
+            response = await self.http.request("DELETE", url + "/")
         self._check(response, "DELETE")
         if response.code in (200, 202, 204):
             return True
@@ -201,6 +204,8 @@ class DavEndpoint:
             # object-store semantics for the federation: parents come into being with their children
             await self._mkcol(path.rstrip("/").rpartition("/")[0], depth + 1)
             return await self._mkcol(path, depth + 1)
+        if response.code == 400 and await self.stat(path) is not None:
+            return False  # a file of that name: Apache refuses `name/` with 400 where RFC 4918 says 405
         raise self._refused(response, "MKCOL")
 
     @deferred
