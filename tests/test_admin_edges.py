@@ -17,7 +17,7 @@ from twisted.web.http_headers import Headers
 
 from fedd.config import parse_config
 from fedd.endpoints.local import LocalEndpoint
-from fedd.web.writing import is_json, is_loopback, local_admin_refusal
+from fedd.web.admin import is_json, is_loopback, local_admin_refusal
 from tests.daemon import Fedd, start_fedd
 from tests.servers import free_port
 

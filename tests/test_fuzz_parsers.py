@@ -33,7 +33,7 @@ from fedd.namespace import MAX_PATH_BYTES, MAX_SEGMENT_BYTES, Namespace, normali
 from fedd.space.downtime import parse_request
 from fedd.tpc.guard import HostPattern, parse_host_pattern
 from fedd.tpc.wire import copy_request
-from fedd.web.writing import WriteHandlers
+from fedd.web.writing import destination_of
 from fedd.web.xml import parse_propfind
 
 FUZZ = settings(
@@ -234,7 +234,7 @@ def _request(headers: dict[bytes, bytes], method: bytes = b"MOVE") -> DummyReque
 
 
 def _destination(request: DummyRequest) -> str:
-    return WriteHandlers._destination(None, request)  # type: ignore[arg-type]  # uses only the request
+    return destination_of(request)
 
 
 @FUZZ
