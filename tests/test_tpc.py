@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.daemon import Fedd, start_fedd
+from tests.daemon import Fedd, start_fedd, wait_for
 from tests.servers import free_port
 from tests.tpcservers import RemoteSite, TrickySource, start_remote_site
 
@@ -122,17 +122,14 @@ def outcome(lines: list[tuple[float, str]]) -> str:
 def events(fed: Fedd, kind: str, path: str) -> list[dict[str, Any]]:
     """The events of one type about one path, from fedd's spool file (waiting a little for them)."""
     spool = fed.config.parent / "fedd-events.jsonl"
-    deadline = time.monotonic() + 5
-    while True:
-        found = []
-        if spool.exists():
-            for text in spool.read_text().splitlines():
-                event = json.loads(text) if text.strip() else {}
-                if event.get("event_type") == kind and event["payload"].get("path") == path:
-                    found.append(event["payload"])
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.1)
+
+    def found() -> list[dict[str, Any]]:
+        lines = spool.read_text().splitlines() if spool.exists() else []
+        docs = [json.loads(text) for text in lines if text.strip()]
+        return [d["payload"] for d in docs if d.get("event_type") == kind and d["payload"].get("path") == path]
+
+    payloads: list[dict[str, Any]] = wait_for(found, 5, f"a {kind} event about {path} in {spool}")
+    return payloads
 
 
 def s3_exists(stores: dict[str, Any], key: str) -> bool:
@@ -458,12 +455,12 @@ def test_client_gone_mid_copy_releases_every_connection(
     assert len(moving) == 2, moving
     response.close()
     conn.close()  # the client goes away mid-stream
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        still = set(moving) & set(_connections(fed.proc.pid))
-        if not still and fed.status()["tpc"]["active"] == 0 and not target.exists():
-            break
-        time.sleep(0.1)
+    wait_for(
+        lambda: (set(moving) & set(_connections(fed.proc.pid)), fed.status()["tpc"]["active"], target.exists()),
+        20,
+        "(data connections left, copies active, partial file present) to be (none, 0, False)",
+        until=lambda seen: seen == (set(), 0, False),
+    )
     assert not set(moving) & set(_connections(fed.proc.pid)), "a data connection outlived the copy"
     assert fed.status()["tpc"]["active"] == 0
     assert not target.exists(), "the partial copy was left behind"
@@ -541,10 +538,13 @@ tpc = yes
         assert dav_file(stores, "nat/in.bin").read_bytes() == data
         # the front locates the file with HEAD on the other fedd, which may first answer 202 while it
         # computes a checksum the HEAD asked for (Want-Digest): wait until the front sees the file
-        deadline = time.monotonic() + 20
-        while http_status(front, "HEAD", "/nat/out.bin") != 200:
-            assert time.monotonic() < deadline, "the front never found /nat/out.bin"
-            time.sleep(0.2)
+        wait_for(
+            lambda: http_status(front, "HEAD", "/nat/out.bin"),
+            20,
+            "the front to find /nat/out.bin",
+            interval=0.2,
+            until=(200).__eq__,
+        )
         status, headers, lines = copy(front, "/nat/out.bin", {"Destination": remote.url + "/public/native-out.bin"})
         assert status == 307, lines
         assert headers["location"] == fed.url + "/tpc/dav/nat/out.bin"
