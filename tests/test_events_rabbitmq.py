@@ -157,10 +157,9 @@ def test_broker_outage_and_restart_lose_nothing(setup: tuple[Path, str, Consumer
             for i in range(1, 11):  # requests are answered at once while the broker is down
                 assert get(fed, f"/atlas/f{i}") == 302
             assert time.monotonic() - start < 5
-            deadline = time.monotonic() + 10
-            while fed.status()["events"]["outbox_depth"] < 10:  # 10 redirects (online was sent before)
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            wait_for(  # 10 redirects (online was sent before)
+                lambda: fed.status()["events"]["outbox_depth"], 10, "10 events in the outbox", until=lambda n: n >= 10
+            )
             assert fed.status()["events"]["connected"] is False
             log = fed.log_text()
             assert log.count("exchange " + exchange + " connection lost: events wait in the outbox") == 1, log
