@@ -20,7 +20,7 @@ from twisted.internet.task import Clock
 
 from fedd.config import ConfigError, parse_config
 from fedd.web.lifecycle import DrainFirst, WebService
-from tests.daemon import Fedd, env, start_fedd, twistd_command
+from tests.daemon import Fedd, env, start_fedd, twistd_command, wait_for
 from tests.servers import free_port
 
 
@@ -126,10 +126,8 @@ def test_sigterm_lets_the_request_in_flight_finish(tmp_path: Path, dav_2s: SlowD
         assert dav_2s.received.wait(10), f.log_text()
         sent = time.monotonic()
         f.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 1.5
-        while not refused(f.port):  # no new connections while draining...
-            assert time.monotonic() < deadline, "fedd still accepts connections after SIGTERM"
-            time.sleep(0.02)
+        # no new connections while draining...
+        wait_for(lambda: refused(f.port), 1.5, "fedd to refuse new connections after SIGTERM", interval=0.02)
         assert client.is_alive()  # ...while the old one is still being served
         code = f.proc.wait(15)
         took = time.monotonic() - sent
