@@ -37,6 +37,7 @@ from fedd.config import parse_config
 from fedd.endpoints.base import Space
 from fedd.service import build_service
 from fedd.space.service import Measurement
+from tests.daemon import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "packaging" / "systemd" / "fedd.service"
@@ -351,6 +352,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def logged(proc: subprocess.Popen[bytes], log: Path, text: str) -> bool:
+    """Is `text` in the log yet? A process that died ends the wait at once, with its log."""
+    assert proc.poll() is None, f"exited with {proc.returncode}:\n{log.read_text()}"
+    return text in log.read_text()
+
+
 def test_installed_tree_runs_the_demo(installed: Path, tmp_path: Path) -> None:
     """/usr/bin/fedd-twistd from the scratch root, on this machine's /usr/bin/python3.11: `twistd fedd` demo."""
     port = free_port()
@@ -361,10 +368,7 @@ def test_installed_tree_runs_the_demo(installed: Path, tmp_path: Path) -> None:
         command += ["--listen", f"tcp:{port}:interface=127.0.0.1"]
         proc = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + 60
-        while "fedd demo federation serving" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        wait_for(lambda: logged(proc, log, "fedd demo federation serving"), 60, f"the demo serving ({log})")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/demo/hello.txt", timeout=10) as answer:
             assert answer.read() == b"Hello from the fedd demo federation.\n"
             assert answer.url != f"http://127.0.0.1:{port}/demo/hello.txt"  # it followed fedd's redirect
@@ -504,10 +508,7 @@ def test_unit_reload_matches_the_daemon(tmp_path: Path) -> None:
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 30
-        while "starting on" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        wait_for(lambda: logged(proc, log, "starting on"), 30, f"twistd listening ({log})")
         proc.send_signal(signal.SIGHUP)
         try:
             proc.wait(timeout=3)
