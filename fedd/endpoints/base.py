@@ -89,7 +89,9 @@ class Space:
 
 
 class Endpoint(Protocol):
-    """One storage endpoint. Paths are endpoint paths (already mapped), absolute, normalised."""
+    """One storage endpoint, as every kind is one: readable and listable, probed, measured. Paths are
+    endpoint paths (already mapped), absolute, normalised. What only some kinds do (writes, signed
+    URLs, checksums, uploads by fedd) is declared with `fedd.endpoints.interfaces`: ask those."""
 
     id: str
     config: EndpointConfig
@@ -119,15 +121,6 @@ class Endpoint(Protocol):
 
     def probe(self) -> Deferred[None]:
         """A cheap request proving the service answers; fails with EndpointError."""
-
-    def delete(self, path: str) -> Deferred[bool]:
-        """Remove a file (or an empty collection); True when removed, False when it did not exist."""
-
-    def mkcol(self, path: str) -> Deferred[bool]:
-        """Create a collection; True when created, False when the name already exists."""
-
-    def move(self, source: str, destination: str) -> Deferred[None]:
-        """Rename a file within the endpoint (replacing `destination`); fails with EndpointError."""
 
     def space(self, max_objects: int = 50_000_000) -> Deferred[Space]:
         """Measure used and total space (may take long: paged listings, which stop with an EndpointError

@@ -125,14 +125,7 @@ class LocalEndpoint:
         if not os.path.isdir(self.root) or not os.access(self.root, os.R_OK | os.X_OK):
             raise EndpointError(self.id, f"directory {self.root} is missing or unreadable")
 
-    # local directories are served read-only: the write methods refuse, space is the file system's
-
-    def _read_only(self, *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        d.errback(EndpointError(self.id, "local endpoints are read-only"))
-        return d
-
-    delete = mkcol = move = _read_only
+    # local directories are served read-only (no IWritable); space is the file system's
 
     def space(self, max_objects: int = 0) -> Deferred[Space]:  # statvfs: nothing is listed
         return self._defer(self._space)
