@@ -11,53 +11,132 @@ A failed copy removes what it wrote (unless it was overwriting a file that exist
 
 from __future__ import annotations
 
+import re
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from fedd.checksums.bulk import BulkEndpointFactory, tune_allocator
 from fedd.config import TpcConfig
 from fedd.endpoints.interfaces import ITPCTarget, IWritable
-from fedd.errors import BadGateway, BadRequest, Forbidden, describe
-from fedd.federation import Federation
+from fedd.errors import BadGateway, BadRequest, FeddError, Forbidden, describe
+from fedd.events.model import file_fields
+from fedd.federation import Federation, Replica
 from fedd.tpc.guard import Guard, GuardedEndpointFactory, HostPolicy, HostRefused
 from fedd.tpc.pump import Drain, Pump
-from fedd.tpc.transfer import (
-    CopyRequest,
-    Job,
-    TransferBusy,
-    TransferFailed,
-    adler32_of,
-    failure_reason,
-    mode_of,
-    perf_marker,
-    public_url,
-    transfer_event,
-)
-from fedd.writes import Writer
-
-__all__ = [  # what a copy is lives in fedd.tpc.transfer; importable from here too
-    "CopyRequest",
-    "Job",
-    "TpcEngine",
-    "TransferBusy",
-    "TransferFailed",
-    "adler32_of",
-    "mode_of",
-    "perf_marker",
-    "public_url",
-]
+from fedd.writes import PutTarget, Writer
 
 log = Logger(namespace="fedd.tpc")
 MAX_REDIRECTS = 5
 REDIRECTS = (301, 302, 303, 307, 308)
+_ADLER_RE = re.compile(r"(?:^|,)\s*adler32=([0-9A-Fa-f]{1,8})\s*(?:,|$)", re.IGNORECASE)
+
+
+class TransferBusy(FeddError):
+    """`[tpc] max_concurrent` copies are running already."""
+
+    status = 503
+
+
+class TransferFailed(Exception):
+    """A copy failed after the 202 (the message is the reason for the failure line)."""
+
+
+def perf_marker(now: float, transferred: int) -> bytes:
+    """One HTTP-TPC performance marker, as dCache, StoRM and XRootD write them."""
+    return (
+        "Perf Marker\n"
+        f"    Timestamp: {int(now)}\n"
+        "    Stripe Index: 0\n"
+        f"    Stripe Bytes Transferred: {transferred}\n"
+        "    Total Stripe Count: 1\n"
+        "End\n"
+    ).encode()
+
+
+def adler32_of(headers: Headers) -> str | None:
+    """The adler32 a response announces: `Digest: adler32=...` (RFC 3230) or S3's `x-amz-meta-adler32`."""
+    for value in headers.getRawHeaders(b"digest") or []:
+        match = _ADLER_RE.search(value.decode("latin-1"))
+        if match:
+            return match.group(1).lower().zfill(8)
+    for value in headers.getRawHeaders(b"x-amz-meta-adler32") or []:
+        text = value.decode("latin-1").strip().lower()
+        if re.fullmatch(r"[0-9a-f]{1,8}", text):
+            return text.zfill(8)
+    return None
+
+
+def public_url(url: str) -> str:
+    """A URL fit for logs and events: no query (presigned signatures, tokens) and no user:password."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
+@dataclass(frozen=True)
+class CopyRequest:
+    """What a `COPY` asks for, read from its headers by `fedd.web`."""
+
+    mode: str  # "pull" (Source: remote -> path) or "push" (path -> Destination: remote)
+    path: str
+    remote: str
+    transfer_headers: dict[str, str]
+    credential: str = "none"
+    client: str = ""
+    client_dn: str | None = None
+    activity: str | None = None
+
+
+def mode_of(source: str | None, destination: str | None) -> str:
+    if source and destination:
+        raise BadRequest("a third-party COPY takes Source: (pull) or Destination: (push), not both")
+    if source:
+        return "pull"
+    if destination:
+        return "push"
+    raise BadRequest("COPY needs a Source: (pull) or Destination: (push) header")
+
+
+@dataclass(eq=False)
+class Job:
+    request: CopyRequest
+    id: str
+    started: float
+    redirect: str | None = None
+    target: PutTarget | None = None  # pull: where the bytes go
+    replicas: list[Replica] = field(default_factory=list)  # push: where they come from
+    endpoint: str = ""  # the federation side
+    size: int | None = None
+    bytes: int = 0
+    last_progress: float = 0.0
+    next_marker: float = 0.0
+    reason: str = ""  # set when the copy is cancelled (timeouts, client gone)
+    pending: Deferred[Any] | None = None
+    pump: Pump | None = None
+    writing: bool = False  # the destination request has started: something may have been created
+    refused: bool = False  # ... and the destination answered it with an error: nothing was created
+    adler: str | None = None
+
+    def progress(self, n: int, now: float) -> None:
+        self.bytes += n
+        self.last_progress = now
+
+    def cancel(self, reason: str) -> None:
+        if self.reason:
+            return
+        self.reason = reason
+        if self.pump is not None:
+            self.pump.abort()
+        if self.pending is not None and not self.pending.called:
+            self.pending.cancel()
 
 
 def _remote_tls(config: TpcConfig) -> Any:
@@ -192,7 +271,7 @@ class TpcEngine:
             else:
                 await self._push(job)
         except Exception as exc:
-            reason = job.reason or failure_reason(exc)
+            reason = job.reason or _reason(exc)
             await self._clean_up(job)
         finally:
             ticker.stop()
@@ -323,7 +402,7 @@ class TpcEngine:
             except (CancelledError, TransferFailed):
                 raise
             except Exception as exc:
-                problems.append(f"{replica.endpoint}: {failure_reason(exc)}")
+                problems.append(f"{replica.endpoint}: {_reason(exc)}")
                 continue
             if source.code == 200:
                 job.endpoint = replica.endpoint
@@ -359,7 +438,7 @@ class TpcEngine:
         except (CancelledError, TransferFailed):
             raise
         except Exception as exc:
-            log.info("copy {id}: HEAD on the destination failed: {reason}", id=job.id, reason=failure_reason(exc))
+            log.info("copy {id}: HEAD on the destination failed: {reason}", id=job.id, reason=_reason(exc))
             return
         await self._drain(job, head)
         if head.code == 200:
@@ -398,7 +477,7 @@ class TpcEngine:
                 drain.done.addTimeout(self.config.connect_timeout, self.reactor)
                 await drain.done
         except Exception as exc:
-            log.warn("copy {id}: removing the partial target failed: {reason}", id=job.id, reason=failure_reason(exc))
+            log.warn("copy {id}: removing the partial target failed: {reason}", id=job.id, reason=_reason(exc))
 
     # --- events and state -------------------------------------------------------------------------
 
@@ -425,8 +504,32 @@ class TpcEngine:
                 bytes=job.bytes,
                 duration=duration,
             )
-        if self.events is not None:
-            self.events.emit("transfer-failed" if reason else "transfer-done", transfer_event(job, reason, duration))
+        if self.events is None:
+            return
+        remote = urlsplit(request.remote).hostname or ""
+        here = job.target.url if job.target is not None else (job.replicas[0].url if job.replicas else "")
+        local_url, remote_url = public_url(here) if here else None, public_url(request.remote)
+        pull = request.mode == "pull"
+        self.events.emit(
+            "transfer-failed" if reason else "transfer-done",
+            {
+                "request-id": job.id,
+                **file_fields(request.path),
+                "activity": request.activity,
+                "tpc-mode": request.mode,
+                "src-rse": remote if pull else job.endpoint,
+                "dst-rse": job.endpoint if pull else remote,
+                "src-url": remote_url if pull else local_url,
+                "dst-url": local_url if pull else remote_url,
+                "file-size": job.size,
+                "bytes": job.bytes,
+                "checksum-adler": job.adler,
+                "duration": duration,
+                "reason": reason or None,
+                "client": request.client,
+                "client_dn": request.client_dn,
+            },
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -444,3 +547,16 @@ class TpcEngine:
         for job in list(self.active):
             job.cancel("fedd is shutting down")
         return self._pool.closeCachedConnections()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TransferFailed | FeddError):
+        return str(exc)
+    if isinstance(exc, CancelledError):
+        return "cancelled"
+    if isinstance(exc, ResponseNeverReceived):
+        return "the connection closed before an answer: " + "; ".join(describe(r) for r in getattr(exc, "reasons", []))
+    if isinstance(exc, HostRefused):
+        return f"refused: {exc}"
+    text = describe(exc)
+    return text.replace("\n", " ")[:300]
