@@ -11,12 +11,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.daemon import wait_for
 
 
 def free_port() -> int:
@@ -26,16 +27,16 @@ def free_port() -> int:
 
 
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+
+    try:
+        wait_for(listening, timeout, f"a listener on 127.0.0.1:{port}", interval=0.05, ignore=(OSError,))
+    except AssertionError as exc:
+        raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s ({exc})") from None
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -45,6 +46,17 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+def _rgw_answers(url: str, proc: subprocess.Popen[bytes], workdir: Path) -> bool:
+    """Does the gateway answer HTTP (any status)? Raises at once if it exited."""
+    if proc.poll() is not None:
+        raise RuntimeError(f"radosgw exited:\n{_tail(workdir / 'log' / 'client.rgw.a.log')}")
+    try:
+        urllib.request.urlopen(url, timeout=2).close()
+    except urllib.error.HTTPError:
+        pass  # an answer all the same
+    return True
+
+
 def _stop_pid(pid: int | None, timeout: float = 10.0) -> None:
     if pid is None:
         return
@@ -52,17 +64,23 @@ def _stop_pid(pid: int | None, timeout: float = 10.0) -> None:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def gone() -> bool:
+        try:
+            os.waitpid(pid, os.WNOHANG)  # reaps our own child, which would linger as a zombie
+        except ChildProcessError:
+            pass
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
+            return True
+        return False
+
+    try:
+        wait_for(gone, timeout, f"pid {pid} to exit after SIGTERM", interval=0.05)
+        return
+    except AssertionError:
+        pass  # killed below
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -307,19 +325,10 @@ class CephRGW:
     def start_rgw(self, timeout: float = 60.0) -> None:
         """Start the gateway again on the same port and wait until it answers."""
         proc = self._daemon("rgw", "radosgw", "-f", "-c", str(self.conf), "-n", "client.rgw.a")
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"radosgw exited:\n{_tail(self.workdir / 'log' / 'client.rgw.a.log')}")
-            try:
-                urllib.request.urlopen(self.url, timeout=2).close()
-                return
-            except urllib.error.HTTPError:
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"radosgw did not answer again in {timeout}s") from None
-                time.sleep(0.1)
+        try:
+            wait_for(lambda: _rgw_answers(self.url, proc, self.workdir), timeout, "radosgw", ignore=(OSError,))
+        except AssertionError as exc:
+            raise RuntimeError(f"radosgw did not answer again in {timeout}s ({exc})") from None
 
     def pause_rgw(self) -> None:
         """SIGSTOP: connections are accepted by the kernel and never answered (a hanging endpoint)."""
@@ -403,22 +412,13 @@ rgw thread pool size = 64
         run("ceph-osd", "-i", osd_id, "--mkfs", "--osd-uuid", osd_uuid, "-c", str(conf))
         rgw._daemon("osd", "ceph-osd", "-f", "-i", osd_id, "-c", str(conf))
         rgw.ceph("osd", "crush", "add", f"osd.{osd_id}", "1", "root=default", "host=localhost")
-        rgw._daemon("rgw", "radosgw", "-f", "-c", str(conf), "-n", "client.rgw.a")
-        deadline = time.monotonic() + timeout
-        while True:
-            if rgw.procs[-1].poll() is not None:
-                raise RuntimeError(f"radosgw exited:\n{_tail(workdir / 'log' / 'client.rgw.a.log')}")
-            try:
-                urllib.request.urlopen(rgw.url, timeout=2).close()
-                break
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"radosgw did not answer in {timeout}s:\n{_tail(workdir / 'log' / 'client.rgw.a.log')}"
-                    ) from None
-                time.sleep(0.2)
+        proc = rgw._daemon("rgw", "radosgw", "-f", "-c", str(conf), "-n", "client.rgw.a")
+        try:
+            wait_for(lambda: _rgw_answers(rgw.url, proc, workdir), timeout, "radosgw", interval=0.2, ignore=(OSError,))
+        except AssertionError as exc:
+            raise RuntimeError(
+                f"radosgw did not answer in {timeout}s ({exc}):\n{_tail(workdir / 'log' / 'client.rgw.a.log')}"
+            ) from None
         rgw.admin(
             "user",
             "create",
