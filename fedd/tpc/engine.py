@@ -11,138 +11,44 @@ A failed copy removes what it wrote (unless it was overwriting a file that exist
 
 from __future__ import annotations
 
-import re
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseNeverReceived
+from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
-from fedd.checksums.bulk import BulkEndpointFactory, tune_allocator
+from fedd.checksums.bulk import tune_allocator
 from fedd.config import TpcConfig
 from fedd.endpoints.interfaces import ITPCTarget, IWritable
-from fedd.errors import BadGateway, BadRequest, FeddError, Forbidden, describe
-from fedd.events.model import file_fields
-from fedd.federation import Federation, Replica
-from fedd.tpc.guard import Guard, GuardedEndpointFactory, HostPolicy, HostRefused
+from fedd.errors import BadGateway, BadRequest, Forbidden, describe
+from fedd.federation import Federation
+from fedd.tpc.agents import CopyAgents
+from fedd.tpc.guard import HostRefused
 from fedd.tpc.pump import Drain, Pump
-from fedd.writes import PutTarget, Writer
+from fedd.tpc.transfer import (
+    CopyRequest,
+    Job,
+    TransferBusy,
+    TransferFailed,
+    adler32_of,
+    failure_reason,
+    mode_of,
+    perf_marker,
+    public_url,
+    transfer_event,
+)
+from fedd.writes import Writer
+
+__all__ = ["CopyRequest", "TpcEngine", "adler32_of", "mode_of", "perf_marker", "public_url"]  # also from here
 
 log = Logger(namespace="fedd.tpc")
 MAX_REDIRECTS = 5
 REDIRECTS = (301, 302, 303, 307, 308)
-_ADLER_RE = re.compile(r"(?:^|,)\s*adler32=([0-9A-Fa-f]{1,8})\s*(?:,|$)", re.IGNORECASE)
-
-
-class TransferBusy(FeddError):
-    """`[tpc] max_concurrent` copies are running already."""
-
-    status = 503
-
-
-class TransferFailed(Exception):
-    """A copy failed after the 202 (the message is the reason for the failure line)."""
-
-
-def perf_marker(now: float, transferred: int) -> bytes:
-    """One HTTP-TPC performance marker, as dCache, StoRM and XRootD write them."""
-    return (
-        "Perf Marker\n"
-        f"    Timestamp: {int(now)}\n"
-        "    Stripe Index: 0\n"
-        f"    Stripe Bytes Transferred: {transferred}\n"
-        "    Total Stripe Count: 1\n"
-        "End\n"
-    ).encode()
-
-
-def adler32_of(headers: Headers) -> str | None:
-    """The adler32 a response announces: `Digest: adler32=...` (RFC 3230) or S3's `x-amz-meta-adler32`."""
-    for value in headers.getRawHeaders(b"digest") or []:
-        match = _ADLER_RE.search(value.decode("latin-1"))
-        if match:
-            return match.group(1).lower().zfill(8)
-    for value in headers.getRawHeaders(b"x-amz-meta-adler32") or []:
-        text = value.decode("latin-1").strip().lower()
-        if re.fullmatch(r"[0-9a-f]{1,8}", text):
-            return text.zfill(8)
-    return None
-
-
-def public_url(url: str) -> str:
-    """A URL fit for logs and events: no query (presigned signatures, tokens) and no user:password."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
-
-
-@dataclass(frozen=True)
-class CopyRequest:
-    """What a `COPY` asks for, read from its headers by `fedd.web`."""
-
-    mode: str  # "pull" (Source: remote -> path) or "push" (path -> Destination: remote)
-    path: str
-    remote: str
-    transfer_headers: dict[str, str]
-    credential: str = "none"
-    client: str = ""
-    client_dn: str | None = None
-    activity: str | None = None
-
-
-def mode_of(source: str | None, destination: str | None) -> str:
-    if source and destination:
-        raise BadRequest("a third-party COPY takes Source: (pull) or Destination: (push), not both")
-    if source:
-        return "pull"
-    if destination:
-        return "push"
-    raise BadRequest("COPY needs a Source: (pull) or Destination: (push) header")
-
-
-@dataclass(eq=False)
-class Job:
-    request: CopyRequest
-    id: str
-    started: float
-    redirect: str | None = None
-    target: PutTarget | None = None  # pull: where the bytes go
-    replicas: list[Replica] = field(default_factory=list)  # push: where they come from
-    endpoint: str = ""  # the federation side
-    size: int | None = None
-    bytes: int = 0
-    last_progress: float = 0.0
-    next_marker: float = 0.0
-    reason: str = ""  # set when the copy is cancelled (timeouts, client gone)
-    pending: Deferred[Any] | None = None
-    pump: Pump | None = None
-    writing: bool = False  # the destination request has started: something may have been created
-    refused: bool = False  # ... and the destination answered it with an error: nothing was created
-    adler: str | None = None
-
-    def progress(self, n: int, now: float) -> None:
-        self.bytes += n
-        self.last_progress = now
-
-    def cancel(self, reason: str) -> None:
-        if self.reason:
-            return
-        self.reason = reason
-        if self.pump is not None:
-            self.pump.abort()
-        if self.pending is not None and not self.pending.called:
-            self.pending.cancel()
-
-
-def _remote_tls(config: TpcConfig) -> Any:
-    from fedd.endpoints import tls_policy
-
-    return tls_policy(config.verify_tls, config.ca_file, default=BrowserLikePolicyForHTTPS())
 
 
 class TpcEngine:
@@ -155,39 +61,12 @@ class TpcEngine:
         self.done = 0
         self.failed = 0
         self.redirected = 0
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._remote: tuple[TpcConfig, Guard, Agent] | None = None
-        self._agents: dict[str, tuple[Any, Agent]] = {}
+        self.agents = CopyAgents(federation, reactor)
         tune_allocator()  # 1 MiB reads without a page fault per 4 KiB (fedd.checksums.bulk)
 
     @property
     def config(self) -> TpcConfig:
         return self.fed.config.tpc  # read each time: a reload applies to the next copy
-
-    def _guarded(self) -> tuple[Guard, Agent]:
-        config = self.config
-        if self._remote is None or self._remote[0] != config:
-            guard = Guard(self.reactor, HostPolicy(config.allow_hosts), config.connect_timeout)
-            factory = GuardedEndpointFactory(
-                self.reactor, guard, tls=_remote_tls(config), connect_timeout=config.connect_timeout
-            )
-            pool = HTTPConnectionPool(self.reactor, persistent=False)  # every remote connection checked anew
-            bulk = BulkEndpointFactory(self.reactor, inner=factory)
-            self._remote = (config, guard, Agent.usingEndpointFactory(self.reactor, bulk, pool=pool))
-        return self._remote[1], self._remote[2]
-
-    def _agent(self, eid: str) -> Agent:
-        """An agent for one of the federation's own endpoints, with that endpoint's TLS settings."""
-        from fedd.endpoints import _tls_policy  # the endpoints' own rule: verify_tls, ca_file
-
-        config = self.fed.endpoints[eid].config
-        hit = self._agents.get(eid)
-        if hit is None or hit[0] is not config:
-            policy = _tls_policy(config) or BrowserLikePolicyForHTTPS()
-            bulk = BulkEndpointFactory(self.reactor, tls=policy, connect_timeout=self.config.connect_timeout)
-            agent = Agent.usingEndpointFactory(self.reactor, bulk, pool=self._pool)
-            hit = self._agents[eid] = (config, agent)
-        return hit[1]
 
     # --- before the 202 -------------------------------------------------------------------------
 
@@ -199,7 +78,7 @@ class TpcEngine:
         parts = urlsplit(request.remote)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise BadRequest(f"the remote URL must be http:// or https://, got {request.remote[:200]!r}")
-        guard, _ = self._guarded()
+        guard, _ = self.agents.remote()
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
             await guard.address(parts.hostname, port)
@@ -271,7 +150,7 @@ class TpcEngine:
             else:
                 await self._push(job)
         except Exception as exc:
-            reason = job.reason or _reason(exc)
+            reason = job.reason or failure_reason(exc)
             await self._clean_up(job)
         finally:
             ticker.stop()
@@ -360,7 +239,7 @@ class TpcEngine:
     async def _pull(self, job: Job) -> None:
         assert job.target is not None
         request, target = job.request, job.target
-        _, remote = self._guarded()
+        _, remote = self.agents.remote()
         source = await self._get(
             job, remote, request.remote, dict(request.transfer_headers, **{"Want-Digest": "adler32"})
         )
@@ -376,7 +255,7 @@ class TpcEngine:
                 "needs the size before the upload"
             )
         headers = dict(ITPCTarget(endpoint).upload_headers) if ITPCTarget.providedBy(endpoint) else {}
-        response = await self._send(job, self._agent(target.endpoint), target.url, headers, pump)
+        response = await self._send(job, self.agents.endpoint(target.endpoint), target.url, headers, pump)
         if response.code not in (200, 201, 204):
             job.refused = True
             raise TransferFailed(await self._refusal(job, response, f"destination {target.endpoint}"))
@@ -398,11 +277,13 @@ class TpcEngine:
         source: IResponse | None = None
         for replica in job.replicas:
             try:
-                source = await self._get(job, self._agent(replica.endpoint), replica.url, {"Want-Digest": "adler32"})
+                source = await self._get(
+                    job, self.agents.endpoint(replica.endpoint), replica.url, {"Want-Digest": "adler32"}
+                )
             except (CancelledError, TransferFailed):
                 raise
             except Exception as exc:
-                problems.append(f"{replica.endpoint}: {_reason(exc)}")
+                problems.append(f"{replica.endpoint}: {failure_reason(exc)}")
                 continue
             if source.code == 200:
                 job.endpoint = replica.endpoint
@@ -413,7 +294,7 @@ class TpcEngine:
             raise TransferFailed("no replica could be read: " + "; ".join(problems))
         pump = Pump(source, self._on_data(job), reactor=self.reactor)
         job.size = pump.expected
-        _, remote = self._guarded()
+        _, remote = self.agents.remote()
         response = await self._send(job, remote, request.remote, dict(request.transfer_headers), pump)
         if response.code in REDIRECTS:
             job.refused = True
@@ -438,7 +319,7 @@ class TpcEngine:
         except (CancelledError, TransferFailed):
             raise
         except Exception as exc:
-            log.info("copy {id}: HEAD on the destination failed: {reason}", id=job.id, reason=_reason(exc))
+            log.info("copy {id}: HEAD on the destination failed: {reason}", id=job.id, reason=failure_reason(exc))
             return
         await self._drain(job, head)
         if head.code == 200:
@@ -465,7 +346,7 @@ class TpcEngine:
                     d.addTimeout(endpoint.config.timeout * 4, self.reactor)
                     await d
             elif job.request.mode == "push":
-                _, remote = self._guarded()
+                _, remote = self.agents.remote()
                 hdrs = Headers(
                     {k.encode("latin-1"): [v.encode("latin-1")] for k, v in job.request.transfer_headers.items()}
                 )
@@ -477,7 +358,7 @@ class TpcEngine:
                 drain.done.addTimeout(self.config.connect_timeout, self.reactor)
                 await drain.done
         except Exception as exc:
-            log.warn("copy {id}: removing the partial target failed: {reason}", id=job.id, reason=_reason(exc))
+            log.warn("copy {id}: removing the partial target failed: {reason}", id=job.id, reason=failure_reason(exc))
 
     # --- events and state -------------------------------------------------------------------------
 
@@ -486,50 +367,21 @@ class TpcEngine:
         duration = round(self.reactor.seconds() - job.started, 3)
         if reason:
             self.failed += 1
-            log.info(
-                "{mode} copy {id} of {path} failed after {bytes} bytes: {reason}",
-                mode=request.mode,
-                id=job.id,
-                path=request.path,
-                bytes=job.bytes,
-                reason=reason,
-            )
         else:
             self.done += 1
-            log.info(
-                "{mode} copy {id} of {path}: {bytes} bytes in {duration}s",
-                mode=request.mode,
-                id=job.id,
-                path=request.path,
-                bytes=job.bytes,
-                duration=duration,
-            )
-        if self.events is None:
-            return
-        remote = urlsplit(request.remote).hostname or ""
-        here = job.target.url if job.target is not None else (job.replicas[0].url if job.replicas else "")
-        local_url, remote_url = public_url(here) if here else None, public_url(request.remote)
-        pull = request.mode == "pull"
-        self.events.emit(
-            "transfer-failed" if reason else "transfer-done",
-            {
-                "request-id": job.id,
-                **file_fields(request.path),
-                "activity": request.activity,
-                "tpc-mode": request.mode,
-                "src-rse": remote if pull else job.endpoint,
-                "dst-rse": job.endpoint if pull else remote,
-                "src-url": remote_url if pull else local_url,
-                "dst-url": local_url if pull else remote_url,
-                "file-size": job.size,
-                "bytes": job.bytes,
-                "checksum-adler": job.adler,
-                "duration": duration,
-                "reason": reason or None,
-                "client": request.client,
-                "client_dn": request.client_dn,
-            },
+        log.info(
+            "{mode} copy {id} of {path} failed after {bytes} bytes: {reason}"
+            if reason
+            else "{mode} copy {id} of {path}: {bytes} bytes in {duration}s",
+            mode=request.mode,
+            id=job.id,
+            path=request.path,
+            bytes=job.bytes,
+            reason=reason,
+            duration=duration,
         )
+        if self.events is not None:
+            self.events.emit("transfer-failed" if reason else "transfer-done", transfer_event(job, reason, duration))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -546,17 +398,4 @@ class TpcEngine:
     def close(self) -> Deferred[None]:
         for job in list(self.active):
             job.cancel("fedd is shutting down")
-        return self._pool.closeCachedConnections()
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, TransferFailed | FeddError):
-        return str(exc)
-    if isinstance(exc, CancelledError):
-        return "cancelled"
-    if isinstance(exc, ResponseNeverReceived):
-        return "the connection closed before an answer: " + "; ".join(describe(r) for r in getattr(exc, "reasons", []))
-    if isinstance(exc, HostRefused):
-        return f"refused: {exc}"
-    text = describe(exc)
-    return text.replace("\n", " ")[:300]
+        return self.agents.close()
