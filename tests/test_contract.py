@@ -35,6 +35,7 @@ from fedd.endpoints.interfaces import (
     IChecksumSource,
     IChecksumStore,
     IListable,
+    ILocalFiles,
     IPresignable,
     IReadable,
     ISpaceSource,
@@ -190,6 +191,7 @@ def test_declares_what_its_kind_promises(subject: Subject) -> None:
     assert IWritable.providedBy(subject.endpoint) == (subject.kind != "local")
     assert IPresignable.providedBy(subject.endpoint) == (subject.kind in ("fake", "s3", "azure"))
     assert IChecksumStore.providedBy(subject.endpoint) == (subject.kind in ("fake", "s3"))
+    assert ILocalFiles.providedBy(subject.endpoint) == (subject.kind == "local")
 
 
 # --- reading --------------------------------------------------------------------------------------
@@ -249,8 +251,11 @@ def test_redirect_url_is_fetchable_where_presignable(subject: Subject) -> None:
     url = subject.endpoint.url_for("/c/file.txt", time.time())
     if IPresignable.providedBy(subject.endpoint):
         assert subject.fetch(url) == DATA
-    elif subject.kind == "local":  # fedd serves the bytes itself: a path on fedd, no host
+    elif ILocalFiles.providedBy(subject.endpoint):  # fedd serves the bytes itself: a path on fedd, no host
         assert url.startswith("/.well-known/fedd/local/local/c/file.txt")
+        real = ILocalFiles(subject.endpoint).resolve("/c/file.txt")
+        assert real is not None and Path(real).read_bytes() == DATA
+        assert ILocalFiles(subject.endpoint).resolve("/../../etc/passwd") is None
     else:  # the endpoint's own URL: readable here because the test Apache needs no credentials
         assert subject.fetch(url) == DATA
 

@@ -19,6 +19,7 @@ from fedd.endpoints.interfaces import (
     IChecksumStore,
     IHttpEndpoint,
     IListable,
+    ILocalFiles,
     IPresignable,
     IReadable,
     ISpaceSource,
@@ -57,7 +58,7 @@ def tls_policy(verify: bool, ca_file: str, default: Any = None) -> Any:
 # what each kind must provide: checked on every endpoint built (verifyObject), so a kind that
 # declares a capability it does not implement fails at start-up, not on the first request that asks
 CAPABILITIES: dict[str, tuple[type[Interface], ...]] = {
-    "local": (IReadable, IListable, ISpaceSource),
+    "local": (ILocalFiles, IListable, ISpaceSource),
     "s3": (IPresignable, IListable, ITPCTarget, IChecksumSource, IChecksumStore, ISpaceSource),
     "azure": (IPresignable, IListable, ITPCTarget, IChecksumSource, ISpaceSource),
     "dav": (IReadable, IListable, ITPCTarget, IChecksumSource, ISpaceSource),

@@ -8,6 +8,7 @@ instead of probing attributes. An in-memory endpoint declaring the same interfac
 | kind  | read | list | write | presign | checksum source | checksum store | space | TPC target |
 |-------|------|------|-------|---------|-----------------|----------------|-------|------------|
 | local | yes  | yes  |       |         |                 |                | yes   |            |
+(local endpoints also provide `ILocalFiles`: fedd serves and hashes their bytes itself)
 | s3    | yes  | yes  | yes   | yes     | yes             | yes            | yes   | yes        |
 | azure | yes  | yes  | yes   | yes     | yes             |                | yes   | yes        |
 | dav   | yes  | yes  | yes   |         | yes             |                | yes   | yes        |
@@ -67,6 +68,16 @@ class IListable(IEndpoint):
     ) -> Deferred[bool]:
         """The children passed to `emit` in batches as they are read (bounded memory);
         True when `path` is a collection. Reading pauses while the `Valve` is closed."""
+
+
+class ILocalFiles(IReadable):
+    """Files on this host's file system: fedd serves and hashes their bytes itself (`url_for` is a
+    path on fedd)."""
+
+    root: str = Attribute("The real path of the served directory.")
+
+    def resolve(path: str) -> str | None:
+        """The file-system path of an endpoint path; None when it would leave what is served."""
 
 
 class IWritable(IEndpoint):

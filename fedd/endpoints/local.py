@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from fedd.config import EndpointConfig
 from fedd.endpoints.base import Entry, Space, Stat, Valve, emit_listing, quote_path
-from fedd.endpoints.interfaces import IListable, IReadable, ISpaceSource
+from fedd.endpoints.interfaces import IListable, ILocalFiles, ISpaceSource
 from fedd.errors import EndpointError, PathRefused
 
 LOCAL_PREFIX = "/.well-known/fedd/local/"
@@ -26,7 +26,7 @@ LOCAL_PREFIX = "/.well-known/fedd/local/"
 PATH_ERRNOS = frozenset({errno.ENOTDIR, errno.ENAMETOOLONG, errno.EINVAL, errno.ELOOP, errno.EACCES, errno.EPERM})
 
 
-@implementer(IReadable, IListable, ISpaceSource)
+@implementer(ILocalFiles, IListable, ISpaceSource)
 class LocalEndpoint:
     collections_by_stat = True
 
