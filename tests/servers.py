@@ -494,3 +494,67 @@ def start_azurite(workdir: Path) -> Azurite:
         proc.kill()
         raise RuntimeError(f"{exc}\n{_tail(workdir / 'azurite.log')}") from None
     return Azurite(workdir, port, proc)
+
+
+# --- fedd configuration blocks for these servers -------------------------------------------------------
+
+SECRET_ENV = "FEDD_TEST_SECRET"  # the tests' configurations read the S3 secret from the environment
+
+
+def _value(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def endpoint_block(endpoint_id: str, kind: str, map: str | tuple[str, ...] = "/atlas /atlas", **keys: object) -> str:
+    """The `[endpoint <id>]` section fedd reads: `map` is one "<federation prefix> <endpoint prefix>"
+    or several; `keys` in their order (True/False written yes/no, None left out, a tuple repeats the
+    key)."""
+    lines = [f"[endpoint {endpoint_id}]", f"kind = {kind}"]
+    head = {
+        k: keys.pop(k) for k in ("url", "path", "bucket", "access_key", "secret_key", "secret_key_env") if k in keys
+    }
+    lines += [f"{key} = {_value(value)}" for key, value in head.items() if value is not None]
+    lines += [f"map = {m}" for m in ((map,) if isinstance(map, str) else map)]
+    for key, value in keys.items():
+        for one in value if isinstance(value, tuple) else (value,):
+            if one is not None:
+                lines.append(f"{key} = {_value(one)}")
+    return "\n".join(lines) + "\n"
+
+
+def ceph_endpoint(
+    rgw: CephRGW,
+    bucket: str,
+    *,
+    id: str = "ceph",
+    map: str | tuple[str, ...] = "/atlas /atlas",
+    secret_from_env: bool = True,
+    **extra: object,
+) -> str:
+    """An S3 endpoint on the test Ceph gateway; the secret from $FEDD_TEST_SECRET unless told otherwise."""
+    secret: dict[str, object] = {"secret_key_env": SECRET_ENV} if secret_from_env else {"secret_key": rgw.secret_key}
+    return endpoint_block(id, "s3", map, url=rgw.url, bucket=bucket, access_key=rgw.access_key, **secret, **extra)
+
+
+def dav_endpoint(
+    apache: ApacheDav,
+    *,
+    id: str = "dav",
+    map: str | tuple[str, ...] = "/atlas /atlas",
+    **extra: object,
+) -> str:
+    """A WebDAV endpoint on a test Apache (mod_dav)."""
+    return endpoint_block(id, "dav", map, url=apache.url, **extra)
+
+
+def local_endpoint(
+    path: str | Path,
+    *,
+    id: str = "local",
+    map: str | tuple[str, ...] = "/atlas /",
+    **extra: object,
+) -> str:
+    """A local-directory endpoint."""
+    return endpoint_block(id, "local", map, path=path, **extra)
