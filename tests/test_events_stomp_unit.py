@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, FirstError, ensureDeferred, fail, succeed
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -39,6 +38,7 @@ from fedd.events.stomp import (
     stomp_tls,
     unescape,
 )
+from fedd.twtypes import Service
 
 BROKER = StompBroker("127.0.0.1", 61613, False, "/", "fedd", "secret")
 
@@ -107,7 +107,7 @@ def test_parser_is_bounded(data: bytes) -> None:
     assert len(parser._buf) <= 4096 + 100
 
 
-_header_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+_header_text = st.text(st.characters(blacklist_categories=["Cs"]), max_size=20)
 
 
 @settings(max_examples=300, derandomize=True, deadline=None)
@@ -230,9 +230,10 @@ def test_error_frame_fails_pending_and_closes() -> None:
     proto.dataReceived(b"ERROR\nmessage:User fedd is not authorized to write to: queue://q\nreceipt-id:1\n\n\0")
     assert transport.disconnecting or transport.disconnected
     proto.connectionLost(Failure(ConnectionError("closed")))
-    failure = _failure(d)
-    assert "not authorized" in str(failure.value.subFailure.value)
-    assert isinstance(failure.value.subFailure.value, StompError)
+    error = _failure(d).value
+    assert isinstance(error, FirstError)  # one receipt's wait, of a DeferredList
+    assert "not authorized" in str(error.subFailure.value)
+    assert isinstance(error.subFailure.value, StompError)
     assert proto.closed.called
 
 
@@ -276,7 +277,8 @@ def test_huge_frame_from_broker_drops_connection() -> None:
     proto.dataReceived(b"MESSAGE\ncontent-length:99999999\n\n")
     assert isinstance(proto.error, FrameError)
     proto.connectionLost(Failure(ConnectionError("closed")))
-    assert isinstance(_failure(d).value.subFailure.value, FrameError)
+    error = _failure(d).value
+    assert isinstance(error, FirstError) and isinstance(error.subFailure.value, FrameError)
 
 
 def test_heartbeats_sent_and_silence_detected() -> None:
@@ -322,8 +324,9 @@ class FakeEndpoints:
         class Endpoint:
             def connect(self, factory: Factory) -> Deferred[Any]:
                 if broker.port in outer.down:
-                    return Deferred.fromFailure(ConnectionRefusedError(f"port {broker.port}"))
+                    return fail(ConnectionRefusedError(f"port {broker.port}"))
                 proto = factory.buildProtocol(None)
+                assert isinstance(proto, StompProtocol)
                 proto.makeConnection(StringTransport())
                 outer.protos.append(proto)
                 return succeed(proto)

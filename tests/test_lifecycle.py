@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from fedd.config import ConfigError, parse_config
+from fedd.twtypes import MultiService, Service
 from fedd.web.lifecycle import DrainFirst, WebService
 from tests.daemon import Fedd, env, start_fedd, twistd_command, wait_for
 from tests.servers import free_port
@@ -228,6 +228,7 @@ class Recorder(Service):
 
     def stopService(self) -> None:
         super().stopService()
+        assert self.name is not None
         self.order.append(self.name)
 
 
@@ -258,7 +259,8 @@ def test_web_service_gives_up_at_the_timeout() -> None:
 
 
 def test_drain_first_stops_web_before_the_rest() -> None:
-    clock, site, order = Clock(), FakeSite(), []
+    clock, site = Clock(), FakeSite()
+    order: list[str] = []
     top = DrainFirst()
     Recorder("health", order).setServiceParent(top)
     web = WebService(site, clock=clock, drain_timeout=10)

@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -30,6 +29,7 @@ from fedd.auth.tls import GridContextFactory
 from fedd.auth.tokens import TokenError, TokenVerifier
 from fedd.auth.x509id import identity_from_chain
 from fedd.config import Config
+from fedd.twtypes import Service
 
 log = Logger(namespace="fedd.auth")
 CACHE_ENTRIES = 65536

@@ -9,7 +9,7 @@ from typing import Any
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -17,6 +17,7 @@ from fedd.errors import describe
 from fedd.events.sinks import NotConnected
 from fedd.events.stomp_brokers import StompBroker
 from fedd.events.stomp_frames import MAX_FRAME, Frame, FrameError, FrameParser, encode, heartbeats
+from fedd.twtypes import Protocol
 
 log = Logger(namespace="fedd.events")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -17,6 +16,7 @@ from fedd.config import Config, HealthConfig
 from fedd.endpoints import Endpoint
 from fedd.errors import EndpointError
 from fedd.health.state import OFFLINE, EndpointHealth, Transition
+from fedd.twtypes import Service
 
 log = Logger(namespace="fedd.health")
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from fedd.locate.cache import LocalCache
 from fedd.locate.memcache import Memcached
+from fedd.twtypes import Service
 
 log = Logger(namespace="fedd.locate.invalidate")
 SEQ_KEY = b"fedd:inv:seq"

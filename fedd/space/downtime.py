@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from fedd.config import DOWNTIME_SCOPES, Config, Downtime
 from fedd.errors import BadRequest
+from fedd.twtypes import Service
 
 log = Logger(namespace="fedd.downtime")
 FILE_CHECK_SECONDS = 2.0

@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
@@ -30,6 +29,7 @@ from fedd.config import Config, EndpointConfig
 from fedd.endpoints.base import Endpoint, Space
 from fedd.errors import describe
 from fedd.locate.memcache import Memcached
+from fedd.twtypes import Service
 
 log = Logger(namespace="fedd.space")
 KEY_PREFIX = b"fedd:space:"
@@ -212,7 +212,8 @@ class SpaceService(Service):
         m = self.measurements[eid]
         if m.measured is None or measured > m.measured:
             m.space, m.measured, m.reserved = space, measured, 0
-        return self.reactor.seconds() - measured < self.settings.interval * 0.9
+        now: float = self.reactor.seconds()
+        return now - measured < self.settings.interval * 0.9
 
     def _lock(self, eid: str) -> Deferred[bool]:
         if self.memcached is None:

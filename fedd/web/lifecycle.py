@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from fedd.twtypes import MultiService, Service, StreamServerEndpointService
 
 log = Logger(namespace="fedd.web")
 POLL_SECONDS = 0.05
