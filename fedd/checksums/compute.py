@@ -36,7 +36,7 @@ from fedd.checksums.bulk import BulkEndpointFactory, InlineHashing, ThreadedHash
 from fedd.checksums.digest import Hasher, new_hasher
 from fedd.checksums.store import Key
 from fedd.endpoints.base import Stat
-from fedd.endpoints.local import LocalEndpoint
+from fedd.endpoints.interfaces import ILocalFiles
 from fedd.errors import EndpointError, describe
 
 MIN_RATE = 1_000_000  # bytes/s: a computation's time limit is the endpoint timeout + size / MIN_RATE
@@ -119,8 +119,8 @@ class ReplicaHasher:
     async def hash(self, endpoint: Any, job: Job) -> dict[str, str]:
         """The hex digests of `job.algorithms` over the replica; `job.bytes` counts what was read."""
         hashers = {algorithm: new_hasher(algorithm) for algorithm in sorted(job.algorithms)}
-        if isinstance(endpoint, LocalEndpoint):
-            real = endpoint.resolve(job.endpoint_path)
+        if ILocalFiles.providedBy(endpoint):
+            real = ILocalFiles(endpoint).resolve(job.endpoint_path)
             if real is None:
                 raise EndpointError(job.endpoint, "outside of the endpoint")
             pool = self.reactor.getThreadPool()
