@@ -20,7 +20,7 @@ import pytest
 
 from tests.daemon import Fedd, start_fedd, wait_for
 from tests.load import Answer, Load, summary
-from tests.servers import free_port
+from tests.servers import ceph_endpoint, dav_endpoint, free_port, local_endpoint
 
 BUCKET = "fedd-chaos"
 BOTH = "/atlas/chaos/both.bin"
@@ -44,6 +44,11 @@ def chaos(ceph: Any, s3client: Any, dav1: Any, tmp_path_factory: pytest.TempPath
     (local / "chaos" / "local.txt").write_text("local\n")
     port = free_port()
     # ceph is the nearest: it is the first choice until it fails
+    endpoints = (
+        ceph_endpoint(ceph, BUCKET, lat=46.2, lon=6.1, timeout=3)
+        + dav_endpoint(dav1, lat=41.9, lon=-87.6, timeout=3)
+        + local_endpoint(local)
+    )
     conf = f"""
 [server]
 listen = tcp:{port}:interface=127.0.0.1
@@ -57,28 +62,7 @@ interval = 1
 timeout = 3
 failures_to_offline = 2
 successes_to_online = 1
-[endpoint ceph]
-kind = s3
-url = {ceph.url}
-bucket = {BUCKET}
-access_key = {ceph.access_key}
-secret_key_env = FEDD_TEST_SECRET
-map = /atlas /atlas
-lat = 46.2
-lon = 6.1
-timeout = 3
-[endpoint dav]
-kind = dav
-url = {dav1.url}
-map = /atlas /atlas
-lat = 41.9
-lon = -87.6
-timeout = 3
-[endpoint local]
-kind = local
-path = {local}
-map = /atlas /
-"""
+{endpoints}"""
     fedd = start_fedd(tmp_path_factory.mktemp("chaos"), conf, port)
     wait_for(lambda: all(e["health"]["state"] == "online" for e in fedd.status()["endpoints"].values()), 30, "online")
     try:

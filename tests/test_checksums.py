@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.daemon import Fedd, start_fedd, wait_for
-from tests.servers import free_port
+from tests.servers import ceph_endpoint, dav_endpoint, free_port
 
 BUCKET = "fedd-sums"
 
@@ -90,19 +90,7 @@ spool = {workdir / "events.jsonl"}
 workers = 2
 database = {workdir / "sums.sqlite"}
 max_file_bytes = 500M
-[endpoint ceph]
-kind = s3
-url = {ceph.url}
-bucket = {BUCKET}
-access_key = {ceph.access_key}
-secret_key_env = FEDD_TEST_SECRET
-map = /sums /sums
-write = yes
-[endpoint dav]
-kind = dav
-url = {dav.url}
-map = /sums /d/sums
-"""
+{ceph_endpoint(ceph, BUCKET, map="/sums /sums", write=True)}{dav_endpoint(dav, map="/sums /d/sums")}"""
     f = start_fedd(workdir, text, port)
     yield f
     f.stop()

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.daemon import Fedd, start_fedd, wait_for
-from tests.servers import free_port
+from tests.servers import ceph_endpoint, dav_endpoint, free_port, local_endpoint
 
 BUCKET = "fedd-clienthealth"
 
@@ -58,22 +58,7 @@ successes_to_online = 1
 [checksums]
 workers = 0
 database = {local / "sums.sqlite"}
-[endpoint ceph]
-kind = s3
-url = {ceph.url}
-bucket = {BUCKET}
-access_key = {ceph.access_key}
-secret_key_env = FEDD_TEST_SECRET
-map = /atlas /atlas
-[endpoint dav]
-kind = dav
-url = {dav1.url}
-map = /atlas /atlas
-[endpoint local]
-kind = local
-path = {local}
-map = /atlas /
-"""
+{ceph_endpoint(ceph, BUCKET)}{dav_endpoint(dav1)}{local_endpoint(local)}"""
     # failures_to_offline = 1 and no caches: the most sensitive setting, one counted fault would show
     f = start_fedd(tmp_path_factory.mktemp("clienthealth"), conf, port)
     wait_for(lambda: all(e["health"]["state"] == "online" for e in f.status()["endpoints"].values()), 30, "online")
