@@ -18,7 +18,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.daemon import Fedd, start_fedd, wait_for
-from tests.servers import ApacheDav, free_port, start_apache_dav
+from tests.servers import ApacheDav, ceph_endpoint, dav_endpoint, free_port, start_apache_dav
 
 BUCKET = "fedd-writes"
 JSON = {"Content-Type": "application/json"}
@@ -61,6 +61,11 @@ def stores(ceph: Any, s3client: Any, dav2: Any) -> dict[str, Any]:
 
 def config(stores: dict[str, Any], port: int, workdir: Path, extra: str = "", write: str = "") -> str:
     ceph, dav = stores["ceph"], stores["dav"]
+    endpoints = (
+        ceph_endpoint(ceph, BUCKET, map=("/atlas /atlas", "/s3only /s3only"), write=True, vo="atlas")
+        + dav_endpoint(dav, map=("/atlas /w/atlas", "/davonly /w/davonly"), write=True, vo="atlas")
+        + ceph_endpoint(ceph, BUCKET, id="cephfull", map="/full /full", write=True, quota=1000, share="tiny")
+    )
     return f"""
 [server]
 listen = tcp:{port}:interface=127.0.0.1
@@ -73,34 +78,7 @@ downtime_file = {workdir / "downtimes.json"}
 interval = 1
 [write]
 {write}
-[endpoint ceph]
-kind = s3
-url = {ceph.url}
-bucket = {BUCKET}
-access_key = {ceph.access_key}
-secret_key_env = FEDD_TEST_SECRET
-map = /atlas /atlas
-map = /s3only /s3only
-write = yes
-vo = atlas
-[endpoint dav]
-kind = dav
-url = {dav.url}
-map = /atlas /w/atlas
-map = /davonly /w/davonly
-write = yes
-vo = atlas
-[endpoint cephfull]
-kind = s3
-url = {ceph.url}
-bucket = {BUCKET}
-access_key = {ceph.access_key}
-secret_key_env = FEDD_TEST_SECRET
-map = /full /full
-write = yes
-quota = 1000
-share = tiny
-{extra}
+{endpoints}{extra}
 """
 
 
@@ -401,22 +379,9 @@ def test_endpoint_dies_after_placement_retry_goes_elsewhere(
     stores: dict[str, Any], doomed: ApacheDav, tmp_path: Path
 ) -> None:
     port = free_port()
-    extra = f"""
-[endpoint doomed]
-kind = dav
-url = {doomed.url}
-map = /retry /retry
-write = yes
-weight = 1000000
-[endpoint cephretry]
-kind = s3
-url = {stores["ceph"].url}
-bucket = {BUCKET}
-access_key = {stores["ceph"].access_key}
-secret_key_env = FEDD_TEST_SECRET
-map = /retry /retry
-write = yes
-"""
+    extra = dav_endpoint(doomed, id="doomed", map="/retry /retry", write=True, weight=1000000) + ceph_endpoint(
+        stores["ceph"], BUCKET, id="cephretry", map="/retry /retry", write=True
+    )
     f = start_fedd(tmp_path / "fed", config(stores, port, tmp_path, extra), port)
     try:
         status, headers, _ = request(f, "PUT", "/retry/job.bin", b"payload")
