@@ -16,7 +16,7 @@ import pytest
 
 from tests.badservers import BadServer
 from tests.daemon import Fedd, start_fedd, wait_for
-from tests.servers import free_port
+from tests.servers import ceph_endpoint, dav_endpoint, free_port, local_endpoint
 
 BUCKET = "fedd-federation"
 CONTENT = b"federated bytes\n" * 1000
@@ -58,6 +58,12 @@ def config(
 ) -> str:
     where = {"ceph": CHICAGO, "dav": CHICAGO}
     where[near] = GENEVA
+    lat, lon = {k: v.split()[0] for k, v in where.items()}, {k: v.split()[1] for k, v in where.items()}
+    endpoints = (
+        ceph_endpoint(ceph, BUCKET, map="/atlas /rucio/atlas", lat=lat["ceph"], lon=lon["ceph"])
+        + dav_endpoint(dav1, lat=lat["dav"], lon=lon["dav"])
+        + local_endpoint(data["local"])
+    )
     return f"""
 [server]
 listen = tcp:{port}:interface=127.0.0.1
@@ -69,26 +75,7 @@ site = 127.0.0.0/8 {GENEVA}
 fuzz_km = 100
 [health]
 {health}
-[endpoint ceph]
-kind = s3
-url = {ceph.url}
-bucket = {BUCKET}
-access_key = {ceph.access_key}
-secret_key_env = FEDD_TEST_SECRET
-map = /atlas /rucio/atlas
-lat = {where["ceph"].split()[0]}
-lon = {where["ceph"].split()[1]}
-[endpoint dav]
-kind = dav
-url = {dav1.url}
-map = /atlas /atlas
-lat = {where["dav"].split()[0]}
-lon = {where["dav"].split()[1]}
-[endpoint local]
-kind = local
-path = {data["local"]}
-map = /atlas /
-{extra}
+{endpoints}{extra}
 """
 
 

@@ -24,7 +24,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.daemon import Fedd, start_fedd, wait_for
-from tests.servers import free_port
+from tests.servers import ceph_endpoint, dav_endpoint, free_port
 from tests.tpcservers import RemoteSite, TrickySource, start_remote_site
 
 BUCKET = "fedd-tpc"
@@ -39,6 +39,9 @@ def remote() -> Iterator[RemoteSite]:
 
 
 def fedd_config(port: int, ceph: Any, dav: Any, tpc: str, extra: str = "") -> str:
+    endpoints = ceph_endpoint(ceph, BUCKET, map="/tpc/s3 /s3", write=True) + dav_endpoint(
+        dav, map="/tpc/dav /tpcdav", write=True
+    )
     return f"""
 [server]
 listen = tcp:{port}:interface=127.0.0.1
@@ -54,20 +57,7 @@ idle_timeout = 5
 timeout = 120
 connect_timeout = 10
 {tpc}
-[endpoint ceph]
-kind = s3
-url = {ceph.url}
-bucket = {BUCKET}
-access_key = {ceph.access_key}
-secret_key_env = FEDD_TEST_SECRET
-map = /tpc/s3 /s3
-write = yes
-[endpoint dav]
-kind = dav
-url = {dav.url}
-map = /tpc/dav /tpcdav
-write = yes
-{extra}
+{endpoints}{extra}
 """
 
 
