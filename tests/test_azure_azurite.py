@@ -13,7 +13,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -27,7 +27,7 @@ from fedd.endpoints.azure import API_VERSION, AzureEndpoint
 from fedd.errors import EndpointError, PathRefused
 from tests import reactor
 from tests.daemon import Fedd, start_fedd, wait_for
-from tests.servers import AZURITE_KEY, free_port, start_azurite
+from tests.servers import AZURITE_KEY, ceph_endpoint, dav_endpoint, endpoint_block, free_port, start_azurite
 
 CONTAINER = "fedd-azure-tests"
 ODD = "data/with space & ü %41+.txt"  # a space, unicode, a '%' that must not be decoded twice, a '+'
@@ -222,7 +222,8 @@ def test_sas_urls_are_reused_for_part_of_their_validity(azurite: Any, container:
 def test_wrong_key_and_missing_container_are_clear_endpoint_errors(azurite: Any, container: str) -> None:
     wrong = base64.b64encode(b"not the account key, but base64").decode()
     bad = endpoint(azurite, account_key=wrong)
-    for call, args in [(bad.listdir, ("/data",)), (bad.probe, ())]:
+    calls: list[tuple[Callable[..., Any], tuple[str, ...]]] = [(bad.listdir, ("/data",)), (bad.probe, ())]
+    for call, args in calls:
         with pytest.raises(EndpointError, match=r"access denied.*check the account key"):
             reactor.call(call, *args)
     with pytest.raises(PathRefused, match="HTTP 403") as refusal:  # a HEAD's 403: suspect, the probe decides
@@ -230,7 +231,8 @@ def test_wrong_key_and_missing_container_are_clear_endpoint_errors(azurite: Any,
     assert refusal.value.suspect
     assert status_of(bad.url_for("/data/file.txt", time.time())) == 403  # Azurite checks the SAS key too
     missing = endpoint(azurite, container="no-such-container")
-    for call, args in [(missing.stat, ("/x",)), (missing.listdir, ("/",)), (missing.probe, ()), (missing.space, ())]:
+    calls = [(missing.stat, ("/x",)), (missing.listdir, ("/",)), (missing.probe, ()), (missing.space, ())]
+    for call, args in calls:
         with pytest.raises(EndpointError, match="container 'no-such-container' does not exist"):
             reactor.call(call, *args)
     assert reactor.call(endpoint(azurite).probe) is None
@@ -300,7 +302,8 @@ def test_stopped_azurite_is_a_connection_error(tmp_path: Path) -> None:
     emulator = start_azurite(tmp_path)
     ep = endpoint(emulator)
     emulator.stop()
-    for call, args in [(ep.stat, ("/x",)), (ep.probe, ())]:
+    calls: list[tuple[Callable[..., Any], tuple[str, ...]]] = [(ep.stat, ("/x",)), (ep.probe, ())]
+    for call, args in calls:
         with pytest.raises(EndpointError, match="cannot connect"):
             reactor.call(call, *args)
 
@@ -334,6 +337,8 @@ RELAXED = "interval = 5\ntimeout = 5\nfailures_to_offline = 3\nsuccesses_to_onli
 
 
 def mixed_config(port: int, ceph: Any, dav1: Any, azurite: Any, health: str = RELAXED) -> str:
+    mixed = "/mixed /mixed"
+    azure = {"url": azurite.url, "account": azurite.account, "container": MIXED, "account_key": azurite.key}
     return f"""
 [server]
 listen = tcp:{port}:interface=127.0.0.1
@@ -341,25 +346,8 @@ listen = tcp:{port}:interface=127.0.0.1
 wait_budget = 3
 [health]
 {health}
-[endpoint ceph]
-kind = s3
-url = {ceph.url}
-bucket = {MIXED}
-access_key = {ceph.access_key}
-secret_key = {ceph.secret_key}
-map = /mixed /mixed
-[endpoint dav]
-kind = dav
-url = {dav1.url}
-map = /mixed /mixed
-[endpoint azure]
-kind = azure
-url = {azurite.url}
-account = {azurite.account}
-container = {MIXED}
-account_key = {azurite.key}
-map = /mixed /mixed
-"""
+{ceph_endpoint(ceph, MIXED, map=mixed, secret_from_env=False)}{dav_endpoint(dav1, map=mixed)}\
+{endpoint_block("azure", "azure", mixed, **azure)}"""
 
 
 @pytest.fixture(scope="module")
