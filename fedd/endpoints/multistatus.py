@@ -5,6 +5,8 @@ children)."""
 
 from __future__ import annotations
 
+import codecs
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -52,12 +54,292 @@ def parse_listing(body: bytes, endpoint_id: str, own: str, path: str) -> list[En
 
 
 class MultistatusReader:
-    """A 207 multistatus read incrementally: children handed on in batches of LIST_BATCH."""
+    """A 207 multistatus read incrementally: children handed on in batches of LIST_BATCH, memory
+    independent of the size of the answer.
+
+    Answers in the common shape (Apache mod_dav, dCache, EOS, nginx, fedd: UTF-8, one element per
+    property, no CDATA, DOCTYPE or character references) are read by regular expressions that
+    accept only that shape (`_HEAD`, `_RESPONSE_RE`): a third of the time of lxml's pull parser and
+    its Python objects for every element. Whatever they do not accept, from there to the end, goes
+    to `_TreeReader` (lxml, safe settings) with the document's head in front: same answer, any XML.
+    """
 
     def __init__(self, endpoint_id: str, own: str, emit: Callable[[list[Entry]], None]) -> None:
         self._endpoint_id = endpoint_id
         self._own = own
         self._emit = emit
+        self._batch: list[Entry] = []
+        self._count = 0
+        self.self_is_dir: bool | None = None
+        self._raw = b""  # bytes before the head is known
+        self._head = b""  # the XML declaration and the root's start tag, as sent
+        self._names: dict[str, str] = {}  # the root's namespace declarations: prefix -> URI
+        self._scopes: dict[str, dict[str, str]] = {}  # a response's declarations -> names in scope
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._text = ""  # decoded, not read yet
+        self._seam = b""  # the last bytes of the previous chunk
+        self._checked = 0  # where to look for the end of a response in `_text`
+        self._tree: _TreeReader | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        if self._tree is not None:
+            self._tree.feed(chunk)
+        elif not self._head:
+            self._raw += chunk
+            self._read_head(final=False)
+        else:
+            self._read_body(chunk)
+        if len(self._batch) >= LIST_BATCH:
+            self._flush()
+
+    def close(self) -> bool:
+        """The answer is complete: True when the path is a collection."""
+        if self._tree is None and not self._head:
+            self._read_head(final=True)
+        if self._tree is None:
+            pending = self._decoder.getstate()[0]
+            if pending or self._text.strip(_WS) != f"</{self._root}>":
+                self._to_tree(pending)  # something after the responses: lxml reads it and checks the end
+        if self._tree is not None:
+            self._tree.close()
+        self._flush()
+        return self.self_is_dir is not False
+
+    # --- the common shape ------------------------------------------------------------------------
+
+    def _read_head(self, final: bool) -> None:
+        m = _HEAD.match(self._raw)
+        if m is None:
+            # not (yet) the head of a UTF-8 multistatus in the common shape: lxml decides once an
+            # element's start tag is in (or at the end, or past ROOT_WITHIN)
+            if final or _START_TAG.search(self._raw) or len(self._raw) > ROOT_WITHIN:
+                raw, self._raw = self._raw, b""
+                self._tree = _TreeReader(self._endpoint_id, self._take)
+                self._tree.feed(raw)
+            return
+        names = _declarations(m.group("decls").decode("ascii"))
+        if names is None or names.get((m.group("prefix") or b"").decode("ascii")) != "DAV:":
+            raw, self._raw = self._raw, b""
+            self._tree = _TreeReader(self._endpoint_id, self._take)
+            self._tree.feed(raw)
+            return
+        self._head = self._raw[: m.end()]
+        self._root = m.group("root").decode("ascii")
+        self._names = names
+        rest, self._raw = self._raw[m.end() :], b""
+        self._read_body(rest)
+
+    def _read_body(self, chunk: bytes) -> None:
+        pending = self._decoder.getstate()[0]
+        seam = self._seam + chunk[:2]
+        self._seam = (self._seam + chunk)[-2:]
+        # not XML at all: lxml refuses these, the expressions must not read past them
+        if len(chunk.translate(None, _CONTROL)) != len(chunk) or any(b in seam or b in chunk for b in _BAD):
+            self._to_tree(pending + chunk)
+            return
+        try:
+            self._text += self._decoder.decode(chunk)
+        except UnicodeDecodeError:
+            self._to_tree(pending + chunk)  # lxml says where
+            return
+        text = self._text
+        if text.find("response>", self._checked) < 0 and len(text) <= ROOT_WITHIN:
+            # no response can have ended since the last look: do not scan the same bytes again
+            self._checked = max(0, len(text) - len("response>"))
+            return
+        self._checked = 0
+        pos = 0
+        while True:
+            m = _RESPONSE_RE.match(text, pos)
+            if m is None:
+                break
+            if not self._response_fast(m):
+                break
+            pos = m.end()
+        self._text = rest = text[pos:]
+        start = _OPEN_RE.match(rest)
+        if start is not None:
+            # a response still arriving, or a complete one the expressions do not read: lxml reads it
+            if rest.find(f"</{start.group(1) or ''}response>") >= 0 or len(rest) > ROOT_WITHIN:
+                self._to_tree(self._decoder.getstate()[0])
+            return
+        tag = rest.lstrip(_WS)
+        if not tag or tag.startswith(f"</{self._root}") or (">" not in tag and len(tag) < ROOT_WITHIN):
+            return  # whitespace, the end (checked by `close`), or a start tag still arriving
+        self._to_tree(self._decoder.getstate()[0])  # another element (<D:responsedescription>, ...)
+
+    def _response_fast(self, m: re.Match[str]) -> bool:
+        """One <D:response> matched by `_RESPONSE_RE`, read with `response_stat`'s rules; False
+        (nothing taken) when it uses namespaces in a way the expressions do not follow."""
+        prefix, decls, props, status, more = m.group("prefix", "decls", "props", "status", "more")
+        names = self._scopes.get(decls)
+        if names is None:  # Apache declares the same on every response: worked out once
+            own = _declarations(decls)
+            if own is None or len(self._scopes) > _MAX_SCOPES:
+                return False
+            names = self._scopes[decls] = {**self._names, **own}
+        if names.get(prefix) != "DAV:":
+            return False
+        size: int | None = None
+        mtime: float | None = None
+        etag = ""
+        is_dir = False
+        propstats = [(props, status)]
+        if more:
+            propstats += _propstats(prefix).findall(more)
+        for props, status in propstats:
+            if "&" in status:
+                status = _unescape(status)
+            if " 200 " not in (status or " 200 "):
+                continue
+            for p, name, value, inner in _PROP_RE.findall(props):
+                uri = names.get(p)
+                if uri is None and p:
+                    return False  # an undeclared prefix: lxml's error to report
+                if uri != "DAV:":
+                    continue
+                if name == "resourcetype":
+                    for child_prefix, child in _EMPTY_RE.findall(inner):
+                        child_uri = names.get(child_prefix)
+                        if child_uri is None and child_prefix:
+                            return False
+                        is_dir = is_dir or (child == "collection" and child_uri == "DAV:")
+                    continue
+                if inner or "&" in value:  # child elements: no text of its own (lxml's .text is None)
+                    value = "" if inner else _unescape(value)
+                if name == "getcontentlength":
+                    size = parse_int(value.strip())
+                elif name == "getlastmodified":
+                    mtime = parse_http_date(value.strip())
+                elif name == "getetag":
+                    etag = etag_value(value)
+        if is_dir:
+            size = None
+        elif size is None:
+            size = 0
+        href = m.group("href")
+        self._take(_unescape(href) if "&" in href else href, Stat(size=size, mtime=mtime, is_dir=is_dir, etag=etag))
+        return True
+
+    def _to_tree(self, raw: bytes) -> None:
+        """From here on lxml reads the answer: the head again, what was decoded and not read yet,
+        then `raw` (bytes not decoded)."""
+        rest, self._text = self._text.encode("utf-8"), ""
+        self._tree = _TreeReader(self._endpoint_id, self._take)
+        self._tree.feed(self._head + rest + raw)
+
+    # --- both ----------------------------------------------------------------------------------------
+
+    def _take(self, href: str, stat: Stat) -> None:
+        if "%" in href:
+            href = unquote(href)
+        href_path = (href if href.startswith("/") else urlsplit(href).path).rstrip("/")
+        if href_path == self._own:
+            self.self_is_dir = stat.is_dir
+            return
+        parent, _, name = href_path.rpartition("/")
+        if parent != self._own or not name:
+            return
+        self._count += 1
+        if self._count > MAX_LIST_ENTRIES:
+            raise EndpointError(self._endpoint_id, f"listing exceeds {MAX_LIST_ENTRIES} entries")
+        self._batch.append(Entry(name, stat))
+        if len(self._batch) >= LIST_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        if batch:
+            self._emit(batch)
+
+
+_WS = " \t\r\n"
+_S = "[ \t\r\n]"
+_NAME = "[A-Za-z_][A-Za-z0-9_.-]*+"
+# text with the five predefined entities at most (no CR: XML reads CR LF as LF)
+_TEXT = "[^<&\r]*+(?:&(?:amp|lt|gt|quot|apos);[^<&\r]*+)*+"
+_DECLS = f'(?:{_S}++xmlns(?::{_NAME})?="[^"<&\t\r\n]++")*+'
+_DECL = re.compile(f'xmlns(?::({_NAME}))?="([^"]*)"', re.ASCII)
+_HEAD = re.compile(
+    (
+        f'(?:\\xef\\xbb\\xbf)?(?:<\\?xml{_S}++version="1\\.0"(?:{_S}++encoding="[Uu][Tt][Ff]-8")?'
+        f'(?:{_S}++standalone="(?:yes|no)")?{_S}*+\\?>)?{_S}*+'
+        f"<(?P<root>(?:(?P<prefix>{_NAME}):)?multistatus)(?P<decls>{_DECLS}){_S}*+>"
+    ).encode("latin-1"),
+    re.ASCII,
+)
+_START_TAG = re.compile(b"<[A-Za-z_][^>]*>")
+_OPEN_RE = re.compile(f"{_S}*+<({_NAME}:)?response[ \t\r\n>]", re.ASCII)
+# a property: empty, text, or empty children (<D:resourcetype><D:collection/></D:resourcetype>);
+# never named like the response's own structure (which `_propstats` splits on)
+
+
+def _propstat_pattern(group: str, props: str = "", status: str = "") -> str:
+    prop = (
+        f"<(?!(?P=prefix):(?:prop|propstat|status|href|response)[ \t\r\n/>])(?P<{group}>(?:{_NAME}:)?{_NAME})"
+        f"(?:{_S}*+/>|>{_TEXT}</(?P={group}){_S}*+>|>(?:{_S}*+<(?:{_NAME}:)?{_NAME}{_S}*+/>)*+{_S}*+</(?P={group}){_S}*+>)"
+    )
+    props_open, status_open = (f"(?P<{props}>", f"(?P<{status}>") if props else ("(?:", "(?:")
+    return (
+        f"{_S}*+<(?P=prefix):propstat>{_S}*+<(?P=prefix):prop>{props_open}(?:{_S}*+{prop})*+){_S}*+</(?P=prefix):prop>"
+        f"{_S}*+<(?P=prefix):status>{status_open}{_TEXT})</(?P=prefix):status>{_S}*+</(?P=prefix):propstat>"
+    )
+
+
+# the first propstat in groups of its own (most answers have one, or one 200 and one 404)
+_RESPONSE_RE = re.compile(
+    f"{_S}*+<(?P<prefix>{_NAME}):response(?P<decls>{_DECLS}){_S}*+>"
+    f"{_S}*+<(?P=prefix):href>(?P<href>{_TEXT})</(?P=prefix):href>"
+    f"{_propstat_pattern('first', 'props', 'status')}(?P<more>(?:{_propstat_pattern('other')})*+)"
+    f"{_S}*+</(?P=prefix):response>",
+    re.ASCII,
+)
+_PROP_RE = re.compile(
+    f"<(?:({_NAME}):)?({_NAME})(?:{_S}*+/>|>({_TEXT})</|>((?:{_S}*+<(?:{_NAME}:)?{_NAME}{_S}*+/>)*){_S}*+</)", re.ASCII
+)
+_EMPTY_RE = re.compile(f"<(?:({_NAME}):)?({_NAME}){_S}*+/>", re.ASCII)
+_MAX_SCOPES = 64
+_CONTROL = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20)])
+_BAD = (b"]]>", "\ufffe".encode(), "\uffff".encode())
+_ENTITIES = (("&lt;", "<"), ("&gt;", ">"), ("&quot;", '"'), ("&apos;", "'"), ("&amp;", "&"))
+_propstat_res: dict[str, re.Pattern[str]] = {}
+
+
+def _propstats(prefix: str) -> re.Pattern[str]:
+    """(props, status) of each <prefix:propstat> of a response `_RESPONSE_RE` accepted."""
+    pattern = _propstat_res.get(prefix)
+    if pattern is None:
+        p = re.escape(prefix)
+        pattern = _propstat_res[prefix] = re.compile(
+            f"<{p}:propstat>{_S}*<{p}:prop>(.*?)</{p}:prop>{_S}*<{p}:status>({_TEXT})</{p}:status>", re.S
+        )
+    return pattern
+
+
+def _unescape(text: str) -> str:
+    if "&" not in text:
+        return text
+    for entity, char in _ENTITIES:
+        text = text.replace(entity, char)
+    return text
+
+
+def _declarations(text: str) -> dict[str, str] | None:
+    """prefix ('' for the default) -> URI; None for what XML namespaces refuse (lxml's to report)."""
+    pairs = _DECL.findall(text)
+    names = dict(pairs)
+    if len(names) != len(pairs) or "xml" in names or "xmlns" in names:
+        return None
+    return names
+
+
+class _TreeReader:
+    """Any multistatus, read with lxml's pull parser (safe settings: no entities, no DTD, no
+    network), each <D:response> dropped once read."""
+
+    def __init__(self, endpoint_id: str, take: Callable[[str, Stat], None]) -> None:
+        self._endpoint_id = endpoint_id
+        self._take = take
         # events for the root and each <D:response> only, not for every property (a tenth of the work)
         self._parser = etree.XMLPullParser(
             events=("start", "end"),
@@ -68,10 +350,7 @@ class MultistatusReader:
             huge_tree=False,
         )
         self._fed = 0
-        self._batch: list[Entry] = []
-        self._count = 0
         self._root_checked = False
-        self.self_is_dir: bool | None = None
 
     def feed(self, chunk: bytes) -> None:
         self._fed += len(chunk)
@@ -93,36 +372,13 @@ class MultistatusReader:
                 continue
             if el.tag != _RESPONSE:
                 continue
-            self._response(el)
+            self._take(el.findtext(_HREF) or "", response_stat(el))
             el.clear()
             parent = el.getparent()
             if parent is not None:
                 parent.remove(el)  # what was read is dropped: memory stays one response deep
-        if len(self._batch) >= LIST_BATCH:
-            self._flush()
 
-    def _response(self, response: Any) -> None:
-        href = response.findtext(_HREF) or ""
-        href_path = unquote(href if href.startswith("/") else urlsplit(href).path).rstrip("/")
-        stat = response_stat(response)
-        if href_path == self._own:
-            self.self_is_dir = stat.is_dir
-            return
-        parent, _, name = href_path.rpartition("/")
-        if parent != self._own or not name:
-            return
-        self._count += 1
-        if self._count > MAX_LIST_ENTRIES:
-            raise EndpointError(self._endpoint_id, f"listing exceeds {MAX_LIST_ENTRIES} entries")
-        self._batch.append(Entry(name, stat))
-
-    def _flush(self) -> None:
-        batch, self._batch = self._batch, []
-        if batch:
-            self._emit(batch)
-
-    def close(self) -> bool:
-        """The answer is complete: True when the path is a collection."""
+    def close(self) -> None:
         try:
             root = self._parser.close()
         except etree.XMLSyntaxError as exc:
@@ -131,8 +387,6 @@ class MultistatusReader:
             tag = getattr(root, "tag", None)
             raise EndpointError(self._endpoint_id, f"PROPFIND: unexpected answer <{tag}>" if tag else "PROPFIND: empty")
         self._drain()
-        self._flush()
-        return self.self_is_dir is not False
 
 
 def response_stat(response: Any) -> Stat:

@@ -4,14 +4,16 @@ memory holds the names seen (for the merge), not the entries (Federation.stream_
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from html import escape
 from urllib.parse import quote
+from xml.sax.saxutils import escape as xml_escape
 
 from twisted.web import server
 
 from fedd.auth.service import AuthService
-from fedd.endpoints.base import Entry, Stat, Valve
+from fedd.endpoints.base import Entry, Stat, Valve, format_etag, quote_path
 from fedd.federation import Federation
 from fedd.web import xml
 
@@ -94,12 +96,10 @@ async def index(
             f"<!DOCTYPE html><html><head><title>{escape(path)}</title></head><body><h1>{escape(path)}</h1><ul>"
         ).encode()
 
+    prefix = quote(base + "/")
+
     def rows(entries: list[Entry]) -> bytes:
-        return "".join(
-            f'<li><a href="{escape(quote(base + "/" + e.name))}{"/" if e.stat.is_dir else ""}">'
-            f"{escape(e.name)}{'/' if e.stat.is_dir else ''}</a></li>"
-            for e in entries
-        ).encode()
+        return "".join(index_row(prefix, e) for e in entries).encode()
 
     def tail(failed: dict[str, str]) -> bytes:
         note = "".join(f"<p>not listed: {escape(eid)} ({escape(why)})</p>" for eid, why in sorted(failed.items()))
@@ -130,11 +130,15 @@ async def propfind(
         own = xml.response_xml(path, collection, mode, wanted, quota(path, collection))
         return (xml.MULTISTATUS_HEAD + own).encode()
 
+    files = AllpropFiles(base) if mode == "allprop" else None
+
     def rows(entries: list[Entry]) -> bytes:
         if depth != b"1":
             return b""
         return "".join(
-            xml.response_xml(f"{base}/{e.name}", e.stat, mode, wanted, quota(f"{base}/{e.name}", e.stat))
+            files(e.name, e.stat)
+            if files is not None and not e.stat.is_dir
+            else xml.response_xml(f"{base}/{e.name}", e.stat, mode, wanted, quota(f"{base}/{e.name}", e.stat))
             for e in entries
         ).encode()
 
@@ -144,3 +148,45 @@ async def propfind(
     return await stream_listing(
         fed, auth, request, path, skip, via, head, rows, tail, b"application/xml; charset=utf-8"
     )
+
+
+# names that quote_path, quote and both escapes leave as they are: most names in a big directory
+_PLAIN = re.compile(r"[A-Za-z0-9_.~-]+")
+
+
+def index_row(prefix: str, entry: Entry) -> str:
+    """One <li> of the HTML index; `prefix` is the quoted collection path with its slash."""
+    name = entry.name
+    slash = "/" if entry.stat.is_dir else ""
+    if _PLAIN.fullmatch(name):
+        return f'<li><a href="{prefix}{name}{slash}">{name}{slash}</a></li>'
+    return f'<li><a href="{escape(prefix + quote(name))}{slash}">{escape(name)}{slash}</a></li>'
+
+
+class AllpropFiles:
+    """`xml.response_xml(f"{base}/{name}", stat, "allprop", ())` for files (no quota: collections
+    only), from pieces worked out once per listing: a third of the time per entry."""
+
+    def __init__(self, base: str) -> None:
+        self._head = "<D:response><D:href>" + xml_escape(quote_path(base + "/"))
+
+    def __call__(self, name: str, stat: Stat) -> str:
+        if _PLAIN.fullmatch(name):
+            href = shown = name
+        else:
+            href, shown = xml_escape(quote_path(name)), xml_escape(name)
+        parts = [self._head, href, "</D:href><D:propstat><D:prop><D:resourcetype/>"]
+        if stat.size is not None:
+            parts.append(f"<D:getcontentlength>{stat.size}</D:getcontentlength>")
+        if stat.mtime is not None:
+            parts.append(
+                f"<D:getlastmodified>{xml._http_date(stat.mtime)}</D:getlastmodified>"
+                f"<D:creationdate>{xml._iso_date(stat.mtime)}</D:creationdate>"
+            )
+        if stat.etag:
+            parts.append(f"<D:getetag>{xml_escape(format_etag(stat.etag))}</D:getetag>")
+        parts.append(
+            f"<D:displayname>{shown}</D:displayname><D:getcontenttype>application/octet-stream</D:getcontenttype>"
+            "</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>"
+        )
+        return "".join(parts)
