@@ -9,6 +9,7 @@ from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
 
+from fedd import twtypes
 from fedd.config import Config, ConfigError, default_config, parse_config
 from fedd.reload import Reloader
 from fedd.twcompat import clean_exit_after_signal
@@ -17,7 +18,7 @@ log = Logger(namespace="fedd")
 DEMO_FILE = "hello.txt"
 
 
-class Options(usage.Options):
+class Options(twtypes.Options):
     synopsis = "[--config FILE] [--listen ENDPOINT ...]"
     longdesc = (
         "Run the fedd storage federation. Without --config, an embedded demo federation serves "
@@ -86,13 +87,13 @@ def makeService(options: Options) -> IService:
         fedd = build_service(config, reactor=reactor, config_path=options["config"])
     except usage.UsageError as exc:
         raise SystemExit(f"fedd: {exc}") from None
-    reactor.addSystemEventTrigger("after", "shutdown", clean_exit_after_signal, reactor)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("after", "shutdown", clean_exit_after_signal, reactor)
     _on_sighup(reactor, fedd.reloader)  # now: a SIGHUP right after the port opens must already be a reload
     if options["config"] is None:
         listen = config.server.listen[0]
         port = listen.split(":")[1] if ":" in listen else "8080"
         demo = config.endpoints[0].path
-        reactor.callWhenRunning(  # type: ignore[attr-defined]
+        reactor.callWhenRunning(
             log.info,
             "fedd demo federation serving {demo} at /demo; try: curl -L http://127.0.0.1:{port}/demo/{file}",
             demo=demo,
@@ -100,7 +101,7 @@ def makeService(options: Options) -> IService:
             file=DEMO_FILE,
         )
     else:
-        reactor.callWhenRunning(  # type: ignore[attr-defined]
+        reactor.callWhenRunning(
             log.info,
             "fedd started from {files} with {n} endpoint(s) on {listen}",
             files=", ".join(config.files),

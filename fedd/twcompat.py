@@ -29,7 +29,7 @@ def inner_channel(protocol: Any) -> Any:
 def request_line(channel: http.HTTPChannel) -> tuple[bytes, bytes, bytes]:
     """(method, target, version) of the request whose head the channel has just read, before its
     body: what the channel later passes to `Request.requestReceived` (kept there until then)."""
-    return channel._command, channel._path, channel._version  # type: ignore[attr-defined]
+    return channel._command, channel._path, channel._version
 
 
 def release_transport(channel: http.HTTPChannel) -> None:

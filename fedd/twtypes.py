@@ -1,12 +1,12 @@
 """Twisted base classes with types: fedd subclasses `Service`, `MultiService`,
-`StreamServerEndpointService`, `Protocol` and `Resource` imported from here, not from Twisted.
+`StreamServerEndpointService`, `Protocol`, `Resource` and `Options` imported from here, not from Twisted.
 
 Twisted 26.10 leaves these unannotated (twisted.application entirely, `BaseProtocol.makeConnection`,
-`Resource.__init__`), so under mypy's strict mode every `super().startService()`,
+`Resource.__init__`, `usage.Options.__init__`), so under mypy's strict mode every `super().startService()`,
 `setServiceParent(...)` or `proto.makeConnection(...)` on a subclass is a call to an untyped function.
 At run time the names below are Twisted's own classes, unchanged; only the type checker sees the
 signatures declared here, which follow the interfaces' documentation (IService, IServiceCollection,
-IProtocol, IResource).
+IProtocol, IResource) and Twisted's code.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from twisted.internet import protocol as _protocol
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint, ITransport
+    from twisted.python import usage as _usage
     from twisted.web import resource as _resource
 
     class Service(_service.Service):
@@ -57,10 +58,14 @@ if TYPE_CHECKING:
     class Resource(_resource.Resource):
         def __init__(self) -> None: ...
 
+    class Options(_usage.Options):
+        def __init__(self) -> None: ...
+
 else:
     from twisted.application.internet import StreamServerEndpointService
     from twisted.application.service import MultiService, Service
     from twisted.internet.protocol import Protocol
+    from twisted.python.usage import Options
     from twisted.web.resource import Resource
 
-__all__ = ["MultiService", "Protocol", "Resource", "Service", "StreamServerEndpointService"]
+__all__ = ["MultiService", "Options", "Protocol", "Resource", "Service", "StreamServerEndpointService"]

@@ -69,7 +69,7 @@ class Load:
                     reader, writer = await asyncio.wait_for(
                         asyncio.open_connection("127.0.0.1", self.port), self.timeout
                     )
-                assert reader is not None
+                assert reader is not None and writer is not None
                 writer.write(request)
                 sent += 1
                 answer, keep = await asyncio.wait_for(self._answer(reader, path), self.timeout)

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import blockingCallFromThread
 
 T = TypeVar("T")
@@ -39,7 +40,7 @@ def call(fn: Callable[..., Any], *args: Any, timeout: float = 60.0, **kwargs: An
             d.addTimeout(timeout, reactor)
         return d
 
-    return blockingCallFromThread(reactor, run)
+    return blockingCallFromThread(IReactorFromThreads(reactor), run)
 
 
 def the_reactor() -> Any:

@@ -356,7 +356,7 @@ t.join()
 
 
 def test_replica_key_is_the_same_for_a_weak_and_a_strong_etag() -> None:
-    from fedd.checksums.service import replica_key
+    from fedd.checksums.compute import replica_key
 
     # Apache: W/"x" while the file is less than a second old, "x" after
     weak, strong = Stat(size=5, etag="W/1000-5f1"), Stat(size=5, etag="1000-5f1")

@@ -9,12 +9,12 @@ import os
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 
 from fedd.config import EventsConfig
 from fedd.events.journal import LENGTH, SEGMENT_BYTES, Journal, decode, encode, read_segments
@@ -273,7 +273,8 @@ def test_drops_are_reported_once_per_interval_and_counted_once(tmp_path: Path) -
     )
     events = EventsService(config, clock=clock, outbox=None, sink=sink)
     logged: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(logged.append)
+    observer = cast(ILogObserver, logged.append)
+    globalLogPublisher.addObserver(observer)
     try:
         events.startService()
         for i in range(200):  # 10 s of redirects while the spool refuses every write
@@ -294,7 +295,7 @@ def test_drops_are_reported_once_per_interval_and_counted_once(tmp_path: Path) -
         assert journal_lines(tmp_path) == []
         assert "Traceback" not in "".join(str(e) for e in logged)
     finally:
-        globalLogPublisher.removeObserver(logged.append)
+        globalLogPublisher.removeObserver(observer)
         events.stopService()
 
 
@@ -304,7 +305,8 @@ def test_a_journal_the_disk_refuses_is_counted_and_events_still_go_out(tmp_path:
     journal = Journal(str(tmp_path / "missing" / "o"), clock)  # a directory that is not there: every open fails
     events = EventsService(config, clock=clock, outbox=None, sink=sink, journal=journal)
     logged: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(logged.append)
+    observer = cast(ILogObserver, logged.append)
+    globalLogPublisher.addObserver(observer)
     try:
         events.startService()
         for i in range(30):
@@ -314,5 +316,5 @@ def test_a_journal_the_disk_refuses_is_counted_and_events_still_go_out(tmp_path:
         assert events.journal_errors == 30
         assert len([e for e in logged if "not writable" in e.get("log_format", "")]) == 1
     finally:
-        globalLogPublisher.removeObserver(logged.append)
+        globalLogPublisher.removeObserver(observer)
         events.stopService()

@@ -45,7 +45,7 @@ FILES = settings(FUZZ, max_examples=150)
 # line/paragraph separators and the ASCII file/group/record separators (str.splitlines splits on all)
 ODD = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\x00\x7f\t\r"
 # what can stand on one line of a file: anything but a newline
-line_text = st.text(st.characters(blacklist_characters="\n", blacklist_categories=("Cs",)), max_size=80)
+line_text = st.text(st.characters(blacklist_characters="\n", blacklist_categories=["Cs"]), max_size=80)
 odd_text = st.text(st.sampled_from(ODD + "ab #;=[]/ "), max_size=20)
 comment = st.tuples(st.sampled_from(["#", ";", " # "]), st.text(ODD + "ab[]= ", max_size=10)).map("".join)
 number_text = st.one_of(
@@ -104,7 +104,7 @@ url_text = st.tuples(
     st.one_of(
         st.from_regex(r"([a-z]+(:[a-z]*)?@)?[a-z0-9.-]{0,12}(:[0-9a-z]{0,7})?", fullmatch=True),
         st.from_regex(r"\[[0-9a-f:.]{0,10}\]?(:[0-9]{0,6})?", fullmatch=True),
-        st.text(st.characters(blacklist_characters="\n", blacklist_categories=("Cs",)), max_size=12),
+        st.text(st.characters(blacklist_characters="\n", blacklist_categories=["Cs"]), max_size=12),
     ),
     st.sampled_from(["", "/", "/vhost", "/a/b?x=1"]),
 ).map("".join)
@@ -171,9 +171,8 @@ def test_size_of_a_large_byte_count_is_exact() -> None:
 
 # --- the file parser: well-formed files parse to what was written ------------------------------
 
-finite = {"allow_nan": False, "allow_infinity": False}
-positive_float = st.floats(min_value=1e-9, max_value=1e12, **finite)
-nonneg_float = st.floats(min_value=0, max_value=1e12, **finite)
+positive_float = st.floats(min_value=1e-9, max_value=1e12, allow_nan=False, allow_infinity=False)
+nonneg_float = st.floats(min_value=0, max_value=1e12, allow_nan=False, allow_infinity=False)
 bool_word = st.sampled_from(["yes", "true", "on", "1", "no", "false", "off", "0"]).flatmap(
     lambda w: st.sampled_from([w, w.upper(), w.capitalize()])
 )
@@ -342,7 +341,7 @@ bad_value = st.sampled_from(
     ]
 ).flatmap(lambda kv: st.sampled_from(kv[1]).map(lambda v: f"{kv[0]} = {v}"))
 no_equals = st.text(
-    st.characters(blacklist_characters="\n=", blacklist_categories=("Cs",)), min_size=1, max_size=30
+    st.characters(blacklist_characters="\n=", blacklist_categories=["Cs"]), min_size=1, max_size=30
 ).filter(lambda s: s.strip() and not s.strip().startswith(("#", ";", "[")))
 bad_line = st.one_of(
     bad_value,

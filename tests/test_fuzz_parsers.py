@@ -17,12 +17,13 @@ import json
 import math
 from datetime import timedelta
 from email.utils import formatdate
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyRequest
 
 from fedd.checksums import digest
@@ -234,7 +235,7 @@ def _request(headers: dict[bytes, bytes], method: bytes = b"MOVE") -> DummyReque
 
 
 def _destination(request: DummyRequest) -> str:
-    return destination_of(request)
+    return destination_of(cast(Request, request))  # DummyRequest: twisted.web's stand-in for a Request
 
 
 @FUZZ

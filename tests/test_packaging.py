@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,8 +51,10 @@ FAST_PAYLOAD = ("--define", "_binary_payload w3.zstdio")
 BUILD_SECONDS = 240  # one build, the first download of the wheels included, on a loaded 2-core machine
 
 
-def run(*args: str, timeout: float = 120, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kwargs)  # type: ignore[call-overload]
+def run(
+    *args: str, timeout: float = 120, cwd: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
 
 
 def build_command(out: Path, *rpmbuild_args: str) -> list[str]:

@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -118,9 +119,9 @@ def test_trickled_heads_are_cut_at_the_deadline_while_others_are_served(fed: Fed
     deadline = time.monotonic() + HEADER_TIMEOUT + 8
     while len(cut) < ATTACKERS and time.monotonic() < deadline:
         for key, _ in sel.select(timeout=0.05):
-            i, s = key.data, key.fileobj
+            i, s = key.data, cast(socket.socket, key.fileobj)  # registered above: our sockets
             try:
-                data = s.recv(4096)  # type: ignore[union-attr]
+                data = s.recv(4096)
             except ConnectionError:
                 data = b"<reset>"
             cut[i] = (time.monotonic() - first_byte[i], data)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import queue
 import zlib
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
 
 from fedd.config import ConfigError, parse_config
 from fedd.errors import BadRequest
@@ -140,7 +141,7 @@ class _Consumer:
 def test_pump_streams_counts_and_passes_flow_control_on() -> None:
     response = _Response(10)
     seen: list[int] = []
-    pump = Pump(response, seen.append, reactor=None)  # type: ignore[arg-type]
+    pump = Pump(cast(IResponse, response), seen.append, reactor=None)
     consumer = _Consumer()
     done: Deferred[None] = pump.startProducing(consumer)
     pump.pauseProducing()
@@ -155,7 +156,7 @@ def test_pump_streams_counts_and_passes_flow_control_on() -> None:
 
 def test_pump_reports_a_short_source() -> None:
     response = _Response(10)
-    pump = Pump(response, lambda n: None, reactor=None)  # type: ignore[arg-type]
+    pump = Pump(cast(IResponse, response), lambda n: None, reactor=None)
     done = pump.startProducing(_Consumer())
     failures: list[Failure] = []
     done.addErrback(failures.append)
@@ -166,7 +167,7 @@ def test_pump_reports_a_short_source() -> None:
 
 def test_pump_stopped_by_the_upload_stops_the_download() -> None:
     response = _Response(10)
-    pump = Pump(response, lambda n: None, reactor=None)  # type: ignore[arg-type]
+    pump = Pump(cast(IResponse, response), lambda n: None, reactor=None)
     done = pump.startProducing(_Consumer())
     pump.stopProducing()
     response.protocol.connectionLost(Failure(ConnectionError("aborted")))
@@ -185,7 +186,7 @@ def test_pump_abort_cuts_the_upload_connection() -> None:
             self._consumer = Transport()
 
     response = _Response(10)
-    pump = Pump(response, lambda n: None, reactor=None)  # type: ignore[arg-type]
+    pump = Pump(cast(IResponse, response), lambda n: None, reactor=None)
     consumer = LengthEnforcing()
     pump.startProducing(consumer)
     pump.abort()
@@ -204,7 +205,7 @@ class _ThreadReactor:
 
 def test_pump_reads_only_while_upload_and_hashing_both_keep_up() -> None:
     response = _Response(1 << 30)  # large: hashed in a thread of its own
-    pump = Pump(response, lambda n: None, reactor=_ThreadReactor())
+    pump = Pump(cast(IResponse, response), lambda n: None, reactor=_ThreadReactor())
     pump.startProducing(_Consumer())
     calls = response.transport.calls
     pump.pauseProducing()  # the upload is full
@@ -226,7 +227,7 @@ def test_pump_checksum_waits_for_the_hashing_thread(monkeypatch: pytest.MonkeyPa
     reactor = _ThreadReactor()
     data = bytes(range(256)) * 4096  # 1 MiB
     response = _Response(2 * len(data))
-    pump = Pump(response, lambda n: None, reactor=reactor)
+    pump = Pump(cast(IResponse, response), lambda n: None, reactor=reactor)
     consumer = _Consumer()
     done = pump.startProducing(consumer)
     response.protocol.dataReceived(data)

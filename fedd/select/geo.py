@@ -22,7 +22,7 @@ _MISS = object()
 def builtin_database() -> str | None:
     """The GeoLite2 City database shipped by the `maxminddb-geolite2` package (2018), if installed."""
     try:
-        from geolite2 import geolite2_database  # type: ignore[import-untyped]
+        from geolite2 import geolite2_database
     except ImportError:
         return None
     return str(geolite2_database())
