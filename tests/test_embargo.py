@@ -390,8 +390,8 @@ def test_embargo_opens_and_grant_ends_at_their_time_without_reload(fed: Fedd, is
         ("/escape/embargoed", "pending"),
         ("/escape/grant", "expiring"),
     ]
-    member = issuer.token("openid", **{"wlcg.groups": ["/escape/group"]})
-    guest = issuer.token("openid", **{"wlcg.groups": ["/escape/guest"]})
+    member = issuer.token("openid", groups=["/escape/group"])
+    guest = issuer.token("openid", groups=["/escape/guest"])
 
     # before: private to the group, the grant holds; listings name only what one may see
     assert request(fed, "GET", "/escape/embargoed/f")[0] == 401

@@ -130,7 +130,7 @@ def rabbit_stomp() -> int:
     return RABBIT_STOMP
 
 
-class Consumer(stomp.ConnectionListener):
+class Consumer(stomp.ConnectionListener):  # type: ignore[misc]  # stomp.py ships no type information
     """A stomp.py subscriber that keeps every message (headers, parsed body)."""
 
     def __init__(self, port: int, login: str, passcode: str, destination: str) -> None:
@@ -433,9 +433,16 @@ def test_activemq_tls_ca_bundle_and_client_certificate(activemq: ActiveMQ, data:
         broker = f"stomp+ssl://fedd:secret@127.0.0.1:{tls_port}"
         fed = start_fedd(tmp_path / f"run{n}", config(port, data, broker, queue, extra), port)
         try:
-            wait_for(lambda f=fed: f.status()["events"]["connected"], 20, "fedd connected to ActiveMQ over TLS")
+
+            def connected(f: Fedd = fed) -> Any:
+                return f.status()["events"]["connected"]
+
+            def all_sent(f: Fedd = fed) -> bool:
+                return bool(f.status()["events"]["sent"] == 200)
+
+            wait_for(connected, 20, "fedd connected to ActiveMQ over TLS")
             redirects(fed, 200)
-            wait_for(lambda f=fed: f.status()["events"]["sent"] == 200, 20, "fedd to send every event")
+            wait_for(all_sent, 20, "fedd to send every event")
             status = fed.status()["events"]
             assert f"stomp+ssl://127.0.0.1:{tls_port}" in status["sink"] and status["outbox_depth"] == 0
             consumer = Consumer(activemq.port, "fedd", "secret", queue)  # plain STOMP on the same broker

@@ -22,17 +22,17 @@ import re
 import ssl
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 
 from fedd.config import Config, ConfigError, EndpointConfig, GocdbConfig, parse_config
 from fedd.space.downtime import Declared, DowntimeBook
@@ -337,11 +337,12 @@ class Rig:
 @pytest.fixture()
 def logged() -> Iterator[list[dict[str, Any]]]:
     events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
     try:
         yield events
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(observer)
 
 
 def gocdb_lines(events: list[dict[str, Any]]) -> list[str]:
@@ -647,7 +648,7 @@ def test_real_http_good_then_malformed_huge_500_stalled_redirect(
         assert rig.gocdb_ids() == expected
         big = huge_document(1 << 20)
         assert len(big) > 1 << 20 and parse_page(big).downtimes  # well-formed, only too large
-        for step, error in [
+        steps: list[tuple[Callable[[], object], str]] = [
             (lambda: gocdb.answer(200, data("malformed.xml")), "malformed XML (expected '>', line 34"),
             (lambda: gocdb.answer(200, big), "answer larger than 65536 bytes ([gocdb] max_bytes)"),
             (lambda: gocdb.answer(500, b"<html>Internal Server Error</html>"), "HTTP 500"),
@@ -657,7 +658,8 @@ def test_real_http_good_then_malformed_huge_500_stalled_redirect(
                 "HTTP 301 (fedd follows no redirects: give the final URL)",
             ),
             (lambda: gocdb.stall.set(), "GET timed out after 1s"),
-        ]:
+        ]
+        for step, error in steps:
             step()
             rig.refresh()
             src = rig.source(url)
@@ -862,7 +864,11 @@ gocdb_hostname = se-b.example.org
             ((500, b"<html>Internal Server Error</html>"), "HTTP 500"),
         ]:
             gocdb.answer(*answer)
-            wait_for(lambda e=error: (fed.status()["gocdb"]["sources"][0]["last_error"] or "").startswith(e), 20, error)
+
+            def reported(e: str = error) -> bool:
+                return bool((fed.status()["gocdb"]["sources"][0]["last_error"] or "").startswith(e))
+
+            wait_for(reported, 20, error)
             (code, _), (code2, _) = reads()
             sample.append(f"GOCDB answering {error!r}: only-a.txt -> {code}, both.txt -> {code2}")
             assert (code, code2) == (503, 302) and "gocdb-71001-dav-a" in gocdb_downtimes()

@@ -82,7 +82,11 @@ def ring(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[Fedd]]
     feds = cycle(tmp_path, request.param)
     try:
         for f in feds:  # the first probes done and answered: no probe runs while requests are counted
-            wait_for(lambda f=f: f.status()["endpoints"]["next"]["health"]["state"] == "online", 20, "next online")
+
+            def next_online(f: Fedd = f) -> bool:
+                return bool(f.status()["endpoints"]["next"]["health"]["state"] == "online")
+
+            wait_for(next_online, 20, "next online")
         yield feds
     finally:
         for f in feds:

@@ -184,7 +184,12 @@ def test_reload_restarts_the_loops_with_new_intervals_and_applies_checksums(
     # the old periods (60 s, 300 s) would give at most one more round in these 5 seconds
     wait_for(lambda: checks() >= health_before + 10, timeout=5, what="health probes every 0.2 s")
     seen = {space_before}
-    wait_for(lambda: seen.add(measured()) or len(seen) >= 4, timeout=5, what="space rounds every 0.3 s")
+
+    def four_rounds() -> bool:
+        seen.add(measured())
+        return len(seen) >= 4
+
+    wait_for(four_rounds, timeout=5, what="space rounds every 0.3 s")
     ck = f.status()["checksums"]
     assert ck["workers"] == 5 and ck["queue_max"] == 7
     assert ck["database"] == "fedd-checksums.sqlite"  # the running database stays until a restart

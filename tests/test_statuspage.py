@@ -353,8 +353,8 @@ path = {tmp_path / "data"}
 """
     f = start_fedd(tmp_path / "run", conf, port)
     try:
-        admin = issuer.token("openid", **{"wlcg.groups": ["/admins"]})
-        user = issuer.token("openid", **{"wlcg.groups": ["/users"]})
+        admin = issuer.token("openid", groups=["/admins"])
+        user = issuer.token("openid", groups=["/users"])
         for path in ("/.well-known/fedd/status", "/.well-known/fedd/status.html"):
             code, headers, body = fetch(f, path)
             assert code == 401 and "www-authenticate" in headers and b"authentication required" in body
