@@ -99,7 +99,7 @@ write = yes
         monkeypatch.setattr(fedd.service, "_endpoint_factory", factory)  # the one seam: which object serves "fake"
         self.config = parse_config(self.text)
         self.fedd: Fedd = build_service(self.config, reactor=self.reactor)
-        self.client = StubTreq(self.fedd.resource)
+        self.client: Any = StubTreq(self.fedd.resource)  # its methods are made at run time: untyped
 
     @property
     def fake(self) -> FakeEndpoint:
