@@ -35,13 +35,17 @@ setup(
         "prometheus-client>=0.17",
         "geoip2>=4.7",
         "maxminddb>=2.4",
+        "httptools>=0.6",  # the lean front's HTTP/1.1 parser (llhttp)
     ],
     extras_require={
         "geolite2": ["maxminddb-geolite2"],
         # zlib-ng's Adler-32 is ~9x the system zlib's: checksums and third-party copies hash less
         "fast": ["zlib-ng>=0.5"],
+        # [state] database = postgresql://...: psycopg 3, called through twisted.enterprise.adbapi
+        "postgresql": ["psycopg[binary]>=3.1"],
         "test": [
             "zlib-ng>=0.5",
+            "psycopg[binary]>=3.1",
             "pytest>=7.4",
             "pytest-timeout",
             "hypothesis",

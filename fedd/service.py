@@ -38,6 +38,9 @@ from fedd.select.geo import GeoLocator
 from fedd.space.downtime import DowntimeBook
 from fedd.space.gocdb import Fetcher, GocdbService
 from fedd.space.service import SpaceService
+from fedd.state.database import open_database
+from fedd.state.store import HostIdentity, StateStore
+from fedd.state.tables import SharedChecksums, SharedDowntimes
 from fedd.tpc.engine import TpcEngine
 from fedd.web.accesslog import AccessLog
 from fedd.web.lifecycle import DrainFirst, Listener, WebService
@@ -139,6 +142,37 @@ def build_gocdb(config: Config, reactor: Any, book: DowntimeBook, federation: Fe
     )
 
 
+def build_state(config: Config, reactor: Any, instance: str) -> StateStore | None:
+    """The `state` service on `[state] database`, or None without one (state stays per host:
+    `[checksums] database` and `[health] downtime_file`)."""
+    import socket
+
+    from fedd import __version__
+
+    st = config.state
+    if not st.database:
+        return None
+    try:
+        database = open_database(st.database, reactor, st.timeout)
+    except Exception as exc:  # psycopg missing, a URL psycopg refuses
+        raise usage.UsageError(f"[state] database: {exc}") from None
+    identity = HostIdentity(
+        host=st.host_name or socket.gethostname(),
+        instance=instance,
+        version=__version__,
+        listen=" ".join(config.server.listen),
+    )
+    return StateStore(
+        database,
+        clock=reactor,
+        identity=identity,
+        queue=st.queue,
+        poll_interval=st.poll_interval,
+        heartbeat_interval=st.heartbeat_interval,
+        timeout=st.timeout,
+    )
+
+
 class _GeoCloser(Service):
     """Closes the GeoIP reader on shutdown (the endpoint fleet closes its connection pools)."""
 
@@ -189,6 +223,7 @@ class Fedd:
     writer: Writer
     tpc: TpcEngine
     checksums: ChecksumService
+    state: StateStore | None
     metrics: Metrics
     resource: FeddResource
     site: FeddSite
@@ -234,6 +269,9 @@ def build_service(config: Config, *, reactor: Any, config_path: str | None = Non
     except (OSError, ValueError) as exc:
         raise usage.UsageError(f"[geo] database {config.geo.database!r}: {exc}") from None
     registry = HealthRegistry(list(endpoints), config.health, reactor)
+    state = build_state(config, reactor, instance)
+    if state is not None:
+        state.setServiceParent(top)
     memcached = invalidations = None
     cache = LocalCache(config.locate.lru_entries)
     if config.locate.memcached:
@@ -278,13 +316,20 @@ def build_service(config: Config, *, reactor: Any, config_path: str | None = Non
         reactor,
         path=config.health.downtime_file,
         on_change=registry.block_reads,
+        shared=SharedDowntimes(state) if state is not None else None,
     )
     downtimes.setServiceParent(top)
     gocdb = build_gocdb(config, reactor, downtimes, federation)
     gocdb.setServiceParent(top)
     writer = Writer(federation, config.write, space=space, downtimes=downtimes)
     tpc = TpcEngine(federation, writer, reactor=reactor, events=events)
-    checksums = ChecksumService(config.checksums, federation=federation, reactor=reactor, emit=events.emit)
+    checksums = ChecksumService(
+        config.checksums,
+        federation=federation,
+        reactor=reactor,
+        emit=events.emit,
+        store=SharedChecksums(state) if state is not None else None,
+    )
     checksums.setServiceParent(top)
     metrics = Metrics()
     reload_status = ReloadStatus(config_path)
@@ -368,6 +413,7 @@ def build_service(config: Config, *, reactor: Any, config_path: str | None = Non
         writer=writer,
         tpc=tpc,
         checksums=checksums,
+        state=state,
         metrics=metrics,
         resource=resource,
         site=site,

@@ -29,7 +29,7 @@ from fedd.checksums.bulk import tune_allocator
 from fedd.checksums.compute import Job, ReplicaHasher, replica_key, retry_after
 from fedd.checksums.digest import ADLER32_IMPLEMENTATION, Want
 from fedd.checksums.reported import known_checksums, parse_reported, worth_storing
-from fedd.checksums.store import ChecksumStore, Key
+from fedd.checksums.store import ChecksumDatabase, ChecksumStore, Key
 from fedd.config import ChecksumsConfig, Config
 from fedd.endpoints.interfaces import IChecksumSource, IChecksumStore
 from fedd.errors import EndpointError, describe
@@ -60,14 +60,14 @@ class ChecksumService(Service):
         federation: Any,
         reactor: Any,
         emit: Callable[[str, dict[str, Any]], None] | None = None,
-        store: ChecksumStore | None = None,
+        store: ChecksumDatabase | None = None,
     ) -> None:
         self.config = config
         self.fed = federation
         self.reactor = reactor
         self.clock = reactor
         self.emit = emit
-        self.store = store if store is not None else ChecksumStore(reactor, config.database)
+        self.store: ChecksumDatabase = store if store is not None else ChecksumStore(reactor, config.database)
         self._db_ready = False
         self.db_error = ""
         self._memory: OrderedDict[Key, tuple[float, dict[str, str]]] = OrderedDict()

@@ -3,17 +3,31 @@
 A row is keyed by the replica it describes, `(endpoint, endpoint path, size, version)`, where `version`
 is the replica's ETag (or its mtime when it has none): a rewritten file has a new key, so an old
 checksum is never served for new bytes. Several fedd processes may share the file (SQLite locks it).
+With `[state] database` the same rows live in the shared state database instead
+(fedd.state.tables.SharedChecksums); `ChecksumDatabase` is what the checksum service needs of either.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
 from fedd.sqlite import SqliteThread
 
 Key = tuple[str, str, int, str]  # endpoint, endpoint path, size, version
+
+
+class ChecksumDatabase(Protocol):
+    path: str  # where it is, for logs and the status
+
+    def open(self) -> Deferred[int]: ...  # fires with the rows held
+
+    def close(self) -> Deferred[None]: ...
+
+    def get(self, keys: list[Key]) -> Deferred[dict[Key, dict[str, str]]]: ...
+
+    def put(self, key: Key, values: dict[str, str], now: float) -> Deferred[None]: ...
 
 
 class ChecksumStore(SqliteThread):

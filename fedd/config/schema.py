@@ -223,6 +223,18 @@ class ChecksumsConfig:
 
 
 @dataclass(frozen=True)
+class StateConfig:
+    """Durable state shared by several hosts (checksums, run-time downtimes, ...); see docs/operations.md."""
+
+    database: str = key(v.state_database, "", hidden=True)  # "": per host as before; a path, sqlite:PATH, postgresql://
+    host_name: str = key(v.text, "")  # this host's name in the shared state and the status; "": the machine's name
+    poll_interval: float = key(v.positive_float, 1.0)  # seconds between looks at what other hosts changed
+    heartbeat_interval: float = key(v.positive_float, 5.0)
+    queue: int = key(v.positive_int, 10_000)  # writes kept while the database is unreachable
+    timeout: float = key(v.positive_float, 5.0)  # connecting and each statement
+
+
+@dataclass(frozen=True)
 class GocdbConfig:
     """Downtimes read from GOCDB's programmatic interface (`get_downtime`); see docs/configuration.md."""
 
@@ -301,6 +313,7 @@ class Config:
     checksums: ChecksumsConfig = ChecksumsConfig()
     tpc: TpcConfig = TpcConfig()
     gocdb: GocdbConfig = GocdbConfig()
+    state: StateConfig = StateConfig()
     auth: AuthConfig | None = None
     issuers: tuple[IssuerSettings, ...] = ()
     endpoints: tuple[EndpointConfig, ...] = ()
@@ -325,6 +338,7 @@ SECTION_TYPES: Mapping[str, type] = {
     "space": SpaceConfig,
     "tpc": TpcConfig,
     "gocdb": GocdbConfig,
+    "state": StateConfig,
     "checksums": ChecksumsConfig,
     "issuer": IssuerSettings,
     "endpoint": EndpointConfig,

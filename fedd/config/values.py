@@ -295,6 +295,18 @@ def broker(value: str) -> str:
     return value
 
 
+def state_database(value: str) -> str:
+    """`[state] database`: postgresql://[user[:password]@]host[:port]/dbname[?...], sqlite:PATH or a path."""
+    if value.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(value)
+        if not parts.hostname or not parts.path.strip("/") or any(c.isspace() for c in value):
+            raise ValueError("expected postgresql://[user[:password]@]host[:port]/database")
+        return value
+    if "://" in value:
+        raise ValueError("expected postgresql://host/database, sqlite:PATH or a file path")
+    return value
+
+
 def gocdb_url(value: str) -> str:
     if value.startswith("file://"):
         path = value[len("file://") :]

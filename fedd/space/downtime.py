@@ -4,9 +4,12 @@ A downtime stops writes to an endpoint (scope `write`), reads and listings (`rea
 between its start and end; scope `none` is shown but stops nothing (a GOCDB WARNING, by default).
 Downtimes also come from other sources (`replace_source`: GOCDB, see fedd/space/gocdb.py), each
 set replaced whole by its source and listed with its origin. Run-time downtimes come from the admin resource
-(`/.well-known/fedd/downtimes`) and live in `[health] downtime_file` (JSON), which every fedd process
-of the host re-reads when it changes, so all of them apply the same downtimes, and they survive a
-restart. The book re-evaluates itself exactly when a downtime starts or ends.
+(`/.well-known/fedd/downtimes`). With `[state] database` they live in the shared state database
+(fedd.state.tables.SharedDowntimes): a host applies its own at once, the others re-read the table when
+its change serial moves (within `[state] poll_interval`), and a downtime declared while the database
+is down is kept and written when it is back. Without it they live in `[health] downtime_file` (JSON),
+which every fedd process of the host re-reads when it changes. Either way all processes apply the same
+downtimes, and they survive a restart. The book re-evaluates itself exactly when a downtime starts or ends.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from twisted.logger import Logger
 
 from fedd.config import DOWNTIME_SCOPES, Config, Downtime
 from fedd.errors import BadRequest
+from fedd.state.tables import SharedDowntimes
 from fedd.twtypes import Service
 
 log = Logger(namespace="fedd.downtime")
@@ -91,9 +95,14 @@ class DowntimeBook(Service):
         *,
         path: str = "",
         on_change: Callable[[frozenset[str]], None] | None = None,
+        shared: SharedDowntimes | None = None,
     ) -> None:
         self.reactor = reactor
         self.path = path
+        self.shared = shared
+        # run-time changes of this host not yet in the shared database: kept across re-reads
+        self._unsaved: dict[str, Declared] = {}
+        self._unremoved: set[str] = set()
         self.on_change = on_change
         self._configured = [
             Declared(f"config-{eid}-{i}", eid, d, "config")
@@ -137,7 +146,9 @@ class DowntimeBook(Service):
 
     def startService(self) -> None:
         super().startService()
-        if self.path:
+        if self.shared is not None:
+            self.shared.watch(self._reload_shared)
+        elif self.path:
             self._reload_file()
             self._loop = LoopingCall(self._check_file)
             self._loop.clock = self.reactor
@@ -174,7 +185,7 @@ class DowntimeBook(Service):
             raise BadRequest(f"too many downtimes (at most {MAX_DOWNTIMES})")
         declared = Declared(secrets.token_hex(6), endpoint, downtime, "admin")
         self._admin.append(declared)
-        self._save()
+        self._save(declared)
         log.info(
             "downtime {id} declared for {endpoint} ({scope}) until {end}: {reason}",
             id=declared.id,
@@ -191,7 +202,7 @@ class DowntimeBook(Service):
         self._admin = [d for d in self._admin if d.id != downtime_id]
         if len(self._admin) == before:
             return False
-        self._save()
+        self._save(removed=downtime_id)
         log.info("downtime {id} removed", id=downtime_id)
         self.evaluate()
         return True
@@ -245,7 +256,10 @@ class DowntimeBook(Service):
                 "cannot read downtime file {path}: {reason} (keeping the previous list)", path=self.path, reason=exc
             )
 
-    def _save(self) -> None:
+    def _save(self, added: Declared | None = None, removed: str = "") -> None:
+        if self.shared is not None:
+            self._save_shared(added, removed)
+            return
         if not self.path:
             return
         tmp = f"{self.path}.tmp.{os.getpid()}"
@@ -255,6 +269,45 @@ class DowntimeBook(Service):
             json.dump(data, fh, indent=1)
         os.replace(tmp, self.path)
         self._mtime = os.stat(self.path).st_mtime
+
+    # --- the shared database ------------------------------------------------------------------------
+
+    def _save_shared(self, added: Declared | None, removed: str) -> None:
+        assert self.shared is not None
+        if added is not None:
+            self._unsaved[added.id] = added
+            d = self.shared.insert(added.id, added.endpoint, added.downtime, self.reactor.seconds())
+            d.addCallbacks(lambda _: self._unsaved.pop(added.id, None), lambda f: self._lost("declared", added.id, f))
+        if removed:
+            self._unsaved.pop(removed, None)
+            self._unremoved.add(removed)
+            d = self.shared.delete(removed)
+            d.addCallbacks(lambda _: self._unremoved.discard(removed), lambda f: self._lost("removed", removed, f))
+
+    def _lost(self, what: str, downtime_id: str, failure: Any) -> None:
+        log.error(
+            "downtime {id} {what} here could not be written to the state database: {reason}",
+            id=downtime_id,
+            what=what,
+            reason=failure.getErrorMessage(),
+        )
+
+    def _reload_shared(self) -> None:
+        assert self.shared is not None
+        d = self.shared.load(self.reactor.seconds())
+        d.addCallbacks(
+            self._apply_shared,
+            lambda f: log.warn(
+                "cannot read the shared downtimes: {reason} (keeping the previous list)", reason=f.getErrorMessage()
+            ),
+        )
+
+    def _apply_shared(self, rows: list[tuple[str, str, Downtime]]) -> None:
+        stored = [Declared(i, e, d, "admin") for i, e, d in rows if i not in self._unremoved]
+        ids = {d.id for d in stored}
+        self._admin = stored + [d for d in self._unsaved.values() if d.id not in ids]
+        if self.running:
+            self.evaluate()
 
 
 def _iso(moment: float) -> str:

@@ -1,0 +1,372 @@
+"""The `state` service: one shared-state database for the whole process, its writes, and what other
+hosts changed.
+
+How it behaves, in order:
+1. At start it applies the missing schema migrations (fedd.state.schema), under a lock every host
+   takes (PostgreSQL: an advisory lock; SQLite: `BEGIN IMMEDIATE`), so two hosts starting together
+   migrate once.
+2. Writes (`write`) go to a bounded FIFO queue and are written in order by one flusher; a write
+   that fails stays at the head and is retried at the next tick. So a database that is down or
+   restarting delays writes, it does not lose them: only more than `[state] queue` waiting writes
+   drop the oldest (counted in the status). The outage is logged once when it starts and once
+   when it ends, and shown in the status while it lasts.
+3. Reads (`read`) go straight to the database with a timeout and fail fast when it is down: callers
+   keep what they knew (the downtimes applied last, checksums computed or remembered in memory).
+   Nothing on the redirect path reads it: downtimes and health are applied from memory.
+4. Every tick (`[state] poll_interval`, 1 s) reads one tiny table, `changes`, whose serial a writer
+   bumps in the same transaction as its change; a watcher (`watch`) is called when the serial of its
+   table moved, and re-reads that table. A change on one host is thus applied by the others within
+   one tick plus one query. Polling one row per second per host was chosen over LISTEN/NOTIFY: it
+   works the same on SQLite, needs no dedicated connection that must itself be watched and
+   re-established after a restart, and a host that was cut off catches up by construction.
+5. Every `[state] heartbeat_interval` a host upserts its row in `hosts`, and reads the others' rows:
+   the status lists the hosts seen through the shared state.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from fedd.state import schema
+from fedd.state.database import Cursor, StateDatabase, Work
+from fedd.twtypes import Service
+
+log = Logger(namespace="fedd.state")
+T = TypeVar("T")
+MIGRATION_LOCK = 0x66656464  # "fedd": the advisory lock id hosts migrate under (PostgreSQL)
+HOSTS_SEEN_FOR = 3  # heartbeat intervals after which a silent host is no longer listed
+
+
+@dataclass
+class _Write:
+    what: str  # for the log: "downtime", "checksum", ...
+    work: Work[Any]
+    done: Deferred[None]
+
+
+@dataclass(frozen=True)
+class HostIdentity:
+    host: str  # [state] host_name, or the machine's name
+    instance: str
+    version: str
+    listen: str
+
+
+def migrate(cursor: Cursor, kind: str) -> int:
+    """Bring the schema to the latest version; returns the version found before."""
+    if kind == "postgresql":
+        cursor.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+    cursor.execute(schema.VERSION_TABLE)
+    cursor.execute("SELECT MAX(version) FROM fedd_schema")
+    row = cursor.fetchone()
+    found = int(row[0]) if row is not None and row[0] is not None else 0
+    for version, statements in schema.pending(found):
+        for statement in statements:
+            cursor.execute(statement)
+        cursor.execute("INSERT INTO fedd_schema (version) VALUES (?)", (version,))
+    return found
+
+
+class StateStore(Service):
+    name = "state"
+
+    def __init__(
+        self,
+        database: StateDatabase,
+        *,
+        clock: Any,
+        identity: HostIdentity,
+        queue: int = 10_000,
+        poll_interval: float = 1.0,
+        heartbeat_interval: float = 5.0,
+        timeout: float = 5.0,
+    ) -> None:
+        self.db = database
+        self.clock = clock
+        self.identity = identity
+        self.queue_max = queue
+        self.poll_interval = poll_interval
+        self.heartbeat_interval = heartbeat_interval
+        self.timeout = timeout
+        self.schema_version = 0
+        self.migrated = False
+        self._first_attempt: Deferred[None] = Deferred()
+        self._queue: deque[_Write] = deque()
+        self._flushing = False
+        self._ticking = False
+        self._watchers: dict[str, list[Callable[[], None]]] = {}
+        self._serials: dict[str, int] = {}
+        self._last_heartbeat = float("-inf")
+        self._loop: LoopingCall | None = None
+        self.hosts: list[dict[str, Any]] = []
+        self.started = 0.0
+        self.down_since: float | None = None
+        self.last_error = ""
+        self.outages = self.failures = self.written = self.dropped = 0
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self.started = self.clock.seconds()
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = self.clock
+        self._loop.start(self.poll_interval, now=True).addErrback(lambda f: log.failure("state loop stopped", f))
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self._queue:
+            log.warn("{n} state write(s) not written at shutdown (database {db})", n=len(self._queue), db=self.db.where)
+        d = self._forget_self() if self.migrated else succeed(None)
+        return d.addBoth(lambda _: self.db.close())
+
+    def _forget_self(self) -> Deferred[None]:
+        def work(cursor: Cursor) -> None:
+            me = self.identity
+            cursor.execute("DELETE FROM hosts WHERE host = ? AND instance = ?", (me.host, me.instance))
+
+        d = self.db.run(work)
+        d.addTimeout(self.timeout, self.clock)
+        return d.addErrback(lambda _: None)
+
+    def ready(self) -> Deferred[None]:
+        """Fires after the first attempt to reach the database (whether or not it answered): from
+        then on writes are queued, and written once it answers."""
+        if self._first_attempt.called:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+
+        def release(result: object) -> object:
+            waiter.callback(None)
+            return result
+
+        self._first_attempt.addBoth(release)
+        return waiter
+
+    # --- the calls ------------------------------------------------------------------------------
+
+    def write(self, what: str, work: Work[Any]) -> Deferred[None]:
+        """Queue a write; fires once it is in the database (or fails if the queue drops it)."""
+        done: Deferred[None] = Deferred()
+        if len(self._queue) >= self.queue_max:
+            old = self._queue.popleft()
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error(
+                    "state write queue full ({n}): dropped the oldest write ({what}); {dropped} dropped so far",
+                    n=self.queue_max,
+                    what=old.what,
+                    dropped=self.dropped,
+                )
+            old.done.errback(QueueFull(old.what))
+        self._queue.append(_Write(what, work, done))
+        self._flush()
+        return done
+
+    def read(self, work: Work[T]) -> Deferred[T]:
+        """A read with the store's timeout; fails at once while the database is known to be down
+        and the schema not yet ensured."""
+        if not self.migrated:
+            return _failed(Unavailable(self.last_error or "not reached yet"))
+        d = self.db.run(work)
+        d.addTimeout(self.timeout, self.clock)
+        return d
+
+    def watch(self, table: str, changed: Callable[[], None]) -> None:
+        """Call `changed` (no arguments) once the database is reached, and whenever another
+        host (or this one) bumps the serial of `table` (see `bump`)."""
+        self._watchers.setdefault(table, []).append(changed)
+
+    @staticmethod
+    def bump(cursor: Cursor, table: str) -> None:
+        """In a write's transaction: tell every host's watcher of `table` to re-read it."""
+        cursor.execute("UPDATE changes SET serial = serial + 1 WHERE name = ?", (table,))
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def _tick(self) -> Deferred[None] | None:
+        if self._ticking:
+            return None
+        self._ticking = True
+        d = self._tick_once()
+        d.addErrback(lambda f: log.failure("state tick failed", f))
+
+        def done(_: object) -> None:
+            self._ticking = False
+
+        d.addBoth(done)
+        return None  # the loop does not wait: a slow database must not stretch the interval
+
+    def _tick_once(self) -> Deferred[None]:
+        from twisted.internet.defer import ensureDeferred
+
+        return ensureDeferred(self._tick_async())
+
+    async def _tick_async(self) -> None:
+        if not self.migrated:
+            try:
+                migrating = self.db.run(lambda c: migrate(c, self.db.kind))
+                migrating.addTimeout(self.timeout * 2, self.clock)
+                found = await migrating
+            except Exception as exc:
+                self._failed(exc)
+                self._attempted()
+                return
+            self.migrated = True
+            self.schema_version = schema.LATEST
+            if found != schema.LATEST:
+                log.info("state database {db}: schema {old} -> {new}", db=self.db.where, old=found, new=schema.LATEST)
+            else:
+                log.info("state database {db}: schema {v}", db=self.db.where, v=found)
+            self._recovered()
+            self._attempted()
+        self._flush()
+        now = self.clock.seconds()
+        heartbeat = now - self._last_heartbeat >= self.heartbeat_interval
+        try:
+            polling = self.db.run(lambda c: self._poll(c, now, heartbeat))
+            polling.addTimeout(self.timeout, self.clock)
+            serials, hosts = await polling
+        except Exception as exc:
+            self._failed(exc)
+            return
+        self._recovered()
+        if heartbeat:
+            self._last_heartbeat = now
+            self.hosts = hosts
+        for table, serial in serials.items():
+            if self._serials.get(table) != serial:
+                self._serials[table] = serial
+                for changed in self._watchers.get(table, []):
+                    try:
+                        changed()
+                    except Exception:  # one watcher's bug must not stop the others or the loop
+                        log.failure("state watcher of {table} failed", table=table)
+
+    def _poll(self, cursor: Cursor, now: float, heartbeat: bool) -> tuple[dict[str, int], list[dict[str, Any]]]:
+        cursor.execute("SELECT name, serial FROM changes")
+        serials = {str(name): int(serial) for name, serial in cursor.fetchall()}
+        hosts: list[dict[str, Any]] = []
+        if heartbeat:
+            me = self.identity
+            cursor.execute(
+                "INSERT INTO hosts (host, instance, version, listen, started, seen) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (host) DO UPDATE SET instance = excluded.instance, version = excluded.version, "
+                "listen = excluded.listen, started = excluded.started, seen = excluded.seen",
+                (me.host, me.instance, me.version, me.listen, self.started, now),
+            )
+            cursor.execute(
+                "SELECT host, instance, version, listen, started, seen FROM hosts WHERE seen > ? ORDER BY host",
+                (now - HOSTS_SEEN_FOR * self.heartbeat_interval,),
+            )
+            hosts = [
+                {"host": h, "instance": i, "version": v, "listen": lst, "started": s, "seen": t, "self": h == me.host}
+                for h, i, v, lst, s, t in cursor.fetchall()
+            ]
+        return serials, hosts
+
+    def _flush(self) -> None:
+        if self._flushing or not self._queue or not self.migrated:
+            return
+        self._flushing = True
+        from twisted.internet.defer import ensureDeferred
+
+        ensureDeferred(self._flush_async()).addErrback(lambda f: log.failure("state flush failed", f))
+
+    async def _flush_async(self) -> None:
+        try:
+            while self._queue and self.running:
+                head = self._queue[0]
+                try:
+                    d = self.db.run(head.work)
+                    d.addTimeout(self.timeout, self.clock)
+                    await d
+                except Exception as exc:
+                    self._failed(exc)
+                    return  # the head stays: retried at the next tick
+                if self._queue and self._queue[0] is head:
+                    self._queue.popleft()
+                self.written += 1
+                self._recovered()
+                head.done.callback(None)
+        finally:
+            self._flushing = False
+
+    # --- outages --------------------------------------------------------------------------------
+
+    def _attempted(self) -> None:
+        if not self._first_attempt.called:
+            self._first_attempt.callback(None)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.last_error = _describe(exc)
+        self.failures += 1
+        if self.down_since is None:
+            self.down_since = self.clock.seconds()
+            self.outages += 1
+            log.warn(
+                "state database {db} unreachable: {reason}; reads answer from memory, writes are queued "
+                "(at most {n}) and retried every {interval:g}s",
+                db=self.db.where,
+                reason=self.last_error,
+                n=self.queue_max,
+                interval=self.poll_interval,
+            )
+
+    def _recovered(self) -> None:
+        if self.down_since is None:
+            return
+        log.info(
+            "state database {db} reachable again after {seconds:.1f}s; {n} queued write(s) being written",
+            db=self.db.where,
+            seconds=self.clock.seconds() - self.down_since,
+            n=len(self._queue),
+        )
+        self.down_since = None
+        self.last_error = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "database": self.db.where,
+            "kind": self.db.kind,
+            "schema": self.schema_version,
+            "host": self.identity.host,
+            "reachable": self.migrated and self.down_since is None,
+            "unreachable_since": self.down_since,
+            "error": self.last_error or None,
+            "outages": self.outages,
+            "failed_attempts": self.failures,
+            "queued": len(self._queue),
+            "queue_max": self.queue_max,
+            "written": self.written,
+            "dropped": self.dropped,
+            "hosts": self.hosts,
+        }
+
+
+class Unavailable(Exception):
+    """The state database cannot be read now."""
+
+
+class QueueFull(Exception):
+    """A queued write was dropped to make room (more than `[state] queue` writes waiting)."""
+
+
+def _failed(exc: BaseException) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.errback(exc)
+    return d
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

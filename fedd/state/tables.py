@@ -1,0 +1,119 @@
+"""What each user of the shared state reads and writes, as small objects over a `StateStore`:
+the checksum store (same calls as fedd.checksums.store.ChecksumStore) and the run-time downtimes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred, succeed
+
+from fedd.config import Downtime
+from fedd.state.database import Cursor
+from fedd.state.store import StateStore
+
+Key = tuple[str, str, int, str]  # endpoint, endpoint path, size, version (fedd.checksums.store.Key)
+
+
+class SharedChecksums:
+    """Checksums in the state database. `put` returns once the value is queued: the store writes it
+    when the database answers (a computed value is never lost to an outage, see store.py)."""
+
+    def __init__(self, state: StateStore) -> None:
+        self.state = state
+        self.path = state.db.where
+
+    def open(self) -> Deferred[int]:
+        """Fires once the state database was tried, with the rows it holds (0 when unreachable)."""
+
+        def count(_: object) -> Deferred[int]:
+            d = self.state.read(lambda c: _scalar(c, "SELECT COUNT(*) FROM checksums"))
+            return d.addErrback(lambda _: 0)
+
+        return self.state.ready().addCallback(count)
+
+    def close(self) -> Deferred[None]:
+        return succeed(None)  # the state service closes the database
+
+    def get(self, keys: list[Key]) -> Deferred[dict[Key, dict[str, str]]]:
+        def work(cursor: Cursor) -> dict[Key, dict[str, str]]:
+            out: dict[Key, dict[str, str]] = {}
+            for key in keys:
+                cursor.execute(
+                    "SELECT algorithm, value FROM checksums WHERE endpoint=? AND path=? AND size=? AND version=?", key
+                )
+                out[key] = {str(a): str(v) for a, v in cursor.fetchall()}
+            return out
+
+        return self.state.read(work)
+
+    def put(self, key: Key, values: dict[str, str], now: float) -> Deferred[None]:
+        def work(cursor: Cursor) -> None:
+            # older versions of the same replica are of no use any more
+            cursor.execute("DELETE FROM checksums WHERE endpoint=? AND path=? AND NOT (size=? AND version=?)", key)
+            for algorithm, value in values.items():
+                cursor.execute(
+                    "INSERT INTO checksums (endpoint, path, size, version, algorithm, value, computed) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (endpoint, path, size, version, algorithm) "
+                    "DO UPDATE SET value = excluded.value, computed = excluded.computed",
+                    (*key, algorithm, value, now),
+                )
+
+        self.state.write("checksum", work).addErrback(lambda _: None)  # a drop is counted and logged there
+        return succeed(None)
+
+
+DowntimeRow = tuple[str, str, Downtime]  # id, endpoint, downtime
+
+
+class SharedDowntimes:
+    """Run-time downtimes (declared through the admin API of any host) in the state database."""
+
+    TABLE = "downtimes"
+
+    def __init__(self, state: StateStore) -> None:
+        self.state = state
+
+    def watch(self, changed: Callable[[], None]) -> None:
+        self.state.watch(self.TABLE, changed)
+
+    def load(self, now: float) -> Deferred[list[DowntimeRow]]:
+        def work(cursor: Cursor) -> list[DowntimeRow]:
+            cursor.execute(
+                "SELECT id, endpoint, start_at, end_at, scope, reason FROM downtimes WHERE end_at > ? "
+                "ORDER BY declared_at, id",
+                (now,),
+            )
+            return [
+                (str(i), str(e), Downtime(float(s), float(end), str(scope), str(reason)))
+                for i, e, s, end, scope, reason in cursor.fetchall()
+            ]
+
+        return self.state.read(work)
+
+    def insert(self, downtime_id: str, endpoint: str, downtime: Downtime, now: float) -> Deferred[None]:
+        host = self.state.identity.host
+
+        def work(cursor: Cursor) -> None:
+            cursor.execute(
+                "INSERT INTO downtimes (id, endpoint, start_at, end_at, scope, reason, declared_by, declared_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (downtime_id, endpoint, downtime.start, downtime.end, downtime.scope, downtime.reason, host, now),
+            )
+            # ended ones are of no use any more
+            cursor.execute("DELETE FROM downtimes WHERE end_at < ?", (now - 86400,))
+            StateStore.bump(cursor, self.TABLE)
+
+        return self.state.write("downtime", work)
+
+    def delete(self, downtime_id: str) -> Deferred[None]:
+        def work(cursor: Cursor) -> None:
+            cursor.execute("DELETE FROM downtimes WHERE id = ?", (downtime_id,))
+            StateStore.bump(cursor, self.TABLE)
+
+        return self.state.write("downtime removal", work)
+
+
+def _scalar(cursor: Cursor, sql: str) -> int:
+    cursor.execute(sql)
+    row = cursor.fetchone()
+    return int(row[0]) if row is not None and row[0] is not None else 0

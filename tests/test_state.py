@@ -1,0 +1,170 @@
+"""The shared-state store (fedd.state) against both real engines: an SQLite file and PostgreSQL (a fresh
+database on the machine's server). One suite, run against each: migrations, checksums seen by a
+second host, downtimes applied by another host's book, writes queued while the database is
+unreachable and written once it is back, the bound of that queue."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedd.config import Downtime
+from fedd.space.downtime import DowntimeBook
+from fedd.state import schema
+from fedd.state.database import open_database
+from fedd.state.store import HostIdentity, QueueFull, StateStore
+from fedd.state.tables import SharedChecksums, SharedDowntimes
+from tests import pgservers
+from tests.daemon import wait_for
+from tests.reactor import call, the_reactor
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield str(tmp_path / "state.sqlite")
+        return
+    url = pgservers.create_database()
+    try:
+        yield url
+    finally:
+        pgservers.drop_database(url)
+
+
+def make_store(url: str, host: str, **kw: Any) -> StateStore:
+    reactor = the_reactor()
+    kw.setdefault("poll_interval", 0.2)
+    kw.setdefault("heartbeat_interval", 0.2)
+    return StateStore(
+        open_database(url, reactor, 5.0),
+        clock=reactor,
+        identity=HostIdentity(host, f"i-{host}", "test", "tcp:0"),
+        **kw,
+    )
+
+
+def started(store: StateStore) -> StateStore:
+    call(store.startService)
+    call(store.ready)
+    return store
+
+
+def test_migrations_once_and_checksums_shared(database_url: str) -> None:
+    a = started(make_store(database_url, "a"))
+    b = started(make_store(database_url, "b"))
+    try:
+        assert a.migrated and b.migrated and a.schema_version == schema.LATEST
+        sums_a, sums_b = SharedChecksums(a), SharedChecksums(b)
+        assert call(sums_a.open) == 0
+        key = ("dav", "/atlas/f", 10, "etag1")
+        call(sums_a.put, key, {"adler32": "0badcafe", "md5": "x" * 32}, 1.0)
+        wait_for(lambda: a.written >= 1, 10, "the checksum write")
+        assert call(sums_b.get, [key]) == {key: {"adler32": "0badcafe", "md5": "x" * 32}}
+        newer = ("dav", "/atlas/f", 11, "etag2")  # rewritten: the old version's rows go
+        call(sums_b.put, newer, {"adler32": "00000001"}, 2.0)
+        wait_for(lambda: b.written >= 1, 10, "the second write")
+        assert call(sums_a.get, [key, newer]) == {key: {}, newer: {"adler32": "00000001"}}
+        # each host sees the other through its heartbeat row
+        wait_for(lambda: {h["host"] for h in a.hosts} == {"a", "b"}, 10, "both hosts listed", until=bool)
+        count = call(a.read, lambda c: (c.execute("SELECT COUNT(*) FROM fedd_schema"), c.fetchone()[0])[1])
+        assert int(count) == schema.LATEST  # two stores started, migrated once
+    finally:
+        call(a.stopService)
+        call(b.stopService)
+
+
+def test_downtime_declared_on_one_host_applies_on_the_other(database_url: str) -> None:
+    reactor = the_reactor()
+    a = started(make_store(database_url, "a"))
+    b = started(make_store(database_url, "b"))
+    book_a = DowntimeBook({}, reactor, shared=SharedDowntimes(a))
+    book_b = DowntimeBook({}, reactor, shared=SharedDowntimes(b))
+    call(book_a.startService)
+    call(book_b.startService)
+    try:
+        assert book_b.blocks("ep", "read", time.time()) == ""
+        now = time.time()
+        declared = call(book_a.add, "ep", Downtime(now - 1, now + 600, "all", "disk swap"))
+        started_at = time.monotonic()
+        wait_for(lambda: book_b.blocks("ep", "read", time.time()), 2.0, "host b to apply the downtime", interval=0.02)
+        assert time.monotonic() - started_at < 2.0
+        assert "disk swap" in book_b.blocks("ep", "write", time.time())
+        # a third book (a restarted host) finds it in the database
+        c = started(make_store(database_url, "c"))
+        book_c = DowntimeBook({}, reactor, shared=SharedDowntimes(c))
+        call(book_c.startService)
+        wait_for(lambda: book_c.blocks("ep", "read", time.time()), 5.0, "a restarted host to apply it")
+        # removed on b: gone on a too
+        assert call(book_b.remove, declared.id)
+        wait_for(lambda: book_a.blocks("ep", "read", time.time()) == "", 2.0, "host a to drop it", interval=0.02)
+        call(book_c.stopService)
+        call(c.stopService)
+    finally:
+        call(book_a.stopService)
+        call(book_b.stopService)
+        call(a.stopService)
+        call(b.stopService)
+
+
+def test_writes_wait_for_an_unreachable_database(tmp_path: Path) -> None:
+    """An SQLite file in a directory that does not exist yet cannot be opened: the store starts,
+    says so once, queues, and writes everything once the directory appears."""
+    where = tmp_path / "later" / "state.sqlite"
+    store = started(make_store(str(where), "a"))
+    try:
+        assert not store.migrated and store.down_since is not None and store.outages == 1
+        sums = SharedChecksums(store)
+        assert call(sums.open) == 0
+        keys = [("dav", f"/f{i}", i, "e") for i in range(5)]
+        for key in keys:
+            call(sums.put, key, {"adler32": f"{key[2]:08x}"}, 1.0)
+        assert store.to_json()["queued"] == 5 and store.to_json()["reachable"] is False
+        wait_for(lambda: store.failures >= 3, 5, "a few more failed attempts")
+        assert store.outages == 1 and store.written == 0  # one outage, said once
+        where.parent.mkdir()
+        wait_for(lambda: store.to_json()["queued"] == 0, 10, "the queue to be written")
+        assert store.written == 5 and store.down_since is None
+        with sqlite3.connect(where) as db:
+            assert db.execute("SELECT COUNT(*) FROM checksums").fetchone()[0] == 5
+    finally:
+        call(store.stopService)
+
+
+def test_the_queue_is_bounded(tmp_path: Path) -> None:
+    store = started(make_store(str(tmp_path / "missing" / "state.sqlite"), "a", queue=2))
+    try:
+        results: list[Any] = []
+
+        def three() -> None:
+            for i in range(3):
+                store.write(f"w{i}", lambda c: None).addBoth(results.append)
+
+        call(lambda: the_reactor().callLater(0, three))
+        wait_for(lambda: results, 5, "the dropped write to fail")
+        assert len(results) == 1 and results[0].check(QueueFull) and store.dropped == 1
+        assert store.to_json()["queued"] == 2
+    finally:
+        call(store.stopService)
+
+
+def test_an_existing_checksum_file_is_upgraded(tmp_path: Path) -> None:
+    """`[state] database` may name the single-host checksum file: its rows are kept."""
+    path = tmp_path / "fedd-checksums.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE checksums (endpoint TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL, "
+            "version TEXT NOT NULL, algorithm TEXT NOT NULL, value TEXT NOT NULL, computed REAL NOT NULL, "
+            "PRIMARY KEY (endpoint, path, size, version, algorithm))"
+        )
+        db.execute("INSERT INTO checksums VALUES ('l', '/f', 1, 'v', 'adler32', '00000001', 1.0)")
+    store = started(make_store(str(path), "a"))
+    try:
+        assert store.migrated
+        assert call(SharedChecksums(store).get, [("l", "/f", 1, "v")]) == {("l", "/f", 1, "v"): {"adler32": "00000001"}}
+    finally:
+        call(store.stopService)
