@@ -106,30 +106,26 @@ write = yes
         return self.fakes[-1]
 
     def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
-        d: Deferred[Any] = self.client.request(method, "http://fedd.example" + path, allow_redirects=False, **kwargs)
-        self._turn(d)
-        response = _result(d)
-        body: Deferred[bytes] = response.content()
-        self._turn(body)
+        response = self._wait(
+            self.client.request(method, "http://fedd.example" + path, allow_redirects=False, **kwargs)
+        )
+        body: bytes = self._wait(response.content())
         headers = {k.decode().lower(): v[-1].decode() for k, v in response.headers.getAllRawHeaders()}
-        return response.code, headers, _result(body)
+        return response.code, headers, body
 
-    def _turn(self, d: Deferred[Any], rounds: int = 20) -> None:
-        """Move bytes between client and resource, and run what is due now, until `d` fired."""
+    def _wait(self, d: Deferred[Any], rounds: int = 50) -> Any:
+        """Move bytes between client and resource, and run what is due now, until `d` has a result."""
+        out: list[Any] = []
+        d.addBoth(out.append)
         for _ in range(rounds):
-            if d.called:
-                return
+            if out:
+                break
             self.client.flush()
             self.reactor.advance(0)
-
-
-def _result(d: Deferred[Any]) -> Any:
-    out: list[Any] = []
-    d.addBoth(out.append)
-    assert out, "no answer: the request waits for something the test did not provide"
-    if isinstance(out[0], Failure):
-        out[0].raiseException()
-    return out[0]
+        assert out, "no answer: the request waits for something the test did not provide"
+        if isinstance(out[0], Failure):
+            out[0].raiseException()
+        return out[0]
 
 
 @pytest.fixture
