@@ -15,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from fedd.config import Config, EndpointConfig
 from fedd.endpoints import Endpoint, close_endpoint
+from fedd.twtypes import Service
 
 log = Logger(namespace="fedd.reload")
 CLOSE_GRACE = 120.0  # seconds a retired endpoint object lives on for requests that still use it

@@ -33,6 +33,7 @@ from fedd.endpoints.interfaces import (
     Reported,
 )
 from fedd.errors import EndpointError, PathRefused
+from fedd.twtypes import Resource
 
 MAX_NAME = 255  # a longer path component is refused for its name (as ENAMETOOLONG, HTTP 414)
 
@@ -214,7 +215,7 @@ class FakeEndpoint:
         return _Served(self)
 
 
-class _Served(resource.Resource):
+class _Served(Resource):
     isLeaf = True
 
     def __init__(self, endpoint: FakeEndpoint) -> None:

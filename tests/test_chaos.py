@@ -83,7 +83,11 @@ def ceph_url(ceph: Any, answer: Answer) -> bool:
 def warm(fedd: Fedd) -> None:
     """Both files answered once, so the locate cache holds both replicas (the load starts warm)."""
     for path in (BOTH, S3ONLY):
-        wait_for(lambda p=path: _status(fedd, p) == 302, 10, f"{path} redirected")
+
+        def redirected(p: str = path) -> bool:
+            return _status(fedd, p) == 302
+
+        wait_for(redirected, 10, f"{path} redirected")
 
 
 def _status(fedd: Fedd, path: str) -> int:

@@ -16,8 +16,9 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
+from fedd.checksums.compute import replica_key
 from fedd.checksums.digest import Want
-from fedd.checksums.service import FAILED_TTL, Answer, ChecksumService, replica_key
+from fedd.checksums.service import FAILED_TTL, Answer, ChecksumService
 from fedd.checksums.store import Key
 from fedd.config import ChecksumsConfig, EndpointConfig
 from fedd.endpoints.base import Stat
@@ -55,13 +56,13 @@ class ManualPool:
 
 class Reactor(MemoryReactorClock):
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # MemoryReactorClock.__init__ is unannotated
         self.pool = ManualPool()
 
-    def getThreadPool(self) -> ManualPool:  # type: ignore[override]
+    def getThreadPool(self) -> ManualPool:
         return self.pool
 
-    def callFromThread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def callFromThread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         fn(*args, **kwargs)
 
 
@@ -122,7 +123,7 @@ class Setup:
             federation=self.fed,
             reactor=self.reactor,
             emit=lambda kind, payload: self.emitted.append((kind, payload)),
-            store=self.store,  # type: ignore[arg-type]
+            store=self.store,
         )
         self.service.startService()
         self.root = tmp_path / "data"

@@ -16,7 +16,7 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.web import resource, server
+from twisted.web import server
 from zope.interface.exceptions import Invalid
 
 from fedd.checksums.reported import known_checksums, parse_reported, worth_storing
@@ -25,6 +25,7 @@ from fedd.endpoints import close_endpoint, make_endpoint
 from fedd.endpoints.base import Entry, HttpClient, Stat
 from fedd.endpoints.s3 import S3Endpoint
 from fedd.errors import EndpointError, PathRefused
+from fedd.twtypes import Resource
 from tests.servers import AZURITE_KEY
 
 DATA = b"sixteen bytes!!\n"
@@ -43,7 +44,7 @@ class Seen:
 Answer = tuple[int, dict[str, str], bytes]
 
 
-class Scripted(resource.Resource):
+class Scripted(Resource):
     """Answers each request with `answer(seen)`; None: the answer never comes."""
 
     isLeaf = True

@@ -14,8 +14,9 @@ from twisted.python.failure import Failure
 from fedd.config import Config, parse_config
 from fedd.endpoints.base import Entry, Stat, Valve
 from fedd.errors import NoReplicaAvailable, NotFound
-from fedd.federation import Federation, Listing, Replica
+from fedd.federation import Federation, Replica
 from fedd.health.service import HealthRegistry
+from fedd.listings import Listing
 from fedd.locate.locator import Locator
 from fedd.namespace import Namespace
 from fedd.select.geo import GeoLocator
@@ -71,14 +72,14 @@ class Parts:
         self.locator = Locator(
             clock=self.clock,
             namespace=self.namespace,
-            endpoints=self.endpoints,  # type: ignore[arg-type]
+            endpoints=self.endpoints,
             health=self.health,
             config=self.config.locate,
         )
         self.fed = Federation(
             self.config,
             clock=self.clock,
-            endpoints=self.endpoints,  # type: ignore[arg-type]
+            endpoints=self.endpoints,
             health=self.health,
             locator=self.locator,
             geo=GeoLocator("", self.config.geo.sites),

@@ -414,7 +414,11 @@ def test_two_processes_share_writes_and_space_through_memcached(
             procs.append(start_fedd(tmp_path / name, text, port))
         a, b = procs
         for f in procs:
-            wait_for(lambda f=f: "down" not in f.status()["locate"]["memcached"]["servers"].values(), what="memcached")
+
+            def memcached_up(f: Fedd = f) -> bool:
+                return "down" not in f.status()["locate"]["memcached"]["servers"].values()
+
+            wait_for(memcached_up, what="memcached")
         path = "/s3only/shared/new.txt"
         assert request(b, "GET", path)[0] == 404  # b caches 'not found'
         status, headers, _ = request(a, "PUT", path, b"shared")

@@ -17,7 +17,6 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -38,6 +37,7 @@ from fedd.checksums.store import Key
 from fedd.endpoints.base import Stat
 from fedd.endpoints.interfaces import ILocalFiles
 from fedd.errors import EndpointError, describe
+from fedd.twtypes import Protocol
 
 MIN_RATE = 1_000_000  # bytes/s: a computation's time limit is the endpoint timeout + size / MIN_RATE
 ASSUMED_RATE = 100_000_000  # bytes/s, for Retry-After before a worker has measured anything

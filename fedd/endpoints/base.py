@@ -384,7 +384,8 @@ class HttpClient:
         """Close the pooled connections (an injected client belongs to whoever made it)."""
         if self._pool is None:
             return succeed(None)
-        return self._pool.closeCachedConnections()
+        closed: Deferred[None] = self._pool.closeCachedConnections()  # HTTPConnectionPool is unannotated
+        return closed
 
 
 @implementer(IPushProducer)

@@ -20,7 +20,6 @@ import os
 import random
 from typing import Any
 
-from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -33,6 +32,7 @@ from fedd.events.outbox import Notice, Outbox
 from fedd.events.recovery import replay_journal
 from fedd.events.sinks import Sink
 from fedd.events.wakeup import Wakeup
+from fedd.twtypes import MultiService
 
 log = Logger(namespace="fedd.events")
 BATCH = 500

@@ -11,7 +11,6 @@ from typing import Any, Protocol
 
 import pika
 from pika.adapters.twisted_connection import TwistedProtocolConnection
-from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory
@@ -24,6 +23,7 @@ from fedd.errors import describe
 from fedd.events.journal import read_segments
 from fedd.events.model import Event
 from fedd.events.outbox import encode_all
+from fedd.twtypes import Service
 
 log = Logger(namespace="fedd.events")
 
@@ -41,7 +41,7 @@ class NotConnected(Exception):
     pass
 
 
-class _Connection(TwistedProtocolConnection):
+class _Connection(TwistedProtocolConnection):  # type: ignore[misc]  # pika ships no type information
     """pika's protocol, remembering why the broker closed the connection: pika's Twisted adapter
     replaces the broker's reason (`403 ACCESS_REFUSED` for a wrong password) by `ConnectionDone` once
     the socket closes, and a refused login would look like a dead broker. `callbacks` is pika's own

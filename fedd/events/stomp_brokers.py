@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from OpenSSL import SSL, crypto
-from twisted.internet._sslverify import VerifyError
+from twisted.internet.error import VerifyError
 from twisted.internet.ssl import (
     Certificate,
     PrivateCertificate,

@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.internet import ClientService
-from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory
@@ -20,6 +19,7 @@ from twisted.logger import Logger
 from twisted.protocols.memcache import MemCacheProtocol
 
 from fedd.locate.ring import HashRing
+from fedd.twtypes import MultiService
 
 log = Logger(namespace="fedd.memcached")
 

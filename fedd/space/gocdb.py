@@ -21,7 +21,6 @@ from functools import partial
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -32,6 +31,7 @@ from fedd.errors import EndpointError
 from fedd.space.downtime import Declared, DowntimeBook
 from fedd.space.gocdb_document import GocdbDowntime, GocdbError, Page, next_page_url, parse_page, redact
 from fedd.space.gocdb_mapping import ORIGIN, Mapped, endpoint_hostnames, to_declared
+from fedd.twtypes import Service
 
 __all__ = [  # parsing and mapping live beside this module; importable from here too
     "Fetcher",

@@ -55,4 +55,5 @@ class CopyAgents:
         return hit[1]
 
     def close(self) -> Deferred[None]:
-        return self._pool.closeCachedConnections()
+        closed: Deferred[None] = self._pool.closeCachedConnections()  # HTTPConnectionPool is unannotated
+        return closed

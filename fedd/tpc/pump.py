@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
@@ -26,6 +25,7 @@ from zope.interface import implementer
 from fedd.checksums.bulk import InlineHashing, ThreadedHashing, hashing_for
 from fedd.checksums.digest import Adler32
 from fedd.twcompat import transport_under
+from fedd.twtypes import Protocol
 
 _DONE = Failure(ResponseDone())
 
