@@ -348,6 +348,7 @@ def build_service(config: Config, *, reactor: Any, config_path: str | None = Non
         metrics_path=config.server.metrics_path.encode(),
         srr_path=config.space.srr_path.encode(),
         reload_status=reload_status,
+        state=state,
     )
     access = None
     if config.server.access_log_file:
@@ -376,7 +377,7 @@ def build_service(config: Config, *, reactor: Any, config_path: str | None = Non
         counter = TlsCounter()
         counter.install(tls)
     metrics.add_state(StateCollector(federation, events, site, space=space, tls=counter))
-    web = WebService(site, clock=reactor, drain_timeout=config.server.drain_timeout)
+    web = WebService(site, clock=reactor, drain_timeout=config.server.drain_timeout, notice=config.server.drain_notice)
     for description, endpoint in zip(config.server.listen, listeners, strict=True):
         Listener(endpoint, site, description).setServiceParent(web)  # a port in use stops start-up, loudly
     web.setServiceParent(top)

@@ -78,6 +78,7 @@ class ServerConfig:
     metrics_path: str = key(v.fed_path, "/metrics")
     access_log_file: str = key(v.text, "")  # relative to the working directory, as the docs say
     drain_timeout: float = key(v.nonneg_float, 10.0)  # seconds open requests may finish in after SIGTERM
+    drain_notice: float = key(v.nonneg_float, 0.0)  # seconds of health 503 (still listening) before that
     header_timeout: float = key(v.nonneg_float, 30.0)  # seconds from a request head's first byte to its end
     max_connections_per_client: int = key(v.nonneg_int, 0)  # per client address; 0 = no limit
     public_url: str = key(v.public_url, "")  # scheme://host[:port] of absolute URLs fedd builds; empty: Host

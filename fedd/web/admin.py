@@ -1,5 +1,6 @@
-"""fedd's own paths: the status (JSON and HTML), the WLCG storage report (SRR), RFC 4331 quota
-values, the downtime admin resource, and the bytes of local endpoints' files."""
+"""fedd's own paths: the status (JSON and HTML), the health answer for load balancers, the WLCG
+storage report (SRR), RFC 4331 quota values, the downtime admin resource, and the bytes of local
+endpoints' files."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from fedd.space.downtime import DowntimeBook
 from fedd.space.downtime import parse_request as parse_downtime
 from fedd.space.service import SpaceService
 from fedd.web.answer import client_ip, identity
+from fedd.web.site import FeddSite
 from fedd.web.site import absolute_url as _absolute
 from fedd.web.statuspage import render_status_page, wants_html
 
@@ -31,6 +33,8 @@ STATUS_PATHS = (STATUS_PATH, STATUS_HTML_PATH)
 # the status page needs nothing but its own inline styles (and an empty data: favicon)
 STATUS_PAGE_CSP = b"default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'"
 DOWNTIMES_PATH = b"/.well-known/fedd/downtimes"
+# for load balancers (HAProxy `option httpchk`): no authorisation, no body to parse, no I/O
+HEALTH_PATH = b"/.well-known/fedd/health"
 # headers a proxy adds: behind one, the loopback peer is the proxy, not the admin
 PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip", b"via")
 LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
@@ -161,7 +165,25 @@ class Admin:
         writable = [eid for eid in targets if self.fed.endpoints[eid].config.write]
         return self.space.quota(writable or targets)
 
+    def health(self, request: server.Request) -> bytes:
+        """200 while this host serves; 503 while it drains (SIGTERM, see `[server] drain_notice`) or
+        when none of its endpoints is usable (all offline or in a downtime closing reads), so a
+        load balancer sends the clients elsewhere."""
+        if request.method not in (b"GET", b"HEAD"):
+            raise MethodNotAllowed("health is read-only")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        if isinstance(request.site, FeddSite) and request.site.draining:
+            request.setResponseCode(503)
+            return b"draining\n"
+        if not any(self.fed.health.usable(eid) for eid in self.fed.endpoints):
+            request.setResponseCode(503)
+            return b"no usable endpoint\n"
+        return b"serving\n"
+
     def internal(self, request: server.Request, raw: bytes) -> bytes | int:
+        if raw == HEALTH_PATH:
+            return self.health(request)
         if raw in STATUS_PATHS:
             if request.method not in (b"GET", b"HEAD"):
                 raise MethodNotAllowed("status is read-only")

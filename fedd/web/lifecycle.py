@@ -2,8 +2,10 @@
 
 - `Listener` is a `StreamServerEndpointService` that turns "cannot listen" into one log line naming
   the address and a non-zero exit, instead of a traceback from deep inside twistd.
-- `WebService` holds the listeners. Stopping it stops listening at once, asks the site to close each
-  connection after its current answer, and waits until the site has no open request or until
+- `WebService` holds the listeners. Stopping it first gives load balancers `notice` seconds
+  (`[server] drain_notice`) in which the site is draining (the health URL answers 503, each
+  connection closes after its answer) but still accepts connections; then it stops listening,
+  asks the site to close each connection after its current answer, and waits until the site has no open request or until
   `drain_timeout` seconds have passed (whichever comes first); then the reactor closes what is left.
 - `DrainFirst` is the top `MultiService`: on shutdown it stops its `web` child first and the others
   (endpoint clients, health, events, ...) only after the drain, so in-flight requests still have them.
@@ -16,7 +18,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
 from fedd.twtypes import MultiService, Service, StreamServerEndpointService
@@ -65,14 +67,22 @@ class Listener(StreamServerEndpointService):
 class WebService(MultiService):
     """The `web` service: the listeners, and the drain of open requests when it stops."""
 
-    def __init__(self, site: DrainableSite, *, clock: IReactorTime, drain_timeout: float) -> None:
+    def __init__(self, site: DrainableSite, *, clock: IReactorTime, drain_timeout: float, notice: float = 0.0) -> None:
         super().__init__()
         self.setName("web")
         self.site = site
         self.clock = clock
         self.drain_timeout = drain_timeout
+        self.notice = notice
 
     def stopService(self) -> Deferred[None]:
+        if self.notice <= 0:
+            return self._stop()
+        self.site.drain()  # the health URL says 503 from now on: load balancers take this host out
+        log.info("draining: still accepting connections for {notice:g}s (drain_notice)", notice=self.notice)
+        return deferLater(self.clock, self.notice, lambda: None).addCallback(lambda _: self._stop())
+
+    def _stop(self) -> Deferred[None]:
         listeners = super().stopService()  # stop accepting connections first
         self.site.drain()
         waiting = len(self.site.open_requests)

@@ -5,6 +5,7 @@ paths (`fedd.web.admin`). Domain errors become HTTP statuses in one place, `fedd
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ from fedd.reload import ReloadStatus
 from fedd.space.downtime import DowntimeBook
 from fedd.space.gocdb import GocdbService
 from fedd.space.service import SpaceService
+from fedd.state.store import StateStore
 from fedd.tpc.engine import TpcEngine
 from fedd.web.admin import DOWNTIMES_PATH, STATUS_PATH, STATUS_PATHS, Admin
 from fedd.web.answer import ALLOW, error, start
@@ -54,6 +56,7 @@ class FeddResource(Resource):
         metrics_path: bytes = b"/metrics",
         srr_path: bytes = b"/.well-known/fedd/srr.json",
         reload_status: ReloadStatus | None = None,
+        state: StateStore | None = None,
     ) -> None:
         """Only `federation` is needed to serve reads; each other part adds what it serves (writes,
         third-party copies, checksums, space reports, downtimes, metrics, status sections)."""
@@ -70,6 +73,9 @@ class FeddResource(Resource):
         self.metrics_path = metrics_path
         self.srr_path = srr_path
         self.reload_status = reload_status
+        self.state = state
+        # which host answered, in the status (behind a load balancer)
+        self.host = state.identity.host if state is not None else socket.gethostname()
         self.started = time.time()
         self.gate = Gate(auth, federation.instance)
         self.admin = Admin(federation, status=self.status, auth=auth, space=space, downtimes=downtimes)
@@ -179,7 +185,17 @@ class FeddResource(Resource):
 
     def status(self) -> dict[str, Any]:
         data = self.fed.to_json()
-        data["fedd"] = {"version": __version__, "started": self.started, "now": time.time()}
+        data["fedd"] = {
+            "version": __version__,
+            "started": self.started,
+            "now": time.time(),
+            "host": self.host,
+            # what this host shares with others: the state database, the memcached servers
+            "shared": {
+                "database": self.state.db.where if self.state is not None else None,
+                "memcached": list(self.fed.config.locate.memcached),
+            },
+        }
         sections: dict[str, Any] = {
             "events": self.events,
             "auth": self.auth,
@@ -188,6 +204,7 @@ class FeddResource(Resource):
             "tpc": self.tpc,
             "checksums": self.checksums,
             "reload": self.reload_status,
+            "state": self.state,
         }
         for name, part in sections.items():
             if part is not None:

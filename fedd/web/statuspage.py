@@ -276,6 +276,40 @@ def _locate(status: dict[str, Any]) -> str:
     return _pairs(rows)
 
 
+def _hosts(status: dict[str, Any], now: float | None) -> str:
+    """What this host shares with others (state database, memcached) and the hosts it sees there."""
+    shared = _dict(_dict(status.get("fedd")).get("shared"))
+    state = _dict(status.get("state"))
+    memcached = ", ".join(_text(m) for m in shared.get("memcached") or []) or DASH
+    rows = [("state database", _text(shared.get("database")) if shared.get("database") else "none (per host)")]
+    if state:
+        if state.get("reachable"):
+            reach = '<span class="ok">reachable</span>'
+        else:
+            reach = f'<span class="bad">unreachable</span> since {_when(state.get("unreachable_since"), now)}'
+        rows += [
+            ("database state", reach),
+            ("queued writes", _text(state.get("queued"))),
+            ("dropped writes", _text(state.get("dropped"))),
+            ("last error", f'<span class="err">{_text(state.get("error"))}</span>'),
+        ]
+    rows.append(("memcached servers", memcached))
+    hosts = [_dict(h) for h in state.get("hosts") or []]
+    table = ""
+    if hosts:
+        table = (
+            "<table><tr><th>host</th><th>version</th><th>listens on</th><th>started</th><th>last seen</th></tr>"
+            + "".join(
+                f"<tr><td>{_text(h.get('host'))}{' (this one)' if h.get('self') else ''}</td>"
+                f"<td>{_text(h.get('version'))}</td><td>{_text(h.get('listen'))}</td>"
+                f"<td>{_when(h.get('started'), now)}</td><td>{_when(h.get('seen'), now)}</td></tr>"
+                for h in hosts
+            )
+            + "</table>"
+        )
+    return "<h2>Hosts and shared state</h2>" + _pairs(rows) + table
+
+
 def _downtimes(status: dict[str, Any], now: float | None) -> str:
     downtimes = status.get("downtimes")
     if not isinstance(downtimes, list):
@@ -384,7 +418,7 @@ def render_status_page(status: dict[str, Any]) -> bytes:
         "<title>fedd status</title>"
         f"<style>{_CSS}</style></head><body>"
         "<h1>fedd status</h1>"
-        f'<p class="meta">version {_text(fedd.get("version"))} · up {uptime} · '
+        f'<p class="meta">host {_text(fedd.get("host"))} · version {_text(fedd.get("version"))} · up {uptime} · '
         f"as of {_when(now, None)} · reloads every {REFRESH_SECONDS} s</p>"
         f"<h2>Endpoints</h2>{endpoints}"
         f"{_downtimes(status, now)}"
@@ -394,6 +428,7 @@ def render_status_page(status: dict[str, Any]) -> bytes:
         + (f'<ul class="errors">{"".join(errors)}</ul>' if errors else '<p class="muted">none</p>')
         + f"<h2>Events</h2>{_events(status)}"
         f"<h2>Locate cache</h2>{_locate(status)}"
+        f"{_hosts(status, now)}"
         "</body></html>\n"
     )
     return page.encode("utf-8")
