@@ -67,6 +67,8 @@ DCACHE = (
     f'<d:getetag>"0000A-1"</d:getetag><ns1:Checksums>adler32=01</ns1:Checksums><d:getlastmodified>{DATE}'
     "</d:getlastmodified><d:getcontentlength> 42 </d:getcontentlength><d:resourcetype/></d:prop>"
     "<d:status>HTTP/1.1 200 OK</d:status></d:propstat></d:response>"
+    "<d:response><d:href>https://dcache.example/atlas/big/q%3Fx%23y</d:href><d:propstat><d:prop>"
+    "<d:getcontentlength>1</d:getcontentlength></d:prop><d:status>HTTP/1.1 200 OK</d:status></d:propstat></d:response>"
     "<d:response><d:href>/atlas/big/dir</d:href><d:propstat><d:prop><d:resourcetype><ns1:x/><d:collection/>"
     "</d:resourcetype><d:getcontentlength>7</d:getcontentlength></d:prop><d:status>HTTP/1.1 200 OK</d:status>"
     "</d:propstat></d:response>"
@@ -172,6 +174,7 @@ def test_corpus_reads_what_it_says() -> None:
     is_dir, entries = read(CORPUS["dcache, full URLs, other order"], 1 << 20, tree=False)
     assert entries == [
         Entry("f one", Stat(size=42, mtime=1796081391.0, etag="0000A-1")),
+        Entry("q?x#y", Stat(size=1)),
         Entry("dir", Stat(size=None, is_dir=True)),
     ]
     assert read(CORPUS["the collection is a file"], 1 << 20, tree=False) == (False, [])

@@ -77,7 +77,6 @@ class MultistatusReader:
         self._scopes: dict[str, dict[str, str]] = {}  # a response's declarations -> names in scope
         self._decoder = codecs.getincrementaldecoder("utf-8")()
         self._text = ""  # decoded, not read yet
-        self._seam = b""  # the last bytes of the previous chunk
         self._checked = 0  # where to look for the end of a response in `_text`
         self._tree: _TreeReader | None = None
 
@@ -131,17 +130,16 @@ class MultistatusReader:
 
     def _read_body(self, chunk: bytes) -> None:
         pending = self._decoder.getstate()[0]
-        seam = self._seam + chunk[:2]
-        self._seam = (self._seam + chunk)[-2:]
-        # not XML at all: lxml refuses these, the expressions must not read past them
-        if len(chunk.translate(None, _CONTROL)) != len(chunk) or any(b in seam or b in chunk for b in _BAD):
-            self._to_tree(pending + chunk)
-            return
         try:
-            self._text += self._decoder.decode(chunk)
+            text = self._decoder.decode(chunk)
         except UnicodeDecodeError:
             self._to_tree(pending + chunk)  # lxml says where
             return
+        # "]]>" is not XML outside CDATA (the expressions' text excludes the other characters lxml refuses)
+        if "]]>" in self._text[-2:] + text[:2] or "]]>" in text:
+            self._to_tree(pending + chunk)
+            return
+        self._text += text
         text = self._text
         if text.find("response>", self._checked) < 0 and len(text) <= ROOT_WITHIN:
             # no response can have ended since the last look: do not scan the same bytes again
@@ -180,6 +178,27 @@ class MultistatusReader:
             names = self._scopes[decls] = {**self._names, **own}
         if names.get(prefix) != "DAV:":
             return False
+        href = m.group("href")
+        if "&" in href:
+            href = _unescape(href)
+        if not more and " 200 " in status:
+            file = _FILE_RE.fullmatch(props)  # Apache's file, in the order Apache writes it
+            if file is not None and names.get(file.group(1)) == "DAV:":
+                size_text, modified, tag = file.group("size", "modified", "etag")
+                length = parse_int(size_text)
+                if "&" in modified:
+                    modified = _unescape(modified)
+                if "&" in tag:
+                    tag = _unescape(tag)
+                self._take(
+                    href,
+                    Stat(
+                        size=0 if length is None else length,
+                        mtime=parse_http_date(modified.strip()),
+                        etag=etag_value(tag),
+                    ),
+                )
+                return True
         size: int | None = None
         mtime: float | None = None
         etag = ""
@@ -217,8 +236,7 @@ class MultistatusReader:
             size = None
         elif size is None:
             size = 0
-        href = m.group("href")
-        self._take(_unescape(href) if "&" in href else href, Stat(size=size, mtime=mtime, is_dir=is_dir, etag=etag))
+        self._take(href, Stat(size=size, mtime=mtime, is_dir=is_dir, etag=etag))
         return True
 
     def _to_tree(self, raw: bytes) -> None:
@@ -231,9 +249,11 @@ class MultistatusReader:
     # --- both ----------------------------------------------------------------------------------------
 
     def _take(self, href: str, stat: Stat) -> None:
-        if "%" in href:
-            href = unquote(href)
-        href_path = (href if href.startswith("/") else urlsplit(href).path).rstrip("/")
+        # most servers send absolute paths; full URLs need splitting (before decoding: %3F is a name's)
+        href_path = href if href.startswith("/") else urlsplit(href).path
+        if "%" in href_path:
+            href_path = unquote(href_path)
+        href_path = href_path.rstrip("/")
         if href_path == self._own:
             self.self_is_dir = stat.is_dir
             return
@@ -256,9 +276,11 @@ class MultistatusReader:
 _WS = " \t\r\n"
 _S = "[ \t\r\n]"
 _NAME = "[A-Za-z_][A-Za-z0-9_.-]*+"
-# text with the five predefined entities at most (no CR: XML reads CR LF as LF)
-_TEXT = "[^<&\r]*+(?:&(?:amp|lt|gt|quot|apos);[^<&\r]*+)*+"
-_DECLS = f'(?:{_S}++xmlns(?::{_NAME})?="[^"<&\t\r\n]++")*+'
+# text with the five predefined entities at most; no CR (XML reads CR LF as LF) and none of the
+# characters XML refuses
+_CHAR = "[^<&\r\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]"
+_TEXT = f"{_CHAR}*+(?:&(?:amp|lt|gt|quot|apos);{_CHAR}*+)*+"
+_DECLS = f'(?:{_S}++xmlns(?::{_NAME})?="[^"<&\x00-\x1f]++")*+'
 _DECL = re.compile(f'xmlns(?::({_NAME}))?="([^"]*)"', re.ASCII)
 _HEAD = re.compile(
     (
@@ -298,9 +320,13 @@ _PROP_RE = re.compile(
     f"<(?:({_NAME}):)?({_NAME})(?:{_S}*+/>|>({_TEXT})</|>((?:{_S}*+<(?:{_NAME}:)?{_NAME}{_S}*+/>)*){_S}*+</)", re.ASCII
 )
 _EMPTY_RE = re.compile(f"<(?:({_NAME}):)?({_NAME}){_S}*+/>", re.ASCII)
+_FILE_RE = re.compile(
+    f"{_S}*+<({_NAME}):resourcetype/>{_S}*+<\\1:getcontentlength>(?P<size>[0-9]{{1,19}})</\\1:getcontentlength>"
+    f"{_S}*+<\\1:getlastmodified>(?P<modified>{_TEXT})</\\1:getlastmodified>"
+    f"{_S}*+<\\1:getetag>(?P<etag>{_TEXT})</\\1:getetag>{_S}*+",
+    re.ASCII,
+)
 _MAX_SCOPES = 64
-_CONTROL = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20)])
-_BAD = (b"]]>", "\ufffe".encode(), "\uffff".encode())
 _ENTITIES = (("&lt;", "<"), ("&gt;", ">"), ("&quot;", '"'), ("&apos;", "'"), ("&amp;", "&"))
 _propstat_res: dict[str, re.Pattern[str]] = {}
 
