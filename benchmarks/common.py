@@ -36,6 +36,31 @@ def wrk(url: str, connections: int, seconds: float, threads: int | None = None) 
     return float(match.group(1))
 
 
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk_latency(url: str, connections: int, seconds: float, threads: int | None = None) -> tuple[float, float, float]:
+    """(requests/s, p50 ms, p99 ms) that wrk --latency measured."""
+    threads = threads or min(2, connections)
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "5s", "--latency", url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+    )
+    match = re.search(r"Requests/sec:\s+([0-9.]+)", out.stdout)
+    if out.returncode != 0 or match is None:
+        raise RuntimeError(f"wrk failed: {out.stdout}{out.stderr}")
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
+    if errors:
+        raise RuntimeError(f"{url}: {errors.group(1)} error responses during the run:\n{out.stdout}")
+    quantiles = {}
+    for q in ("50", "99"):
+        found = re.search(rf"^\s+{q}%\s+([0-9.]+)(us|ms|s)\s*$", out.stdout, re.M)
+        quantiles[q] = float(found.group(1)) * _UNITS[found.group(2)] if found else float("nan")
+    return float(match.group(1)), quantiles["50"], quantiles["99"]
+
+
 def memory(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak) of a process, in KiB."""
     values: dict[str, int] = {}

@@ -71,19 +71,48 @@ class AccessLog(Service):
 
 
 def record(request: Any, now: float, started: float | None) -> dict[str, Any]:
-    """The fields of one access-log line."""
-    who = getattr(request, "fedd_identity", None)
+    """The fields of one access-log line, for a twisted.web request."""
     addr = request.getClientAddress()
+    return entry(
+        now=now,
+        started=started,
+        client=getattr(addr, "host", None),
+        who=getattr(request, "fedd_identity", None),
+        method=request.method,
+        path=request.path,
+        status=request.code,
+        sent=request.sentLength,
+        endpoint=getattr(request, "fedd_endpoint", None),
+        locate_ms=getattr(request, "fedd_locate_ms", None),
+        agent=request.getHeader(b"user-agent") or b"",
+    )
+
+
+def entry(
+    *,
+    now: float,
+    started: float | None,
+    client: str | None,
+    who: Any,
+    method: bytes,
+    path: bytes,
+    status: int,
+    sent: int,
+    endpoint: str | None,
+    locate_ms: float | None,
+    agent: bytes,
+) -> dict[str, Any]:
+    """The fields of one access-log line (also for the lean front's answers, fedd.web.lean)."""
     return {
         "time": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds"),
-        "client": getattr(addr, "host", None),
+        "client": client,
         "dn": (who.subject or None) if who is not None else None,
-        "method": request.method.decode("latin-1"),
-        "path": request.path.decode("utf-8", "replace"),
-        "status": request.code,
-        "bytes": request.sentLength,
-        "endpoint": getattr(request, "fedd_endpoint", None),
-        "locate_ms": getattr(request, "fedd_locate_ms", None),
+        "method": method.decode("latin-1"),
+        "path": path.decode("utf-8", "replace"),
+        "status": status,
+        "bytes": sent,
+        "endpoint": endpoint,
+        "locate_ms": locate_ms,
         "duration_ms": round((now - started) * 1000.0, 3) if started is not None else None,
-        "user_agent": (request.getHeader(b"user-agent") or b"").decode("latin-1"),
+        "user_agent": agent.decode("latin-1"),
     }

@@ -4,6 +4,7 @@ tokens, the access rules, and federation loops (`Via`)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from twisted.logger import Logger
 from twisted.web import server
@@ -49,21 +50,27 @@ class Gate:
         channel = request.channel
         who: Identity | None = getattr(channel, "fedd_identity", None)
         if who is None:
-            who = ANONYMOUS
-            handle = getattr(channel.transport, "getHandle", None) if channel is not None else None
-            chain = []
-            if handle is not None:
-                # on the server side OpenSSL's peer chain leaves out the leaf (the proxy): put it back
-                leaf = handle().get_peer_certificate(as_cryptography=True)
-                rest = handle().get_peer_cert_chain(as_cryptography=True) or []
-                chain = ([leaf] if leaf is not None else []) + [c for c in rest if c != leaf]
-            if chain:
-                try:
-                    who = self.auth.from_certificate(list(chain))
-                except ValueError as exc:
-                    raise Forbidden(f"unusable client certificate: {exc}") from None
+            who = self.transport_identity(channel.transport if channel is not None else None)
             channel.fedd_identity = who  # type: ignore[union-attr,attr-defined]
         return who
+
+    def transport_identity(self, transport: Any) -> Identity:
+        """The identity in a TLS connection's client certificate chain (anonymous without one)."""
+        if self.auth is None or self.auth.tls is None:
+            return ANONYMOUS
+        handle = getattr(transport, "getHandle", None)
+        chain = []
+        if handle is not None:
+            # on the server side OpenSSL's peer chain leaves out the leaf (the proxy): put it back
+            leaf = handle().get_peer_certificate(as_cryptography=True)
+            rest = handle().get_peer_cert_chain(as_cryptography=True) or []
+            chain = ([leaf] if leaf is not None else []) + [c for c in rest if c != leaf]
+        if not chain:
+            return ANONYMOUS
+        try:
+            return self.auth.from_certificate(list(chain))
+        except ValueError as exc:
+            raise Forbidden(f"unusable client certificate: {exc}") from None
 
     def authorize(self, request: server.Request, who: Identity, path: str) -> None:
         """Raise Unauthorized/Forbidden unless `who` may do this request's method on `path`."""

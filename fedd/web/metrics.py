@@ -126,6 +126,11 @@ class StateCollector(Collector):
             yield GaugeMetricFamily(
                 "fedd_open_connections", "Client connections open now", value=float(self.site.open_connections)
             )
+            yield CounterMetricFamily(
+                "fedd_hot_answers",
+                "Requests answered by the lean front from a cached redirect plan",
+                value=float(self.site.hot_answers),
+            )
 
 
 class TlsCounter:

@@ -15,7 +15,9 @@ from typing import Any
 from urllib.parse import quote
 
 from twisted.web import server
+from twisted.web.http_headers import Headers
 
+from fedd.auth.identity import Identity
 from fedd.auth.service import AuthService
 from fedd.checksums.digest import Want, format_value, parse_prefer_wait, wants_of
 from fedd.checksums.reported import known_checksums
@@ -37,7 +39,7 @@ Quota = Callable[[str, Stat], "tuple[int, int] | None"]
 
 
 @dataclass(frozen=True)
-class _Plan:
+class Plan:
     """A computed answer to a read for (path, client, method, host, scheme), reused for PLAN_SECONDS.
 
     GET: 302 to the best replica. HEAD: 200 with the file's metadata answered by fedd itself (as
@@ -52,6 +54,15 @@ class _Plan:
     candidates: int
     code: int
     headers: tuple[tuple[bytes, bytes], ...]
+    wire: bytes = b""  # the headers as the lean front writes them (canonical names, CRLF after each)
+
+
+def wire_headers(headers: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    """Header lines with the names twisted.web would write (`ETag`, `Cache-Control`, ...)."""
+    out = Headers()
+    for name, value in headers:
+        out.addRawHeader(name, value)
+    return b"".join(name + b": " + value + b"\r\n" for name, values in out.getAllRawHeaders() for value in values)
 
 
 class Reads:
@@ -71,7 +82,7 @@ class Reads:
         self.checksums = checksums
         self.auth = auth  # listings name a child with rules of its own only to who may see it
         self.quota: Quota = quota or (lambda path, stat: None)
-        self._plans: dict[tuple[Any, ...], _Plan] = {}
+        self._plans: dict[tuple[Any, ...], Plan] = {}
 
     def clear_plans(self) -> None:
         self._plans.clear()
@@ -95,8 +106,8 @@ class Reads:
                     return start(request, self._read_digest(request, path, wants))
         client = client_ip(request)
         key = (path, client, request.method, request.getHeader(b"host"), request.isSecure())
-        plan = self._plans.get(key)
-        if plan is not None and plan.until > self.fed.clock.seconds() and plan.generation == self.fed.generation():
+        plan = self.cached_plan(key)
+        if plan is not None:
             return self._send_plan(request, plan)
         cached = self.fed.locator.cached(path)
         if cached is not None:
@@ -197,7 +208,7 @@ class Reads:
             links += [f"<{_absolute(request, r.url)}>; rel=duplicate; pri={r.priority}" for r in replicas[1:]]
             headers.append((b"location", _absolute(request, best.url).encode()))
         headers.append((b"link", ", ".join(links).encode()))
-        plan = _Plan(
+        plan = Plan(
             until=self.fed.clock.seconds() + PLAN_SECONDS,
             generation=self.fed.generation(),
             endpoint=best.endpoint,
@@ -205,6 +216,7 @@ class Reads:
             candidates=len(replicas),
             code=code,
             headers=tuple(headers),
+            wire=wire_headers(tuple(headers)),
         )
         # an early answer (slower endpoints still being asked) is not reused: the next request
         # gets the complete list of replicas in its Link header
@@ -214,27 +226,49 @@ class Reads:
             self._plans[key] = plan
         return self._send_plan(request, plan, locate_ms)
 
-    def _send_plan(self, request: server.Request, plan: _Plan, locate_ms: float = 0.0) -> bytes:
+    def cached_plan(self, key: tuple[Any, ...]) -> Plan | None:
+        """The redirect plan for (path, client, method, Host, secure) while it is fresh: the hot path
+        (also of the lean front, fedd.web.lean)."""
+        plan = self._plans.get(key)
+        if plan is not None and plan.until > self.fed.clock.seconds() and plan.generation == self.fed.generation():
+            return plan
+        return None
+
+    def announce(
+        self, plan: Plan, *, path: bytes, method: bytes, client: str, who: Identity, locate_ms: float = 0.0
+    ) -> None:
+        """What a redirect sent by `plan` means beyond the answer: the endpoint's load and the
+        `get-redirect` event."""
+        if plan.code != 302:
+            return
+        self.fed.note_redirect(plan.endpoint)
+        if self.events is not None:
+            self.events.emit(
+                "get-redirect",
+                {
+                    "path": path.decode("utf-8", "replace"),
+                    "method": method.decode("latin-1"),
+                    "client": client,
+                    "client_country": self.fed.geo.country(client),
+                    "client_dn": who.subject or None,
+                    "endpoint": plan.endpoint,
+                    "url": plan.url,
+                    "candidates": plan.candidates,
+                    "locate_ms": round(locate_ms, 3),
+                },
+            )
+
+    def _send_plan(self, request: server.Request, plan: Plan, locate_ms: float = 0.0) -> bytes:
         request.fedd_endpoint = plan.endpoint  # type: ignore[attr-defined]
         request.fedd_locate_ms = round(locate_ms, 3)  # type: ignore[attr-defined]
-        if plan.code == 302:
-            self.fed.note_redirect(plan.endpoint)
-            if self.events is not None:
-                client = client_ip(request)
-                self.events.emit(
-                    "get-redirect",
-                    {
-                        "path": request.path.decode("utf-8", "replace"),
-                        "method": request.method.decode("latin-1"),
-                        "client": client,
-                        "client_country": self.fed.geo.country(client),
-                        "client_dn": identity(request).subject or None,
-                        "endpoint": plan.endpoint,
-                        "url": plan.url,
-                        "candidates": plan.candidates,
-                        "locate_ms": round(locate_ms, 3),
-                    },
-                )
+        self.announce(
+            plan,
+            path=request.path,
+            method=request.method,
+            client=client_ip(request),
+            who=identity(request),
+            locate_ms=locate_ms,
+        )
         request.setResponseCode(plan.code)
         for name, value in plan.headers:
             request.setHeader(name, value)

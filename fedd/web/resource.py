@@ -13,6 +13,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from fedd import __version__
+from fedd.auth.identity import Identity
 from fedd.auth.service import AuthService
 from fedd.checksums.service import ChecksumService
 from fedd.config import Config
@@ -31,7 +32,7 @@ from fedd.web.admin import DOWNTIMES_PATH, STATUS_PATH, STATUS_PATHS, Admin
 from fedd.web.answer import ALLOW, error, start
 from fedd.web.gate import Gate
 from fedd.web.metrics import Metrics
-from fedd.web.reads import PLAN_ENTRIES, Reads
+from fedd.web.reads import PLAN_ENTRIES, Plan, Reads
 from fedd.web.writing import Writes
 from fedd.writes import Writer
 
@@ -157,6 +158,29 @@ class FeddResource(Resource):
             return handler()
         except FeddError as exc:
             return error(request, exc)
+
+    def hot_plan(
+        self, method: bytes, raw: bytes, host: bytes | None, secure: bool, client: str, who: Identity
+    ) -> tuple[Plan, str] | None:
+        """The lean front's question (fedd.web.lean): may this GET/HEAD be answered from a cached
+        redirect plan, without building a twisted.web request? (plan, path) when it may: the path
+        is a plain federation path, `who` may read it, and a fresh plan exists. None sends the
+        request through twisted.web, which answers everything else (and every error)."""
+        if raw == self.metrics_path or raw == self.srr_path or raw.startswith(b"/.well-known/fedd/"):
+            return None
+        path = self._paths.get(raw)
+        if path is None:
+            try:
+                path = normalise_path(raw)
+            except FeddError:
+                return None
+            if len(self._paths) >= PLAN_ENTRIES:
+                self._paths.clear()
+            self._paths[raw] = path
+        if self.auth is not None and not self.auth.decide(who, "r", path).allowed:
+            return None
+        plan = self.reads.cached_plan((path, client, method, host, secure))
+        return (plan, path) if plan is not None else None
 
     def _dispatch(self, request: server.Request, path: str) -> bytes | int:
         method = request.method

@@ -18,10 +18,11 @@ from twisted.web import http, server
 from twisted.web.resource import Resource
 
 from fedd.errors import ClientGone
-from fedd.twcompat import inner_channel, request_line
+from fedd.twcompat import request_line
 from fedd.web.accesslog import AccessLog
 from fedd.web.accesslog import record as access_record
 from fedd.web.channel import HEADER_TIMEOUT, REFUSAL_LOG_SECONDS, Busy, FeddChannel, channel_for
+from fedd.web.lean import LeanChannel
 from fedd.web.metrics import Metrics
 from fedd.web.public import PublicBase, absolute_url
 from fedd.web.streambody import StreamBody, transport_of
@@ -181,11 +182,12 @@ class FeddSite(server.Site):
         self.per_client: dict[str, int] = {}
         self.refused_connections = 0
         self._refusal_logged = float("-inf")
-        self._access_log = access_log
+        self.access_log_enabled = access_log
         self.metrics = metrics
         self.clock = clock
         self.access_file = access_file
         self.open_connections = 0
+        self.hot_answers = 0  # answered by the lean front (fedd.web.lean) from a cached plan
         self.connections: set[Any] = set()  # open ones: on shutdown, the drain waits for their requests
         self.draining = False
         self.requestFactory = cast(
@@ -205,25 +207,22 @@ class FeddSite(server.Site):
         client = addr.host if self.max_per_client and isinstance(addr, IPv4Address | IPv6Address) else None
         if client is not None and self.per_client.get(client, 0) >= self.max_per_client:
             return self._busy(client)
-        protocol = super().buildProtocol(addr)
-        if protocol is not None:
-            self.open_connections += 1
-            self.connections.add(protocol)
-            if client is not None:
-                self.per_client[client] = self.per_client.get(client, 0) + 1
-            lost = protocol.connectionLost
-
-            def connection_lost(reason: Any) -> None:
-                self.open_connections -= 1
-                self.connections.discard(protocol)
-                if client is not None:
-                    left = self.per_client.pop(client, 1) - 1
-                    if left > 0:
-                        self.per_client[client] = left
-                lost(reason)
-
-            protocol.connectionLost = connection_lost
+        protocol = LeanChannel(
+            self, lambda: server.Site.buildProtocol(self, addr), on_lost=lambda: self._closed(protocol, client)
+        )
+        self.open_connections += 1
+        self.connections.add(protocol)
+        if client is not None:
+            self.per_client[client] = self.per_client.get(client, 0) + 1
         return protocol
+
+    def _closed(self, protocol: LeanChannel, client: str | None) -> None:
+        self.open_connections -= 1
+        self.connections.discard(protocol)
+        if client is not None:
+            left = self.per_client.pop(client, 1) - 1
+            if left > 0:
+                self.per_client[client] = left
 
     def _busy(self, client: str) -> Protocol:
         self.refused_connections += 1
@@ -241,8 +240,7 @@ class FeddSite(server.Site):
     @property
     def open_requests(self) -> list[server.Request]:
         """Requests received (or being received) and not answered yet, over all open connections."""
-        channels = (inner_channel(p) for p in self.connections)
-        return [r for c in channels for r in getattr(c, "requests", ())]
+        return [r for p in self.connections for r in p.open_requests()]
 
     def getResourceFor(self, request: server.Request) -> Any:
         if self.draining:  # a request that came in on a kept-alive connection during the drain
@@ -262,7 +260,7 @@ class FeddSite(server.Site):
             self.metrics.request(request.method, request.code, elapsed)
         if self.access_file is not None and self.clock is not None:
             self.access_file.write(access_record(request, self.clock.seconds(), started))
-        if self._access_log:
+        if self.access_log_enabled:
             log.info(
                 "{client} {method} {uri} {code}",
                 client=request.getClientAddress().host if request.getClientAddress() else "-",

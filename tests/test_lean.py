@@ -1,0 +1,221 @@
+"""The lean front (fedd.web.lean) in process: the real resource, site and federation over a
+FakeEndpoint, bytes in and out of a memory transport. Every client test through twistd passes
+through it as well (it is how every connection starts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from fedd.config import parse_config
+from fedd.endpoints.base import Stat
+from fedd.federation import Federation
+from fedd.health.service import HealthRegistry
+from fedd.locate.locator import Locator
+from fedd.namespace import Namespace
+from fedd.select.geo import GeoLocator
+from fedd.testing import FakeEndpoint
+from fedd.web.lean import MAX_HEAD
+from fedd.web.metrics import Metrics
+from fedd.web.resource import FeddResource
+from fedd.web.site import FeddSite
+
+CONFIG = """
+[endpoint a]
+kind = dav
+url = http://a.example
+map = /atlas /
+"""
+GET = b"GET /atlas/f HTTP/1.1\r\nHost: fedd.example\r\n\r\n"
+MISSING = b"GET /atlas/missing HTTP/1.1\r\nHost: fedd.example\r\n\r\n"
+
+
+class Events:
+    def __init__(self) -> None:
+        self.emitted: list[tuple[str, dict[str, Any]]] = []
+
+    def emit(self, kind: str, payload: dict[str, Any]) -> None:
+        self.emitted.append((kind, payload))
+
+    def to_json(self) -> dict[str, Any]:
+        return {}
+
+
+class Front:
+    def __init__(self) -> None:
+        config = parse_config(CONFIG)
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(1_000_000)
+        self.endpoint = FakeEndpoint("a", files={"/f": Stat(size=10, mtime=1.0, etag='"e"')})
+        endpoints = {"a": self.endpoint}
+        namespace = Namespace((ep.id, f, e) for ep in config.endpoints for f, e in ep.mappings)
+        health = HealthRegistry(["a"], config.health, self.reactor)
+        locator = Locator(
+            clock=self.reactor, namespace=namespace, endpoints=endpoints, health=health, config=config.locate
+        )
+        self.fed = Federation(
+            config,
+            clock=self.reactor,
+            endpoints=endpoints,
+            health=health,
+            locator=locator,
+            geo=GeoLocator("", (), 16),
+            namespace=namespace,
+        )
+        self.events = Events()
+        self.metrics = Metrics()
+        resource = FeddResource(self.fed, events=self.events, metrics=self.metrics)  # type: ignore[arg-type]
+        self.site = FeddSite(resource, max_body=1 << 20, access_log=False, metrics=self.metrics, clock=self.reactor)
+
+    def connect(self) -> tuple[Any, StringTransport]:
+        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def warm(self) -> None:
+        """One request through the full front makes the plan the lean front answers from."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(GET)
+        assert transport.value().startswith(b"HTTP/1.1 302 Found\r\n")
+
+
+def statuses(data: bytes) -> list[bytes]:
+    """The status of each response (bodies here are text or XML: a status line starts a line)."""
+    return [line.split(b" ", 2)[1] for line in data.split(b"\n") if line.startswith(b"HTTP/1.")]
+
+
+def without_date(data: bytes) -> bytes:
+    return b"\r\n".join(line for line in data.split(b"\r\n") if not line.startswith(b"Date: "))
+
+
+@pytest.fixture
+def front() -> Front:
+    return Front()
+
+
+def test_a_cached_plan_is_answered_by_the_lean_front_with_the_full_fronts_bytes(front: Front) -> None:
+    first, t1 = front.connect()
+    first.dataReceived(GET)  # the full front answers (and makes the plan)
+    assert front.site.hot_answers == 0
+    second, t2 = front.connect()
+    second.dataReceived(GET)
+    assert front.site.hot_answers == 1
+    assert without_date(t2.value()) == without_date(t1.value())
+    assert b"Location: http://a.example/f" in t2.value() and b"Content-Length: 0\r\n" in t2.value()
+    assert [kind for kind, _ in front.events.emitted] == ["get-redirect", "get-redirect"]
+    assert front.events.emitted[1][1]["endpoint"] == "a" and front.events.emitted[1][1]["client"] == "127.0.0.1"
+    assert b'fedd_requests_total{method="GET",status="302"} 2.0' in front.metrics.render()
+    assert not t2.disconnecting
+
+
+def test_pipelined_requests_are_answered_in_order_and_the_connection_comes_back(front: Front) -> None:
+    front.warm()
+    protocol, transport = front.connect()
+    protocol.dataReceived(GET + MISSING + GET + GET)
+    front.reactor.advance(0)  # the lean front resumes after the full front's answer
+    assert statuses(transport.value()) == [b"302", b"404", b"302", b"302"]
+    assert front.site.hot_answers == 3  # the last one came back to the lean front
+
+
+@pytest.mark.parametrize("cut", range(1, len(GET + GET)))
+def test_any_split_of_two_pipelined_requests(front: Front, cut: int) -> None:
+    front.warm()
+    protocol, transport = front.connect()
+    data = GET + GET
+    protocol.dataReceived(data[:cut])
+    protocol.dataReceived(data[cut:])
+    assert statuses(transport.value()) == [b"302", b"302"]
+    assert front.site.hot_answers == 2
+
+
+def test_http_1_0_closes_unless_kept_alive(front: Front) -> None:
+    front.warm()
+    protocol, transport = front.connect()
+    protocol.dataReceived(b"GET /atlas/f HTTP/1.0\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.0 302 Found\r\n") and transport.disconnecting
+    assert b"Connection:" not in transport.value()
+    protocol, transport = front.connect()
+    protocol.dataReceived(b"GET /atlas/f HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert b"Connection: Keep-Alive\r\n" in transport.value() and not transport.disconnecting
+
+
+def test_connection_close_and_the_drain_close_after_the_answer(front: Front) -> None:
+    front.warm()
+    protocol, transport = front.connect()
+    protocol.dataReceived(b"GET /atlas/f HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" + GET)
+    assert statuses(transport.value()) == [b"302"] and b"Connection: close\r\n" in transport.value()
+    assert transport.disconnecting
+    front.site.drain()
+    protocol, transport = front.connect()
+    protocol.dataReceived(GET)
+    assert b"Connection: close\r\n" in transport.value() and transport.disconnecting
+
+
+def test_a_body_hands_the_connection_over_for_good(front: Front) -> None:
+    front.warm()
+    protocol, transport = front.connect()
+    body = b'<?xml version="1.0"?><propfind xmlns="DAV:"><allprop/></propfind>'
+    head = b"PROPFIND /atlas/f HTTP/1.1\r\nHost: x\r\nDepth: 0\r\nContent-Length: %d\r\n\r\n" % len(body)
+    protocol.dataReceived(head + body)
+    protocol.dataReceived(GET)
+    front.reactor.advance(0)
+    assert statuses(transport.value()) == [b"207", b"302"]
+    assert front.site.hot_answers == 0  # the GET after it was the full front's too
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"GET /atlas/f HTTP/1.1\nHost: x\n\n", b"400"),  # bare LF
+        (b"GET /atlas/f HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", b"400"),  # two Host headers
+        (b"GET /atlas/f HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  folded\r\n\r\n", b"400"),  # obs-fold
+        (b"GET /atlas/f HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * MAX_HEAD + b"\r\n\r\n", b"431"),
+        (b"GET /atlas/f HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", b"302"),
+    ],
+)
+def test_heads_the_lean_front_refuses_get_the_full_fronts_answer(front: Front, head: bytes, status: bytes) -> None:
+    front.warm()
+    protocol, transport = front.connect()
+    protocol.dataReceived(head)
+    assert statuses(transport.value())[:1] == [status]
+    assert front.site.hot_answers == 0
+
+
+def test_other_requests_are_lent_to_the_full_front(front: Front) -> None:
+    front.warm()
+    protocol, transport = front.connect()
+    for head in (
+        b"GET /atlas/f?metalink HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /atlas/f HTTP/1.1\r\nHost: x\r\nWant-Digest: adler32\r\n\r\n",
+        b"OPTIONS /atlas/f HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /.well-known/fedd/status HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"PROPFIND /atlas/f HTTP/1.1\r\nHost: x\r\nDepth: 0\r\n\r\n",
+    ):
+        protocol.dataReceived(head)
+        front.reactor.advance(0)
+    protocol.dataReceived(GET)
+    # (no checksum service here: Want-Digest is answered as a plain GET, by the full front)
+    assert statuses(transport.value()) == [b"200", b"302", b"200", b"200", b"207", b"302"]
+    assert front.site.hot_answers == 1
+
+
+def test_a_slow_head_gets_408(front: Front) -> None:
+    protocol, transport = front.connect()
+    protocol.dataReceived(b"GET /atlas/f HTTP/1.1\r\nHo")
+    front.reactor.advance(front.site.header_timeout - 0.1)
+    assert transport.value() == b""
+    front.reactor.advance(0.2)
+    assert transport.value().startswith(b"HTTP/1.1 408 ") and transport.disconnecting
+
+
+def test_a_changed_endpoint_state_is_not_answered_from_an_old_plan(front: Front) -> None:
+    front.warm()
+    front.fed.health.block_reads(frozenset({"a"}))  # a read downtime: the plan's generation is old
+    protocol, transport = front.connect()
+    protocol.dataReceived(GET)
+    assert statuses(transport.value()) == [b"503"]
+    assert front.site.hot_answers == 0
