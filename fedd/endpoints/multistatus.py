@@ -148,10 +148,12 @@ class MultistatusReader:
         self._checked = 0
         pos = 0
         while True:
+            m = _FILE_RESPONSE_RE.match(text, pos)
+            if m is not None and self._file_fast(m):
+                pos = m.end()
+                continue
             m = _RESPONSE_RE.match(text, pos)
-            if m is None:
-                break
-            if not self._response_fast(m):
+            if m is None or not self._response_fast(m):
                 break
             pos = m.end()
         self._text = rest = text[pos:]
@@ -166,39 +168,50 @@ class MultistatusReader:
             return  # whitespace, the end (checked by `close`), or a start tag still arriving
         self._to_tree(self._decoder.getstate()[0])  # another element (<D:responsedescription>, ...)
 
+    def _scope(self, decls: str) -> dict[str, str] | None:
+        """The namespaces in scope in a response with these declarations (Apache declares the same
+        on every response: worked out once); None for declarations lxml would refuse."""
+        names = self._scopes.get(decls)
+        if names is None:
+            own = _declarations(decls)
+            if own is None or len(self._scopes) > _MAX_SCOPES:
+                return None
+            names = self._scopes[decls] = {**self._names, **own}
+        return names
+
+    def _file_fast(self, m: re.Match[str]) -> bool:
+        """A file's response as Apache writes it (`_FILE_RESPONSE_RE`): one expression, no loop."""
+        prefix, decls, href, props_prefix, status, size, modified, tag = m.group(
+            "prefix", "decls", "href", "props", "status", "size", "modified", "etag"
+        )
+        names = self._scope(decls)
+        if names is None or names.get(prefix) != "DAV:" or names.get(props_prefix) != "DAV:":
+            return False
+        if "&" in status:
+            status = _unescape(status)
+        if " 200 " not in status:
+            return False
+        if "&" in href:
+            href = _unescape(href)
+        if "&" in modified:
+            modified = _unescape(modified)
+        if "&" in tag:
+            tag = _unescape(tag)
+        length = parse_int(size)
+        stat = Stat(size=0 if length is None else length, mtime=parse_http_date(modified.strip()), etag=etag_value(tag))
+        self._take(href, stat)
+        return True
+
     def _response_fast(self, m: re.Match[str]) -> bool:
         """One <D:response> matched by `_RESPONSE_RE`, read with `response_stat`'s rules; False
         (nothing taken) when it uses namespaces in a way the expressions do not follow."""
         prefix, decls, props, status, more = m.group("prefix", "decls", "props", "status", "more")
-        names = self._scopes.get(decls)
-        if names is None:  # Apache declares the same on every response: worked out once
-            own = _declarations(decls)
-            if own is None or len(self._scopes) > _MAX_SCOPES:
-                return False
-            names = self._scopes[decls] = {**self._names, **own}
-        if names.get(prefix) != "DAV:":
+        names = self._scope(decls)
+        if names is None or names.get(prefix) != "DAV:":
             return False
         href = m.group("href")
         if "&" in href:
             href = _unescape(href)
-        if not more and " 200 " in status:
-            file = _FILE_RE.fullmatch(props)  # Apache's file, in the order Apache writes it
-            if file is not None and names.get(file.group(1)) == "DAV:":
-                size_text, modified, tag = file.group("size", "modified", "etag")
-                length = parse_int(size_text)
-                if "&" in modified:
-                    modified = _unescape(modified)
-                if "&" in tag:
-                    tag = _unescape(tag)
-                self._take(
-                    href,
-                    Stat(
-                        size=0 if length is None else length,
-                        mtime=parse_http_date(modified.strip()),
-                        etag=etag_value(tag),
-                    ),
-                )
-                return True
         size: int | None = None
         mtime: float | None = None
         etag = ""
@@ -320,10 +333,17 @@ _PROP_RE = re.compile(
     f"<(?:({_NAME}):)?({_NAME})(?:{_S}*+/>|>({_TEXT})</|>((?:{_S}*+<(?:{_NAME}:)?{_NAME}{_S}*+/>)*){_S}*+</)", re.ASCII
 )
 _EMPTY_RE = re.compile(f"<(?:({_NAME}):)?({_NAME}){_S}*+/>", re.ASCII)
-_FILE_RE = re.compile(
-    f"{_S}*+<({_NAME}):resourcetype/>{_S}*+<\\1:getcontentlength>(?P<size>[0-9]{{1,19}})</\\1:getcontentlength>"
-    f"{_S}*+<\\1:getlastmodified>(?P<modified>{_TEXT})</\\1:getlastmodified>"
-    f"{_S}*+<\\1:getetag>(?P<etag>{_TEXT})</\\1:getetag>{_S}*+",
+# a file's response as Apache writes it, properties in its order: most of a big listing
+_FILE_RESPONSE_RE = re.compile(
+    f"{_S}*+<(?P<prefix>{_NAME}):response(?P<decls>{_DECLS}){_S}*+>"
+    f"{_S}*+<(?P=prefix):href>(?P<href>{_TEXT})</(?P=prefix):href>"
+    f"{_S}*+<(?P=prefix):propstat>{_S}*+<(?P=prefix):prop>"
+    f"{_S}*+<(?P<props>{_NAME}):resourcetype/>"
+    f"{_S}*+<(?P=props):getcontentlength>(?P<size>[0-9]{{1,19}})</(?P=props):getcontentlength>"
+    f"{_S}*+<(?P=props):getlastmodified>(?P<modified>{_TEXT})</(?P=props):getlastmodified>"
+    f"{_S}*+<(?P=props):getetag>(?P<etag>{_TEXT})</(?P=props):getetag>"
+    f"{_S}*+</(?P=prefix):prop>{_S}*+<(?P=prefix):status>(?P<status>{_TEXT})</(?P=prefix):status>"
+    f"{_S}*+</(?P=prefix):propstat>{_S}*+</(?P=prefix):response>",
     re.ASCII,
 )
 _MAX_SCOPES = 64
