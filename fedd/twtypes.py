@@ -1,9 +1,11 @@
 """Twisted base classes with types: fedd subclasses `Service`, `MultiService`,
-`StreamServerEndpointService`, `Protocol`, `Resource` and `Options` imported from here, not from Twisted.
+`StreamServerEndpointService`, `Protocol`, `Resource`, `Options` and `MemCacheProtocol` imported from
+here, not from Twisted.
 
 Twisted 26.10 leaves these unannotated (twisted.application entirely, `BaseProtocol.makeConnection`,
-`Resource.__init__`, `usage.Options.__init__`), so under mypy's strict mode every `super().startService()`,
-`setServiceParent(...)` or `proto.makeConnection(...)` on a subclass is a call to an untyped function.
+`Resource.__init__`, `usage.Options.__init__`, twisted.protocols.memcache), so under mypy's strict
+mode every `super().startService()`, `setServiceParent(...)` or `proto.makeConnection(...)` on a
+subclass is a call to an untyped function.
 At run time the names below are Twisted's own classes, unchanged; only the type checker sees the
 signatures declared here, which follow the interfaces' documentation (IService, IServiceCollection,
 IProtocol, IResource) and Twisted's code.
@@ -20,7 +22,9 @@ if TYPE_CHECKING:
     from twisted.internet import protocol as _protocol
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint, ITransport
+    from twisted.protocols import memcache as _memcache
     from twisted.python import usage as _usage
+    from twisted.python.failure import Failure
     from twisted.web import resource as _resource
 
     class Service(_service.Service):
@@ -61,11 +65,30 @@ if TYPE_CHECKING:
     class Options(_usage.Options):
         def __init__(self) -> None: ...
 
+    class MemCacheProtocol(_memcache.MemCacheProtocol):
+        def __init__(self, timeOut: float = 60) -> None: ...
+        def connectionMade(self) -> None: ...
+        def connectionLost(self, reason: Failure = ...) -> None: ...
+        def get(self, key: bytes, withIdentifier: bool = False) -> Deferred[tuple[int, bytes | None]]: ...
+        def set(self, key: bytes, val: bytes, flags: int = 0, expireTime: int = 0) -> Deferred[bool]: ...
+        def add(self, key: bytes, val: bytes, flags: int = 0, expireTime: int = 0) -> Deferred[bool]: ...
+        def increment(self, key: bytes, val: int = 1) -> Deferred[int | bool]: ...  # False: NOT_FOUND
+        def delete(self, key: bytes) -> Deferred[bool]: ...
+
 else:
     from twisted.application.internet import StreamServerEndpointService
     from twisted.application.service import MultiService, Service
     from twisted.internet.protocol import Protocol
+    from twisted.protocols.memcache import MemCacheProtocol
     from twisted.python.usage import Options
     from twisted.web.resource import Resource
 
-__all__ = ["MultiService", "Options", "Protocol", "Resource", "Service", "StreamServerEndpointService"]
+__all__ = [
+    "MemCacheProtocol",
+    "MultiService",
+    "Options",
+    "Protocol",
+    "Resource",
+    "Service",
+    "StreamServerEndpointService",
+]

@@ -16,10 +16,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols.memcache import MemCacheProtocol
 
 from fedd.locate.ring import HashRing
-from fedd.twtypes import MultiService
+from fedd.twtypes import MemCacheProtocol, MultiService
 
 log = Logger(namespace="fedd.memcached")
 
@@ -59,12 +58,12 @@ class _Server:
                     "memcached {address} unreachable: using the in-process cache alone until it is back",
                     address=address,
                 )
-            return min(30.0, 0.5 * 2 ** min(attempt, 6))
+            return min(30.0, 0.5 * 2.0 ** min(attempt, 6))
 
         self.service = ClientService(endpoint, factory, retryPolicy=retry, clock=reactor)
 
     def _build(self) -> _Protocol:
-        proto = _Protocol(timeOut=self.timeout)  # type: ignore[arg-type]
+        proto = _Protocol(timeOut=self.timeout)
         proto.server = self
         return proto
 
@@ -105,9 +104,7 @@ class Memcached(MultiService):
         if proto is None:
             self.misses += 1
             return succeed(None)
-        d = proto.get(key)
-        d.addCallbacks(self._got, self._failed)
-        return d
+        return proto.get(key).addCallbacks(self._got, self._failed)
 
     def _got(self, result: tuple[int, bytes | None]) -> bytes | None:
         value = result[1]
@@ -135,8 +132,7 @@ class Memcached(MultiService):
         if proto is None:
             return succeed(True)
         d = proto.add(key, value, expireTime=0 if ttl <= 0 else max(1, int(ttl)))  # 0: never expires
-        d.addCallbacks(bool, lambda _: False)
-        return d
+        return d.addCallbacks(bool, lambda _: False)
 
     def connected(self, key: bytes) -> bool:
         """Is the server holding `key` connected now?"""
@@ -149,8 +145,9 @@ class Memcached(MultiService):
             return succeed(None)
         d = proto.increment(key)
         # twisted's increment fires False for NOT_FOUND
-        d.addCallbacks(lambda value: value if isinstance(value, int) and value is not False else None, self._failed)
-        return d
+        return d.addCallbacks(
+            lambda value: value if isinstance(value, int) and value is not False else None, self._failed
+        )
 
     def delete(self, key: bytes) -> None:
         proto = self._server(key).proto
