@@ -23,9 +23,9 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http
 
 from fedd.twcompat import release_transport, request_line, wrap_channel
+from fedd.twtypes import HTTPChannel
 
 log = Logger(namespace="fedd.web")
 
@@ -45,7 +45,7 @@ REQUEST_TIMEOUT = _refusal(408, b"Request Timeout")
 BUSY = _refusal(503, b"Service Unavailable", b"Retry-After: 5\r\n")
 
 
-class FeddChannel(http.HTTPChannel):
+class FeddChannel(HTTPChannel):
     """HTTP/1.1 channel: early answers to uploads, strict request heads, a deadline for each head.
 
     Uploads are answered before their body: fedd only says where the bytes go (307), so a `PUT` that
