@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.application.service import MultiService, Service
 from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
 from twisted.python import usage
@@ -42,6 +41,7 @@ from fedd.state.database import open_database
 from fedd.state.store import HostIdentity, StateStore
 from fedd.state.tables import SharedChecksums, SharedDowntimes
 from fedd.tpc.engine import TpcEngine
+from fedd.twtypes import MultiService, Service
 from fedd.web.accesslog import AccessLog
 from fedd.web.lifecycle import DrainFirst, Listener, WebService
 from fedd.web.listen import listen_endpoint, server_tls

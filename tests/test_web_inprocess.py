@@ -42,14 +42,14 @@ class ImmediatePool:
 
 class Reactor(MemoryReactorClock):
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # MemoryReactorClock.__init__ is unannotated
         self.advance(1_700_000_000)  # a plausible wall clock for presigned URLs and event times
         self.pool = ImmediatePool()
 
-    def getThreadPool(self) -> ImmediatePool:  # type: ignore[override]
+    def getThreadPool(self) -> ImmediatePool:
         return self.pool
 
-    def callFromThread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def callFromThread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         fn(*args, **kwargs)
 
 
@@ -92,7 +92,7 @@ write = yes
                     return make(ep, config)
                 fake = FakeEndpoint(ep.id, files=dict(self.files), write=ep.write, clock=reactor)
                 self.fakes.append(fake)
-                return fake  # type: ignore[return-value]
+                return fake
 
             return build
 

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
@@ -34,6 +33,7 @@ from fedd.config import ChecksumsConfig, Config
 from fedd.endpoints.interfaces import IChecksumSource, IChecksumStore
 from fedd.errors import EndpointError, describe
 from fedd.events.model import file_fields
+from fedd.twtypes import Service
 
 log = Logger(namespace="fedd.checksums")
 NEGATIVE_TTL = 60.0  # a replica without a stored checksum is looked up again after this

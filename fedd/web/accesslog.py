@@ -11,9 +11,10 @@ import os
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from fedd.twtypes import Service
 
 log = Logger(namespace="fedd.access")
 

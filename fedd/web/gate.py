@@ -51,7 +51,7 @@ class Gate:
         who: Identity | None = getattr(channel, "fedd_identity", None)
         if who is None:
             who = self.transport_identity(channel.transport if channel is not None else None)
-            channel.fedd_identity = who  # type: ignore[union-attr,attr-defined]
+            channel.fedd_identity = who  # type: ignore[attr-defined]
         return who
 
     def transport_identity(self, transport: Any) -> Identity:

@@ -10,7 +10,6 @@ import time
 from typing import Any
 
 from twisted.web import server
-from twisted.web.resource import Resource
 
 from fedd import __version__
 from fedd.auth.identity import Identity
@@ -28,6 +27,7 @@ from fedd.space.gocdb import GocdbService
 from fedd.space.service import SpaceService
 from fedd.state.store import StateStore
 from fedd.tpc.engine import TpcEngine
+from fedd.twtypes import Resource
 from fedd.web.admin import DOWNTIMES_PATH, STATUS_PATH, STATUS_PATHS, Admin
 from fedd.web.answer import ALLOW, error, start
 from fedd.web.gate import Gate

@@ -19,6 +19,7 @@ from twisted.web.resource import Resource
 
 from fedd.errors import ClientGone
 from fedd.twcompat import request_line
+from fedd.twtypes import Request, Site
 from fedd.web.accesslog import AccessLog
 from fedd.web.accesslog import record as access_record
 from fedd.web.channel import HEADER_TIMEOUT, REFUSAL_LOG_SECONDS, Busy, FeddChannel, channel_for
@@ -31,7 +32,7 @@ log = Logger(namespace="fedd.web")
 ALREADY_ANSWERED = b"<answered by the handler>"  # a distinct object, compared by identity
 
 
-class FeddRequest(server.Request):
+class FeddRequest(Request):
     """Refuses request bodies over the site's limit before buffering them."""
 
     max_body = 1 << 20
@@ -153,7 +154,7 @@ class _NullSink:
         pass
 
 
-class FeddSite(server.Site):
+class FeddSite(Site):
     requestFactory = FeddRequest
     protocol = channel_for
 
