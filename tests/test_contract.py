@@ -19,9 +19,11 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+import treq
+from treq.client import HTTPClient
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -88,12 +90,12 @@ def _fake() -> Subject:
     ep.put("/c/dir/inner.txt", INNER)
     _now(ep.mkcol, "/c/empty")
     ep.reported["/c/file.txt"] = (("digest", f"adler32={zlib.adler32(DATA):08x}"),)
-    client = StubTreq(ep.resource())
+    client = cast(HTTPClient, StubTreq(ep.resource()))  # StubTreq sets HTTPClient's methods at run time
 
     def fetch(url: str) -> bytes:
         response = _now(client.get, url)
         assert response.code == 200, response.code
-        data: bytes = _now(client.content, response)
+        data: bytes = _now(treq.content, response)
         return data
 
     return Subject("fake", ep, _now, fetch)
@@ -143,7 +145,7 @@ def _azure(azurite: Any) -> Subject:
     )
     ep = make_endpoint(config, reactor=reactor.the_reactor())
     create_container(ep, {"c/file.txt": DATA, "c/dir/inner.txt": INNER})  # type: ignore[arg-type]
-    assert reactor.call(ep.mkcol, "/c/empty") is True  # a folder marker, as Azure's own tools make
+    assert reactor.call(IWritable(ep).mkcol, "/c/empty") is True  # a folder marker, as Azure's own tools make
     return Subject("azure", ep, reactor.call, _fetch_real)
 
 
@@ -274,7 +276,7 @@ def test_reported_checksums_are_the_contents(subject: Subject) -> None:
     assert {a: truth[a] for a in parsed} == parsed  # whatever it reports is right
     if subject.kind in ("fake", "s3", "azure"):  # a digest, a one-part ETag, a Content-MD5
         assert parsed
-    stat = subject.call(subject.endpoint.stat, "/c/file.txt")
+    stat = subject.call(IReadable(subject.endpoint).stat, "/c/file.txt")
     assert parse_reported(stat.reported) == parsed  # the stat carries the same fields
     assert subject.call(subject.endpoint.reported_checksums, "/c/nope.txt") is None
 
@@ -284,12 +286,13 @@ def test_stored_checksums_are_reported_back(subject: Subject) -> None:
         assert subject.kind in ("local", "azure", "dav")
         return
     path = "/c/dir/inner.txt"
-    stat = subject.call(subject.endpoint.stat, path)
+    stat = subject.call(IReadable(subject.endpoint).stat, path)
     assert "adler32" not in parse_reported(stat.reported)
     assert subject.call(subject.endpoint.store_checksums, path, {"adler32": "0badf00d"}, "changed") is False
-    assert "adler32" not in parse_reported(subject.call(subject.endpoint.reported_checksums, path))
+    source = IChecksumSource(subject.endpoint)  # what a store keeps, it reports back as a source
+    assert "adler32" not in parse_reported(subject.call(source.reported_checksums, path))
     assert subject.call(subject.endpoint.store_checksums, path, {"adler32": "0badf00d"}, stat.etag) is True
-    assert parse_reported(subject.call(subject.endpoint.reported_checksums, path))["adler32"] == "0badf00d"
+    assert parse_reported(subject.call(source.reported_checksums, path))["adler32"] == "0badf00d"
 
 
 def test_space(subject: Subject) -> None:
@@ -316,7 +319,7 @@ def _upload(subject: Subject, path: str, data: bytes) -> int:
     upload URL with the kind's upload headers, through the endpoint's own HTTP client."""
     target = ITPCTarget(subject.endpoint)
     assert subject.call(target.prepare_put, path) is None
-    url = target.url_for(path, time.time(), "PUT")
+    url = IReadable(target).url_for(path, time.time(), "PUT")
     response = subject.call(target.http.request, "PUT", url, dict(target.upload_headers), data)
     return int(response.code)
 
@@ -327,11 +330,12 @@ def test_put_then_stat_then_delete(subject: Subject) -> None:
         return
     path = "/c/new/deeper/put.txt"  # parents that do not exist yet: prepare_put's job where needed
     assert _upload(subject, path, b"uploaded") in (200, 201, 204)
-    stat = subject.call(subject.endpoint.stat, path)
+    readable, listable = IReadable(subject.endpoint), IListable(subject.endpoint)
+    stat = subject.call(readable.stat, path)
     assert stat is not None and stat.size == len(b"uploaded")
-    assert "put.txt" in names(subject.call(subject.endpoint.listdir, "/c/new/deeper"))
+    assert "put.txt" in names(subject.call(listable.listdir, "/c/new/deeper"))
     assert subject.call(subject.endpoint.delete, path) is True
-    assert subject.call(subject.endpoint.stat, path) is None
+    assert subject.call(readable.stat, path) is None
     assert subject.call(subject.endpoint.delete, path) is False
 
 
@@ -340,20 +344,21 @@ def test_mkcol_and_move(subject: Subject) -> None:
         assert subject.kind == "local"
         return
     ep = subject.endpoint
+    readable, listable = IReadable(ep), IListable(ep)
     assert subject.call(ep.mkcol, "/c/made") is True
     assert subject.call(ep.mkcol, "/c/made") is False
     assert subject.call(ep.mkcol, "/c/file.txt") is False  # the name is taken by a file
-    assert names(subject.call(ep.listdir, "/c"))["made"].is_dir
-    assert subject.call(ep.listdir, "/c/made") == []
+    assert names(subject.call(listable.listdir, "/c"))["made"].is_dir
+    assert subject.call(listable.listdir, "/c/made") == []
     assert _upload(subject, "/c/made/a.txt", b"moving") in (200, 201, 204)
     assert subject.call(ep.move, "/c/made/a.txt", "/c/made/b.txt") is None
-    assert subject.call(ep.stat, "/c/made/a.txt") is None
-    assert subject.call(ep.stat, "/c/made/b.txt").size == len(b"moving")
+    assert subject.call(readable.stat, "/c/made/a.txt") is None
+    assert subject.call(readable.stat, "/c/made/b.txt").size == len(b"moving")
     with pytest.raises(EndpointError):
         subject.call(ep.move, "/c/made/a.txt", "/c/made/c.txt")
     assert subject.call(ep.delete, "/c/made/b.txt") is True
     assert subject.call(ep.delete, "/c/made") is True
-    assert "made" not in names(subject.call(ep.listdir, "/c"))
+    assert "made" not in names(subject.call(listable.listdir, "/c"))
 
 
 def test_md5_of_the_content_matches_what_was_uploaded(subject: Subject) -> None:
