@@ -64,6 +64,81 @@ class _Head:
         self.complete = True
 
 
+class _Request:
+    """What the lean front needs of a request head it may answer."""
+
+    __slots__ = ("agent", "host", "keep", "method", "url", "version")
+
+    def __init__(self, method: bytes, url: bytes, host: bytes | None, agent: bytes, keep: bool, version: str) -> None:
+        self.method, self.url, self.host, self.agent, self.keep, self.version = method, url, host, agent, keep, version
+
+
+def _parse(head: bytes) -> _Request | bytes | None:
+    """A head the lean front may answer (`_Request`), one to lend the full front (`_BORROW`), or one to
+    hand over for good (None: a body follows, or a head the full front refuses)."""
+    if head.count(b"\r") != head.count(b"\r\n") or head.count(b"\n") != head.count(b"\r\n"):
+        return None  # a bare CR or LF: refused by the full front
+    if b"\r\n " in head or b"\r\n\t" in head:
+        return None  # obs-fold
+    parsed = _Head()
+    parser = httptools.HttpRequestParser(parsed)
+    try:
+        parser.feed_data(head)
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        return None  # malformed, or CONNECT / Upgrade: the full front's answer
+    if not parsed.complete:
+        return None  # a body follows
+    method = parser.get_method()
+    host: bytes | None = None
+    agent = connection = b""
+    borrow = method not in (b"GET", b"HEAD")
+    for name, value in parsed.headers:
+        if name == b"host":
+            if host is not None:
+                return None  # a second Host: 400 there
+            host = value
+        elif name in _FULL_FRONT_HEADERS:
+            if name in _NO_RETURN_HEADERS:
+                return None
+            borrow = True
+        elif name == b"accept" and b"metalink" in value:
+            borrow = True
+        elif name == b"content-length" and value.strip() != b"0":
+            return None
+        elif name == b"user-agent":
+            agent = value
+        elif name == b"connection":
+            connection = value.lower()
+    url = parsed.url
+    version = parser.get_http_version()
+    if borrow or not url.startswith(b"/") or b"?" in url or b"#" in url or (version == "1.1" and host is None):
+        return _BORROW
+    # (httptools' should_keep_alive() already describes the next message once this one is complete)
+    tokens = {t.strip() for t in connection.split(b",")}
+    keep = b"close" not in tokens if version == "1.1" else b"keep-alive" in tokens
+    return _Request(method, url, host, agent, keep, version)
+
+
+def _response(plan: Any, request: _Request, *, keep: bool) -> tuple[bytes, bytes]:
+    """The answer's bytes before and after the Date value."""
+    head = [
+        b"HTTP/1.1 " if request.version == "1.1" else b"HTTP/1.0 ",
+        _REASONS.get(plan.code) or b"%d %s" % (plan.code, http.RESPONSES.get(plan.code, b"")),
+        b"\r\nServer: ",
+        SERVER_VERSION,
+        b"\r\nDate: ",
+    ]
+    tail = [b"\r\n", plan.wire]
+    if plan.code != 200:  # a HEAD answered by fedd carries the file's Content-Length in its plan
+        tail.append(b"Content-Length: 0\r\n")
+    if not keep and request.version == "1.1":
+        tail.append(b"Connection: close\r\n")
+    elif keep and request.version != "1.1":
+        tail.append(b"Connection: Keep-Alive\r\n")
+    tail.append(b"\r\n")
+    return b"".join(head), b"".join(tail)
+
+
 class _Date:
     """The `Date` header value, computed once a second."""
 
@@ -97,6 +172,10 @@ class LeanChannel(Protocol):
         self._who: Identity | None = None
         self._head_timer: IDelayedCall | None = None
         self._closing = False
+        self._last_head = b""  # the last head answered here, parsed: clients repeat themselves
+        self._last_request: _Request | None = None
+        self._last_plan: Any = None  # and the plan it was answered from, with the answer's bytes
+        self._last_parts = (b"", b"")
 
     # --- the connection ------------------------------------------------------------------------
 
@@ -166,76 +245,31 @@ class LeanChannel(Protocol):
         """The whole response to a hot request; `_BORROW` for another request without a body (the
         full front answers it, then this connection comes back here); None to hand the connection
         over for good (a body follows, or the head is one the full front refuses)."""
-        if head.count(b"\r") != head.count(b"\r\n") or head.count(b"\n") != head.count(b"\r\n"):
-            return None  # a bare CR or LF: refused by the full front
-        if b"\r\n " in head or b"\r\n\t" in head:
-            return None  # obs-fold
-        parsed = _Head()
-        parser = httptools.HttpRequestParser(parsed)
-        try:
-            parser.feed_data(head)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            return None  # malformed, or CONNECT / Upgrade: the full front's answer
-        if not parsed.complete:
-            return None  # a body follows
-        method = parser.get_method()
-        host: bytes | None = None
-        agent = connection = b""
-        borrow = method not in (b"GET", b"HEAD")
-        for name, value in parsed.headers:
-            if name == b"host":
-                if host is not None:
-                    return None  # a second Host: 400 there
-                host = value
-            elif name in _FULL_FRONT_HEADERS:
-                if name in _NO_RETURN_HEADERS:
-                    return None
-                borrow = True
-            elif name == b"accept" and b"metalink" in value:
-                borrow = True
-            elif name == b"content-length" and value.strip() != b"0":
-                return None
-            elif name == b"user-agent":
-                agent = value
-            elif name == b"connection":
-                connection = value.lower()
-        url = parsed.url
-        version = parser.get_http_version()
-        if borrow or not url.startswith(b"/") or b"?" in url or b"#" in url or (version == "1.1" and host is None):
-            return _BORROW
+        request = self._last_request
+        if head != self._last_head or request is None:  # else a client asking again the same way
+            parsed = _parse(head)
+            if not isinstance(parsed, _Request):
+                return parsed  # _BORROW or None
+            request = parsed
+            self._last_head, self._last_request = head, request
         resource = self.site.resource
         try:
             who = self._identity()
-            hot = resource.hot_plan(method, url, host, self._secure, self._client, who)
+            hot = resource.hot_plan(request.method, request.url, request.host, self._secure, self._client, who)
         except FeddError:
             return _BORROW  # the full front says why (an unusable certificate: 403)
         if hot is None:
             return _BORROW
-        plan, _ = hot
-        # (httptools' should_keep_alive() already describes the next message once this one is complete)
-        tokens = {t.strip() for t in connection.split(b",")}
-        keep = (b"close" not in tokens if version == "1.1" else b"keep-alive" in tokens) and not self.site.draining
-        self._closing = not keep
-        resource.reads.announce(plan, path=url, method=method, client=self._client, who=who)
-        self._count(method, url, plan.code, plan.endpoint, who, agent)
-        lines = [
-            b"HTTP/1.1 " if version == "1.1" else b"HTTP/1.0 ",
-            _REASONS.get(plan.code) or b"%d %s" % (plan.code, http.RESPONSES.get(plan.code, b"")),
-            b"\r\nServer: ",
-            SERVER_VERSION,
-            b"\r\nDate: ",
-            _DATE.value(),
-            b"\r\n",
-            plan.wire,
-        ]
-        if plan.code != 200:  # a HEAD answered by fedd carries the file's Content-Length in its plan
-            lines.append(b"Content-Length: 0\r\n")
-        if not keep and version == "1.1":
-            lines.append(b"Connection: close\r\n")
-        elif keep and version != "1.1":
-            lines.append(b"Connection: Keep-Alive\r\n")
-        lines.append(b"\r\n")
-        return b"".join(lines)
+        plan = hot[0]
+        draining = self.site.draining
+        self._closing = not request.keep or draining
+        resource.reads.announce(plan, path=request.url, method=request.method, client=self._client, who=who)
+        self._count(request.method, request.url, plan.code, plan.endpoint, who, request.agent)
+        if plan is not self._last_plan or draining:
+            self._last_plan = plan if not draining else None
+            self._last_parts = _response(plan, request, keep=request.keep and not draining)
+        before, after = self._last_parts
+        return before + _DATE.value() + after
 
     def _identity(self) -> Identity:
         if self._who is None:

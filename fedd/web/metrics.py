@@ -6,42 +6,73 @@ health, cache figures, events outbox) is read when Prometheus scrapes, by a coll
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 from prometheus_client.registry import Collector
 
 STATE_VALUE = {"offline": 0.0, "online": 1.0, "unknown": -1.0}
 
 
+REDIRECT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
 class Metrics:
+    """Per-request figures kept in plain ints (an increment, no lock: everything runs in the reactor
+    thread) and turned into Prometheus families when scraped."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("fedd_requests", "HTTP requests answered", ["method", "status"], registry=self.registry)
-        self.redirect_seconds = Histogram(
-            "fedd_redirect_seconds",
-            "Time from request to redirect (GET answered with 302)",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-            registry=self.registry,
-        )
-        self._counters: dict[tuple[bytes, int], Any] = {}
+        self._requests: dict[tuple[bytes, int], int] = {}
+        self._redirects = [0] * (len(REDIRECT_BUCKETS) + 1)  # per bucket (not cumulative); the last is +Inf
+        self._redirect_sum = 0.0
+        self.registry.register(_RequestCollector(self))
 
     def request(self, method: bytes, status: int, seconds: float | None) -> None:
-        counter = self._counters.get((method, status))
-        if counter is None:  # label lookups cost more than the increment: keep the children
-            name = method.decode("latin-1") if method in _METHODS else "OTHER"
-            counter = self._counters[(method, status)] = self.requests.labels(name, str(status))
-        counter.inc()
+        key = (method, status)
+        requests = self._requests
+        requests[key] = requests.get(key, 0) + 1
         if status == 302 and seconds is not None:
-            self.redirect_seconds.observe(seconds)
+            self._redirects[bisect_left(REDIRECT_BUCKETS, seconds)] += 1
+            self._redirect_sum += seconds
 
     def add_state(self, collector: Collector) -> None:
         self.registry.register(collector)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _RequestCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> Iterator[Any]:
+        return iter(())  # families are only known when collected
+
+    def collect(self) -> Iterator[Any]:
+        requests = CounterMetricFamily("fedd_requests", "HTTP requests answered", labels=["method", "status"])
+        merged: dict[tuple[str, str], int] = {}
+        for (method, status), n in self.metrics._requests.items():
+            key = (method.decode("latin-1") if method in _METHODS else "OTHER", str(status))
+            merged[key] = merged.get(key, 0) + n
+        for labels, n in merged.items():
+            requests.add_metric(list(labels), float(n))
+        yield requests
+        cumulative, buckets = 0, []
+        for bound, n in zip((*REDIRECT_BUCKETS, float("inf")), self.metrics._redirects, strict=True):
+            cumulative += n
+            buckets.append(("+Inf" if bound == float("inf") else floatToGoString(bound), float(cumulative)))
+        yield HistogramMetricFamily(
+            "fedd_redirect_seconds",
+            "Time from request to redirect (GET answered with 302)",
+            buckets=buckets,
+            sum_value=self.metrics._redirect_sum,
+        )
 
 
 _METHODS = {b"GET", b"HEAD", b"PROPFIND", b"OPTIONS", b"PUT", b"DELETE", b"MKCOL", b"MOVE", b"COPY"}
