@@ -34,6 +34,8 @@ class VomsError(Exception):
     pass
 
 
+# asn1crypto ships no type information: its classes are Any to mypy, so each subclass below carries
+# ignore[misc] (subclassing Any)
 class _ACs(core.SequenceOf):  # type: ignore[misc]
     _child_spec = cms.AttributeCertificateV2
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from functools import lru_cache, wraps
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
 from urllib.parse import quote
 
 import treq
@@ -452,7 +452,7 @@ class _ValvedBody(TwistedProtocol):
             done, self._done = self._done, None
             self._valve.detach(self.transport)
             if self.transport is not None:
-                self.transport.stopProducing()  # type: ignore[attr-defined]
+                cast(IPushProducer, self.transport).stopProducing()  # a TCP or TLS connection: a push producer
             done.errback(Failure())
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:

@@ -7,7 +7,7 @@ spool: written and flushed), and fails otherwise; the outbox keeps the events un
 from __future__ import annotations
 
 import os
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import pika
 from pika.adapters.twisted_connection import TwistedProtocolConnection
@@ -138,7 +138,7 @@ class AmqpSink:
             await self._pause(None)  # until the connection is lost or the service stops
 
     async def _connect(self) -> tuple[_Connection, Any]:
-        proto: _Connection = await self._endpoint.connect(self._factory)  # type: ignore[assignment]
+        proto = cast(_Connection, await self._endpoint.connect(self._factory))  # what self._factory builds
         try:
             assert proto.ready is not None
             await self._within(proto.ready)

@@ -20,7 +20,7 @@ case, selectable by JMS selectors) and `fedd-id` (the envelope's id; the broker 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, FirstError, ensureDeferred
@@ -186,7 +186,7 @@ class StompSink:
         factory.noisy = False
         connecting = self._endpoint(broker).connect(factory)
         connecting.addTimeout(self.timeout, self.reactor)
-        proto: StompProtocol = await connecting  # type: ignore[assignment]
+        proto = cast(StompProtocol, await connecting)  # the factory above builds only these
         try:
             await proto.ready.addTimeout(self.timeout, self.reactor)
         except BaseException:

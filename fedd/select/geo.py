@@ -16,7 +16,6 @@ from twisted.logger import Logger
 from fedd.config import SiteRange
 
 log = Logger(namespace="fedd.geo")
-_MISS = object()
 
 
 def builtin_database() -> str | None:
@@ -51,9 +50,10 @@ class GeoLocator:
             self._reader.close()
 
     def locate(self, address: str) -> tuple[float, float] | None:
-        hit = self._cache.get(address, _MISS)
-        if hit is not _MISS:
-            return hit  # type: ignore[return-value]
+        try:
+            return self._cache[address]
+        except KeyError:
+            pass
         value = self._lookup(address)
         self._cache[address] = value
         if len(self._cache) > self._cache_entries:
@@ -62,9 +62,10 @@ class GeoLocator:
 
     def country(self, address: str) -> str | None:
         """ISO country code of a public address from the database (for events), cached; None if unknown."""
-        hit = self._countries.get(address, _MISS)
-        if hit is not _MISS:
-            return hit  # type: ignore[return-value]
+        try:
+            return self._countries[address]
+        except KeyError:
+            pass
         code = None
         if self._reader is not None:
             try:
