@@ -230,7 +230,8 @@ class Fedd:
     reloader: Reloader
 
 
-def _endpoint_factory(reactor: Any, instance: str) -> EndpointFactory:
+def endpoint_factory(reactor: Any, instance: str) -> EndpointFactory:
+    """The real endpoint kinds (fedd.endpoints.make_endpoint), marking this instance in `Via`."""
     def make(ep: EndpointConfig, config: Config) -> Endpoint:
         return make_endpoint(ep, reactor=reactor, presign_reuse=config.locate.presign_reuse, instance=instance)
 
@@ -253,14 +254,21 @@ def _emit_transitions(events: EventsService, registry: HealthRegistry) -> Callab
     return emit
 
 
-def build_service(config: Config, *, reactor: Any, config_path: str | None = None) -> Fedd:
+def build_service(
+    config: Config,
+    *,
+    reactor: Any,
+    config_path: str | None = None,
+    make_endpoint: Callable[[Any, str], EndpointFactory] | None = None,
+) -> Fedd:
     """Construct fedd for `config`. Problems the configuration could not rule out (unreadable TLS or
-    GeoIP files, a port description Twisted refuses) raise `usage.UsageError` here, before start."""
+    GeoIP files, a port description Twisted refuses) raise `usage.UsageError` here, before start.
+    `make_endpoint(reactor, instance)` gives the endpoint factory (tests put in-memory endpoints in)."""
     tls = server_tls(config) if any(d.startswith("ssl:") for d in config.server.listen) else None
     listeners = [listen_endpoint(reactor, d, config, tls) for d in config.server.listen]  # fail fast
     top = DrainFirst()  # on shutdown: drain the web front first, then stop the rest
     instance = new_instance_id()
-    fleet = EndpointFleet(config, _endpoint_factory(reactor, instance), reactor)
+    fleet = EndpointFleet(config, (make_endpoint or endpoint_factory)(reactor, instance), reactor)
     fleet.setServiceParent(top)
     endpoints = fleet.endpoints
     namespace = Namespace((ep.id, fed, epath) for ep in config.endpoints for fed, epath in ep.mappings)

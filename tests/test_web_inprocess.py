@@ -54,7 +54,7 @@ class Reactor(MemoryReactorClock):
 
 
 class Web:
-    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, tmp_path: Path) -> None:
         self.reactor = Reactor()
         self.data = tmp_path / "data"
         (self.data / "local").mkdir(parents=True)
@@ -82,7 +82,7 @@ write = yes
 """
         (self.data / "atlas").mkdir()
         (self.data / "atlas" / "both.bin").write_bytes(b"both\n")
-        real = fedd.service._endpoint_factory
+        real = fedd.service.endpoint_factory
 
         def factory(reactor: Any, instance: str) -> EndpointFactory:
             make = real(reactor, instance)
@@ -96,9 +96,8 @@ write = yes
 
             return build
 
-        monkeypatch.setattr(fedd.service, "_endpoint_factory", factory)  # the one seam: which object serves "fake"
         self.config = parse_config(self.text)
-        self.fedd: Fedd = build_service(self.config, reactor=self.reactor)
+        self.fedd: Fedd = build_service(self.config, reactor=self.reactor, make_endpoint=factory)
         self.client: Any = StubTreq(self.fedd.resource)  # its methods are made at run time: untyped
 
     @property
@@ -129,8 +128,8 @@ write = yes
 
 
 @pytest.fixture
-def web(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Web]:
-    w = Web(tmp_path, monkeypatch)
+def web(tmp_path: Path) -> Iterator[Web]:
+    w = Web(tmp_path)
     yield w
     w.fedd.events.journal.close(everything_stored=True)
 

@@ -12,7 +12,6 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.utils import floatToGoString
 from prometheus_client.registry import Collector
 
 STATE_VALUE = {"offline": 0.0, "online": 1.0, "unknown": -1.0}
@@ -66,7 +65,7 @@ class _RequestCollector(Collector):
         cumulative, buckets = 0, []
         for bound, n in zip((*REDIRECT_BUCKETS, float("inf")), self.metrics._redirects, strict=True):
             cumulative += n
-            buckets.append(("+Inf" if bound == float("inf") else floatToGoString(bound), float(cumulative)))
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(cumulative)))
         yield HistogramMetricFamily(
             "fedd_redirect_seconds",
             "Time from request to redirect (GET answered with 302)",
