@@ -102,7 +102,14 @@ if TYPE_CHECKING:
         def handleContentChunk(self, data: bytes) -> None: ...
 
     class Site(_server.Site):
-        def __init__(self, resource: _resource.IResource, *args: Any, **kwargs: Any) -> None: ...
+        def __init__(
+            self,
+            resource: _resource.IResource,
+            requestFactory: Callable[..., _server.Request] | None = None,
+            *args: Any,
+            parsePOSTFormSubmission: bool = True,
+            **kwargs: Any,
+        ) -> None: ...
         def buildProtocol(self, addr: IAddress | None) -> Any: ...  # a private channel wrapper, or None
         def getResourceFor(self, request: _server.Request) -> _resource.IResource: ...
 
