@@ -219,3 +219,14 @@ def test_a_changed_endpoint_state_is_not_answered_from_an_old_plan(front: Front)
     protocol.dataReceived(GET)
     assert statuses(transport.value()) == [b"503"]
     assert front.site.hot_answers == 0
+
+
+def test_a_file_on_a_failing_endpoint_is_503_in_the_files_words(front: Front) -> None:
+    """The listing tried after the failed lookup (is it a collection?) fails too: the answer still
+    speaks of the file, not of a listing."""
+    front.endpoint.broken = "connection refused"
+    protocol, transport = front.connect()
+    protocol.dataReceived(GET)
+    answer = transport.value()
+    assert statuses(answer) == [b"503"] and b"Retry-After: " in answer
+    assert b"no replica available now" in answer and b"cannot be listed" not in answer

@@ -15,7 +15,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.static import File, getTypeAndEncoding
 
 from fedd.auth.service import AuthService
-from fedd.endpoints.local import LocalEndpoint
+from fedd.endpoints.interfaces import ILocalFiles
 from fedd.errors import Forbidden, MethodNotAllowed, NotFound, Unauthorized, UnsupportedMediaType
 from fedd.federation import Federation
 from fedd.namespace import normalise_path
@@ -96,12 +96,12 @@ class Admin:
         self.auth = auth
         self.space = space
         self.downtimes = downtimes
-        self._local: dict[str, LocalEndpoint] = {}
+        self._local: dict[str, ILocalFiles] = {}
         self.refresh_local()
 
     def refresh_local(self) -> None:
         """The local endpoints fedd serves bytes for (again after a reload)."""
-        self._local = {eid: ep for eid, ep in self.fed.endpoints.items() if isinstance(ep, LocalEndpoint)}
+        self._local = {eid: ILocalFiles(ep) for eid, ep in self.fed.endpoints.items() if ILocalFiles.providedBy(ep)}
 
     def srr(self, request: server.Request) -> bytes:
         assert self.space is not None
@@ -200,7 +200,7 @@ class Admin:
             return json.dumps(self.status(), indent=1, sort_keys=True).encode() + b"\n"
         raise NotFound("no such fedd resource")
 
-    def local_target(self, request: server.Request, rest: bytes) -> tuple[LocalEndpoint, str, str]:
+    def local_target(self, request: server.Request, rest: bytes) -> tuple[ILocalFiles, str, str]:
         """(endpoint, endpoint path, federation path) of a local data URL; authorisation uses the last."""
         if request.method not in (b"GET", b"HEAD"):
             raise MethodNotAllowed("local data is read-only here")
@@ -214,7 +214,7 @@ class Admin:
             raise Forbidden("not published in the federation namespace")
         return endpoint, endpoint_path, fed_path
 
-    def local_file(self, request: server.Request, endpoint: LocalEndpoint, endpoint_path: str) -> bytes | int:
+    def local_file(self, request: server.Request, endpoint: ILocalFiles, endpoint_path: str) -> bytes | int:
         """The bytes of a local endpoint's file, served by twisted.web's `File` (ranges included).
 
         `File` logs a malformed `Range` by decoding it as UTF-8 (a non-UTF-8 byte made that a 500 and a

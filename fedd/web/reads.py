@@ -126,16 +126,29 @@ class Reads:
             replicas = await self.fed.find(path, client, method=request.method.decode(), via=via)
         except (NotFound, NoReplicaAvailable) as exc:
             # no file: a collection (listed even with an endpoint missing: the index says so)?
+            return await self._collection_instead(request, path, via, exc)
+        self._redirect(request, path, replicas, key, (self.fed.clock.seconds() - started) * 1000.0)
+        return b""
+
+    async def _collection_instead(
+        self, request: server.Request, path: str, via: tuple[str, ...], exc: NotFound | NoReplicaAvailable
+    ) -> bytes:
+        """No file by that name: the answer for a collection (HEAD: its headers; GET: the index), or
+        the file's own answer `exc`. When that was already a 503, the listing's failure does not
+        replace it (its words are about the file)."""
+        try:
             if request.method == b"HEAD":
                 if await self.fed.listdir(path, via, exc.not_collections) is None:
-                    raise
+                    raise exc
                 request.setHeader(b"content-type", b"text/html; charset=utf-8")
                 return b""
             if not await self._index(request, path, exc.not_collections):
-                raise
+                raise exc
             return ALREADY_ANSWERED
-        self._redirect(request, path, replicas, key, (self.fed.clock.seconds() - started) * 1000.0)
-        return b""
+        except NoReplicaAvailable as failed:
+            if failed is not exc and isinstance(exc, NoReplicaAvailable):
+                raise exc from None
+            raise
 
     async def _read_digest(self, request: server.Request, path: str, wants: list[Want]) -> bytes:
         """A read asking for checksums: the usual answer plus `Digest`/`Repr-Digest` when known. A HEAD
@@ -150,14 +163,7 @@ class Reads:
             try:
                 replicas = await self.fed.find(path, client, method=method, via=via)
             except (NotFound, NoReplicaAvailable) as exc:
-                if request.method == b"HEAD":
-                    if await self.fed.listdir(path, via, exc.not_collections) is None:
-                        raise
-                    request.setHeader(b"content-type", b"text/html; charset=utf-8")
-                    return b""
-                if not await self._index(request, path, exc.not_collections):
-                    raise
-                return ALREADY_ANSWERED
+                return await self._collection_instead(request, path, via, exc)
         if request.method == b"HEAD" and not self.head_redirect:
             prefer = request.getHeader(b"prefer")
             wait = parse_prefer_wait(prefer.decode("latin-1")) if prefer is not None else None
