@@ -52,7 +52,16 @@ REDIRECTS = (301, 302, 303, 307, 308)
 
 
 class TpcEngine:
-    def __init__(self, federation: Federation, writer: Writer, *, reactor: Any, events: Any = None) -> None:
+    def __init__(
+        self,
+        federation: Federation,
+        writer: Writer,
+        *,
+        reactor: Any,
+        events: Any = None,
+        agents: CopyAgents | None = None,
+    ) -> None:
+        """`agents`: the HTTP agents copies use (tests: agents over in-memory resources)."""
         self.fed = federation
         self.writer = writer
         self.reactor = reactor
@@ -61,7 +70,7 @@ class TpcEngine:
         self.done = 0
         self.failed = 0
         self.redirected = 0
-        self.agents = CopyAgents(federation, reactor)
+        self.agents = agents if agents is not None else CopyAgents(federation, reactor)
         tune_allocator()  # 1 MiB reads without a page fault per 4 KiB (fedd.checksums.bulk)
 
     @property
