@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 PKGS="memcached apache2 nginx-light wrk curl openssl davix gfal2 gfal2-util-scripts gfal2-plugin-http gfal2-plugin-file
-      python3-gfal2 python-is-python3 aria2 rclone fuse3 voms-clients ceph-mon ceph-osd radosgw ceph-common iproute2 python3-venv python3-pip chromium rpm rpmlint activemq"
+      python3-gfal2 python-is-python3 aria2 rclone fuse3 voms-clients ceph-mon ceph-osd radosgw ceph-common iproute2 python3-venv python3-pip chromium rpm rpmlint activemq
+      haproxy"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -18,7 +19,7 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $missing
 fi
 # Debian starts packaged daemons on install; the tests start their own on free ports.
-for svc in memcached apache2 nginx; do $SUDO service "$svc" stop >/dev/null 2>&1 || true; done
+for svc in memcached apache2 nginx haproxy; do $SUDO service "$svc" stop >/dev/null 2>&1 || true; done
 # RabbitMQ's STOMP plugin for tests/test_events_stomp.py (idempotent; its listener on loopback only)
 $SUDO rabbitmqctl eval 'application:set_env(rabbitmq_stomp, tcp_listeners, [{"127.0.0.1", 61613}]).' >/dev/null
 $SUDO rabbitmq-plugins enable rabbitmq_stomp >/dev/null

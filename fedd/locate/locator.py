@@ -298,7 +298,11 @@ class Locator:
             ttl = self.config.positive_ttl if result.found else self.config.negative_ttl
         if ttl <= 0:
             return
-        self.local.put(query.path, result, self.clock.seconds() + ttl)
+        # With other hosts sharing memcached, a "not found" is kept there only: a write through
+        # another host deletes it there at once (`forget`), while this process's LRU would only
+        # hear of it at the next invalidation poll and answer a stale 404 until then.
+        if result.found or self.invalidations is None:
+            self.local.put(query.path, result, self.clock.seconds() + ttl)
         if self.memcached is not None and not result.failed and result.source == "endpoints":
             self.memcached.set(cache_key(query.path), result.to_bytes(), ttl)
 

@@ -5,9 +5,9 @@ inside one transaction, and get a Deferred.
   alone touches the connection (as fedd.sqlite does for the outbox); `BEGIN IMMEDIATE` so two fedd
   processes of one host take turns instead of failing on a lock upgrade.
 - `PostgresDatabase`: `twisted.enterprise.adbapi` over psycopg 3 (Twisted's own way to call a blocking
-  DB-API driver from a thread pool); `cp_reconnect` replaces a connection the server dropped (a
-  restart), `connect_timeout` and `statement_timeout` bound every call, so a dead server costs a
-  thread a few seconds, never the reactor.
+  DB-API driver from a thread pool); a connection the server dropped (a restart) is replaced at the
+  next call (`_Connection`), `connect_timeout` and `statement_timeout` bound every call, so a dead
+  server costs a thread a few seconds, never the reactor.
 
 Both take the same SQL: `?` placeholders, rewritten to `%s` for psycopg.
 """
@@ -134,19 +134,41 @@ class _PgCursor:
         return self._cursor.fetchone()
 
 
+class _Connection(adbapi.Connection):
+    """adbapi's pooled connection, whose failed rollback drops the connection (the next call opens a
+    new one) without adbapi's "Rollback failed" traceback per pooled connection: a lost connection is
+    what a database restart looks like, and the state service says so once per outage."""
+
+    def rollback(self) -> None:
+        # adbapi.Connection's own attributes: the DB-API connection, and its pool. Raising here would
+        # only add adbapi's "Rollback failed" traceback: the interaction's own error is raised anyway
+        connection = self._connection
+        if connection is None:
+            return
+        try:
+            connection.rollback()
+        except Exception:
+            self._pool.disconnect(connection)
+
+
+class _Pool(adbapi.ConnectionPool):
+    connectionFactory = _Connection
+
+
 class PostgresDatabase:
     kind = "postgresql"
 
     def __init__(self, url: str, reactor: Any, timeout: float) -> None:
         self.where = redact(url)
-        self._pool = adbapi.ConnectionPool(
+        pool: Any = _Pool  # adbapi is untyped
+        self._pool: Any = pool(
             "psycopg",
             url,
             connect_timeout=max(1, round(timeout)),
             options=f"-c statement_timeout={int(timeout * 1000)}",
             cp_min=1,
             cp_max=3,
-            cp_reconnect=True,
+            cp_reconnect=False,  # _Connection does it
             cp_noisy=False,
             cp_reactor=reactor,
         )
