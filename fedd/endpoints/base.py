@@ -1,4 +1,4 @@
-"""What every endpoint kind offers, and the non-blocking HTTP client they share."""
+"""What every endpoint kind offers (the HTTP client they share is fedd.endpoints.http)."""
 
 from __future__ import annotations
 
@@ -7,26 +7,14 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from functools import lru_cache, wraps
-from typing import Any, ParamSpec, Protocol, TypeVar, cast
+from typing import Any, ParamSpec, Protocol, TypeVar
 from urllib.parse import quote
 
-import treq
 from lxml import etree
-from twisted.internet import defer, error
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
-from twisted.internet.error import ConnectError, ConnectingCancelledError
-from twisted.internet.interfaces import IPushProducer, IReactorTime
-from twisted.internet.protocol import Protocol as TwistedProtocol
-from twisted.internet.protocol import connectionDone
-from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, RequestGenerationFailed, ResponseDone, ResponseFailed
-from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
+from twisted.internet.defer import Deferred
 
 from fedd.config import EndpointConfig
-from fedd.errors import ClientGone, EndpointError, PathRefused, describe
+from fedd.errors import EndpointError, PathRefused
 
 
 @dataclass(frozen=True)
@@ -241,230 +229,27 @@ class UrlCache:
             self._data.popitem(last=False)
 
 
-@dataclass(frozen=True)
-class HttpResponse:
-    code: int
-    headers: Headers
-    body: bytes
+# the HTTP client's names, where callers have always found them
+from fedd.endpoints.http import HttpClient, HttpResponse, Valve, pooled_client  # noqa: E402
 
-    def header(self, name: str) -> str | None:
-        values = self.headers.getRawHeaders(name)
-        if not values:
-            return None
-        return values[-1].decode("latin-1") if isinstance(values[-1], bytes) else values[-1]
-
-
-def pooled_client(
-    reactor: Any, *, timeout: float, tls_policy: Any = None, connections_per_host: int = 16
-) -> tuple[treq.client.HTTPClient, HTTPConnectionPool]:
-    """The treq client an `HttpClient` uses outside tests: an Agent over a persistent pool (closed
-    with the `HttpClient`), connecting within `timeout`, checking certificates with `tls_policy`."""
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = connections_per_host
-    pool.retryAutomatically = True
-    kwargs: dict[str, Any] = {"pool": pool, "connectTimeout": timeout}
-    if tls_policy is not None:
-        kwargs["contextFactory"] = tls_policy
-    return treq.client.HTTPClient(Agent(reactor, **kwargs)), pool
-
-
-class HttpClient:
-    """treq with a total timeout and a body-size cap on every call.
-
-    `client`: a treq-compatible client (`treq.client.HTTPClient`, or `treq.testing.StubTreq` in
-    tests, which answers from a twisted.web resource in process); without one, a pooled client is
-    built on `reactor` (`pooled_client`). `reactor` only needs to be an `IReactorTime` then."""
-
-    def __init__(
-        self,
-        reactor: Any,
-        *,
-        endpoint: str,
-        timeout: float,
-        tls_policy: Any = None,
-        max_body: int = 256 << 20,
-        connections_per_host: int = 16,
-        client: Any = None,
-    ) -> None:
-        self._clock: IReactorTime = reactor
-        self._endpoint = endpoint
-        self.timeout = timeout
-        self._max_body = max_body
-        self._pool: HTTPConnectionPool | None = None
-        if client is None:
-            client, self._pool = pooled_client(
-                reactor, timeout=timeout, tls_policy=tls_policy, connections_per_host=connections_per_host
-            )
-        self._http = client
-
-    def request(
-        self,
-        method: str,
-        url: str,
-        headers: dict[str, str] | None = None,
-        body: bytes | IBodyProducer | None = None,
-        *,
-        timeout: float | None = None,
-        read_body: bool = True,
-        sink: Callable[[bytes], None] | None = None,
-        valve: Valve | None = None,
-    ) -> Deferred[HttpResponse]:
-        """`sink`: a 2xx answer's body goes to it chunk by chunk as it arrives (never held whole);
-        `valve`: pauses reading that body while whoever the sink writes to cannot take more."""
-        d = ensureDeferred(self._request(method, url, headers or {}, body, read_body, sink, valve))
-        d.addTimeout(timeout or self.timeout, self._clock, onTimeoutCancel=self._timed_out(method))
-        d.addErrback(self._translate, method)
-        return d
-
-    async def _request(
-        self,
-        method: str,
-        url: str,
-        headers: dict[str, str],
-        body: Any,
-        read_body: bool,
-        sink: Any = None,
-        valve: Valve | None = None,
-    ) -> HttpResponse:
-        hdrs = Headers({k.encode(): [v.encode()] for k, v in headers.items()})
-        # unbuffered for a sink: treq otherwise keeps every chunk of the body for later readers
-        response = await self._http.request(
-            method, url, headers=hdrs, data=body, allow_redirects=False, unbuffered=sink is not None
-        )
-        data = b""
-        if sink is not None and 200 <= response.code < 300:
-            if valve is None:
-                await treq.collect(response, sink)
-            else:
-                done: Deferred[None] = Deferred()
-                response.deliverBody(_ValvedBody(sink, valve, done))
-                await done
-        elif read_body and method != "HEAD":
-            chunks: list[bytes] = []
-            size = 0
-
-            def collect(chunk: bytes) -> None:
-                nonlocal size
-                size += len(chunk)
-                if size > self._max_body:
-                    raise EndpointError(self._endpoint, f"answer larger than {self._max_body} bytes")
-                chunks.append(chunk)
-
-            await treq.collect(response, collect)
-            data = b"".join(chunks)
-        else:
-            await treq.collect(response, _discard)
-        return HttpResponse(response.code, response.headers, data)
-
-    def _timed_out(self, method: str) -> Any:
-        def replace(result: Any, timeout: float) -> Failure:
-            return Failure(EndpointError(self._endpoint, f"{method} timed out after {timeout:g}s"))
-
-        return replace
-
-    def _translate(self, failure: Failure, method: str) -> Failure:
-        if failure.check(EndpointError):
-            return failure
-        if failure.check(RequestGenerationFailed):
-            # the request body failed: the client whose upload it was went away (not the endpoint)
-            for reason in getattr(failure.value, "reasons", []):
-                if isinstance(reason, Failure) and reason.check(ClientGone):
-                    return reason
-        if failure.check(defer.TimeoutError, error.TimeoutError, defer.CancelledError):
-            reason = f"{method} timed out after {self.timeout:g}s"
-        elif failure.check(ConnectError, ConnectingCancelledError):
-            reason = f"cannot connect: {failure.getErrorMessage() or describe(failure)}"
-        elif failure.check(ResponseFailed):
-            reason = "connection lost or malformed HTTP answer"
-        else:
-            reason = describe(failure)
-        return Failure(EndpointError(self._endpoint, reason))
-
-    def close(self) -> Deferred[None]:
-        """Close the pooled connections (an injected client belongs to whoever made it)."""
-        if self._pool is None:
-            return succeed(None)
-        closed: Deferred[None] = self._pool.closeCachedConnections()  # HTTPConnectionPool is unannotated
-        return closed
-
-
-@implementer(IPushProducer)
-class Valve:
-    """Flow control for a body passed on as it arrives (a streamed listing): the consumer at the far
-    end (the client's connection) pauses and resumes the endpoints' answers feeding it."""
-
-    def __init__(self) -> None:
-        self.paused = False
-        self._producers: list[Any] = []
-        self._waiters: list[Deferred[None]] = []
-
-    def attach(self, producer: Any) -> None:
-        self._producers.append(producer)
-        if self.paused:
-            producer.pauseProducing()
-
-    def detach(self, producer: Any) -> None:
-        if producer in self._producers:
-            self._producers.remove(producer)
-
-    def wait(self) -> Deferred[None]:
-        """Fires when the consumer takes more (at once when it does now): for page-by-page readers."""
-        if not self.paused:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._waiters.append(d)
-        return d
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-        for producer in list(self._producers):
-            producer.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        for producer in list(self._producers):
-            producer.resumeProducing()
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(None)
-
-    def stopProducing(self) -> None:
-        self.resumeProducing()  # the consumer is gone: let the readers run to their end
-
-
-class _ValvedBody(TwistedProtocol):
-    """A response body handed to `sink` chunk by chunk, its transport paused by the `valve`."""
-
-    def __init__(self, sink: Callable[[bytes], None], valve: Valve, done: Deferred[None]) -> None:
-        self._sink = sink
-        self._valve = valve
-        self._done: Deferred[None] | None = done
-
-    def connectionMade(self) -> None:
-        self._valve.attach(self.transport)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._done is None:
-            return
-        try:
-            self._sink(data)
-        except BaseException:
-            done, self._done = self._done, None
-            self._valve.detach(self.transport)
-            if self.transport is not None:
-                cast(IPushProducer, self.transport).stopProducing()  # a TCP or TLS connection: a push producer
-            done.errback(Failure())
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._valve.detach(self.transport)
-        done, self._done = self._done, None
-        if done is None:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            done.callback(None)
-        else:
-            done.errback(reason)
-
-
-def _discard(chunk: bytes) -> None:
-    """Drop a body we did not ask for (so the connection can go back to the pool)."""
+__all__ = [
+    "LIST_BATCH",
+    "Endpoint",
+    "Entry",
+    "HttpClient",
+    "HttpResponse",
+    "Space",
+    "Stat",
+    "UrlCache",
+    "Valve",
+    "deferred",
+    "emit_listing",
+    "etag_value",
+    "format_etag",
+    "parse_http_date",
+    "parse_int",
+    "parse_xml",
+    "pooled_client",
+    "quote_path",
+    "refused",
+]
