@@ -181,10 +181,8 @@ class MultistatusReader:
 
     def _file_fast(self, m: re.Match[str]) -> bool:
         """A file's response as Apache writes it (`_FILE_RESPONSE_RE`): one expression, no loop."""
-        prefix, decls, href, props_prefix, status, size, modified, tag = m.group(
-            "prefix", "decls", "href", "props", "status", "size", "modified", "etag"
-        )
-        names = self._scope(decls)
+        prefix, decls, href, props_prefix, size, modified, tag, status = m.groups()
+        names = self._scopes.get(decls) or self._scope(decls)
         if names is None or names.get(prefix) != "DAV:" or names.get(props_prefix) != "DAV:":
             return False
         if "&" in status:

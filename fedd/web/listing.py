@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from html import escape
 from urllib.parse import quote
 from xml.sax.saxutils import escape as xml_escape
@@ -175,18 +176,24 @@ class AllpropFiles:
             href = shown = name
         else:
             href, shown = xml_escape(quote_path(name)), xml_escape(name)
-        parts = [self._head, href, "</D:href><D:propstat><D:prop><D:resourcetype/>"]
-        if stat.size is not None:
-            parts.append(f"<D:getcontentlength>{stat.size}</D:getcontentlength>")
-        if stat.mtime is not None:
-            parts.append(
-                f"<D:getlastmodified>{xml._http_date(stat.mtime)}</D:getlastmodified>"
-                f"<D:creationdate>{xml._iso_date(stat.mtime)}</D:creationdate>"
-            )
+        size = "" if stat.size is None else f"<D:getcontentlength>{stat.size}</D:getcontentlength>"
+        dates = "" if stat.mtime is None else _dates(stat.mtime)
+        etag = ""
         if stat.etag:
-            parts.append(f"<D:getetag>{xml_escape(format_etag(stat.etag))}</D:getetag>")
-        parts.append(
+            etag = format_etag(stat.etag)
+            if "&" in etag or "<" in etag or ">" in etag:
+                etag = xml_escape(etag)
+            etag = f"<D:getetag>{etag}</D:getetag>"
+        return (
+            f"{self._head}{href}</D:href><D:propstat><D:prop><D:resourcetype/>{size}{dates}{etag}"
             f"<D:displayname>{shown}</D:displayname><D:getcontenttype>application/octet-stream</D:getcontenttype>"
             "</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>"
         )
-        return "".join(parts)
+
+
+@lru_cache(maxsize=4096)  # a big directory's files share a few modification times
+def _dates(mtime: float) -> str:
+    return (
+        f"<D:getlastmodified>{xml._http_date(mtime)}</D:getlastmodified>"
+        f"<D:creationdate>{xml._iso_date(mtime)}</D:creationdate>"
+    )
