@@ -101,9 +101,9 @@ def main() -> None:
         request(port, "PROPFIND", "/atlas/big")  # warm: connections, health, imports
         before = memory(fedd.proc.pid)
         if args.profile:
+            options = ["--idle", "--nonblocking", "--rate", "500", "--format", "raw", "--output", args.profile]
             spy = subprocess.Popen(
-                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(fedd.proc.pid), "--idle"]
-                + ["--nonblocking", "--rate", "500", "--format", "raw", "--output", args.profile],
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(fedd.proc.pid), *options],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -143,7 +143,8 @@ def main() -> None:
         f"  fedd memory: RSS before {before['VmRSS'] / 1024:.1f} MiB, after {after['VmRSS'] / 1024:.1f} MiB, "
         f"peak {after['VmHWM'] / 1024:.1f} MiB (+{(after['VmHWM'] - before['VmRSS']) / 1024:.1f} MiB)"
     )
-    print(f"  response body: {len(body) / 1024 / 1024:.1f} MiB; rounds fedd ms: {', '.join(f'{t:.0f}' for t in timings)}")
+    rounds_ms = ", ".join(f"{t:.0f}" for t in timings)
+    print(f"  response body: {len(body) / 1024 / 1024:.1f} MiB; rounds fedd ms: {rounds_ms}")
 
 
 if __name__ == "__main__":
