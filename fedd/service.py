@@ -121,7 +121,7 @@ def build_auth(config: Config, reactor: Any, tls: GridContextFactory | None = No
         raise usage.UsageError(f"cannot read the authorisation files: {exc}") from None
 
 
-def build_gocdb(config: Config, reactor: Any, book: DowntimeBook, federation: Federation) -> GocdbService:
+def build_gocdb(config: Config, reactor: Any, book: DowntimeBook) -> GocdbService:
     """The `gocdb` service (idle without [gocdb] url); it reads settings and endpoints from the
     running configuration, so a reload applies at its next refresh."""
     from twisted.internet.threads import deferToThreadPool
@@ -138,7 +138,7 @@ def build_gocdb(config: Config, reactor: Any, book: DowntimeBook, federation: Fe
         return deferToThreadPool(reactor, reactor.getThreadPool(), work)
 
     return GocdbService(
-        book, clock=reactor, config=lambda: federation.config, fetch=Fetcher(reactor, to_thread), to_thread=to_thread
+        book, clock=reactor, config=config, fetch=Fetcher(reactor, to_thread), to_thread=to_thread
     )
 
 
@@ -327,7 +327,7 @@ def build_service(
         shared=SharedDowntimes(state) if state is not None else None,
     )
     downtimes.setServiceParent(top)
-    gocdb = build_gocdb(config, reactor, downtimes, federation)
+    gocdb = build_gocdb(config, reactor, downtimes)
     gocdb.setServiceParent(top)
     writer = Writer(federation, config.write, space=space, downtimes=downtimes)
     tpc = TpcEngine(federation, writer, reactor=reactor, events=events)
@@ -403,6 +403,7 @@ def build_service(
             writer.reconfigure,
             checksums.reconfigure,
             downtimes.reconfigure,
+            gocdb.reconfigure,
             *([auth.reconfigure] if auth is not None else []),
             resource.reconfigure,
         ],

@@ -324,7 +324,7 @@ class Rig:
         self.config = Config(endpoints=ENDPOINTS, gocdb=GocdbConfig(**{"urls": (URL,), "interval": 600, **settings}))
         self.fetch = Scripted(answers)
         self.service = GocdbService(
-            self.book, clock=self.clock, config=lambda: self.config, fetch=self.fetch, to_thread=maybeDeferred
+            self.book, clock=self.clock, config=self.config, fetch=self.fetch, to_thread=maybeDeferred
         )
 
     def gocdb_ids(self) -> list[str]:
@@ -437,12 +437,12 @@ def test_reload_applies_at_the_next_refresh() -> None:
         *ENDPOINTS[:3],
         EndpointConfig(id="scratch", kind="local", path="/tmp", gocdb_hostnames=("ce01.example.org",)),
     )
-    rig.config = Config(endpoints=endpoints, gocdb=GocdbConfig(urls=(URL,), interval=60, warning="write"))
+    rig.service.reconfigure(Config(endpoints=endpoints, gocdb=GocdbConfig(urls=(URL,), interval=60, warning="write")))
     rig.clock.advance(600)
     assert rig.service.next_refresh == NOW + 660
     scopes = {d["id"]: d["scope"] for d in rig.book.to_json() if d["origin"] == "gocdb"}
     assert scopes["gocdb-30104-scratch"] == "all" and scopes["gocdb-30102-se02"] == "write"
-    rig.config = Config(endpoints=endpoints, gocdb=GocdbConfig(urls=(), interval=60))  # [gocdb] url removed
+    rig.service.reconfigure(Config(endpoints=endpoints, gocdb=GocdbConfig(urls=(), interval=60)))  # [gocdb] url removed
     rig.clock.advance(60)
     assert rig.gocdb_ids() == [] and rig.service.sources == {}
     rig.service.stopService()
@@ -613,7 +613,7 @@ class RealRig:
         self.config = Config(endpoints=ENDPOINTS, gocdb=GocdbConfig(urls=urls, interval=3600, **settings))
         self.fetcher = Fetcher(reactor, to_thread)
         self.service = GocdbService(
-            self.book, clock=reactor, config=lambda: self.config, fetch=self.fetcher, to_thread=to_thread
+            self.book, clock=reactor, config=self.config, fetch=self.fetcher, to_thread=to_thread
         )
 
     def refresh(self) -> None:
@@ -673,7 +673,7 @@ def test_real_http_good_then_malformed_huge_500_stalled_redirect(
         assert rig.source(url)["ok"] and rig.source(url)["errors"] == 6
         # a second source that cannot be reached does not disturb the first
         dead = f"http://127.0.0.1:{free_port()}/gocdbpi/public/?method=get_downtime"
-        rig.config = Config(endpoints=ENDPOINTS, gocdb=GocdbConfig(urls=(url, dead), timeout=1.0))
+        rig.service.reconfigure(Config(endpoints=ENDPOINTS, gocdb=GocdbConfig(urls=(url, dead), timeout=1.0)))
         rig.refresh()
         assert rig.source(dead)["last_error"].startswith("cannot connect")
         assert rig.source(url)["ok"] and rig.gocdb_ids() == expected

@@ -160,8 +160,9 @@ class SourceState:
 class GocdbService(Service):
     """Reads `[gocdb] url` every `interval` and keeps the book's "gocdb" set up to date.
 
-    Settings and endpoints are read from `config()` at every refresh, so a reload applies at the
-    next one. Each refresh catches its own errors; a source that fails keeps its last good set."""
+    Settings and endpoints come from the running configuration (`reconfigure` on a reload), read
+    at every refresh, so a reload applies at the next one. Each refresh catches its own errors; a
+    source that fails keeps its last good set."""
 
     name = "gocdb"
 
@@ -170,7 +171,7 @@ class GocdbService(Service):
         book: DowntimeBook,
         *,
         clock: Any,
-        config: Callable[[], Config],
+        config: Config,
         fetch: Fetch,
         to_thread: ToThread,
     ) -> None:
@@ -186,6 +187,10 @@ class GocdbService(Service):
         self._timer: IDelayedCall | None = None
         self._inflight: Deferred[None] | None = None
         self._stopped = False
+
+    def reconfigure(self, new: Config) -> list[str]:
+        self.config = new  # the next refresh reads it
+        return []
 
     def startService(self) -> None:
         super().startService()
@@ -218,7 +223,7 @@ class GocdbService(Service):
         if self._inflight is None:  # never two refreshes at once
             self._inflight = ensureDeferred(self.refresh())
             self._inflight.addErrback(self._failed).addBoth(self._done)
-        interval = self.config().gocdb.interval
+        interval = self.config.gocdb.interval
         self.next_refresh = self.clock.seconds() + interval
         self._timer = self.clock.callLater(interval, self._tick)
 
@@ -231,7 +236,7 @@ class GocdbService(Service):
 
     async def refresh(self) -> None:
         """Read every configured source once, then hand the book the whole mapped set."""
-        settings = self.config().gocdb
+        settings = self.config.gocdb
         for url in list(self.sources):
             if url not in settings.urls:
                 del self.sources[url]  # no longer configured: its downtimes go too
@@ -301,7 +306,7 @@ class GocdbService(Service):
 
     def apply(self) -> None:
         """Map every source's last good set to the current endpoints and hand it to the book."""
-        config = self.config()
+        config = self.config
         now = self.clock.seconds()
         declared: list[Declared] = []
         seen: set[str] = set()
@@ -316,7 +321,7 @@ class GocdbService(Service):
         self.book.replace_source(ORIGIN, declared)
 
     def to_json(self) -> dict[str, Any]:
-        settings = self.config().gocdb
+        settings = self.config.gocdb
         return {
             "interval": settings.interval,
             "next_refresh": self.next_refresh,
