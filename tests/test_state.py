@@ -18,7 +18,7 @@ from fedd.space.downtime import DowntimeBook
 from fedd.state import schema
 from fedd.state.database import open_database
 from fedd.state.store import HostIdentity, QueueFull, StateStore
-from fedd.state.tables import SharedChecksums, SharedDowntimes
+from fedd.state.tables import SharedChecksums, SharedDowntimes, SharedReservations
 from tests import pgservers
 from tests.daemon import wait_for
 from tests.reactor import call, the_reactor
@@ -168,3 +168,22 @@ def test_an_existing_checksum_file_is_upgraded(tmp_path: Path) -> None:
         assert call(SharedChecksums(store).get, [("l", "/f", 1, "v")]) == {("l", "/f", 1, "v"): {"adler32": "00000001"}}
     finally:
         call(store.stopService)
+
+
+def test_reservations_of_other_hosts_are_counted(database_url: str) -> None:
+    a = started(make_store(database_url, "a"))
+    b = started(make_store(database_url, "b"))
+    try:
+        mine, theirs = SharedReservations(a), SharedReservations(b)
+        call(lambda: mine.add("ep", 100, 10.0))
+        wait_for(lambda: theirs.others("ep", 10.0) == 100, 5, "b to count a's reservation")
+        assert theirs.others("ep", 11.0) == 0  # b measured later: a's bytes are in that measurement
+        assert theirs.others("other", 10.0) == 0 and mine.others("ep", 10.0) == 0  # not its own
+        call(lambda: mine.add("ep", 50, 10.0))
+        wait_for(lambda: theirs.others("ep", 10.0) == 150, 5, "the row to grow")
+        call(lambda: mine.add("ep", 7, 20.0))  # a new measurement: a's row starts again
+        wait_for(lambda: theirs.others("ep", 20.0) == 7, 5, "the row to restart")
+        assert theirs.others("ep", 10.0) == 7
+    finally:
+        call(a.stopService)
+        call(b.stopService)

@@ -102,6 +102,7 @@ class StateStore(Service):
         self._flushing = False
         self._ticking = False
         self._watchers: dict[str, list[Callable[[], None]]] = {}
+        self._each_tick: list[Callable[[], None]] = []
         self._serials: dict[str, int] = {}
         self._last_heartbeat = float("-inf")
         self._loop: LoopingCall | None = None
@@ -186,6 +187,10 @@ class StateStore(Service):
         host (or this one) bumps the serial of `table` (see `bump`)."""
         self._watchers.setdefault(table, []).append(changed)
 
+    def every_tick(self, work: Callable[[], None]) -> None:
+        """Call `work` after each poll that reached the database (every `poll_interval`)."""
+        self._each_tick.append(work)
+
     @staticmethod
     def bump(cursor: Cursor, table: str) -> None:
         """In a write's transaction: tell every host's watcher of `table` to re-read it."""
@@ -251,6 +256,11 @@ class StateStore(Service):
                         changed()
                     except Exception:  # one watcher's bug must not stop the others or the loop
                         log.failure("state watcher of {table} failed", table=table)
+        for work in self._each_tick:
+            try:
+                work()
+            except Exception:
+                log.failure("state tick work failed")
 
     def _poll(self, cursor: Cursor, now: float, heartbeat: bool) -> tuple[dict[str, int], list[dict[str, Any]]]:
         cursor.execute("SELECT name, serial FROM changes")

@@ -113,6 +113,71 @@ class SharedDowntimes:
         return self.state.write("downtime removal", work)
 
 
+class SharedReservations:
+    """Bytes of uploads each host redirected to an endpoint since that endpoint's last space
+    measurement, so placement on every host counts the others' uploads too (fedd.space.service).
+
+    A host adds to its own row (endpoint, host) once per `[state] poll_interval` (one queued upsert per
+    endpoint that got uploads), keyed by the measurement it counts from (`since`: the measured time,
+    the same on every host when memcached shares the measurements); a newer measurement restarts the
+    row. The others' rows are re-read on the same tick; a row counted from an older measurement than
+    this host's is already in that measurement and is not counted."""
+
+    def __init__(self, state: StateStore) -> None:
+        self.state = state
+        self._pending: dict[tuple[str, float], int] = {}
+        self._others: dict[str, list[tuple[int, float]]] = {}  # endpoint -> [(bytes, since)] of other hosts
+        self._reading = False
+        state.every_tick(self._tick)
+
+    def add(self, endpoint: str, size: int, since: float) -> None:
+        key = (endpoint, since)
+        self._pending[key] = self._pending.get(key, 0) + size
+
+    def others(self, endpoint: str, since: float | None) -> int:
+        """What the other hosts reserved on `endpoint` since the measurement taken at `since`."""
+        if since is None:
+            return 0
+        return sum(size for size, at in self._others.get(endpoint, ()) if at >= since)
+
+    def _tick(self) -> None:
+        if self._pending:
+            self._write(self._pending)
+            self._pending = {}
+        if not self._reading:
+            self._reading = True
+            d = self.state.read(self._read)
+            d.addCallbacks(self._got, lambda _: None)  # keep the last known: the outage is said by the store
+            d.addBoth(self._done)
+
+    def _write(self, pending: dict[tuple[str, float], int]) -> None:
+        host = self.state.identity.host
+
+        def work(cursor: Cursor) -> None:
+            for (endpoint, since), size in pending.items():
+                cursor.execute(
+                    "INSERT INTO reservations (endpoint, host, bytes, since) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (endpoint, host) DO UPDATE SET bytes = CASE WHEN reservations.since = excluded.since "
+                    "THEN reservations.bytes + excluded.bytes ELSE excluded.bytes END, since = excluded.since",
+                    (endpoint, host, size, since),
+                )
+
+        self.state.write("reservations", work).addErrback(lambda _: None)  # a drop is counted there
+
+    def _read(self, cursor: Cursor) -> dict[str, list[tuple[int, float]]]:
+        cursor.execute("SELECT endpoint, bytes, since FROM reservations WHERE host <> ?", (self.state.identity.host,))
+        out: dict[str, list[tuple[int, float]]] = {}
+        for endpoint, size, since in cursor.fetchall():
+            out.setdefault(str(endpoint), []).append((int(size), float(since)))
+        return out
+
+    def _got(self, others: dict[str, list[tuple[int, float]]]) -> None:
+        self._others = others
+
+    def _done(self, _: object) -> None:
+        self._reading = False
+
+
 def _scalar(cursor: Cursor, sql: str) -> int:
     cursor.execute(sql)
     row = cursor.fetchone()
