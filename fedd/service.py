@@ -4,6 +4,7 @@ collaborators passed in; `build_service` returns them as one typed `Fedd` whose 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,9 @@ from fedd.web.listen import listen_endpoint, server_tls
 from fedd.web.metrics import Metrics, StateCollector, TlsCounter
 from fedd.web.resource import FeddResource
 from fedd.web.site import FeddSite, PublicBase
+from fedd.workers import WorkerRole
+from fedd.workers.shared import CounterFiles, CountersWriter, HostShare
+from fedd.workers.sockets import AdoptedEndpoint
 from fedd.writes import Writer
 
 log = Logger(namespace="fedd")
@@ -260,12 +264,22 @@ def build_service(
     reactor: Any,
     config_path: str | None = None,
     make_endpoint: Callable[[Any, str], EndpointFactory] | None = None,
+    worker: WorkerRole | None = None,
 ) -> Fedd:
     """Construct fedd for `config`. Problems the configuration could not rule out (unreadable TLS or
     GeoIP files, a port description Twisted refuses) raise `usage.UsageError` here, before start.
-    `make_endpoint(reactor, instance)` gives the endpoint factory (tests put in-memory endpoints in)."""
+    `make_endpoint(reactor, instance)` gives the endpoint factory (tests put in-memory endpoints in).
+    `worker`: one of `[server] workers` processes (fedd.workers): it listens on the sockets its
+    supervisor passed, and shares counters, probe and space results with the other workers."""
     tls = server_tls(config) if any(d.startswith("ssl:") for d in config.server.listen) else None
-    listeners = [listen_endpoint(reactor, d, config, tls) for d in config.server.listen]  # fail fast
+    if worker is None:
+        listeners = [listen_endpoint(reactor, d, config, tls) for d in config.server.listen]  # fail fast
+    else:
+        listeners = [
+            AdoptedEndpoint(reactor, worker.fd(i), tls if d.startswith("ssl:") else None)
+            for i, d in enumerate(config.server.listen)
+        ]
+    shared = HostShare(worker.run_dir, leader=worker.leader) if worker is not None else None
     top = DrainFirst()  # on shutdown: drain the web front first, then stop the rest
     instance = new_instance_id()
     fleet = EndpointFleet(config, (make_endpoint or endpoint_factory)(reactor, instance), reactor)
@@ -309,7 +323,7 @@ def build_service(
     )
     _GeoCloser(geo).setServiceParent(top)
     _Placer(federation, reactor).setServiceParent(top)
-    health = HealthService(registry, endpoints, reactor)
+    health = HealthService(registry, endpoints, reactor, shared=shared)
     health.setServiceParent(top)
     events = build_events(config, reactor)
     events.setServiceParent(top)
@@ -317,7 +331,10 @@ def build_service(
     auth = build_auth(config, reactor, tls if isinstance(tls, GridContextFactory) else None)
     if auth is not None:
         auth.setServiceParent(top)
-    space = SpaceService(config, endpoints, reactor, memcached=memcached, emit=events.emit)
+    # with memcached, the space service's own sharing (adopt + lock) already measures once per interval
+    space = SpaceService(
+        config, endpoints, reactor, memcached=memcached, emit=events.emit, shared=shared if memcached is None else None
+    )
     space.setServiceParent(top)
     downtimes = DowntimeBook(
         {ep.id: ep.downtimes for ep in config.endpoints},
@@ -339,7 +356,10 @@ def build_service(
         store=SharedChecksums(state) if state is not None else None,
     )
     checksums.setServiceParent(top)
-    metrics = Metrics()
+    counters = CounterFiles(worker.run_dir, os.getpid()) if worker is not None else None
+    metrics = Metrics(peers=counters)
+    if counters is not None:
+        CountersWriter(counters, metrics.snapshot, reactor).setServiceParent(top)
     reload_status = ReloadStatus(config_path)
     resource = FeddResource(
         federation,

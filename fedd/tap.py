@@ -77,12 +77,136 @@ def _on_sighup(reactor: Any, reloader: Reloader) -> None:
     signal.signal(signal.SIGHUP, handler)
 
 
+def worker_count(config: Config, demo: bool) -> int:
+    """`[server] workers`, `auto` (0) resolved to one per core; the embedded demo stays on one process."""
+    from fedd.workers import cores
+
+    if demo:
+        return 1
+    return config.server.workers or cores()
+
+
+def run_dir() -> Path:
+    """Where the workers share their files: systemd's RuntimeDirectory, else a new temporary directory."""
+    import os
+    import tempfile
+
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if runtime:
+        return Path(runtime) / "workers"
+    return Path(tempfile.mkdtemp(prefix="fedd-workers-"))
+
+
+def supervisor_service(options: Options, count: int) -> IService:
+    """`[server] workers` > 1: a supervisor of `count` workers (fedd.workers.supervisor)."""
+    import shutil
+    import signal
+
+    from twisted.internet import reactor as global_reactor
+
+    from fedd.workers.supervisor import Supervisor
+
+    reactor: Any = global_reactor
+
+    config: Config = options.config
+    directory = run_dir()
+    argv = ["--config", options["config"]]
+    supervisor = Supervisor(
+        reactor=reactor,
+        count=count,
+        listen=config.server.listen,
+        run_dir=directory,
+        argv=argv,
+        stop_timeout=config.server.drain_notice + config.server.drain_timeout + 15.0,
+    )
+
+    def hup(signum: int, frame: Any) -> None:
+        reactor.callFromThread(supervisor.signal_all, signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, hup)
+    reactor.addSystemEventTrigger("after", "shutdown", clean_exit_after_signal, reactor)
+    if directory.name.startswith("fedd-workers-"):  # our temporary one (systemd removes its own)
+        reactor.addSystemEventTrigger("after", "shutdown", shutil.rmtree, directory, True)
+    return supervisor
+
+
+def run_worker(argv: list[str]) -> None:
+    """One worker (`python -m fedd.workers`, started by the supervisor): build fedd on the inherited
+    sockets, log JSON lines to stdout, reload on SIGHUP, drain and exit on SIGTERM or when the
+    supervisor is gone."""
+    import os
+    import signal
+    import sys
+    from dataclasses import replace
+
+    from twisted.internet import reactor as global_reactor
+    from twisted.logger import globalLogBeginner, jsonFileLogObserver
+
+    from fedd.service import build_service
+    from fedd.workers import EX_CONFIG, WorkerRole
+
+    reactor: Any = global_reactor
+    role = WorkerRole.from_environment(os.environ)
+    _die_with_parent()
+    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    if len(argv) != 2 or argv[0] != "--config":
+        raise SystemExit("usage: python -m fedd.workers --config FILE (started by fedd's supervisor)")
+    path = argv[1]
+    try:
+        parsed = parse_config(path=path)
+        config = replace(parsed, server=replace(parsed.server, listen=role.listen))
+        fedd = build_service(config, reactor=reactor, config_path=path, worker=role)
+    except ConfigError as exc:
+        log.critical("worker {index}: {path}: {errors}", index=role.index, path=path, errors="; ".join(exc.errors))
+        raise SystemExit(EX_CONFIG) from None
+    except (usage.UsageError, SystemExit) as exc:
+        log.critical("worker {index}: {error}", index=role.index, error=str(exc))
+        raise SystemExit(EX_CONFIG) from None
+    stopping: list[bool] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        if not stopping:  # a second SIGTERM (systemd signals the whole group) is the same stop
+            stopping.append(True)
+            reactor.callFromThread(reactor.stop)
+
+    def handlers() -> None:
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    _on_sighup(reactor, fedd.reloader)
+    top = fedd.service
+    top.privilegedStartService()
+    reactor.callWhenRunning(handlers)
+    reactor.callWhenRunning(top.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
+    reactor.callWhenRunning(log.info, "worker {index} serving (pid {pid})", index=role.index, pid=os.getpid())
+    reactor.run()
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this worker when the supervisor dies, even by SIGKILL (no orphaned workers)."""
+    import ctypes
+    import os
+    import signal
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the supervisor died before prctl
+        raise SystemExit(0)
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     from fedd.service import build_service
 
     config: Config = options.config
+    count = worker_count(config, options["config"] is None)
+    if count > 1:
+        return supervisor_service(options, count)
     try:
         fedd = build_service(config, reactor=reactor, config_path=options["config"])
     except usage.UsageError as exc:

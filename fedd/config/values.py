@@ -86,6 +86,12 @@ positive_float = in_range(float, low=0, low_open=True, what="a positive number",
 nonneg_float = in_range(float, low=0, what="a number >= 0", name="nonneg_float")
 positive_int = in_range(int, low=0, low_open=True, what="a positive integer", name="positive_int")
 nonneg_int = in_range(int, low=0, what="an integer >= 0", name="nonneg_int")
+_worker_count = in_range(int, low=1, high=256, what="a number of workers from 1 to 256", name="workers")
+
+
+def workers(value: str) -> int:
+    """`[server] workers`: a count, or `auto` (0: one per core, resolved at start)."""
+    return 0 if value.strip() == "auto" else _worker_count(value)
 fraction = in_range(float, low=0, high=1, high_open=True, what="a fraction in [0, 1)", name="fraction")
 sample = in_range(float, low=0, high=1, what="a fraction in [0, 1]", name="sample")
 lat = in_range(float, low=-90, high=90, what="latitude", message="latitude out of range: {text!r}", name="lat")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
@@ -135,14 +135,65 @@ class HealthRegistry:
     def to_json(self) -> dict[str, Any]:
         return {eid: h.to_json() for eid, h in self.states.items()}
 
+    def adopt(self, published: Mapping[str, Any]) -> None:
+        """Take the probe results another worker of this host published (`to_json` of its registry).
+        Its transitions were announced there (log, events): here only the ranking moves."""
+        for eid, data in published.items():
+            state = self.states.get(eid)
+            if state is None or not isinstance(data, dict):
+                continue
+            before = (state.state, state.consecutive_failures > 0)
+            for name in _ADOPTED:
+                if name in data:
+                    setattr(state, name, data[name])
+            if (state.state, state.consecutive_failures > 0) != before:
+                self.version += 1
+
+
+# what a worker takes from the probing worker; passive failures and refusals stay its own counts
+_ADOPTED = (
+    "state",
+    "latency_ms",
+    "consecutive_failures",
+    "consecutive_successes",
+    "last_check",
+    "last_change",
+    "last_error",
+    "last_error_at",
+    "checks",
+    "failures",
+)
+
+
+class HostShare(Protocol):
+    """Results one worker of the host measures for all (`fedd.workers.shared.HostShare`)."""
+
+    leader: bool
+
+    def publish(self, name: str, data: Any) -> None: ...
+
+    def follow(self, name: str, apply: Callable[[Any], None], clock: IReactorTime) -> LoopingCall: ...
+
 
 class HealthService(Service):
+    """Probes the endpoints. With `shared` (`[server] workers`), only the leading worker probes and
+    publishes each result; the others follow what it publishes and never probe themselves."""
+
     name = "health"
 
-    def __init__(self, registry: HealthRegistry, endpoints: Mapping[str, Endpoint], clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        registry: HealthRegistry,
+        endpoints: Mapping[str, Endpoint],
+        clock: IReactorTime,
+        *,
+        shared: HostShare | None = None,
+    ) -> None:
         self.registry = registry
         self.endpoints = endpoints
         self.clock = clock
+        self.shared = shared
+        self.following = shared is not None and not shared.leader
         self._loop: LoopingCall | None = None
         self._loop_done: Deferred[Any] | None = None
         self._inflight: Deferred[Any] | None = None
@@ -153,6 +204,9 @@ class HealthService(Service):
 
     def startService(self) -> None:
         super().startService()
+        if self.shared is not None and self.following:
+            self._loop = self.shared.follow("health", self.registry.adopt, self.clock)
+            return
         self._start_loop(self.registry.config.interval, now=True)
 
     def _start_loop(self, interval: float, *, now: bool) -> None:
@@ -166,7 +220,7 @@ class HealthService(Service):
         round one new interval from now."""
         loop = self._loop
         interval = new.health.interval
-        if self.running and loop is not None and loop.running and loop.interval != interval:
+        if self.running and not self.following and loop is not None and loop.running and loop.interval != interval:
             log.info("reload: [health] interval {old:g}s -> {new:g}s", old=loop.interval, new=interval)
             loop.stop()
             self._start_loop(interval, now=False)
@@ -210,6 +264,8 @@ class HealthService(Service):
 
         def done(_: Any) -> None:
             self._probing.pop(eid, None)
+            if self.shared is not None:
+                self.shared.publish("health", self.registry.to_json())
             state = self.registry.states.get(eid)
             if self.running and state is not None and state.consecutive_failures and state.state != OFFLINE:
                 # failing but not yet offline: the next probes come early, so a dead endpoint is
@@ -223,8 +279,8 @@ class HealthService(Service):
         """Probe one endpoint early (a client saw it fail): at once, or EARLY_PROBE_GAP after its last
         probe; never more than one probe of an endpoint at a time, so faults cannot pile probes up."""
         endpoint = self.endpoints.get(eid)
-        if not self.running or endpoint is None or eid in self._probing or eid in self._early:
-            return
+        if self.following or not self.running or endpoint is None or eid in self._probing or eid in self._early:
+            return  # a following worker's faults wait for the leader's next probe
         wait = self._last_probe.get(eid, -EARLY_PROBE_GAP) + EARLY_PROBE_GAP - self.clock.seconds()
 
         def fire() -> None:

@@ -28,6 +28,7 @@ from fedd import __version__
 from fedd.config import Config, EndpointConfig
 from fedd.endpoints.base import Endpoint, Space
 from fedd.errors import describe
+from fedd.health.service import HostShare
 from fedd.locate.memcache import Memcached
 from fedd.twtypes import Service
 
@@ -111,8 +112,13 @@ class SpaceService(Service):
         *,
         memcached: Memcached | None = None,
         emit: Callable[[str, dict[str, Any]], None] | None = None,
+        shared: HostShare | None = None,
     ) -> None:
+        """With `shared` (`[server] workers` without memcached), only the leading worker measures
+        and publishes each round; the others take its measurements and never measure."""
         self.config = config
+        self.shared = shared
+        self.following = shared is not None and not shared.leader
         self.settings = config.space
         self.endpoints = endpoints
         self.reactor = reactor
@@ -127,7 +133,32 @@ class SpaceService(Service):
 
     def startService(self) -> None:
         super().startService()
+        if self.shared is not None and self.following:
+            self._loop = self.shared.follow("space", self.adopt, self.reactor)
+            return
         self._start_loop(self.settings.interval, now=True)
+
+    def published(self) -> dict[str, Any]:
+        """The measurements as the leading worker shares them."""
+        return {
+            eid: {
+                "space": None if m.space is None or m.measured is None else json.loads(_encode(m.space, m.measured)),
+                "error": m.error,
+                "error_at": m.error_at,
+            }
+            for eid, m in self.measurements.items()
+        }
+
+    def adopt(self, published: dict[str, Any]) -> None:
+        """Take the leading worker's measurements (a newer one resets what this worker reserved)."""
+        for eid, data in published.items():
+            m = self.measurements.get(eid)
+            if m is None or not isinstance(data, dict):
+                continue
+            shared = _decode(json.dumps(data["space"]).encode()) if data.get("space") else None
+            if shared is not None and (m.measured is None or shared[1] > m.measured):
+                m.space, m.measured, m.reserved = shared[0], shared[1], 0
+            m.error, m.error_at = data.get("error"), data.get("error_at")
 
     def _start_loop(self, interval: float, *, now: bool) -> None:
         self._loop = LoopingCall(self._tick)
@@ -146,7 +177,7 @@ class SpaceService(Service):
             self.measurements.setdefault(eid, Measurement())
         loop = self._loop
         interval = new.space.interval
-        if self.running and loop is not None and loop.running and loop.interval != interval:
+        if self.running and not self.following and loop is not None and loop.running and loop.interval != interval:
             log.info("reload: [space] interval {old:g}s -> {new:g}s", old=loop.interval, new=interval)
             loop.stop()
             self._start_loop(interval, now=False)
@@ -173,6 +204,8 @@ class SpaceService(Service):
     def _round_done(self, result: Any) -> None:
         self._round = None
         self.rounds += 1
+        if self.shared is not None:
+            self.shared.publish("space", self.published())
         if self.settings.srr_file:
             d = deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._write_srr_file, self.srr())
             d.addErrback(

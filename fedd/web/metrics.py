@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -20,11 +20,19 @@ STATE_VALUE = {"offline": 0.0, "online": 1.0, "unknown": -1.0}
 REDIRECT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+class PeerCounters(Protocol):
+    """The per-request counters of the other workers of this host (`fedd.workers.shared.CounterFiles`)."""
+
+    def others(self) -> list[dict[str, Any]]: ...
+
+
 class Metrics:
     """Per-request figures kept in plain ints (an increment, no lock: everything runs in the reactor
-    thread) and turned into Prometheus families when scraped."""
+    thread) and turned into Prometheus families when scraped. With `peers` (`[server] workers`), a
+    scrape adds the other workers' counters to this one's: one /metrics for the host."""
 
-    def __init__(self) -> None:
+    def __init__(self, peers: PeerCounters | None = None) -> None:
+        self.peers = peers
         self.registry = CollectorRegistry(auto_describe=True)
         self._requests: dict[tuple[bytes, int], int] = {}
         self._redirects = [0] * (len(REDIRECT_BUCKETS) + 1)  # per bucket (not cumulative); the last is +Inf
@@ -38,6 +46,31 @@ class Metrics:
         if status == 302 and seconds is not None:
             self._redirects[bisect_left(REDIRECT_BUCKETS, seconds)] += 1
             self._redirect_sum += seconds
+
+    def snapshot(self) -> dict[str, Any]:
+        """This process's counters as JSON data (what another worker adds up)."""
+        return {
+            "requests": [[m.decode("latin-1"), s, n] for (m, s), n in self._requests.items()],
+            "redirects": list(self._redirects),
+            "redirect_sum": self._redirect_sum,
+        }
+
+    def totals(self) -> tuple[dict[tuple[bytes, int], int], list[int], float]:
+        """(requests, redirect buckets, redirect seconds) of this process plus its peers."""
+        requests = dict(self._requests)
+        redirects = list(self._redirects)
+        total = self._redirect_sum
+        for peer in self.peers.others() if self.peers is not None else ():
+            try:
+                for method, status, n in peer["requests"]:
+                    key = (str(method).encode("latin-1"), int(status))
+                    requests[key] = requests.get(key, 0) + int(n)
+                if len(peer["redirects"]) == len(redirects):
+                    redirects = [a + int(b) for a, b in zip(redirects, peer["redirects"], strict=True)]
+                total += float(peer["redirect_sum"])
+            except (KeyError, TypeError, ValueError):
+                continue  # a file from another version: its figures are left out, the scrape still answers
+        return requests, redirects, total
 
     def add_state(self, collector: Collector) -> None:
         self.registry.register(collector)
@@ -56,21 +89,22 @@ class _RequestCollector(Collector):
     def collect(self) -> Iterator[Any]:
         requests = CounterMetricFamily("fedd_requests", "HTTP requests answered", labels=["method", "status"])
         merged: dict[tuple[str, str], int] = {}
-        for (method, status), n in self.metrics._requests.items():
+        counts, redirects, redirect_sum = self.metrics.totals()
+        for (method, status), n in counts.items():
             key = (method.decode("latin-1") if method in _METHODS else "OTHER", str(status))
             merged[key] = merged.get(key, 0) + n
         for labels, n in merged.items():
             requests.add_metric(list(labels), float(n))
         yield requests
         cumulative, buckets = 0, []
-        for bound, n in zip((*REDIRECT_BUCKETS, float("inf")), self.metrics._redirects, strict=True):
+        for bound, n in zip((*REDIRECT_BUCKETS, float("inf")), redirects, strict=True):
             cumulative += n
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(cumulative)))
         yield HistogramMetricFamily(
             "fedd_redirect_seconds",
             "Time from request to redirect (GET answered with 302)",
             buckets=buckets,
-            sum_value=self.metrics._redirect_sum,
+            sum_value=redirect_sum,
         )
 
 

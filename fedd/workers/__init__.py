@@ -1,0 +1,77 @@
+"""`[server] workers = N`: one supervisor process, N worker processes sharing its listening sockets.
+
+- The supervisor (`fedd.workers.supervisor`, what `twistd fedd` runs when N > 1) opens each
+  `[server] listen` socket itself, or takes the ones systemd passed, and starts N workers
+  (`python -m fedd.workers`), handing them the sockets as file descriptors 3, 4, ... in listen order.
+  Every worker accepts on the same sockets (one kernel accept queue per socket: a worker that dies
+  loses no waiting connection). A worker that exits is started again, after a delay that doubles
+  while it keeps dying young. SIGHUP is passed on (each worker reloads), SIGTERM makes every worker
+  drain as a single fedd does, and the supervisor exits when the last one has.
+- Workers log JSON lines on their stdout; the supervisor republishes each event in its own log with
+  `log_system` set to `worker-N`, so `twistd --logger` or the journal see one log.
+- A run directory (systemd's `$RUNTIME_DIRECTORY`, else a temporary directory) holds what the workers
+  share on this host (`fedd.workers.shared`): each worker's per-request counters (any worker's
+  `/metrics` adds them all up), the health and space results of the elected worker (worker 0 probes
+  and measures, the others read its results within a second), and the supervisor's list of workers
+  for the status page.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_INDEX = "FEDD_WORKER_INDEX"
+ENV_COUNT = "FEDD_WORKER_COUNT"
+ENV_RUN_DIR = "FEDD_WORKER_RUN_DIR"
+ENV_LISTEN = "FEDD_WORKER_LISTEN"  # the listen descriptions, one per line, in fd order
+FIRST_FD = 3  # the first inherited listening socket (as in systemd socket passing)
+EX_CONFIG = 78  # a worker that cannot be built from the configuration: the supervisor gives up
+
+
+def cores() -> int:
+    """`workers = auto`: the cores this process may run on (its CPU affinity, e.g. under a cgroup cpuset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """What one worker process knows of its place: its index, how many there are, where they share."""
+
+    index: int
+    count: int
+    run_dir: Path
+    listen: tuple[str, ...]  # listen descriptions; the socket of listen[i] is fd FIRST_FD + i
+
+    @property
+    def leader(self) -> bool:
+        """Worker 0 probes endpoints and measures space for the host (a restarted worker 0 takes over)."""
+        return self.index == 0
+
+    def fd(self, position: int) -> int:
+        return FIRST_FD + position
+
+    def environment(self) -> dict[str, str]:
+        return {
+            ENV_INDEX: str(self.index),
+            ENV_COUNT: str(self.count),
+            ENV_RUN_DIR: str(self.run_dir),
+            ENV_LISTEN: "\n".join(self.listen),
+        }
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str]) -> WorkerRole:
+        try:
+            return cls(
+                index=int(env[ENV_INDEX]),
+                count=int(env[ENV_COUNT]),
+                run_dir=Path(env[ENV_RUN_DIR]),
+                listen=tuple(env[ENV_LISTEN].split("\n")),
+            )
+        except (KeyError, ValueError) as exc:
+            raise SystemExit(f"fedd worker: started without its supervisor's environment ({exc})") from None

@@ -1,0 +1,157 @@
+"""What the workers of one host share through their run directory: small JSON files, each written
+whole to a temporary name and renamed (a reader never sees half a file).
+
+- `HostShare`: the elected worker (0) publishes its health and space results (`health.json`,
+  `space.json`); the others `read` them on a 0.25 s poll that costs a `stat` when nothing changed.
+- `CounterFiles`: each worker writes its per-request counters to `counters-<pid>.json` every
+  second; a scrape adds its own live counters to every other file, those of workers that have
+  died included (their requests were answered: a counter must not go back), as prometheus-client's
+  multiprocess mode does for counters.
+- `workers.json`: the supervisor's list of workers (index, pid, start time, restarts) for the status.
+
+The files are a few kilobytes, written at most a few times a second by one process, on the host's
+run directory (tmpfs under systemd's RuntimeDirectory): writing them in the reactor thread costs
+microseconds, below what a thread hand-off would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from fedd.twtypes import Service
+
+log = Logger(namespace="fedd.workers")
+FOLLOW_INTERVAL = 0.25  # seconds: followers see a published result within this (plus the file write)
+COUNTERS_INTERVAL = 1.0  # seconds between two writes of a worker's counters
+WORKERS_FILE = "workers.json"
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    """The file's data, or None when it is missing or unreadable (a follower tries again next poll)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+class HostShare:
+    """Results one worker measures for the whole host. `leader` is the worker that measures."""
+
+    def __init__(self, run_dir: Path, *, leader: bool) -> None:
+        self.run_dir = run_dir
+        self.leader = leader
+        self._seen: dict[str, int] = {}  # name -> mtime_ns of the file last read
+
+    def publish(self, name: str, data: Any) -> None:
+        try:
+            write_json(self.run_dir / f"{name}.json", data)
+        except OSError as exc:
+            log.warn("cannot share {name} with the other workers: {reason}", name=name, reason=exc)
+
+    def read(self, name: str) -> Any:
+        """The published data if it changed since the last read, else None."""
+        path = self.run_dir / f"{name}.json"
+        try:
+            stamp = path.stat().st_mtime_ns
+        except OSError:
+            return None
+        if self._seen.get(name) == stamp:
+            return None
+        data = read_json(path)
+        if data is not None:
+            self._seen[name] = stamp
+        return data
+
+    def follow(self, name: str, apply: Any, clock: IReactorTime) -> LoopingCall:
+        """Call `apply(data)` with each new publication of `name` (a started LoopingCall; stop it)."""
+
+        def poll() -> None:
+            try:
+                data = self.read(name)
+                if data is not None:
+                    apply(data)
+            except Exception:  # a malformed file must not stop the loop
+                log.failure("applying the shared {name} failed", name=name)
+
+        loop = LoopingCall(poll)
+        loop.clock = clock
+        loop.start(FOLLOW_INTERVAL, now=True).addErrback(lambda f: log.failure("follow loop stopped", f))
+        return loop
+
+
+class CounterFiles:
+    """Per-request counters of every worker of the host (see the module docstring)."""
+
+    def __init__(self, run_dir: Path, pid: int) -> None:
+        self.run_dir = run_dir
+        self.own = run_dir / f"counters-{pid}.json"
+
+    def write(self, snapshot: dict[str, Any]) -> None:
+        write_json(self.own, snapshot)
+
+    def others(self) -> list[dict[str, Any]]:
+        found = []
+        for path in sorted(self.run_dir.glob("counters-*.json")):
+            if path != self.own and isinstance(data := read_json(path), dict):
+                found.append(data)
+        return found
+
+
+class CountersWriter(Service):
+    """Writes this worker's counters every second, and once more when it stops (a drained worker's
+    last answers count)."""
+
+    name = "counters"
+
+    def __init__(self, files: CounterFiles, snapshot: Any, clock: IReactorTime) -> None:
+        self.files = files
+        self.snapshot = snapshot
+        self.clock = clock
+        self._loop: LoopingCall | None = None
+
+    def write(self) -> None:
+        try:
+            self.files.write(self.snapshot())
+        except OSError as exc:
+            log.warn("cannot write the request counters: {reason}", reason=exc)
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self.write)
+        self._loop.clock = self.clock
+        self._loop.start(COUNTERS_INTERVAL, now=True).addErrback(lambda f: log.failure("counters loop stopped", f))
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self.write()
+
+
+class WorkersStatus:
+    """The status section of a worker: which worker answered, and all of them (the supervisor's list)."""
+
+    def __init__(self, run_dir: Path, index: int, count: int) -> None:
+        self.run_dir = run_dir
+        self.index = index
+        self.count = count
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "answered_by": {"index": self.index, "pid": os.getpid()},
+            "count": self.count,
+            "workers": read_json(self.run_dir / WORKERS_FILE) or [],
+        }

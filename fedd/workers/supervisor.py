@@ -1,0 +1,248 @@
+"""The supervisor: what `twistd fedd` runs with `[server] workers` above 1 (see fedd.workers).
+
+It serves nothing itself. It owns the listening sockets, starts the workers with them, relays their
+logs, starts a dead worker again (0.25 s later, doubling up to 30 s while workers keep dying within
+10 s of their start), passes SIGHUP on, and on stop sends each worker SIGTERM and waits for all of
+them (SIGKILL for any still running `stop_timeout` seconds later: its drain has a deadline of its own).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger, eventFromJSON, globalLogPublisher
+from twisted.python.failure import Failure
+
+from fedd.twtypes import Service
+from fedd.workers import EX_CONFIG, FIRST_FD, WorkerRole
+from fedd.workers.shared import WORKERS_FILE, write_json
+from fedd.workers.sockets import open_listener
+
+log = Logger(namespace="fedd.workers")
+FIRST_DELAY = 0.25
+MAX_DELAY = 30.0
+STABLE_AFTER = 10.0  # a worker that ran this long is not crash-looping: the next restart is quick again
+MAX_LINE = 1 << 20
+
+
+class _Worker(ProcessProtocol):
+    """One worker process: its output relayed line by line into the supervisor's log."""
+
+    def __init__(self, supervisor: Supervisor, index: int) -> None:
+        self.supervisor = supervisor
+        self.index = index
+        self.started = time.time()
+        self.pid: int | None = None
+        self.ended: Deferred[None] = Deferred()
+        self._buffers = {1: b"", 2: b""}
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        buffered = self._buffers.get(fd, b"") + data
+        *lines, rest = buffered.split(b"\n")
+        if len(rest) > MAX_LINE:
+            lines.append(rest)
+            rest = b""
+        self._buffers[fd] = rest
+        for line in lines:
+            self.relay(fd, line)
+
+    def relay(self, fd: int, line: bytes) -> None:
+        text = line.lstrip(b"\x1e").decode("utf-8", "replace").rstrip()
+        if not text:
+            return
+        system = f"worker-{self.index}"
+        if fd == 1:
+            try:
+                event = eventFromJSON(text)
+            except ValueError:
+                event = None
+            if isinstance(event, dict):
+                event["log_system"] = system
+                event["fedd_worker"] = self.index
+                globalLogPublisher(event)
+                return
+        log.info("{line}", line=text, log_system=system, fedd_worker=self.index)
+
+    def processEnded(self, reason: Failure) -> None:
+        for fd, rest in self._buffers.items():
+            if rest:
+                self.relay(fd, rest)
+        self.supervisor.ended(self, reason)
+        self.ended.callback(None)
+
+
+class Supervisor(Service):
+    name = "supervisor"
+
+    def __init__(
+        self,
+        *,
+        reactor: Any,
+        count: int,
+        listen: Sequence[str],
+        run_dir: Path,
+        argv: Sequence[str],
+        stop_timeout: float,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.count = count
+        self.listen = tuple(listen)
+        self.run_dir = run_dir
+        self.argv = list(argv)  # the worker's arguments after `python -m fedd.workers`
+        self.stop_timeout = stop_timeout
+        self.environ = dict(os.environ if environ is None else environ)
+        self.sockets: list[socket.socket] = []
+        self.workers: dict[int, _Worker] = {}
+        self.transports: dict[int, Any] = {}
+        self.restarts: dict[int, int] = {}
+        self._quick_deaths: dict[int, int] = {}
+        self._pending: dict[int, Any] = {}  # index -> delayed restart
+        self.stopping = False
+        self.exit_code = 0
+
+    # --- start ------------------------------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        """Open the sockets (a port below 1024 needs this before twistd drops privileges)."""
+        super().privilegedStartService()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.run_dir.glob("*.json"):  # counters and results of an earlier run
+            stale.unlink(missing_ok=True)
+        self.sockets = [open_listener(d) for d in self.listen]
+
+    def startService(self) -> None:
+        super().startService()
+        if not self.sockets:
+            self.sockets = [open_listener(d) for d in self.listen]
+        for index in range(self.count):
+            self.spawn(index)
+        log.info(
+            "fedd supervisor: {n} workers on {listen} (run directory {run_dir})",
+            n=self.count,
+            listen=", ".join(self.listen),
+            run_dir=str(self.run_dir),
+        )
+
+    def spawn(self, index: int) -> None:
+        self._pending.pop(index, None)
+        if self.stopping:
+            return
+        import sys
+
+        role = WorkerRole(index=index, count=self.count, run_dir=self.run_dir, listen=self.listen)
+        env = {k: v for k, v in self.environ.items() if not k.startswith("LISTEN_")}  # systemd's are ours
+        env.update(role.environment())
+        fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
+        for position, sock in enumerate(self.sockets):
+            fds[FIRST_FD + position] = sock.fileno()
+        worker = _Worker(self, index)
+        self.workers[index] = worker
+        transport = self.reactor.spawnProcess(
+            worker, sys.executable, [sys.executable, "-m", "fedd.workers", *self.argv], env=env, childFDs=fds
+        )
+        self.transports[index] = transport
+        worker.pid = transport.pid
+        self._write_list()
+
+    # --- a worker ended -----------------------------------------------------------------------------
+
+    def ended(self, worker: _Worker, reason: Failure) -> None:
+        index = worker.index
+        if self.workers.get(index) is not worker:
+            return
+        del self.workers[index]
+        self.transports.pop(index, None)
+        code = getattr(reason.value, "exitCode", None)
+        sig = getattr(reason.value, "signal", None)
+        how = f"signal {sig}" if sig is not None else f"status {code}"
+        if self.stopping:
+            log.info("worker {index} stopped ({how})", index=index, how=how)
+            self._write_list()
+            return
+        if code == EX_CONFIG:
+            log.critical("worker {index} cannot start from this configuration: stopping fedd", index=index)
+            self.exit_code = 1
+            self._write_list()
+            self.reactor.stop()
+            return
+        lived = time.time() - worker.started
+        quick = self._quick_deaths[index] = self._quick_deaths.get(index, 0) + 1 if lived < STABLE_AFTER else 0
+        delay = min(MAX_DELAY, FIRST_DELAY * 2**quick)
+        self.restarts[index] = self.restarts.get(index, 0) + 1
+        log.warn(
+            "worker {index} (pid {pid}) ended ({how}) after {lived:.1f}s: starting it again in {delay:g}s",
+            index=index,
+            pid=worker.pid,
+            how=how,
+            lived=lived,
+            delay=delay,
+        )
+        self._pending[index] = self.reactor.callLater(delay, self.spawn, index)
+        self._write_list()
+
+    # --- signals and stop ---------------------------------------------------------------------------
+
+    def signal_all(self, signum: int) -> None:
+        for transport in list(self.transports.values()):
+            try:
+                transport.signalProcess(signum)
+            except (ProcessExitedAlready, OSError):
+                pass  # it is ending: processEnded tells the rest
+
+    def pids(self) -> dict[int, int]:
+        return {i: w.pid for i, w in self.workers.items() if w.pid is not None}
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self.stopping = True
+        for call in self._pending.values():
+            if call.active():
+                call.cancel()
+        self._pending.clear()
+        waiting = [w.ended for w in self.workers.values()]
+        if not waiting:
+            return succeed(None)
+        log.info("stopping {n} worker(s): each drains its open requests", n=len(waiting))
+        self.signal_all(signal.SIGTERM)
+        kill = self.reactor.callLater(self.stop_timeout, self._kill_rest)
+        done = DeferredList(waiting, consumeErrors=True)
+
+        def finished(_: object) -> None:
+            if kill.active():
+                kill.cancel()
+            for sock in self.sockets:
+                sock.close()
+
+        return done.addCallback(finished)
+
+    def _kill_rest(self) -> None:
+        if self.transports:
+            log.warn(
+                "{n} worker(s) still running after {t:g}s: killing them", n=len(self.transports), t=self.stop_timeout
+            )
+            self.signal_all(signal.SIGKILL)
+
+    def _write_list(self) -> None:
+        listing = [
+            {
+                "index": i,
+                "pid": w.pid,
+                "started": w.started,
+                "restarts": self.restarts.get(i, 0),
+            }
+            for i, w in sorted(self.workers.items())
+        ]
+        try:
+            write_json(self.run_dir / WORKERS_FILE, listing)
+        except OSError as exc:
+            log.warn("cannot write the list of workers: {reason}", reason=exc)
