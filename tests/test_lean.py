@@ -4,6 +4,7 @@ through it as well (it is how every connection starts)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from fedd.config import parse_config
 from fedd.endpoints.base import Stat
+from fedd.events.model import Template, render
 from fedd.federation import Federation
 from fedd.health.service import HealthRegistry
 from fedd.locate.locator import Locator
@@ -39,6 +41,9 @@ class Events:
 
     def emit(self, kind: str, payload: dict[str, Any]) -> None:
         self.emitted.append((kind, payload))
+
+    def emit_template(self, t: Template, values: tuple[bytes, ...]) -> None:
+        self.emit(t.event_type, json.loads(render(t, "id", values, 0.0))["payload"])
 
     def to_json(self) -> dict[str, Any]:
         return {}

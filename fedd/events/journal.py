@@ -14,10 +14,11 @@ the outbox never takes a segment that is still being written: only dead processe
 leftovers.
 
 Layout: 8 bytes, the offset up to which the events are stored (little-endian; 0 = none), then one
-record per event: its length and CRC-32 (4 bytes each) and the `marshal` of (id, event type,
-payload, time), then
-zeros up to the segment's size. JSON is written later, a batch at a time, off the request: encoding
-each event inside its request cost several percent of the redirect throughput.
+record per event: its length and CRC-32 (4 bytes each) and either the event's JSON envelope, what
+the sink is sent (`append_record`: the web front's get-redirect events, rendered from a template
+encoded once per redirect plan, fedd.events.model.render), or the `marshal` of (id, event type,
+payload, time) (`append`), then zeros up to the segment's size. A JSON record starts with `{`, a
+marshalled tuple never does.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedd.events.model import Raw
+from fedd.events.model import Journaled, Raw
 
 SUFFIX = ".journal."
 SEGMENT_BYTES = 4 << 20  # about 10,000 events: opening a segment costs a few ms, once per this many
@@ -67,9 +68,9 @@ def encode(raw: Raw) -> bytes:
     return LENGTH.pack(len(data), zlib.crc32(data)) + data
 
 
-def decode(data: bytes) -> tuple[list[Raw], int]:
+def decode(data: bytes) -> tuple[list[Raw | Journaled], int]:
     """The events of a segment's unstored part, and how many records were unreadable (a torn last one)."""
-    events: list[Raw] = []
+    events: list[Raw | Journaled] = []
     bad = 0
     pos = 0
     while pos + LENGTH.size <= len(data):
@@ -81,10 +82,18 @@ def decode(data: bytes) -> tuple[list[Raw], int]:
         try:
             if zlib.crc32(record) != crc:
                 raise ValueError("torn record")
+            if record[:1] == b"{":  # an envelope already: stored as it is (same id, same bytes)
+                doc = json.loads(record)
+                event_id, event_type = doc["id"], doc["event_type"]
+                if isinstance(event_id, str) and isinstance(event_type, str):
+                    events.append((event_id, event_type, record))
+                else:
+                    bad += 1
+                continue
             raw = marshal.loads(record)
             event_id, event_type, payload, at = raw
             ok = isinstance(event_id, str) and isinstance(event_type, str) and isinstance(payload, dict)
-        except (ValueError, EOFError, TypeError):  # cut off by the kill
+        except (ValueError, EOFError, TypeError, KeyError):  # cut off by the kill
             ok = False
         if ok and isinstance(at, int | float):
             events.append((event_id, event_type, payload, float(at)))
@@ -93,9 +102,9 @@ def decode(data: bytes) -> tuple[list[Raw], int]:
     return events, bad
 
 
-def read_segments(paths: list[str]) -> tuple[list[Raw], int]:
+def read_segments(paths: list[str]) -> tuple[list[Raw | Journaled], int]:
     """The unstored events of segment files. Blocking: call it from a worker thread."""
-    events: list[Raw] = []
+    events: list[Raw | Journaled] = []
     bad = 0
     for path in paths:
         with open(path, "rb") as f:
@@ -132,7 +141,13 @@ class Journal:
     def append(self, raw: Raw) -> None:
         """Copy one record into the mapped segment; raises OSError (a full disk) for the caller to count,
         ValueError for a payload that cannot be stored."""
-        line = encode(raw)
+        self._write(encode(raw))
+
+    def append_record(self, body: bytes) -> None:
+        """Copy one event's JSON envelope into the mapped segment; raises OSError (a full disk)."""
+        self._write(LENGTH.pack(len(body), zlib.crc32(body)) + body)
+
+    def _write(self, line: bytes) -> None:
         current = self._current
         end = self._pos + len(line)
         if current is None or current.map is None or end > len(current.map):

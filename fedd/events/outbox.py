@@ -13,12 +13,13 @@ The `events-dropped` notice lives in a table of its own with one slot: it is nev
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
 
 from fedd.events.journal import read_segments
-from fedd.events.model import Event, Raw, encode
+from fedd.events.model import Event, Journaled, Raw, encode
 from fedd.sqlite import SqliteThread
 
 SHED_POLICIES = ("drop-oldest", "drop-newest")
@@ -26,7 +27,7 @@ Row = tuple[int, Event]  # (outbox position, event)
 Notice = tuple[Event, int]  # (the events-dropped event, the count it carries)
 
 
-def encode_all(raws: list[Raw], prefix: str) -> tuple[list[Event], int]:
+def encode_all(raws: Sequence[Raw | Journaled], prefix: str) -> tuple[list[Event], int]:
     events: list[Event] = []
     for raw in raws:
         try:

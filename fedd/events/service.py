@@ -1,13 +1,14 @@
 """The `events` service: emit() puts an event on disk and never waits; background work delivers it.
 
-emit() gives the event a fresh id and copies it (marshalled) into the journal, a file mapped into
-memory (fedd/events/journal.py): from then on the event survives a kill of the process, and the web
-front sends its answer only after emit() returned. Every `flush_interval` the events since the last
-flush are encoded (JSON envelopes) and stored in the durable outbox (SQLite, in its own thread),
-and the journal records that they are; with a spool file instead of a broker they are written to
-the spool. The sender loop takes events from the outbox
-in order, publishes them, and deletes them only once the sink confirmed them: delivery is at least
-once, and an event sent twice carries the same id both times.
+emit() gives the event a fresh id, encodes its JSON envelope and copies it into the journal, a file
+mapped into memory (fedd/events/journal.py): from then on the event survives a kill of the process,
+and the web front sends its answer only after emit() returned. The web front's get-redirect events
+come through emit_template(): their envelope was encoded once per redirect plan, and an event costs
+its id, its time and a copy (about 2 us, docs/events.md). Every `flush_interval` the events since
+the last flush are stored, as they are, in the durable outbox (SQLite, in its own thread), and the
+journal records that they are; with a spool file instead of a broker they are written to the spool.
+The sender loop takes events from the outbox in order, publishes them, and deletes them only once
+the sink confirmed them: delivery is at least once, and an event sent twice carries the same id.
 
 Sink down: the loop waits and the outbox fills. Outbox full: the shedding policy drops events; the
 drops are reported by at most one `events-dropped` notice and one log line per
@@ -27,7 +28,7 @@ from twisted.logger import Logger
 from fedd.config import EventsConfig
 from fedd.errors import describe
 from fedd.events.journal import Journal, Mark
-from fedd.events.model import Event, EventIds, Raw, encode, envelope, routing_key
+from fedd.events.model import Event, EventIds, Template, envelope, render, routing_key
 from fedd.events.outbox import Notice, Outbox
 from fedd.events.recovery import replay_journal
 from fedd.events.sinks import Sink
@@ -63,7 +64,7 @@ class EventsService(MultiService):
         self.journal = journal or Journal(config.outbox if outbox is not None else config.spool, clock)
         self._ids = ids or EventIds(int.from_bytes(os.urandom(8)))  # unique across restarts and processes
         self._keys: dict[str, str] = {}
-        self._batch: list[Raw] = []  # in the journal, not yet encoded and stored
+        self._batch: list[Event] = []  # in the journal, not yet stored
         self._unstored: list[tuple[Mark, list[Event]]] = []  # taken from the batch, being (or to be) stored
         self._unstored_n = 0
         self._flush_call: IDelayedCall | None = None
@@ -86,19 +87,39 @@ class EventsService(MultiService):
 
     def emit(self, event_type: str, payload: dict[str, Any]) -> None:
         """Record an event durably (in the page cache). Never blocks on the network, never raises."""
-        if event_type not in self.enabled:
+        if not self._admit(event_type):
             return
+        event_id = self._ids()
+        try:
+            body = envelope(event_id, event_type, payload, self.clock.seconds())
+        except (TypeError, ValueError) as exc:  # a payload that cannot be encoded is a bug: log, go on
+            log.error("cannot encode {event_type} event: {reason}", event_type=event_type, reason=exc)
+            return
+        self._append(event_id, event_type, body)
+        self.emitted += 1
+
+    def emit_template(self, template: Template, values: tuple[bytes, ...]) -> None:
+        """emit() for an event whose envelope is prebuilt (fedd.events.model.template) but for
+        `values`, its varying fields already JSON: the web front's get-redirect, once per redirect."""
+        if not self._admit(template.event_type):
+            return
+        event_id = self._ids()
+        self._append(event_id, template.event_type, render(template, event_id, values, self.clock.seconds()))
+        self.emitted += 1
+
+    def _admit(self, event_type: str) -> bool:
+        if event_type not in self.enabled:
+            return False
         if event_type == "get-redirect" and self.config.get_redirect_sample < 1.0:
             if self.rng.random() >= self.config.get_redirect_sample:
                 self.sampled_out += 1
-                return
+                return False
         if (self._store_failures or not self._open) and (
             len(self._batch) + self._unstored_n >= self.config.outbox_max_events
         ):  # the outbox is not taking events: memory holds no more than it would
             self._note_dropped(1)
-            return
-        if self._append((self._ids(), event_type, payload, self.clock.seconds())):
-            self.emitted += 1
+            return False
+        return True
 
     def _key(self, event_type: str) -> str:
         key = self._keys.get(event_type)
@@ -106,12 +127,9 @@ class EventsService(MultiService):
             key = self._keys[event_type] = routing_key(self.config.routing_prefix, event_type)
         return key
 
-    def _append(self, raw: Raw) -> bool:
+    def _append(self, event_id: str, event_type: str, body: bytes) -> None:
         try:
-            self.journal.append(raw)
-        except ValueError as exc:  # a payload that cannot be encoded is a bug: log, go on
-            log.error("cannot encode {event_type} event: {reason}", event_type=raw[1], reason=exc)
-            return False
+            self.journal.append_record(body)
         except OSError as exc:  # a full disk: the event is only in memory until stored
             self.journal_errors += 1
             now = self.clock.seconds()
@@ -123,10 +141,9 @@ class EventsService(MultiService):
                     reason=describe(exc),
                     n=self.journal_errors,
                 )
-        self._batch.append(raw)
+        self._batch.append((event_id, self._key(event_type), body))
         if self._flush_call is None and self._flushing is None and self.running:
             self._flush_call = self.clock.callLater(self.config.flush_interval, self._flush)
-        return True
 
     def _flush(self) -> Deferred[None]:
         self._flush_call = None
@@ -136,17 +153,10 @@ class EventsService(MultiService):
             if self.running:
                 self._flush_call = self.clock.callLater(self.config.flush_interval, self._flush)
             return succeed(None)
-        if self._batch:
-            events: list[Event] = []
-            prefix = self.config.routing_prefix
-            for raw in self._batch:  # JSON a batch at a time, off the requests
-                try:
-                    events.append(encode(raw, prefix))
-                except (TypeError, ValueError) as exc:  # a payload that cannot be encoded is a bug: log, go on
-                    log.error("cannot encode {event_type} event: {reason}", event_type=raw[1], reason=exc)
+        if self._batch:  # encoded already (emit): the flush only hands the batch on
+            events, self._batch = self._batch, []
             self._unstored.append((self.journal.mark(), events))
             self._unstored_n += len(events)
-            self._batch = []
         if not self._unstored:
             return succeed(None)
         d = ensureDeferred(self._store())
@@ -249,10 +259,11 @@ class EventsService(MultiService):
             "outbox_max": self.config.outbox_max_events,
         }
         event_id = self._ids()
+        body = envelope(event_id, "events-dropped", payload, now)
         if self.outbox is None:
-            self._append((event_id, "events-dropped", payload, now))  # into the spool with the next batch
+            self._append(event_id, "events-dropped", body)  # into the spool with the next batch
             return None
-        event = (event_id, self._key("events-dropped"), envelope(event_id, "events-dropped", payload, now))
+        event = (event_id, self._key("events-dropped"), body)
         self._notice = (event, count)
         d = self.outbox.put_notice(self._notice)
         d.addErrback(lambda f: log.error("cannot store the events-dropped notice: {reason}", reason=describe(f)))

@@ -24,6 +24,7 @@ from fedd.checksums.reported import known_checksums
 from fedd.checksums.service import ChecksumService
 from fedd.endpoints.base import Stat, format_etag
 from fedd.errors import NoReplicaAvailable, NotFound
+from fedd.events.model import Template, json_value, template
 from fedd.events.service import EventsService
 from fedd.federation import Federation, Replica
 from fedd.web import listing, xml
@@ -35,6 +36,7 @@ from fedd.web.site import absolute_url as _absolute
 METALINK_TYPE = b"application/metalink4+xml"
 PLAN_SECONDS = 1.0
 PLAN_ENTRIES = 100_000
+EVENT_VARYING = ("client_dn", "locate_ms")  # a get-redirect's fields that a plan does not fix
 Quota = Callable[[str, Stat], "tuple[int, int] | None"]
 
 
@@ -83,9 +85,13 @@ class Reads:
         self.auth = auth  # listings name a child with rules of its own only to who may see it
         self.quota: Quota = quota or (lambda path, stat: None)
         self._plans: dict[tuple[Any, ...], Plan] = {}
+        # get-redirect envelopes encoded once per (path as asked, method, client) and plan: announce()
+        self._event_templates: dict[tuple[bytes, bytes, str], tuple[Plan, Template]] = {}
+        self._dns: dict[str, bytes] = {}  # client DN -> its JSON
 
     def clear_plans(self) -> None:
         self._plans.clear()
+        self._event_templates.clear()
 
     def _wants_metalink(self, request: server.Request) -> bool:
         query = request.uri.partition(b"?")[2]
@@ -244,25 +250,40 @@ class Reads:
         self, plan: Plan, *, path: bytes, method: bytes, client: str, who: Identity, locate_ms: float = 0.0
     ) -> None:
         """What a redirect sent by `plan` means beyond the answer: the endpoint's load and the
-        `get-redirect` event."""
+        `get-redirect` event. The event's envelope is encoded once per plan and request line
+        (`_event_template`): a redirect adds only its DN, locate time, id and time (docs/events.md)."""
         if plan.code != 302:
             return
         self.fed.note_redirect(plan.endpoint)
-        if self.events is not None:
-            self.events.emit(
-                "get-redirect",
-                {
-                    "path": path.decode("utf-8", "replace"),
-                    "method": method.decode("latin-1"),
-                    "client": client,
-                    "client_country": self.fed.geo.country(client),
-                    "client_dn": who.subject or None,
-                    "endpoint": plan.endpoint,
-                    "url": plan.url,
-                    "candidates": plan.candidates,
-                    "locate_ms": round(locate_ms, 3),
-                },
-            )
+        events = self.events
+        if events is None:
+            return
+        key = (path, method, client)
+        memo = self._event_templates.get(key)
+        if memo is None or memo[0] is not plan:
+            if len(self._event_templates) >= PLAN_ENTRIES:
+                self._event_templates.clear()
+            memo = self._event_templates[key] = (plan, self._event_template(plan, path, method, client))
+        dn = self._dns.get(who.subject)
+        if dn is None:
+            if len(self._dns) >= PLAN_ENTRIES:
+                self._dns.clear()
+            dn = self._dns[who.subject] = json_value(who.subject or None)
+        events.emit_template(memo[1], (dn, json_value(round(locate_ms, 3)) if locate_ms else b"0.0"))
+
+    def _event_template(self, plan: Plan, path: bytes, method: bytes, client: str) -> Template:
+        payload = {
+            "path": path.decode("utf-8", "replace"),
+            "method": method.decode("latin-1"),
+            "client": client,
+            "client_country": self.fed.geo.country(client),
+            "client_dn": None,
+            "endpoint": plan.endpoint,
+            "url": plan.url,
+            "candidates": plan.candidates,
+            "locate_ms": 0.0,
+        }
+        return template("get-redirect", payload, EVENT_VARYING)
 
     def _send_plan(self, request: server.Request, plan: Plan, locate_ms: float = 0.0) -> bytes:
         request.fedd_endpoint = plan.endpoint  # type: ignore[attr-defined]
