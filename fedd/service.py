@@ -50,7 +50,7 @@ from fedd.web.metrics import Metrics, StateCollector, TlsCounter
 from fedd.web.resource import FeddResource
 from fedd.web.site import FeddSite, PublicBase
 from fedd.workers import WorkerRole
-from fedd.workers.shared import CounterFiles, CountersWriter, HostShare
+from fedd.workers.shared import CounterFiles, CountersWriter, HostShare, WorkersStatus
 from fedd.workers.sockets import AdoptedEndpoint
 from fedd.writes import Writer
 
@@ -377,6 +377,7 @@ def build_service(
         srr_path=config.space.srr_path.encode(),
         reload_status=reload_status,
         state=state,
+        workers=WorkersStatus(worker.run_dir, worker.index, worker.count) if worker is not None else None,
     )
     access = None
     if config.server.access_log_file:

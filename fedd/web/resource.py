@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.web import server
 
@@ -37,6 +37,12 @@ from fedd.web.writing import Writes
 from fedd.writes import Writer
 
 
+class WorkersSection(Protocol):
+    """The status section of `[server] workers` (fedd.workers.shared.WorkersStatus)."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
 class FeddResource(Resource):
     isLeaf = True
 
@@ -58,6 +64,7 @@ class FeddResource(Resource):
         srr_path: bytes = b"/.well-known/fedd/srr.json",
         reload_status: ReloadStatus | None = None,
         state: StateStore | None = None,
+        workers: WorkersSection | None = None,
     ) -> None:
         """Only `federation` is needed to serve reads; each other part adds what it serves (writes,
         third-party copies, checksums, space reports, downtimes, metrics, status sections)."""
@@ -75,6 +82,7 @@ class FeddResource(Resource):
         self.srr_path = srr_path
         self.reload_status = reload_status
         self.state = state
+        self.workers = workers  # [server] workers: which worker answered, and all of them
         # which host answered, in the status (behind a load balancer)
         self.host = state.identity.host if state is not None else socket.gethostname()
         self.started = time.time()
@@ -229,6 +237,7 @@ class FeddResource(Resource):
             "checksums": self.checksums,
             "reload": self.reload_status,
             "state": self.state,
+            "workers": self.workers,
         }
         for name, part in sections.items():
             if part is not None:

@@ -211,19 +211,27 @@ class Supervisor(Service):
         self._pending.clear()
         waiting = [w.ended for w in self.workers.values()]
         if not waiting:
+            self._close_sockets()
             return succeed(None)
         log.info("stopping {n} worker(s): each drains its open requests", n=len(waiting))
         self.signal_all(signal.SIGTERM)
+        # the workers hold the sockets as long as they accept (drain_notice); once they have all
+        # stopped listening, a new connection is refused at once instead of waiting in a queue
+        # nobody reads
+        self._close_sockets()
         kill = self.reactor.callLater(self.stop_timeout, self._kill_rest)
         done = DeferredList(waiting, consumeErrors=True)
 
         def finished(_: object) -> None:
             if kill.active():
                 kill.cancel()
-            for sock in self.sockets:
-                sock.close()
 
         return done.addCallback(finished)
+
+    def _close_sockets(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        self.sockets = []
 
     def _kill_rest(self) -> None:
         if self.transports:
