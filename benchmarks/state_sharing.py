@@ -144,6 +144,9 @@ def measure(name: str, state: str, rgw: servers.CephRGW, work: Path) -> dict[str
     if state:  # restarted: nothing in memory, every answer comes from the state database
         fedd = start_fedd(work / name, text, port)
         try:
+            # the checksum service asks the database once it has opened it (a lookup before that is
+            # answered without, and computes)
+            wait_for(lambda: "checksum database" in fedd.log_text(), 20, "the checksum database open")
             rate, digests = requests_per_second(port, "HEAD", paths, {"Want-Digest": "adler32"})
             assert digests == FILES, f"{digests} of {FILES} answered from the store"
             assert fedd.status()["checksums"]["computed"] == 0
