@@ -4,8 +4,9 @@ twisted.web has no public way to (a) build the HTTP/1.1-or-HTTP/2 channel wrappe
 subclass of our own, (b) reach the channel inside that wrapper, (c) read the request line before the
 body, (d) stop the channel from pausing the transport while it is being closed, or (e) reach the
 connection under the body producer of an outgoing request (to cut an upload). twistd has no public
-way (f) to say that a stop asked for by SIGTERM was a clean one. If a Twisted upgrade renames one of
-them, tests/test_twcompat.py fails first, pointing here.
+way (f) to say that a stop asked for by SIGTERM was a clean one, nor (g) to make a listening port
+accept one connection per wake-up. If a Twisted upgrade renames one of them, tests/test_twcompat.py
+fails first, pointing here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import signal
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.web import http
 
 
@@ -48,3 +50,26 @@ def clean_exit_after_signal(reactor: Any) -> None:
     signal": twistd reads `_exitSignal` after the reactor stops and re-raises the signal if set."""
     if getattr(reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
         reactor._exitSignal = None
+
+
+class _OneAcceptPort(tcp.Port):
+    """A TCP port that accepts one connection each time the reactor says the socket is readable.
+    Twisted accepts up to 100 (and more as it adapts) per wake-up: with several worker processes
+    on one socket, the first awake takes a whole burst of connections. One at a time, a busy
+    worker (not waiting in epoll) leaves the next connection to an idle one."""
+
+    @property
+    def numberAccepts(self) -> int:
+        return 1
+
+    @numberAccepts.setter
+    def numberAccepts(self, value: int) -> None:
+        pass  # Twisted's adaptive count (tcp.Port.doRead) stays at one
+
+
+def adopt_port_one_accept(reactor: Any, fd: int, family: Any, factory: Any) -> Any:
+    """`reactor.adoptStreamPort(fd, family, factory)` with a port that accepts one connection per
+    wake-up (the descriptor is duplicated, as adoptStreamPort does: the caller closes `fd`)."""
+    port = _OneAcceptPort._fromListeningDescriptor(reactor, fd, family, factory)  # type: ignore[no-untyped-call]
+    port.startListening()
+    return port

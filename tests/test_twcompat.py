@@ -66,3 +66,43 @@ def test_clean_exit_after_sigterm() -> None:
     reactor._exitSignal = signal.SIGKILL
     clean_exit_after_signal(reactor)
     assert reactor._exitSignal == signal.SIGKILL
+
+
+def test_adopted_port_accepts_one_connection_per_wakeup() -> None:
+    """`[server] workers`: a worker's port takes one queued connection per readable event."""
+    import socket
+
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.testing import MemoryReactorClock
+
+    from fedd.twcompat import adopt_port_one_accept
+
+    built: list[Protocol] = []
+
+    class Counting(Factory):
+        def buildProtocol(self, addr: Any) -> Protocol:
+            proto = Protocol()
+            built.append(proto)
+            return proto
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]  # queued in the kernel
+    reactor = MemoryReactorClock()
+    try:
+        port = adopt_port_one_accept(reactor, listener.fileno(), socket.AF_INET, Counting())
+        assert port.numberAccepts == 1
+        port.doRead()
+        assert len(built) == 1 and port.numberAccepts == 1  # Twisted's doRead would have taken all 3
+        port.doRead()
+        assert len(built) == 2
+        port.stopListening()
+        for proto in built:
+            assert proto.transport is not None
+            proto.transport.loseConnection()
+        reactor.advance(0)
+    finally:
+        for c in clients:
+            c.close()
+        listener.close()

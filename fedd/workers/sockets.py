@@ -15,6 +15,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
+from fedd.twcompat import adopt_port_one_accept
+
 DEFAULT_BACKLOG = 1024  # a burst of connects waits in the shared queue, not refused (Linux caps at somaxconn)
 
 
@@ -87,6 +89,6 @@ class AdoptedEndpoint:
         with socket.socket(fileno=os.dup(self.fd)) as probe:
             family = probe.family
         wrapped = TLSMemoryBIOFactory(self.tls, False, factory) if self.tls is not None else factory
-        port = self.reactor.adoptStreamPort(self.fd, family, wrapped)  # it dups the descriptor
+        port = adopt_port_one_accept(self.reactor, self.fd, family, wrapped)  # it dups the descriptor
         os.close(self.fd)
         return succeed(port)
