@@ -34,6 +34,23 @@ STABLE_AFTER = 10.0  # a worker that ran this long is not crash-looping: the nex
 MAX_LINE = 1 << 20
 
 
+# the worker runs on this interpreter with this process's flags and sys.path: under the RPM,
+# fedd-twistd runs python3.11 -IS and adds fedd's private tree to sys.path itself (no PYTHONPATH)
+_BOOT = (
+    "import json, runpy, sys; sys.path[:] = json.loads(sys.argv.pop(1)); "
+    "runpy.run_module('fedd.workers', run_name='__main__', alter_sys=True)"
+)
+
+
+def worker_command(argv: Sequence[str]) -> list[str]:
+    """`python -m fedd.workers ARGV` on the supervisor's interpreter, flags (-I, -S) and sys.path."""
+    import json
+    import sys
+
+    flags = [flag for flag, on in (("-I", sys.flags.isolated), ("-S", sys.flags.no_site)) if on]
+    return [sys.executable, *flags, "-c", _BOOT, json.dumps(sys.path), *argv]
+
+
 class _Worker(ProcessProtocol):
     """One worker process: its output relayed line by line into the supervisor's log."""
 
@@ -147,9 +164,7 @@ class Supervisor(Service):
             fds[FIRST_FD + position] = sock.fileno()
         worker = _Worker(self, index)
         self.workers[index] = worker
-        transport = self.reactor.spawnProcess(
-            worker, sys.executable, [sys.executable, "-m", "fedd.workers", *self.argv], env=env, childFDs=fds
-        )
+        transport = self.reactor.spawnProcess(worker, sys.executable, worker_command(self.argv), env=env, childFDs=fds)
         self.transports[index] = transport
         worker.pid = transport.pid
         self._write_list()
