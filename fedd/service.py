@@ -77,7 +77,7 @@ def build_events(config: Config, reactor: Any) -> EventsService:
         )
     else:
         sink = AmqpSink(reactor, ev.broker, ev.exchange, timeout=ev.timeout)
-    events = EventsService(ev, clock=reactor, outbox=outbox, sink=sink)
+    events = EventsService(ev, clock=reactor, outbox=outbox, sink=sink, direct=True)
     sink.service.setName("broker")
     sink.service.setServiceParent(events)
     return events

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from fedd.errors import describe
+from fedd.events.amqp_frames import Confirms, Publisher
 from fedd.events.journal import read_segments
 from fedd.events.model import Event
 from fedd.events.outbox import encode_all
@@ -56,6 +57,22 @@ class _Connection(TwistedProtocolConnection):  # type: ignore[misc]  # pika ship
         method = method_frame.method
         self.broker_close = pika.exceptions.ConnectionClosedByBroker(method.reply_code, method.reply_text)
 
+    def publisher(self, channel: Any, exchange: str) -> Publisher:
+        """Frames for `channel` cut at the frame size negotiated with the broker."""
+        return Publisher(channel.channel_number, exchange, self._impl.params.frame_max)
+
+    def confirm(self, channel: Any, confirms: Confirms) -> Deferred[Any]:
+        """Confirm mode on `channel` with the acks counted by `confirms`, not by pika's Twisted channel
+        (a Deferred per message, all scanned on every ack): the underlying pika channel is asked."""
+        d: Deferred[Any] = Deferred()
+
+        def answer(frame: Any) -> None:
+            method = frame.method
+            confirms.answer(method.delivery_tag, method.multiple, isinstance(method, pika.spec.Basic.Nack))
+
+        channel._channel.confirm_delivery(ack_nack_callback=answer, callback=d.callback)
+        return d
+
 
 def failure_kind(exc: BaseException) -> str:
     """`authentication`, `access` (vhost or exchange refused), `setup` or `unreachable`."""
@@ -90,6 +107,8 @@ class AmqpSink:
         self.timeout = timeout
         self.params = pika.URLParameters(url)
         self.channel: Any = None
+        self._confirms: Confirms | None = None
+        self._publisher: Publisher | None = None
         self.failures = 0  # connection attempts that failed since start
         self.last_error = ""
         self._outage: str | None = None  # what the current outage was logged as
@@ -99,7 +118,6 @@ class AmqpSink:
         self._endpoint = TCP4ClientEndpoint(reactor, self.params.host, self.params.port, timeout=timeout)
         self._factory = Factory.forProtocol(lambda: _Connection(self.params, reactor))
         self._factory.noisy = False  # no "Starting factory" line per reconnection attempt
-        self._properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
         self.service = BrokerConnector(self)
 
     def describe(self) -> str:
@@ -133,6 +151,7 @@ class AmqpSink:
                 self._attempt = None
             attempt = 0
             self.channel = channel
+            self._publisher = self._proto.publisher(channel, self.exchange)
             log.info("connected to broker {broker}", broker=self.describe())
             self._outage = None
             await self._pause(None)  # until the connection is lost or the service stops
@@ -143,7 +162,8 @@ class AmqpSink:
             assert proto.ready is not None
             await self._within(proto.ready)
             channel = await self._within(proto.channel())
-            await self._within(channel.confirm_delivery())
+            self._confirms = Confirms()  # a new channel numbers its messages from 1
+            await self._within(proto.confirm(channel, self._confirms))
             await self._within(channel.exchange_declare(exchange=self.exchange, exchange_type="topic", durable=True))
         except BaseException as exc:
             proto.transport.abortConnection()
@@ -178,6 +198,8 @@ class AmqpSink:
         if self.channel is not channel:
             return
         self.channel = None
+        if self._confirms is not None:
+            self._confirms.fail(NotConnected("connection lost"))
         if self._outage is None:
             self._outage = "lost"
             log.warn("broker {broker} connection lost: events wait in the outbox", broker=self.describe())
@@ -219,22 +241,21 @@ class AmqpSink:
     # --- publishing ---------------------------------------------------------------------------
 
     def publish(self, events: list[Event]) -> Deferred[None]:
+        """Write the batch now (one write of frames encoded by fedd.events.amqp_frames); the Deferred
+        fires when the broker confirmed all of it. Several batches may be in flight."""
         return ensureDeferred(self._publish(events))
 
     async def _publish(self, events: list[Event]) -> None:
-        channel = self.channel
-        if channel is None:
+        proto, confirms, publisher = self._proto, self._confirms, self._publisher
+        if self.channel is None or proto is None or confirms is None or publisher is None:
             raise NotConnected(self.describe())
-        properties = self._properties  # one object: basic_publish marshals it before the next id is set
-        confirms = []
-        for event_id, key, body in events:
-            properties.message_id = event_id
-            confirms.append(channel.basic_publish(self.exchange, key, body, properties))
-        results = DeferredList(confirms, consumeErrors=True)
-        results.addTimeout(self.timeout, self.reactor)
-        for ok, value in await results:
-            if not ok:
-                raise NotConnected(f"broker did not confirm: {value.getErrorMessage()}")
+        proto.transport.write(publisher.messages(events))
+        confirmed = confirms.published(len(events))
+        confirmed.addTimeout(self.timeout, self.reactor)
+        try:
+            await confirmed
+        except Exception as exc:
+            raise NotConnected(f"broker did not confirm: {describe(exc)}") from exc
 
 
 class _Runs(Protocol):

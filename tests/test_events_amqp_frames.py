@@ -1,0 +1,45 @@
+"""fedd.events.amqp_frames writes what pika writes for the same publish (pika's own encoders are the
+reference); the broker's side is tests/test_events_rabbitmq.py."""
+
+from __future__ import annotations
+
+import math
+
+import pika
+import pytest
+from pika import frame, spec
+
+from fedd.events.amqp_frames import Publisher
+
+
+def pika_bytes(channel: int, exchange: str, key: str, message_id: str, body: bytes, frame_max: int) -> bytes:
+    props = pika.BasicProperties(content_type="application/json", delivery_mode=2, message_id=message_id)
+    out = frame.Method(channel, spec.Basic.Publish(exchange=exchange, routing_key=key)).marshal()
+    out += frame.Header(channel, len(body), props).marshal()
+    step = frame_max - spec.FRAME_HEADER_SIZE - spec.FRAME_END_SIZE
+    for i in range(math.ceil(len(body) / step)):  # pika's Connection._send_message cuts bodies so
+        out += frame.Body(channel, body[i * step : (i + 1) * step]).marshal()
+    return out
+
+
+@pytest.mark.parametrize("size", [0, 1, 300, 4088, 4089, 3 * 4088 + 5])
+@pytest.mark.parametrize("channel", [1, 7, 65535])
+def test_publish_frames_are_pikas(size: int, channel: int) -> None:
+    body = bytes(i % 251 for i in range(size))
+    publisher = Publisher(channel, "fedd-ëvents", 4096)
+    got = publisher.message("fedd.get.redirect", "0123456789abcdef0123456789abcdef", body)
+    assert got == pika_bytes(channel, "fedd-ëvents", "fedd.get.redirect", "0123456789abcdef0123456789abcdef", body, 4096)
+
+
+def test_a_batch_is_its_messages_in_order() -> None:
+    publisher = Publisher(1, "fedd", 131072)
+    events = [("a", "fedd.get.redirect", b'{"x":1}'), ("b", "fedd.deletion.done", b"{}")]
+    expected = b"".join(pika_bytes(1, "fedd", k, i, b, 131072) for i, k, b in events)
+    assert publisher.messages(events) == expected
+
+
+def test_a_name_over_255_bytes_is_refused() -> None:
+    with pytest.raises(ValueError):
+        Publisher(1, "x" * 256, 131072)
+    with pytest.raises(ValueError):
+        Publisher(1, "fedd", 131072).message("k" * 256, "id", b"")
