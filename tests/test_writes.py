@@ -426,7 +426,10 @@ def test_two_processes_share_writes_and_space_through_memcached(
         wait_for(lambda: request(b, "GET", path)[0] == 302, timeout=5, what="b sees the new file")
         assert request(a, "DELETE", path)[0] == 204
         wait_for(lambda: request(b, "GET", path)[0] == 404, timeout=5, what="b sees the delete")
-        assert b.status()["locate"]["invalidations"]["applied"] >= 1
+        # through the change log: an entry followed, or (when b first reads the log after both changes,
+        # now that its 'not found' is not kept in its own LRU and the 302 comes at once) its cache emptied
+        followed = b.status()["locate"]["invalidations"]
+        assert followed["applied"] + followed["flushes"] >= 1, followed
         # one measurement of each endpoint serves both processes
         wait_for(
             lambda: (
