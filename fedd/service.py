@@ -40,7 +40,7 @@ from fedd.space.gocdb import Fetcher, GocdbService
 from fedd.space.service import SpaceService
 from fedd.state.database import open_database
 from fedd.state.store import HostIdentity, StateStore
-from fedd.state.tables import SharedChecksums, SharedDowntimes
+from fedd.state.tables import SharedChecksums, SharedDowntimes, SharedReservations
 from fedd.tpc.engine import TpcEngine
 from fedd.twtypes import MultiService, Service
 from fedd.web.accesslog import AccessLog
@@ -57,9 +57,10 @@ from fedd.writes import Writer
 log = Logger(namespace="fedd")
 
 
-def build_events(config: Config, reactor: Any) -> EventsService:
-    """The `events` service; with a broker, its reconnecting AMQP or STOMP client is a child service."""
-    ev = config.events
+def build_events(config: Config, reactor: Any, worker: WorkerRole | None = None) -> EventsService:
+    """The `events` service; with a broker, its reconnecting AMQP or STOMP client is a child service.
+    A worker of `[server] workers` has an outbox and a spool of its own (`WorkerRole.own_files`)."""
+    ev = config.events if worker is None else worker.own_files(config.events)
     if not ev.broker:
         return EventsService(ev, clock=reactor, outbox=None, sink=SpoolSink(reactor, ev.spool, ev.spool_max_bytes))
     outbox = Outbox(reactor, ev.outbox, ev.outbox_max_events, ev.shed)
@@ -325,7 +326,7 @@ def build_service(
     _Placer(federation, reactor).setServiceParent(top)
     health = HealthService(registry, endpoints, reactor, shared=shared)
     health.setServiceParent(top)
-    events = build_events(config, reactor)
+    events = build_events(config, reactor, worker)
     events.setServiceParent(top)
     registry.listeners.append(_emit_transitions(events, registry))
     auth = build_auth(config, reactor, tls if isinstance(tls, GridContextFactory) else None)
@@ -333,7 +334,13 @@ def build_service(
         auth.setServiceParent(top)
     # with memcached, the space service's own sharing (adopt + lock) already measures once per interval
     space = SpaceService(
-        config, endpoints, reactor, memcached=memcached, emit=events.emit, shared=shared if memcached is None else None
+        config,
+        endpoints,
+        reactor,
+        memcached=memcached,
+        emit=events.emit,
+        shared=shared if memcached is None else None,
+        reservations=SharedReservations(state) if state is not None else None,
     )
     space.setServiceParent(top)
     downtimes = DowntimeBook(

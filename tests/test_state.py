@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
-from fedd.config import Downtime
+from fedd.config import Config, Downtime, EndpointConfig
+from fedd.endpoints.base import Space
 from fedd.space.downtime import DowntimeBook
+from fedd.space.service import Measurement, SpaceService
 from fedd.state import schema
 from fedd.state.database import open_database
 from fedd.state.store import HostIdentity, QueueFull, StateStore
@@ -184,6 +186,29 @@ def test_reservations_of_other_hosts_are_counted(database_url: str) -> None:
         call(lambda: mine.add("ep", 7, 20.0))  # a new measurement: a's row starts again
         wait_for(lambda: theirs.others("ep", 20.0) == 7, 5, "the row to restart")
         assert theirs.others("ep", 10.0) == 7
+    finally:
+        call(a.stopService)
+        call(b.stopService)
+
+
+def test_placement_on_one_host_counts_the_uploads_redirected_by_another(database_url: str) -> None:
+    """Two hosts' space services, the same measurement of an endpoint (shared through memcached in
+    production): a 300-byte upload redirected by a leaves b 300 bytes less to place."""
+    a = started(make_store(database_url, "a"))
+    b = started(make_store(database_url, "b"))
+    try:
+        ep = EndpointConfig(id="ep", kind="local", path="/tmp", write=True)
+        config = Config(endpoints=(ep,))
+        spaces = []
+        for store in (a, b):
+            space = SpaceService(config, {"ep": None}, the_reactor(), reservations=SharedReservations(store))  # type: ignore[dict-item]
+            space.measurements["ep"] = Measurement(space=Space(used=0, total=1000), measured=10.0)
+            spaces.append(space)
+        on_a, on_b = spaces
+        call(lambda: on_a.reserve("ep", 300))
+        assert on_a.free("ep") == 700
+        wait_for(lambda: on_b.free("ep") == 700, 5, "b to count a's upload")
+        assert on_b.to_json()["ep"]["reserved_by_others"] == 300 and on_b.quota(["ep"]) == (700, 300)
     finally:
         call(a.stopService)
         call(b.stopService)

@@ -30,6 +30,7 @@ from fedd.endpoints.base import Endpoint, Space
 from fedd.errors import describe
 from fedd.health.service import HostShare
 from fedd.locate.memcache import Memcached
+from fedd.state.tables import SharedReservations
 from fedd.twtypes import Service
 
 log = Logger(namespace="fedd.space")
@@ -45,6 +46,7 @@ class Measurement:
     error: str | None = None
     error_at: float | None = None
     reserved: int = 0  # bytes of uploads redirected since `measured`
+    others: int = 0  # the same, by other hosts ([state] database; brought up to date before each use)
     running: bool = False
 
     def stale(self, now: float, stale_after: float) -> bool:
@@ -53,12 +55,12 @@ class Measurement:
     def free(self) -> int | None:
         if self.space is None or self.space.free is None:
             return None
-        return max(0, self.space.free - self.reserved)
+        return max(0, self.space.free - self.reserved - self.others)
 
     def used(self) -> int | None:
         if self.space is None or self.space.used is None:
             return None
-        return self.space.used + self.reserved
+        return self.space.used + self.reserved + self.others
 
     def to_json(self, now: float, stale_after: float) -> dict[str, Any]:
         space = self.space or Space()
@@ -72,6 +74,7 @@ class Measurement:
             "age": None if self.measured is None else round(now - self.measured, 3),
             "stale": self.stale(now, stale_after),
             "reserved": self.reserved,
+            "reserved_by_others": self.others,
             "error": self.error,
             "error_at": self.error_at,
         }
@@ -113,11 +116,13 @@ class SpaceService(Service):
         memcached: Memcached | None = None,
         emit: Callable[[str, dict[str, Any]], None] | None = None,
         shared: HostShare | None = None,
+        reservations: SharedReservations | None = None,
     ) -> None:
         """With `shared` (`[server] workers` without memcached), only the leading worker measures
         and publishes each round; the others take its measurements and never measure."""
         self.config = config
         self.shared = shared
+        self.reservations = reservations  # other hosts' upload reservations ([state] database)
         self.following = shared is not None and not shared.leader
         self.settings = config.space
         self.endpoints = endpoints
@@ -301,14 +306,24 @@ class SpaceService(Service):
     def reserve(self, eid: str, size: int) -> None:
         """An upload of `size` bytes was redirected to `eid`: count it until the next measurement."""
         if size > 0 and eid in self.measurements:
-            self.measurements[eid].reserved += size
+            m = self.measurements[eid]
+            m.reserved += size
+            if self.reservations is not None and m.measured is not None:
+                self.reservations.add(eid, size, m.measured)
+
+    def _counted(self, eid: str) -> Measurement | None:
+        """The measurement of `eid`, with the other hosts' reservations brought up to date."""
+        m = self.measurements.get(eid)
+        if m is not None and self.reservations is not None:
+            m.others = self.reservations.others(eid, m.measured)
+        return m
 
     def free(self, eid: str) -> int | None:
-        m = self.measurements.get(eid)
+        m = self._counted(eid)
         return None if m is None else m.free()
 
     def used(self, eid: str) -> int | None:
-        m = self.measurements.get(eid)
+        m = self._counted(eid)
         return None if m is None else m.used()
 
     def is_stale(self, eid: str) -> bool:
@@ -323,6 +338,8 @@ class SpaceService(Service):
 
     def to_json(self) -> dict[str, Any]:
         now = self.reactor.seconds()
+        for eid in self.measurements:
+            self._counted(eid)
         return {eid: m.to_json(now, self.settings.stale_seconds) for eid, m in self.measurements.items()}
 
     def quota(self, endpoint_ids: list[str]) -> tuple[int, int] | None:
@@ -330,7 +347,7 @@ class SpaceService(Service):
         used_total = free_total = 0
         known = False
         for eid in endpoint_ids:
-            m = self.measurements.get(eid)
+            m = self._counted(eid)
             if m is None or m.space is None:
                 continue
             used, free = m.used(), m.free()
@@ -349,7 +366,7 @@ class SpaceService(Service):
         shares: dict[str, dict[str, Any]] = {}
         storage_endpoints = []
         for ep in self.config.endpoints:
-            m = self.measurements.get(ep.id, Measurement())
+            m = self._counted(ep.id) or Measurement()
             share = shares.setdefault(
                 ep.share_name,
                 {
