@@ -236,6 +236,23 @@ def test_metrics_add_up_across_workers(setup: Setup) -> None:
         assert redirects_total(setup.port) == before + 40
 
 
+def test_each_worker_has_its_own_event_spool(setup: Setup) -> None:
+    """An outbox (or spool) is emptied by one process: worker N > 0 has `<name>.worker-N<ext>`."""
+    for _ in range(20):
+        assert get(setup.port, "/data/a.txt")[0] == 302
+    cwd = setup.fedd.config.parent
+    spools = [cwd / "fedd-events.jsonl", cwd / "fedd-events.worker-1.jsonl"]
+
+    def redirects(path: Path) -> int:
+        return path.read_text().count('"get-redirect"') if path.exists() else 0
+
+    wait_for(lambda: [redirects(p) for p in spools], 5, "both spools to hold redirects", until=lambda n: all(n))
+    assert not list(cwd.glob("*.worker-0*"))
+    # endpoint transitions and space reports come from the worker that probes and measures
+    assert '"endpoint-online"' in spools[0].read_text() and '"quota-report"' in spools[0].read_text()
+    assert '"endpoint-online"' not in spools[1].read_text() and '"quota-report"' not in spools[1].read_text()
+
+
 def test_probed_and_measured_once_per_interval(setup: Setup) -> None:
     dav = setup.dav
     start = time.monotonic()

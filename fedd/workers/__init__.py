@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from fedd.config import EventsConfig
 
 ENV_INDEX = "FEDD_WORKER_INDEX"
 ENV_COUNT = "FEDD_WORKER_COUNT"
@@ -63,6 +65,18 @@ class WorkerRole:
             ENV_RUN_DIR: str(self.run_dir),
             ENV_LISTEN: "\n".join(self.listen),
         }
+
+    def own_files(self, events: EventsConfig) -> EventsConfig:
+        """The events settings with this worker's own outbox and spool (and so its own journal):
+        an outbox is read and emptied by one process only. Worker 0 keeps the configured names (a
+        switch from one process to workers keeps its outbox); worker N uses `<name>.worker-N<ext>`."""
+        if self.index == 0:
+            return events
+        return replace(events, outbox=self._suffixed(events.outbox), spool=self._suffixed(events.spool))
+
+    def _suffixed(self, path: str) -> str:
+        p = Path(path)
+        return str(p.with_name(f"{p.stem}.worker-{self.index}{p.suffix}"))
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str]) -> WorkerRole:
