@@ -40,7 +40,7 @@ from fedd.space.gocdb import Fetcher, GocdbService
 from fedd.space.service import SpaceService
 from fedd.state.database import open_database
 from fedd.state.store import HostIdentity, StateStore
-from fedd.state.tables import SharedChecksums, SharedDowntimes
+from fedd.state.tables import SharedChecksums, SharedDowntimes, SharedReservations
 from fedd.tpc.engine import TpcEngine
 from fedd.twtypes import MultiService, Service
 from fedd.web.accesslog import AccessLog
@@ -334,7 +334,13 @@ def build_service(
         auth.setServiceParent(top)
     # with memcached, the space service's own sharing (adopt + lock) already measures once per interval
     space = SpaceService(
-        config, endpoints, reactor, memcached=memcached, emit=events.emit, shared=shared if memcached is None else None
+        config,
+        endpoints,
+        reactor,
+        memcached=memcached,
+        emit=events.emit,
+        shared=shared if memcached is None else None,
+        reservations=SharedReservations(state) if state is not None else None,
     )
     space.setServiceParent(top)
     downtimes = DowntimeBook(
