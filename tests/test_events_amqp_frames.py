@@ -14,7 +14,7 @@ from fedd.events.amqp_frames import Publisher
 
 def pika_bytes(channel: int, exchange: str, key: str, message_id: str, body: bytes, frame_max: int) -> bytes:
     props = pika.BasicProperties(content_type="application/json", delivery_mode=2, message_id=message_id)
-    out = frame.Method(channel, spec.Basic.Publish(exchange=exchange, routing_key=key)).marshal()
+    out: bytes = frame.Method(channel, spec.Basic.Publish(exchange=exchange, routing_key=key)).marshal()
     out += frame.Header(channel, len(body), props).marshal()
     step = frame_max - spec.FRAME_HEADER_SIZE - spec.FRAME_END_SIZE
     for i in range(math.ceil(len(body) / step)):  # pika's Connection._send_message cuts bodies so
