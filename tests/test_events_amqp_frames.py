@@ -27,8 +27,9 @@ def pika_bytes(channel: int, exchange: str, key: str, message_id: str, body: byt
 def test_publish_frames_are_pikas(size: int, channel: int) -> None:
     body = bytes(i % 251 for i in range(size))
     publisher = Publisher(channel, "fedd-ëvents", 4096)
-    got = publisher.message("fedd.get.redirect", "0123456789abcdef0123456789abcdef", body)
-    assert got == pika_bytes(channel, "fedd-ëvents", "fedd.get.redirect", "0123456789abcdef0123456789abcdef", body, 4096)
+    message_id = "0123456789abcdef0123456789abcdef"
+    got = publisher.message("fedd.get.redirect", message_id, body)
+    assert got == pika_bytes(channel, "fedd-ëvents", "fedd.get.redirect", message_id, body, 4096)
 
 
 def test_a_batch_is_its_messages_in_order() -> None:
