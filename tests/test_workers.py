@@ -406,3 +406,46 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_health_leader_and_follower_in_process(tmp_path: Path) -> None:
+    """Two workers' health services on one run directory, driven by a Clock: only the leader
+    probes; the follower takes each result at its next 0.25 s poll, its state changes announced
+    nowhere; a fault the follower sees asks the leader for an early probe."""
+    from twisted.internet.task import Clock
+
+    from fedd.config import HealthConfig
+    from fedd.health.service import HealthRegistry, HealthService
+    from fedd.workers.shared import FOLLOW_INTERVAL, HostShare
+    from tests.fakes import FakeEndpoint
+
+    clock = Clock()
+    config = HealthConfig(interval=30, timeout=3, failures_to_offline=1, successes_to_online=1)
+    leading, following = FakeEndpoint("e"), FakeEndpoint("e")
+    registries = [HealthRegistry(["e"], config, clock) for _ in range(2)]
+    announced: list[str] = []
+    registries[1].listeners.append(lambda t: announced.append(t.new))
+    leader = HealthService(registries[0], {"e": leading}, clock, shared=HostShare(tmp_path, leader=True))
+    follower = HealthService(registries[1], {"e": following}, clock, shared=HostShare(tmp_path, leader=False))
+    leader.startService()
+    follower.startService()
+    assert leading.probes == 1 and registries[0].states["e"].state == "online"
+    clock.advance(FOLLOW_INTERVAL)
+    assert registries[1].states["e"].state == "online" and following.probes == 0
+    version = registries[1].version
+    leading.probe_ok = False
+    clock.advance(30)  # the leader's next round fails
+    assert registries[0].states["e"].state == "offline"
+    clock.advance(FOLLOW_INTERVAL)
+    assert registries[1].states["e"].state == "offline" and registries[1].version > version
+    assert following.probes == 0 and announced == []  # the transition was announced by the leader
+    leading.probe_ok = True
+    clock.advance(2)  # past the leader's early probes after its failure
+    probes = leading.probes
+    registries[1].passive_failure("e", "connection reset")  # a client of the follower saw a fault
+    clock.advance(FOLLOW_INTERVAL)  # the leader reads the suspect and probes at once
+    assert leading.probes == probes + 1 and following.probes == 0
+    clock.advance(FOLLOW_INTERVAL)
+    assert registries[1].states["e"].state == "online"
+    leader.stopService()
+    follower.stopService()

@@ -200,6 +200,7 @@ class HealthService(Service):
         self._probing: dict[str, Deferred[None]] = {}  # endpoint id -> its probe under way
         self._last_probe: dict[str, float] = {}  # endpoint id -> when its last probe started
         self._early: dict[str, Any] = {}  # endpoint id -> scheduled early probe (IDelayedCall)
+        self._suspects: LoopingCall | None = None  # the leader's reading of the others' suspects
         registry.suspects.append(self.probe_soon)
 
     def startService(self) -> None:
@@ -208,6 +209,13 @@ class HealthService(Service):
             self._loop = self.shared.follow("health", self.registry.adopt, self.clock)
             return
         self._start_loop(self.registry.config.interval, now=True)
+        if self.shared is not None:  # the leader: faults the other workers saw ask for early probes
+            self._suspects = self.shared.follow("suspects", self._suspected, self.clock)
+
+    def _suspected(self, published: Any) -> None:
+        if isinstance(published, dict):
+            for eid in published:
+                self.probe_soon(eid)
 
     def _start_loop(self, interval: float, *, now: bool) -> None:
         self._loop = LoopingCall(self.poll_once)
@@ -234,8 +242,9 @@ class HealthService(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self._cancel_early()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        for loop in (self._loop, self._suspects):
+            if loop is not None and loop.running:
+                loop.stop()
         inflight = self._inflight
         return (inflight if inflight is not None else succeed(None)).addBoth(lambda _: None)
 
@@ -279,8 +288,15 @@ class HealthService(Service):
         """Probe one endpoint early (a client saw it fail): at once, or EARLY_PROBE_GAP after its last
         probe; never more than one probe of an endpoint at a time, so faults cannot pile probes up."""
         endpoint = self.endpoints.get(eid)
-        if self.following or not self.running or endpoint is None or eid in self._probing or eid in self._early:
-            return  # a following worker's faults wait for the leader's next probe
+        if self.following and self.shared is not None and self.running:
+            # the leader probes: tell it (at most once per EARLY_PROBE_GAP and endpoint from here)
+            now = self.clock.seconds()
+            if now - self._last_probe.get(eid, -EARLY_PROBE_GAP) >= EARLY_PROBE_GAP:
+                self._last_probe[eid] = now
+                self.shared.publish("suspects", {eid: now})
+            return
+        if not self.running or endpoint is None or eid in self._probing or eid in self._early:
+            return
         wait = self._last_probe.get(eid, -EARLY_PROBE_GAP) + EARLY_PROBE_GAP - self.clock.seconds()
 
         def fire() -> None:
