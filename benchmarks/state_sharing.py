@@ -20,6 +20,7 @@ import concurrent.futures
 import http.client
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -193,6 +194,7 @@ def main() -> None:
     finally:
         pgservers.drop_database(database)
         rgw.stop()
+        shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=1))
     pg, lite, none = results["postgresql"], results["sqlite"], results["none"]
     print(f"PUT placement, PostgreSQL / SQLite: {pg['put_per_s'] / lite['put_per_s']:.2f}")
