@@ -18,7 +18,8 @@ from fedd.events.amqp_frames import Confirms, Nacked
 from fedd.events.journal import read_segments
 from fedd.events.model import Event
 from fedd.events.outbox import Outbox
-from fedd.events.service import EventsService
+from fedd.events.service import BATCH, WINDOW, EventsService
+from fedd.events.sinks import NotConnected
 from tests.inprocess import result
 from tests.test_events_service_inprocess import FLUSH, IDLE, Broker, MemoryOutbox
 
@@ -39,7 +40,7 @@ class HoldingBroker(Broker):
 
 class CountingOutbox(MemoryOutbox):
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(max_events=10 * BATCH)
         self.added: list[Event] = []
 
     def add(self, events: list[Event]) -> Deferred[tuple[int, int]]:
@@ -163,3 +164,27 @@ def test_a_lost_channel_fails_what_is_in_flight() -> None:
     c.fail(ConnectionError("lost"))
     assert outcomes([a]) == ["ConnectionError"]
     assert Nacked.__mro__[1] is Exception
+
+
+def test_the_outbox_is_sent_with_batches_in_flight_and_removed_in_order(tmp_path: Path) -> None:
+    outbox, broker = CountingOutbox(), HoldingBroker()
+    broker.connected = False
+    events, clock = make(tmp_path, outbox, broker)
+    for i in range(2 * BATCH + 5):
+        events.emit("get-redirect", {"i": i})
+    clock.advance(FLUSH)
+    assert events.depth == 2 * BATCH + 5 and broker.held == []
+    broker.connected = True
+    clock.advance(IDLE)
+    assert len(broker.held) == 3 and not any(d.called for d in broker.held)  # three batches in flight (WINDOW)
+    assert WINDOW >= 3
+    broker.held[1].callback(None)
+    assert events.depth == 2 * BATCH + 5  # the first one is not confirmed yet: nothing removed
+    broker.held[0].callback(None)
+    assert events.depth == 5 and events.sent == 2 * BATCH  # both removed, in order
+    broker.held[2].errback(NotConnected("lost"))
+    clock.advance(0.5)  # backoff: then from the oldest event again
+    assert len(broker.held) == 4
+    broker.held[3].callback(None)
+    assert events.depth == 0 and sorted(p["i"] for p in broker.payloads()) == list(range(2 * BATCH + 5))
+    result(events.stopService())

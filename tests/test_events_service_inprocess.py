@@ -50,8 +50,8 @@ class MemoryOutbox:
         del self.rows[:dropped]
         return succeed((len(self.rows), dropped))
 
-    def peek(self, limit: int) -> Deferred[list[Row]]:
-        return succeed(self.rows[:limit])
+    def peek(self, limit: int, after: int = 0) -> Deferred[list[Row]]:
+        return succeed([row for row in self.rows if row[0] > after][:limit])
 
     def remove(self, up_to: int) -> Deferred[int]:
         if self.fail_remove:

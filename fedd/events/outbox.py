@@ -107,16 +107,17 @@ class Outbox(SqliteThread):
             self._db.execute("COMMIT")
         return self._count(), dropped
 
-    def peek(self, limit: int) -> Deferred[list[Row]]:
-        return self._run(self._peek, limit)
+    def peek(self, limit: int, after: int = 0) -> Deferred[list[Row]]:
+        """The oldest `limit` events past outbox id `after` (the batches already in flight)."""
+        return self._run(self._peek, limit, after)
 
-    def _peek(self, limit: int) -> list[Row]:
+    def _peek(self, limit: int, after: int) -> list[Row]:
         assert self._db is not None
-        query = "SELECT id, message_id, routing_key, body FROM outbox ORDER BY id LIMIT ?"
+        query = "SELECT id, message_id, routing_key, body FROM outbox WHERE id > ? ORDER BY id LIMIT ?"
         return [
             # an event stored before ids existed gets one from its content: the same on every resend
             (int(i), (str(m) if m else hashlib.sha256(bytes(b)).hexdigest()[:32], str(k), bytes(b)))
-            for i, m, k, b in self._db.execute(query, (limit,))
+            for i, m, k, b in self._db.execute(query, (after, limit))
         ]
 
     def remove(self, up_to: int) -> Deferred[int]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections import deque
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
@@ -42,7 +43,8 @@ from fedd.events.wakeup import Wakeup
 from fedd.twtypes import MultiService
 
 log = Logger(namespace="fedd.events")
-BATCH = 500
+BATCH = 1000  # events per publish from the outbox
+WINDOW = 4  # outbox batches in flight (measured: docs/events.md)
 MAX_RETRY = 5.0  # seconds between attempts to store events while the outbox or spool refuses them
 
 
@@ -297,38 +299,65 @@ class EventsService(MultiService):
         self._wakeup.wake()
 
     async def _send_loop(self) -> None:
+        """Publish the outbox in order, up to WINDOW batches in flight (a broker confirms a batch only
+        once it has written it: one at a time, the outbox drained at a batch per disk write), and
+        delete each batch once it and every batch before it are confirmed. A batch that fails: the
+        ones after it are let finish, and sending starts again from the oldest event (same ids)."""
         assert self.outbox is not None
         backoff = 0.5
+        in_flight: deque[tuple[int, int, Deferred[None]]] = deque()  # (last outbox id, events, confirmed)
+        after = 0  # the outbox ids up to here are in flight
         while self.running:
             if not self.sink.connected:  # the broker connection reconnects by itself; look again soon
+                after = await self._abandon(in_flight)
                 await self._sleep(self.config.idle_interval)
                 continue
-            if self._notice is not None and not await self._send_notice():
+            if not in_flight and self._notice is not None and not await self._send_notice():
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
-            try:
-                rows = await self.outbox.peek(BATCH)
-            except Exception as exc:
-                log.error("outbox read failed: {reason}", reason=describe(exc))
-                rows = []
-            if not rows:
+            while len(in_flight) < WINDOW:
+                try:
+                    rows = await self.outbox.peek(BATCH, after)
+                except Exception as exc:
+                    log.error("outbox read failed: {reason}", reason=describe(exc))
+                    rows = []
+                if not rows:
+                    break
+                in_flight.append((rows[-1][0], len(rows), self.sink.publish([event for _, event in rows])))
+                after = rows[-1][0]
+            if not in_flight:
+                after = 0
                 await self._sleep(self.config.idle_interval)
                 continue
+            last, n, confirmed = in_flight.popleft()
             try:
-                await self.sink.publish([event for _, event in rows])
+                await confirmed
             except Exception as exc:
                 self.failed += 1
                 self.last_error = describe(exc)
+                after = await self._abandon(in_flight)
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
             backoff = 0.5
             try:
-                self.depth = await self.outbox.remove(rows[-1][0])
+                self.depth = await self.outbox.remove(last)
             except Exception as exc:  # sent but not removed: they will be sent again (same ids)
                 log.error("outbox delete failed: {reason}", reason=describe(exc))
-            self.sent += len(rows)
+                after = await self._abandon(in_flight)
+            self.sent += n
+
+    @staticmethod
+    async def _abandon(in_flight: deque[tuple[int, int, Deferred[None]]]) -> int:
+        """Let the batches in flight end (confirmed or not, they stay in the outbox and are sent
+        again); the next peek starts from the oldest event."""
+        while in_flight:
+            try:
+                await in_flight.popleft()[2]
+            except Exception:  # counted by the batch that failed first
+                pass
+        return 0
 
     async def _send_notice(self) -> bool:
         assert self.outbox is not None and self._notice is not None
