@@ -103,6 +103,7 @@ class DowntimeBook(Service):
         # run-time changes of this host not yet in the shared database: kept across re-reads
         self._unsaved: dict[str, Declared] = {}
         self._unremoved: set[str] = set()
+        self._loaded = shared is None
         self.on_change = on_change
         self._configured = [
             Declared(f"config-{eid}-{i}", eid, d, "config")
@@ -139,6 +140,12 @@ class DowntimeBook(Service):
             self._sources.pop(origin, None)
         if self.running:
             self.evaluate()
+
+    @property
+    def ready(self) -> bool:
+        """The shared downtimes were read once (or the database cannot be reached): until then a
+        restarted host could serve an endpoint another host closed, so its health says 503."""
+        return self._loaded or (self.shared is not None and self.shared.unreachable)
 
     @property
     def all(self) -> list[Declared]:
@@ -306,6 +313,7 @@ class DowntimeBook(Service):
         stored = [Declared(i, e, d, "admin") for i, e, d in rows if i not in self._unremoved]
         ids = {d.id for d in stored}
         self._admin = stored + [d for d in self._unsaved.values() if d.id not in ids]
+        self._loaded = True
         if self.running:
             self.evaluate()
 

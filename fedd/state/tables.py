@@ -76,6 +76,11 @@ class SharedDowntimes:
     def watch(self, changed: Callable[[], None]) -> None:
         self.state.watch(self.TABLE, changed)
 
+    @property
+    def unreachable(self) -> bool:
+        """The database could not be reached (at start, or since): go on without waiting for it."""
+        return self.state.down_since is not None
+
     def load(self, now: float) -> Deferred[list[DowntimeRow]]:
         def work(cursor: Cursor) -> list[DowntimeRow]:
             cursor.execute(

@@ -166,9 +166,10 @@ class Admin:
         return self.space.quota(writable or targets)
 
     def health(self, request: server.Request) -> bytes:
-        """200 while this host serves; 503 while it drains (SIGTERM, see `[server] drain_notice`) or
-        when none of its endpoints is usable (all offline or in a downtime closing reads), so a
-        load balancer sends the clients elsewhere."""
+        """200 while this host serves; 503 while it drains (SIGTERM, see `[server] drain_notice`),
+        before it has read the shared downtimes ([state] database), or when none of its endpoints
+        is usable (all offline or in a downtime closing reads), so a load balancer sends the
+        clients elsewhere."""
         if request.method not in (b"GET", b"HEAD"):
             raise MethodNotAllowed("health is read-only")
         request.setHeader(b"cache-control", b"no-store")
@@ -176,6 +177,9 @@ class Admin:
         if isinstance(request.site, FeddSite) and request.site.draining:
             request.setResponseCode(503)
             return b"draining\n"
+        if self.downtimes is not None and not self.downtimes.ready:
+            request.setResponseCode(503)
+            return b"starting: reading the shared downtimes\n"
         if not any(self.fed.health.usable(eid) for eid in self.fed.endpoints):
             request.setResponseCode(503)
             return b"no usable endpoint\n"
