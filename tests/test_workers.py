@@ -408,6 +408,35 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def test_port_in_use_stops_the_supervisor_with_one_line(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+
+    from tests.daemon import env, twistd_command
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    (tmp_path / "files").mkdir()
+    conf = tmp_path / "fedd.conf"
+    conf.write_text(
+        f"[server]\nlisten = tcp:{port}:interface=127.0.0.1\nworkers = 2\n"
+        f"[endpoint files]\nkind = local\npath = {tmp_path / 'files'}\nmap = /data /\n"
+    )
+    try:
+        done = subprocess.run(
+            twistd_command("--config", str(conf)), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=30
+        )
+    finally:
+        taken.close()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"fedd: cannot listen on 127.0.0.1:{port} (tcp:{port}:interface=127.0.0.1): Address already in use" in (
+        done.stdout
+    )
+    assert "Traceback" not in done.stdout + done.stderr and "worker" not in done.stdout.replace("fedd.workers", "")
+
+
 def test_health_leader_and_follower_in_process(tmp_path: Path) -> None:
     """Two workers' health services on one run directory, driven by a Clock: only the leader
     probes; the follower takes each result at its next 0.25 s poll, its state changes announced

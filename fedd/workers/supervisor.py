@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
+from twisted.python import usage
 from twisted.python.failure import Failure
 
 from fedd.twtypes import Service
@@ -135,7 +136,13 @@ class Supervisor(Service):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.run_dir.glob("*.json"):  # counters and results of an earlier run
             stale.unlink(missing_ok=True)
-        self.sockets = [open_listener(d) for d in self.listen]
+        try:
+            self.sockets = [open_listener(d) for d in self.listen]
+        except usage.UsageError as exc:  # one line and exit status 1, as a single fedd says it
+            for sock in self.sockets:
+                sock.close()
+            log.critical("fedd: {message}", message=str(exc))
+            raise SystemExit(1) from None
 
     def startService(self) -> None:
         super().startService()
