@@ -137,6 +137,8 @@ class Journal:
         self._full: list[Segment] = []  # taken over since the last mark
         self._last = 0
         self._failed_at: float | None = None  # a segment could not be opened (a full disk): retry a second later
+        self._map: mmap.mmap | None = None  # the current segment's, and its size (0: none)
+        self._room = 0
 
     def append(self, raw: Raw) -> None:
         """Copy one record into the mapped segment; raises OSError (a full disk) for the caller to count,
@@ -145,7 +147,13 @@ class Journal:
 
     def append_record(self, body: bytes) -> None:
         """Copy one event's JSON envelope into the mapped segment; raises OSError (a full disk)."""
-        self._write(LENGTH.pack(len(body), zlib.crc32(body)) + body)
+        line = LENGTH.pack(len(body), zlib.crc32(body)) + body
+        end = self._pos + len(line)
+        if end <= self._room:  # the current segment has room: a copy (once per redirect)
+            self._map[self._pos : end] = line  # type: ignore[index]  # _room is 0 without a map
+            self._pos = end
+        else:
+            self._write(line)
 
     def _write(self, line: bytes) -> None:
         current = self._current
@@ -200,6 +208,7 @@ class Journal:
                 Journal.remove(old)
             # else: everything in it was handed out, and it goes when that mark is stored
         self._current, self._pos, self._marked = segment, HEADER.size, HEADER.size
+        self._map, self._room = segment.map, len(segment.map)
         return segment
 
     def mark(self) -> Mark:
@@ -260,6 +269,7 @@ class Journal:
         """Let go of the segments: deleted when `everything_stored`, else left for the next start."""
         segments = [*self._full, *([self._current] if self._current is not None else [])]
         self._full, self._current = [], None
+        self._map, self._room = None, 0
         for segment in segments:
             if everything_stored:
                 Journal.remove(segment)

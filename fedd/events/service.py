@@ -71,6 +71,7 @@ class EventsService(MultiService):
         self.rng = rng or random.Random()
         self.direct = direct and outbox is not None
         self.enabled = set(config.types)
+        self._sampled = config.get_redirect_sample < 1.0
         self.journal = journal or Journal(config.outbox if outbox is not None else config.spool, clock)
         self._ids = ids or EventIds(int.from_bytes(os.urandom(8)))  # unique across restarts and processes
         self._keys: dict[str, str] = {}
@@ -111,10 +112,20 @@ class EventsService(MultiService):
     def emit_template(self, template: Template, values: tuple[bytes, ...]) -> None:
         """emit() for an event whose envelope is prebuilt (fedd.events.model.template) but for
         `values`, its varying fields already JSON: the web front's get-redirect, once per redirect."""
-        if not self._admit(template.event_type):
-            return
+        event_type = template.event_type
+        # the usual case tested at once (every redirect comes here): enabled, not sampled, outbox taking events
+        if self._sampled or self._store_failures or not self._open or event_type not in self.enabled:
+            if not self._admit(event_type):
+                return
         event_id = self._ids()
-        self._append(event_id, template.event_type, render(template, event_id, values, self.clock.seconds()))
+        body = render(template, event_id, values, self.clock.seconds())
+        try:
+            self.journal.append_record(body)
+        except OSError as exc:  # a full disk: the event is only in memory until stored
+            self._journal_failed(exc)
+        self._batch.append((event_id, self._keys.get(event_type) or self._key(event_type), body))
+        if self._flush_call is None and self._flushing is None and self.running:
+            self._flush_call = self.clock.callLater(self.config.flush_interval, self._flush)
         self.emitted += 1
 
     def _admit(self, event_type: str) -> bool:
@@ -141,19 +152,22 @@ class EventsService(MultiService):
         try:
             self.journal.append_record(body)
         except OSError as exc:  # a full disk: the event is only in memory until stored
-            self.journal_errors += 1
-            now = self.clock.seconds()
-            if self._journal_logged is None or now - self._journal_logged >= self.config.drop_report_interval:
-                self._journal_logged = now
-                log.error(
-                    "event journal {path} not writable ({reason}): events are only in memory until stored ({n} so far)",
-                    path=self.journal.base,
-                    reason=describe(exc),
-                    n=self.journal_errors,
-                )
+            self._journal_failed(exc)
         self._batch.append((event_id, self._key(event_type), body))
         if self._flush_call is None and self._flushing is None and self.running:
             self._flush_call = self.clock.callLater(self.config.flush_interval, self._flush)
+
+    def _journal_failed(self, exc: OSError) -> None:
+        self.journal_errors += 1
+        now = self.clock.seconds()
+        if self._journal_logged is None or now - self._journal_logged >= self.config.drop_report_interval:
+            self._journal_logged = now
+            log.error(
+                "event journal {path} not writable ({reason}): events are only in memory until stored ({n} so far)",
+                path=self.journal.base,
+                reason=describe(exc),
+                n=self.journal_errors,
+            )
 
     def _flush(self) -> Deferred[None]:
         self._flush_call = None
