@@ -408,6 +408,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def test_relayed_log_lines_read_as_a_single_fedds() -> None:
+    """A worker's JSON log event, republished by the supervisor, formats numbers with their spec."""
+    from twisted.logger import eventAsJSON, eventFromJSON, formatEvent
+
+    from fedd.workers.supervisor import _reformat_numbers
+
+    event = {"log_format": "draining {n} open request(s) for at most {timeout:g}s", "n": 1, "timeout": 10.0}
+    relayed = eventFromJSON(eventAsJSON(event))
+    assert formatEvent(relayed) == "draining 1 open request(s) for at most 10.0s"  # Twisted's round trip
+    _reformat_numbers(relayed)
+    assert formatEvent(relayed) == "draining 1 open request(s) for at most 10s"
+
+
 def test_port_in_use_stops_the_supervisor_with_one_line(tmp_path: Path) -> None:
     import socket
     import subprocess

@@ -52,6 +52,22 @@ def worker_command(argv: Sequence[str]) -> list[str]:
     return [sys.executable, *flags, "-c", _BOOT, json.dumps(sys.path), *argv]
 
 
+def _reformat_numbers(event: dict[str, Any]) -> None:
+    """Twisted's JSON log events keep each field's text as str(value), its format spec left out
+    ("{timeout:g}" of 10.0 comes back as "10.0"): format the numbers again with their spec, so a
+    worker's line reads as a single fedd's would."""
+    flat = event.get("log_flattened")
+    if not isinstance(flat, dict):
+        return
+    for key, value in list(flat.items()):
+        name, sep, spec = key.partition("!:")
+        if sep and spec and isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                flat[f"{name}!s:{spec}"] = format(value, spec)
+            except ValueError:
+                pass
+
+
 class _Worker(ProcessProtocol):
     """One worker process: its output relayed line by line into the supervisor's log."""
 
@@ -84,6 +100,7 @@ class _Worker(ProcessProtocol):
             except ValueError:
                 event = None
             if isinstance(event, dict):
+                _reformat_numbers(event)
                 event["log_system"] = system
                 event["fedd_worker"] = self.index
                 globalLogPublisher(event)
