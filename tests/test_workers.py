@@ -278,10 +278,15 @@ def test_probe_result_reaches_every_worker_within_a_second(setup: Setup) -> None
     def state(s: dict[str, Any]) -> str:
         return str(s["endpoints"]["counted"]["health"]["state"])
 
+    def answers() -> set[int]:  # on new connections: both workers answer some
+        return {get(setup.port, "/dav/slow-w.bin")[0] for _ in range(20)}
+
     per_worker(setup.port, {0, 1}, lambda s: state(s) == "online", "both workers to see the endpoint online")
+    assert answers() == {302}
     setup.dav.failing = True
     try:
         offline = per_worker(setup.port, {0, 1}, lambda s: state(s) == "offline", "both workers to see it offline")
+        assert answers() == {503}  # its one replica is on an endpoint known to be out, on every worker
         checked = {i: s["endpoints"]["counted"]["health"]["last_check"] for i, s in offline.items()}
         now = {i: s["fedd"]["now"] for i, s in offline.items()}
         # the failed probe was made once (by the leader); the other worker saw its result within 1 s
@@ -290,6 +295,7 @@ def test_probe_result_reaches_every_worker_within_a_second(setup: Setup) -> None
     finally:
         setup.dav.failing = False
     per_worker(setup.port, {0, 1}, lambda s: state(s) == "online", "both workers to see it online again")
+    assert answers() == {302}
 
 
 def retrying_load(
