@@ -212,3 +212,30 @@ def test_placement_on_one_host_counts_the_uploads_redirected_by_another(database
     finally:
         call(a.stopService)
         call(b.stopService)
+
+
+def test_a_schema_newer_than_this_release_is_not_used(tmp_path: Path) -> None:
+    """A host of an older release (after a downgrade) leaves a newer database alone and says why."""
+    path = tmp_path / "state.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute(schema.VERSION_TABLE)
+        db.execute("INSERT INTO fedd_schema (version) VALUES (?)", (schema.LATEST + 1,))
+    store = started(make_store(str(path), "old"))
+    try:
+        assert not store.migrated and "newer than this fedd" in store.to_json()["error"]
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT MAX(version) FROM fedd_schema").fetchone()[0] == schema.LATEST + 1
+            assert db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'downtimes'").fetchone()[0] == 0
+    finally:
+        call(store.stopService)
+
+
+def test_a_watcher_added_after_the_first_poll_still_gets_its_first_read(tmp_path: Path) -> None:
+    store = started(make_store(str(tmp_path / "state.sqlite"), "a"))
+    try:
+        wait_for(lambda: store.failures == 0 and store.hosts, 5, "a poll with a heartbeat")
+        called: list[int] = []
+        call(lambda: store.watch("downtimes", lambda: called.append(1)))
+        wait_for(lambda: called, 2, "the late watcher's first call")
+    finally:
+        call(store.stopService)

@@ -186,6 +186,9 @@ class StateStore(Service):
         """Call `changed` (no arguments) once the database is reached, and whenever another
         host (or this one) bumps the serial of `table` (see `bump`)."""
         self._watchers.setdefault(table, []).append(changed)
+        # a watcher that comes after a poll must still get its first read: the next poll calls
+        # the watchers of `table` as if its serial had moved (a harmless re-read for earlier ones)
+        self._serials.pop(table, None)
 
     def every_tick(self, work: Callable[[], None]) -> None:
         """Call `work` after each poll that reached the database (every `poll_interval`)."""
