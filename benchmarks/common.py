@@ -18,11 +18,12 @@ from tests.servers import free_port, wait_for_port  # noqa: E402
 __all__ = ["ROOT", "Fedd", "env", "free_port", "memory", "start_fedd", "twistd_command", "wait_for_port", "wrk"]
 
 
-def wrk(url: str, connections: int, seconds: float, threads: int | None = None) -> float:
-    """Requests per second that wrk measured (redirects count as completed requests)."""
+def _run_wrk(url: str, connections: int, seconds: float, threads: int | None, extra: list[str]) -> tuple[str, float]:
+    """wrk's output and the requests per second it measured (redirects count as completed requests);
+    RuntimeError when wrk fails or saw an error response."""
     threads = threads or min(2, connections)
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "5s", url],
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "5s", *extra, url],
         capture_output=True,
         text=True,
         timeout=seconds + 30,
@@ -33,7 +34,12 @@ def wrk(url: str, connections: int, seconds: float, threads: int | None = None) 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
     if errors:
         raise RuntimeError(f"{url}: {errors.group(1)} error responses during the run:\n{out.stdout}")
-    return float(match.group(1))
+    return out.stdout, float(match.group(1))
+
+
+def wrk(url: str, connections: int, seconds: float, threads: int | None = None) -> float:
+    """Requests per second that wrk measured (redirects count as completed requests)."""
+    return _run_wrk(url, connections, seconds, threads, [])[1]
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -41,24 +47,12 @@ _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 def wrk_latency(url: str, connections: int, seconds: float, threads: int | None = None) -> tuple[float, float, float]:
     """(requests/s, p50 ms, p99 ms) that wrk --latency measured."""
-    threads = threads or min(2, connections)
-    out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "5s", "--latency", url],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-    )
-    match = re.search(r"Requests/sec:\s+([0-9.]+)", out.stdout)
-    if out.returncode != 0 or match is None:
-        raise RuntimeError(f"wrk failed: {out.stdout}{out.stderr}")
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
-    if errors:
-        raise RuntimeError(f"{url}: {errors.group(1)} error responses during the run:\n{out.stdout}")
+    stdout, rate = _run_wrk(url, connections, seconds, threads, ["--latency"])
     quantiles = {}
     for q in ("50", "99"):
-        found = re.search(rf"^\s+{q}%\s+([0-9.]+)(us|ms|s)\s*$", out.stdout, re.M)
+        found = re.search(rf"^\s+{q}%\s+([0-9.]+)(us|ms|s)\s*$", stdout, re.M)
         quantiles[q] = float(found.group(1)) * _UNITS[found.group(2)] if found else float("nan")
-    return float(match.group(1)), quantiles["50"], quantiles["99"]
+    return rate, quantiles["50"], quantiles["99"]
 
 
 def memory(pid: int) -> dict[str, int]:
