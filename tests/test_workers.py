@@ -223,13 +223,19 @@ def counters_written(setup: Setup) -> None:
 def test_metrics_add_up_across_workers(setup: Setup) -> None:
     counters_written(setup)
     before = redirects_total(setup.port)
-    answered_by: set[int] = set()
-    for _ in range(40):
-        code, _, _ = get(setup.port, "/data/a.txt")
-        assert code == 302
-    for _ in range(20):
-        answered_by.add(status(setup.port)["workers"]["answered_by"]["index"])
-    assert answered_by == {0, 1}  # the redirects went to both workers too (same accept queue)
+    pids = worker_pids(status(setup.port))
+    # The kernel hands a shared socket's connections to whichever worker accepts first, so an
+    # idle machine may give them all to one. Pause each worker in turn (SIGSTOP): the other one
+    # must take all 20 redirects, and both counters then hold some of the 40.
+    for paused, serving in ((0, 1), (1, 0)):
+        os.kill(pids[paused], signal.SIGSTOP)
+        try:
+            for _ in range(20):
+                code, _, _ = get(setup.port, "/data/a.txt")
+                assert code == 302
+            assert status(setup.port)["workers"]["answered_by"]["index"] == serving
+        finally:
+            os.kill(pids[paused], signal.SIGCONT)
     # every worker writes its counters each second; any scrape adds them all up
     counters_written(setup)
     for _ in range(6):  # whichever worker answers the scrape
