@@ -9,25 +9,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
 from twisted.python import usage
 
-from fedd.auth.rules import RulesError
 from fedd.auth.service import AuthService
 from fedd.auth.tls import GridContextFactory
-from fedd.auth.tokens import TokenVerifier
+from fedd.builders import GeoCloser, Placer, build_auth, build_events, build_gocdb, build_state, emit_transitions
 from fedd.checksums.service import ChecksumService
 from fedd.config import Config, EndpointConfig
-from fedd.endpoints import Endpoint, HttpClient, make_endpoint
-from fedd.events.outbox import Outbox
+from fedd.endpoints import Endpoint, make_endpoint
 from fedd.events.service import EventsService
-from fedd.events.sinks import AmqpSink, SpoolSink
-from fedd.events.stomp import StompSink, parse_brokers, stomp_tls
 from fedd.federation import Federation, new_instance_id
 from fedd.fleet import EndpointFactory, EndpointFleet
 from fedd.health.service import HealthRegistry, HealthService
-from fedd.health.state import Transition
 from fedd.locate.cache import LocalCache
 from fedd.locate.invalidate import InvalidationLog
 from fedd.locate.locator import Locator
@@ -36,13 +30,12 @@ from fedd.namespace import Namespace
 from fedd.reload import FixedAtStart, Reloader, ReloadStatus
 from fedd.select.geo import GeoLocator
 from fedd.space.downtime import DowntimeBook
-from fedd.space.gocdb import Fetcher, GocdbService
+from fedd.space.gocdb import GocdbService
 from fedd.space.service import SpaceService
-from fedd.state.database import open_database
-from fedd.state.store import HostIdentity, StateStore
+from fedd.state.store import StateStore
 from fedd.state.tables import SharedChecksums, SharedDowntimes, SharedReservations
 from fedd.tpc.engine import TpcEngine
-from fedd.twtypes import MultiService, Service
+from fedd.twtypes import MultiService
 from fedd.web.accesslog import AccessLog
 from fedd.web.lifecycle import DrainFirst, Listener, WebService
 from fedd.web.listen import listen_endpoint, server_tls
@@ -55,159 +48,6 @@ from fedd.workers.sockets import AdoptedEndpoint
 from fedd.writes import Writer
 
 log = Logger(namespace="fedd")
-
-
-def build_events(config: Config, reactor: Any, worker: WorkerRole | None = None) -> EventsService:
-    """The `events` service; with a broker, its reconnecting AMQP or STOMP client is a child service.
-    A worker of `[server] workers` has an outbox and a spool of its own (`WorkerRole.own_files`)."""
-    ev = config.events if worker is None else worker.own_files(config.events)
-    if not ev.broker:
-        return EventsService(ev, clock=reactor, outbox=None, sink=SpoolSink(reactor, ev.spool, ev.spool_max_bytes))
-    outbox = Outbox(reactor, ev.outbox, ev.outbox_max_events, ev.shed)
-    sink: AmqpSink | StompSink
-    if ev.broker.startswith("stomp"):  # stomp:// or stomp+ssl://, several for fail-over
-        sink = StompSink(
-            reactor,
-            parse_brokers(ev.broker, ev.login, ev.passcode),
-            ev.destination,
-            routing_prefix=ev.routing_prefix,
-            timeout=ev.timeout,
-            heartbeat=ev.heartbeat,
-            receipts=ev.receipts,
-            tls_options=stomp_tls(ev.ca_file, ev.tls_certificate, ev.tls_private_key),
-        )
-    else:
-        sink = AmqpSink(reactor, ev.broker, ev.exchange, timeout=ev.timeout)
-    events = EventsService(ev, clock=reactor, outbox=outbox, sink=sink, direct=True)
-    sink.service.setName("broker")
-    sink.service.setServiceParent(events)
-    return events
-
-
-def build_auth(config: Config, reactor: Any, tls: GridContextFactory | None = None) -> AuthService | None:
-    """The `auth` service, or None when the configuration has no [auth] (everything is allowed)."""
-    if config.auth is None:
-        return None
-    verifier = None
-    if config.issuers:
-        http = HttpClient(reactor, endpoint="jwks", timeout=10.0, max_body=1 << 20)
-
-        async def fetch(url: str) -> bytes:
-            response = await http.request("GET", url)
-            if response.code != 200:
-                raise ValueError(f"HTTP {response.code} from {url}")
-            return response.body
-
-        try:
-            verifier = TokenVerifier(
-                list(config.issuers),
-                list(config.auth.token_audience),
-                clock=reactor,
-                fetch=lambda url: ensureDeferred(fetch(url)),
-                min_refresh=config.auth.jwks_min_refresh,
-            )
-        except (OSError, ValueError) as exc:
-            raise usage.UsageError(f"cannot read an issuer's jwks_file: {exc}") from None
-    try:
-        return AuthService(
-            clock=reactor,
-            access_file=config.auth.access_file,
-            gridmap_file=config.auth.gridmap_file,
-            verifier=verifier,
-            reload_interval=config.auth.reload_interval,
-            tls=tls,
-            vomsdir=config.auth.vomsdir,
-            limited_proxies=config.auth.limited_proxies,
-            ca_reload_interval=config.auth.ca_reload_interval,
-        )
-    except RulesError as exc:
-        raise usage.UsageError("authorisation files have errors:\n  " + "\n  ".join(exc.errors)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise usage.UsageError(f"cannot read the authorisation files: {exc}") from None
-
-
-def build_gocdb(config: Config, reactor: Any, book: DowntimeBook) -> GocdbService:
-    """The `gocdb` service (idle without [gocdb] url); it reads settings and endpoints from the
-    running configuration, so a reload applies at its next refresh."""
-    from twisted.internet.threads import deferToThreadPool
-
-    from fedd.endpoints import tls_policy
-
-    if config.gocdb.ca_file:
-        try:
-            tls_policy(True, config.gocdb.ca_file)
-        except (OSError, ValueError) as exc:
-            raise usage.UsageError(f"[gocdb] ca_file {config.gocdb.ca_file}: {exc}") from None
-
-    def to_thread(work: Any) -> Any:
-        return deferToThreadPool(reactor, reactor.getThreadPool(), work)
-
-    return GocdbService(
-        book, clock=reactor, config=config, fetch=Fetcher(reactor, to_thread), to_thread=to_thread
-    )
-
-
-def build_state(config: Config, reactor: Any, instance: str) -> StateStore | None:
-    """The `state` service on `[state] database`, or None without one (state stays per host:
-    `[checksums] database` and `[health] downtime_file`)."""
-    import socket
-
-    from fedd import __version__
-
-    st = config.state
-    if not st.database:
-        return None
-    try:
-        database = open_database(st.database, reactor, st.timeout)
-    except Exception as exc:  # psycopg missing, a URL psycopg refuses
-        raise usage.UsageError(f"[state] database: {exc}") from None
-    identity = HostIdentity(
-        host=st.host_name or socket.gethostname(),
-        instance=instance,
-        version=__version__,
-        listen=" ".join(config.server.listen),
-    )
-    return StateStore(
-        database,
-        clock=reactor,
-        identity=identity,
-        queue=st.queue,
-        poll_interval=st.poll_interval,
-        heartbeat_interval=st.heartbeat_interval,
-        timeout=st.timeout,
-    )
-
-
-class _GeoCloser(Service):
-    """Closes the GeoIP reader on shutdown (the endpoint fleet closes its connection pools)."""
-
-    name = "geo"
-
-    def __init__(self, geo: GeoLocator) -> None:
-        self.geo = geo
-
-    def stopService(self) -> Any:
-        super().stopService()
-        self.geo.close()
-
-
-class _Placer(Service):
-    """At start, looks up endpoint host names (without blocking) so GeoIP can place them."""
-
-    name = "placer"
-
-    def __init__(self, federation: Federation, reactor: Any) -> None:
-        self.federation = federation
-        self.reactor = reactor
-
-    def startService(self) -> None:
-        from twisted.internet.defer import ensureDeferred
-
-        super().startService()
-        if self.federation.geo.database or self.federation.config.geo.sites:
-            ensureDeferred(self.federation.locate_endpoint_hosts(self.reactor)).addErrback(
-                lambda f: log.failure("placing endpoints failed", f)
-            )
 
 
 @dataclass(frozen=True)
@@ -241,22 +81,6 @@ def endpoint_factory(reactor: Any, instance: str) -> EndpointFactory:
         return make_endpoint(ep, reactor=reactor, presign_reuse=config.locate.presign_reuse, instance=instance)
 
     return make
-
-
-def _emit_transitions(events: EventsService, registry: HealthRegistry) -> Callable[[Transition], None]:
-    def emit(t: Transition) -> None:
-        events.emit(
-            f"endpoint-{t.new}" if t.new in ("online", "offline") else "endpoint-online",
-            {
-                "endpoint": t.endpoint,
-                "previous": t.old,
-                "state": t.new,
-                "reason": t.reason,
-                "latency_ms": registry.states[t.endpoint].latency_ms,
-            },
-        )
-
-    return emit
 
 
 def build_service(
@@ -322,13 +146,13 @@ def build_service(
         namespace=namespace,
         instance=instance,
     )
-    _GeoCloser(geo).setServiceParent(top)
-    _Placer(federation, reactor).setServiceParent(top)
+    GeoCloser(geo).setServiceParent(top)
+    Placer(federation, reactor).setServiceParent(top)
     health = HealthService(registry, endpoints, reactor, shared=shared)
     health.setServiceParent(top)
     events = build_events(config, reactor, worker)
     events.setServiceParent(top)
-    registry.listeners.append(_emit_transitions(events, registry))
+    registry.listeners.append(emit_transitions(events, registry))
     auth = build_auth(config, reactor, tls if isinstance(tls, GridContextFactory) else None)
     if auth is not None:
         auth.setServiceParent(top)
