@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,12 +23,12 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from fedd import __version__
-from fedd.config import Config, EndpointConfig
+from fedd.config import Config
 from fedd.endpoints.base import Endpoint, Space
 from fedd.errors import describe
 from fedd.health.service import HostShare
 from fedd.locate.memcache import Memcached
+from fedd.space.srr import srr_document, write_json_file
 from fedd.state.tables import SharedReservations
 from fedd.twtypes import Service
 
@@ -361,63 +360,14 @@ class SpaceService(Service):
 
     def srr(self, base_url: str = "") -> dict[str, Any]:
         """WLCG Storage Resource Reporting JSON: one share per endpoint (or per configured share name)."""
-        now = self.reactor.seconds()
-        stale_after = self.settings.stale_seconds
-        shares: dict[str, dict[str, Any]] = {}
-        storage_endpoints = []
-        for ep in self.config.endpoints:
-            m = self._counted(ep.id) or Measurement()
-            share = shares.setdefault(
-                ep.share_name,
-                {
-                    "name": ep.share_name,
-                    "totalsize": 0,
-                    "usedsize": 0,
-                    "timestamp": None,
-                    "vos": [],
-                    "path": [],
-                    "assignedendpoints": [],
-                    "stale": False,
-                    "endpoints": {},
-                },
-            )
-            share["totalsize"] += (m.space.total or 0) if m.space else 0
-            share["usedsize"] += m.used() or 0
-            stamp = int(m.measured) if m.measured is not None else None
-            if stamp is not None:
-                share["timestamp"] = stamp if share["timestamp"] is None else min(share["timestamp"], stamp)
-            share["stale"] = share["stale"] or m.stale(now, stale_after)
-            share["vos"] = sorted(set(share["vos"]) | set(ep.vos))
-            share["path"] = sorted(set(share["path"]) | {fed for fed, _ in ep.mappings})
-            share["assignedendpoints"].append(ep.id)
-            share["endpoints"][ep.id] = m.to_json(now, stale_after)
-            storage_endpoints.append(
-                {
-                    "name": ep.id,
-                    "endpointurl": ep.url or base_url,
-                    "interfacetype": _interface(ep),
-                    "assignedshares": [ep.share_name],
-                }
-            )
-        return {
-            "storageservice": {
-                "name": self.settings.name,
-                "implementation": "fedd",
-                "implementationversion": __version__,
-                "latestupdate": int(now),
-                "storageshares": list(shares.values()),
-                "storageendpoints": storage_endpoints,
-            }
-        }
+        return srr_document(
+            self.config.endpoints,
+            lambda eid: self._counted(eid) or Measurement(),
+            now=self.reactor.seconds(),
+            stale_after=self.settings.stale_seconds,
+            service_name=self.settings.name,
+            base_url=base_url,
+        )
 
     def _write_srr_file(self, data: dict[str, Any]) -> None:
-        path = self.settings.srr_file
-        tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-
-
-def _interface(ep: EndpointConfig) -> str:
-    return {"s3": "s3", "azure": "azure", "dav": "https", "local": "posix"}.get(ep.kind, ep.kind)
+        write_json_file(self.settings.srr_file, data)
