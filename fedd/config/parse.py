@@ -48,6 +48,18 @@ def _check_events(values: dict[str, Any], reader: Reader, errors: list[str]) -> 
         errors.append(f"{lines[key]}: give both tls_certificate and tls_private_key, or neither")
 
 
+def _check_confirm(groups: dict[str, dict[str, Any]], reader: Reader, kinds: dict[str, str], errors: list[str]) -> None:
+    """`[confirm] notify` names S3 endpoints, and some AMQP broker carries their notifications."""
+    values = groups["confirm"]
+    where = next((s.where for s in reader.sections if s.name == "confirm"), "[confirm]")
+    for notify in values.get("notifies", ()):
+        if kinds.get(notify.endpoint) != "s3":
+            errors.append(f"{where}: notify: {notify.endpoint!r} is not an [endpoint] of kind s3")
+    broker = values.get("broker") or groups.get("events", {}).get("broker", "")
+    if values.get("notifies") and not broker.startswith("amqp"):
+        errors.append(f"{where}: notify needs an AMQP broker ([confirm] broker, or [events] broker = amqp://...)")
+
+
 def _issuer(section: Section, errors: list[str]) -> IssuerSettings | None:
     if "issuer" not in section.values:
         errors.append(f"{section.where}: issuer {section.arg!r} needs 'issuer' (the tokens' iss claim)")
@@ -107,6 +119,8 @@ def parse_config(
         errors.append(f"{whole}: [gocdb] needs url (GOCDB's get_downtime query, or file:///...)")
     if "events" in groups:
         _check_events(groups["events"], reader, errors)
+    if "confirm" in groups:
+        _check_confirm(groups, reader, {ep.id: ep.kind for ep in endpoints}, errors)
     if not endpoints and not errors:
         errors.append(f"{whole}: no [endpoint ...] section: nothing to federate")
     if errors:

@@ -252,6 +252,22 @@ class GocdbConfig:
 
 
 @dataclass(frozen=True)
+class ConfirmConfig:
+    """Confirmed uploads: after a 307 for a PUT, fedd checks that the object landed; docs/configuration.md."""
+
+    enabled: bool = key(v.boolean, True)
+    deadline: float = key(v.positive_float, 3600.0)  # seconds from the redirect; later: put-failed
+    poll_initial: float = key(v.positive_float, 1.0)  # first look at the target, then backoff
+    poll_factor: float = key(v.in_range(float, low=1.0, high=10.0, what="a number from 1 to 10"), 2.0)
+    poll_max: float = key(v.positive_float, 60.0)  # longest wait between two looks
+    max_pending: int = key(v.positive_int, 100_000)  # more uploads at once are not confirmed (counted)
+    max_polls: int = key(v.positive_int, 20)  # looks at targets running at once
+    checksum_wait: float = key(v.nonneg_float, 30.0)  # wait this long for adler32 before put-done without it
+    broker: str = key(v.broker, "", hidden=True)  # AMQP broker RGW pushes to; "": [events] broker
+    notifies: tuple[v.RgwNotify, ...] = key(v.rgw_notify, (), name="notify", repeat=True)
+
+
+@dataclass(frozen=True)
 class IssuerSettings:
     id: str
     issuer: str = key(v.text, "")
@@ -316,6 +332,7 @@ class Config:
     tpc: TpcConfig = TpcConfig()
     gocdb: GocdbConfig = GocdbConfig()
     state: StateConfig = StateConfig()
+    confirm: ConfirmConfig = ConfirmConfig()
     auth: AuthConfig | None = None
     issuers: tuple[IssuerSettings, ...] = ()
     endpoints: tuple[EndpointConfig, ...] = ()
@@ -341,6 +358,7 @@ SECTION_TYPES: Mapping[str, type] = {
     "tpc": TpcConfig,
     "gocdb": GocdbConfig,
     "state": StateConfig,
+    "confirm": ConfirmConfig,
     "checksums": ChecksumsConfig,
     "issuer": IssuerSettings,
     "endpoint": EndpointConfig,

@@ -301,6 +301,22 @@ def broker(value: str) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class RgwNotify:
+    """`[confirm] notify`: an S3 endpoint whose bucket notifications RGW pushes to an AMQP exchange."""
+
+    endpoint: str
+    exchange: str
+    queue: str = ""  # "": a private queue per fedd process (every process sees every notification)
+
+
+def rgw_notify(value: str) -> RgwNotify:
+    parts = value.split()
+    if len(parts) not in (2, 3) or not ID_RE.match(parts[0]):
+        raise ValueError(f"expected '<endpoint id> <exchange> [queue]', got {value!r}")
+    return RgwNotify(parts[0], *(name(p) for p in parts[1:]))
+
+
 def state_database(value: str) -> str:
     """`[state] database`: postgresql://[user[:password]@]host[:port]/dbname[?...], sqlite:PATH or a path."""
     if value.startswith(("postgresql://", "postgres://")):
