@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from fedd.config import EndpointConfig
+from fedd.endpoints.azure_xml import FOLDER_META, blob_name, parse_blob_page
 from fedd.endpoints.base import (
     Entry,
     HttpClient,
@@ -50,7 +51,6 @@ CLOCK_SKEW = 300  # a SAS starts this many seconds before `now`
 COPY_SAS_SECONDS = 3600  # validity of the read SAS a Copy Blob's source carries
 COPY_WAIT = 300.0  # longest wait for a pending Copy Blob
 COPY_POLL = 0.5
-FOLDER_META = "hdi_isfolder"  # what Azure's own tools (ADLS, Storage Explorer, blobfuse) mark folders with
 _PERMISSIONS = {"GET": "r", "HEAD": "r", "PUT": "cw"}
 
 
@@ -60,10 +60,6 @@ def _iso(seconds: float) -> str:
 
 def _sign(key: bytes, text: str) -> str:
     return base64.b64encode(hmac.new(key, text.encode("utf-8"), hashlib.sha256).digest()).decode("ascii")
-
-
-def _is_folder(metadata: dict[str, str]) -> bool:
-    return metadata.get(FOLDER_META, "").lower() == "true"
 
 
 @implementer(IPresignable, IListable, ITPCTarget, IChecksumSource, ISpaceSource)
@@ -255,7 +251,7 @@ class AzureEndpoint:
         marker = ""
         while True:
             root = await self._list_page(prefix, marker, delimiter=True, size=PAGE_SIZE)
-            marker_seen = self._parse_page(root, prefix, entries) or marker_seen
+            marker_seen = parse_blob_page(root, prefix, entries) or marker_seen
             marker = root.findtext("NextMarker") or ""
             del root
             if len(entries) > MAX_LIST_ENTRIES:
@@ -265,42 +261,6 @@ class AzureEndpoint:
         if not entries and not marker_seen and prefix:
             return None
         return [entries[name] for name in sorted(entries)]
-
-    def _parse_page(self, root: Any, prefix: str, entries: dict[str, Entry]) -> bool:
-        marker = False
-        blobs = root.find("Blobs")
-        if blobs is None:
-            return False
-        for item in blobs:
-            name = _name(item)[len(prefix) :]
-            if item.tag == "BlobPrefix":
-                name = name.rstrip("/")
-                if name and "/" not in name:
-                    entries[name] = Entry(name, Stat(is_dir=True))
-                continue
-            if item.tag != "Blob":
-                continue
-            if not name:
-                marker = True  # the listed directory's own marker blob
-                continue
-            if "/" in name:
-                continue
-            meta = {m.tag.lower(): (m.text or "") for m in _children(item, "Metadata")}
-            if _is_folder(meta):
-                entries[name] = Entry(name, Stat(is_dir=True))
-                continue
-            if name in entries:  # a folder of the same name wins over a blob, as in merged listings
-                continue
-            props = item.find("Properties")
-            entries[name] = Entry(
-                name,
-                Stat(
-                    size=parse_int(props.findtext("Content-Length")) if props is not None else None,
-                    mtime=parse_http_date(props.findtext("Last-Modified")) if props is not None else None,
-                    etag=(props.findtext("Etag") or "").strip('"') if props is not None else "",
-                ),
-            )
-        return marker
 
     # --- writes and space ---------------------------------------------------------------------
 
@@ -371,7 +331,7 @@ class AzureEndpoint:
             for blob in blobs.iterfind("Blob") if blobs is not None else ():
                 size = parse_int(blob.findtext("Properties/Content-Length")) or 0
                 used += size
-                if size or not _name(blob).endswith("/"):  # directory markers are not files
+                if size or not blob_name(blob).endswith("/"):  # directory markers are not files
                     files += 1
             marker = root.findtext("NextMarker") or ""
             del root, blobs
@@ -393,17 +353,3 @@ class AzureEndpoint:
             raise EndpointError(self.id, f"probe: container {self.config.container!r} does not exist")
         if response.code != 200:
             raise self._unexpected(response, "probe")
-
-
-def _name(item: Any) -> str:
-    """A List Blobs <Name>; percent-encoded (Encoded="true") when it holds characters XML cannot."""
-    element = item.find("Name")
-    if element is None:
-        return ""
-    text = element.text or ""
-    return unquote(text) if element.get("Encoded") == "true" else text
-
-
-def _children(item: Any, tag: str) -> list[Any]:
-    element = item.find(tag)
-    return list(element) if element is not None else []
