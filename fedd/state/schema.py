@@ -36,6 +36,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE counters (name TEXT NOT NULL, key TEXT NOT NULL, value BIGINT NOT NULL, "
         "updated DOUBLE PRECISION NOT NULL, PRIMARY KEY (name, key))",
     ),
+    # 2: the replicas fedd made itself ([replicate], fedd.replicate.records); state is copying, done or
+    # failed; only rows in this table are ever evicted
+    (
+        "CREATE TABLE replicas (path TEXT NOT NULL, endpoint TEXT NOT NULL, source TEXT NOT NULL, "
+        "state TEXT NOT NULL, bytes BIGINT NOT NULL, adler32 TEXT NOT NULL, region TEXT NOT NULL, "
+        "host TEXT NOT NULL, reason TEXT NOT NULL, created DOUBLE PRECISION NOT NULL, "
+        "last_read DOUBLE PRECISION NOT NULL, PRIMARY KEY (path, endpoint))",
+    ),
 )
 
 LATEST = len(MIGRATIONS)
