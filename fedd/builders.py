@@ -125,7 +125,7 @@ def build_gocdb(config: Config, reactor: Any, book: DowntimeBook) -> GocdbServic
     )
 
 
-def build_state(config: Config, reactor: Any, instance: str) -> StateStore | None:
+def build_state(config: Config, reactor: Any, instance: str, worker: WorkerRole | None = None) -> StateStore | None:
     """The `state` service on `[state] database`, or None without one (state stays per host:
     `[checksums] database` and `[health] downtime_file`)."""
     import socket
@@ -153,6 +153,7 @@ def build_state(config: Config, reactor: Any, instance: str) -> StateStore | Non
         poll_interval=st.poll_interval,
         heartbeat_interval=st.heartbeat_interval,
         timeout=st.timeout,
+        queue_file=st.queue_file if worker is None else worker.own_path(st.queue_file),
     )
 
 

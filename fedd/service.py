@@ -116,7 +116,7 @@ def build_service(
     except (OSError, ValueError) as exc:
         raise usage.UsageError(f"[geo] database {config.geo.database!r}: {exc}") from None
     registry = HealthRegistry(list(endpoints), config.health, reactor)
-    state = build_state(config, reactor, instance)
+    state = build_state(config, reactor, instance, worker)
     if state is not None:
         state.setServiceParent(top)
     memcached = invalidations = None

@@ -239,3 +239,58 @@ def test_a_watcher_added_after_the_first_poll_still_gets_its_first_read(tmp_path
         wait_for(lambda: called, 2, "the late watcher's first call")
     finally:
         call(store.stopService)
+
+
+def test_writes_queued_at_a_stop_are_written_after_the_next_start(tmp_path: Path) -> None:
+    """The database unreachable until fedd stops: its queued writes are saved to `queue_file` and
+    written after the next start; a line that cannot be read is skipped, the others still count."""
+    where = tmp_path / "later" / "state.sqlite"
+    queue_file = tmp_path / "fedd-state-queue.jsonl"
+    first = started(make_store(str(where), "a", queue_file=str(queue_file)))
+    keys = [("dav", f"/f{i}", i, "e") for i in range(3)]
+    try:
+        assert not first.migrated
+        for key in keys:
+            call(SharedChecksums(first).put, key, {"adler32": f"{key[2]:08x}"}, 1.0)
+        now = time.time()
+        call(lambda: SharedDowntimes(first).insert("d1", "ep", Downtime(now, now + 600, "all", "swap"), now) and None)
+        call(lambda: first.write("a function", lambda c: None).addErrback(lambda _: None) and None)
+        assert first.to_json()["queued"] == 5
+    finally:
+        call(first.stopService)
+    saved = queue_file.read_text().splitlines()
+    assert len(saved) == 4  # the function cannot be saved (logged as lost)
+    queue_file.write_text("\n".join([saved[0], "{not json", *saved[1:]]) + "\n")
+    where.parent.mkdir()
+    second = started(make_store(str(where), "b", queue_file=str(queue_file)))
+    try:
+        wait_for(lambda: second.to_json()["queued"] == 0, 10, "the saved writes to be written")
+        assert second.written >= 4 and not queue_file.exists()
+        assert call(SharedChecksums(second).get, keys) == {k: {"adler32": f"{k[2]:08x}"} for k in keys}
+        with sqlite3.connect(where) as db:
+            assert db.execute("SELECT id, endpoint, reason FROM downtimes").fetchall() == [("d1", "ep", "swap")]
+    finally:
+        call(second.stopService)
+
+
+def test_a_read_right_after_start_waits_for_the_database(database_url: str) -> None:
+    """A checksum asked in the first milliseconds after start is answered from the database (it
+    used to fail at once, before the first connection, and the checksum was computed again)."""
+    key = ("dav", "/atlas/f", 10, "etag1")
+    writer = started(make_store(database_url, "a"))
+    try:
+        call(SharedChecksums(writer).put, key, {"adler32": "0badcafe"}, 1.0)
+        wait_for(lambda: writer.written >= 1, 10, "the checksum write")
+    finally:
+        call(writer.stopService)
+    fresh = make_store(database_url, "b")
+
+    def start_and_read() -> Any:
+        fresh.startService()
+        assert not fresh.migrated  # nothing reached yet
+        return SharedChecksums(fresh).get([key])
+
+    try:
+        assert call(start_and_read) == {key: {"adler32": "0badcafe"}}
+    finally:
+        call(fresh.stopService)

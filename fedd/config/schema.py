@@ -234,6 +234,7 @@ class StateConfig:
     heartbeat_interval: float = key(v.positive_float, 5.0)
     queue: int = key(v.positive_int, 10_000)  # writes kept while the database is unreachable
     timeout: float = key(v.positive_float, 5.0)  # connecting and each statement
+    queue_file: str = key(v.text, "fedd-state-queue.jsonl")  # writes queued at a stop; written after the next start
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ How it behaves, in order:
    that fails stays at the head and is retried at the next tick. So a database that is down or
    restarting delays writes, it does not lose them: only more than `[state] queue` waiting writes
    drop the oldest (counted in the status). The outage is logged once when it starts and once
-   when it ends, and shown in the status while it lasts.
+   when it ends, and shown in the status while it lasts. Writes still queued when fedd stops are
+   saved to `[state] queue_file` and queued again at the next start (fedd.state.spill).
 3. Reads (`read`) go straight to the database with a timeout and fail fast when it is down: callers
    keep what they knew (the downtimes applied last, checksums computed or remembered in memory).
    Nothing on the redirect path reads it: downtimes and health are applied from memory.
@@ -25,6 +26,7 @@ How it behaves, in order:
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,8 +36,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from fedd.state import schema
+from fedd.state import schema, spill
 from fedd.state.database import Cursor, StateDatabase, Work
+from fedd.state.spill import Sql
 from fedd.twtypes import Service
 
 log = Logger(namespace="fedd.state")
@@ -87,8 +90,10 @@ class StateStore(Service):
         poll_interval: float = 1.0,
         heartbeat_interval: float = 5.0,
         timeout: float = 5.0,
+        queue_file: str = "",
     ) -> None:
         self.db = database
+        self.queue_file = queue_file
         self.clock = clock
         self.identity = identity
         self.queue_max = queue
@@ -117,6 +122,7 @@ class StateStore(Service):
     def startService(self) -> None:
         super().startService()
         self.started = self.clock.seconds()
+        self._queue_saved()
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self.clock
         self._loop.start(self.poll_interval, now=True).addErrback(lambda f: log.failure("state loop stopped", f))
@@ -126,9 +132,49 @@ class StateStore(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if self._queue:
-            log.warn("{n} state write(s) not written at shutdown (database {db})", n=len(self._queue), db=self.db.where)
+            self._save_queue()
         d = self._forget_self() if self.migrated else succeed(None)
         return d.addBoth(lambda _: self.db.close())
+
+    def _queue_saved(self) -> None:
+        """Queue again, ahead of anything new, the writes the last stop saved (see spill.py)."""
+        if not self.queue_file:
+            return
+        saved = spill.load(self.queue_file)
+        for what, sql in saved:
+            write = _Write(what, sql, Deferred())
+            write.done.addErrback(lambda _: None)  # nobody waits for these; a drop is counted
+            self._queue.append(write)
+        if saved:
+            log.info(
+                "{n} state write(s) saved at the last stop queued again from {path}", n=len(saved), path=self.queue_file
+            )
+        try:
+            os.remove(self.queue_file)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.error("cannot remove {path}: {reason}", path=self.queue_file, reason=exc)
+
+    def _save_queue(self) -> None:
+        savable = [(w.what, w.work) for w in self._queue if isinstance(w.work, Sql)]
+        saved = 0
+        if savable and self.queue_file:
+            try:
+                saved = spill.save(self.queue_file, savable)
+            except OSError as exc:
+                log.error("cannot save queued state writes to {path}: {reason}", path=self.queue_file, reason=exc)
+        lost = len(self._queue) - saved
+        if saved:
+            log.warn(
+                "{n} state write(s) not written at shutdown (database {db}) saved to {path}: "
+                "written after the next start",
+                n=saved,
+                db=self.db.where,
+                path=self.queue_file,
+            )
+        if lost:
+            log.warn("{n} state write(s) not written at shutdown (database {db}) and lost", n=lost, db=self.db.where)
 
     def _forget_self(self) -> Deferred[None]:
         def work(cursor: Cursor) -> None:
@@ -174,13 +220,21 @@ class StateStore(Service):
         return done
 
     def read(self, work: Work[T]) -> Deferred[T]:
-        """A read with the store's timeout; fails at once while the database is known to be down
-        and the schema not yet ensured."""
+        """A read with the store's timeout. Before the first attempt to reach the database it waits
+        for that attempt; it fails at once while the database is known to be down and the schema
+        not yet ensured."""
         if not self.migrated:
+            if not self._first_attempt.called:
+                return self.ready().addCallback(lambda _: self._read_after_start(work))
             return _failed(Unavailable(self.last_error or "not reached yet"))
         d = self.db.run(work)
         d.addTimeout(self.timeout, self.clock)
         return d
+
+    def _read_after_start(self, work: Work[T]) -> Deferred[T]:
+        if not self.migrated:
+            return _failed(Unavailable(self.last_error or "not reached yet"))
+        return self.read(work)
 
     def watch(self, table: str, changed: Callable[[], None]) -> None:
         """Call `changed` (no arguments) once the database is reached, and whenever another
@@ -197,7 +251,7 @@ class StateStore(Service):
     @staticmethod
     def bump(cursor: Cursor, table: str) -> None:
         """In a write's transaction: tell every host's watcher of `table` to re-read it."""
-        cursor.execute("UPDATE changes SET serial = serial + 1 WHERE name = ?", (table,))
+        Sql((), (table,))(cursor)
 
     # --- the loop -------------------------------------------------------------------------------
 

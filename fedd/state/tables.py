@@ -9,6 +9,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from fedd.config import Downtime
 from fedd.state.database import Cursor
+from fedd.state.spill import Params, Sql
 from fedd.state.store import StateStore
 
 Key = tuple[str, str, int, str]  # endpoint, endpoint path, size, version (fedd.checksums.store.Key)
@@ -47,18 +48,21 @@ class SharedChecksums:
         return self.state.read(work)
 
     def put(self, key: Key, values: dict[str, str], now: float) -> Deferred[None]:
-        def work(cursor: Cursor) -> None:
-            # older versions of the same replica are of no use any more
-            cursor.execute("DELETE FROM checksums WHERE endpoint=? AND path=? AND NOT (size=? AND version=?)", key)
-            for algorithm, value in values.items():
-                cursor.execute(
-                    "INSERT INTO checksums (endpoint, path, size, version, algorithm, value, computed) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (endpoint, path, size, version, algorithm) "
-                    "DO UPDATE SET value = excluded.value, computed = excluded.computed",
-                    (*key, algorithm, value, now),
-                )
-
-        self.state.write("checksum", work).addErrback(lambda _: None)  # a drop is counted and logged there
+        # older versions of the same replica are of no use any more
+        statements: list[tuple[str, Params]] = [
+            ("DELETE FROM checksums WHERE endpoint=? AND path=? AND NOT (size=? AND version=?)", key)
+        ]
+        statements += [
+            (
+                "INSERT INTO checksums (endpoint, path, size, version, algorithm, value, computed) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (endpoint, path, size, version, algorithm) "
+                "DO UPDATE SET value = excluded.value, computed = excluded.computed",
+                (*key, algorithm, value, now),
+            )
+            for algorithm, value in values.items()
+        ]
+        write = self.state.write("checksum", Sql(tuple(statements)))
+        write.addErrback(lambda _: None)  # a drop is counted and logged there
         return succeed(None)
 
 
@@ -97,25 +101,17 @@ class SharedDowntimes:
 
     def insert(self, downtime_id: str, endpoint: str, downtime: Downtime, now: float) -> Deferred[None]:
         host = self.state.identity.host
-
-        def work(cursor: Cursor) -> None:
-            cursor.execute(
-                "INSERT INTO downtimes (id, endpoint, start_at, end_at, scope, reason, declared_by, declared_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                (downtime_id, endpoint, downtime.start, downtime.end, downtime.scope, downtime.reason, host, now),
-            )
-            # ended ones are of no use any more
-            cursor.execute("DELETE FROM downtimes WHERE end_at < ?", (now - 86400,))
-            StateStore.bump(cursor, self.TABLE)
-
-        return self.state.write("downtime", work)
+        insert = (
+            "INSERT INTO downtimes (id, endpoint, start_at, end_at, scope, reason, declared_by, declared_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            (downtime_id, endpoint, downtime.start, downtime.end, downtime.scope, downtime.reason, host, now),
+        )
+        ended = ("DELETE FROM downtimes WHERE end_at < ?", (now - 86400,))  # ended ones are of no use any more
+        return self.state.write("downtime", Sql((insert, ended), (self.TABLE,)))
 
     def delete(self, downtime_id: str) -> Deferred[None]:
-        def work(cursor: Cursor) -> None:
-            cursor.execute("DELETE FROM downtimes WHERE id = ?", (downtime_id,))
-            StateStore.bump(cursor, self.TABLE)
-
-        return self.state.write("downtime removal", work)
+        statement = ("DELETE FROM downtimes WHERE id = ?", (downtime_id,))
+        return self.state.write("downtime removal", Sql((statement,), (self.TABLE,)))
 
 
 class SharedReservations:
@@ -157,17 +153,13 @@ class SharedReservations:
 
     def _write(self, pending: dict[tuple[str, float], int]) -> None:
         host = self.state.identity.host
-
-        def work(cursor: Cursor) -> None:
-            for (endpoint, since), size in pending.items():
-                cursor.execute(
-                    "INSERT INTO reservations (endpoint, host, bytes, since) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (endpoint, host) DO UPDATE SET bytes = CASE WHEN reservations.since = excluded.since "
-                    "THEN reservations.bytes + excluded.bytes ELSE excluded.bytes END, since = excluded.since",
-                    (endpoint, host, size, since),
-                )
-
-        self.state.write("reservations", work).addErrback(lambda _: None)  # a drop is counted there
+        upsert = (
+            "INSERT INTO reservations (endpoint, host, bytes, since) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (endpoint, host) DO UPDATE SET bytes = CASE WHEN reservations.since = excluded.since "
+            "THEN reservations.bytes + excluded.bytes ELSE excluded.bytes END, since = excluded.since"
+        )
+        statements = tuple((upsert, (endpoint, host, size, since)) for (endpoint, since), size in pending.items())
+        self.state.write("reservations", Sql(statements)).addErrback(lambda _: None)  # a drop is counted there
 
     def _read(self, cursor: Cursor) -> dict[str, list[tuple[int, float]]]:
         cursor.execute("SELECT endpoint, bytes, since FROM reservations WHERE host <> ?", (self.state.identity.host,))

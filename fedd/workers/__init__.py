@@ -72,9 +72,12 @@ class WorkerRole:
         switch from one process to workers keeps its outbox); worker N uses `<name>.worker-N<ext>`."""
         if self.index == 0:
             return events
-        return replace(events, outbox=self._suffixed(events.outbox), spool=self._suffixed(events.spool))
+        return replace(events, outbox=self.own_path(events.outbox), spool=self.own_path(events.spool))
 
-    def _suffixed(self, path: str) -> str:
+    def own_path(self, path: str) -> str:
+        """This worker's own copy of a per-process file: `path` for worker 0, else `<name>.worker-N<ext>`."""
+        if self.index == 0:
+            return path
         p = Path(path)
         return str(p.with_name(f"{p.stem}.worker-{self.index}{p.suffix}"))
 
