@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,12 +19,15 @@ from tests.servers import free_port, wait_for_port  # noqa: E402
 __all__ = ["ROOT", "Fedd", "env", "free_port", "memory", "start_fedd", "twistd_command", "wait_for_port", "wrk"]
 
 
-def _run_wrk(url: str, connections: int, seconds: float, threads: int | None, extra: list[str]) -> tuple[str, float]:
+def _run_wrk(
+    url: str, connections: int, seconds: float, threads: int | None, extra: list[str], wrap: Sequence[str] = ()
+) -> tuple[str, float]:
     """wrk's output and the requests per second it measured (redirects count as completed requests);
-    RuntimeError when wrk fails or saw an error response."""
+    RuntimeError when wrk fails or saw an error response. `wrap`: a command wrk runs under
+    (`ip netns exec NAME` for a server in a network namespace)."""
     threads = threads or min(2, connections)
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "5s", *extra, url],
+        [*wrap, "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "5s", *extra, url],
         capture_output=True,
         text=True,
         timeout=seconds + 30,
@@ -45,9 +49,11 @@ def wrk(url: str, connections: int, seconds: float, threads: int | None = None) 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def wrk_latency(url: str, connections: int, seconds: float, threads: int | None = None) -> tuple[float, float, float]:
+def wrk_latency(
+    url: str, connections: int, seconds: float, threads: int | None = None, wrap: Sequence[str] = ()
+) -> tuple[float, float, float]:
     """(requests/s, p50 ms, p99 ms) that wrk --latency measured."""
-    stdout, rate = _run_wrk(url, connections, seconds, threads, ["--latency"])
+    stdout, rate = _run_wrk(url, connections, seconds, threads, ["--latency"], wrap)
     quantiles = {}
     for q in ("50", "99"):
         found = re.search(rf"^\s+{q}%\s+([0-9.]+)(us|ms|s)\s*$", stdout, re.M)
