@@ -327,7 +327,8 @@ def test_postgresql_stopped_20s_under_load(
     endpoints: str, memcached_one: Memcached, dav1: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """Redirects go on while PostgreSQL is down; a downtime declared and a checksum computed during
-    the outage are in the database once it is back, and the other host applies the downtime."""
+    the outage are in the database once it is back, and the other host applies the downtime. A host
+    stopped during the outage saves what it queued and writes it after its restart."""
     pg = pgservers.start_private_postgres()
     work = tmp_path_factory.mktemp("mh-outage")
     hosts: list[Host] = []
@@ -353,16 +354,23 @@ def test_postgresql_stopped_20s_under_load(
             status, headers = c.request("HEAD", "/atlas/mh/outage.bin", {"Want-Digest": "adler32", "Prefer": "wait=30"})
             assert status == 200 and headers.get("digest", "").startswith("adler32="), headers
             assert c.status()["state"]["queued"] >= 2
+            on_d = d.downtime("dav", "write", "declared on d, which then stops")
             time.sleep(max(0.0, 20 - (time.monotonic() - stopped)))  # the outage lasts 20 s: nothing to await
             during = [x for x in load.answers if x.at > stopped]
-            pg.start()
-            restarted = time.monotonic()
-            wait_for(lambda: c.status()["state"]["queued"] == 0 and c.status()["state"]["reachable"], 20, "c to write")
-            print("PG_OUTAGE_CATCH_UP_SECONDS", round(time.monotonic() - restarted, 2))
-            wait_for(lambda: any(x["id"] == declared for x in d.status()["downtimes"]), 5, "d to apply the downtime")
         finally:
             load.stop()
         answers = load.join()
+        d.stop()  # SIGTERM while the database is still down
+        assert "saved to" in d.log() and d.proc is not None and d.proc.returncode == 0, d.log()
+        pg.start()
+        restarted = time.monotonic()
+        wait_for(lambda: c.status()["state"]["queued"] == 0 and c.status()["state"]["reachable"], 20, "c to write")
+        print("PG_OUTAGE_CATCH_UP_SECONDS", round(time.monotonic() - restarted, 2))
+        d.start()
+        wait_for(lambda: any(x["id"] == declared for x in d.status()["downtimes"]), 5, "d to apply the downtime")
+        wait_for(lambda: any(x["id"] == on_d for x in c.status()["downtimes"]), 10, "c to get d's saved downtime")
+        assert "queued again" in d.log(), d.log()
+        assert pgservers.query(database, f"SELECT endpoint FROM downtimes WHERE id = '{on_d}'") == [["dav"]]
         counts = summary(answers)
         print("PG_OUTAGE_LOAD", json.dumps({p: dict(n) for p, n in counts.items()}), "during:", len(during))
         assert len(during) > 500 and {x.status for x in answers} == {302}, counts
