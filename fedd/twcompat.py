@@ -5,8 +5,9 @@ subclass of our own, (b) reach the channel inside that wrapper, (c) read the req
 body, (d) stop the channel from pausing the transport while it is being closed, or (e) reach the
 connection under the body producer of an outgoing request (to cut an upload). twistd has no public
 way (f) to say that a stop asked for by SIGTERM was a clean one, nor (g) to make a listening port
-accept one connection per wake-up. If a Twisted upgrade renames one of them, tests/test_twcompat.py
-fails first, pointing here.
+accept one connection per wake-up; and (h) a `StreamServerEndpointService` reports a failure to
+listen only through its Deferred unless told (privately) to raise it. If a Twisted upgrade renames
+one of them, tests/test_twcompat.py fails first, pointing here.
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ from typing import Any
 
 from twisted.internet import tcp
 from twisted.web import http
+
+
+def raise_listen_errors(service: Any) -> None:
+    """Make a `StreamServerEndpointService` raise a failure to listen out of
+    `privilegedStartService` (so start-up stops there) instead of only logging it."""
+    service._raiseSynchronously = True
 
 
 def wrap_channel(channel: http.HTTPChannel) -> Any:

@@ -14,6 +14,7 @@ from twisted.web.client import FileBodyProducer
 from fedd.twcompat import (
     clean_exit_after_signal,
     inner_channel,
+    raise_listen_errors,
     release_transport,
     request_line,
     transport_under,
@@ -106,3 +107,24 @@ def test_adopted_port_accepts_one_connection_per_wakeup() -> None:
         for c in clients:
             c.close()
         listener.close()
+
+
+def test_a_failure_to_listen_is_raised_at_start() -> None:
+    from twisted.application.internet import StreamServerEndpointService
+    from twisted.internet.error import CannotListenError
+    from twisted.internet.protocol import Factory
+
+    class Refusing:
+        def listen(self, factory: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            d.errback(CannotListenError("127.0.0.1", 1, OSError("in use")))
+            return d
+
+    service = StreamServerEndpointService(Refusing(), Factory())
+    raise_listen_errors(service)
+    try:
+        service.privilegedStartService()
+    except CannotListenError as exc:
+        assert exc.port == 1
+    else:
+        raise AssertionError("privilegedStartService did not raise")

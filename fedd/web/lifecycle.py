@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
+from fedd.twcompat import raise_listen_errors
 from fedd.twtypes import MultiService, Service, StreamServerEndpointService
 
 log = Logger(namespace="fedd.web")
@@ -53,7 +54,7 @@ class Listener(StreamServerEndpointService):
     def __init__(self, endpoint: Any, factory: Any, description: str) -> None:
         super().__init__(endpoint, factory)
         self.description = description
-        self._raiseSynchronously = True
+        raise_listen_errors(self)
 
     def privilegedStartService(self) -> None:
         try:
