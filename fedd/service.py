@@ -17,6 +17,8 @@ from fedd.auth.tls import GridContextFactory
 from fedd.builders import GeoCloser, Placer, build_auth, build_events, build_gocdb, build_state, emit_transitions
 from fedd.checksums.service import ChecksumService
 from fedd.config import Config, EndpointConfig
+from fedd.confirm.metrics import ConfirmCollector
+from fedd.confirm.service import ConfirmService, build_confirm
 from fedd.endpoints import Endpoint, make_endpoint
 from fedd.events.service import EventsService
 from fedd.federation import Federation, new_instance_id
@@ -68,6 +70,7 @@ class Fedd:
     writer: Writer
     tpc: TpcEngine
     checksums: ChecksumService
+    confirm: ConfirmService
     state: StateStore | None
     metrics: Metrics
     resource: FeddResource
@@ -187,6 +190,8 @@ def build_service(
         store=SharedChecksums(state) if state is not None else None,
     )
     checksums.setServiceParent(top)
+    confirm = build_confirm(config, reactor, federation=federation, emit=events.emit, checksums=checksums)
+    confirm.setServiceParent(top)
     counters = CounterFiles(worker.run_dir, os.getpid()) if worker is not None else None
     metrics = Metrics(peers=counters)
     if counters is not None:
@@ -209,6 +214,7 @@ def build_service(
         reload_status=reload_status,
         state=state,
         workers=WorkersStatus(worker.run_dir, worker.index, worker.count) if worker is not None else None,
+        confirm=confirm,
     )
     access = None
     if config.server.access_log_file:
@@ -237,6 +243,7 @@ def build_service(
         counter = TlsCounter()
         counter.install(tls)
     metrics.add_state(StateCollector(federation, events, site, space=space, tls=counter))
+    metrics.add_state(ConfirmCollector(confirm))
     web = WebService(site, clock=reactor, drain_timeout=config.server.drain_timeout, notice=config.server.drain_notice)
     for description, endpoint in zip(config.server.listen, listeners, strict=True):
         Listener(endpoint, site, description).setServiceParent(web)  # a port in use stops start-up, loudly
@@ -254,6 +261,7 @@ def build_service(
             space.reconfigure,
             writer.reconfigure,
             checksums.reconfigure,
+            confirm.reconfigure,
             downtimes.reconfigure,
             gocdb.reconfigure,
             *([auth.reconfigure] if auth is not None else []),
@@ -275,6 +283,7 @@ def build_service(
         writer=writer,
         tpc=tpc,
         checksums=checksums,
+        confirm=confirm,
         state=state,
         metrics=metrics,
         resource=resource,

@@ -23,6 +23,8 @@ Journaled = tuple[str, str, bytes]  # (id, event type, envelope): a journal reco
 EVENT_TYPES = (
     "get-redirect",
     "put-redirect",
+    "put-done",
+    "put-failed",
     "deletion-done",
     "deletion-failed",
     "transfer-done",

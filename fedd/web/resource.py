@@ -16,6 +16,7 @@ from fedd.auth.identity import Identity
 from fedd.auth.service import AuthService
 from fedd.checksums.service import ChecksumService
 from fedd.config import Config
+from fedd.confirm.service import ConfirmService
 from fedd.endpoints.local import LOCAL_PREFIX
 from fedd.errors import FeddError, MethodNotAllowed
 from fedd.events.service import EventsService
@@ -65,6 +66,7 @@ class FeddResource(Resource):
         reload_status: ReloadStatus | None = None,
         state: StateStore | None = None,
         workers: WorkersSection | None = None,
+        confirm: ConfirmService | None = None,
     ) -> None:
         """Only `federation` is needed to serve reads; each other part adds what it serves (writes,
         third-party copies, checksums, space reports, downtimes, metrics, status sections)."""
@@ -96,7 +98,12 @@ class FeddResource(Resource):
             auth=auth,
             quota=self.admin.quota,
         )
-        self.writes = Writes(federation, writer, tpc=tpc, events=events, auth=auth) if writer is not None else None
+        self.confirm = confirm  # [confirm]: uploads confirmed after their redirect
+        self.writes = (
+            Writes(federation, writer, tpc=tpc, events=events, auth=auth, confirm=confirm)
+            if writer is not None
+            else None
+        )
         self._paths: dict[bytes, str] = {}  # raw request path -> normalised path
 
     def reconfigure(self, new: Config) -> list[str]:
@@ -238,6 +245,7 @@ class FeddResource(Resource):
             "reload": self.reload_status,
             "state": self.state,
             "workers": self.workers,
+            "confirm": self.confirm,
         }
         for name, part in sections.items():
             if part is not None:

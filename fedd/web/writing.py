@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from twisted.web import server
 
 from fedd.auth.service import AuthService
+from fedd.confirm.service import ConfirmService
 from fedd.errors import BadGateway, BadRequest, ClientGone, Conflict, Forbidden, PartialFailure
 from fedd.events.model import file_fields
 from fedd.events.service import EventsService
@@ -21,15 +22,32 @@ from fedd.web.site import ALREADY_ANSWERED
 from fedd.web.site import absolute_url as _absolute
 from fedd.writes import MAX_UPLOAD, Writer
 
+SIZE_HEADERS = (b"oc-total-length", b"x-expected-entity-length")  # the size of a chunked upload
+
 
 def _declared_length(request: server.Request) -> int | None:
     """The upload's announced size: None when not announced (chunked); BadRequest when absurd."""
     raw = request.getHeader(b"content-length")
     if raw is None:
         return None
+    return _size(raw)
+
+
+def _announced_size(request: server.Request, declared: int | None) -> int | None:
+    """The size the upload should have: Content-Length, or a size header clients send with chunked bodies."""
+    if declared is not None:
+        return declared
+    for name in SIZE_HEADERS:
+        raw = request.getHeader(name)
+        if raw is not None:
+            return _size(raw)
+    return None
+
+
+def _size(raw: bytes) -> int:
     raw = raw.strip()
     if not raw.isdigit() or len(raw) > 19 or int(raw) > MAX_UPLOAD:
-        raise BadRequest(f"unacceptable Content-Length {raw[:40].decode('latin-1')!r}")
+        raise BadRequest(f"unacceptable upload size {raw[:40].decode('latin-1')!r}")
     return int(raw)
 
 
@@ -42,12 +60,14 @@ class Writes:
         tpc: TpcEngine | None = None,
         events: EventsService | None = None,
         auth: AuthService | None = None,
+        confirm: ConfirmService | None = None,
     ) -> None:
         self.fed = federation
         self.writer = writer
         self.tpc = tpc
         self.events = events
         self.auth = auth
+        self.confirm = confirm
 
     # --- writes -------------------------------------------------------------------------------
 
@@ -55,6 +75,7 @@ class Writes:
         if request.path.endswith(b"/"):
             raise Conflict("cannot PUT a collection")
         size = _declared_length(request)
+        announced = _announced_size(request, size)
         target = await self.writer.put(path, client_ip(request), size)
         request.fedd_endpoint = target.endpoint  # type: ignore[attr-defined]
         if getattr(request, "fedd_proxy", False):
@@ -67,11 +88,15 @@ class Writes:
                 raise BadRequest("the upload ended before its Content-Length") from None
             request.setResponseCode(status)
             self._put_event(request, path, target, size, carried=True)
+            if self.confirm is not None:
+                self.confirm.expect(path, target.endpoint, size, overwrite=target.overwrite, carried=True)
             return b""
         request.setResponseCode(self.writer.config.redirect_code)
         request.setHeader(b"location", _absolute(request, target.url).encode())
         request.setHeader(b"cache-control", b"no-store")
         self._put_event(request, path, target, size)
+        if self.confirm is not None:
+            self.confirm.expect(path, target.endpoint, announced, overwrite=target.overwrite)
         return b""
 
     def _put_event(

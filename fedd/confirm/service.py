@@ -1,0 +1,318 @@
+"""The `confirm` service: after fedd redirected (or carried) a PUT, find out whether the object landed.
+
+`expect` takes an upload into a bounded table (`fedd.confirm.pending`). Two ways bring the answer:
+looks at the target (the endpoint's stat: HEAD or PROPFIND) with backoff, a few at a time, and, for
+Ceph RGW endpoints with `[confirm] notify`, RGW's bucket notifications read from RabbitMQ
+(`fedd.confirm.rgw`). Whichever comes first resolves the upload; later ones find nothing pending
+(a notification delivered twice gives one event). Then: the path's cache entries are dropped,
+`put-done` (with the adler32 the storage reports or `[checksums]` computes, waited for up to
+`checksum_wait`) or `put-failed` is published, and the outcome is counted (status, metrics).
+
+A notification for an object fedd did not place (or no longer waits for) is counted and ignored.
+Nothing is kept across a restart: on shutdown every upload still pending is logged.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable
+from typing import Any, cast
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+
+from fedd.checksums.digest import Want
+from fedd.config import Config
+from fedd.config.schema import ConfirmConfig
+from fedd.confirm.pending import Table, Timing, Upload, Verdict, judge_look, judge_notification
+from fedd.confirm.rgw import RgwNotifications
+from fedd.endpoints.interfaces import IReadable
+from fedd.errors import describe
+from fedd.events.model import file_fields
+from fedd.federation import Replica
+from fedd.twtypes import MultiService
+
+log = Logger(namespace="fedd.confirm")
+ADLER32 = [Want("digest", ("adler32",))]
+RECENT = 20
+UNTRACKED_LOG_INTERVAL = 60.0
+SHUTDOWN_LOG_LINES = 100
+
+Emit = Callable[[str, dict[str, Any]], None]
+
+
+def timing(config: ConfirmConfig) -> Timing:
+    return Timing(config.deadline, config.poll_initial, config.poll_factor, config.poll_max)
+
+
+class ConfirmService(MultiService):
+    """Pending uploads, their looks and outcomes. `checksums` (a ChecksumService) brings adler32
+    values; without it `put-done` carries what the storage's stat reported."""
+
+    name = "confirm"
+
+    def __init__(
+        self, config: ConfirmConfig, *, federation: Any, clock: Any, emit: Emit, checksums: Any = None
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.fed = federation
+        self.clock = clock
+        self.emit = emit
+        self.checksums = checksums
+        self.timing = timing(config)
+        self.table = Table(config.max_pending)
+        self._timer: Any = None
+        self._looking = 0
+        self._untracked_logged = -UNTRACKED_LOG_INTERVAL
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self.counts = {
+            "done": 0,
+            "failed": 0,
+            "untracked": 0,
+            "superseded": 0,
+            "looks": 0,
+            "look_errors": 0,
+            "notifications": 0,
+            "notifications_ignored": 0,
+        }
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._arm()
+
+    def stopService(self) -> Deferred[Any]:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        pending = sorted(self.table.uploads(), key=lambda u: u.started)
+        now = self.clock.seconds()
+        for upload in pending[:SHUTDOWN_LOG_LINES]:
+            log.warn(
+                "stopping: upload of {path} to {endpoint} ({size} bytes) not confirmed after {age:.1f}s",
+                path=upload.path,
+                endpoint=upload.endpoint,
+                size=upload.size,
+                age=now - upload.started,
+            )
+        if pending:
+            log.warn("stopping with {n} upload(s) not confirmed: no put-done or put-failed for them", n=len(pending))
+        return super().stopService()
+
+    def reconfigure(self, new: Config) -> list[str]:
+        """Deadline, backoff and bounds apply at once (to pending uploads too); the broker and the
+        notification queues are set up at start."""
+        old, self.config = self.config, new.confirm
+        self.timing = timing(new.confirm)
+        self.table.limit = new.confirm.max_pending
+        self._arm()
+        if (old.broker, old.notifies) != (new.confirm.broker, new.confirm.notifies):
+            return ["[confirm] broker, notify"]
+        return []
+
+    # --- taking uploads ----------------------------------------------------------------------
+
+    def expect(
+        self, path: str, endpoint: str, size: int | None, *, overwrite: bool = False, carried: bool = False
+    ) -> None:
+        """fedd just sent the client of `PUT path` to `endpoint` (or carried its body there)."""
+        if not self.config.enabled or not self.running:
+            return
+        endpoint_path = next((t.path for t in self.fed.mapped(path) if t.endpoint == endpoint), None)
+        if endpoint_path is None:
+            return
+        now = self.clock.seconds()
+        notified = any(n.endpoint == endpoint for n in self.config.notifies)
+        upload = Upload(path, endpoint, endpoint_path, size, now, overwrite, notified, carried)
+        # a carried upload is complete when fedd answers: look at once
+        taken, old = self.table.add(upload, now if carried else self.timing.first_look(upload))
+        if not taken:
+            self.counts["untracked"] += 1
+            if now - self._untracked_logged >= UNTRACKED_LOG_INTERVAL:
+                self._untracked_logged = now
+                log.warn(
+                    "{n} uploads wait for confirmation ([confirm] max_pending): {path} and others are not confirmed",
+                    n=len(self.table),
+                    path=path,
+                )
+            return
+        if old is not None:
+            self.counts["superseded"] += 1
+            log.info("{path}: a new upload to {endpoint} replaces one not yet confirmed", path=path, endpoint=endpoint)
+        self._arm()
+
+    # --- looking -----------------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        """One timer, at the earliest due look."""
+        if not self.running:
+            return
+        due = self.table.next_due()
+        if self._timer is not None and self._timer.active():
+            if due is not None and self._timer.getTime() <= due:
+                return
+            self._timer.cancel()
+        self._timer = None
+        if due is not None:
+            self._timer = self.clock.callLater(max(0.0, due - self.clock.seconds()), self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        try:
+            free = self.config.max_polls - self._looking
+            for upload in self.table.due(self.clock.seconds(), max(free, 0)):
+                self._looking += 1
+                ensureDeferred(self._look(upload)).addErrback(
+                    lambda f: log.failure("looking for an upload failed", f)
+                )
+        finally:
+            if self._looking < self.config.max_polls:
+                self._arm()
+
+    async def _look(self, upload: Upload) -> None:
+        size = mtime = None
+        exists = failed = False
+        try:
+            endpoint = self.fed.endpoints.get(upload.endpoint)
+            if endpoint is None or not IReadable.providedBy(endpoint):
+                raise LookupError(f"{upload.endpoint} is no longer a readable endpoint")
+            d = IReadable(endpoint).stat(upload.endpoint_path)
+            d.addTimeout(endpoint.config.timeout * 2, self.clock)
+            stat = await d
+            self.counts["looks"] += 1
+            upload.last_error = ""
+            if stat is not None and not stat.is_dir:
+                exists, size, mtime = True, stat.size, stat.mtime
+        except Exception as exc:  # an endpoint fault: try again later, fail only at the deadline
+            self.counts["look_errors"] += 1
+            upload.last_error = describe(exc)
+            failed = True
+        finally:
+            self._looking -= 1
+        upload.looks += 1
+        if self.table.get(upload.key) is not upload:
+            self._arm()
+            return  # resolved meanwhile (a notification), or replaced by a newer upload
+        now = self.clock.seconds()
+        verdict = judge_look(upload, size, mtime, exists, now, self.timing)
+        if verdict.outcome == "wait":
+            self.table.schedule(upload, self.timing.next_look(upload, now))
+            self._arm()
+            return
+        if verdict.outcome == "failed" and failed and upload.seen_size is None:
+            verdict = Verdict("failed", f"deadline passed: the endpoint did not answer ({upload.last_error})")
+        self._resolve(upload, verdict, "carried" if upload.carried else "look")
+        self._arm()
+
+    # --- notifications -----------------------------------------------------------------------
+
+    def notified(self, endpoint: str, endpoint_path: str, size: int | None, event_time: float | None) -> None:
+        """The storage says `endpoint_path` was created with `size` (RGW bucket notification)."""
+        self.counts["notifications"] += 1
+        upload = self.table.get((endpoint, endpoint_path))
+        verdict = judge_notification(upload, size, event_time) if upload is not None else None
+        if upload is None or verdict is None or verdict.outcome == "wait":
+            self.counts["notifications_ignored"] += 1
+            return
+        self._resolve(upload, verdict, "notification")
+
+    # --- outcomes ----------------------------------------------------------------------------
+
+    def _resolve(self, upload: Upload, verdict: Verdict, how: str) -> None:
+        self.table.pop(upload.key)
+        now = self.clock.seconds()
+        self._forget(upload.path)
+        if verdict.outcome == "failed":
+            self.counts["failed"] += 1
+            payload = self._payload(upload, now, how, bytes=upload.size, reason=verdict.reason)
+            log.warn("upload of {path} to {endpoint} failed: {reason}", path=upload.path, endpoint=upload.endpoint,
+                     reason=verdict.reason)
+            self._publish("put-failed", payload)
+            return
+        self.counts["done"] += 1
+        ensureDeferred(self._done(upload, verdict.size, now, how)).addErrback(
+            lambda f: log.failure("publishing put-done for {path} failed", f, path=upload.path)
+        )
+
+    async def _done(self, upload: Upload, size: int | None, landed: float, how: str) -> None:
+        adler32 = await self._adler32(upload)
+        self._publish("put-done", self._payload(upload, landed, how, bytes=size, adler32=adler32))
+
+    async def _adler32(self, upload: Upload) -> str | None:
+        """The new object's adler32: reported by the storage, known, or computed (up to checksum_wait)."""
+        endpoint = self.fed.endpoints.get(upload.endpoint)
+        if endpoint is None:
+            return None
+        try:
+            d = IReadable(endpoint).stat(upload.endpoint_path)
+            d.addTimeout(endpoint.config.timeout * 2, self.clock)
+            stat = await d
+            if stat is None:
+                return None
+            known = dict(stat.checksums).get("adler32")
+            if known is not None or self.checksums is None:
+                return known
+            url = IReadable(endpoint).url_for(upload.endpoint_path, self.clock.seconds(), "GET")
+            replica = Replica(upload.endpoint, url, stat, 0)
+            answer = await self.checksums.answer(upload.path, [replica], ADLER32, self.config.checksum_wait)
+            value: str | None = answer.values.get("adler32")
+            return value
+        except Exception as exc:  # put-done goes out without it
+            log.info("no adler32 for {path}: {reason}", path=upload.path, reason=describe(exc))
+            return None
+
+    def _payload(self, upload: Upload, at: float, how: str, **extra: Any) -> dict[str, Any]:
+        return {
+            **file_fields(upload.path),
+            "rse": upload.endpoint,
+            "endpoint": upload.endpoint,
+            **extra,
+            "duration": round(at - upload.started, 3),
+            "confirmed_by": how,
+        }
+
+    def _publish(self, event_type: str, payload: dict[str, Any]) -> None:
+        self.recent.append({"event": event_type, **payload})
+        self.emit(event_type, payload)
+
+    def _forget(self, path: str) -> None:
+        """The locate caches (here, memcached, other processes through the invalidation log)."""
+        self.fed.forget(path)
+        parent = path.rsplit("/", 1)[0] or "/"
+        self.fed.forget(parent)
+
+    # --- status ------------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        now = self.clock.seconds()
+        oldest = heapq.nsmallest(10, self.table.uploads(), key=lambda u: u.started)
+        rgw = cast(RgwNotifications | None, self.namedServices.get("rgw-notifications"))
+        return {
+            "enabled": self.config.enabled,
+            "pending": len(self.table),
+            "max_pending": self.config.max_pending,
+            "looking": self._looking,
+            **self.counts,
+            "oldest": [u.to_json(now) for u in oldest],
+            "recent": list(self.recent),
+            "rgw_notifications": rgw.to_json() if rgw is not None else None,
+        }
+
+
+def build_confirm(config: Config, reactor: Any, *, federation: Any, emit: Emit, checksums: Any) -> ConfirmService:
+    """The `confirm` service; with `[confirm] notify`, its RGW notification consumer is a child."""
+    confirm = ConfirmService(config.confirm, federation=federation, clock=reactor, emit=emit, checksums=checksums)
+    if config.confirm.notifies:
+        buckets = {ep.id: ep.bucket for ep in config.endpoints}
+        RgwNotifications(
+            reactor,
+            config.confirm.broker or config.events.broker,
+            config.confirm.notifies,
+            buckets,
+            confirm.notified,
+            timeout=config.events.timeout,
+        ).setServiceParent(confirm)
+    return confirm

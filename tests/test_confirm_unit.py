@@ -1,0 +1,225 @@
+"""Confirmed uploads in process: the rules of fedd.confirm.pending and the `confirm` service's table,
+looks, notifications and events, driven by a Clock against fedd.testing's in-memory endpoint."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.task import Clock
+
+from fedd.config import Config
+from fedd.config.schema import ConfirmConfig
+from fedd.config.values import RgwNotify
+from fedd.confirm.pending import Table, Timing, Upload, judge_look, judge_notification
+from fedd.confirm.rgw import created_objects
+from fedd.confirm.service import ConfirmService
+from fedd.endpoints.base import Stat
+from fedd.namespace import Target
+from fedd.testing import FakeEndpoint
+
+TIMING = Timing(deadline=60.0, poll_initial=1.0, poll_factor=2.0, poll_max=8.0)
+
+
+def upload(size: int | None = 10, started: float = 100.0, **kw: Any) -> Upload:
+    return Upload("/atlas/f", "e", "/atlas/f", size, started, **kw)
+
+
+# --- the rules --------------------------------------------------------------------------------
+
+
+def test_look_lands_on_the_announced_size_only() -> None:
+    u = upload()
+    assert judge_look(u, None, None, False, 101.0, TIMING).outcome == "wait"
+    assert judge_look(u, 5, 101.0, True, 101.0, TIMING).outcome == "wait"  # still being written, perhaps
+    assert u.seen_size == 5
+    v = judge_look(u, 10, 101.0, True, 102.0, TIMING)
+    assert (v.outcome, v.size) == ("landed", 10)
+    assert judge_look(upload(size=None), 7, None, True, 101.0, TIMING).size == 7  # no size announced
+
+
+def test_look_at_the_deadline_fails_with_the_reason() -> None:
+    u = upload()
+    v = judge_look(u, None, None, False, 160.0, TIMING)
+    assert (v.outcome, v.reason) == ("failed", "deadline passed: no object after 60s")
+    u = upload()
+    judge_look(u, 4, 101.0, True, 110.0, TIMING)
+    v = judge_look(u, None, None, False, 160.0, TIMING)
+    assert v.reason == "size mismatch: announced 10, found 4 after 60s"
+
+
+def test_an_overwrite_needs_a_newer_object() -> None:
+    u = upload(overwrite=True)
+    assert judge_look(u, 10, 50.0, True, 101.0, TIMING).outcome == "wait"  # the old file
+    assert judge_look(u, 10, 99.0, True, 101.0, TIMING).outcome == "landed"  # within the clock skew
+    assert "not replaced" in judge_look(upload(overwrite=True), 10, 50.0, True, 170.0, TIMING).reason
+
+
+def test_a_notification_is_final() -> None:
+    assert judge_notification(upload(), 10, 101.0).outcome == "landed"
+    v = judge_notification(upload(), 11, 101.0)
+    assert (v.outcome, v.reason) == ("failed", "size mismatch: announced 10, stored 11")
+    assert judge_notification(upload(), 10, 90.0).outcome == "wait"  # an older write's, late
+
+
+def test_backoff_grows_to_the_cap_and_ends_at_the_deadline() -> None:
+    u = upload()
+    assert TIMING.first_look(u) == 101.0
+    assert TIMING.first_look(upload(notified=True)) == 108.0
+    waits = []
+    for looks in range(6):
+        u.looks = looks
+        waits.append(TIMING.next_look(u, 120.0) - 120.0)
+    assert waits == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    assert TIMING.next_look(u, 157.0) == 160.0
+
+
+def test_table_is_bounded_and_a_second_put_replaces_the_first() -> None:
+    table = Table(limit=2)
+    assert table.add(Upload("/a", "e", "/a", 1, 0.0), 1.0) == (True, None)
+    first = Upload("/b", "e", "/b", 1, 0.0)
+    assert table.add(first, 2.0) == (True, None)
+    assert table.add(Upload("/c", "e", "/c", 1, 0.0), 1.0) == (False, None)  # full
+    taken, old = table.add(Upload("/b", "e", "/b", 2, 1.0), 3.0)  # same name again: not over the bound
+    assert taken and old is first and len(table) == 2
+    assert [u.path for u in table.due(2.5, 10)] == ["/a"]
+    assert table.next_due() == 3.0
+
+
+def test_rgw_records_are_read_for_the_bucket() -> None:
+    body = json.dumps(
+        {
+            "Records": [
+                {
+                    "eventName": "ObjectCreated:Put",
+                    "eventTime": "2026-12-01T02:00:00.5Z",
+                    "s3": {"bucket": {"name": "b"}, "object": {"key": "atlas/x", "size": 3}},
+                },
+                {"eventName": "ObjectRemoved:Delete", "s3": {"bucket": {"name": "b"}, "object": {"key": "y"}}},
+                {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "other"}, "object": {"key": "z"}}},
+            ]
+        }
+    ).encode()
+    assert created_objects(body, "b") == [("/atlas/x", 3, 1796090400.5)]
+    for bad in (b"nonsense", b"[]", b'{"Records": 3}'):
+        try:
+            created_objects(bad, "b")
+        except ValueError:
+            continue
+        raise AssertionError(bad)
+
+
+# --- the service ------------------------------------------------------------------------------
+
+
+@dataclass
+class Fed:
+    endpoints: dict[str, Any]
+    forgotten: list[str] = field(default_factory=list)
+
+    def mapped(self, path: str) -> list[Target]:
+        return [Target(eid, path) for eid in self.endpoints]
+
+    def forget(self, path: str) -> None:
+        self.forgotten.append(path)
+
+
+def service(**settings: Any) -> tuple[ConfirmService, FakeEndpoint, Fed, Clock, list[tuple[str, dict[str, Any]]]]:
+    clock = Clock()
+    clock.advance(1000)
+    ep = FakeEndpoint("e", clock=clock)
+    fed = Fed({"e": ep})
+    events: list[tuple[str, dict[str, Any]]] = []
+    config = ConfirmConfig(deadline=30.0, poll_initial=1.0, poll_max=4.0, checksum_wait=0.0, **settings)
+    s = ConfirmService(config, federation=fed, clock=clock, emit=lambda t, p: events.append((t, p)))
+    s.startService()
+    return s, ep, fed, clock, events
+
+
+def test_a_look_confirms_the_upload_with_the_stored_adler32() -> None:
+    s, ep, fed, clock, events = service()
+    s.expect("/atlas/f", "e", 5)
+    clock.advance(1.0)
+    assert s.counts["looks"] == 1 and not events
+    ep.files["/atlas/f"] = Stat(size=5, mtime=clock.seconds(), checksums=(("adler32", "05c801f0"),))
+    clock.advance(2.0)
+    assert [t for t, _ in events] == ["put-done"]
+    payload = events[0][1]
+    assert payload["bytes"] == 5 and payload["adler32"] == "05c801f0" and payload["confirmed_by"] == "look"
+    assert payload["duration"] == 3.0 and payload["scope"] == "atlas" and payload["name"] == "f"
+    assert "/atlas/f" in fed.forgotten
+    assert len(s.table) == 0 and s.counts["done"] == 1
+
+
+def test_nothing_there_fails_at_the_deadline_after_bounded_looks() -> None:
+    s, _ep, _, clock, events = service()
+    s.expect("/atlas/f", "e", 5)
+    clock.pump([1.0] * 40)
+    assert [t for t, _ in events] == ["put-failed"]
+    assert events[0][1]["reason"] == "deadline passed: no object after 30s"
+    assert events[0][1]["duration"] == 30.0
+    assert s.counts["looks"] <= 10  # 1, 2, 4, then every 4 s up to 30 s
+
+
+def test_a_notification_confirms_once_and_duplicates_are_ignored() -> None:
+    s, ep, _, clock, events = service(notifies=(RgwNotify("e", "x"),))
+    s.expect("/atlas/f", "e", 5)
+    clock.advance(0.5)
+    assert s.counts["looks"] == 0  # with notifications, looking starts at poll_max
+    ep.files["/atlas/f"] = Stat(size=5, mtime=clock.seconds())
+    s.notified("e", "/atlas/f", 5, clock.seconds())
+    s.notified("e", "/atlas/f", 5, clock.seconds())
+    s.notified("e", "/atlas/elsewhere", 5, clock.seconds())
+    clock.advance(10)
+    assert [(t, p["confirmed_by"]) for t, p in events] == [("put-done", "notification")]
+    assert s.counts["notifications"] == 3 and s.counts["notifications_ignored"] == 2
+
+
+def test_a_notification_with_the_wrong_size_fails_at_once() -> None:
+    s, _, _, clock, events = service(notifies=(RgwNotify("e", "x"),))
+    s.expect("/atlas/f", "e", 5)
+    s.notified("e", "/atlas/f", 6, clock.seconds())
+    assert [(t, p["reason"]) for t, p in events] == [("put-failed", "size mismatch: announced 5, stored 6")]
+
+
+def test_endpoint_faults_are_retried_and_named_at_the_deadline() -> None:
+    s, ep, _, clock, events = service()
+    ep.broken = "connection refused"
+    s.expect("/atlas/f", "e", 5)
+    clock.pump([1.0] * 5)
+    assert s.counts["look_errors"] >= 2 and not events
+    clock.pump([1.0] * 30)
+    assert "did not answer" in events[0][1]["reason"] and "connection refused" in events[0][1]["reason"]
+
+
+def test_over_the_bound_uploads_are_counted_not_tracked_and_looks_are_limited() -> None:
+    s, ep, _, clock, _events = service(max_pending=3, max_polls=2)
+    ep.manual = True  # looks hang until answered
+    for i in range(5):
+        s.expect(f"/atlas/f{i}", "e", 1)
+    assert len(s.table) == 3 and s.counts["untracked"] == 2
+    clock.advance(1.0)
+    assert s._looking == 2 and len(ep.pending) == 2  # two at once
+    for path in list(ep.pending):
+        ep.answer(path)
+    clock.advance(0.0)
+    assert len(ep.pending) == 1  # the third is looked at once a slot is free
+
+
+def test_shutdown_logs_what_is_pending_and_reload_applies_timings() -> None:
+    s, _, _, clock, _ = service()
+    s.expect("/atlas/f", "e", 5)
+    pending = s.reconfigure(Config(confirm=ConfirmConfig(deadline=5.0)))
+    assert pending == [] and s.timing.deadline == 5.0
+    assert s.reconfigure(Config(confirm=ConfirmConfig(notifies=(RgwNotify("e", "x"),)))) == ["[confirm] broker, notify"]
+    status = s.to_json()
+    assert status["pending"] == 1 and status["oldest"][0]["path"] == "/atlas/f"
+    s.stopService()
+    assert not clock.getDelayedCalls()
+
+
+def test_disabled_takes_nothing() -> None:
+    s, _, _, _, _ = service(enabled=False)
+    s.expect("/atlas/f", "e", 5)
+    assert len(s.table) == 0
