@@ -125,9 +125,29 @@ def supervisor_service(options: Options, count: int) -> IService:
 
     signal.signal(signal.SIGHUP, hup)
     reactor.addSystemEventTrigger("after", "shutdown", clean_exit_after_signal, reactor)
+    reactor.addSystemEventTrigger("after", "shutdown", _exit_status_at_end, supervisor)
     if directory.name.startswith("fedd-workers-"):  # our temporary one (systemd removes its own)
         reactor.addSystemEventTrigger("after", "shutdown", shutil.rmtree, directory, True)
     return supervisor
+
+
+def _exit_status_at_end(supervisor: Any) -> None:
+    """twistd exits 0 once its reactor has stopped, whatever stopped it: a supervisor that stopped
+    because a worker could not start makes the process exit with its status, after twistd's own
+    cleanup (pid file, log), at interpreter exit."""
+    import atexit
+    import os
+    import sys
+
+    code = int(supervisor.exit_code)
+    if code:
+
+        def leave() -> None:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            os._exit(code)
+
+        atexit.register(leave)
 
 
 def run_worker(argv: list[str]) -> None:

@@ -49,34 +49,52 @@ class Metrics:
 
     def snapshot(self) -> dict[str, Any]:
         """This process's counters as JSON data (what another worker adds up)."""
-        return {
-            "requests": [[m.decode("latin-1"), s, n] for (m, s), n in self._requests.items()],
-            "redirects": list(self._redirects),
-            "redirect_sum": self._redirect_sum,
-        }
+        return snapshot_of((self._requests, self._redirects, self._redirect_sum))
 
-    def totals(self) -> tuple[dict[tuple[bytes, int], int], list[int], float]:
+    def totals(self) -> Totals:
         """(requests, redirect buckets, redirect seconds) of this process plus its peers."""
-        requests = dict(self._requests)
-        redirects = list(self._redirects)
-        total = self._redirect_sum
-        for peer in self.peers.others() if self.peers is not None else ():
-            try:
-                for method, status, n in peer["requests"]:
-                    key = (str(method).encode("latin-1"), int(status))
-                    requests[key] = requests.get(key, 0) + int(n)
-                if len(peer["redirects"]) == len(redirects):
-                    redirects = [a + int(b) for a, b in zip(redirects, peer["redirects"], strict=True)]
-                total += float(peer["redirect_sum"])
-            except (KeyError, TypeError, ValueError):
-                continue  # a file from another version: its figures are left out, the scrape still answers
-        return requests, redirects, total
+        own = self.snapshot()
+        return add_snapshots([own, *self.peers.others()] if self.peers is not None else [own])
 
     def add_state(self, collector: Collector) -> None:
         self.registry.register(collector)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+Totals = tuple[dict[tuple[bytes, int], int], list[int], float]  # requests, redirect buckets, redirect seconds
+
+
+def add_snapshots(snapshots: list[dict[str, Any]]) -> Totals:
+    """Counters in `Metrics.snapshot`'s form added up (the workers of a host); a snapshot from
+    another version is left out, the rest still count."""
+    requests: dict[tuple[bytes, int], int] = {}
+    redirects = [0] * (len(REDIRECT_BUCKETS) + 1)
+    total = 0.0
+    for snap in snapshots:
+        try:
+            found = [((str(m).encode("latin-1"), int(s)), int(n)) for m, s, n in snap["requests"]]
+            buckets = [int(b) for b in snap["redirects"]] if len(snap["redirects"]) == len(redirects) else None
+            seconds = float(snap["redirect_sum"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        for key, n in found:
+            requests[key] = requests.get(key, 0) + n
+        if buckets is not None:
+            redirects = [a + b for a, b in zip(redirects, buckets, strict=True)]
+        total += seconds
+    return requests, redirects, total
+
+
+def snapshot_of(totals: Totals) -> dict[str, Any]:
+    """`add_snapshots`' result in `Metrics.snapshot`'s form again."""
+    requests, redirects, total = totals
+    return {
+        "requests": [[m.decode("latin-1"), s, n] for (m, s), n in requests.items()],
+        "redirects": list(redirects),
+        "redirect_sum": total,
+    }
 
 
 class _RequestCollector(Collector):
@@ -220,4 +238,3 @@ class TlsCounter:
             tls.getContext().set_info_callback(self.callback)
         else:
             tls.getContext().set_info_callback(self.callback)
-

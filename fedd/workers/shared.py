@@ -6,7 +6,8 @@ whole to a temporary name and renamed (a reader never sees half a file).
 - `CounterFiles`: each worker writes its per-request counters to `counters-<pid>.json` every
   second; a scrape adds its own live counters to every other file, those of workers that have
   died included (their requests were answered: a counter must not go back), as prometheus-client's
-  multiprocess mode does for counters.
+  multiprocess mode does for counters. When a worker ends, the supervisor adds its counters to
+  `counters-ended.json` and removes its file (`fold_ended`).
 - `workers.json`: the supervisor's list of workers (index, pid, start time, restarts) for the status.
 
 The files are a few kilobytes, written at most a few times a second by one process, on the host's
@@ -26,11 +27,14 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from fedd.twtypes import Service
+from fedd.web.metrics import add_snapshots, snapshot_of
 
 log = Logger(namespace="fedd.workers")
 FOLLOW_INTERVAL = 0.25  # seconds: followers see a published result within this (plus the file write)
 COUNTERS_INTERVAL = 1.0  # seconds between two writes of a worker's counters
 WORKERS_FILE = "workers.json"
+ENDED_FILE = "counters-ended.json"  # the counters of workers that have ended, added up
+FOLDED_KEPT = 16  # pids of the last ended workers (a reader may still have seen their own files)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -105,11 +109,33 @@ class CounterFiles:
         write_json(self.own, snapshot)
 
     def others(self) -> list[dict[str, Any]]:
-        found = []
-        for path in sorted(self.run_dir.glob("counters-*.json")):
-            if path != self.own and isinstance(data := read_json(path), dict):
-                found.append(data)
-        return found
+        """Every other worker's counters, those of ended workers included (`fold_ended`). The live
+        files are read before the ended workers' file, so a file folded in between counts once."""
+        live: dict[int, dict[str, Any]] = {}
+        for path in self.run_dir.glob("counters-*.json"):
+            pid = path.stem.removeprefix("counters-")
+            if path != self.own and pid.isdigit() and isinstance(data := read_json(path), dict):
+                live[int(pid)] = data
+        ended = read_json(self.run_dir / ENDED_FILE)
+        if not isinstance(ended, dict):
+            return list(live.values())
+        folded = set(ended.get("folded", ()))
+        return [data for pid, data in live.items() if pid not in folded] + [ended]
+
+
+def fold_ended(run_dir: Path, pid: int) -> None:
+    """A worker `pid` has ended: add its counters to the ended workers' file, then remove its own
+    (a crash loop leaves one file, not one per pid). The supervisor alone calls this."""
+    own = run_dir / f"counters-{pid}.json"
+    counters = read_json(own)
+    if not isinstance(counters, dict):
+        own.unlink(missing_ok=True)
+        return
+    ended = read_json(run_dir / ENDED_FILE)
+    ended = ended if isinstance(ended, dict) else {}
+    folded = [p for p in ended.get("folded", ()) if isinstance(p, int)][-(FOLDED_KEPT - 1) :]
+    write_json(run_dir / ENDED_FILE, {**snapshot_of(add_snapshots([ended, counters])), "folded": [*folded, pid]})
+    own.unlink(missing_ok=True)
 
 
 class CountersWriter(Service):

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 
 from fedd.twtypes import Service
 from fedd.workers import EX_CONFIG, FIRST_FD, WorkerRole
-from fedd.workers.shared import WORKERS_FILE, write_json
+from fedd.workers.shared import WORKERS_FILE, fold_ended, write_json
 from fedd.workers.sockets import open_listener
 
 log = Logger(namespace="fedd.workers")
@@ -201,6 +201,11 @@ class Supervisor(Service):
             return
         del self.workers[index]
         self.transports.pop(index, None)
+        if worker.pid is not None:
+            try:
+                fold_ended(self.run_dir, worker.pid)
+            except OSError as exc:
+                log.warn("cannot add up the counters of worker {index}: {reason}", index=index, reason=exc)
         code = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
         how = f"signal {sig}" if sig is not None else f"status {code}"
@@ -209,7 +214,9 @@ class Supervisor(Service):
             self._write_list()
             return
         if code == EX_CONFIG:
-            log.critical("worker {index} cannot start from this configuration: stopping fedd", index=index)
+            log.critical(
+                "worker {index} cannot start from this configuration (above): fedd stops, exit status 1", index=index
+            )
             self.exit_code = 1
             self._write_list()
             self.reactor.stop()
