@@ -16,6 +16,7 @@ from fedd.endpoints.dav import parse_via
 from fedd.errors import Forbidden, LoopDetected, Unauthorized
 from fedd.federation import MAX_HOPS
 from fedd.tpc.wire import copy_letter
+from fedd.web.notes import channel_noted, noted
 from fedd.web.site import ALREADY_ANSWERED
 
 log = Logger(namespace="fedd.web")
@@ -41,7 +42,7 @@ class Gate:
             raise LoopDetected("federation loop: this request already went through this fedd instance")
         if len(chain) >= MAX_HOPS:
             raise LoopDetected(f"federation loop: the request went through {len(chain)} fedd instances")
-        request.fedd_via = chain  # type: ignore[attr-defined]
+        noted(request).fedd_via = chain
 
     def certificate_identity(self, request: server.Request) -> Identity:
         """The TLS client's identity, worked out once per connection; anonymous without a certificate."""
@@ -51,7 +52,7 @@ class Gate:
         who: Identity | None = getattr(channel, "fedd_identity", None)
         if who is None:
             who = self.transport_identity(channel.transport if channel is not None else None)
-            channel.fedd_identity = who  # type: ignore[attr-defined]
+            channel_noted(channel).fedd_identity = who
         return who
 
     def transport_identity(self, transport: Any) -> Identity:
@@ -75,7 +76,7 @@ class Gate:
     def authorize(self, request: server.Request, who: Identity, path: str) -> None:
         """Raise Unauthorized/Forbidden unless `who` may do this request's method on `path`."""
         assert self.auth is not None
-        request.fedd_identity = who  # type: ignore[attr-defined]
+        noted(request).fedd_identity = who
         letter = copy_letter(request) if request.method == b"COPY" else METHOD_LETTER.get(request.method)
         if letter is None:
             return  # OPTIONS and unsupported methods: nothing to protect

@@ -7,6 +7,8 @@ import re
 
 from twisted.web import server
 
+from fedd.web.notes import noted
+
 HOST_RE = re.compile(rb"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 
 
@@ -85,7 +87,7 @@ def absolute_url(request: server.Request, url: str) -> str:
                 if ":" not in addr.host
                 else f"{scheme}://[{addr.host}]:{addr.port}"
             )
-        request.fedd_base = base  # type: ignore[attr-defined]
+        noted(request).fedd_base = base
     return base + url
 
 

@@ -30,6 +30,7 @@ from fedd.federation import Federation, Replica
 from fedd.web import listing, xml
 from fedd.web.answer import client_ip, identity, start
 from fedd.web.answer import via as via_of
+from fedd.web.notes import noted
 from fedd.web.site import ALREADY_ANSWERED
 from fedd.web.site import absolute_url as _absolute
 
@@ -286,8 +287,8 @@ class Reads:
         return template("get-redirect", payload, EVENT_VARYING)
 
     def _send_plan(self, request: server.Request, plan: Plan, locate_ms: float = 0.0) -> bytes:
-        request.fedd_endpoint = plan.endpoint  # type: ignore[attr-defined]
-        request.fedd_locate_ms = round(locate_ms, 3)  # type: ignore[attr-defined]
+        noted(request).fedd_endpoint = plan.endpoint
+        noted(request).fedd_locate_ms = round(locate_ms, 3)
         self.announce(
             plan,
             path=request.path,

@@ -33,6 +33,7 @@ from fedd.web.admin import DOWNTIMES_PATH, STATUS_PATH, STATUS_PATHS, Admin
 from fedd.web.answer import ALLOW, error, start
 from fedd.web.gate import Gate
 from fedd.web.metrics import Metrics
+from fedd.web.notes import noted
 from fedd.web.reads import PLAN_ENTRIES, Plan, Reads
 from fedd.web.writing import Writes
 from fedd.writes import Writer
@@ -120,7 +121,7 @@ class FeddResource(Resource):
 
     def render(self, request: server.Request) -> bytes | int:
         raw = request.path
-        request.fedd_started = self.fed.clock.seconds()  # type: ignore[attr-defined]
+        noted(request).fedd_started = self.fed.clock.seconds()
         try:
             if raw == self.metrics_path and self.metrics is not None:
                 request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")

@@ -25,6 +25,7 @@ from fedd.web.accesslog import record as access_record
 from fedd.web.channel import HEADER_TIMEOUT, REFUSAL_LOG_SECONDS, Busy, FeddChannel, channel_for
 from fedd.web.lean import LeanChannel
 from fedd.web.metrics import Metrics
+from fedd.web.notes import channel_noted
 from fedd.web.public import PublicBase, absolute_url
 from fedd.web.streambody import StreamBody, transport_of
 
@@ -64,7 +65,7 @@ class FeddRequest(Request):
             # the body must not be read as the next request; it is dropped and the connection closed
             stream.fail(ClientGone("answered before the end of the upload"))
             self.channel.persistent = False
-            self.channel._fedd_linger = True  # type: ignore[attr-defined]
+            channel_noted(self.channel)._fedd_linger = True
         super().finish()
 
     fedd_gone = False  # the client's connection was lost before the answer

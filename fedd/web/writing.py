@@ -18,6 +18,7 @@ from fedd.namespace import normalise_path
 from fedd.tpc.engine import TpcEngine
 from fedd.tpc.wire import copy_request
 from fedd.web.answer import client_ip, identity
+from fedd.web.notes import noted
 from fedd.web.site import ALREADY_ANSWERED
 from fedd.web.site import absolute_url as _absolute
 from fedd.writes import MAX_UPLOAD, Writer
@@ -77,7 +78,7 @@ class Writes:
         size = _declared_length(request)
         announced = _announced_size(request, size)
         target = await self.writer.put(path, client_ip(request), size)
-        request.fedd_endpoint = target.endpoint  # type: ignore[attr-defined]
+        noted(request).fedd_endpoint = target.endpoint
         if getattr(request, "fedd_proxy", False):
             body = getattr(request, "fedd_stream", None)
             try:
@@ -168,7 +169,7 @@ class Writes:
         assert self.tpc is not None
         who = identity(request)
         job = await self.tpc.prepare(copy_request(request, path, client_ip(request), who.subject or None))
-        request.fedd_endpoint = job.endpoint  # type: ignore[attr-defined]
+        noted(request).fedd_endpoint = job.endpoint
         if job.redirect is not None:
             request.setResponseCode(307)
             request.setHeader(b"location", _absolute(request, job.redirect).encode())
