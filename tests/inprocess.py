@@ -1,9 +1,10 @@
 """Helpers for the in-process tests (tests/test_*_inprocess.py): Deferred results without a reactor,
-log capture, and connections completed by hand on a MemoryReactorClock."""
+log capture, connections completed by hand on a MemoryReactorClock, and a MemoryReactorClock with a
+thread pool that runs its work in the test's thread (at once, or when the test says)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
@@ -73,3 +74,44 @@ def refuse(reactor: MemoryReactorClock, index: int = -1) -> None:
     """Fail the connection attempt `index` as a refused connection."""
     factory: Any = reactor.tcpClients[index][2]
     factory.clientConnectionFailed(reactor.connectors[index], Failure(ConnectionRefusedError()))
+
+
+class InlinePool:
+    """The reactor's thread pool, in the test's thread: each call runs at once (`immediate`), or
+    waits in `work` until the test calls `run`."""
+
+    def __init__(self, *, immediate: bool) -> None:
+        self.immediate = immediate
+        self.work: list[tuple[Callable[[bool, Any], None], Callable[..., Any], tuple[Any, ...]]] = []
+
+    def callInThreadWithCallback(
+        self, on_result: Callable[[bool, Any], None], fn: Callable[..., Any], *args: Any
+    ) -> None:
+        self.work.append((on_result, fn, args))
+        if self.immediate:
+            self.run()
+
+    def run(self) -> None:
+        work, self.work = self.work, []
+        for on_result, fn, args in work:
+            try:
+                value = fn(*args)
+            except Exception:
+                on_result(False, Failure())
+            else:
+                on_result(True, value)
+
+
+class PoolReactor(MemoryReactorClock):
+    """A MemoryReactorClock with a `InlinePool` as its thread pool; `callFromThread` runs at once."""
+
+    def __init__(self, *, immediate: bool, start: float = 0.0) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # MemoryReactorClock.__init__ is unannotated
+        self.advance(start)
+        self.pool = InlinePool(immediate=immediate)
+
+    def getThreadPool(self) -> InlinePool:
+        return self.pool
+
+    def callFromThread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        fn(*args, **kwargs)

@@ -7,13 +7,11 @@ from __future__ import annotations
 import hashlib
 import os
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from fedd.checksums.compute import replica_key
@@ -25,45 +23,11 @@ from fedd.endpoints.base import Stat
 from fedd.endpoints.local import LocalEndpoint
 from fedd.federation import Replica
 from tests.fakes import FakeEndpoint
-from tests.inprocess import captured_logs, formats, result
+from tests.inprocess import PoolReactor, captured_logs, formats, result
 
 ADLER = Want("digest", ("adler32",))
 MD5 = Want("digest", ("md5",))
 DATA = b"fedd checksum test data\n" * 1000
-
-
-class ManualPool:
-    """A thread pool whose work runs when the test says so (`run`), in the test's thread."""
-
-    def __init__(self) -> None:
-        self.work: list[tuple[Callable[[bool, Any], None], Callable[..., Any], tuple[Any, ...]]] = []
-
-    def callInThreadWithCallback(
-        self, on_result: Callable[[bool, Any], None], fn: Callable[..., Any], *args: Any
-    ) -> None:
-        self.work.append((on_result, fn, args))
-
-    def run(self) -> None:
-        work, self.work = self.work, []
-        for on_result, fn, args in work:
-            try:
-                value = fn(*args)
-            except Exception:
-                on_result(False, Failure())
-            else:
-                on_result(True, value)
-
-
-class Reactor(MemoryReactorClock):
-    def __init__(self) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]  # MemoryReactorClock.__init__ is unannotated
-        self.pool = ManualPool()
-
-    def getThreadPool(self) -> ManualPool:
-        return self.pool
-
-    def callFromThread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        fn(*args, **kwargs)
 
 
 class MemoryStore:
@@ -109,7 +73,7 @@ class Fed:
 
 class Setup:
     def __init__(self, tmp_path: Path, store: MemoryStore | None = None, **settings: Any) -> None:
-        self.reactor = Reactor()
+        self.reactor = PoolReactor(immediate=False)
         self.reactor.advance(1_000_000)
         (tmp_path / "data").mkdir()
         local_config = EndpointConfig(id="disk", kind="local", path=str(tmp_path / "data"), mappings=(("/atlas", "/"),))

@@ -4,7 +4,7 @@ The same requests through twistd and real clients: test_daemon_local, test_write
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,6 @@ from xml.etree import ElementTree
 import pytest
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
-from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 import fedd.service
@@ -22,40 +21,14 @@ from fedd.endpoints.base import Endpoint, Stat
 from fedd.fleet import EndpointFactory
 from fedd.service import Fedd, build_service
 from fedd.testing import FakeEndpoint
+from tests.inprocess import PoolReactor
 
 DAV = "{DAV:}"
 
 
-class ImmediatePool:
-    """The reactor's thread pool, running each call at once in the test's thread."""
-
-    def callInThreadWithCallback(
-        self, on_result: Callable[[bool, Any], None], fn: Callable[..., Any], *args: Any, **kwargs: Any
-    ) -> None:
-        try:
-            value = fn(*args, **kwargs)
-        except Exception:
-            on_result(False, Failure())
-        else:
-            on_result(True, value)
-
-
-class Reactor(MemoryReactorClock):
-    def __init__(self) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]  # MemoryReactorClock.__init__ is unannotated
-        self.advance(1_700_000_000)  # a plausible wall clock for presigned URLs and event times
-        self.pool = ImmediatePool()
-
-    def getThreadPool(self) -> ImmediatePool:
-        return self.pool
-
-    def callFromThread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        fn(*args, **kwargs)
-
-
 class Web:
     def __init__(self, tmp_path: Path) -> None:
-        self.reactor = Reactor()
+        self.reactor = PoolReactor(immediate=True, start=1_700_000_000)  # a plausible wall clock for presigned URLs
         self.data = tmp_path / "data"
         (self.data / "local").mkdir(parents=True)
         (self.data / "local" / "f.txt").write_text("local file\n")
