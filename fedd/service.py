@@ -30,6 +30,8 @@ from fedd.locate.locator import Locator
 from fedd.locate.memcache import Memcached
 from fedd.namespace import Namespace
 from fedd.reload import FixedAtStart, Reloader, ReloadStatus
+from fedd.replicate.build import ReplicationCollector, build_replication
+from fedd.replicate.service import ReplicationService
 from fedd.select.geo import GeoLocator
 from fedd.space.downtime import DowntimeBook
 from fedd.space.gocdb import GocdbService
@@ -76,6 +78,7 @@ class Fedd:
     resource: FeddResource
     site: FeddSite
     reloader: Reloader
+    replication: ReplicationService | None = None
 
 
 def endpoint_factory(reactor: Any, instance: str) -> EndpointFactory:
@@ -190,6 +193,12 @@ def build_service(
         store=SharedChecksums(state) if state is not None else None,
     )
     checksums.setServiceParent(top)
+    replication = build_replication(
+        config, reactor=reactor, federation=federation, writer=writer, tpc=tpc, state=state, space=space,
+        emit=events.emit,
+    )
+    if replication is not None:
+        replication.setServiceParent(top)
     confirm = build_confirm(config, reactor, federation=federation, emit=events.emit, checksums=checksums)
     confirm.setServiceParent(top)
     counters = CounterFiles(worker.run_dir, os.getpid()) if worker is not None else None
@@ -214,6 +223,7 @@ def build_service(
         reload_status=reload_status,
         state=state,
         workers=WorkersStatus(worker.run_dir, worker.index, worker.count) if worker is not None else None,
+        replication=replication,
         confirm=confirm,
     )
     access = None
@@ -243,6 +253,8 @@ def build_service(
         counter = TlsCounter()
         counter.install(tls)
     metrics.add_state(StateCollector(federation, events, site, space=space, tls=counter))
+    if replication is not None:
+        metrics.add_state(ReplicationCollector(replication))
     metrics.add_state(ConfirmCollector(confirm))
     web = WebService(site, clock=reactor, drain_timeout=config.server.drain_timeout, notice=config.server.drain_notice)
     for description, endpoint in zip(config.server.listen, listeners, strict=True):
@@ -265,6 +277,7 @@ def build_service(
             downtimes.reconfigure,
             gocdb.reconfigure,
             *([auth.reconfigure] if auth is not None else []),
+            *([replication.reconfigure] if replication is not None else []),
             resource.reconfigure,
         ],
         reload_status,
@@ -289,4 +302,5 @@ def build_service(
         resource=resource,
         site=site,
         reloader=reloader,
+        replication=replication,
     )

@@ -108,6 +108,10 @@ class Writer:
             return ""
         return self.downtimes.blocks(eid, what, self.fed.clock.seconds())
 
+    def candidates(self, ids: list[str]) -> list[WriteCandidate]:
+        """Endpoints `ids` as placement sees them now (downtimes, health, space, quota)."""
+        return self._candidates(ids, {})
+
     def _candidates(self, ids: list[str], failed: dict[str, str]) -> list[WriteCandidate]:
         out = []
         for c in self.fed.candidates(ids):

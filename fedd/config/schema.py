@@ -238,6 +238,27 @@ class StateConfig:
 
 
 @dataclass(frozen=True)
+class ReplicateConfig:
+    """Popularity-driven replication (fedd.replicate); see docs/configuration.md."""
+
+    enabled: bool = key(v.boolean, False)
+    dry_run: bool = key(v.boolean, False)  # decide, log and report, copy nothing
+    paths: tuple[str, ...] = key(v.fed_path, ("/",), name="path", repeat=True)  # prefixes that may be copied
+    threshold: int = key(v.positive_int, 20)  # reads from one region within `window` that make a file hot
+    window: float = key(v.positive_float, 3600.0)
+    interval: float = key(v.positive_float, 10.0)  # seconds between decisions (and flushes of the counts)
+    min_size: int = key(v.size, 0)
+    max_size: int = key(v.size, 100 * 10**9)
+    targets: tuple[str, ...] = key(v.text, (), name="target", repeat=True)  # endpoint ids; none: every writable
+    target_quota: int = key(v.size, 0)  # bytes of copies per endpoint; 0: no limit but the endpoint's space
+    reserve: int = key(v.size, 0)  # free bytes under which an endpoint's copies are evicted
+    budget: int = key(v.size, 10**12)  # bytes copied per hour, over all targets
+    copies: int = key(v.positive_int, 2)  # copies at once
+    cooldown: float = key(v.nonneg_float, 3600.0)  # seconds before a file is tried again after a copy or failure
+    cold_after: float = key(v.positive_float, 7 * 86400.0)  # unread for this long: a copy is evicted
+
+
+@dataclass(frozen=True)
 class GocdbConfig:
     """Downtimes read from GOCDB's programmatic interface (`get_downtime`); see docs/configuration.md."""
 
@@ -263,7 +284,7 @@ class ConfirmConfig:
     poll_max: float = key(v.positive_float, 60.0)  # longest wait between two looks
     max_pending: int = key(v.positive_int, 100_000)  # more uploads at once are not confirmed (counted)
     max_polls: int = key(v.positive_int, 20)  # looks at targets running at once
-    checksum_wait: float = key(v.nonneg_float, 30.0)  # wait this long for adler32 before put-done without it
+    checksum_wait: float = key(v.nonneg_float, 0.0)  # >0: compute adler32, wait this long; 0: only known values
     broker: str = key(v.broker, "", hidden=True)  # AMQP broker RGW pushes to; "": [events] broker
     notifies: tuple[v.RgwNotify, ...] = key(v.rgw_notify, (), name="notify", repeat=True)
 
@@ -333,6 +354,7 @@ class Config:
     tpc: TpcConfig = TpcConfig()
     gocdb: GocdbConfig = GocdbConfig()
     state: StateConfig = StateConfig()
+    replicate: ReplicateConfig = ReplicateConfig()
     confirm: ConfirmConfig = ConfirmConfig()
     auth: AuthConfig | None = None
     issuers: tuple[IssuerSettings, ...] = ()
@@ -359,6 +381,7 @@ SECTION_TYPES: Mapping[str, type] = {
     "tpc": TpcConfig,
     "gocdb": GocdbConfig,
     "state": StateConfig,
+    "replicate": ReplicateConfig,
     "confirm": ConfirmConfig,
     "checksums": ChecksumsConfig,
     "issuer": IssuerSettings,

@@ -35,6 +35,9 @@ EVENT_TYPES = (
     "checksum-done",
     "checksum-mismatch",
     "events-dropped",
+    "replica-created",
+    "replica-evicted",
+    "replica-failed",
 )
 
 

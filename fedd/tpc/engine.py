@@ -26,7 +26,7 @@ from fedd.checksums.bulk import tune_allocator
 from fedd.config import TpcConfig
 from fedd.endpoints.interfaces import ITPCTarget, IWritable
 from fedd.errors import BadGateway, BadRequest, Forbidden, describe
-from fedd.federation import Federation
+from fedd.federation import Federation, Replica
 from fedd.tpc.agents import CopyAgents
 from fedd.tpc.guard import HostRefused
 from fedd.tpc.pump import Drain, Pump
@@ -42,7 +42,7 @@ from fedd.tpc.transfer import (
     public_url,
     transfer_event,
 )
-from fedd.writes import Writer
+from fedd.writes import PutTarget, Writer
 
 __all__ = ["CopyRequest", "TpcEngine", "adler32_of", "mode_of", "perf_marker", "public_url"]  # also from here
 
@@ -141,10 +141,6 @@ class TpcEngine:
 
     async def run(self, job: Job, write: Any) -> bool:
         """Do the copy, writing markers and the last line with `write(bytes)`; True on success."""
-        config = self.config
-        ticker = LoopingCall(self._tick, job, write)
-        ticker.clock = self.reactor
-        ticker.start(min(config.marker_interval, 1.0), now=False)
         log.info(
             "{mode} copy {id} of {path} with {remote} started",
             mode=job.request.mode,
@@ -152,10 +148,37 @@ class TpcEngine:
             path=job.request.path,
             remote=public_url(job.request.remote),
         )
+        reason = await self._drive(job, write)
+        write(perf_marker(self.reactor.seconds(), job.bytes))
+        write(b"success: Created\n" if not reason else f"failure: {reason}\n".encode())
+        self._finished(job, reason)
+        return not reason
+
+    async def replicate(self, source: Replica, target: PutTarget) -> Job:
+        """fedd's own copy of a file (fedd.replicate): pulled from the `source` replica over that
+        endpoint's agent to `target`, checked like a pull COPY (the source's adler32 against the
+        stream's, the size the target stored); a failure removes the partial target and raises
+        TransferFailed with the reason. Counts towards `[tpc] max_concurrent` and its timeouts."""
+        now = self.reactor.seconds()
+        request = CopyRequest("pull", target.path, source.url, {}, client="fedd")
+        job = Job(request, uuid.uuid4().hex, now, last_progress=now, next_marker=float("inf"))
+        job.endpoint, job.target = target.endpoint, target
+        self.active.add(job)
+        reason = await self._drive(job, lambda _: None, self.agents.endpoint(source.endpoint))
+        if reason:
+            raise TransferFailed(reason)
+        return job
+
+    async def _drive(self, job: Job, write: Any, source_agent: Agent | None = None) -> str:
+        """Run a planned copy with its ticker (markers, timeouts); the failure reason, or ""."""
+        config = self.config
+        ticker = LoopingCall(self._tick, job, write)
+        ticker.clock = self.reactor
+        ticker.start(min(config.marker_interval, 1.0), now=False)
         reason = ""
         try:
             if job.request.mode == "pull":
-                await self._pull(job)
+                await self._pull(job, source_agent)
             else:
                 await self._push(job)
         except Exception as exc:
@@ -166,10 +189,7 @@ class TpcEngine:
             self.active.discard(job)
             if job.request.mode == "pull":
                 self.fed.locator.forget(job.request.path)
-        write(perf_marker(self.reactor.seconds(), job.bytes))
-        write(b"success: Created\n" if not reason else f"failure: {reason}\n".encode())
-        self._finished(job, reason)
-        return not reason
+        return reason
 
     def _tick(self, job: Job, write: Any) -> None:
         try:
@@ -245,10 +265,10 @@ class TpcEngine:
             raise
         return response
 
-    async def _pull(self, job: Job) -> None:
+    async def _pull(self, job: Job, source_agent: Agent | None = None) -> None:
         assert job.target is not None
         request, target = job.request, job.target
-        _, remote = self.agents.remote()
+        remote = source_agent or self.agents.remote()[1]
         source = await self._get(
             job, remote, request.remote, dict(request.transfer_headers, **{"Want-Digest": "adler32"})
         )

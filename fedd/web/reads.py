@@ -27,6 +27,7 @@ from fedd.errors import NoReplicaAvailable, NotFound
 from fedd.events.model import Template, json_value, template
 from fedd.events.service import EventsService
 from fedd.federation import Federation, Replica
+from fedd.replicate.counting import ReadCounter
 from fedd.web import listing, xml
 from fedd.web.answer import client_ip, identity, start
 from fedd.web.answer import via as via_of
@@ -78,8 +79,10 @@ class Reads:
         checksums: ChecksumService | None = None,
         auth: AuthService | None = None,
         quota: Quota | None = None,
+        counter: ReadCounter | None = None,
     ) -> None:
         self.fed = federation
+        self.counter = counter  # [replicate]: every redirect counted, one dict increment
         self.head_redirect = head_redirect
         self.events = events
         self.checksums = checksums
@@ -256,6 +259,8 @@ class Reads:
         if plan.code != 302:
             return
         self.fed.note_redirect(plan.endpoint)
+        if self.counter is not None:
+            self.counter.note(path, client, plan.endpoint)
         events = self.events
         if events is None:
             return

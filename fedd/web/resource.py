@@ -35,6 +35,7 @@ from fedd.web.gate import Gate
 from fedd.web.metrics import Metrics
 from fedd.web.notes import noted
 from fedd.web.reads import PLAN_ENTRIES, Plan, Reads
+from fedd.web.replication import REPLICATION_PATH, replication_answer
 from fedd.web.writing import Writes
 from fedd.writes import Writer
 
@@ -68,6 +69,7 @@ class FeddResource(Resource):
         state: StateStore | None = None,
         workers: WorkersSection | None = None,
         confirm: ConfirmService | None = None,
+        replication: Any = None,
     ) -> None:
         """Only `federation` is needed to serve reads; each other part adds what it serves (writes,
         third-party copies, checksums, space reports, downtimes, metrics, status sections)."""
@@ -86,6 +88,7 @@ class FeddResource(Resource):
         self.reload_status = reload_status
         self.state = state
         self.workers = workers  # [server] workers: which worker answered, and all of them
+        self.replication = replication  # fedd.replicate.service.ReplicationService, with [replicate]
         # which host answered, in the status (behind a load balancer)
         self.host = state.identity.host if state is not None else socket.gethostname()
         self.started = time.time()
@@ -98,6 +101,7 @@ class FeddResource(Resource):
             checksums=checksums,
             auth=auth,
             quota=self.admin.quota,
+            counter=replication.counter if replication is not None else None,
         )
         self.confirm = confirm  # [confirm]: uploads confirmed after their redirect
         self.writes = (
@@ -142,6 +146,12 @@ class FeddResource(Resource):
 
                     def handler() -> bytes | int:
                         return self.admin.downtimes_api(request, raw)
+
+                elif raw == REPLICATION_PATH:
+                    path = REPLICATION_PATH.decode()
+
+                    def handler() -> bytes | int:
+                        return replication_answer(request, self.replication)
 
                 elif not raw.startswith(LOCAL_PREFIX.encode()):
                     return self.admin.internal(request, raw)
@@ -247,6 +257,7 @@ class FeddResource(Resource):
             "state": self.state,
             "workers": self.workers,
             "confirm": self.confirm,
+            "replication": self.replication,
         }
         for name, part in sections.items():
             if part is not None:
