@@ -31,7 +31,7 @@ def _declared_length(request: server.Request) -> int | None:
     raw = request.getHeader(b"content-length")
     if raw is None:
         return None
-    return _size(raw)
+    return _size(raw, "Content-Length")
 
 
 def _announced_size(request: server.Request, declared: int | None) -> int | None:
@@ -41,14 +41,14 @@ def _announced_size(request: server.Request, declared: int | None) -> int | None
     for name in SIZE_HEADERS:
         raw = request.getHeader(name)
         if raw is not None:
-            return _size(raw)
+            return _size(raw, name.decode())
     return None
 
 
-def _size(raw: bytes) -> int:
+def _size(raw: bytes, header: str) -> int:
     raw = raw.strip()
     if not raw.isdigit() or len(raw) > 19 or int(raw) > MAX_UPLOAD:
-        raise BadRequest(f"unacceptable upload size {raw[:40].decode('latin-1')!r}")
+        raise BadRequest(f"unacceptable {header} {raw[:40].decode('latin-1')!r}")
     return int(raw)
 
 

@@ -1,0 +1,226 @@
+"""Confirmed uploads through `twistd fedd` (issue 17) with the real thing: Ceph RGW pushing bucket
+notifications to RabbitMQ (the notification path), Apache mod_dav (the looking path), uploads by curl,
+davix-put and gfal-copy, and the events read by a RabbitMQ consumer of fedd's feed."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+import pika
+import pytest
+
+from tests.daemon import Fedd, start_fedd, wait_for
+from tests.servers import ceph_endpoint, dav_endpoint, free_port
+from tests.test_events_rabbitmq import BROKER, Consumer, broker_up  # noqa: F401  (broker_up: a fixture)
+
+BUCKET = "fedd-confirm"
+DEADLINE = 6.0
+
+
+@pytest.fixture(scope="module")
+def rgw_exchange(ceph: Any, s3client: Any, broker_up: None) -> str:  # noqa: F811
+    """The bucket, and RGW's notification of every object created in it to a RabbitMQ exchange."""
+    exchange = f"rgw-{uuid.uuid4().hex[:8]}"
+    conn = pika.BlockingConnection(pika.URLParameters(BROKER))
+    conn.channel().exchange_declare(exchange, "topic", durable=True)
+    conn.close()
+    s3client.create_bucket(Bucket=BUCKET)
+    sns = boto3.client(
+        "sns",
+        endpoint_url=ceph.url,
+        aws_access_key_id=ceph.access_key,
+        aws_secret_access_key=ceph.secret_key,
+        region_name="us-east-1",
+    )
+    topic = sns.create_topic(
+        Name=f"fedd-{exchange}",
+        Attributes={"push-endpoint": "amqp://127.0.0.1:5672", "amqp-exchange": exchange, "amqp-ack-level": "broker"},
+    )["TopicArn"]
+    s3client.put_bucket_notification_configuration(
+        Bucket=BUCKET,
+        NotificationConfiguration={
+            "TopicConfigurations": [{"Id": "fedd", "TopicArn": topic, "Events": ["s3:ObjectCreated:*"]}]
+        },
+    )
+    return exchange
+
+
+@pytest.fixture(scope="module")
+def fed(
+    ceph: Any, dav2: Any, rgw_exchange: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Fedd, Consumer]]:
+    os.environ["FEDD_TEST_SECRET"] = ceph.secret_key
+    events = f"fedd-confirm-{uuid.uuid4().hex[:8]}"
+    consumer = Consumer(events, "fedd.put.#")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("confirm")
+    config = f"""
+[server]
+listen = tcp:{port}:interface=127.0.0.1
+[events]
+broker = {BROKER}
+exchange = {events}
+flush_interval = 0.02
+idle_interval = 0.2
+[confirm]
+deadline = {DEADLINE}
+poll_initial = 0.5
+poll_max = 3
+checksum_wait = 20
+notify = ceph {rgw_exchange}
+{ceph_endpoint(ceph, BUCKET, map="/s3 /s3", write=True)}
+{dav_endpoint(dav2, map="/dav /w/dav", write=True)}
+"""
+    f = start_fedd(workdir, config, port)
+    try:
+        wait_for(lambda: f.status()["confirm"]["rgw_notifications"]["connected"], what="RGW notifications consumed")
+    except BaseException:
+        f.stop()
+        consumer.close()
+        raise
+    yield f, consumer
+    f.stop()
+    consumer.close()
+
+
+def outcomes(consumer: Consumer, paths: set[str], timeout: float = 40.0) -> dict[str, list[dict[str, Any]]]:
+    """put-done/put-failed events by path, until every path in `paths` has one (put-redirects skipped)."""
+    got: dict[str, list[dict[str, Any]]] = {}
+    end = time.monotonic() + timeout
+    while not paths <= set(got) and time.monotonic() < end:
+        for _, _, event in consumer.take(1, timeout=max(0.1, end - time.monotonic())):
+            if event["event_type"] in ("put-done", "put-failed"):
+                got.setdefault(event["payload"]["path"], []).append(event)
+    return got
+
+
+def drain(consumer: Consumer) -> list[dict[str, Any]]:
+    """What is in the queue now (once fedd's outbox is empty, every event it emitted is there)."""
+    out: list[dict[str, Any]] = []
+    while True:
+        method, _, body = consumer.ch.basic_get(consumer.queue, auto_ack=True)
+        if method is None:
+            return out
+        out.append(json.loads(body))
+
+
+def adler32(data: bytes) -> str:
+    return f"{zlib.adler32(data):08x}"
+
+
+def run(*args: str) -> None:
+    out = subprocess.run(args, capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, f"{args[0]}: {out.stdout}{out.stderr}"
+
+
+def test_curl_davix_gfal_uploads_give_one_put_done_each(fed: tuple[Fedd, Consumer], tmp_path: Path) -> None:
+    f, consumer = fed
+    expected: dict[str, bytes] = {}
+    for i, client in enumerate(("curl", "davix", "gfal")):
+        data = os.urandom(100_000 + 7 * i)
+        src = tmp_path / f"{client}.bin"
+        src.write_bytes(data)
+        for top in ("s3", "dav"):
+            path = f"/{top}/up/{client}.bin"
+            expected[path] = data
+            url = f.url + path
+            if client == "curl":
+                run("curl", "-sS", "-f", "-L", "--max-time", "30", "-T", str(src), url)
+            elif client == "davix":
+                run("davix-put", "--timeout", "30", str(src), url)
+            else:
+                run("gfal-copy", "-t", "60", f"file://{src}", url)
+    got = outcomes(consumer, set(expected))
+    for path, data in expected.items():
+        events = got.get(path, [])
+        assert [e["event_type"] for e in events] == ["put-done"], (path, events, f.log_text()[-3000:])
+        payload = events[0]["payload"]
+        assert payload["bytes"] == len(data) and payload["adler32"] == adler32(data), payload
+        assert payload["confirmed_by"] == ("notification" if path.startswith("/s3/") else "look"), payload
+        assert payload["rse"] == ("ceph" if path.startswith("/s3/") else "dav")
+        assert 0 <= payload["duration"] < DEADLINE
+    status = f.status()["confirm"]
+    assert status["pending"] == 0 and status["done"] >= 6
+
+
+def redirect(f: Fedd, path: str, size: int) -> str:
+    """A PUT to fedd announcing `size` bytes (Expect: 100-continue): the 307's Location."""
+    conn = http.client.HTTPConnection("127.0.0.1", f.port, timeout=30)
+    conn.putrequest("PUT", path)
+    conn.putheader("Content-Length", str(size))
+    conn.putheader("Expect", "100-continue")
+    conn.endheaders()
+    r = conn.getresponse()
+    r.read()
+    conn.close()
+    assert r.status == 307, r.status
+    return r.getheader("location") or ""
+
+
+def send(url: str, data: bytes, size: int) -> None:
+    """PUT `data` to `url` announcing `size`: a short body is an upload abandoned half-way."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    conn.putrequest("PUT", parts.path + (f"?{parts.query}" if parts.query else ""), skip_accept_encoding=True)
+    conn.putheader("Content-Length", str(size))
+    conn.endheaders()
+    conn.send(data)
+    if len(data) == size:
+        r = conn.getresponse()
+        r.read()
+        assert r.status in (200, 201, 204), r.status
+    conn.close()
+
+
+def test_abandoned_and_wrong_size_uploads_give_put_failed(fed: tuple[Fedd, Consumer]) -> None:
+    f, consumer = fed
+    data = os.urandom(20_000)
+    for top in ("s3", "dav"):
+        send(redirect(f, f"/{top}/bad/abandoned.bin", 20_000), data[:10_000], 20_000)  # then the client goes
+        send(redirect(f, f"/{top}/bad/short.bin", 20_000), data[:5_000], 5_000)  # 5000 bytes where 20000 were announced
+    paths = {f"/{top}/bad/{name}" for top in ("s3", "dav") for name in ("abandoned.bin", "short.bin")}
+    got = outcomes(consumer, paths)
+    reasons = {path: [e["payload"]["reason"] for e in got.get(path, [])] for path in paths}
+    assert [e["event_type"] for e in got.get("/s3/bad/short.bin", [])] == ["put-failed"], reasons
+    assert reasons["/s3/bad/short.bin"] == ["size mismatch: announced 20000, stored 5000"]  # at once, RGW said so
+    assert got["/s3/bad/short.bin"][0]["payload"]["duration"] < DEADLINE
+    assert reasons["/dav/bad/short.bin"] == [f"size mismatch: announced 20000, found 5000 after {DEADLINE:g}s"]
+    for top in ("s3", "dav"):
+        assert reasons[f"/{top}/bad/abandoned.bin"] == [f"deadline passed: no object after {DEADLINE:g}s"]
+        assert got[f"/{top}/bad/abandoned.bin"][0]["payload"]["duration"] >= DEADLINE
+
+
+def test_a_notification_delivered_twice_gives_one_event(
+    fed: tuple[Fedd, Consumer], rgw_exchange: str, tmp_path: Path
+) -> None:
+    f, consumer = fed
+    rgw = Consumer(rgw_exchange)  # sees what RGW publishes, as fedd's queue does
+    try:
+        src = tmp_path / "twice.bin"
+        src.write_bytes(b"twice\n" * 1000)
+        run("curl", "-sS", "-f", "-L", "--max-time", "30", "-T", str(src), f.url + "/s3/up/twice.bin")
+        notes = [body for _, _, body in rgw.take(1)]
+        assert notes and notes[0]["Records"][0]["s3"]["object"]["key"] == "s3/up/twice.bin", notes
+        ignored = f.status()["confirm"]["notifications_ignored"]
+        conn = pika.BlockingConnection(pika.URLParameters(BROKER))
+        conn.channel().basic_publish(rgw_exchange, "fedd-again", json.dumps(notes[0]).encode())  # redelivered
+        conn.close()
+        wait_for(lambda: f.status()["confirm"]["notifications_ignored"] > ignored, what="the duplicate ignored")
+        got = outcomes(consumer, {"/s3/up/twice.bin"})
+        wait_for(lambda: (lambda ev: ev["outbox_depth"] + ev["pending"] == 0)(f.status()["events"]), what="events sent")
+        path = "/s3/up/twice.bin"
+        got[path] += [e for e in drain(consumer) if e["payload"]["path"] == path and e["event_type"] != "put-redirect"]
+        assert [e["event_type"] for e in got["/s3/up/twice.bin"]] == ["put-done"]
+    finally:
+        rgw.close()
