@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import time
+import urllib.request
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -199,6 +200,12 @@ def test_abandoned_and_wrong_size_uploads_give_put_failed(fed: tuple[Fedd, Consu
     for top in ("s3", "dav"):
         assert reasons[f"/{top}/bad/abandoned.bin"] == [f"deadline passed: no object after {DEADLINE:g}s"]
         assert got[f"/{top}/bad/abandoned.bin"][0]["payload"]["duration"] >= DEADLINE
+    page = urllib.request.Request(f.url + "/.well-known/fedd/status", headers={"Accept": "text/html"})
+    with urllib.request.urlopen(page, timeout=10) as r:
+        html = r.read().decode()
+    assert "<h2>Uploads</h2>" in html and "/dav/bad/abandoned.bin" in html
+    metrics = urllib.request.urlopen(f.url + "/metrics", timeout=10).read().decode()
+    assert 'fedd_uploads_confirmed_total{outcome="failed"} 4.0' in metrics, metrics
 
 
 def test_a_notification_delivered_twice_gives_one_event(
@@ -222,5 +229,6 @@ def test_a_notification_delivered_twice_gives_one_event(
         path = "/s3/up/twice.bin"
         got[path] += [e for e in drain(consumer) if e["payload"]["path"] == path and e["event_type"] != "put-redirect"]
         assert [e["event_type"] for e in got["/s3/up/twice.bin"]] == ["put-done"]
+        assert "Traceback" not in f.log_text()
     finally:
         rgw.close()

@@ -312,6 +312,30 @@ def _workers(status: dict[str, Any], now: float | None) -> str:
     )
 
 
+def _uploads(status: dict[str, Any]) -> str:
+    """`[confirm]`: uploads waiting to be confirmed, and how the others ended."""
+    confirm = as_dict(status.get("confirm"))
+    if not confirm:
+        return ""
+    rows = [
+        (name, text(confirm.get(key)))
+        for name, key in (
+            ("pending", "pending"),
+            ("done", "done"),
+            ("failed", "failed"),
+            ("not tracked (table full)", "untracked"),
+            ("notifications", "notifications"),
+        )
+    ]
+    rgw = as_dict(confirm.get("rgw_notifications"))
+    if rgw:
+        up = '<span class="ok">yes</span>' if rgw.get("connected") else '<span class="bad">no</span>'
+        rows.append(("RGW notifications connected", up))
+    failures = [as_dict(e) for e in confirm.get("recent") or [] if as_dict(e).get("event") == "put-failed"]
+    rows += [(text(e.get("path")), f'<span class="err">{text(e.get("reason"))}</span>') for e in failures[-5:]]
+    return f"<h2>Uploads</h2>{_pairs(rows)}"
+
+
 def render_status_page(status: dict[str, Any]) -> bytes:
     """A complete HTML page (UTF-8) showing `status`, the dict behind the status JSON."""
     fedd = as_dict(status.get("fedd"))
@@ -345,6 +369,7 @@ def render_status_page(status: dict[str, Any]) -> bytes:
         "<h2>Recent errors</h2>"
         + (f'<ul class="errors">{"".join(errors)}</ul>' if errors else '<p class="muted">none</p>')
         + f"<h2>Events</h2>{_events(status)}"
+        f"{_uploads(status)}"
         f"<h2>Locate cache</h2>{_locate(status)}"
         f"{_hosts(status, now)}"
         f"{_workers(status, now)}"
