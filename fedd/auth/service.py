@@ -19,7 +19,6 @@ from typing import Any
 
 from cryptography import x509
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from fedd.auth.identity import ANONYMOUS, Identity
@@ -29,6 +28,7 @@ from fedd.auth.tls import GridContextFactory
 from fedd.auth.tokens import TokenError, TokenVerifier
 from fedd.auth.x509id import identity_from_chain
 from fedd.config import Config
+from fedd.periodic import Periodic
 from fedd.twtypes import Service
 
 log = Logger(namespace="fedd.auth")
@@ -59,7 +59,7 @@ class AuthService(Service):
         self.vomsdir = vomsdir
         self.limited_proxies = limited_proxies
         self.ca_reload_interval = ca_reload_interval
-        self._ca_loop: LoopingCall | None = None
+        self._ca_loop: Periodic | None = None
         self.clock = clock
         self.access_file = access_file
         self.gridmap_file = gridmap_file
@@ -71,7 +71,7 @@ class AuthService(Service):
         self._tokens: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
         self._decisions: dict[tuple[Identity, str, str], Decision] = {}
         self._decided_until: float | None = None  # the cached decisions hold until this time (None: ever)
-        self._loop: LoopingCall | None = None
+        self._loop: Periodic | None = None
         self.reloads = self.reload_errors = 0
         self.load(initial=True)
 
@@ -134,15 +134,10 @@ class AuthService(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._loop = LoopingCall(self.load)
-        self._loop.clock = self.clock
-        self._loop.start(self.reload_interval, now=False).addErrback(lambda f: log.failure("rule reloading stopped", f))
+        self._loop = Periodic(self.clock, self.load, "rule reload").start(self.reload_interval, now=False)
         if self.tls is not None:
-            self._ca_loop = LoopingCall(self.tls.reload)
-            self._ca_loop.clock = self.clock
-            self._ca_loop.start(self.ca_reload_interval, now=False).addErrback(
-                lambda f: log.failure("CA reloading stopped", f)
-            )
+            ca_reload = Periodic(self.clock, self.tls.reload, "CA reload")
+            self._ca_loop = ca_reload.start(self.ca_reload_interval, now=False)
 
     def stopService(self) -> None:
         super().stopService()

@@ -8,7 +8,6 @@ from typing import Any, Protocol
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -16,6 +15,7 @@ from fedd.config import Config, HealthConfig
 from fedd.endpoints import Endpoint
 from fedd.errors import EndpointError
 from fedd.health.state import OFFLINE, EndpointHealth, Transition
+from fedd.periodic import Periodic
 from fedd.twtypes import Service
 
 log = Logger(namespace="fedd.health")
@@ -172,7 +172,7 @@ class HostShare(Protocol):
 
     def publish(self, name: str, data: Any) -> None: ...
 
-    def follow(self, name: str, apply: Callable[[Any], None], clock: IReactorTime) -> LoopingCall: ...
+    def follow(self, name: str, apply: Callable[[Any], None], clock: IReactorTime) -> Periodic: ...
 
 
 class HealthService(Service):
@@ -194,13 +194,12 @@ class HealthService(Service):
         self.clock = clock
         self.shared = shared
         self.following = shared is not None and not shared.leader
-        self._loop: LoopingCall | None = None
-        self._loop_done: Deferred[Any] | None = None
+        self._loop: Periodic | None = None
         self._inflight: Deferred[Any] | None = None
         self._probing: dict[str, Deferred[None]] = {}  # endpoint id -> its probe under way
         self._last_probe: dict[str, float] = {}  # endpoint id -> when its last probe started
         self._early: dict[str, Any] = {}  # endpoint id -> scheduled early probe (IDelayedCall)
-        self._suspects: LoopingCall | None = None  # the leader's reading of the others' suspects
+        self._suspects: Periodic | None = None  # the leader's reading of the others' suspects
         registry.suspects.append(self.probe_soon)
 
     def startService(self) -> None:
@@ -208,7 +207,7 @@ class HealthService(Service):
         if self.shared is not None and self.following:
             self._loop = self.shared.follow("health", self.registry.adopt, self.clock)
             return
-        self._start_loop(self.registry.config.interval, now=True)
+        self._loop = Periodic(self.clock, self.poll_once, "health round").start(self.registry.config.interval)
         if self.shared is not None:  # the leader: faults the other workers saw ask for early probes
             self._suspects = self.shared.follow("suspects", self._suspected, self.clock)
 
@@ -217,27 +216,17 @@ class HealthService(Service):
             for eid in published:
                 self.probe_soon(eid)
 
-    def _start_loop(self, interval: float, *, now: bool) -> None:
-        self._loop = LoopingCall(self.poll_once)
-        self._loop.clock = self.clock
-        self._loop_done = self._loop.start(interval, now=now)
-        self._loop_done.addErrback(lambda f: log.failure("health loop stopped", f))
-
     def reconfigure(self, new: Config) -> list[str]:
         """A reload (after the registry's): a new `[health] interval` restarts the loop, its next
         round one new interval from now."""
-        loop = self._loop
-        interval = new.health.interval
-        if self.running and not self.following and loop is not None and loop.running and loop.interval != interval:
-            log.info("reload: [health] interval {old:g}s -> {new:g}s", old=loop.interval, new=interval)
-            loop.stop()
-            self._start_loop(interval, now=False)
+        if self.running and not self.following and self._loop is not None:
+            self._loop.retime(new.health.interval, "[health] interval")
         return []
 
     @property
     def interval(self) -> float | None:
         """The period in force (None when not running)."""
-        return self._loop.interval if self._loop is not None and self._loop.running else None
+        return self._loop.interval if self._loop is not None else None
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import ensureDeferred
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from fedd.locate.cache import LocalCache
 from fedd.locate.memcache import Memcached
+from fedd.periodic import Periodic
 from fedd.twtypes import Service
 
 log = Logger(namespace="fedd.locate.invalidate")
@@ -41,14 +41,12 @@ class InvalidationLog(Service):
         self.seen: int | None = None
         self.published = self.applied = self.flushes = 0
         self._missing = 0
-        self._loop: LoopingCall | None = None
+        self._loop: Periodic | None = None
         self._busy = False
 
     def startService(self) -> None:
         super().startService()
-        self._loop = LoopingCall(self._poll)
-        self._loop.clock = self.clock
-        self._loop.start(self.interval, now=True).addErrback(lambda f: log.failure("invalidation poll stopped", f))
+        self._loop = Periodic(self.clock, self._poll, "invalidation poll").start(self.interval, now=True)
 
     def stopService(self) -> Any:
         super().stopService()

@@ -23,11 +23,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from fedd.config import DOWNTIME_SCOPES, Config, Downtime
 from fedd.errors import BadRequest
+from fedd.periodic import Periodic
 from fedd.state.tables import SharedDowntimes
 from fedd.twtypes import Service
 
@@ -114,7 +114,7 @@ class DowntimeBook(Service):
         self._sources: dict[str, list[Declared]] = {}  # origin -> its whole current set
         self._mtime: float | None = None
         self._timer: IDelayedCall | None = None
-        self._loop: LoopingCall | None = None
+        self._loop: Periodic | None = None
         self.read_blocked: frozenset[str] = frozenset()
 
     def reconfigure(self, new: Config) -> list[str]:
@@ -157,11 +157,8 @@ class DowntimeBook(Service):
             self.shared.watch(self._reload_shared)
         elif self.path:
             self._reload_file()
-            self._loop = LoopingCall(self._check_file)
-            self._loop.clock = self.reactor
-            self._loop.start(FILE_CHECK_SECONDS, now=False).addErrback(
-                lambda f: log.failure("downtime file watcher stopped", f)
-            )
+            check = Periodic(self.reactor, self._check_file, "downtime file check")
+            self._loop = check.start(FILE_CHECK_SECONDS, now=False)
         self.evaluate()
 
     def stopService(self) -> Any:

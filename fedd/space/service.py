@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
-from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -28,6 +27,7 @@ from fedd.endpoints.base import Endpoint, Space
 from fedd.errors import describe
 from fedd.health.service import HostShare
 from fedd.locate.memcache import Memcached
+from fedd.periodic import Periodic
 from fedd.space.srr import srr_document, write_json_file
 from fedd.state.tables import SharedReservations
 from fedd.twtypes import Service
@@ -130,7 +130,7 @@ class SpaceService(Service):
         self.emit = emit
         self.measurements: dict[str, Measurement] = {eid: Measurement() for eid in endpoints}
         self.rounds = 0
-        self._loop: LoopingCall | None = None
+        self._loop: Periodic | None = None
         self._round: Deferred[Any] | None = None
 
     # --- schedule ---------------------------------------------------------------------------------
@@ -140,7 +140,7 @@ class SpaceService(Service):
         if self.shared is not None and self.following:
             self._loop = self.shared.follow("space", self.adopt, self.reactor)
             return
-        self._start_loop(self.settings.interval, now=True)
+        self._loop = Periodic(self.reactor, self._tick, "space round").start(self.settings.interval)
 
     def published(self) -> dict[str, Any]:
         """The measurements as the leading worker shares them."""
@@ -164,11 +164,6 @@ class SpaceService(Service):
                 m.space, m.measured, m.reserved = shared[0], shared[1], 0
             m.error, m.error_at = data.get("error"), data.get("error_at")
 
-    def _start_loop(self, interval: float, *, now: bool) -> None:
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = self.reactor
-        self._loop.start(interval, now=now).addErrback(lambda f: log.failure("space loop stopped", f))
-
     def reconfigure(self, new: Config) -> list[str]:
         """A reload: new settings and endpoints (a new one starts unmeasured, a removed one is
         forgotten); a new `[space] interval` restarts the loop (a round under way finishes, the next
@@ -179,18 +174,14 @@ class SpaceService(Service):
             del self.measurements[eid]
         for eid in ids:
             self.measurements.setdefault(eid, Measurement())
-        loop = self._loop
-        interval = new.space.interval
-        if self.running and not self.following and loop is not None and loop.running and loop.interval != interval:
-            log.info("reload: [space] interval {old:g}s -> {new:g}s", old=loop.interval, new=interval)
-            loop.stop()
-            self._start_loop(interval, now=False)
+        if self.running and not self.following and self._loop is not None:
+            self._loop.retime(new.space.interval, "[space] interval")
         return []
 
     @property
     def interval(self) -> float | None:
         """The period in force (None when not running)."""
-        return self._loop.interval if self._loop is not None and self._loop.running else None
+        return self._loop.interval if self._loop is not None else None
 
     def stopService(self) -> Any:
         super().stopService()

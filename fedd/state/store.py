@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from fedd.periodic import Periodic
 from fedd.state import schema, spill
 from fedd.state.database import Cursor, StateDatabase, Work
 from fedd.state.spill import Sql
@@ -110,7 +110,7 @@ class StateStore(Service):
         self._each_tick: list[Callable[[], None]] = []
         self._serials: dict[str, int] = {}
         self._last_heartbeat = float("-inf")
-        self._loop: LoopingCall | None = None
+        self._loop: Periodic | None = None
         self.hosts: list[dict[str, Any]] = []
         self.started = 0.0
         self.down_since: float | None = None
@@ -123,9 +123,7 @@ class StateStore(Service):
         super().startService()
         self.started = self.clock.seconds()
         self._queue_saved()
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = self.clock
-        self._loop.start(self.poll_interval, now=True).addErrback(lambda f: log.failure("state loop stopped", f))
+        self._loop = Periodic(self.clock, self._tick, "state poll").start(self.poll_interval, now=True)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

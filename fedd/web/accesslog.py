@@ -11,9 +11,9 @@ import os
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from fedd.periodic import Periodic
 from fedd.twtypes import Service
 
 log = Logger(namespace="fedd.access")
@@ -26,7 +26,7 @@ class AccessLog(Service):
         self.path = path
         self.clock = clock
         self._file: IO[str] | None = None
-        self._loop: LoopingCall | None = None
+        self._loop: Periodic | None = None
         self.errors = 0
 
     def open(self) -> IO[str]:
@@ -57,9 +57,7 @@ class AccessLog(Service):
     def startService(self) -> None:
         super().startService()
         self.open()  # a path that cannot be written is found at start
-        self._loop = LoopingCall(self.flush)
-        self._loop.clock = self.clock
-        self._loop.start(1.0, now=False).addErrback(lambda f: log.failure("access log flushing stopped", f))
+        self._loop = Periodic(self.clock, self.flush, "access log flush").start(1.0, now=False)
 
     def stopService(self) -> None:
         super().stopService()

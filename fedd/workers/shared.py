@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from fedd.periodic import Periodic
 from fedd.twtypes import Service
 from fedd.web.metrics import add_snapshots, snapshot_of
 
@@ -81,8 +81,8 @@ class HostShare:
         self._seen[name] = raw
         return data
 
-    def follow(self, name: str, apply: Any, clock: IReactorTime) -> LoopingCall:
-        """Call `apply(data)` with each new publication of `name` (a started LoopingCall; stop it)."""
+    def follow(self, name: str, apply: Any, clock: IReactorTime) -> Periodic:
+        """Call `apply(data)` with each new publication of `name` (a started loop; stop it)."""
 
         def poll() -> None:
             try:
@@ -92,9 +92,7 @@ class HostShare:
             except Exception:  # a malformed file must not stop the loop
                 log.failure("applying the shared {name} failed", name=name)
 
-        loop = LoopingCall(poll)
-        loop.clock = clock
-        loop.start(FOLLOW_INTERVAL, now=True).addErrback(lambda f: log.failure("follow loop stopped", f))
+        loop = Periodic(clock, poll, "shared results follow").start(FOLLOW_INTERVAL, now=True)
         return loop
 
 
@@ -148,7 +146,7 @@ class CountersWriter(Service):
         self.files = files
         self.snapshot = snapshot
         self.clock = clock
-        self._loop: LoopingCall | None = None
+        self._loop: Periodic | None = None
 
     def write(self) -> None:
         try:
@@ -158,9 +156,7 @@ class CountersWriter(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._loop = LoopingCall(self.write)
-        self._loop.clock = self.clock
-        self._loop.start(COUNTERS_INTERVAL, now=True).addErrback(lambda f: log.failure("counters loop stopped", f))
+        self._loop = Periodic(self.clock, self.write, "counters write").start(COUNTERS_INTERVAL, now=True)
 
     def stopService(self) -> Any:
         super().stopService()
