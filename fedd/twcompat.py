@@ -80,3 +80,25 @@ def adopt_port_one_accept(reactor: Any, fd: int, family: Any, factory: Any) -> A
     port = _OneAcceptPort._fromListeningDescriptor(reactor, fd, family, factory)  # type: ignore[no-untyped-call]
     port.startListening()
     return port
+
+
+def write_now(transport: Any) -> Any:
+    """`transport.write`, or for a plain TCP connection a write that sends at once while nothing is
+    queued on it: one send() where Twisted buffers, registers the socket for writability, wakes up,
+    sends and unregisters (two epoll_ctl calls and a loop turn per answer). What the kernel does not
+    take at once (a full socket buffer) is queued behind it with `transport.write`, in order."""
+    if type(transport) is not tcp.Server:
+        return transport.write
+
+    def write(data: bytes) -> None:
+        t = transport
+        if t._tempDataLen or len(t.dataBuffer) > t.offset or t.disconnecting or t._writeDisconnected:
+            t.write(data)  # something is queued, or the connection is ending: Twisted's order and checks
+            return
+        sent = t.writeSomeData(data)
+        if not isinstance(sent, int):  # the connection broke: Twisted's write path finds and reports it
+            t.write(data)
+        elif sent < len(data):
+            t.write(data[sent:])
+
+    return write

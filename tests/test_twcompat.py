@@ -128,3 +128,55 @@ def test_a_failure_to_listen_is_raised_at_start() -> None:
         assert exc.port == 1
     else:
         raise AssertionError("privilegedStartService did not raise")
+
+
+def test_write_now_sends_at_once_unless_something_is_queued() -> None:
+    """The lean front's answers: on a plain TCP connection with nothing queued, one send() now (no
+    writability registration); behind queued data, queued in order; other transports: `write`."""
+    import socket
+
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.testing import MemoryReactorClock
+
+    from fedd.twcompat import adopt_port_one_accept, write_now
+
+    built: list[Protocol] = []
+
+    class Keeping(Factory):
+        def buildProtocol(self, addr: Any) -> Protocol:
+            built.append(Protocol())
+            return built[-1]
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.create_connection(listener.getsockname())
+    client.settimeout(5)
+    reactor = MemoryReactorClock()
+    try:
+        port = adopt_port_one_accept(reactor, listener.fileno(), socket.AF_INET, Keeping())
+        port.doRead()
+        transport: Any = built[0].transport
+        write = write_now(transport)
+        write(b"now")
+        assert client.recv(100) == b"now" and transport not in reactor.writers  # sent, nothing registered
+        transport.write(b"queued ")  # Twisted's write: buffered until the socket is writable
+        write(b"behind")
+        assert transport in reactor.writers
+        client.setblocking(False)
+        try:
+            early = client.recv(100)
+        except BlockingIOError:
+            early = b""
+        assert early == b""  # nothing overtook the queued bytes
+        transport.doWrite()
+        client.setblocking(True)
+        assert client.recv(100) == b"queued behind"
+        transport.loseConnection()
+        port.stopListening()
+        reactor.advance(0)
+    finally:
+        client.close()
+        listener.close()
+    other = StringTransport()
+    assert write_now(other) == other.write  # TLS and test transports: their own write

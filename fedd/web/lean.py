@@ -30,6 +30,7 @@ from twisted.web.server import version as SERVER_VERSION
 
 from fedd.auth.identity import ANONYMOUS, Identity
 from fedd.errors import FeddError
+from fedd.twcompat import write_now
 from fedd.web.accesslog import entry as access_entry
 from fedd.web.channel import REQUEST_TIMEOUT
 
@@ -176,6 +177,7 @@ class LeanChannel(Protocol):
         self._last_request: _Request | None = None
         self._last_plan: Any = None  # and the plan it was answered from, with the answer's bytes
         self._last_parts = (b"", b"")
+        self._write: Callable[[bytes], None] = lambda data: None  # the transport's, at connectionMade
 
     # --- the connection ------------------------------------------------------------------------
 
@@ -183,6 +185,7 @@ class LeanChannel(Protocol):
         transport = self.transport
         assert transport is not None
         self._secure = ISSLTransport.providedBy(transport)
+        self._write = write_now(transport)
         peer = transport.getPeer()
         self._client = getattr(peer, "host", "") or ""
 
@@ -217,7 +220,7 @@ class LeanChannel(Protocol):
             if answer is _BORROW:
                 self._borrow(head)
                 continue
-            transport.write(answer)
+            self._write(answer)
             if self._closing:
                 self._disarm_head_deadline()
                 transport.loseConnection()
