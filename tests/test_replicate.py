@@ -107,9 +107,18 @@ def stores(ceph: Any, s3client: Any, dav1: Any, broker_up: None) -> dict[str, An
     return {"ceph": ceph, "s3": s3client, "dav": dav1}
 
 
-def config(port: int, workdir: Path, stores: dict[str, Any], exchange: str, replicate: str, **urls: str) -> str:
-    ceph = ceph_endpoint(stores["ceph"], BUCKET, map="/repl /repl", lat=CERN[0], lon=CERN[1])
-    dav = dav_endpoint(stores["dav"], map="/repl /repl", write=True, lat=DESY[0], lon=DESY[1])
+def config(
+    port: int, workdir: Path, stores: dict[str, Any], exchange: str, replicate: str, swap: str, **urls: str
+) -> str:
+    """Ceph at CERN holds the files, Apache at DESY takes copies; `swap`: the other way round (with
+    the `[endpoint ceph]` keys given in it)."""
+    if swap:
+        ceph = ceph_endpoint(stores["ceph"], BUCKET, map="/repl /repl", lat=DESY[0], lon=DESY[1], write=True)
+        ceph += swap + "\n"
+        dav = dav_endpoint(stores["dav"], map="/repl /repl", lat=CERN[0], lon=CERN[1])
+    else:
+        ceph = ceph_endpoint(stores["ceph"], BUCKET, map="/repl /repl", lat=CERN[0], lon=CERN[1])
+        dav = dav_endpoint(stores["dav"], map="/repl /repl", write=True, lat=DESY[0], lon=DESY[1])
     if "ceph" in urls:  # through a ReplProxy
         ceph = ceph.replace(f"url = {stores['ceph'].url}", f"url = {urls['ceph']}")
     if "dav" in urls:
@@ -143,8 +152,7 @@ path = /repl
 threshold = 3
 window = 60
 interval = 0.3
-cooldown = 2
-{replicate}
+{replicate if 'cooldown' in replicate else replicate + chr(10) + 'cooldown = 2'}
 {ceph}{dav}"""
 
 
@@ -165,13 +173,41 @@ class Setup:
         out = ""
         for _ in range(times):
             result = subprocess.run(
-                ["curl", "-s", "-o", "/dev/null", "--interface", client, "-w", "%{http_code} %{redirect_url}",
-                 f"{self.fed.url}/repl/{name}"],
-                capture_output=True, text=True, timeout=30, check=True,
+                [
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "--interface",
+                    client,
+                    "-w",
+                    "%{http_code} %{redirect_url}",
+                    f"{self.fed.url}/repl/{name}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
             )
             code, _, out = result.stdout.partition(" ")
             assert code == "302", result.stdout
         return out
+
+    def put_on_dav(self, name: str, size: int) -> bytes:
+        """A file placed on Apache directly (not by fedd)."""
+        data = os.urandom(size)
+        folder = Path(self.stores["dav"].docroot) / "repl"
+        folder.mkdir(exist_ok=True)
+        os.chmod(folder, 0o777)
+        (folder / name).write_bytes(data)
+        return data
+
+    def on_ceph(self, name: str) -> bool:
+        try:
+            self.stores["s3"].head_object(Bucket=BUCKET, Key=f"repl/{name}")
+            return True
+        except self.stores["s3"].exceptions.ClientError:
+            return False
 
     def on_dav(self, name: str) -> Path:
         return Path(self.stores["dav"].docroot) / "repl" / name
@@ -207,12 +243,12 @@ class Setup:
 def make(stores: dict[str, Any], tmp_path: Path) -> Iterator[Any]:
     started: list[tuple[Fedd, Consumer]] = []
 
-    def start(replicate: str = "", **urls: str) -> Setup:
+    def start(replicate: str = "", swap: str = "", **urls: str) -> Setup:
         port = free_port()
         exchange = f"fedd-repl-{uuid.uuid4().hex[:8]}"
         consumer = Consumer(exchange)
         workdir = tmp_path / f"fedd{len(started)}"
-        fed = start_fedd(workdir, config(port, workdir, stores, exchange, replicate, **urls), port)
+        fed = start_fedd(workdir, config(port, workdir, stores, exchange, replicate, swap, **urls), port)
         started.append((fed, consumer))
         return Setup(fed, consumer, stores)
 
@@ -267,3 +303,104 @@ def test_dry_run_copies_nothing_and_reports_each_decision(make: Any) -> None:
     wait_for(lambda: said in s.fed.log_text(), 5, "the dry-run decision in the log")
     assert s.dav_bytes(name) is None and not s.on_dav(name).exists()
     assert s.fed.status()["replication"]["copied"] == 0
+
+
+def test_burst_of_hot_files_keeps_to_copies_at_once_and_budget(make: Any) -> None:
+    size = 300_000
+    s = make(f"copies = 2\nbudget = {5 * size}\ncooldown = 600")
+    names = [f"burst{i:02d}-{uuid.uuid4().hex[:6]}" for i in range(20)]
+    for name in names:
+        s.put_on_ceph(name, size)
+    for name in names:
+        s.read(name, NEAR_DAV, times=3)
+    running_seen: list[int] = []
+
+    def five_created() -> bool:
+        status = s.fed.status()["replication"]
+        running_seen.append(len(status["running"]))
+        return bool(status["copied"] == 5)
+
+    wait_for(five_created, 30, "5 copies (the budget)", interval=0.02)
+    assert max(running_seen) <= 2
+    waiting = wait_for(
+        lambda: [d for d in s.replication()["decisions"] if "budget" in d["reason"]], 5, "budget decisions"
+    )
+    assert len(waiting) == 15 and all(d["action"] == "none" for d in waiting)
+    for _ in range(5):  # more rounds: still five, the hour's budget is spent
+        s.replication()
+    status = s.fed.status()["replication"]
+    assert status["copied"] == 5 and status["budget_left"] == 0
+    assert sum(1 for n in names if s.on_dav(n).exists()) == 5
+
+
+def test_cold_copy_is_evicted_and_a_file_fedd_did_not_copy_is_kept(make: Any) -> None:
+    s = make("cold_after = 2\ncooldown = 600")
+    name, theirs = f"cold-{uuid.uuid4().hex[:8]}", f"theirs-{uuid.uuid4().hex[:8]}"
+    data = s.put_on_ceph(name, 100_000)
+    s.put_on_ceph(theirs, 1000)
+    s.put_on_dav(theirs, 1000)  # on both: nothing to copy, and never fedd's to delete
+    s.read(name, NEAR_DAV, times=3)
+    s.read(theirs, NEAR_DAV, times=3)
+    s.event("replica-created", name)
+    assert s.dav_bytes(name) == data
+    evicted = s.event("replica-evicted", name, timeout=15)
+    assert evicted["dst-rse"] == "dav" and evicted["reason"].startswith("cold") and evicted["bytes"] == len(data)
+    assert s.dav_bytes(name) is None and s.on_ceph(name)
+    assert s.on_dav(theirs).exists()
+    assert s.read(name, NEAR_DAV).startswith(s.stores["ceph"].url)
+    assert not [e for e in s.events if e["event_type"].startswith("replica-") and e["payload"]["name"] == theirs]
+
+
+def test_copies_are_evicted_when_the_endpoint_crosses_its_reserve(make: Any, stores: dict[str, Any]) -> None:
+    s3 = stores["s3"]
+    used = sum(
+        o["Size"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+        for o in page.get("Contents", [])
+    )
+    mb = 1_000_000
+    # Ceph (at DESY now) takes copies of files on Apache; the space reporter lists the bucket
+    s = make(f"reserve = {1.5 * mb:.0f}\ncooldown = 600", swap=f"quota = {used + 3 * mb}\nspace_source = listing")
+    name = f"reserve-{uuid.uuid4().hex[:8]}"
+    s.put_on_dav(name, mb)
+    s.read(name, NEAR_DAV, times=3)
+    created = s.event("replica-created", name)
+    assert created["dst-rse"] == "ceph" and s.on_ceph(name)
+    s3.put_object(Bucket=BUCKET, Key=f"repl/filler-{name}", Body=os.urandom(mb))  # not fedd's
+    evicted = s.event("replica-evicted", name, timeout=20)
+    assert "reserve" in evicted["reason"] and evicted["dst-rse"] == "ceph"
+    assert not s.on_ceph(name) and s.on_ceph(f"filler-{name}") and s.on_dav(name).exists()
+
+
+def test_source_lost_mid_copy_removes_the_partial_copy_and_retries(make: Any, stores: dict[str, Any]) -> None:
+    proxy = ReplProxy(int(stores["ceph"].url.rsplit(":", 1)[1]))
+    try:
+        s = make("", ceph=proxy.url)
+        name = f"cut-{uuid.uuid4().hex[:8]}"
+        data = s.put_on_ceph(name, 4 << 20)
+        proxy.cut_after = 1 << 20
+        s.read(name, NEAR_DAV, times=3)
+        failed = s.event("replica-failed", name)
+        assert proxy.cuts == 1 and failed["dst-rse"] == "dav" and failed["dst-url"] is None
+        assert s.dav_bytes(name) is None  # the partial copy was removed (cooldown 2 s: not retried yet)
+        created = s.event("replica-created", name, timeout=20)  # retried after the cool-down
+        assert created["checksum-adler"] == adler(data) and s.dav_bytes(name) == data
+    finally:
+        proxy.close()
+
+
+def test_a_target_that_corrupts_data_gets_no_copy(make: Any, stores: dict[str, Any]) -> None:
+    proxy = ReplProxy(int(stores["dav"].url.rsplit(":", 1)[1]))
+    proxy.flip_puts = True
+    try:
+        s = make("cooldown = 600", dav=proxy.url)
+        name = f"flip-{uuid.uuid4().hex[:8]}"
+        s.put_on_ceph(name, 200_000)
+        s.read(name, NEAR_DAV, times=3)
+        failed = s.event("replica-failed", name)
+        assert proxy.flipped >= 1 and "checksum mismatch" in failed["reason"]
+        assert s.dav_bytes(name) is None  # discarded
+        assert s.read(name, NEAR_DAV).startswith(s.stores["ceph"].url)
+        assert [r["state"] for r in s.replication(name)["replicas"]] == ["failed"]
+    finally:
+        proxy.close()
