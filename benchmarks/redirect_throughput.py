@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -189,14 +190,47 @@ def measure_all(
     print("XRootD:", xrd.wait_redirect(PATH))
     urls[XRD] = (xrd.url, xrd.wrap)
     rounds: Rounds = [{name: {} for name in urls} for _ in range(rounds_wanted)]
+    rabbit = broker_pids()
     for c in CONNECTIONS:
         for figures in rounds:
             for name, (url, wrap) in urls.items():
+                pids = processes(feds[name].proc.pid) if name in feds else []
+                before = cpu_seconds(pids), cpu_seconds(rabbit)
                 figures[name][c] = wrk_latency(url + PATH, c, seconds, wrap=wrap)
                 time.sleep(0.5)  # the events' fedd sends what is left before the next figure
+                if pids:
+                    done = figures[name][c][0] * seconds / 1e6  # requests, in millions: CPU us per request
+                    used = cpu_seconds(pids) - before[0], cpu_seconds(rabbit) - before[1]
+                    CPU.setdefault((name, c), []).append((used[0] / done, used[1] / done))
     ev = feds[AMQP].status()["events"]
     print(f"events to RabbitMQ: emitted {ev['emitted']}, sent {ev['sent']}, outbox depth {ev['outbox_depth']}")
     return rounds
+
+
+CPU: dict[tuple[str, int], list[tuple[float, float]]] = {}  # (fedd, conns) -> per round: CPU us per request
+
+
+def processes(pid: int) -> list[int]:
+    """A fedd and its workers."""
+    out = subprocess.run(["ps", "--ppid", str(pid), "-o", "pid="], capture_output=True, text=True)
+    return [pid, *(int(p) for p in out.stdout.split())]
+
+
+def broker_pids() -> list[int]:
+    """RabbitMQ's Erlang VM (only read: its CPU time)."""
+    out = subprocess.run(["pgrep", "-x", "beam.smp"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return total
 
 
 @contextlib.contextmanager
@@ -256,6 +290,11 @@ def report(rounds: Rounds, seconds: float) -> None:
             line(f"events to {sink} on / off", name, OFF, c, 0.9)
     for c in CONNECTIONS:
         line("workers = 2 / 1 (events off)", TWO, OFF, c, 1.5 if c == 32 else None)
+    print("\nCPU per request (median of the rounds, microseconds): fedd's processes / RabbitMQ's (beam.smp)")
+    for (name, c), each in sorted(CPU.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        fedd_us = statistics.median(x for x, _ in each)
+        broker_us = statistics.median(y for _, y in each)
+        print(f"{c:5} conn  {name:36} fedd {fedd_us:6.1f} us   RabbitMQ {broker_us:6.1f} us")
 
 
 if __name__ == "__main__":
