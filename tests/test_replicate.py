@@ -280,6 +280,8 @@ def test_hot_file_is_copied_near_its_readers(make: Any) -> None:
     status = s.fed.status()["replication"]
     assert status["bytes_per_endpoint"] == {"dav": len(data)} and status["copied"] == 1
     metrics = urllib.request.urlopen(f"{s.fed.url}/metrics", timeout=10).read().decode()
+    page = urllib.request.urlopen(f"{s.fed.url}/.well-known/fedd/status.html", timeout=10).read().decode()
+    assert "<h2>Replication</h2>" in page and f"/repl/{name}" in page and "1 copied" in page
     used = re.search(r'^fedd_replicate_bytes\{endpoint="dav"\} (\S+)$', metrics, re.MULTILINE)
     assert used is not None and float(used.group(1)) == len(data)
 

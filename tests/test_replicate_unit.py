@@ -46,6 +46,13 @@ def test_counting_is_one_increment_per_redirect_and_take_starts_again() -> None:
     assert agg.read_on == {("/a/f", "ceph"): 4}
 
 
+def test_counting_keeps_a_bounded_number_of_keys_between_flushes() -> None:
+    counter = ReadCounter(max_pending=2)
+    for client in ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.1"):
+        counter.note(b"/a/f", client, "ceph")
+    assert len(counter.pending) == 2 and counter.dropped == 1 and counter.pending[(b"/a/f", "10.0.0.1", "ceph")] == 2
+
+
 def test_regions_round_trip_and_unplaced_clients_are_never_hot() -> None:
     assert region_location(region_name(DESY)) == DESY
     assert region_name(None) == NO_REGION and region_location(NO_REGION) is None

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 BUCKETS = 12  # slices of the window: a read leaves the window at most window / BUCKETS late
 NO_REGION = "-"  # a client fedd cannot place: counted, never a reason to copy
+MAX_PENDING = 200_000  # distinct (path, client, endpoint) keys kept between two flushes
 
 Pending = dict[tuple[bytes, str, str], int]  # (raw path, client address, endpoint redirected to) -> reads
 Counts = dict[tuple[str, str], int]  # (region, federation path) -> reads
@@ -27,14 +28,22 @@ Counts = dict[tuple[str, str], int]  # (region, federation path) -> reads
 class ReadCounter:
     """The hot-path side: `note` is a dict increment."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_pending: int = MAX_PENDING) -> None:
         self.pending: Pending = {}
+        self.max_pending = max_pending
         self.total = 0
+        self.dropped = 0  # reads of new (path, client, endpoint) keys past max_pending in one interval
 
     def note(self, path: bytes, client: str, endpoint: str) -> None:
         key = (path, client, endpoint)
         pending = self.pending
-        pending[key] = pending.get(key, 0) + 1
+        n = pending.get(key)
+        if n is not None:
+            pending[key] = n + 1
+        elif len(pending) < self.max_pending:
+            pending[key] = 1
+        else:
+            self.dropped += 1
 
     def take(self) -> Pending:
         """What was counted since the last call (the counter starts again from empty)."""

@@ -313,6 +313,7 @@ class ReplicationService(Service):
             "budget_left": max(0, cfg.budget - use.last_hour),
             "replicas": [r.to_json() for r in self.known],
             "reads_counted": self.counter.total,
+            "reads_dropped": self.counter.dropped,
         }
 
     async def explain(self, path: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from fedd.web import statusformat as fmt
 from fedd.web.statusformat import DASH, as_dict, duration, number, size, state_of, text, wants_html
+from fedd.web.statusreplication import replication_section
 
 REFRESH_SECONDS = 10
 __all__ = ["render_status_page", "state_of", "wants_html"]
@@ -370,6 +371,7 @@ def render_status_page(status: dict[str, Any]) -> bytes:
         + (f'<ul class="errors">{"".join(errors)}</ul>' if errors else '<p class="muted">none</p>')
         + f"<h2>Events</h2>{_events(status)}"
         f"{_uploads(status)}"
+        f"{replication_section(status)}"
         f"<h2>Locate cache</h2>{_locate(status)}"
         f"{_hosts(status, now)}"
         f"{_workers(status, now)}"
