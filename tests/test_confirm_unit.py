@@ -223,3 +223,12 @@ def test_disabled_takes_nothing() -> None:
     s, _, _, _, _ = service(enabled=False)
     s.expect("/atlas/f", "e", 5)
     assert len(s.table) == 0
+
+
+def test_a_carried_upload_is_done_from_fedds_own_result() -> None:
+    s, ep, fed, clock, events = service()
+    s.carried("/atlas/f", "e", 5, clock.seconds() - 2.0, "05c801f0")
+    assert [(t, p["confirmed_by"], p["bytes"], p["adler32"], p["duration"]) for t, p in events] == [
+        ("put-done", "carried", 5, "05c801f0", 2.0)
+    ]
+    assert not ep.calls and "/atlas/f" in fed.forgotten and len(s.table) == 0

@@ -34,7 +34,6 @@ class Upload:
     started: float  # when fedd answered the PUT
     overwrite: bool = False
     notified: bool = False  # the endpoint sends notifications
-    carried: bool = False
     looks: int = 0
     due: float = 0.0
     seen_size: int | None = None  # the last size a look found that was not the announced one

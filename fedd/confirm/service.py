@@ -115,10 +115,8 @@ class ConfirmService(MultiService):
 
     # --- taking uploads ----------------------------------------------------------------------
 
-    def expect(
-        self, path: str, endpoint: str, size: int | None, *, overwrite: bool = False, carried: bool = False
-    ) -> None:
-        """fedd just sent the client of `PUT path` to `endpoint` (or carried its body there)."""
+    def expect(self, path: str, endpoint: str, size: int | None, *, overwrite: bool = False) -> None:
+        """fedd just sent the client of `PUT path` to `endpoint`."""
         if not self.config.enabled or not self.running:
             return
         endpoint_path = next((t.path for t in self.fed.mapped(path) if t.endpoint == endpoint), None)
@@ -126,9 +124,8 @@ class ConfirmService(MultiService):
             return
         now = self.clock.seconds()
         notified = any(n.endpoint == endpoint for n in self.config.notifies)
-        upload = Upload(path, endpoint, endpoint_path, size, now, overwrite, notified, carried)
-        # a carried upload is complete when fedd answers: look at once
-        taken, old = self.table.add(upload, now if carried else self.timing.first_look(upload))
+        upload = Upload(path, endpoint, endpoint_path, size, now, overwrite, notified)
+        taken, old = self.table.add(upload, self.timing.first_look(upload))
         if not taken:
             self.counts["untracked"] += 1
             if now - self._untracked_logged >= UNTRACKED_LOG_INTERVAL:
@@ -143,6 +140,17 @@ class ConfirmService(MultiService):
             self.counts["superseded"] += 1
             log.info("{path}: a new upload to {endpoint} replaces one not yet confirmed", path=path, endpoint=endpoint)
         self._arm()
+
+    def carried(self, path: str, endpoint: str, size: int, started: float, adler32: str | None) -> None:
+        """fedd carried the body of `PUT path` to `endpoint` itself, which took all `size` bytes: the
+        upload landed (nothing to look for), with the adler32 of the bytes fedd sent."""
+        if not self.config.enabled or not self.running:
+            return
+        now = self.clock.seconds()
+        self.counts["done"] += 1
+        self._forget(path)
+        upload = Upload(path, endpoint, path, size, started)
+        self._publish("put-done", self._payload(upload, now, "carried", bytes=size, adler32=adler32))
 
     # --- looking -----------------------------------------------------------------------------
 
@@ -204,7 +212,7 @@ class ConfirmService(MultiService):
             return
         if verdict.outcome == "failed" and failed and upload.seen_size is None:
             verdict = Verdict("failed", f"deadline passed: the endpoint did not answer ({upload.last_error})")
-        self._resolve(upload, verdict, "carried" if upload.carried else "look")
+        self._resolve(upload, verdict, "look")
         self._arm()
 
     # --- notifications -----------------------------------------------------------------------
@@ -281,10 +289,9 @@ class ConfirmService(MultiService):
         self.emit(event_type, payload)
 
     def _forget(self, path: str) -> None:
-        """The locate caches (here, memcached, other processes through the invalidation log)."""
+        """The locate caches (here, memcached, other processes through the invalidation log): what
+        was read between the redirect and the landing (a 404, the old file) is not served again."""
         self.fed.forget(path)
-        parent = path.rsplit("/", 1)[0] or "/"
-        self.fed.forget(parent)
 
     # --- status ------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ at the endpoint's pace.
 
 from __future__ import annotations
 
+import zlib
 from collections import deque
 from typing import Any
 
@@ -43,6 +44,7 @@ class StreamBody:
         self._failed: Failure | None = None
         self.received = 0
         self.sent = 0
+        self.adler32 = 1  # of the bytes sent (zlib's running value): a carried upload's put-done says it
 
     # --- the client's side (called by the channel) ---------------------------------------------------
 
@@ -117,6 +119,7 @@ class StreamBody:
     def _write(self, data: bytes) -> None:
         assert self._consumer is not None
         self.sent += len(data)
+        self.adler32 = zlib.adler32(data, self.adler32)
         self._consumer.write(data)
 
     def _flush(self) -> None:

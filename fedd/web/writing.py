@@ -77,6 +77,7 @@ class Writes:
             raise Conflict("cannot PUT a collection")
         size = _declared_length(request)
         announced = _announced_size(request, size)
+        started = self.fed.clock.seconds()
         target = await self.writer.put(path, client_ip(request), size)
         noted(request).fedd_endpoint = target.endpoint
         if getattr(request, "fedd_proxy", False):
@@ -89,8 +90,9 @@ class Writes:
                 raise BadRequest("the upload ended before its Content-Length") from None
             request.setResponseCode(status)
             self._put_event(request, path, target, size, carried=True)
-            if self.confirm is not None:
-                self.confirm.expect(path, target.endpoint, size, overwrite=target.overwrite, carried=True)
+            if self.confirm is not None:  # confirmed by the endpoint's answer, with what fedd sent it
+                sent = getattr(body, "adler32", None)
+                self.confirm.carried(path, target.endpoint, size or 0, started, f"{sent:08x}" if sent else None)
             return b""
         request.setResponseCode(self.writer.config.redirect_code)
         request.setHeader(b"location", _absolute(request, target.url).encode())
