@@ -30,11 +30,26 @@ def _options(description: str, parts: list[str], allowed: tuple[str, ...]) -> di
     return options
 
 
+def _split(rest: str) -> list[str]:
+    """The colon-separated parts of a listen description, with Twisted's escapes (`interface=\\:\\:1`)."""
+    parts, part, chars = [], [], iter(rest)
+    for ch in chars:
+        if ch == "\\":
+            part.append(next(chars, ""))
+        elif ch == ":":
+            parts.append("".join(part))
+            part = []
+        else:
+            part.append(ch)
+    parts.append("".join(part))
+    return parts
+
+
 def open_listener(description: str, environ: Any = None) -> socket.socket:
     """A listening, inheritable socket for one `[server] listen` description (UsageError if it cannot be)."""
     env = os.environ if environ is None else environ
     kind, _, rest = description.partition(":")
-    parts = rest.split(":") if rest else []
+    parts = _split(rest) if rest else []
     if kind == "systemd":
         options = _options(description, parts, ("domain", "index"))
         if env.get("LISTEN_PID") != str(os.getpid()):
