@@ -3,15 +3,17 @@
 Two Apache mod_dav servers on loopback: "src" (placed at CERN, read-only) holds a large random file,
 "dst" (placed at DESY) is writable; clients at 127.0.0.2 are in a site range at DESY.
 
-1. Copy throughput: each round links the file under a new name on src and reads it once from
+1. Copy throughput (second): each round links the file under a new name on src and reads it once from
    127.0.0.2 through fedd (`[replicate] threshold = 1`); fedd copies it to dst and reports the copy's
    duration in its `replica-created` event (from the decision to the verified copy: the pull, the
    source-to-stream check, and the read-back of the copy from dst for its adler32). The reference is
-   `curl -s SRC | curl -T - DST` between the same servers (one copy, no verification), alternated
-   round by round with fedd's copies.
-2. The cost of counting on the redirect path: the same federation in two fedd processes, one with
-   `[replicate] enabled` (every 302 counted) and one without, both with the `[state] database`;
-   wrk runs against each in turns, ROUNDS times, and the paired on/off ratios are reported.
+   `curl -s SRC | curl -T - DST` between the same servers (one copy, no verification),
+   alternated round by round with fedd's copies.
+2. The cost of counting on the redirect path (measured first, both processes fresh): the same
+   federation in two fedd processes, one with `[replicate] enabled` (every 302 counted) and one
+   without, both with the `[state] database`; wrk runs against each in turns (the order swapped
+   each round), ROUNDS times; the paired on/off ratios of requests/s and of fedd's CPU seconds per
+   redirect are reported.
 
 Usage: python3 benchmarks/replication.py [--quick] [--size MiB] [--rounds N] [--seconds S]
 """
@@ -26,10 +28,13 @@ import statistics
 import subprocess
 import tempfile
 import time
+import timeit
 from pathlib import Path
 
 from common import Fedd, free_port, start_fedd, wrk
+from tpc_throughput import cpu_seconds
 
+from fedd.replicate.counting import ReadCounter
 from tests import servers
 
 NEAR_DST = "127.0.0.2"
@@ -47,7 +52,7 @@ database = {work / "state.sqlite"}
 [replicate]
 enabled = {"yes" if replicate else "no"}
 threshold = 1
-interval = 0.2
+interval = 1
 budget = 1P
 copies = 1
 [endpoint src]
@@ -145,6 +150,39 @@ def main() -> None:
         processes.append(on)
         off = start_fedd(work / "off", config(off_port, work / "off", src.url, dst.url, False), off_port)
         processes.append(off)
+        # counting on the redirect path: a small file, read from 127.0.0.1 (counted, never hot enough
+        # to copy there: no region)
+        (src_root / "data" / "small.bin").write_bytes(b"x" * 1000)
+        for port in (on_port, off_port):
+            wrk(f"http://127.0.0.1:{port}/fed/small.bin", 4, 1)  # warm: located, planned
+        for connections in (1, 32):
+            pairs, cpu_pairs = [], []
+            for n in range(rounds):
+                measured = {}
+                # in turns, the order swapped each round (neither side always runs first)
+                for which, port, fedd in sorted([("on", on_port, on), ("off", off_port, off)], reverse=n % 2 == 1):
+                    before = cpu_seconds(fedd.proc.pid)
+                    rate = wrk(f"http://127.0.0.1:{port}/fed/small.bin", connections, seconds)
+                    used = cpu_seconds(fedd.proc.pid) - before
+                    measured[which] = (rate, used / (rate * seconds) * 1e6)
+                pairs.append((measured["on"][0], measured["off"][0]))
+                cpu_pairs.append((measured["on"][1], measured["off"][1]))
+            ratios = [a / b for a, b in pairs]
+            cpu_ratios = [a / b for a, b in cpu_pairs]
+            print(
+                f"redirects at {connections} connections: on {statistics.median(a for a, _ in pairs):.0f}/s, "
+                f"off {statistics.median(b for _, b in pairs):.0f}/s, on/off ratios "
+                + " ".join(f"{r:.3f}" for r in ratios)
+                + f" (median {statistics.median(ratios):.3f}); fedd CPU per redirect on "
+                f"{statistics.median(a for a, _ in cpu_pairs):.1f} us, "
+                f"off {statistics.median(b for _, b in cpu_pairs):.1f} us, "
+                f"ratio {statistics.median(cpu_ratios):.3f}"
+            )
+        counter = ReadCounter()
+        key = (b"/fed/small.bin", "127.0.0.1", "src")
+        note = timeit.timeit(lambda: counter.note(*key), number=1_000_000)
+        empty = timeit.timeit(lambda: None, number=1_000_000)
+        print(f"ReadCounter.note in process: {(note - empty):.3f} us per call (1e6 calls, lambda call subtracted)")
         direct, through = [], []
         for n in range(rounds):
             name = f"copy-{n}.bin"
@@ -160,24 +198,6 @@ def main() -> None:
         print(f"  curl | curl -T (no verification) {mb / statistics.median(direct):8.1f}")
         print(f"  fedd replication (pull + adler32 + read-back) {mb / statistics.median(through):8.1f}")
         print(f"  ratio fedd / curl pipe: {statistics.median(direct) / statistics.median(through):.2f}")
-        # counting on the redirect path: a small file, read from 127.0.0.1 (counted, never hot enough
-        # to copy there: no region)
-        (src_root / "data" / "small.bin").write_bytes(b"x" * 1000)
-        for port in (on_port, off_port):
-            wrk(f"http://127.0.0.1:{port}/fed/small.bin", 4, 1)  # warm: located, planned
-        for connections in (1, 32):
-            pairs = []
-            for _ in range(rounds):
-                rate_on = wrk(f"http://127.0.0.1:{on_port}/fed/small.bin", connections, seconds)
-                rate_off = wrk(f"http://127.0.0.1:{off_port}/fed/small.bin", connections, seconds)
-                pairs.append((rate_on, rate_off))
-            ratios = [a / b for a, b in pairs]
-            print(
-                f"redirects at {connections} connections: on {statistics.median(a for a, _ in pairs):.0f}/s, "
-                f"off {statistics.median(b for _, b in pairs):.0f}/s, on/off ratios "
-                + " ".join(f"{r:.3f}" for r in ratios)
-                + f" (median {statistics.median(ratios):.3f})"
-            )
         counted = json.loads(
             subprocess.run(
                 ["curl", "-s", f"http://127.0.0.1:{on_port}/.well-known/fedd/replication"],

@@ -18,6 +18,7 @@ import urllib.request
 import uuid
 import zlib
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,7 @@ def stores(ceph: Any, s3client: Any, dav1: Any, broker_up: None) -> dict[str, An
 
 
 def config(
-    port: int, workdir: Path, stores: dict[str, Any], exchange: str, replicate: str, swap: str, **urls: str
+    port: int, database: Path, stores: dict[str, Any], exchange: str, replicate: str, swap: str, **urls: str
 ) -> str:
     """Ceph at CERN holds the files, Apache at DESY takes copies; `swap`: the other way round (with
     the `[endpoint ceph]` keys given in it)."""
@@ -138,7 +139,8 @@ timeout = 5
 [space]
 interval = 1
 [state]
-database = {workdir / "state.sqlite"}
+database = {database}
+host_name = {database.parent.name}
 poll_interval = 0.2
 [events]
 broker = {BROKER}
@@ -152,12 +154,14 @@ path = /repl
 threshold = 3
 window = 60
 interval = 0.3
-{replicate if 'cooldown' in replicate else replicate + chr(10) + 'cooldown = 2'}
+{replicate if "cooldown" in replicate else replicate + chr(10) + "cooldown = 2"}
 {ceph}{dav}"""
 
 
 class Setup:
-    def __init__(self, fed: Fedd, consumer: Consumer, stores: dict[str, Any]) -> None:
+    def __init__(self, fed: Fedd, consumer: Consumer, stores: dict[str, Any], exchange: str, database: Path) -> None:
+        self.exchange = exchange
+        self.database = database
         self.fed = fed
         self.consumer = consumer
         self.stores = stores
@@ -243,14 +247,17 @@ class Setup:
 def make(stores: dict[str, Any], tmp_path: Path) -> Iterator[Any]:
     started: list[tuple[Fedd, Consumer]] = []
 
-    def start(replicate: str = "", swap: str = "", **urls: str) -> Setup:
+    def start(replicate: str = "", swap: str = "", share: Setup | None = None, **urls: str) -> Setup:
+        """A fedd; `share`: another one's state database and event exchange (a second host)."""
         port = free_port()
-        exchange = f"fedd-repl-{uuid.uuid4().hex[:8]}"
+        exchange = share.exchange if share is not None else f"fedd-repl-{uuid.uuid4().hex[:8]}"
         consumer = Consumer(exchange)
         workdir = tmp_path / f"fedd{len(started)}"
-        fed = start_fedd(workdir, config(port, workdir, stores, exchange, replicate, swap, **urls), port)
+        workdir.mkdir()
+        database = share.database if share is not None else workdir / "state.sqlite"
+        fed = start_fedd(workdir, config(port, database, stores, exchange, replicate, swap, **urls), port)
         started.append((fed, consumer))
-        return Setup(fed, consumer, stores)
+        return Setup(fed, consumer, stores, exchange, database)
 
     yield start
     for fed, consumer in started:
@@ -325,7 +332,10 @@ def test_burst_of_hot_files_keeps_to_copies_at_once_and_budget(make: Any) -> Non
     wait_for(five_created, 30, "5 copies (the budget)", interval=0.02)
     assert max(running_seen) <= 2
     waiting = wait_for(
-        lambda: [d for d in s.replication()["decisions"] if "budget" in d["reason"]], 5, "budget decisions"
+        lambda: [d for d in s.replication()["decisions"] if "budget" in d["reason"]],
+        5,
+        "a round deciding on all 15 others: over the budget",
+        until=lambda found: len(found) == 15,
     )
     assert len(waiting) == 15 and all(d["action"] == "none" for d in waiting)
     for _ in range(5):  # more rounds: still five, the hour's budget is spent
@@ -406,3 +416,27 @@ def test_a_target_that_corrupts_data_gets_no_copy(make: Any, stores: dict[str, A
         assert [r["state"] for r in s.replication(name)["replicas"]] == ["failed"]
     finally:
         proxy.close()
+
+
+def test_two_hosts_add_up_their_reads_and_copy_once(make: Any) -> None:
+    a = make()
+    b = make(share=a)  # same state database and exchange, host name fedd1
+    name = f"shared-{uuid.uuid4().hex[:8]}"
+    data = a.put_on_ceph(name, 500_000)
+    a.read(name, NEAR_DAV, times=2)
+    b.read(name, NEAR_DAV, times=1)  # neither host alone reached the threshold (3)
+    created = a.event("replica-created", name)
+    assert created["bytes"] == len(data) and a.dav_bytes(name) == data
+    dav_url = a.stores["dav"].url
+
+    def to_copy(host: Setup) -> bool:
+        return host.read(name, NEAR_DAV).startswith(dav_url)
+
+    for host in (a, b):  # whichever made the copy, both redirect there within a round or two
+        wait_for(partial(to_copy, host), 5, "a redirect to the copy")
+    for _ in range(10):  # a few more rounds on both hosts: still one copy, made by one of them
+        a.replication(name)
+    replicas = a.replication(name)["replicas"]
+    assert len(replicas) == 1 and replicas[0]["host"] in ("fedd0", "fedd1")
+    a.events += [body for _, _, body in a.consumer.take(1000, timeout=1.0)]
+    assert len([e for e in a.events if e["event_type"] == "replica-created"]) == 1

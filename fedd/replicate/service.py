@@ -23,7 +23,7 @@ from fedd.namespace import normalise_path
 from fedd.replicate import policy
 from fedd.replicate.copier import Copier
 from fedd.replicate.counting import ReadCounter, aggregate, bucket_of, first_bucket, hot, region_location
-from fedd.replicate.records import FAILED, Record, Records
+from fedd.replicate.records import DONE, FAILED, Record, Records
 from fedd.select.place import place
 from fedd.select.rank import distance_km
 from fedd.tpc.engine import TpcEngine
@@ -88,6 +88,7 @@ class ReplicationService(Service):
         self._measured_at_eviction: dict[str, float | None] = {}
         self._loop: LoopingCall | None = None
         self._busy = False
+        self._done_seen: set[tuple[str, str]] = set()
 
     def reconfigure(self, new: Config) -> list[str]:
         old, self.config = self.config, new.replicate
@@ -155,6 +156,7 @@ class ReplicationService(Service):
             self.records.touch(agg.read_on, now).addErrback(lambda _: None)
         totals = await self.records.totals(first)
         self.known = await self.records.all()
+        self._forget_changed()
         await self._reclaim(now)
         self.hot = hot(totals, config.threshold)
         use = policy.usage(self.known, now)
@@ -209,6 +211,14 @@ class ReplicationService(Service):
                 if (record.path, record.endpoint) not in self.copying:
                     if await self.copier.evict(record, reason):
                         self._evicted(record, reason)
+
+    def _forget_changed(self) -> None:
+        """Copies made or evicted since the last round, by any host: the locate caches of this
+        process forget their paths, so its next redirect sees them (without waiting for the TTL)."""
+        done = {(r.path, r.endpoint) for r in self.known if r.state == DONE}
+        for path in sorted({path for path, _ in done ^ self._done_seen}):
+            self.fed.forget(path)
+        self._done_seen = done
 
     async def _reclaim(self, now: float) -> None:
         """A claim left by a copy that cannot be running any more (its host stopped), or a failure
