@@ -235,3 +235,42 @@ def test_a_notification_delivered_twice_gives_one_event(
         assert "Traceback" not in f.log_text()
     finally:
         rgw.close()
+
+
+def rabbitctl(*args: str) -> str:
+    return subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=60, check=True).stdout
+
+
+def rabbit_connection(connection_name: str) -> str:
+    """The Erlang pid (as close_connection takes it) of the one connection with this connection_name."""
+    mine = ["connection_name", "longstr", connection_name]
+    listed = json.loads(rabbitctl("list_connections", "name", "client_properties", "--formatter", "json"))
+    names = [str(c["name"]) for c in listed if mine in c["client_properties"]]
+    assert len(names) == 1, listed
+    for line in rabbitctl("list_connections", "pid", "name", "-q").splitlines():
+        pid, _, name = line.partition("\t")
+        if name == names[0]:
+            return pid
+    raise AssertionError(f"{names[0]} is gone")
+
+
+def test_notifications_resume_after_the_broker_closed_the_connection(
+    fed: tuple[Fedd, Consumer], tmp_path: Path
+) -> None:
+    f, consumer = fed
+    connection = rabbit_connection(f"fedd-{f.proc.pid} rgw-notifications")
+    before = f.status()["confirm"]["rgw_notifications"]
+    rabbitctl("close_connection", connection, "test")
+    wait_for(
+        lambda: (lambda now: now["connected"] and now["connections"] == before["connections"] + 1)(
+            f.status()["confirm"]["rgw_notifications"]
+        ),
+        what="consuming again on a new connection",
+    )
+    src = tmp_path / "after.bin"
+    src.write_bytes(b"after the outage\n")
+    run("curl", "-sS", "-f", "-L", "--max-time", "30", "-T", str(src), f.url + "/s3/up/after.bin")
+    events = outcomes(consumer, {"/s3/up/after.bin"})["/s3/up/after.bin"]
+    assert [(e["event_type"], e["payload"]["confirmed_by"]) for e in events] == [("put-done", "notification")]
+    assert f.status()["confirm"]["rgw_notifications"]["failures"] == before["failures"]  # at the first try
+    assert "Traceback" not in f.log_text()

@@ -12,6 +12,7 @@ event feed's backoff. A message that is no RGW notification is logged once per c
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, cast
@@ -85,11 +86,14 @@ class RgwNotifications(Service):
     ) -> None:
         self.reactor = reactor
         self.params = pika.URLParameters(url)
+        # this process's connection in `rabbitmqctl list_connections client_properties` and RabbitMQ's UI
+        self.params.client_properties = {"connection_name": f"fedd-{os.getpid()} rgw-notifications"}
         self.notifies = notifies
         self.buckets = buckets  # endpoint id -> its bucket
         self.deliver = deliver
         self.timeout = timeout
         self.connected = False
+        self.connections = 0  # made since start (1 + reconnections)
         self.failures = 0
         self.last_error = ""
         self.received = 0
@@ -151,6 +155,7 @@ class RgwNotifications(Service):
                 continue
             attempt = 0
             self.connected, self.last_error = True, ""
+            self.connections += 1
             log.info("RGW notifications: consuming {n} queue(s) on {broker}", n=len(consumers), broker=self.describe())
             await DeferredList([ensureDeferred(self._consume(q)) for q in consumers], consumeErrors=True)
             self.connected = False
@@ -225,6 +230,7 @@ class RgwNotifications(Service):
         return {
             "broker": self.describe(),
             "connected": self.connected,
+            "connections": self.connections,
             "received": self.received,
             "unreadable": self.unreadable,
             "failures": self.failures,
