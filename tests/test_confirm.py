@@ -274,3 +274,21 @@ def test_notifications_resume_after_the_broker_closed_the_connection(
     assert [(e["event_type"], e["payload"]["confirmed_by"]) for e in events] == [("put-done", "notification")]
     assert f.status()["confirm"]["rgw_notifications"]["failures"] == before["failures"]  # at the first try
     assert "Traceback" not in f.log_text()
+
+
+def test_an_object_written_past_fedd_is_seen_at_once(fed: tuple[Fedd, Consumer], s3client: Any) -> None:
+    f, _ = fed
+    path = "/s3/past/direct.bin"
+
+    def get() -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", f.port, timeout=30)
+        conn.request("GET", path)
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    assert get() == 404  # and cached as missing for [locate] negative_ttl (30 s)
+    ignored = f.status()["confirm"]["notifications_ignored"]
+    s3client.put_object(Bucket=BUCKET, Key=path.lstrip("/"), Body=b"written directly to RGW\n")
+    wait_for(lambda: f.status()["confirm"]["notifications_ignored"] > ignored, what="RGW's notification")
+    assert get() == 302  # the notification dropped the cached 404

@@ -124,6 +124,13 @@ class Fed:
     def forget(self, path: str) -> None:
         self.forgotten.append(path)
 
+    @property
+    def namespace(self) -> Fed:
+        return self
+
+    def to_federation(self, endpoint: str, endpoint_path: str) -> str | None:
+        return endpoint_path if endpoint in self.endpoints else None
+
 
 def service(**settings: Any) -> tuple[ConfirmService, FakeEndpoint, Fed, Clock, list[tuple[str, dict[str, Any]]]]:
     clock = Clock()
@@ -163,7 +170,7 @@ def test_nothing_there_fails_at_the_deadline_after_bounded_looks() -> None:
 
 
 def test_a_notification_confirms_once_and_duplicates_are_ignored() -> None:
-    s, ep, _, clock, events = service(notifies=(RgwNotify("e", "x"),))
+    s, ep, fed, clock, events = service(notifies=(RgwNotify("e", "x"),))
     s.expect("/atlas/f", "e", 5)
     clock.advance(0.5)
     assert s.counts["looks"] == 0  # with notifications, looking starts at poll_max
@@ -174,6 +181,7 @@ def test_a_notification_confirms_once_and_duplicates_are_ignored() -> None:
     clock.advance(10)
     assert [(t, p["confirmed_by"]) for t, p in events] == [("put-done", "notification")]
     assert s.counts["notifications"] == 3 and s.counts["notifications_ignored"] == 2
+    assert fed.forgotten.count("/atlas/elsewhere") == 1  # not placed by fedd: only its cache entries go
 
 
 def test_a_notification_with_the_wrong_size_fails_at_once() -> None:

@@ -8,7 +8,8 @@ Ceph RGW endpoints with `[confirm] notify`, RGW's bucket notifications read from
 `put-done` (with the adler32 the storage reports or `[checksums]` computes, waited for up to
 `checksum_wait`) or `put-failed` is published, and the outcome is counted (status, metrics).
 
-A notification for an object fedd did not place (or no longer waits for) is counted and ignored.
+A notification for an object fedd did not place (or no longer waits for) only drops the path's cache
+entries, so an object written past fedd is seen by the next read at once.
 Nothing is kept across a restart: on shutdown every upload still pending is logged.
 """
 
@@ -224,6 +225,9 @@ class ConfirmService(MultiService):
         verdict = judge_notification(upload, size, event_time) if upload is not None else None
         if upload is None or verdict is None or verdict.outcome == "wait":
             self.counts["notifications_ignored"] += 1
+            path = self.fed.namespace.to_federation(endpoint, endpoint_path)
+            if path is not None:  # written past fedd (or a copy, a duplicate): readers see it at once
+                self.fed.forget(path)
             return
         self._resolve(upload, verdict, "notification")
 
