@@ -32,7 +32,8 @@ from fedd.writes import Writer
 
 log = Logger(namespace="fedd.replicate")
 MAX_HOT = 200  # hot (region, path) pairs decided on per round
-RECENT = 100  # decisions and outcomes kept for the status
+RECENT = 100  # decisions kept for the status
+STOP_WAIT = 10.0  # seconds a stop waits for cancelled copies to record their end
 
 
 @dataclass
@@ -115,18 +116,24 @@ class ReplicationService(Service):
         for job in list(self.tpc.active):
             if job.request.client == "fedd":
                 job.cancel("fedd is shutting down")
-        waiting = list(self.copying.values())
-        done: Deferred[Any] = DeferredList(waiting, consumeErrors=True)
-        return done.addCallback(lambda _: None)
+        # a copy ends at once when cancelled; only its record may wait for the state database
+        done: Deferred[Any] = DeferredList(list(self.copying.values()), consumeErrors=True)
+        done.addTimeout(STOP_WAIT, self.reactor)
+        return done.addBoth(lambda _: None)
 
     def tick(self) -> Deferred[None] | None:
         if self._busy or not self.config.enabled:
             return None
         self._busy = True
         d = ensureDeferred(self._round())
-        d.addErrback(lambda f: log.warn("replication round failed: {reason}", reason=describe(f.value)))
+        d.addErrback(self._round_failed)
         d.addBoth(self._idle)
         return d
+
+    def _round_failed(self, failure: Any) -> None:
+        if self.records.state.down_since is not None:
+            return  # the state database is unreachable: said once by the state service
+        log.warn("replication round failed: {reason}", reason=describe(failure.value))
 
     def _idle(self, _: object) -> None:
         self._busy = False
