@@ -202,19 +202,25 @@ class ConfirmService(MultiService):
         finally:
             self._looking -= 1
         upload.looks += 1
+        try:
+            self._judge(upload, size, mtime, exists, failed)
+        except Exception:  # a bug: the upload must not stay unscheduled (never looked at, never failed)
+            log.failure("judging a look at {path} failed", path=upload.path)
+            if self.table.get(upload.key) is upload and upload.due == float("inf"):
+                self.table.schedule(upload, self.timing.next_look(upload, self.clock.seconds()))
+        self._arm()
+
+    def _judge(self, upload: Upload, size: int | None, mtime: float | None, exists: bool, failed: bool) -> None:
         if self.table.get(upload.key) is not upload:
-            self._arm()
             return  # resolved meanwhile (a notification), or replaced by a newer upload
         now = self.clock.seconds()
         verdict = judge_look(upload, size, mtime, exists, now, self.timing)
         if verdict.outcome == "wait":
             self.table.schedule(upload, self.timing.next_look(upload, now))
-            self._arm()
             return
         if verdict.outcome == "failed" and failed and upload.seen_size is None:
             verdict = Verdict("failed", f"deadline passed: the endpoint did not answer ({upload.last_error})")
         self._resolve(upload, verdict, "look")
-        self._arm()
 
     # --- notifications -----------------------------------------------------------------------
 
