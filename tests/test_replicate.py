@@ -124,6 +124,8 @@ def config(
         ceph = ceph.replace(f"url = {stores['ceph'].url}", f"url = {urls['ceph']}")
     if "dav" in urls:
         dav = dav.replace(f"url = {stores['dav'].url}", f"url = {urls['dav']}")
+    if "dav_keys" in urls:
+        dav += urls["dav_keys"] + "\n"
     return f"""
 [server]
 listen = tcp:{port}:interface=127.0.0.1
@@ -440,3 +442,14 @@ def test_two_hosts_add_up_their_reads_and_copy_once(make: Any) -> None:
     assert len(replicas) == 1 and replicas[0]["host"] in ("fedd0", "fedd1")
     a.events += [body for _, _, body in a.consumer.take(1000, timeout=1.0)]
     assert len([e for e in a.events if e["event_type"] == "replica-created"]) == 1
+
+
+def test_placement_rules_hold_for_copies(make: Any) -> None:
+    s = make(dav_keys="downtime = 2020-01-01T00:00Z 2099-01-01T00:00Z write disk replacement")
+    name = f"downtime-{uuid.uuid4().hex[:8]}"
+    s.put_on_ceph(name, 1000)
+    s.read(name, NEAR_DAV, times=3)
+    regions = wait_for(lambda: s.replication(name)["regions"], 10, "a decision", until=lambda r: r and "reason" in r[0])
+    assert regions[0]["action"] == "none" and "no endpoint may receive a copy: dav:" in regions[0]["reason"]
+    assert "disk replacement" in regions[0]["reason"]
+    assert s.dav_bytes(name) is None and s.fed.status()["replication"]["copied"] == 0
