@@ -6,7 +6,8 @@ round alternating with fedd's (target: fedd's median <= 2x the slowest endpoint'
 measured in each round, to explain the result: the HTML index (GET of the collection) through fedd,
 and the floor, the three endpoints answering fedd's own PROPFIND (its property list) at once to a
 client that only reads (what fedd cannot go below on this machine). fedd's memory: VmRSS before,
-VmHWM (peak) after.
+VmHWM (peak) after; fedd's CPU time per listing (user + system, summed over the rounds: less
+disturbed by other work on the machine than the elapsed times).
 
 Usage: python3 benchmarks/propfind_merge.py [--quick] [--rounds N] [--entries N] [--profile FILE]
        [--tree DIR]   (FILE: py-spy raw stacks of fedd during its PROPFINDs; DIR: run fedd from
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import os
 import shutil
 import statistics
 import subprocess
@@ -48,6 +50,12 @@ def request(port: int, method: str, path: str, body: bytes = b"", expect: int = 
     assert response.status == expect, (response.status, data[:200])
     conn.close()
     return elapsed, data
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (clock ticks of /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def floor(davs: list[servers.ApacheDav]) -> float:
@@ -86,6 +94,7 @@ def main() -> None:
     timings: list[float] = []
     index: list[float] = []
     floors: list[float] = []
+    cpu = {"PROPFIND": 0.0, "index": 0.0}
     try:
         for i, part in enumerate(parts):
             d = work / f"dav{i}" / "atlas" / "big"
@@ -111,11 +120,15 @@ def main() -> None:
         for _ in range(rounds):
             for i, dav in enumerate(davs):
                 direct[i].append(request(dav.port, "PROPFIND", "/atlas/big/")[0])
+            used = cpu_seconds(fedd.proc.pid)
             elapsed, body = request(port, "PROPFIND", "/atlas/big")
+            cpu["PROPFIND"] += cpu_seconds(fedd.proc.pid) - used
             timings.append(elapsed)
             responses = body.count(b"<D:response>")
             assert responses == total + 1, f"expected {total + 1} responses, got {responses}"
+            used = cpu_seconds(fedd.proc.pid)
             elapsed, page = request(port, "GET", "/atlas/big/", expect=200)
+            cpu["index"] += cpu_seconds(fedd.proc.pid) - used
             index.append(elapsed)
             assert page.count(b"<li>") == total, page[:300]
             floors.append(floor(davs))
@@ -139,6 +152,10 @@ def main() -> None:
     print(f"  fedd merged PROPFIND ({total} entries):   {fed:8.1f} ms   = {fed / slowest:.2f}x the slowest endpoint")
     print(f"  fedd merged HTML index:                 {html:8.1f} ms   = {html / slowest:.2f}x the slowest endpoint")
     print(f"  floor, 3 endpoints at once (fedd's props): {statistics.median(floors):5.1f} ms")
+    print(
+        f"  fedd CPU per listing (user + system): PROPFIND {cpu['PROPFIND'] / rounds * 1000:.1f} ms, "
+        f"HTML index {cpu['index'] / rounds * 1000:.1f} ms"
+    )
     print(
         f"  fedd memory: RSS before {before['VmRSS'] / 1024:.1f} MiB, after {after['VmRSS'] / 1024:.1f} MiB, "
         f"peak {after['VmHWM'] / 1024:.1f} MiB (+{(after['VmHWM'] - before['VmRSS']) / 1024:.1f} MiB)"

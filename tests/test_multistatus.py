@@ -13,7 +13,8 @@ from urllib.parse import quote
 import pytest
 
 from fedd.endpoints.base import Entry, Stat
-from fedd.endpoints.multistatus import MultistatusReader, _TreeReader
+from fedd.endpoints.multistatus import MultistatusReader
+from fedd.endpoints.multistatus_tree import _TreeReader
 from fedd.errors import EndpointError
 from fedd.web import xml
 from fedd.web.listing import AllpropFiles, index_row
@@ -55,6 +56,7 @@ def apache(names: list[str], *, allprop: bool = False) -> bytes:
     ).encode()
 
 
+PLAIN = [f"f{n:03d}" for n in range(60)]
 NAMES = ["file-00001.root", "sub%20dir", "a&amp;b%3cc%3e.root", "caf%C3%A9", "q&quot;uote", "x&lt;y&gt;"]
 
 DCACHE = (
@@ -74,6 +76,15 @@ DCACHE = (
     "</d:propstat></d:response>"
     "</d:multistatus>"
 ).encode()
+
+
+def other_prefix(doc: bytes, href: bytes) -> bytes:
+    """`doc` with the response for `href` written with the prefix E for DAV: instead of D."""
+    start = doc.rindex(b"<D:response", 0, doc.index(b"<D:href>" + href + b"</D:href>"))
+    end = doc.index(b"</D:response>", start) + len(b"</D:response>")
+    response = doc[start:end].replace(b"D:", b"E:").replace(b"<E:response", b'<E:response xmlns:E="DAV:"', 1)
+    return doc[:start] + response + doc[end:]
+
 
 # each: a document that must read the same through both readers (entries, or the same error)
 CORPUS: dict[str, bytes] = {
@@ -126,6 +137,30 @@ CORPUS: dict[str, bytes] = {
     "invalid UTF-8": apache(["a"]).replace(b"/atlas/big/a", b"/atlas/big/a\xff"),
     "]]> in text": apache(["a]]>b"]),
     "not a multistatus": b'<?xml version="1.0"?><D:error xmlns:D="DAV:"><D:x/></D:error>',
+    # plain names only: complete responses read a chunk at a time (`_file_block`), or one by one where
+    # one of them is not a plain file's
+    "apache, plain names": apache(PLAIN),
+    "apache, plain and escaped names": apache([*PLAIN, "sub%20dir", "caf%C3%A9", "x%25y", "%41"]),
+    "apache, plain names and one with an escaped slash": apache([*PLAIN[:9], "a%2Fb", *PLAIN[9:]]),
+    "apache, plain names and one with an invalid escape": apache([*PLAIN, "%ff%zz"]),
+    "apache, plain names and a subdirectory among them": apache(PLAIN).replace(
+        b"<lp1:resourcetype/>\n<lp1:getcontentlength>20<",
+        b"<lp1:resourcetype><D:collection/></lp1:resourcetype>\n<lp1:getcontentlength>20<",
+    ),
+    "apache, plain names and one of another collection": apache(PLAIN).replace(
+        b"/atlas/big/f020<", b"/atlas/other/f020<"
+    ),
+    "apache, plain names and one deeper": apache(PLAIN).replace(b"/atlas/big/f020<", b"/atlas/big/sub/f020<"),
+    "apache, plain names and the collection again": apache(PLAIN).replace(b"/atlas/big/f020<", b"/atlas/big/<"),
+    "apache, plain names and one not found": apache(PLAIN).replace(
+        b'"20-6618"</lp1:getetag>\n</D:prop>\n<D:status>HTTP/1.1 200 OK',
+        b'"20-6618"</lp1:getetag>\n</D:prop>\n<D:status>HTTP/1.1 404 Not Found',
+    ),
+    "apache, plain names and one with another prefix": other_prefix(apache(PLAIN), b"/atlas/big/f020"),
+    "apache, plain names and one with other declarations": apache(PLAIN).replace(
+        b'<D:response xmlns:lp1="DAV:" xmlns:lp2="http://apache.org/dav/props/">\n<D:href>/atlas/big/f020</D:href>',
+        b'<D:response xmlns:lp1="urn:x">\n<D:href>/atlas/big/f020</D:href>',
+    ),
     "truncated": apache(NAMES)[:-40],
     "garbage after the root": apache(["a"]) + b"<x/>",
     "a comment after the root": apache(["a"]) + b"<!-- done -->\n",
@@ -203,6 +238,38 @@ def test_big_listing_in_batches_with_bounded_buffer() -> None:
     assert reader.close() is True
     assert [e.name for b in batches for e in b] == names
     assert max(len(b) for b in batches) <= 1000
+
+
+def test_plain_files_read_a_chunk_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Apache's answer of plain names: the complete responses of each chunk read at once, in the
+    same batches; the entry limit still stops the listing at the entry that passes it."""
+    names = [f"f{n:06d}" for n in range(2_000)]
+    doc = apache(names)
+    one_by_one: list[int] = []
+    slow = MultistatusReader._files_one_by_one
+
+    def counted(self: MultistatusReader, *args: Any) -> int:
+        one_by_one.append(1)
+        return slow(self, *args)
+
+    monkeypatch.setattr(MultistatusReader, "_files_one_by_one", counted)
+    batches: list[list[Entry]] = []
+    reader = MultistatusReader("ep", OWN, batches.append)
+    for start in range(0, len(doc), 65536):
+        reader.feed(doc[start : start + 65536])
+    assert reader.close() is True
+    assert [e.name for b in batches for e in b] == names
+    assert [len(b) for b in batches] == [500, 500, 500, 500]
+    assert batches[0][1] == Entry("f000001", Stat(size=1, mtime=1796081391.0, etag="W/1-6618"))
+    assert not one_by_one and reader._tree is None
+
+    monkeypatch.setattr("fedd.endpoints.multistatus.MAX_LIST_ENTRIES", 1_234)
+    batches.clear()
+    reader = MultistatusReader("ep", OWN, batches.append)
+    with pytest.raises(EndpointError, match="exceeds 1234 entries"):
+        for start in range(0, len(doc), 65536):
+            reader.feed(doc[start : start + 65536])
+    assert [e.name for b in batches for e in b] == names[:1000]
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,8 @@ from __future__ import annotations
 import codecs
 import re
 from collections.abc import Callable
-from typing import Any
+from itertools import repeat
 from urllib.parse import unquote, urlsplit
-
-from lxml import etree
 
 from fedd.endpoints.base import LIST_BATCH, Entry, Stat, etag_value, parse_http_date, parse_int, parse_xml
 from fedd.endpoints.multistatus_shapes import (
@@ -28,16 +26,11 @@ from fedd.endpoints.multistatus_shapes import (
     _propstats,
     _unescape,
 )
+from fedd.endpoints.multistatus_tree import _HREF, _MULTISTATUS, _RESPONSE, ROOT_WITHIN, _TreeReader, response_stat
 from fedd.errors import EndpointError
 
-_D = "{DAV:}"
 MAX_LIST_ENTRIES = 1_000_000
-ROOT_WITHIN = 1 << 20  # bytes of a streamed answer within which its <D:multistatus> root must start
-
-_MULTISTATUS, _RESPONSE, _HREF = f"{_D}multistatus", f"{_D}response", f"{_D}href"
-_PROPSTAT, _STATUS, _PROP = f"{_D}propstat", f"{_D}status", f"{_D}prop"
-_RTYPE, _COLLECTION, _LENGTH = f"{_D}resourcetype", f"{_D}collection", f"{_D}getcontentlength"
-_MODIFIED, _ETAG = f"{_D}getlastmodified", f"{_D}getetag"
+READ_AT = 32 << 10  # characters decoded before they are read: the work of a look paid for a few responses
 
 
 def parse_listing(body: bytes, endpoint_id: str, own: str, path: str) -> list[Entry] | None:
@@ -76,6 +69,9 @@ class MultistatusReader:
     accept only that shape (`_HEAD`, `_RESPONSE_RE`): a third of the time of lxml's pull parser and
     its Python objects for every element. Whatever they do not accept, from there to the end, goes
     to `_TreeReader` (lxml, safe settings) with the document's head in front: same answer, any XML.
+    What arrived is read READ_AT characters at a time; when its complete responses are all plain
+    files' as Apache writes them, they are read at once (`_file_block`: one split, no Python per
+    response but the entry's objects).
     """
 
     def __init__(self, endpoint_id: str, own: str, emit: Callable[[list[Entry]], None]) -> None:
@@ -89,6 +85,8 @@ class MultistatusReader:
         self._head = b""  # the XML declaration and the root's start tag, as sent
         self._names: dict[str, str] = {}  # the root's namespace declarations: prefix -> URI
         self._scopes: dict[str, dict[str, str]] = {}  # a response's declarations -> names in scope
+        self._file_scopes: set[tuple[str, str, str]] = set()  # (declarations, prefixes) of DAV file responses
+        self._mixed = 0  # chunks whose complete responses were not all plain files' (`_file_block`)
         self._decoder = codecs.getincrementaldecoder("utf-8")()
         self._text = ""  # decoded, not read yet
         self._checked = 0  # where to look for the end of a response in `_text`
@@ -109,6 +107,8 @@ class MultistatusReader:
         """The answer is complete: True when the path is a collection."""
         if self._tree is None and not self._head:
             self._read_head(final=True)
+        if self._tree is None:
+            self._read_text()
         if self._tree is None:
             pending = self._decoder.getstate()[0]
             if pending or self._text.strip(_WS) != f"</{self._root}>":
@@ -154,18 +154,25 @@ class MultistatusReader:
             self._to_tree(pending + chunk)
             return
         self._text += text
+        if len(self._text) >= READ_AT:
+            self._read_text()
+
+    def _read_text(self) -> None:
+        """The complete responses in what was decoded and not read yet."""
         text = self._text
         if text.find("response>", self._checked) < 0 and len(text) <= ROOT_WITHIN:
             # no response can have ended since the last look: do not scan the same bytes again
             self._checked = max(0, len(text) - len("response>"))
             return
         self._checked = 0
+        bulk = self._mixed < 2  # reading all the complete responses at once: tried once a chunk at most
         pos = 0
         while True:
             m = _FILE_RESPONSE_RE.match(text, pos)
-            if m is not None and self._file_fast(m):
-                pos = m.end()
-                continue
+            if m is not None:
+                end = self._file_block(text, pos, m) if bulk else 0
+                bulk = False
+                pos = end or self._files_one_by_one(text, pos, m)
             m = _RESPONSE_RE.match(text, pos)
             if m is None or not self._response_fast(m):
                 break
@@ -193,25 +200,100 @@ class MultistatusReader:
             names = self._scopes[decls] = {**self._names, **own}
         return names
 
-    def _file_fast(self, m: re.Match[str]) -> bool:
-        """A file's response as Apache writes it (`_FILE_RESPONSE_RE`): one expression, no loop."""
-        prefix, decls, href, props_prefix, size, modified, tag, status = m.groups()
-        names = self._scopes.get(decls) or self._scope(decls)
-        if names is None or names.get(prefix) != "DAV:" or names.get(props_prefix) != "DAV:":
-            return False
-        if "&" in status:
-            status = _unescape(status)
-        if " 200 " not in status:
-            return False
-        if "&" in href:
-            href = _unescape(href)
-        if "&" in modified:
-            modified = _unescape(modified)
-        if "&" in tag:
-            tag = _unescape(tag)
+    def _file_block(self, text: str, pos: int, first: re.Match[str]) -> int:
+        """All the complete responses from `pos` on (the first, `first`, a file's as Apache writes it)
+        read at once when they all are plain files' (one split by `_FILE_RESPONSE_RE`, no Python per
+        response but the entry's objects): where they end, or 0 (nothing taken) when they need the
+        rules `_files_one_by_one` follows response by response (any other response among them,
+        entities)."""
+        closing = f"</{first.group('prefix')}:response>"
+        end = text.rfind(closing) + len(closing)
+        block = text[pos:end]
+        parts = _FILE_RESPONSE_RE.split(block)  # [gap, 8 groups, gap, 8 groups, ..., gap]
+        names = self._plain_files(block, parts, first)
+        if names is None:
+            self._mixed += 1  # files and other responses: after twice, one by one only (each try costs a scan)
+            return 0
+        if self._count + len(names) > MAX_LIST_ENTRIES:
+            return 0  # one by one: the error where the limit is passed
+        self._count += len(names)
         # the expression took at most 19 digits: parse_int's int
-        stat = Stat(size=int(size), mtime=parse_http_date(modified.strip()), etag=etag_value(tag))
-        self._take(href, stat)
+        mtimes = map(parse_http_date, map(str.strip, parts[6::9]))
+        stats = map(Stat, map(int, parts[5::9]), mtimes, repeat(False), map(etag_value, parts[7::9]))
+        batch = self._batch
+        batch += map(Entry, names, stats)
+        while len(batch) >= LIST_BATCH:
+            self._batch = batch[LIST_BATCH:]
+            self._emit(batch[:LIST_BATCH])
+            batch = self._batch
+        return end
+
+    def _plain_files(self, block: str, parts: list[str], first: re.Match[str]) -> list[str] | None:
+        """The children's names when `parts` (`block` split by `_FILE_RESPONSE_RE`) are plain files'
+        responses back to back, with one prefix and the same declarations, status 200 and no
+        entities (what `_take` would make of them, without its steps); else None."""
+        if any(parts[0::9]) or "&" in block:
+            return None
+        prefixes, decls, props, statuses = set(parts[1::9]), set(parts[2::9]), set(parts[4::9]), set(parts[8::9])
+        if len(prefixes) != 1 or len(decls) != 1 or len(props) != 1 or any(" 200 " not in s for s in statuses):
+            return None
+        if not self._file_scope(*first.group("decls", "prefix", "props")):
+            return None
+        hrefs = parts[3::9]
+        own = self._own + "/"
+        cut = len(own)
+        names = [href[cut:] for href in hrefs]
+        if not all(map(str.startswith, hrefs, repeat(own))) or not all(names):
+            return None
+        if "%" in block:
+            names = [unquote(name) if "%" in name else name for name in names]
+        return None if "/" in "".join(names) else names
+
+    def _files_one_by_one(self, text: str, pos: int, m: re.Match[str] | None) -> int:
+        """Files' responses as Apache writes them (`_FILE_RESPONSE_RE`: one expression each) from
+        `pos` (`m`: the first) on, one by one; returns where the first response it does not read
+        starts (the general expression's to try)."""
+        match = _FILE_RESPONSE_RE.match
+        escaped = "&" in text  # entities somewhere in this text: each value unescaped
+        own = self._own + "/"
+        cut = len(own)
+        known = self._file_scopes
+        batch = self._batch
+        while m is not None:
+            prefix, decls, href, props, size, modified, tag, status = m.groups()
+            if (decls, prefix, props) not in known and not self._file_scope(decls, prefix, props):
+                break
+            if escaped:
+                href, modified, tag, status = _unescape(href), _unescape(modified), _unescape(tag), _unescape(status)
+            if " 200 " not in status:
+                break
+            # the expression took at most 19 digits: parse_int's int
+            stat = Stat(int(size), parse_http_date(modified.strip()), False, etag_value(tag))
+            name = href[cut:]
+            if name and href.startswith(own) and "/" not in name and "%" not in name:
+                # a child named plainly (what `_take` would make of it, without its steps)
+                self._count += 1
+                if self._count > MAX_LIST_ENTRIES:
+                    raise EndpointError(self._endpoint_id, f"listing exceeds {MAX_LIST_ENTRIES} entries")
+                batch.append(Entry(name, stat))
+                if len(batch) >= LIST_BATCH:
+                    self._flush()
+                    batch = self._batch
+            else:
+                self._take(href, stat)
+                batch = self._batch
+            pos = m.end()
+            m = match(text, pos)
+        return pos
+
+    def _file_scope(self, decls: str, prefix: str, props: str) -> bool:
+        """Whether a file's response with these declarations and prefixes names DAV's elements
+        (worked out once: Apache writes the same on every response)."""
+        names = self._scope(decls)
+        if names is None or names.get(prefix) != "DAV:" or names.get(props) != "DAV:":
+            return False
+        if len(self._file_scopes) < _MAX_SCOPES:
+            self._file_scopes.add((decls, prefix, props))
         return True
 
     def _response_fast(self, m: re.Match[str]) -> bool:
@@ -296,92 +378,3 @@ class MultistatusReader:
         batch, self._batch = self._batch, []
         if batch:
             self._emit(batch)
-
-
-class _TreeReader:
-    """Any multistatus, read with lxml's pull parser (safe settings: no entities, no DTD, no
-    network), each <D:response> dropped once read."""
-
-    def __init__(self, endpoint_id: str, take: Callable[[str, Stat], None]) -> None:
-        self._endpoint_id = endpoint_id
-        self._take = take
-        # events for the root and each <D:response> only, not for every property (a tenth of the work)
-        self._parser = etree.XMLPullParser(
-            events=("start", "end"),
-            tag=[_MULTISTATUS, _RESPONSE],
-            resolve_entities=False,
-            no_network=True,
-            load_dtd=False,
-            huge_tree=False,
-        )
-        self._fed = 0
-        self._root_checked = False
-
-    def feed(self, chunk: bytes) -> None:
-        self._fed += len(chunk)
-        try:
-            self._parser.feed(chunk)
-            self._drain()
-            if not self._root_checked and self._fed > ROOT_WITHIN:
-                raise EndpointError(self._endpoint_id, "PROPFIND: the answer is not a DAV multistatus")
-        except etree.XMLSyntaxError as exc:
-            raise EndpointError(self._endpoint_id, f"PROPFIND: unreadable XML ({exc.msg})") from None
-
-    def _drain(self) -> None:
-        for event, el in self._parser.read_events():
-            if event == "start":
-                if not self._root_checked:
-                    self._root_checked = True
-                    if el.tag != _MULTISTATUS:
-                        raise EndpointError(self._endpoint_id, f"PROPFIND: unexpected answer <{el.tag}>")
-                continue
-            if el.tag != _RESPONSE:
-                continue
-            self._take(el.findtext(_HREF) or "", response_stat(el))
-            el.clear()
-            parent = el.getparent()
-            if parent is not None:
-                parent.remove(el)  # what was read is dropped: memory stays one response deep
-
-    def close(self) -> None:
-        try:
-            root = self._parser.close()
-        except etree.XMLSyntaxError as exc:
-            raise EndpointError(self._endpoint_id, f"PROPFIND: unreadable XML ({exc.msg})") from None
-        if not self._root_checked:
-            tag = getattr(root, "tag", None)
-            raise EndpointError(self._endpoint_id, f"PROPFIND: unexpected answer <{tag}>" if tag else "PROPFIND: empty")
-        self._drain()
-
-
-def response_stat(response: Any) -> Stat:
-    """The stat of one <D:response>, from its 200 propstats, in one pass over the children."""
-    size: int | None = None
-    mtime: float | None = None
-    etag = ""
-    is_dir = False
-    for propstat in response.iterchildren(_PROPSTAT):
-        ok = True
-        prop = None
-        for child in propstat:
-            if child.tag == _STATUS:
-                ok = " 200 " in (child.text or " 200 ")
-            elif child.tag == _PROP:
-                prop = child
-        if not ok or prop is None:
-            continue
-        for el in prop:
-            tag = el.tag
-            if tag == _RTYPE:
-                is_dir = is_dir or any(c.tag == _COLLECTION for c in el)
-            elif tag == _LENGTH:
-                size = parse_int((el.text or "").strip())
-            elif tag == _MODIFIED:
-                mtime = parse_http_date((el.text or "").strip())
-            elif tag == _ETAG:
-                etag = etag_value(el.text)
-    if is_dir:
-        size = None
-    elif size is None:
-        size = 0
-    return Stat(size=size, mtime=mtime, is_dir=is_dir, etag=etag)
