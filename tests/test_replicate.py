@@ -350,6 +350,11 @@ def test_burst_of_hot_files_keeps_to_copies_at_once_and_budget(make: Any) -> Non
 def test_cold_copy_is_evicted_and_a_file_fedd_did_not_copy_is_kept(make: Any) -> None:
     s = make("cold_after = 2\ncooldown = 600")
     name, theirs = f"cold-{uuid.uuid4().hex[:8]}", f"theirs-{uuid.uuid4().hex[:8]}"
+    last = f"last-{uuid.uuid4().hex[:8]}"  # its original is deleted after the copy: the copy is all that is left
+    kept = s.put_on_ceph(last, 2000)
+    s.read(last, NEAR_DAV, times=3)
+    s.event("replica-created", last)
+    s.stores["s3"].delete_object(Bucket=BUCKET, Key=f"repl/{last}")
     data = s.put_on_ceph(name, 100_000)
     s.put_on_ceph(theirs, 1000)
     s.put_on_dav(theirs, 1000)  # on both: nothing to copy, and never fedd's to delete
@@ -363,6 +368,10 @@ def test_cold_copy_is_evicted_and_a_file_fedd_did_not_copy_is_kept(make: Any) ->
     assert s.on_dav(theirs).exists()
     assert s.read(name, NEAR_DAV).startswith(s.stores["ceph"].url)
     assert not [e for e in s.events if e["event_type"].startswith("replica-") and e["payload"]["name"] == theirs]
+    wait_for(lambda: f"/repl/{last} on dav not evicted (the only replica left" in s.fed.log_text(), 10, "kept")
+    assert s.dav_bytes(last) == kept and not [
+        e for e in s.events if e["event_type"] == "replica-evicted" and e["payload"]["name"] == last
+    ]
 
 
 def test_copies_are_evicted_when_the_endpoint_crosses_its_reserve(make: Any, stores: dict[str, Any]) -> None:

@@ -148,20 +148,22 @@ class Copier:
         self.emit("replica-failed", self._payload(decision, source, "", size, None, now - started, reason))
 
     async def evict(self, record: Record, reason: str) -> bool:
-        """Remove a recorded copy (left alone, only forgotten, when it changed since); True when done."""
+        """Remove a recorded copy; True when its record is gone (the file deleted, or found to be no
+        longer fedd's to delete: gone, changed since copied, or the only replica left, which is kept)."""
         endpoint = self.fed.endpoints.get(record.endpoint)
         endpoint_path = self.writer.writable(record.path).get(record.endpoint)
         if endpoint is None or endpoint_path is None or not IWritable.providedBy(endpoint):
             return False
+        why = ""
         try:
             stat = await self._timed(endpoint.stat(endpoint_path), endpoint.config.timeout * 2)
-            if stat is not None and stat.size is not None and stat.size != record.bytes:
-                log.warn(
-                    "{path} on {endpoint} changed since fedd copied it: not evicted, forgotten",
-                    path=record.path,
-                    endpoint=record.endpoint,
-                )
-            elif stat is not None:
+            if stat is None:
+                why = "gone already"
+            elif stat.size is not None and stat.size != record.bytes:
+                why = "changed since fedd copied it: left alone"
+            elif not await self._elsewhere(record):
+                why = "the only replica left (or the others do not answer): kept"
+            else:
                 await self._timed(IWritable(endpoint).delete(endpoint_path), endpoint.config.timeout * 4)
         except Exception as exc:
             log.warn(
@@ -173,6 +175,14 @@ class Copier:
             return False
         await self.records.forget(record.path, record.endpoint)
         self.fed.forget(record.path)
+        if why:
+            log.warn(
+                "{path} on {endpoint} not evicted ({why}); fedd no longer counts it as its copy",
+                path=record.path,
+                endpoint=record.endpoint,
+                why=why,
+            )
+            return True
         self.counts.evicted += 1
         log.info(
             "replica of {path} evicted from {endpoint}: {reason}",
@@ -194,6 +204,11 @@ class Copier:
             },
         )
         return True
+
+    async def _elsewhere(self, record: Record) -> bool:
+        """Whether another endpoint holds the file now (asked afresh)."""
+        result = await self.fed.locate_now(record.path)
+        return any(eid != record.endpoint for eid in result.files())
 
     async def _timed(self, d: Deferred[Any], timeout: float) -> Any:
         d.addTimeout(timeout, self.reactor)

@@ -12,7 +12,8 @@
 
 Eviction (`evictions`): copies unread for `cold_after`, then, per endpoint whose measured free space
 is under `reserve` (or whose copies exceed `target_quota`), the least recently read copies until
-enough is freed. Only recorded copies (fedd.replicate.records) are candidates.
+enough is freed. Only recorded copies (fedd.replicate.records) are candidates; the copier keeps one
+that turns out to be the only replica left.
 """
 
 from __future__ import annotations
