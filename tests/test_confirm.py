@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import boto3
 import pika
@@ -133,9 +133,10 @@ def test_curl_davix_gfal_and_carried_uploads_give_one_put_done_each(fed: tuple[F
         src = tmp_path / f"{client}.bin"
         src.write_bytes(data)
         for top in ("s3", "dav"):
-            path = f"/{top}/up/{client}.bin"
+            # RGW's notifications name keys unencoded: an odd name is matched too
+            path = f"/{top}/up/{client} a+b=é.bin" if client == "curl" else f"/{top}/up/{client}.bin"
             expected[path] = data
-            url = f.url + path
+            url = f.url + quote(path)
             if client == "curl":
                 run("curl", "-sS", "-f", "-L", "--max-time", "30", "-T", str(src), url)
             elif client == "carried":  # a client that cannot follow a 307 with its body: fedd carries it
