@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.task import Clock
 
@@ -240,3 +240,22 @@ def test_a_carried_upload_is_done_from_fedds_own_result() -> None:
         ("put-done", "carried", 5, "05c801f0", 2.0)
     ]
     assert not ep.calls and "/atlas/f" in fed.forgotten and len(s.table) == 0
+
+
+def test_the_announced_size_of_a_chunked_upload_comes_from_its_size_header() -> None:
+    import pytest
+    from twisted.web.server import Request
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from fedd.errors import BadRequest
+    from fedd.web.writing import _announced_size
+
+    dummy = DummyRequest([b"atlas", b"f"])
+    request = cast(Request, dummy)  # DummyRequest: twisted.web's stand-in for a Request
+    assert _announced_size(request, None) is None
+    assert _announced_size(request, 7) == 7  # Content-Length
+    dummy.requestHeaders.setRawHeaders(b"oc-total-length", [b"1234"])
+    assert _announced_size(request, None) == 1234
+    dummy.requestHeaders.setRawHeaders(b"oc-total-length", [b"12x"])
+    with pytest.raises(BadRequest, match="oc-total-length"):
+        _announced_size(request, None)
