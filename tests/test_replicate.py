@@ -126,7 +126,11 @@ def config(
         dav = dav.replace(f"url = {stores['dav'].url}", f"url = {urls['dav']}")
     if "dav_keys" in urls:
         dav += urls["dav_keys"] + "\n"
-    return f"""
+    auth = ""
+    if "access" in urls:  # access rules ([auth]), re-read every 0.2 s
+        (database.parent / "access").write_text(urls["access"])
+        auth = f"[auth]\naccess_file = {database.parent / 'access'}\nreload_interval = 0.2\n"
+    return f"""{auth}
 [server]
 listen = tcp:{port}:interface=127.0.0.1
 [locate]
@@ -462,3 +466,22 @@ def test_placement_rules_hold_for_copies(make: Any) -> None:
     assert regions[0]["action"] == "none" and "no endpoint may receive a copy: dav:" in regions[0]["reason"]
     assert "disk replacement" in regions[0]["reason"]
     assert s.dav_bytes(name) is None and s.fed.status()["replication"]["copied"] == 0
+
+
+def test_the_explanation_is_authorised_like_the_status(make: Any) -> None:
+    s = make(access="/repl anonymous rl\n")
+    name = f"authz-{uuid.uuid4().hex[:8]}"
+    s.put_on_ceph(name, 1000)
+    s.read(name, NEAR_DAV, times=3)  # reads are allowed (and counted)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        s.replication(name)
+    assert refused.value.code in (401, 403)
+    (s.fed.config.parent / "access").write_text("/repl anonymous rl\n/.well-known/fedd/replication anonymous r\n")
+    explained = wait_for(
+        lambda: s.replication(name),
+        5,
+        "the rule to apply",
+        ignore=(urllib.error.HTTPError,),
+        until=lambda e: e["regions"],
+    )
+    assert explained["path"] == f"/repl/{name}" and explained["regions"][0]["reads"] == 3

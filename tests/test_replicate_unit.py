@@ -21,7 +21,7 @@ from fedd.replicate.counting import (
     region_name,
 )
 from fedd.replicate.policy import Decision, Usage, decide, evictions, usage
-from fedd.replicate.records import COPYING, DONE, FAILED, Record
+from fedd.replicate.records import COPYING, DONE, EVICTED, FAILED, Record
 from fedd.select.place import Placement
 
 DESY, CERN = (53.5753, 9.8803), (46.2330, 6.0557)
@@ -113,6 +113,7 @@ def decision(config: ReplicateConfig = CONFIG, **changes: object) -> Decision:
         (CONFIG, {"holders": {"other": (53.6, 9.9)}}, "the replica on other is as near"),
         (CONFIG, {"records": [record("/a/f", state=COPYING)]}, "being copied to dav"),
         (CONFIG, {"records": [record("/a/f", "x", FAILED, created=NOW - 10)]}, "copy failed to x 10s ago"),
+        (CONFIG, {"records": [record("/a/f", "dav", EVICTED, created=NOW - 5)]}, "evicted from dav 5s ago: cooling"),
         (replace(CONFIG, target_quota=150), {"use": Usage({"dav": 100}, 0, 0)}, "exceeds target_quota"),
         (CONFIG, {"use": Usage({}, 0, 2)}, "2 copies running (the limit"),
         (CONFIG, {"use": Usage({}, 950, 0)}, "50 B of the hourly budget left"),

@@ -26,7 +26,7 @@ from fedd.errors import describe
 from fedd.events.model import file_fields
 from fedd.federation import Federation, Replica
 from fedd.replicate.policy import Decision
-from fedd.replicate.records import DONE, FAILED, Record, Records
+from fedd.replicate.records import DONE, EVICTED, FAILED, Record, Records
 from fedd.select.place import place
 from fedd.tpc.engine import TpcEngine
 from fedd.tpc.transfer import TransferFailed, public_url
@@ -173,9 +173,9 @@ class Copier:
                 reason=describe(exc),
             )
             return False
-        await self.records.forget(record.path, record.endpoint)
         self.fed.forget(record.path)
         if why:
+            await self.records.forget(record.path, record.endpoint)
             log.warn(
                 "{path} on {endpoint} not evicted ({why}); fedd no longer counts it as its copy",
                 path=record.path,
@@ -183,6 +183,7 @@ class Copier:
                 why=why,
             )
             return True
+        await self.records.finish(record.path, record.endpoint, EVICTED, 0, "", reason[:500], self.reactor.seconds())
         self.counts.evicted += 1
         log.info(
             "replica of {path} evicted from {endpoint}: {reason}",

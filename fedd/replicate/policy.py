@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from fedd.config.schema import ReplicateConfig
 from fedd.replicate.counting import under
-from fedd.replicate.records import COPYING, DONE, FAILED, Record
+from fedd.replicate.records import COPYING, DONE, EVICTED, FAILED, Record
 from fedd.select.place import Placement, human
 from fedd.select.rank import distance_km
 
@@ -123,9 +123,10 @@ def decide(
         if r.state == COPYING:
             return no(f"being copied to {r.endpoint} (by {r.host})", target)
         if now - r.created < config.cooldown:
-            what = "copy failed" if r.state == FAILED else "copied"
+            what = {FAILED: "copy failed", EVICTED: "evicted from"}.get(r.state, "copied")
             wait = config.cooldown - (now - r.created)
-            return no(f"{what} to {r.endpoint} {now - r.created:.0f}s ago: cooling down for {wait:.0f}s more", target)
+            on = r.endpoint if r.state == EVICTED else f"to {r.endpoint}"
+            return no(f"{what} {on} {now - r.created:.0f}s ago: cooling down for {wait:.0f}s more", target)
     if config.target_quota and use.per_endpoint.get(target, 0) + size > config.target_quota:
         used = human(use.per_endpoint.get(target, 0))
         return no(f"{target} holds {used} of copies: {human(size)} more exceeds target_quota", target)

@@ -6,7 +6,8 @@ and the replicas fedd made (table `replicas`, migration 2), shared by every work
   window; buckets that left it are deleted by the host that writes the next one.
 - Replicas: a copy starts with a claim (`claim`): an insert that only one host can win for (path,
   endpoint), so two hosts never copy the same file to the same place. Then `done`, `failed` (kept for
-  the cool-down), or `forget` (evicted, or a failure whose cool-down is over). Only rows in this
+  the cool-down), `evicted` (kept for the cool-down: an evicted file is not copied straight back), or
+  `forget` (a failure or eviction whose cool-down is over, a copy that is no longer fedd's). Only rows in this
   table are evicted: a file fedd did not copy has none.
 """
 
@@ -22,7 +23,7 @@ from fedd.state.database import Cursor
 from fedd.state.store import StateStore
 
 COUNTS = "reads@"
-COPYING, DONE, FAILED = "copying", "done", "failed"
+COPYING, DONE, FAILED, EVICTED = "copying", "done", "failed", "evicted"
 
 
 @dataclass(frozen=True)

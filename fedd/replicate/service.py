@@ -23,7 +23,7 @@ from fedd.namespace import normalise_path
 from fedd.replicate import policy
 from fedd.replicate.copier import Copier
 from fedd.replicate.counting import ReadCounter, aggregate, bucket_of, first_bucket, hot, region_location
-from fedd.replicate.records import DONE, FAILED, Record, Records
+from fedd.replicate.records import DONE, EVICTED, FAILED, Record, Records
 from fedd.select.place import place
 from fedd.select.rank import distance_km
 from fedd.tpc.engine import TpcEngine
@@ -234,7 +234,7 @@ class ReplicationService(Service):
         keep = []
         for r in self.known:
             stale = r.state == "copying" and now - r.created > limit and (r.path, r.endpoint) not in self.copying
-            expired = r.state == FAILED and now - r.created >= self.config.cooldown
+            expired = r.state in (FAILED, EVICTED) and now - r.created >= self.config.cooldown
             if stale or expired:
                 await self.records.forget(r.path, r.endpoint)
             else:
@@ -291,6 +291,7 @@ class ReplicationService(Service):
             m = self.space.measurements.get(record.endpoint)
             self._measured_at_eviction[record.endpoint] = m.measured if m is not None else None
         self.known = [r for r in self.known if (r.path, r.endpoint) != (record.path, record.endpoint)]
+        self.known.append(replace(record, state=EVICTED, created=self.reactor.seconds()))
 
     def _free(self) -> dict[str, int | None]:
         """Measured free space of each target endpoint; an endpoint whose copies were evicted for the
