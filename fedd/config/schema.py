@@ -254,7 +254,7 @@ class ReplicateConfig:
     reserve: int = key(v.size, 0)  # free bytes under which an endpoint's copies are evicted
     budget: int = key(v.size, 10**12)  # bytes copied per hour, over all targets
     copies: int = key(v.positive_int, 2)  # copies at once
-    cooldown: float = key(v.nonneg_float, 3600.0)  # seconds before a file is tried again after a copy, failure or eviction
+    cooldown: float = key(v.nonneg_float, 3600.0)  # seconds before a copied, failed or evicted file is tried again
     cold_after: float = key(v.positive_float, 7 * 86400.0)  # unread for this long: a copy is evicted
 
 
