@@ -68,6 +68,8 @@ class FixedAtStart:
             pending.append("[locate] memcached, lru_entries")
         if (new.auth is None) != (old.auth is None) or new.issuers != old.issuers:
             pending.append("[auth] added or removed, [issuer] sections")
+        if new.replicate.enabled != old.replicate.enabled:
+            pending.append("[replicate] enabled")
         return pending
 
 

@@ -163,3 +163,11 @@ def test_evictions_bring_copies_under_target_quota() -> None:
     config = replace(CONFIG, target_quota=150)
     rows = [record("/a/1", last_read=NOW - 5), record("/a/2", last_read=NOW - 1)]
     assert [r.path for r, _ in evictions(config, rows, {}, NOW)] == ["/a/1"]
+
+
+def test_turning_replication_on_or_off_asks_for_a_restart() -> None:
+    from fedd.config import Config
+    from fedd.reload import FixedAtStart
+
+    assert FixedAtStart(Config()).reconfigure(Config(replicate=CONFIG)) == ["[replicate] enabled"]
+    assert FixedAtStart(Config(replicate=CONFIG)).reconfigure(Config(replicate=replace(CONFIG, threshold=9))) == []

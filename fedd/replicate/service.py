@@ -92,7 +92,8 @@ class ReplicationService(Service):
         self._done_seen: set[tuple[str, str]] = set()
 
     def reconfigure(self, new: Config) -> list[str]:
-        old, self.config = self.config, new.replicate
+        old = self.config
+        self.config = replace(new.replicate, enabled=old.enabled)  # on or off: a restart (FixedAtStart)
         if self._loop is not None and self._loop.running and old.interval != self.config.interval:
             self._loop.stop()
             self._start_loop()
