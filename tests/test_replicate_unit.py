@@ -171,3 +171,24 @@ def test_turning_replication_on_or_off_asks_for_a_restart() -> None:
 
     assert FixedAtStart(Config()).reconfigure(Config(replicate=CONFIG)) == ["[replicate] enabled"]
     assert FixedAtStart(Config(replicate=CONFIG)).reconfigure(Config(replicate=replace(CONFIG, threshold=9))) == []
+
+
+def test_an_explanation_without_its_database_is_a_503_without_traceback() -> None:
+    from typing import Any
+
+    from twisted.internet.defer import fail
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from fedd.state.store import Unavailable
+    from fedd.web.replication import replication_answer
+
+    class Down:
+        def explain(self, path: str) -> Any:
+            return fail(Unavailable("connection refused"))
+
+    request: Any = DummyRequest([b""])
+    request.args = {b"path": [b"/a/f"]}
+    request.channel = object()  # a client still connected
+    replication_answer(request, Down())
+    assert request.responseCode == 503 and request.finished
+    assert b"cannot be read now: Unavailable: connection refused" in b"".join(request.written)

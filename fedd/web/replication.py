@@ -9,11 +9,17 @@ from typing import Any
 
 from twisted.web import server
 
-from fedd.errors import BadRequest, MethodNotAllowed, NotFound
+from fedd.errors import BadRequest, FeddError, MethodNotAllowed, NotFound, describe
 from fedd.namespace import normalise_path
 from fedd.web.answer import start
 
 REPLICATION_PATH = b"/.well-known/fedd/replication"
+
+
+class Unexplained(FeddError):
+    """The explanation needs the state database (the window's counts), which did not answer."""
+
+    status = 503
 
 
 def _json(request: server.Request, data: dict[str, Any]) -> bytes:
@@ -36,6 +42,10 @@ def replication_answer(request: server.Request, replication: Any) -> bytes | int
         raise BadRequest("path= must be a federation path such as /atlas/file") from None
 
     async def explain() -> bytes:
-        return _json(request, await replication.explain(path))
+        try:
+            answer = await replication.explain(path)
+        except Exception as exc:  # the state database is down or slow: a 503 that says so, no traceback
+            raise Unexplained(f"the replication records cannot be read now: {describe(exc)}") from None
+        return _json(request, answer)
 
     return start(request, explain())
