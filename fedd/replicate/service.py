@@ -175,6 +175,11 @@ class ReplicationService(Service):
             except Exception as exc:  # one file's locate must not stop the others' decisions
                 log.warn("replication: deciding on {path} failed: {reason}", path=path, reason=describe(exc))
                 continue
+            tpc_limit = self.fed.config.tpc.max_concurrent
+            if decision.copy and len(self.tpc.active) >= tpc_limit:  # user COPYs first
+                decision = replace(
+                    decision, copy=False, reason=f"waiting: {tpc_limit} copies running ([tpc] max_concurrent)"
+                )
             recent.append(decision.to_json())
             self.counts.decisions += 1
             if config.dry_run:
