@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import LoopingCall
@@ -28,6 +28,7 @@ from fedd.endpoints.interfaces import ITPCTarget, IWritable
 from fedd.errors import BadGateway, BadRequest, Forbidden, describe
 from fedd.federation import Federation, Replica
 from fedd.tpc.agents import CopyAgents
+from fedd.tpc.calls import REDIRECTS, JobCalls
 from fedd.tpc.guard import HostRefused
 from fedd.tpc.pump import Drain, Pump
 from fedd.tpc.transfer import (
@@ -47,8 +48,6 @@ from fedd.writes import PutTarget, Writer
 __all__ = ["CopyRequest", "TpcEngine", "adler32_of", "mode_of", "perf_marker", "public_url"]  # also from here
 
 log = Logger(namespace="fedd.tpc")
-MAX_REDIRECTS = 5
-REDIRECTS = (301, 302, 303, 307, 308)
 
 
 class TpcEngine:
@@ -71,6 +70,7 @@ class TpcEngine:
         self.failed = 0
         self.redirected = 0
         self.agents = agents if agents is not None else CopyAgents(federation, reactor)
+        self.calls = JobCalls(reactor, lambda: self.config)
         tune_allocator()  # 1 MiB reads without a page fault per 4 KiB (fedd.checksums.bulk)
 
     @property
@@ -205,97 +205,40 @@ class TpcEngine:
         except Exception:
             log.failure("TPC ticker of copy {id}", id=job.id)
 
-    async def _await(self, job: Job, d: Deferred[Any], timeout: float | None) -> Any:
-        if job.reason:
-            d.cancel()
-            raise TransferFailed(job.reason)
-        if timeout is not None:
-            d.addTimeout(timeout, self.reactor)
-        job.pending = d
-        try:
-            return await d
-        finally:
-            job.pending = None
-
-    async def _get(self, job: Job, agent: Agent, url: str, headers: dict[str, str]) -> IResponse:
-        """GET a source, following redirects (credentials only to the same host); the body unread."""
-        origin = urlsplit(url).netloc
-        for _ in range(MAX_REDIRECTS + 1):
-            same = urlsplit(url).netloc == origin
-            sent = {k: v for k, v in headers.items() if same or k.lower() not in ("authorization", "cookie")}
-            hdrs = Headers({k.encode("latin-1"): [v.encode("latin-1")] for k, v in sent.items()})
-            response: IResponse = await self._await(
-                job, agent.request(b"GET", url.encode("latin-1"), hdrs, None), self.config.connect_timeout
-            )
-            location = response.headers.getRawHeaders(b"location")
-            if response.code not in REDIRECTS or not location:
-                return response
-            await self._drain(job, response)
-            url = urljoin(url, location[-1].decode("latin-1"))
-        raise TransferFailed(f"the source redirected more than {MAX_REDIRECTS} times")
-
-    async def _drain(self, job: Job, response: IResponse) -> bytes:
-        drain = Drain()
-        response.deliverBody(drain)
-        data: bytes = await self._await(job, drain.done, self.config.connect_timeout)
-        return data
-
-    async def _refusal(self, job: Job, response: IResponse, who: str) -> str:
-        detail = b""
-        try:
-            detail = await self._drain(job, response)
-        except Exception:
-            pass
-        text = " ".join(detail.decode("utf-8", "replace").split())[:200]
-        return f"{who} answered HTTP {response.code}{f' ({text})' if text and '<' not in text else ''}"
-
     def _on_data(self, job: Job) -> Any:
         return lambda n: job.progress(n, self.reactor.seconds())
-
-    async def _send(self, job: Job, agent: Agent, url: str, headers: dict[str, str], pump: Pump) -> IResponse:
-        job.pump = pump
-        job.writing = True
-        hdrs = Headers({k.encode("latin-1"): [v.encode("latin-1")] for k, v in headers.items()})
-        d = agent.request(b"PUT", url.encode("latin-1"), hdrs, pump)
-        try:
-            response: IResponse = await self._await(job, d, None)
-        except Exception:
-            if pump.error:
-                raise TransferFailed(pump.error) from None
-            raise
-        return response
 
     async def _pull(self, job: Job, source_agent: Agent | None = None) -> None:
         assert job.target is not None
         request, target = job.request, job.target
         remote = source_agent or self.agents.remote()[1]
-        source = await self._get(
+        source = await self.calls.get(
             job, remote, request.remote, dict(request.transfer_headers, **{"Want-Digest": "adler32"})
         )
         if source.code != 200:
-            raise TransferFailed(await self._refusal(job, source, "the source"))
+            raise TransferFailed(await self.calls.refusal(job, source, "the source"))
         pump = Pump(source, self._on_data(job), reactor=self.reactor)
         job.size = pump.expected
         endpoint = self.fed.endpoints[target.endpoint]
         if job.size is None and endpoint.config.kind != "dav":
-            await self._drain(job, source)
+            await self.calls.drain(job, source)
             raise TransferFailed(
                 f"the source announced no Content-Length, and {target.endpoint} ({endpoint.config.kind}) "
                 "needs the size before the upload"
             )
         headers = dict(ITPCTarget(endpoint).upload_headers) if ITPCTarget.providedBy(endpoint) else {}
-        response = await self._send(job, self.agents.endpoint(target.endpoint), target.url, headers, pump)
+        response = await self.calls.send(job, self.agents.endpoint(target.endpoint), target.url, headers, pump)
         if response.code not in (200, 201, 204):
             job.refused = True
-            raise TransferFailed(await self._refusal(job, response, f"destination {target.endpoint}"))
-        await self._drain(job, response)
-        job.adler = await self._await(job, pump.checksum(), None)
+            raise TransferFailed(await self.calls.refusal(job, response, f"destination {target.endpoint}"))
+        await self.calls.drain(job, response)
+        job.adler = await self.calls.wait(job, pump.checksum(), None)
         self._compare(adler32_of(source.headers), pump.adler32, "the source")
         # the destination's own view of what it stored
         endpoint_path = self.writer.writable(request.path).get(target.endpoint)
         if endpoint_path is not None:
             d = endpoint.stat(endpoint_path)
-            stat = await self._await(job, d, endpoint.config.timeout * 2)
+            stat = await self.calls.wait(job, d, endpoint.config.timeout * 2)
             if stat is None or (stat.size is not None and stat.size != pump.bytes):
                 got = "nothing" if stat is None else f"{stat.size} bytes"
                 raise TransferFailed(f"{target.endpoint} holds {got} after receiving {pump.bytes} bytes")
@@ -306,7 +249,7 @@ class TpcEngine:
         source: IResponse | None = None
         for replica in job.replicas:
             try:
-                source = await self._get(
+                source = await self.calls.get(
                     job, self.agents.endpoint(replica.endpoint), replica.url, {"Want-Digest": "adler32"}
                 )
             except (CancelledError, TransferFailed):
@@ -317,32 +260,32 @@ class TpcEngine:
             if source.code == 200:
                 job.endpoint = replica.endpoint
                 break
-            problems.append(f"{replica.endpoint}: " + await self._refusal(job, source, "HTTP"))
+            problems.append(f"{replica.endpoint}: " + await self.calls.refusal(job, source, "HTTP"))
             source = None
         if source is None:
             raise TransferFailed("no replica could be read: " + "; ".join(problems))
         pump = Pump(source, self._on_data(job), reactor=self.reactor)
         job.size = pump.expected
         _, remote = self.agents.remote()
-        response = await self._send(job, remote, request.remote, dict(request.transfer_headers), pump)
+        response = await self.calls.send(job, remote, request.remote, dict(request.transfer_headers), pump)
         if response.code in REDIRECTS:
             job.refused = True
-            await self._drain(job, response)
+            await self.calls.drain(job, response)
             raise TransferFailed(
                 f"the destination redirected the upload (HTTP {response.code}): give fedd the final URL"
             )
         if response.code not in (200, 201, 204):
             job.refused = True
-            raise TransferFailed(await self._refusal(job, response, "the destination"))
-        await self._drain(job, response)
-        job.adler = await self._await(job, pump.checksum(), None)
+            raise TransferFailed(await self.calls.refusal(job, response, "the destination"))
+        await self.calls.drain(job, response)
+        job.adler = await self.calls.wait(job, pump.checksum(), None)
         self._compare(adler32_of(source.headers), pump.adler32, "the source")
         self._compare(adler32_of(response.headers), pump.adler32, "the destination")
         # ask the destination what it stored (many grid storages answer Want-Digest)
         hdrs = Headers({k.encode("latin-1"): [v.encode("latin-1")] for k, v in request.transfer_headers.items()})
         hdrs.setRawHeaders(b"want-digest", [b"adler32"])
         try:
-            head = await self._await(
+            head = await self.calls.wait(
                 job, remote.request(b"HEAD", request.remote.encode("latin-1"), hdrs, None), self.config.connect_timeout
             )
         except (CancelledError, TransferFailed):
@@ -350,7 +293,7 @@ class TpcEngine:
         except Exception as exc:
             log.info("copy {id}: HEAD on the destination failed: {reason}", id=job.id, reason=failure_reason(exc))
             return
-        await self._drain(job, head)
+        await self.calls.drain(job, head)
         if head.code == 200:
             self._compare(adler32_of(head.headers), pump.adler32, "the destination")
             size = head.headers.getRawHeaders(b"content-length")
