@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 
 from fedd.replicate.counting import Counts
 from fedd.state.database import Cursor
+from fedd.state.spill import Params, Sql
 from fedd.state.store import StateStore
 
 COUNTS = "reads@"
@@ -86,19 +87,17 @@ class Records:
     def add_counts(self, counts: Counts, bucket: int, first: int, now: float) -> Deferred[None]:
         """Add a batch to bucket `bucket`; drop buckets older than `first` (queued: never lost)."""
         name = f"{COUNTS}{bucket:012d}"
-
-        def work(cursor: Cursor) -> None:
-            for (region, path), n in counts.items():
-                cursor.execute(
-                    "INSERT INTO counters (name, key, value, updated) VALUES (?, ?, ?, ?) ON CONFLICT (name, key) "
-                    "DO UPDATE SET value = counters.value + excluded.value, updated = excluded.updated",
-                    (name, f"{region} {path}", n, now),
-                )
-            cursor.execute(
-                "DELETE FROM counters WHERE name >= ? AND name < ?", (COUNTS, f"{COUNTS}{max(first, 0):012d}")
-            )
-
-        return self.state.write("read counts", work)
+        add = (
+            "INSERT INTO counters (name, key, value, updated) VALUES (?, ?, ?, ?) ON CONFLICT (name, key) "
+            "DO UPDATE SET value = counters.value + excluded.value, updated = excluded.updated"
+        )
+        statements: list[tuple[str, Params]] = [
+            (add, (name, f"{region} {path}", n, now)) for (region, path), n in counts.items()
+        ]
+        statements.append(
+            ("DELETE FROM counters WHERE name >= ? AND name < ?", (COUNTS, f"{COUNTS}{max(first, 0):012d}"))
+        )
+        return self.state.write("read counts", Sql(tuple(statements)))
 
     def totals(self, first: int) -> Deferred[Counts]:
         """Reads per (region, path) in the buckets from `first` on, over every host."""
@@ -146,29 +145,20 @@ class Records:
     def finish(
         self, path: str, endpoint: str, state: str, size: int, adler32: str, reason: str, now: float
     ) -> Deferred[None]:
-        def work(cursor: Cursor) -> None:
-            cursor.execute(
-                "UPDATE replicas SET state = ?, bytes = ?, adler32 = ?, reason = ?, created = ?, last_read = ? "
-                "WHERE path = ? AND endpoint = ?",
-                (state, size, adler32, reason, now, now, path, endpoint),
-            )
-
-        return self.state.write(f"replica {state}", work)
+        update = (
+            "UPDATE replicas SET state = ?, bytes = ?, adler32 = ?, reason = ?, created = ?, last_read = ? "
+            "WHERE path = ? AND endpoint = ?",
+            (state, size, adler32, reason, now, now, path, endpoint),
+        )
+        return self.state.write(f"replica {state}", Sql((update,)))
 
     def forget(self, path: str, endpoint: str) -> Deferred[None]:
-        def work(cursor: Cursor) -> None:
-            cursor.execute("DELETE FROM replicas WHERE path = ? AND endpoint = ?", (path, endpoint))
-
-        return self.state.write("replica removal", work)
+        delete = ("DELETE FROM replicas WHERE path = ? AND endpoint = ?", (path, endpoint))
+        return self.state.write("replica removal", Sql((delete,)))
 
     def touch(self, read_on: dict[tuple[str, str], int], now: float) -> Deferred[None]:
         """Reads were redirected to these (path, endpoint): their copies, if any, were read now."""
 
-        def work(cursor: Cursor) -> None:
-            for path, endpoint in read_on:
-                cursor.execute(
-                    "UPDATE replicas SET last_read = ? WHERE path = ? AND endpoint = ? AND state = ?",
-                    (now, path, endpoint, DONE),
-                )
-
-        return self.state.write("replica reads", work)
+        update = "UPDATE replicas SET last_read = ? WHERE path = ? AND endpoint = ? AND state = ?"
+        statements = tuple((update, (now, path, endpoint, DONE)) for path, endpoint in read_on)
+        return self.state.write("replica reads", Sql(statements))

@@ -12,7 +12,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from fedd.config import Config
@@ -20,6 +19,7 @@ from fedd.config.schema import ReplicateConfig
 from fedd.errors import describe
 from fedd.federation import Federation, Replica
 from fedd.namespace import normalise_path
+from fedd.periodic import Periodic
 from fedd.replicate import policy
 from fedd.replicate.copier import Copier
 from fedd.replicate.counting import ReadCounter, aggregate, bucket_of, first_bucket, hot, region_location
@@ -87,28 +87,22 @@ class ReplicationService(Service):
         self.recent: list[dict[str, Any]] = []  # decisions of the last round (every one in dry_run)
         self._paths: dict[bytes, str | None] = {}
         self._measured_at_eviction: dict[str, float | None] = {}
-        self._loop: LoopingCall | None = None
+        self._loop: Periodic | None = None
         self._busy = False
         self._done_seen: set[tuple[str, str]] = set()
 
     def reconfigure(self, new: Config) -> list[str]:
         old = self.config
         self.config = replace(new.replicate, enabled=old.enabled)  # on or off: a restart (FixedAtStart)
-        if self._loop is not None and self._loop.running and old.interval != self.config.interval:
-            self._loop.stop()
-            self._start_loop()
+        if self._loop is not None:
+            self._loop.retime(self.config.interval, "[replicate] interval")
         return []
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
-        self._start_loop()
-
-    def _start_loop(self) -> None:
-        self._loop = LoopingCall(self.tick)
-        self._loop.clock = self.reactor
-        self._loop.start(self.config.interval, now=False).addErrback(lambda f: log.failure("replication loop", f))
+        self._loop = Periodic(self.reactor, self.tick, "replication round").start(self.config.interval, now=False)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
