@@ -180,3 +180,40 @@ def test_write_now_sends_at_once_unless_something_is_queued() -> None:
         listener.close()
     other = StringTransport()
     assert write_now(other) == other.write  # TLS and test transports: their own write
+
+
+def test_write_now_over_tls_encrypts_at_once_unless_something_is_gathered(tmp_path: Any) -> None:
+    """Twisted's TLS transport gathers small writes until the next reactor turn (a callLater(0));
+    the lean front's answers skip that while nothing is gathered, and queue behind what is."""
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.ssl import CertificateOptions
+    from twisted.internet.task import Clock
+    from twisted.protocols import tls
+
+    from fedd.twcompat import write_now
+    from tests.gridpki import CA
+
+    ca = CA(tmp_path, "ca", "/DC=org/DC=fedd-test/CN=Twcompat CA")
+    cert, key = ca.issue("host", "/DC=org/DC=fedd-test/CN=localhost", "host")
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    private: Any = load_pem_private_key(key.read_bytes(), None)  # pyOpenSSL takes cryptography's objects
+    public: Any = x509.load_pem_x509_certificate(cert.read_bytes())
+    options = CertificateOptions(privateKey=private, certificate=public)
+    clock = Clock()
+    factory = tls.TLSMemoryBIOFactory(options, False, Factory.forProtocol(Protocol))
+    factory._clock = clock
+    wrapper: Any = factory.buildProtocol(None)
+    assert isinstance(wrapper, tls.BufferingTLSTransport)
+    wrapper.makeConnection(StringTransport())
+    gathering: Any = wrapper._aggregator
+    write = write_now(wrapper)
+    write(b"answer")  # before the handshake TLS keeps it; no flush is scheduled either way
+    assert clock.getDelayedCalls() == [] and gathering._buffer == []
+    wrapper.write(b"gathered")  # Twisted's write: gathered, a flush at the next turn
+    assert len(clock.getDelayedCalls()) == 1
+    write(b"behind")
+    assert gathering._buffer == [b"gathered", b"behind"]  # in order, behind it
+    clock.advance(0)
+    assert gathering._buffer == []
