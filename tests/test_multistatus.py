@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import pytest
 
-from fedd.endpoints.base import Entry, Stat
+from fedd.endpoints.base import LIST_BATCH, Entry, Stat
 from fedd.endpoints.multistatus import MultistatusReader
 from fedd.endpoints.multistatus_tree import _TreeReader
 from fedd.errors import EndpointError
@@ -259,7 +259,7 @@ def test_plain_files_read_a_chunk_at_a_time(monkeypatch: pytest.MonkeyPatch) -> 
         reader.feed(doc[start : start + 65536])
     assert reader.close() is True
     assert [e.name for b in batches for e in b] == names
-    assert [len(b) for b in batches] == [500, 500, 500, 500]
+    assert [len(b) for b in batches] == [LIST_BATCH] * (2_000 // LIST_BATCH)
     assert batches[0][1] == Entry("f000001", Stat(size=1, mtime=1796081391.0, etag="W/1-6618"))
     assert not one_by_one and reader._tree is None
 
@@ -269,7 +269,7 @@ def test_plain_files_read_a_chunk_at_a_time(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(EndpointError, match="exceeds 1234 entries"):
         for start in range(0, len(doc), 65536):
             reader.feed(doc[start : start + 65536])
-    assert [e.name for b in batches for e in b] == names[:1000]
+    assert [e.name for b in batches for e in b] == names[: 1_234 // LIST_BATCH * LIST_BATCH]
 
 
 @pytest.mark.parametrize(
