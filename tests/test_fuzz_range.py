@@ -30,7 +30,7 @@ from fedd.service import build_service
 
 SLOW = settings(
     max_examples=100,
-    deadline=timedelta(milliseconds=2000),
+    deadline=timedelta(milliseconds=5000),
     derandomize=True,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
