@@ -93,3 +93,41 @@ def load(path: str) -> list[tuple[str, Sql]]:
                 reason=exc,
             )
     return out
+
+
+def restore(path: str) -> list[tuple[str, Sql]]:
+    """At start: the writes the last stop saved in `path` (logged), the file removed."""
+    if not path:
+        return []
+    saved = load(path)
+    if saved:
+        log.info("{n} state write(s) saved at the last stop queued again from {path}", n=len(saved), path=path)
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.error("cannot remove {path}: {reason}", path=path, reason=exc)
+    return saved
+
+
+def keep(path: str, queued: Sequence[tuple[str, object]], where: str) -> int:
+    """At a stop with writes still queued for the database `where`: save those that are `Sql` to
+    `path` (when set) and log what was saved and what is lost; returns how many were saved."""
+    savable = [(what, work) for what, work in queued if isinstance(work, Sql)]
+    saved = 0
+    if savable and path:
+        try:
+            saved = save(path, savable)
+        except OSError as exc:
+            log.error("cannot save queued state writes to {path}: {reason}", path=path, reason=exc)
+    if saved:
+        log.warn(
+            "{n} state write(s) not written at shutdown (database {db}) saved to {path}: written after the next start",
+            n=saved,
+            db=where,
+            path=path,
+        )
+    if len(queued) > saved:
+        log.warn("{n} state write(s) not written at shutdown (database {db}) and lost", n=len(queued) - saved, db=where)
+    return saved

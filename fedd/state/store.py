@@ -26,7 +26,6 @@ How it behaves, in order:
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,43 +135,13 @@ class StateStore(Service):
 
     def _queue_saved(self) -> None:
         """Queue again, ahead of anything new, the writes the last stop saved (see spill.py)."""
-        if not self.queue_file:
-            return
-        saved = spill.load(self.queue_file)
-        for what, sql in saved:
+        for what, sql in spill.restore(self.queue_file):
             write = _Write(what, sql, Deferred())
             write.done.addErrback(lambda _: None)  # nobody waits for these; a drop is counted
             self._queue.append(write)
-        if saved:
-            log.info(
-                "{n} state write(s) saved at the last stop queued again from {path}", n=len(saved), path=self.queue_file
-            )
-        try:
-            os.remove(self.queue_file)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.error("cannot remove {path}: {reason}", path=self.queue_file, reason=exc)
 
     def _save_queue(self) -> None:
-        savable = [(w.what, w.work) for w in self._queue if isinstance(w.work, Sql)]
-        saved = 0
-        if savable and self.queue_file:
-            try:
-                saved = spill.save(self.queue_file, savable)
-            except OSError as exc:
-                log.error("cannot save queued state writes to {path}: {reason}", path=self.queue_file, reason=exc)
-        lost = len(self._queue) - saved
-        if saved:
-            log.warn(
-                "{n} state write(s) not written at shutdown (database {db}) saved to {path}: "
-                "written after the next start",
-                n=saved,
-                db=self.db.where,
-                path=self.queue_file,
-            )
-        if lost:
-            log.warn("{n} state write(s) not written at shutdown (database {db}) and lost", n=lost, db=self.db.where)
+        spill.keep(self.queue_file, [(w.what, w.work) for w in self._queue], self.db.where)
 
     def _forget_self(self) -> Deferred[None]:
         def work(cursor: Cursor) -> None:
