@@ -34,6 +34,7 @@ from twisted.logger import Logger
 
 from fedd.config import EventsConfig
 from fedd.errors import describe
+from fedd.events.drops import DropReports
 from fedd.events.journal import Journal, Mark
 from fedd.events.model import Event, EventIds, Template, envelope, render, routing_key
 from fedd.events.outbox import Notice, Outbox
@@ -84,12 +85,16 @@ class EventsService(MultiService):
         self._wakeup = Wakeup(clock)  # the sender's idle wait, ended early by new events
         self._loop: Deferred[None] | None = None
         self.depth = 0
-        self.emitted = self.sent = self.failed = self.dropped = self.sampled_out = self.journal_errors = 0
+        self.emitted = self.sent = self.failed = self.sampled_out = self.journal_errors = 0
         self.last_error = ""
         self._open = False
-        self._drops_pending = 0  # dropped since the last report
-        self._drop_call: IDelayedCall | None = None
-        self._last_drop_report: float | None = None
+        self.drops = DropReports(
+            clock,
+            config,
+            outbox=outbox is not None,
+            ready=lambda: self._open and not self._notice_sending,
+            notify=self._drop_notice,
+        )
         self._notice: Notice | None = None  # the unsent events-dropped notice (outbox mode)
         self._notice_sending = False
         self._journal_logged: float | None = None
@@ -257,41 +262,20 @@ class EventsService(MultiService):
     # --- reporting drops ----------------------------------------------------------------------
 
     def _note_dropped(self, n: int) -> None:
-        self.dropped += n
-        self._drops_pending += n
-        if self._drop_call is None:
-            due = 0.0
-            if self._last_drop_report is not None:
-                due = max(0.0, self._last_drop_report + self.config.drop_report_interval - self.clock.seconds())
-            self._drop_call = self.clock.callLater(due, self._report_drops)
+        self.drops.note(n)
 
-    def _report_drops(self) -> Deferred[None] | None:
-        """One log line and one events-dropped notice for the drops since the last report."""
-        self._drop_call = None
-        n = self._drops_pending
-        if not n:
-            return None
-        if self._notice_sending or not self._open:  # the slot is busy: very soon
-            self._drop_call = self.clock.callLater(self.config.flush_interval, self._report_drops)
-            return None
-        self._drops_pending = 0
-        now = self._last_drop_report = self.clock.seconds()
-        why = "outbox full: {max} events, {policy}" if self.outbox is not None else "spool not writable"
-        log.warn(
-            "events dropped: {n} since the last report, {total} since start (" + why + "); "
-            "next report in {interval:g} s at the earliest",
-            n=n,
-            total=self.dropped,
-            max=self.config.outbox_max_events,
-            policy=self.config.shed,
-            interval=self.config.drop_report_interval,
-        )
+    @property
+    def dropped(self) -> int:
+        return self.drops.dropped
+
+    def _drop_notice(self, n: int, now: float) -> Deferred[None] | None:
+        """The events-dropped notice for `n` more drops (it has a slot of its own in the outbox)."""
         if "events-dropped" not in self.enabled:
             return None
         count = n + (self._notice[1] if self._notice is not None else 0)  # an unsent notice is replaced
         payload = {
             "dropped": count,
-            "dropped_total": self.dropped,
+            "dropped_total": self.drops.dropped,
             "policy": self.config.shed,
             "outbox_max": self.config.outbox_max_events,
         }
@@ -410,8 +394,7 @@ class EventsService(MultiService):
             log.info("{n} events waiting in the outbox from a previous run", n=self.depth)
         if (self._batch or self._unstored) and self._flush_call is None:
             self._flush_call = self.clock.callLater(self.config.flush_interval, self._flush)
-        if self._drops_pending and self._drop_call is None:
-            self._drop_call = self.clock.callLater(0, self._report_drops)
+        self.drops.soon()
         if self.outbox is not None:
             await self._send_loop()
 
@@ -428,13 +411,13 @@ class EventsService(MultiService):
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        for call in (self._flush_call, self._drop_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._flush_call = self._drop_call = None
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        self.drops.cancel()
         if self._open:
             if self.outbox is None:
-                self._report_drops()  # into the spool with the last batch
+                self.drops.report()  # into the spool with the last batch
             if self._flushing is not None:
                 await self._flushing
             await self._flush()  # whatever was emitted goes to the outbox now, not at the next start
@@ -442,9 +425,8 @@ class EventsService(MultiService):
         if self._loop is not None:
             await self._loop
         if self._open and self.outbox is not None:
-            if self._drop_call is not None and self._drop_call.active():
-                self._drop_call.cancel()
-            report = self._report_drops()  # the counts survive the restart in the notice slot
+            self.drops.cancel()
+            report = self.drops.report()  # the counts survive the restart in the notice slot
             if report is not None:
                 await report
         if self.outbox is not None:
