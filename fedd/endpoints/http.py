@@ -3,6 +3,7 @@ every call, an injectable client (StubTreq in tests), and streamed bodies paced 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -37,18 +38,32 @@ class HttpResponse:
         return values[-1].decode("latin-1") if isinstance(values[-1], bytes) else values[-1]
 
 
-def pooled_client(
+# an ASCII URL treq (hyperlink) would send unchanged: already percent-encoded, no fragment, no IPv6 literal
+_PLAIN_URL = re.compile(r"[A-Za-z0-9\-._~:/?&=%+,;!$'()*@]*")
+
+
+def pooled_agent(
     reactor: Any, *, timeout: float, tls_policy: Any = None, connections_per_host: int = 16
-) -> tuple[treq.client.HTTPClient, HTTPConnectionPool]:
-    """The treq client an `HttpClient` uses outside tests: an Agent over a persistent pool (closed
-    with the `HttpClient`), connecting within `timeout`, checking certificates with `tls_policy`."""
+) -> tuple[Agent, HTTPConnectionPool]:
+    """The Agent an `HttpClient` uses outside tests: a persistent pool (closed with the `HttpClient`),
+    connecting within `timeout`, checking certificates with `tls_policy`."""
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = connections_per_host
     pool.retryAutomatically = True
     kwargs: dict[str, Any] = {"pool": pool, "connectTimeout": timeout}
     if tls_policy is not None:
         kwargs["contextFactory"] = tls_policy
-    return treq.client.HTTPClient(Agent(reactor, **kwargs)), pool
+    return Agent(reactor, **kwargs), pool
+
+
+def pooled_client(
+    reactor: Any, *, timeout: float, tls_policy: Any = None, connections_per_host: int = 16
+) -> tuple[treq.client.HTTPClient, HTTPConnectionPool]:
+    """treq over a `pooled_agent`."""
+    agent, pool = pooled_agent(
+        reactor, timeout=timeout, tls_policy=tls_policy, connections_per_host=connections_per_host
+    )
+    return treq.client.HTTPClient(agent), pool
 
 
 class HttpClient:
@@ -74,10 +89,14 @@ class HttpClient:
         self.timeout = timeout
         self._max_body = max_body
         self._pool: HTTPConnectionPool | None = None
+        # HEADs (stat, the cold locate's fan-out) go to the Agent itself: treq's wrapping (URL parsing,
+        # cookie jar, gzip decoding, response buffering) is most of a HEAD's cost and none of it applies
+        self._agent: Agent | None = None
         if client is None:
-            client, self._pool = pooled_client(
+            self._agent, self._pool = pooled_agent(
                 reactor, timeout=timeout, tls_policy=tls_policy, connections_per_host=connections_per_host
             )
+            client = treq.client.HTTPClient(self._agent)
         self._http = client
 
     def request(
@@ -94,10 +113,22 @@ class HttpClient:
     ) -> Deferred[HttpResponse]:
         """`sink`: a 2xx answer's body goes to it chunk by chunk as it arrives (never held whole);
         `valve`: pauses reading that body while whoever the sink writes to cannot take more."""
-        d = ensureDeferred(self._request(method, url, headers or {}, body, read_body, sink, valve))
+        d: Deferred[HttpResponse]
+        if method == "HEAD" and body is None and self._agent is not None and _PLAIN_URL.fullmatch(url):
+            d = self._head(self._agent, url, headers or {})
+        else:
+            d = ensureDeferred(self._request(method, url, headers or {}, body, read_body, sink, valve))
         d.addTimeout(timeout or self.timeout, self._clock, onTimeoutCancel=self._timed_out(method))
         d.addErrback(self._translate, method)
         return d
+
+    @staticmethod
+    def _head(agent: Agent, url: str, headers: dict[str, str]) -> Deferred[HttpResponse]:
+        """A HEAD straight on the pooled Agent: no body to read or decode (the connection goes back to
+        the pool when the answer's headers are in); redirects are not followed, as with treq."""
+        hdrs = Headers({k.encode(): [v.encode()] for k, v in headers.items()})
+        requested: Deferred[Any] = agent.request(b"HEAD", url.encode("ascii"), hdrs, None)
+        return requested.addCallback(_headers_only)
 
     async def _request(
         self,
@@ -247,6 +278,12 @@ class _ValvedBody(TwistedProtocol):
             done.callback(None)
         else:
             done.errback(reason)
+
+
+def _headers_only(response: Any) -> Deferred[HttpResponse]:
+    """A HEAD's answer once its (empty) body has ended, which is at once."""
+    ended: Deferred[None] = treq.collect(response, _discard)
+    return ended.addCallback(lambda _: HttpResponse(response.code, response.headers, b""))
 
 
 def _discard(chunk: bytes) -> None:
