@@ -26,7 +26,7 @@ from twisted.logger import Logger
 
 from fedd.config.values import RgwNotify
 from fedd.errors import describe
-from fedd.events.sinks import AmqpSink, _Connection
+from fedd.events.sinks import AmqpSink, _Connection, close_connection
 from fedd.twtypes import Service
 
 log = Logger(namespace="fedd.confirm")
@@ -121,14 +121,7 @@ class RgwNotifications(Service):
         proto, self._proto = self._proto, None
         if self._wake is not None and not self._wake.called:
             self._wake.cancel()
-        if proto is not None and proto.is_open:
-            closed = proto.close()
-            if closed is not None:
-                closed.addTimeout(self.timeout, self.reactor)
-                try:
-                    await closed
-                except Exception as exc:  # going away anyway
-                    log.debug("RGW notifications: close: {reason}", reason=describe(exc))
+        await close_connection(proto, self.timeout, self.reactor, "RGW notifications")
         if self._loop is not None:
             await self._loop
 

@@ -96,6 +96,21 @@ _OUTAGE_TEXT = {
 }
 
 
+async def close_connection(proto: Any, timeout: float, reactor: Any, what: str) -> None:
+    """Close an AMQP connection (a pika Twisted protocol, or None) within `timeout`; a failure to
+    close is only logged at debug level: the connection is going away anyway."""
+    if proto is None or not proto.is_open:
+        return
+    closed = proto.close()
+    if closed is None:
+        return
+    closed.addTimeout(timeout, reactor)
+    try:
+        await closed
+    except Exception as exc:
+        log.debug("{what} close: {reason}", what=what, reason=describe(exc))
+
+
 class AmqpSink:
     """Publishes to a durable topic exchange with persistent messages, publisher confirms and each
     event's id as `message_id`. Its `service` keeps one connection up, reconnecting with backoff."""
@@ -229,14 +244,7 @@ class AmqpSink:
             self._attempt.cancel()
         self._kick()
         proto, self._proto, self.channel = self._proto, None, None
-        if proto is not None and proto.is_open:
-            closed = proto.close()
-            if closed is not None:
-                closed.addTimeout(self.timeout, self.reactor)
-                try:
-                    await closed
-                except Exception as exc:  # going away anyway
-                    log.debug("broker close: {reason}", reason=describe(exc))
+        await close_connection(proto, self.timeout, self.reactor, "broker")
 
     # --- publishing ---------------------------------------------------------------------------
 
