@@ -61,6 +61,21 @@ def wrk_latency(
     return rate, quantiles["50"], quantiles["99"]
 
 
+def curl_pipe(source: str, destination: str) -> float:
+    """`curl SRC | curl -T - DST`: the reference for copies through fedd; returns wall seconds."""
+    start = time.perf_counter()
+    out = subprocess.run(
+        f"curl -sS -f --max-time 900 {source} | curl -sS -f --max-time 900 -T - {destination}",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=1000,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"direct copy failed: {out.stderr}")
+    return time.perf_counter() - start
+
+
 def memory(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak) of a process, in KiB."""
     values: dict[str, int] = {}

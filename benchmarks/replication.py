@@ -31,7 +31,7 @@ import time
 import timeit
 from pathlib import Path
 
-from common import Fedd, free_port, start_fedd, wrk
+from common import Fedd, curl_pipe, free_port, start_fedd, wrk
 from tpc_throughput import cpu_seconds
 
 from fedd.replicate.counting import ReadCounter
@@ -108,20 +108,6 @@ def read_from_dst_region(port: int, name: str) -> None:
         raise RuntimeError(f"read of {name}: {out.stdout} {out.stderr}")
 
 
-def copy_direct(source: str, destination: str) -> float:
-    start = time.perf_counter()
-    out = subprocess.run(
-        f"curl -sS -f --max-time 900 {source} | curl -sS -f --max-time 900 -T - {destination}",
-        shell=True,
-        capture_output=True,
-        text=True,
-        timeout=1000,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"direct copy failed: {out.stderr}")
-    return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -187,7 +173,7 @@ def main() -> None:
         for n in range(rounds):
             name = f"copy-{n}.bin"
             os.link(big, src_root / "data" / name)
-            direct.append(copy_direct(f"{src.url}/data/{name}", f"{dst.url}/data/direct-{n}.bin"))
+            direct.append(curl_pipe(f"{src.url}/data/{name}", f"{dst.url}/data/direct-{n}.bin"))
             read_from_dst_region(on_port, name)
             through.append(created_duration(on, name))
             got = dst_root / "data" / name

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common import free_port, memory, start_fedd
+from common import curl_pipe, free_port, memory, start_fedd
 
 import tests.daemon
 from tests import servers
@@ -48,18 +48,6 @@ def copy_through_fedd(port: int, path: str, headers: dict[str, str]) -> None:
     conn.close()
     if response.status != 202 or not body.rstrip().endswith("success: Created"):
         raise RuntimeError(f"COPY {path}: {response.status} {body[-300:]}")
-
-
-def copy_direct(source: str, destination: str) -> None:
-    out = subprocess.run(
-        f"curl -sS -f --max-time 900 {source} | curl -sS -f --max-time 900 -T - {destination}",
-        shell=True,
-        capture_output=True,
-        text=True,
-        timeout=1000,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"direct copy failed: {out.stderr}")
 
 
 def timed_parallel(jobs: list[Callable[[], None]]) -> float:
@@ -202,7 +190,7 @@ write = yes
                 cpu0 = children_cpu()
                 direct.append(
                     timed_parallel(
-                        [lambda x=x: copy_direct(source, f"{dst.url}/fed/direct-{x}") for x in names]  # type: ignore[misc]
+                        [lambda x=x: curl_pipe(source, f"{dst.url}/fed/direct-{x}") for x in names]  # type: ignore[misc]
                     )
                 )
                 cpu_direct.append((children_cpu() - cpu0) / count)
