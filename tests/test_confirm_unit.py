@@ -157,6 +157,7 @@ def test_a_look_confirms_the_upload_with_the_stored_adler32() -> None:
     assert payload["duration"] == 3.0 and payload["scope"] == "atlas" and payload["name"] == "f"
     assert "/atlas/f" in fed.forgotten
     assert len(s.table) == 0 and s.counts["done"] == 1
+    assert ep.calls == ["/atlas/f", "/atlas/f"]  # two looks; the adler32 came with the second, no third stat
 
 
 def test_nothing_there_fails_at_the_deadline_after_bounded_looks() -> None:

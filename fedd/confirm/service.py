@@ -28,6 +28,7 @@ from fedd.config import Config
 from fedd.config.schema import ConfirmConfig
 from fedd.confirm.pending import Table, Timing, Upload, Verdict, judge_look, judge_notification
 from fedd.confirm.rgw import RgwNotifications
+from fedd.endpoints.base import Stat
 from fedd.endpoints.interfaces import IReadable
 from fedd.errors import describe
 from fedd.events.model import file_fields
@@ -184,6 +185,7 @@ class ConfirmService(MultiService):
     async def _look(self, upload: Upload) -> None:
         size = mtime = None
         exists = failed = False
+        found: Stat | None = None
         try:
             endpoint = self.fed.endpoints.get(upload.endpoint)
             if endpoint is None or not IReadable.providedBy(endpoint):
@@ -194,7 +196,7 @@ class ConfirmService(MultiService):
             self.counts["looks"] += 1
             upload.last_error = ""
             if stat is not None and not stat.is_dir:
-                exists, size, mtime = True, stat.size, stat.mtime
+                exists, size, mtime, found = True, stat.size, stat.mtime, stat
         except Exception as exc:  # an endpoint fault: try again later, fail only at the deadline
             self.counts["look_errors"] += 1
             upload.last_error = describe(exc)
@@ -203,14 +205,16 @@ class ConfirmService(MultiService):
             self._looking -= 1
         upload.looks += 1
         try:
-            self._judge(upload, size, mtime, exists, failed)
+            self._judge(upload, size, mtime, exists, failed, found)
         except Exception:  # a bug: the upload must not stay unscheduled (never looked at, never failed)
             log.failure("judging a look at {path} failed", path=upload.path)
             if self.table.get(upload.key) is upload and upload.due == float("inf"):
                 self.table.schedule(upload, self.timing.next_look(upload, self.clock.seconds()))
         self._arm()
 
-    def _judge(self, upload: Upload, size: int | None, mtime: float | None, exists: bool, failed: bool) -> None:
+    def _judge(
+        self, upload: Upload, size: int | None, mtime: float | None, exists: bool, failed: bool, found: Stat | None
+    ) -> None:
         if self.table.get(upload.key) is not upload:
             return  # resolved meanwhile (a notification), or replaced by a newer upload
         now = self.clock.seconds()
@@ -220,7 +224,7 @@ class ConfirmService(MultiService):
             return
         if verdict.outcome == "failed" and failed and upload.seen_size is None:
             verdict = Verdict("failed", f"deadline passed: the endpoint did not answer ({upload.last_error})")
-        self._resolve(upload, verdict, "look")
+        self._resolve(upload, verdict, "look", found)
 
     # --- notifications -----------------------------------------------------------------------
 
@@ -239,7 +243,8 @@ class ConfirmService(MultiService):
 
     # --- outcomes ----------------------------------------------------------------------------
 
-    def _resolve(self, upload: Upload, verdict: Verdict, how: str) -> None:
+    def _resolve(self, upload: Upload, verdict: Verdict, how: str, found: Stat | None = None) -> None:
+        """`found`: the object as the look that resolved it saw it (its checksums need no second stat)."""
         self.table.pop(upload.key)
         now = self.clock.seconds()
         self._forget(upload.path)
@@ -251,23 +256,25 @@ class ConfirmService(MultiService):
             self._publish("put-failed", payload)
             return
         self.counts["done"] += 1
-        ensureDeferred(self._done(upload, verdict.size, now, how)).addErrback(
+        ensureDeferred(self._done(upload, verdict.size, now, how, found)).addErrback(
             lambda f: log.failure("publishing put-done for {path} failed", f, path=upload.path)
         )
 
-    async def _done(self, upload: Upload, size: int | None, landed: float, how: str) -> None:
-        adler32 = await self._adler32(upload)
+    async def _done(self, upload: Upload, size: int | None, landed: float, how: str, found: Stat | None) -> None:
+        adler32 = await self._adler32(upload, found)
         self._publish("put-done", self._payload(upload, landed, how, bytes=size, adler32=adler32))
 
-    async def _adler32(self, upload: Upload) -> str | None:
-        """The new object's adler32: reported by the storage, known, or computed (up to checksum_wait)."""
+    async def _adler32(self, upload: Upload, stat: Stat | None) -> str | None:
+        """The new object's adler32: reported by the storage, known, or computed (up to checksum_wait).
+        `stat`: the object as a look just saw it; None (confirmed by a notification): stat it now."""
         endpoint = self.fed.endpoints.get(upload.endpoint)
         if endpoint is None:
             return None
         try:
-            d = IReadable(endpoint).stat(upload.endpoint_path)
-            d.addTimeout(endpoint.config.timeout * 2, self.clock)
-            stat = await d
+            if stat is None:
+                d = IReadable(endpoint).stat(upload.endpoint_path)
+                d.addTimeout(endpoint.config.timeout * 2, self.clock)
+                stat = await d
             if stat is None:
                 return None
             known = dict(stat.checksums).get("adler32")
