@@ -85,15 +85,12 @@ class HostShare:
         """Call `apply(data)` with each new publication of `name` (a started loop; stop it)."""
 
         def poll() -> None:
-            try:
-                data = self.read(name)
-                if data is not None:
-                    apply(data)
-            except Exception:  # a malformed file must not stop the loop
-                log.failure("applying the shared {name} failed", name=name)
+            data = self.read(name)
+            if data is not None:
+                apply(data)
 
-        loop = Periodic(clock, poll, "shared results follow").start(FOLLOW_INTERVAL, now=True)
-        return loop
+        # a malformed file is logged by the loop, which goes on
+        return Periodic(clock, poll, f"applying the shared {name}").start(FOLLOW_INTERVAL, now=True)
 
 
 class CounterFiles:
