@@ -131,6 +131,8 @@ class EventsConfig:
     idle_interval: float = key(v.positive_float, 1.0)
     timeout: float = key(v.positive_float, 10.0)
     drop_report_interval: float = key(v.positive_float, 60.0)
+    # events per broker message (1: one envelope per message, as Hermes; more: a JSON array): docs/events.md
+    bundle: int = key(v.in_range(int, low=1, high=10_000, what="a number from 1 to 10000", name="bundle"), 1)
     # STOMP (broker = stomp://... or stomp+ssl://..., several for fail-over): docs/events.md
     destination: str = key(v.destination, "/topic/fedd.events")
     login: str = key(v.text, "", secret=True)
