@@ -22,6 +22,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
+from fedd.endpoints.connect import DirectEndpoints
 from fedd.errors import ClientGone, EndpointError, describe
 
 
@@ -46,14 +47,13 @@ def pooled_agent(
     reactor: Any, *, timeout: float, tls_policy: Any = None, connections_per_host: int = 16
 ) -> tuple[Agent, HTTPConnectionPool]:
     """The Agent an `HttpClient` uses outside tests: a persistent pool (closed with the `HttpClient`),
-    connecting within `timeout`, checking certificates with `tls_policy`."""
+    connecting within `timeout` (to an IP address without a resolver thread: fedd.endpoints.connect),
+    checking certificates with `tls_policy`."""
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = connections_per_host
     pool.retryAutomatically = True
-    kwargs: dict[str, Any] = {"pool": pool, "connectTimeout": timeout}
-    if tls_policy is not None:
-        kwargs["contextFactory"] = tls_policy
-    return Agent(reactor, **kwargs), pool
+    endpoints = DirectEndpoints(reactor, timeout=timeout, tls_policy=tls_policy)
+    return Agent.usingEndpointFactory(reactor, endpoints, pool=pool), pool
 
 
 def pooled_client(
