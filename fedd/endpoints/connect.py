@@ -3,10 +3,10 @@
 twisted.web's Agent connects through `HostnameEndpoint` for every URL, which resolves the host in a
 thread of the reactor's pool even when it is an IP literal (`getaddrinfo` of "10.0.0.5" is still a
 thread hop and a wake-up of the reactor): for a cold locate that opens a connection to an endpoint
-whose pooled connections are busy, that was about 8% of fedd's time (docs/performance.md). An IPv4 or
-IPv6 literal now connects with `TCP4ClientEndpoint`/`TCP6ClientEndpoint` at once; a name still goes
-through `HostnameEndpoint` (every address of the name tried, as before). TLS is wrapped the same way
-as Agent's own factory does, with the same policy (`creatorForNetloc`).
+whose pooled connections are busy, that was about 8% of fedd's time (py-spy; docs/operations.md,
+"Cold locates"). An IPv4 or IPv6 literal now connects with `TCP4ClientEndpoint`/`TCP6ClientEndpoint`
+at once; a name still goes through `HostnameEndpoint` (every address of the name tried, as before).
+TLS is wrapped the same way as Agent's own factory does, with the same policy (`creatorForNetloc`).
 """
 
 from __future__ import annotations
