@@ -126,6 +126,27 @@ def test_pipelined_requests_are_answered_in_order_and_the_connection_comes_back(
     assert front.site.hot_answers == 3  # the last one came back to the lean front
 
 
+def test_hot_answers_to_pipelined_requests_go_out_in_one_write_before_the_full_fronts(front: Front) -> None:
+    front.warm()
+    protocol, transport = front.connect()
+    writes: list[bytes] = []
+    write = transport.write
+
+    def counting(data: bytes) -> None:
+        writes.append(data)
+        write(data)  # type: ignore[no-untyped-call]
+
+    transport.write = counting  # type: ignore[method-assign]
+    protocol.connectionMade()  # the lean front takes the transport's (counting) write again
+    protocol.dataReceived(GET * 5)
+    assert statuses(transport.value()) == [b"302"] * 5 and len(writes) == 1
+    writes.clear()
+    protocol.dataReceived(GET + GET + MISSING + GET)
+    front.reactor.advance(0)
+    assert statuses(transport.value())[5:] == [b"302", b"302", b"404", b"302"]  # in order
+    assert statuses(writes[0]) == [b"302", b"302"]  # the two hot answers together, then the full front's
+
+
 @pytest.mark.parametrize("cut", range(1, len(GET + GET)))
 def test_any_split_of_two_pipelined_requests(front: Front, cut: int) -> None:
     front.warm()

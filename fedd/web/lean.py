@@ -197,36 +197,50 @@ class LeanChannel(Protocol):
         self._serve()
 
     def _serve(self) -> None:
-        """Answer the complete request heads in the buffer, in order, until one must wait."""
+        """Answer the complete request heads in the buffer, in order, until one must wait. The hot
+        answers to pipelined requests that arrived together go out in one write (before anything the
+        full front writes, so the order holds)."""
         transport = self.transport
         buf = self._buf
+        answers: list[bytes] = []
         while buf and not self._waiting and not self._closing and transport is not None:
             if getattr(transport, "disconnecting", False):
-                return  # the full front closes the connection after its answer (Connection: close, an error)
+                break  # the full front closes the connection after its answer (Connection: close, an error)
             end = buf.find(b"\r\n\r\n")
             if end < 0 or end + 4 > MAX_HEAD:
                 bare_cr = buf.count(b"\r") - buf.endswith(b"\r") != buf.count(b"\r\n")
                 if len(buf) > MAX_HEAD or bare_cr or buf.count(b"\n") != buf.count(b"\r\n"):
+                    self._send(answers)
                     self._hand_over()  # too big, or bare CR/LF line ends: the full front's answer
                     return
+                self._send(answers)
                 self._arm_head_deadline()
                 return
             head = bytes(buf[: end + 4])
             answer = self._answer(head)
             if answer is None:
+                self._send(answers)
                 self._hand_over()
                 return
             del buf[: end + 4]
             if answer is _BORROW:
+                self._send(answers)
                 self._borrow(head)
                 continue
-            self._write(answer)
+            answers.append(answer)
             if self._closing:
+                self._send(answers)
                 self._disarm_head_deadline()
                 transport.loseConnection()
                 return
+        self._send(answers)
         if not buf:
             self._disarm_head_deadline()
+
+    def _send(self, answers: list[bytes]) -> None:
+        if answers:
+            self._write(answers[0] if len(answers) == 1 else b"".join(answers))
+            answers.clear()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disarm_head_deadline()
