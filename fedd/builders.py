@@ -52,10 +52,11 @@ def build_events(config: Config, reactor: Any, worker: WorkerRole | None = None)
             timeout=ev.timeout,
             heartbeat=ev.heartbeat,
             receipts=ev.receipts,
+            bundle=ev.bundle,
             tls_options=stomp_tls(ev.ca_file, ev.tls_certificate, ev.tls_private_key),
         )
     else:
-        sink = AmqpSink(reactor, ev.broker, ev.exchange, timeout=ev.timeout)
+        sink = AmqpSink(reactor, ev.broker, ev.exchange, timeout=ev.timeout, bundle=ev.bundle)
     events = EventsService(ev, clock=reactor, outbox=outbox, sink=sink, direct=True)
     sink.service.setName("broker")
     sink.service.setServiceParent(events)

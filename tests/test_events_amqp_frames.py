@@ -44,3 +44,50 @@ def test_a_name_over_255_bytes_is_refused() -> None:
         Publisher(1, "x" * 256, 131072)
     with pytest.raises(ValueError):
         Publisher(1, "fedd", 131072).message("k" * 256, "id", b"")
+
+
+def pika_bundle_bytes(channel: int, exchange: str, key: str, message_id: str, body: bytes, count: int) -> bytes:
+    props = pika.BasicProperties(
+        content_type="application/json", headers={"fedd-count": count}, delivery_mode=2, message_id=message_id
+    )
+    out: bytes = frame.Method(channel, spec.Basic.Publish(exchange=exchange, routing_key=key)).marshal()
+    out += frame.Header(channel, len(body), props).marshal()
+    step = 4096 - spec.FRAME_HEADER_SIZE - spec.FRAME_END_SIZE
+    for i in range(math.ceil(len(body) / step)):
+        out += frame.Body(channel, body[i * step : (i + 1) * step]).marshal()
+    return out
+
+
+@pytest.mark.parametrize("count", [1, 2, 100, 10_000, 2**31 - 1])
+@pytest.mark.parametrize("size", [2, 300, 4088, 4089, 3 * 4088 + 5])
+def test_bundle_frames_are_pikas_with_the_count_header(count: int, size: int) -> None:
+    body = b"[" + bytes(48 + i % 10 for i in range(size - 2)) + b"]"
+    publisher = Publisher(3, "fedd", 4096)
+    got = publisher.bundle_message("fedd.get.redirect", "0123456789abcdef0123456789abcdef", body, count)
+    assert got == pika_bundle_bytes(3, "fedd", "fedd.get.redirect", "0123456789abcdef0123456789abcdef", body, count)
+
+
+def test_bundles_are_runs_of_one_routing_key_with_the_first_id() -> None:
+    publisher = Publisher(1, "fedd", 131072)
+    events = [
+        ("a", "fedd.get.redirect", b'{"i":1}'),
+        ("b", "fedd.get.redirect", b'{"i":2}'),
+        ("c", "fedd.get.redirect", b'{"i":3}'),
+        ("d", "fedd.put.done", b'{"i":4}'),
+        ("e", "fedd.get.redirect", b'{"i":5}'),
+    ]
+    data, messages = publisher.bundles(events, 2)
+    expected = [
+        ("a", "fedd.get.redirect", b'[{"i":1},{"i":2}]', 2),
+        ("c", "fedd.get.redirect", b'[{"i":3}]', 1),
+        ("d", "fedd.put.done", b'[{"i":4}]', 1),
+        ("e", "fedd.get.redirect", b'[{"i":5}]', 1),
+    ]
+    assert messages == 4
+    assert data == b"".join(pika_bundle_bytes(1, "fedd", k, i, b, n) for i, k, b, n in expected)
+
+
+def test_bundle_one_is_todays_one_envelope_per_message() -> None:
+    publisher = Publisher(1, "fedd", 131072)
+    events = [("a", "fedd.get.redirect", b'{"x":1}'), ("b", "fedd.get.redirect", b"{}")]
+    assert publisher.bundles(events, 1) == (publisher.messages(events), 2)

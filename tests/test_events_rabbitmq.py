@@ -213,3 +213,34 @@ def test_full_outbox_sheds_counts_and_reports_once(setup: tuple[Path, str, Consu
         assert "events dropped" not in fed.log_text()
     finally:
         fed.stop()
+
+
+def test_bundles_arrive_with_every_id_once(setup: tuple[Path, str, Consumer]) -> None:
+    tmp, exchange, consumer = setup
+    port = free_port()
+    conf = config(port, exchange, "bundle = 25").replace("path = data", f"path = {tmp / 'data'}")
+    fed = start_fedd(tmp / "run", conf.replace("flush_interval = 0.02", "flush_interval = 0.5"), port)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", fed.port, timeout=10)
+        for i in range(60):  # one keep-alive connection: many redirects per flush
+            conn.request("GET", f"/atlas/f{i}")
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 302
+        conn.close()
+        wait_for(lambda: fed.status()["events"]["sent"], 20, "61 events sent", until=lambda n: n >= 61)
+        msgs = consumer.take(100, timeout=2.0)  # every message there is (fewer than 100)
+        ids: list[str] = []
+        paths: list[str] = []
+        for method, props, docs in msgs:
+            assert isinstance(docs, list) and props.headers == {"fedd-count": len(docs)} and len(docs) <= 25
+            assert props.message_id == docs[0]["id"] and props.delivery_mode == 2
+            assert {method.routing_key} == {"fedd." + d["event_type"].replace("-", ".") for d in docs}
+            ids += [d["id"] for d in docs]
+            paths += [d["payload"]["path"] for d in docs if d["event_type"] == "get-redirect"]
+        assert len(ids) == len(set(ids)) == 61  # endpoint-online and 60 redirects, each once
+        assert paths == [f"/atlas/f{i}" for i in range(60)]  # in order
+        assert len(msgs) < 20  # bundled: far fewer messages than events
+        assert "Traceback" not in fed.log_text()
+    finally:
+        fed.stop()

@@ -8,6 +8,9 @@ caused the event. Every event is published the same way (one exchange, persisten
 the body's size and the id: a message is three `struct` packs and a join (about 1.5 us).
 `tests/test_events_amqp_frames.py` checks the bytes against pika's own encoding.
 
+A bundle (fedd.events.bundles) is published the same way with one more property, the `headers`
+table `{"fedd-count": <events>}` (an AMQP signed 32-bit integer, `I`, as pika encodes an int).
+
 Confirms: the broker numbers a channel's messages 1, 2, ... and acks (or nacks) them, often many at
 once (`multiple`). pika's Twisted channel keeps a Deferred per message and scans all of them on
 every ack; `Confirms` keeps how far everything is answered and one Deferred per published batch,
@@ -23,6 +26,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from fedd.events.bundles import COUNT_HEADER, bundle
+
 FRAME_END = b"\xce"
 _FRAME = struct.Struct(">BHI")  # type, channel, payload size
 _METHOD, _HEADER, _BODY = 1, 2, 3
@@ -30,11 +35,14 @@ _BASIC = 60
 _PUBLISH = 40
 _CONTENT_TYPE = 1 << 15  # Basic's property flags, in the order the properties follow
 _DELIVERY_MODE = 1 << 12
+_HEADERS = 1 << 13
 _MESSAGE_ID = 1 << 7
 _PERSISTENT = 2
 _HEADER_FIXED = struct.Struct(">HHQH")  # class, weight, body size, property flags
 _HEADER_FRAME = struct.Struct(">BHIHHQH")  # a frame's head and _HEADER_FIXED in one
 _FLAGS = _CONTENT_TYPE | _DELIVERY_MODE | _MESSAGE_ID
+_BUNDLE_FLAGS = _FLAGS | _HEADERS
+_COUNT = struct.Struct(">i")
 
 
 def _short(text: str) -> bytes:
@@ -53,6 +61,9 @@ class Publisher:
         self.exchange = _short(exchange)
         self.body_max = frame_max - _FRAME.size - len(FRAME_END)
         self._props = _short(content_type) + bytes((_PERSISTENT,))  # then the message id
+        # a bundle's: content type, the headers table up to the count's value, then the count, persistent, id
+        field = _short(COUNT_HEADER) + b"I"
+        self._bundle_props = _short(content_type) + struct.pack(">I", len(field) + _COUNT.size) + field
         self._methods: dict[str, bytes] = {}
 
     def method(self, routing_key: str) -> bytes:
@@ -81,6 +92,30 @@ class Publisher:
     def messages(self, events: list[tuple[str, str, bytes]]) -> bytes:
         """(id, routing key, body) each: the bytes of their publishes, in order."""
         return b"".join([self.message(key, event_id, body) for event_id, key, body in events])
+
+    def bundle_message(self, routing_key: str, message_id: str, body: bytes, count: int) -> bytes:
+        """A bundle's publish: `message` with the headers table {"fedd-count": count}."""
+        mid = _short(message_id)
+        size = len(body)
+        props = b"".join((self._bundle_props, _COUNT.pack(count), bytes((_PERSISTENT,)), mid))
+        head = _HEADER_FRAME.pack(
+            _HEADER, self.channel, _HEADER_FIXED.size + len(props), _BASIC, 0, size, _BUNDLE_FLAGS
+        )
+        parts = [self.method(routing_key), head, props, FRAME_END]
+        step = self.body_max
+        for start in range(0, size, step):
+            chunk = body[start : start + step]
+            parts += (_FRAME.pack(_BODY, self.channel, len(chunk)), chunk, FRAME_END)
+        return b"".join(parts)
+
+    def bundles(self, events: list[tuple[str, str, bytes]], size: int) -> tuple[bytes, int]:
+        """The publishes of `events`, up to `size` per message (1: one each, no headers), and how
+        many messages that is (the confirms to wait for)."""
+        if size <= 1:
+            return self.messages(events), len(events)
+        found = bundle(events, size)
+        data = b"".join([self.bundle_message(key, mid, body, n) for mid, key, body, n in found])
+        return data, len(found)
 
 
 class Nacked(Exception):
@@ -114,12 +149,12 @@ class Confirms:
         low = self.done + 1 if multiple else tag  # the tags this frame answers: low..tag
         if nack:  # the batches holding a refused message fail; the others wait on
             kept: deque[tuple[int, int, Deferred[None]]] = deque()
+            refused: list[tuple[int, int, Deferred[None]]] = []
             for first, last, d in self._waiting:
-                if first <= tag and low <= last:
-                    _fire(d, Nacked(f"the broker refused a message among {first}..{last}"))
-                else:
-                    kept.append((first, last, d))
-            self._waiting = kept
+                (refused if first <= tag and low <= last else kept).append((first, last, d))
+            self._waiting = kept  # before firing: a failed batch's errback may publish again at once
+            for first, last, d in refused:
+                _fire(d, Nacked(f"the broker refused a message among {first}..{last}"))
         if multiple:
             self.done = max(self.done, tag)
             self._above = {t for t in self._above if t > self.done}

@@ -113,13 +113,15 @@ async def close_connection(proto: Any, timeout: float, reactor: Any, what: str) 
 
 class AmqpSink:
     """Publishes to a durable topic exchange with persistent messages, publisher confirms and each
-    event's id as `message_id`. Its `service` keeps one connection up, reconnecting with backoff."""
+    event's id as `message_id`; with `bundle` > 1, up to that many events per message
+    (fedd.events.bundles). Its `service` keeps one connection up, reconnecting with backoff."""
 
-    def __init__(self, reactor: Any, url: str, exchange: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, reactor: Any, url: str, exchange: str, *, timeout: float = 10.0, bundle: int = 1) -> None:
         self.reactor = reactor
         self.url = url
         self.exchange = exchange
         self.timeout = timeout
+        self.bundle = bundle
         self.params = pika.URLParameters(url)
         self.channel: Any = None
         self._confirms: Confirms | None = None
@@ -257,8 +259,9 @@ class AmqpSink:
         proto, confirms, publisher = self._proto, self._confirms, self._publisher
         if self.channel is None or proto is None or confirms is None or publisher is None:
             raise NotConnected(self.describe())
-        proto.transport.write(publisher.messages(events))
-        confirmed = confirms.published(len(events))
+        data, messages = publisher.bundles(events, self.bundle)
+        proto.transport.write(data)
+        confirmed = confirms.published(messages)  # a bundle is confirmed (or not) as a whole
         confirmed.addTimeout(self.timeout, self.reactor)
         try:
             await confirmed

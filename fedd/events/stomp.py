@@ -15,6 +15,8 @@ connection, and the connector reconnects with backoff, trying the configured bro
 Each SEND has `destination`, `content-type: application/json`, `content-length`,
 `persistent: true` (ActiveMQ stores it), Hermes' own `event_type` header (the event type, lower
 case, selectable by JMS selectors) and `fedd-id` (the envelope's id; the broker sets `message-id`).
+With `bundle` > 1 the body is a JSON array of up to that many envelopes of one event type
+(fedd.events.bundles), `fedd-id` its first event's id and `fedd-count` how many it holds.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from fedd.errors import describe
+from fedd.events.bundles import COUNT_HEADER, bundle
 from fedd.events.model import EVENT_TYPES, Event, routing_key
 from fedd.events.sinks import BrokerConnector, NotConnected
 from fedd.events.stomp_brokers import StompBroker, load_ca_file, parse_brokers, stomp_tls
@@ -91,6 +94,7 @@ class StompSink:
         timeout: float = 10.0,
         heartbeat: float = 10.0,
         receipts: str = "each",
+        bundle: int = 1,
         tls_options: Callable[[StompBroker], Any] | None = None,
         endpoint: Callable[[StompBroker], IStreamClientEndpoint] | None = None,
     ) -> None:
@@ -102,6 +106,7 @@ class StompSink:
         self.timeout = timeout
         self.heartbeat = heartbeat
         self.receipts_each = receipts == "each"
+        self.bundle = bundle
         self._tls_options = tls_options
         self._endpoint = endpoint or self._hostname_endpoint
         self._types = {routing_key(routing_prefix, t): t for t in EVENT_TYPES}
@@ -233,6 +238,15 @@ class StompSink:
 
     def frames(self, events: list[Event]) -> list[tuple[bytes, bytes]]:
         head = self._head
+        if self.bundle > 1:
+            return [
+                (
+                    f"{head}event_type:{escape(self._types.get(key, key))}\nfedd-id:{escape(first_id)}\n"
+                    f"{COUNT_HEADER}:{n}\ncontent-length:{len(body)}\n".encode(),
+                    body,
+                )
+                for first_id, key, body, n in bundle(events, self.bundle)
+            ]
         return [
             (
                 f"{head}event_type:{escape(self._types.get(key, key))}\nfedd-id:{escape(event_id)}\n"
