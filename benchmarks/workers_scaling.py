@@ -2,8 +2,10 @@
 
 Two fedds side by side over one local-directory endpoint (a cached 302 answered by the lean front),
 one with `workers = 1` and one with `workers = 2`, measured in turns with wrk at 32 and 1000
-keep-alive connections, ROUNDS times (the machine is shared: turns pair figures taken seconds
-apart). For each run: requests/s, and the CPU seconds fedd's processes used (supervisor and workers,
+keep-alive connections, and at 32 connections pipelining 16 requests each (wrk then spends a
+fraction of its CPU per request, so the two cores go to fedd: the run that shows what a second core
+gives a server that is the bottleneck), ROUNDS times (the machine is shared: turns pair figures taken
+seconds apart). For each run: requests/s, and the CPU seconds fedd's processes used (supervisor and workers,
 from /proc), so requests per fedd CPU-second, the per-core figure that a host with more cores and
 the clients elsewhere multiplies. wrk runs on the same two cores and needs a good part of them.
 
@@ -22,7 +24,7 @@ from pathlib import Path
 from common import Fedd, free_port, start_fedd, wrk
 
 ROUNDS = 3
-CONNECTIONS = (32, 1000)
+MODES = ((32, 1), (1000, 1), (32, 16))  # (connections, requests pipelined per connection)
 PATH = "/data/popular.root"
 
 
@@ -51,11 +53,11 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def run(fedd: Fedd, connections: int, seconds: float) -> tuple[float, float, float]:
+def run(fedd: Fedd, connections: int, pipeline: int, seconds: float) -> tuple[float, float, float]:
     """(requests/s, requests per fedd CPU-second, cores fedd used)."""
     pids = processes(fedd)
     before = cpu_seconds(pids)
-    rate = wrk(fedd.url + PATH, connections, seconds)
+    rate = wrk(fedd.url + PATH, connections, seconds, pipeline=pipeline)
     used = cpu_seconds(pids) - before
     return rate, rate * seconds / used if used > 0 else float("nan"), used / seconds
 
@@ -68,7 +70,7 @@ def main() -> None:
     (work / "files").mkdir()
     (work / "files" / "popular.root").write_bytes(b"x" * 1024)
     fedds: dict[int, Fedd] = {}
-    figures: dict[tuple[int, int], list[tuple[float, float, float]]] = {}
+    figures: dict[tuple[int, int, int], list[tuple[float, float, float]]] = {}
     try:
         for workers in (1, 2):
             port = free_port()
@@ -76,22 +78,22 @@ def main() -> None:
             for _ in range(20):  # every worker's plan cache warm
                 subprocess.run(["curl", "-s", "-o", "/dev/null", fedds[workers].url + PATH], check=True)
         for _ in range(rounds):
-            for c in CONNECTIONS:
+            for c, depth in MODES:
                 for workers in (1, 2):
-                    figures.setdefault((workers, c), []).append(run(fedds[workers], c, seconds))
+                    figures.setdefault((workers, c, depth), []).append(run(fedds[workers], c, depth, seconds))
     finally:
         for fedd in fedds.values():
             fedd.stop()
     print(f"\nCached redirect, wrk {seconds:g} s per run, {rounds} round(s) in turns: median requests/s")
     print(
-        f"{'connections':>12}{'workers = 1':>14}{'workers = 2':>14}{'2 / 1':>8}"
+        f"{'conns x pipe':>12}{'workers = 1':>14}{'workers = 2':>14}{'2 / 1':>8}"
         f"{'req/CPU-s (1)':>16}{'(2)':>10}{'cores used (1)':>16}{'(2)':>8}"
     )
-    for c in CONNECTIONS:
-        one, per_one, cores_one = (statistics.median(f[i] for f in figures[(1, c)]) for i in range(3))
-        two, per_two, cores_two = (statistics.median(f[i] for f in figures[(2, c)]) for i in range(3))
+    for c, depth in MODES:
+        one, per_one, cores_one = (statistics.median(f[i] for f in figures[(1, c, depth)]) for i in range(3))
+        two, per_two, cores_two = (statistics.median(f[i] for f in figures[(2, c, depth)]) for i in range(3))
         print(
-            f"{c:>12}{one:>14.0f}{two:>14.0f}{two / one:>8.2f}"
+            f"{f'{c} x {depth}':>12}{one:>14.0f}{two:>14.0f}{two / one:>8.2f}"
             f"{per_one:>16.0f}{per_two:>10.0f}{cores_one:>16.2f}{cores_two:>8.2f}"
         )
         print(
