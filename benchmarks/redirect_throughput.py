@@ -8,15 +8,21 @@ fedd runs its full path: routing, path normalisation, cache lookup, ranking, Sig
 events (the path the foundation issue names), with a get-redirect event per redirect to the spool
 file (the default when events are on), and with events to the machine's RabbitMQ (127.0.0.1:5672,
 a durable topic exchange with a durable queue bound to '#' as a consumer would have, publisher
-confirms): each event is in the journal before its 302 is sent (docs/events.md); and with
-`[server] workers = 2`. Every server runs side by side and is measured in turns at each connection
-count, ROUNDS times, so that each ratio pairs figures taken seconds apart (the machine is shared):
+confirms): each event is in the journal before its 302 is sent (docs/events.md); the same with
+`[events] bundle = 100` (up to 100 events per message); and with `[server] workers = 2`. Every
+server runs side by side and is measured in turns at each connection count, ROUNDS times, so that
+each ratio pairs figures taken seconds apart (the machine is shared):
 the ratios printed are the means of the per-round ratios. Each server is measured alone (wrk and
 the servers share the machine's two cores).
 
 At 1, 32 and 1000 connections (wrk --latency: requests/s, p50 and p99 latency).
 
-Usage: python3 benchmarks/redirect_throughput.py [--quick] [--rounds N]
+`--events` measures only the fedds with events off and on (no references, no workers): a shorter
+run for the on/off ratios. `--queue lazy|v2|lazy-v2` declares the consumer's queue with
+`x-queue-mode: lazy` and/or `x-queue-version: 2` (RabbitMQ 3.10+) instead of a default classic
+queue, to see what the queue type costs the broker per message.
+
+Usage: python3 benchmarks/redirect_throughput.py [--quick] [--rounds N] [--events] [--queue TYPE]
 """
 
 from __future__ import annotations
@@ -43,6 +49,13 @@ Figures = dict[int, tuple[float, float, float]]  # connections -> (requests/s, p
 ROUNDS = 2
 BROKER = "amqp://guest:guest@127.0.0.1:5672/%2F"
 OFF, SPOOL, AMQP = "fedd (1 process)", "fedd + events (spool)", "fedd + events (RabbitMQ)"
+AMQP100 = "fedd + events (RabbitMQ, bundle=100)"
+QUEUES: dict[str, dict[str, Any]] = {  # --queue: the consumer queue's arguments besides its bound
+    "classic": {},
+    "lazy": {"x-queue-mode": "lazy"},
+    "v2": {"x-queue-version": 2},
+    "lazy-v2": {"x-queue-mode": "lazy", "x-queue-version": 2},
+}
 TWO = "fedd, workers = 2"
 NGINX, LEAN, BARE, XRD = (
     "nginx return 302",
@@ -93,6 +106,8 @@ def main() -> None:
     quick = "--quick" in sys.argv
     seconds = 2.0 if quick else 5.0
     rounds_wanted = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else ROUNDS
+    only_events = "--events" in sys.argv
+    queue = sys.argv[sys.argv.index("--queue") + 1] if "--queue" in sys.argv else "classic"
     work = Path(tempfile.mkdtemp(prefix="fedd-bench-"))
     started: list[Any] = []
     try:
@@ -117,9 +132,12 @@ def main() -> None:
         (work / "davroot" / "atlas" / "data" / "popular.root").write_bytes(b"x" * 1024)
         (work / "xrdroot" / "atlas" / "data").mkdir(parents=True)
         (work / "xrdroot" / "atlas" / "data" / "popular.root").write_bytes(b"x" * 1024)
-        xrd = XRootD(work / "xrootd", work / "xrdroot")
-        started.append(xrd)
-        with broker_queue() as exchange:
+        xrd = None
+        if not only_events:
+            xrd = XRootD(work / "xrootd", work / "xrdroot")
+            started.append(xrd)
+        with broker_queue(QUEUES[queue]) as exchange:
+            print(f"RabbitMQ queue: {queue} {QUEUES[queue]}")
             rounds = measure_all(work, rgw, dav, xrd, exchange, seconds, rounds_wanted, started)
             report(rounds, seconds)  # before any clean-up can fail
     finally:
@@ -159,7 +177,7 @@ def measure_all(
     work: Path,
     rgw: servers.CephRGW,
     dav: servers.ApacheDav,
-    xrd: XRootD,
+    xrd: XRootD | None,
     exchange: str,
     seconds: float,
     rounds_wanted: int,
@@ -168,12 +186,15 @@ def measure_all(
     """Start every server, then at each connection count measure each in turn, `rounds_wanted` times."""
     urls: dict[str, tuple[str, list[str]]] = {}  # name -> (base URL, command wrk runs under)
     feds: dict[str, Fedd] = {}
-    for name, events, broker, workers in (
+    amqp = f"broker = {BROKER}\nexchange = {exchange}"
+    variants = [
         (OFF, "none", "", 1),
         (SPOOL, "all", "", 1),
-        (AMQP, "all", f"broker = {BROKER}\nexchange = {exchange}", 1),
+        (AMQP, "all", amqp, 1),
+        (AMQP100, "all", amqp + "\nbundle = 100", 1),
         (TWO, "none", "", 2),
-    ):
+    ]
+    for name, events, broker, workers in variants[:-1] if xrd is None else variants:
         port = free_port()
         conf = fedd_config(f"listen = tcp:{port}:interface=127.0.0.1", rgw, dav, events, broker, workers)
         feds[name] = start_fedd(work / f"fedd-{len(feds)}", conf, port)
@@ -182,13 +203,14 @@ def measure_all(
         for _ in range(20 if workers > 1 else 1):  # every worker's plan cache warm
             location = warm(feds[name].url + PATH)
     assert "X-Amz-Signature=" in location, location
-    nginx = servers.start_nginx_redirect(work / "nginx", location)
-    started.append(nginx)
-    urls[NGINX] = (nginx.url, [])
-    urls[LEAN] = (start_reference("lean_ceiling_302.py", location, started), [])
-    urls[BARE] = (start_reference("bare_twisted_302.py", location, started), [])
-    print("XRootD:", xrd.wait_redirect(PATH))
-    urls[XRD] = (xrd.url, xrd.wrap)
+    if xrd is not None:  # the references
+        nginx = servers.start_nginx_redirect(work / "nginx", location)
+        started.append(nginx)
+        urls[NGINX] = (nginx.url, [])
+        urls[LEAN] = (start_reference("lean_ceiling_302.py", location, started), [])
+        urls[BARE] = (start_reference("bare_twisted_302.py", location, started), [])
+        print("XRootD:", xrd.wait_redirect(PATH))
+        urls[XRD] = (xrd.url, xrd.wrap)
     rounds: Rounds = [{name: {} for name in urls} for _ in range(rounds_wanted)]
     rabbit = broker_pids()
     for c in CONNECTIONS:
@@ -203,8 +225,9 @@ def measure_all(
                     done = figures[name][c][0] * seconds / 1e6  # requests, in millions: CPU us per request
                     used = cpu_seconds(pids) - before[0], cpu_seconds(rabbit) - before[1]
                     CPU.setdefault((name, c), []).append((used[0] / done, used[1] / done))
-    ev = feds[AMQP].status()["events"]
-    print(f"events to RabbitMQ: emitted {ev['emitted']}, sent {ev['sent']}, outbox depth {ev['outbox_depth']}")
+    for name in (AMQP, AMQP100):
+        ev = feds[name].status()["events"]
+        print(f"{name}: emitted {ev['emitted']}, sent {ev['sent']}, outbox depth {ev['outbox_depth']}")
     return rounds
 
 
@@ -248,7 +271,7 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 @contextlib.contextmanager
-def broker_queue() -> Iterator[str]:
+def broker_queue(arguments: dict[str, Any] | None = None) -> Iterator[str]:
     """A durable topic exchange with a consumer's durable queue bound to '#' (bounded: nobody reads
     it here; persistent messages to it are confirmed once RabbitMQ has written them). A connection
     each to set up and to delete: an idle blocking connection misses its heartbeats in a long run."""
@@ -258,7 +281,7 @@ def broker_queue() -> Iterator[str]:
     with contextlib.closing(pika.BlockingConnection(pika.URLParameters(BROKER))) as admin:
         channel = admin.channel()
         channel.exchange_declare(exchange, "topic", durable=True)
-        channel.queue_declare(exchange, durable=True, arguments={"x-max-length": 200_000})
+        channel.queue_declare(exchange, durable=True, arguments={"x-max-length": 200_000, **(arguments or {})})
         channel.queue_bind(exchange, exchange, "#")
     try:
         yield exchange
@@ -287,6 +310,8 @@ def report(rounds: Rounds, seconds: float) -> None:
     print("\nPaired ratios (mean of the per-round ratios; rounds in brackets):")
 
     def line(label: str, a: str, b: str, c: int, target: float | None = None, field: int = 0) -> None:
+        if a not in names or b not in names:  # --events: no references measured
+            return
         mean, each = paired(rounds, a, b, c, field)
         verdict = "" if target is None else (" meets" if mean >= target else " MISSES") + f" {target:g}"
         print(f"{c:5} conn  {label:44} {mean:5.2f}{verdict}  ({', '.join(f'{x:.2f}' for x in each)})")
@@ -301,7 +326,7 @@ def report(rounds: Rounds, seconds: float) -> None:
         line(f"{label} / bare twisted.web", fedd, BARE, 32)
     for c in CONNECTIONS:
         line("XRootD p50 / fedd+events RabbitMQ p50", XRD, AMQP, c, 1.0 if c == 1000 else None, field=1)
-    for name, sink in ((SPOOL, "spool"), (AMQP, "RabbitMQ")):
+    for name, sink in ((SPOOL, "spool"), (AMQP, "RabbitMQ"), (AMQP100, "RabbitMQ, bundle=100")):
         for c in CONNECTIONS:
             line(f"events to {sink} on / off", name, OFF, c, 0.9)
     for c in CONNECTIONS:
