@@ -54,6 +54,12 @@ def test_event_ids_are_unique_across_processes_and_restarts() -> None:
     assert EventIds(2**64 + 5)() == EventIds(5)()  # the seed is 64 bits
 
 
+def test_event_ids_count_from_one_in_hex_past_the_table() -> None:
+    ids = EventIds(0xABC)
+    got = [ids() for _ in range(70_000)]  # the last two digits from a table, the rest once per 256
+    assert got == [f"{0xABC:016x}{n:016x}" for n in range(1, 70_001)]
+
+
 def rows(n: int, start: int = 0) -> list[tuple[str, str, bytes]]:
     return [(f"id{i}", "k", b"%d" % i) for i in range(start, start + n)]
 
@@ -190,13 +196,46 @@ def test_journal_opens_another_segment_when_one_is_full(tmp_path: Path) -> None:
     assert len(paths) == 3 and read_segments(paths) == (events, 0)
     journal.stored(first)
     assert read_segments(paths) == (events[2:], 0)
-    journal.stored(second)  # the two full segments are gone, the current one stays for more
-    assert [p for p in paths if os.path.exists(p)] == paths[2:]
+    journal.stored(second)  # of the two full segments one is gone, one the spare; the current one stays
+    assert [p for p in paths if os.path.exists(p)] == [paths[0], paths[2]]
+    assert read_segments(paths[:1]) == ([], 0)  # the spare replays nothing
     journal.append(("big", "t", {"y": "y" * SEGMENT_BYTES}, 1.0))  # larger than a segment: one of its own
     big = journal.mark()
     assert [e[0] for e in read_segments(sorted({s.path for s, _ in big}))[0]] == ["big"]
     journal.stored(big)
     journal.close(everything_stored=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_segment_stored_to_its_end_is_reused_under_a_later_name(tmp_path: Path) -> None:
+    clock = Clock()
+    base = str(tmp_path / "o.sqlite")
+    journal = Journal(base, clock)
+    body = {"x": "x" * (SEGMENT_BYTES // 3)}  # two records to a segment
+    journal.append(("a1", "t", body, 1.0))
+    journal.append(("a2", "t", body, 1.0))
+    journal.append(("a3", "t", body, 1.0))  # a second segment
+    first = journal.mark()
+    journal.stored(first)  # the first one is stored to its end: the spare
+    [spare] = [s for s, _ in first if s.full]
+    spare_map = spare.map
+    journal.append(("a4", "t", body, 1.0))
+    journal.append(("a5", "t", body, 1.0))  # the second is full: the spare becomes the third
+    second = journal.mark()
+    third = second[-1][0]
+    assert third.map is spare_map and third.path != spare.path and not os.path.exists(spare.path)
+    assert sorted(p.name for p in tmp_path.iterdir())[-1] == os.path.basename(third.path)  # the newest name
+    assert read_segments([third.path]) == ([("a5", "t", body, 1.0)], 0)  # no record of its first use
+    journal.stored(first)  # a stale mark of the old name does nothing
+    assert read_segments([third.path]) == ([("a5", "t", body, 1.0)], 0)
+    for segment, _ in second:  # killed with a4, a5 unstored: its locks go
+        Journal.release(segment)
+    journal.close(everything_stored=False)
+    other = Journal(base, clock)
+    found = other.leftovers()
+    assert read_segments([s.path for s in found]) == ([("a4", "t", body, 1.0), ("a5", "t", body, 1.0)], 0)
+    for segment in found:
+        Journal.remove(segment)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -9,6 +9,11 @@ stored: in the segment's header, or by deleting a segment stored to its end. At 
 segments of a dead process hold past their header is replayed before anything else; events stored
 just before the kill are stored again under the same id (at least once, never lost).
 
+A segment stored to its end is kept as the spare (its header saying so: a replay finds nothing in
+it) and becomes the next segment: zeroed where it was written, renamed, and written again. A new
+segment costs ~4 ms of CPU (allocating, mapping and faulting in 4 MiB), a spare's reuse ~0.2 ms;
+at 10,000 events a segment that was a third of a microsecond per event, on one unlucky request.
+
 A segment is locked (`flock`) for as long as its writer holds it, so a second fedd process sharing
 the outbox never takes a segment that is still being written: only dead processes' segments are
 leftovers.
@@ -139,6 +144,7 @@ class Journal:
         self._failed_at: float | None = None  # a segment could not be opened (a full disk): retry a second later
         self._map: mmap.mmap | None = None  # the current segment's, and its size (0: none)
         self._room = 0
+        self._spare: Segment | None = None  # stored to its end, still mapped: the next segment
 
     def append(self, raw: Raw) -> None:
         """Copy one record into the mapped segment; raises OSError (a full disk) for the caller to count,
@@ -177,11 +183,37 @@ class Journal:
         self._failed_at = None
         return segment
 
+    def _name(self) -> str:
+        """A new segment's name: later than every earlier one of this process (replay order)."""
+        self._last = max(int(self.clock.seconds() * 1_000_000), self._last + 1)
+        return f"{self.base}{SUFFIX}{self._last:016d}-{os.getpid()}"
+
     def _open(self, need: int) -> Segment:
-        size = max(SEGMENT_BYTES, HEADER.size + need)
+        spare, self._spare = self._spare, None
+        segment = None
+        if spare is not None:
+            if HEADER.size + need <= SEGMENT_BYTES:
+                segment = self._reuse(spare)
+            else:
+                Journal.remove(spare)
+        if segment is None:
+            segment = self._create(max(SEGMENT_BYTES, HEADER.size + need))
+        old = self._current
+        if old is not None:
+            old.full = self._pos
+            if self._pos > self._marked:
+                self._full.append(old)  # its last lines go with the next mark
+            elif old.stored_to >= old.full:
+                self._retire(old)
+            # else: everything in it was handed out, and it goes when that mark is stored
+        self._current, self._pos, self._marked = segment, HEADER.size, HEADER.size
+        assert segment.map is not None
+        self._map, self._room = segment.map, len(segment.map)
+        return segment
+
+    def _create(self, size: int) -> Segment:
         while True:
-            self._last = max(int(self.clock.seconds() * 1_000_000), self._last + 1)
-            path = f"{self.base}{SUFFIX}{self._last:016d}-{os.getpid()}"
+            path = self._name()
             try:
                 fd = os.open(path, _FLAGS, 0o600)
             except FileExistsError:
@@ -199,16 +231,36 @@ class Journal:
         except OSError:
             Journal.remove(segment)
             raise
-        old = self._current
-        if old is not None:
-            old.full = self._pos
-            if self._pos > self._marked:
-                self._full.append(old)  # its last lines go with the next mark
-            elif old.stored_to >= old.full:
-                Journal.remove(old)
-            # else: everything in it was handed out, and it goes when that mark is stored
-        self._current, self._pos, self._marked = segment, HEADER.size, HEADER.size
-        self._map, self._room = segment.map, len(segment.map)
+        return segment
+
+    def _retire(self, segment: Segment) -> None:
+        """A segment stored to its end: the spare (if there is none and it has the usual size), or deleted."""
+        if self._spare is not None or segment.map is None or len(segment.map) != SEGMENT_BYTES:
+            Journal.remove(segment)
+            return
+        HEADER.pack_into(segment.map, 0, segment.full)  # a replay after a kill finds nothing past it
+        self._spare = segment
+
+    def _reuse(self, spare: Segment) -> Segment | None:
+        """The spare as a new segment: its records zeroed, then its header (a kill in between leaves
+        a segment with nothing to replay), then a new name; None if the file system refuses."""
+        assert spare.map is not None
+        spare.map[HEADER.size : spare.full] = bytes(spare.full - HEADER.size)
+        HEADER.pack_into(spare.map, 0, 0)
+        try:
+            while True:
+                path = self._name()
+                try:
+                    os.link(spare.path, path)  # not rename: that would replace a file of that name
+                except FileExistsError:
+                    continue
+                break
+            os.unlink(spare.path)
+        except OSError:
+            Journal.remove(spare)
+            return None
+        segment = Segment(path, spare.fd, spare.map)
+        spare.fd, spare.map, spare.full = -1, None, 0  # a stale reference does nothing (stored(), release())
         return segment
 
     def mark(self) -> Mark:
@@ -225,7 +277,7 @@ class Journal:
         for segment, end in mark:
             segment.stored_to = max(segment.stored_to, end)
             if segment.full and end >= segment.full:
-                Journal.remove(segment)
+                self._retire(segment)
             elif segment.map is not None:
                 HEADER.pack_into(segment.map, 0, end)
 
@@ -252,6 +304,8 @@ class Journal:
     @staticmethod
     def remove(segment: Segment) -> None:
         """Delete a segment (before unlocking it, so nobody replays it)."""
+        if segment.fd < 0:  # released already, or reused under another name
+            return
         try:
             os.unlink(segment.path)
         finally:
@@ -263,13 +317,18 @@ class Journal:
         if segment.map is not None:
             segment.map.close()  # the pages stay in the page cache: the file holds them
             segment.map = None
-        os.close(segment.fd)
+        if segment.fd >= 0:  # -1: reused as another segment (Journal._reuse)
+            os.close(segment.fd)
+            segment.fd = -1
 
     def close(self, everything_stored: bool) -> None:
         """Let go of the segments: deleted when `everything_stored`, else left for the next start."""
         segments = [*self._full, *([self._current] if self._current is not None else [])]
         self._full, self._current = [], None
         self._map, self._room = None, 0
+        if self._spare is not None:  # stored to its end: nothing in it to keep
+            Journal.remove(self._spare)
+            self._spare = None
         for segment in segments:
             if everything_stored:
                 Journal.remove(segment)

@@ -10,6 +10,7 @@ consumers bind `fedd.get.#` or `#`.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -129,18 +130,27 @@ def encode(raw: Raw | Journaled, prefix: str) -> Event:
 
 class EventIds:
     """Unique event ids without a system call per event: 16 hex digits drawn once per process start
-    (`seed`, 64 random bits) followed by a 16-hex-digit counter, 32 hex digits in all."""
+    (`seed`, 64 random bits) followed by a 16-hex-digit counter (1, 2, ...), 32 hex digits in all.
+    The counter's first 14 digits are formatted once per 256 ids, the last two come from a table:
+    an id is a string concatenation (0.1 us, a third of formatting it whole)."""
 
     def __init__(self, seed: int) -> None:
         self._prefix = f"{seed & _ID_MASK:016x}"
-        self._count = 0
+        self._high = 0  # the counter without its last two digits
+        self._head = self._prefix + "0" * 14
+        self._lows: Iterator[str] = iter(_LOW[1:])  # the counter starts at 1
 
     def __call__(self) -> str:
-        self._count += 1
-        return f"{self._prefix}{self._count:016x}"
+        for low in self._lows:
+            return self._head + low
+        self._high += 1
+        self._head = f"{self._prefix}{self._high:014x}"
+        self._lows = iter(_LOW)
+        return self._head + next(self._lows)
 
 
 _ID_MASK = 2**64 - 1
+_LOW = tuple(f"{i:02x}" for i in range(256))
 
 
 def file_fields(path: str) -> dict[str, Any]:

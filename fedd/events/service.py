@@ -204,12 +204,14 @@ class EventsService(MultiService):
         pending = self._unstored
         events = [event for _, batch in pending for event in batch]
         dropped = 0
+        queued = False  # in the outbox: the sender has work
         try:
             if self.outbox is None:  # a spool file is durable itself: no outbox in front of it
                 await self.sink.publish(events)
                 self.sent += len(events)
             elif not await self._publish_direct(events):
                 self.depth, dropped = await self.outbox.add(events)
+                queued = True
         except Exception as exc:
             self._store_failures += 1
             self.last_error = describe(exc)
@@ -229,7 +231,8 @@ class EventsService(MultiService):
             self._store_failures = 0
         if dropped:
             self._note_dropped(dropped)
-        self._kick()
+        if queued:  # not after a direct publish: an idle sender would only find the outbox empty (a thread round trip)
+            self._kick()
 
     async def _publish_direct(self, events: list[Event]) -> bool:
         """Publish a batch without the outbox when nothing waits there; False: it goes to the outbox."""
