@@ -8,28 +8,28 @@
 2. The whole path into the machine's RabbitMQ (127.0.0.1:5672, guest/guest; a durable topic
    exchange and a durable queue bound to '#', as benchmarks/redirect_throughput.py sets up):
    EventsService with its journal, direct publishing and outbox, AmqpSink with confirms, fed with
-   `--rate` events a second in 1 ms steps until `--events` were emitted and all were confirmed.
+   `--rate` events a second in 1 ms steps until `--events` were emitted and all were confirmed
+   (`--queue lazy|v2|lazy-v2`: the queue's type, as in redirect_throughput.py).
    Reported: fedd's CPU (this process, every thread) and RabbitMQ's (beam.smp) per event, for each
    `--bundle` size given.
 
-Usage: python3 benchmarks/events_cost.py [--events N] [--rate R] [--bundle 1,100] [--steps-only]
+Usage: python3 benchmarks/events_cost.py [--events N] [--rate R] [--bundle 1,100] [--queue TYPE] [--steps-only]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import random
 import resource
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from common import ROOT  # noqa: F401  (puts the checkout first on sys.path)
-from redirect_throughput import BROKER, broker_pids, cpu_seconds
+from redirect_throughput import BROKER, QUEUES, broker_pids, broker_queue, cpu_seconds
 
 from fedd.config import EventsConfig
 from fedd.events.amqp_frames import Publisher
@@ -109,25 +109,6 @@ def steps(bundle_sizes: list[int]) -> None:
         print(f"  frames, bundle {size:<5}       {us:6.2f}")
 
 
-@contextlib.contextmanager
-def broker_queue() -> Iterator[str]:
-    import pika
-
-    exchange = f"fedd-events-cost-{os.getpid()}"
-    with contextlib.closing(pika.BlockingConnection(pika.URLParameters(BROKER))) as admin:
-        channel = admin.channel()
-        channel.exchange_declare(exchange, "topic", durable=True)
-        channel.queue_declare(exchange, durable=True, arguments={"x-max-length": 200_000})
-        channel.queue_bind(exchange, exchange, "#")
-    try:
-        yield exchange
-    finally:
-        with contextlib.closing(pika.BlockingConnection(pika.URLParameters(BROKER))) as admin:
-            channel = admin.channel()
-            channel.queue_delete(exchange)
-            channel.exchange_delete(exchange)
-
-
 def whole_path(exchange: str, size: int, events: int, rate: float) -> tuple[float, float, float, float]:
     """(fedd CPU us, RabbitMQ CPU us per event, seconds, the emitting loop's own CPU us per event)
     for `events` emitted at `rate` a second. The loop (a timer every millisecond) is run once
@@ -196,6 +177,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--rate", type=float, default=20_000.0, help="events per second")
     parser.add_argument("--bundle", default="1,100", help="bundle sizes, comma-separated")
+    parser.add_argument("--queue", default="classic", choices=sorted(QUEUES), help="the consumer queue's type")
     parser.add_argument("--steps-only", action="store_true")
     parser.add_argument("--whole-only", action="store_true")
     args = parser.parse_args()
@@ -209,13 +191,14 @@ def main() -> None:
 
         for size in sizes:
             cmd = [sys.executable, __file__, "--whole-only", "--bundle", str(size)]
-            cmd += ["--events", str(args.events), "--rate", str(args.rate)]
+            cmd += ["--events", str(args.events), "--rate", str(args.rate), "--queue", args.queue]
             subprocess.run(cmd, check=True, timeout=600)
         return
-    with broker_queue() as exchange:
+    with broker_queue(QUEUES[args.queue]) as exchange:
         fedd_us, rabbit_us, seconds, loop_us = whole_path(exchange, sizes[0], args.events, args.rate)
     print(
-        f"whole path, bundle {sizes[0]:<5}: {args.events:,} events at {args.rate:,.0f}/s in {seconds:.1f} s:"
+        f"whole path, {args.queue} queue, bundle {sizes[0]:<5}: {args.events:,} events at {args.rate:,.0f}/s"
+        f" in {seconds:.1f} s:"
         f" fedd {fedd_us:5.1f} us, RabbitMQ {rabbit_us:5.1f} us CPU per event"
         f" (the emitting loop's {loop_us:.1f} us apart)"
     )
