@@ -395,6 +395,35 @@ def test_rabbitmq_stomp_delivery_and_cut_connection(rabbit_stomp: int, data: Pat
             consumer.close()
 
 
+def test_rabbitmq_stomp_bundles_every_id_once(rabbit_stomp: int, data: Path, tmp_path: Path) -> None:
+    queue = f"/queue/fedd-stomp-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    broker = f"stomp://guest:guest@127.0.0.1:{rabbit_stomp}"
+    fed = start_fedd(tmp_path / "run", config(port, data, broker, queue, "bundle = 50"), port)
+    consumer = None
+    try:
+        wait_for(lambda: fed.status()["events"]["connected"], 20, "fedd connected to RabbitMQ STOMP")
+        redirects(fed, N)
+        wait_for(lambda: fed.status()["events"]["sent"] >= N, 60, "fedd to send everything")
+        consumer = Consumer(rabbit_stomp, "guest", "guest", queue)  # the queue kept them
+        got = consumer.settle()
+        envelopes: list[Any] = []
+        for headers, docs in got:
+            assert isinstance(docs, list) and 1 <= len(docs) <= 50 and headers["fedd-count"] == str(len(docs))
+            assert headers["event_type"] == "get-redirect" and headers["fedd-id"] == docs[0]["id"]
+            envelopes += docs
+        ids = [doc["id"] for doc in envelopes]
+        assert len(ids) == len(set(ids)) == N  # every event once, no fault
+        assert [doc["payload"]["path"] for doc in envelopes] == [f"/atlas/f{i % 20}" for i in range(N)]  # in order
+        assert len(got) < N // 10  # bundled
+        report(f"RabbitMQ STOMP, bundle = 50: {len(got)} messages", counts([({}, d) for d in envelopes], N))
+        clean(fed.log_text())
+    finally:
+        fed.stop()
+        if consumer is not None:
+            consumer.close()
+
+
 def test_rabbitmq_stomp_wrong_password(rabbit_stomp: int, data: Path, tmp_path: Path) -> None:
     queue = f"/queue/fedd-stomp-{uuid.uuid4().hex[:8]}"
     port = free_port()
