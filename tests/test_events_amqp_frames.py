@@ -39,6 +39,15 @@ def test_a_batch_is_its_messages_in_order() -> None:
     assert publisher.messages(events) == expected
 
 
+def test_a_batch_with_empty_and_multi_frame_bodies_is_pikas() -> None:
+    publisher = Publisher(9, "fedd", 4096)
+    events = [(f"id{n}", "fedd.put.done" if n % 2 else "fedd.get.redirect", b"y" * n) for n in (300, 0, 4089, 1, 9000)]
+    expected = b"".join(pika_bytes(9, "fedd", k, i, b, 4096) for i, k, b in events)
+    assert publisher.messages(events) == expected
+    with pytest.raises(ValueError):
+        publisher.messages([("i" * 256, "fedd.get.redirect", b"{}")])
+
+
 def test_a_name_over_255_bytes_is_refused() -> None:
     with pytest.raises(ValueError):
         Publisher(1, "x" * 256, 131072)
