@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,10 +58,24 @@ class Fedd:
                 self.proc.wait(5)
 
 
+def with_test_workers(config_text: str) -> str:
+    """`FEDD_TEST_WORKERS=N` (or `auto`): the configuration with `[server] workers = N` where it sets
+    none, so the daemon tests can run against N worker processes without editing each test."""
+    workers = os.environ.get("FEDD_TEST_WORKERS", "")
+    if not workers:
+        return config_text
+    if "[server]" not in config_text:
+        return config_text + f"\n[server]\nworkers = {workers}\n"
+    server_section = config_text.split("[server]", 1)[1].split("\n[", 1)[0]
+    if re.search(r"^\s*workers\s*=", server_section, re.M):
+        return config_text
+    return config_text.replace("[server]", f"[server]\nworkers = {workers}", 1)
+
+
 def start_fedd(workdir: Path, config_text: str, port: int, *extra: str, timeout: float = 20.0) -> Fedd:
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "fedd.conf"
-    config.write_text(config_text)
+    config.write_text(with_test_workers(config_text))
     log = workdir / "fedd.log"
     proc = subprocess.Popen(
         twistd_command("--config", str(config), *extra),
