@@ -147,6 +147,19 @@ def test_hot_answers_to_pipelined_requests_go_out_in_one_write_before_the_full_f
     assert statuses(writes[0]) == [b"302", b"302"]  # the two hot answers together, then the full front's
 
 
+def test_a_query_string_is_answered_hot_unless_it_asks_for_a_metalink(front: Front) -> None:
+    front.warm()
+    protocol, transport = front.connect()
+    protocol.dataReceived(b"GET /atlas/f?job=42&x HTTP/1.1\r\nHost: fedd.example\r\n\r\n")
+    assert front.site.hot_answers == 1 and statuses(transport.value()) == [b"302"]
+    assert b"Location: http://a.example/f\r\n" in transport.value()  # as the full front answers it
+    assert front.events.emitted[-1][1]["path"] == "/atlas/f"  # the path, as twisted.web's request.path
+    protocol.dataReceived(b"GET /atlas/f?metalink HTTP/1.1\r\nHost: fedd.example\r\n\r\n")
+    front.reactor.advance(0)
+    assert front.site.hot_answers == 1  # the full front's metalink answer
+    assert b"application/metalink4+xml" in transport.value()
+
+
 @pytest.mark.parametrize("cut", range(1, len(GET + GET)))
 def test_any_split_of_two_pipelined_requests(front: Front, cut: int) -> None:
     front.warm()

@@ -68,10 +68,11 @@ class _Head:
 class _Request:
     """What the lean front needs of a request head it may answer."""
 
-    __slots__ = ("agent", "host", "keep", "method", "url", "version")
+    __slots__ = ("agent", "host", "keep", "method", "path", "url", "version")
 
     def __init__(self, method: bytes, url: bytes, host: bytes | None, agent: bytes, keep: bool, version: str) -> None:
         self.method, self.url, self.host, self.agent, self.keep, self.version = method, url, host, agent, keep, version
+        self.path = url.partition(b"?")[0]  # as twisted.web's request.path: the plan, events, access file
 
 
 def _parse(head: bytes) -> _Request | bytes | None:
@@ -112,8 +113,11 @@ def _parse(head: bytes) -> _Request | bytes | None:
             connection = value.lower()
     url = parsed.url
     version = parser.get_http_version()
-    if borrow or not url.startswith(b"/") or b"?" in url or b"#" in url or (version == "1.1" and host is None):
+    if borrow or not url.startswith(b"/") or b"#" in url or (version == "1.1" and host is None):
         return _BORROW
+    query = url.partition(b"?")[2]
+    if query and any(part.partition(b"=")[0] == b"metalink" for part in query.split(b"&")):
+        return _BORROW  # a metalink answer (fedd.web.reads); any other query is ignored there too
     # (httptools' should_keep_alive() already describes the next message once this one is complete)
     tokens = {t.strip() for t in connection.split(b",")}
     keep = b"close" not in tokens if version == "1.1" else b"keep-alive" in tokens
@@ -272,7 +276,7 @@ class LeanChannel(Protocol):
         resource = self.site.resource
         try:
             who = self._identity()
-            hot = resource.hot_plan(request.method, request.url, request.host, self._secure, self._client, who)
+            hot = resource.hot_plan(request.method, request.path, request.host, self._secure, self._client, who)
         except FeddError:
             return _BORROW  # the full front says why (an unusable certificate: 403)
         if hot is None:
@@ -280,8 +284,8 @@ class LeanChannel(Protocol):
         plan = hot[0]
         draining = self.site.draining
         self._closing = not request.keep or draining
-        resource.reads.announce(plan, path=request.url, method=request.method, client=self._client, who=who)
-        self._count(request.method, request.url, plan.code, plan.endpoint, who, request.agent)
+        resource.reads.announce(plan, path=request.path, method=request.method, client=self._client, who=who)
+        self._count(request, plan.code, plan.endpoint, who)
         if plan is not self._last_plan or draining:
             self._last_plan = plan if not draining else None
             self._last_parts = _response(plan, request, keep=request.keep and not draining)
@@ -294,8 +298,9 @@ class LeanChannel(Protocol):
             self._who = gate.transport_identity(self.transport) if self._secure else ANONYMOUS
         return self._who
 
-    def _count(self, method: bytes, path: bytes, code: int, endpoint: str, who: Identity, agent: bytes) -> None:
+    def _count(self, request: _Request, code: int, endpoint: str, who: Identity) -> None:
         site = self.site
+        method = request.method
         site.hot_answers += 1
         if site.metrics is not None:
             site.metrics.request(method, code, 0.0)
@@ -308,12 +313,12 @@ class LeanChannel(Protocol):
                     client=self._client,
                     who=who,
                     method=method,
-                    path=path,
+                    path=request.path,
                     status=code,
                     sent=0,
                     endpoint=endpoint,
                     locate_ms=0.0,
-                    agent=agent,
+                    agent=request.agent,
                 )
             )
         if site.access_log_enabled:
@@ -321,7 +326,7 @@ class LeanChannel(Protocol):
                 "{client} {method} {uri} {code}",
                 client=self._client or "-",
                 method=method.decode("latin-1"),
-                uri=path.decode("latin-1"),
+                uri=request.url.decode("latin-1"),
                 code=code,
             )
 
