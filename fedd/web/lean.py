@@ -2,10 +2,11 @@
 
 Every connection starts here. Each request head is cut at its blank line and parsed by `httptools`
 (llhttp); a GET or HEAD of a plain federation path that the resource can answer from a fresh redirect
-plan (`FeddResource.hot_plan`: authorised, no query, no body, no `Via`, no checksum or metalink
-wish) is answered at once with the plan's prebuilt headers, counted in the metrics, the access log
-and the `get-redirect` event like any other. Keep-alive, HTTP/1.0, `Connection: close` and pipelined
-requests are handled here.
+plan (`FeddResource.hot_plan`: authorised, no body, no `Via`, no checksum or metalink wish; a query
+string is ignored, as twisted.web's reads ignore it, but `metalink`) is answered at once with the
+plan's prebuilt headers, counted in the metrics, the access log and the `get-redirect` event like any
+other. Keep-alive, HTTP/1.0, `Connection: close` and pipelined requests are handled here (the hot
+answers to requests that arrived together go out in one write).
 
 Anything else -- another method, a body, a bearer token, an odd or malformed head, a head that is
 too big -- and the connection is handed to twisted.web's channel (fedd.web.channel) for the rest of
