@@ -49,6 +49,7 @@ from fedd.web.site import FeddSite, PublicBase
 from fedd.workers import WorkerRole
 from fedd.workers.shared import CounterFiles, CountersWriter, HostShare, WorkersStatus
 from fedd.workers.sockets import AdoptedEndpoint
+from fedd.workers.statussum import status_numbers
 from fedd.writes import Writer
 
 log = Logger(namespace="fedd")
@@ -203,8 +204,6 @@ def build_service(
     confirm.setServiceParent(top)
     counters = CounterFiles(worker.run_dir, os.getpid()) if worker is not None else None
     metrics = Metrics(peers=counters)
-    if counters is not None:
-        CountersWriter(counters, metrics.snapshot, reactor).setServiceParent(top)
     reload_status = ReloadStatus(config_path)
     resource = FeddResource(
         federation,
@@ -222,10 +221,17 @@ def build_service(
         srr_path=config.space.srr_path.encode(),
         reload_status=reload_status,
         state=state,
-        workers=WorkersStatus(worker.run_dir, worker.index, worker.count) if worker is not None else None,
+        workers=WorkersStatus(worker.run_dir, worker.index, worker.count, counters) if worker is not None else None,
         replication=replication,
         confirm=confirm,
     )
+    if counters is not None:
+        # this worker's metric families and status numbers, for the others to add up (fedd.workers.shared)
+        own = resource.status
+        counters_writer = CountersWriter(
+            counters, lambda: {**metrics.snapshot(), "status": status_numbers(own(peers=False))}, reactor
+        )
+        counters_writer.setServiceParent(top)
     access = None
     if config.server.access_log_file:
         access = AccessLog(config.server.access_log_file, reactor)
@@ -252,7 +258,8 @@ def build_service(
     if tls is not None:
         counter = TlsCounter()
         counter.install(tls)
-    metrics.add_state(StateCollector(federation, events, site, space=space, tls=counter))
+    leader = worker is None or worker.leader
+    metrics.add_state(StateCollector(federation, events, site, space=space, tls=counter, leader=leader))
     if replication is not None:
         metrics.add_state(ReplicationCollector(replication))
     metrics.add_state(ConfirmCollector(confirm))

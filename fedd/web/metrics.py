@@ -2,6 +2,11 @@
 
 Counters that move per request are updated in `FeddSite.log`; everything that is state (endpoint
 health, cache figures, events outbox) is read when Prometheus scrapes, by a collector.
+
+With `[server] workers`, one /metrics for the host (as prometheus-client's multiprocess mode): each
+worker's snapshot (`Metrics.snapshot`, written every second by fedd.workers.shared) holds its request
+counters and every family its collectors give; a scrape adds the others' to its own. Counters and
+histograms are summed over the workers, live and ended; a gauge combines as `GAUGE_MODES` declares.
 """
 
 from __future__ import annotations
@@ -11,11 +16,35 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 STATE_VALUE = {"offline": 0.0, "online": 1.0, "unknown": -1.0}
 
+
+# How one worker's gauge combines with the other workers' (prometheus-client's multiprocess modes):
+# "sum": a quantity of each process, added up over the live workers; "host": a value of the whole host
+# that every worker holds alike (worker 0 measures, the others follow its results), taken from the
+# worker that answers; "min": 1 only when it is 1 on every worker. Undeclared gauges are "host".
+GAUGE_MODES = {
+    "fedd_endpoint_up": "host",
+    "fedd_endpoint_latency_seconds": "host",
+    "fedd_endpoint_space_free_bytes": "host",
+    "fedd_endpoint_space_used_bytes": "host",
+    "fedd_endpoint_space_total_bytes": "host",
+    "fedd_endpoint_space_age_seconds": "host",
+    "fedd_endpoint_space_stale": "host",
+    "fedd_locate_cache_entries": "sum",
+    "fedd_events_outbox_depth": "sum",
+    "fedd_events_connected": "min",
+    "fedd_open_connections": "sum",
+    "fedd_uploads_pending": "sum",
+    "fedd_replicate_hot_files": "sum",
+    "fedd_replicate_copies_running": "sum",
+    "fedd_replicate_bytes": "host",  # from the replica records of the state database
+    "fedd_replicate_budget_left_bytes": "host",  # idem
+}
+SUMMED_TYPES = ("counter", "histogram", "summary")
 
 REDIRECT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -37,7 +66,9 @@ class Metrics:
         self._requests: dict[tuple[bytes, int], int] = {}
         self._redirects = [0] * (len(REDIRECT_BUCKETS) + 1)  # per bucket (not cumulative); the last is +Inf
         self._redirect_sum = 0.0
+        self._state: list[Collector] = []
         self.registry.register(_RequestCollector(self))
+        self.registry.register(_StateCollectors(self))
 
     def request(self, method: bytes, status: int, seconds: float | None) -> None:
         key = (method, status)
@@ -48,16 +79,23 @@ class Metrics:
             self._redirect_sum += seconds
 
     def snapshot(self) -> dict[str, Any]:
-        """This process's counters as JSON data (what another worker adds up)."""
+        """This process's counters and state families as JSON data (what another worker adds up)."""
+        return {**self._requests_snapshot(), "families": self.families()}
+
+    def _requests_snapshot(self) -> dict[str, Any]:
         return snapshot_of((self._requests, self._redirects, self._redirect_sum))
 
     def totals(self) -> Totals:
         """(requests, redirect buckets, redirect seconds) of this process plus its peers."""
-        own = self.snapshot()
+        own = self._requests_snapshot()
         return add_snapshots([own, *self.peers.others()] if self.peers is not None else [own])
 
+    def families(self) -> dict[str, Any]:
+        """The families of this process's state collectors, as JSON data (`families_of`)."""
+        return families_of(family for collector in self._state for family in collector.collect())
+
     def add_state(self, collector: Collector) -> None:
-        self.registry.register(collector)
+        self._state.append(collector)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -97,6 +135,79 @@ def snapshot_of(totals: Totals) -> dict[str, Any]:
     }
 
 
+def families_of(families: Iterator[Metric] | list[Metric]) -> dict[str, Any]:
+    """Metric families as JSON data: {name: [type, help, [[sample name, labels, value], ...]]}."""
+    return {f.name: [f.type, f.documentation, [[x.name, x.labels, x.value] for x in f.samples]] for f in families}
+
+
+def add_families(own: dict[str, Any] | None, others: list[dict[str, Any]]) -> dict[str, Any]:
+    """`families_of` data of several workers in one (the same form). Counters and histograms are
+    summed over all; gauges as `GAUGE_MODES` says, "host" ones taken from `own` alone. With `own`
+    None (the ended workers' file) only counters and histograms are kept. A family or sample in
+    another form (another version) is left out; the rest still count."""
+    merged: dict[str, tuple[str, str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]] = {}
+    for position, data in enumerate([own or {}, *others]):
+        mine = own is not None and position == 0
+        if not isinstance(data, dict):
+            continue
+        for name, family in data.items():
+            try:
+                kind, doc, raw = str(family[0]), str(family[1]), family[2]
+                samples = [
+                    (str(n), tuple(sorted((str(k), str(v)) for k, v in lab.items())), float(x)) for n, lab, x in raw
+                ]
+            except (IndexError, KeyError, TypeError, ValueError, AttributeError):
+                continue
+            mode = "sum" if kind in SUMMED_TYPES else GAUGE_MODES.get(name, "host")
+            if (own is None and kind not in SUMMED_TYPES) or (mode == "host" and not mine):
+                continue
+            entry = merged.setdefault(name, (kind, doc, {}))
+            if entry[0] != kind:
+                continue
+            values = entry[2]
+            for sample, labels, value in samples:
+                key = (sample, labels)
+                if key not in values:
+                    values[key] = value
+                elif mode == "min":
+                    values[key] = min(values[key], value)
+                elif mode == "max":
+                    values[key] = max(values[key], value)
+                else:
+                    values[key] += value
+    return {
+        name: [kind, doc, [[n, dict(labels), x] for (n, labels), x in values.items()]]
+        for name, (kind, doc, values) in merged.items()
+    }
+
+
+def metrics_of(data: dict[str, Any]) -> Iterator[Metric]:
+    """`families_of` data as prometheus-client families again."""
+    for name, (kind, doc, samples) in data.items():
+        family = Metric(name, doc, kind)
+        for sample, labels, value in samples:
+            family.add_sample(sample, labels, value)
+        yield family
+
+
+class _StateCollectors(Collector):
+    """The state collectors of this process, with the other workers' families added (`add_families`)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> Iterator[Any]:
+        return iter(())
+
+    def collect(self) -> Iterator[Any]:
+        own = self.metrics.families()
+        peers = self.metrics.peers
+        if peers is None:
+            return metrics_of(own)
+        others = [snap.get("families") for snap in peers.others()]
+        return metrics_of(add_families(own, [f for f in others if isinstance(f, dict)]))
+
+
 class _RequestCollector(Collector):
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -133,9 +244,20 @@ class StateCollector(Collector):
     """Endpoint health, locate cache and events figures, read at scrape time."""
 
     def __init__(
-        self, federation: Any, events: Any = None, site: Any = None, *, space: Any = None, tls: TlsCounter | None = None
+        self,
+        federation: Any,
+        events: Any = None,
+        site: Any = None,
+        *,
+        space: Any = None,
+        tls: TlsCounter | None = None,
+        leader: bool = True,
     ) -> None:
+        """`leader`: this process probes the endpoints (one process, or worker 0); another worker
+        holds worker 0's probe results, so it counts its own passive failures only (the host's sum
+        counts each failed probe once)."""
         self.federation = federation
+        self.leader = leader
         self.events = events
         self.site = site
         self.space = space
@@ -152,7 +274,7 @@ class StateCollector(Collector):
             state.add_metric([eid], STATE_VALUE.get(health.state, -1.0))
             if health.latency_ms is not None:
                 latency.add_metric([eid], health.latency_ms / 1000.0)
-            errors.add_metric([eid], float(health.failures + health.passive_failures))
+            errors.add_metric([eid], float((health.failures if self.leader else 0) + health.passive_failures))
         yield state
         yield latency
         yield errors

@@ -45,6 +45,8 @@ class WorkersSection(Protocol):
 
     def to_json(self) -> dict[str, Any]: ...
 
+    def add_peers(self, status: dict[str, Any]) -> None: ...
+
 
 class FeddResource(Resource):
     isLeaf = True
@@ -233,7 +235,9 @@ class FeddResource(Resource):
             return b""
         raise MethodNotAllowed(f"{method.decode('latin-1')} is not supported here")
 
-    def status(self) -> dict[str, Any]:
+    def status(self, *, peers: bool = True) -> dict[str, Any]:
+        """The status; with `[server] workers`, its per-worker numbers summed over the host's workers
+        (`peers=False`: this worker's own, what it shares with the others)."""
         data = self.fed.to_json()
         data["fedd"] = {
             "version": __version__,
@@ -264,4 +268,6 @@ class FeddResource(Resource):
                 data[name] = part.to_json()
         if self.gocdb is not None and self.gocdb.sources:
             data["gocdb"] = self.gocdb.to_json()
+        if peers and self.workers is not None:
+            self.workers.add_peers(data)
         return data

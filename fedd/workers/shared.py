@@ -3,11 +3,13 @@ whole to a temporary name and renamed (a reader never sees half a file).
 
 - `HostShare`: the elected worker (0) publishes its health and space results (`health.json`,
   `space.json`); the others `read` them on a 0.25 s poll (a read of a few kilobytes).
-- `CounterFiles`: each worker writes its per-request counters to `counters-<pid>.json` every
-  second; a scrape adds its own live counters to every other file, those of workers that have
-  died included (their requests were answered: a counter must not go back), as prometheus-client's
-  multiprocess mode does for counters. When a worker ends, the supervisor adds its counters to
-  `counters-ended.json` and removes its file (`fold_ended`).
+- `CounterFiles`: each worker writes its snapshot to `counters-<pid>.json` every second: its
+  per-request counters, every metric family of its collectors (fedd.web.metrics) and its per-worker
+  status numbers (fedd.workers.statussum). A scrape or a status read adds its own live figures to
+  every other file's, as prometheus-client's multiprocess mode does: counters of workers that have
+  died included (their requests were answered: a counter must not go back), gauges of the live
+  workers only. When a worker ends, the supervisor adds its counters to `counters-ended.json` and
+  removes its file (`fold_ended`).
 - `workers.json`: the supervisor's list of workers (index, pid, start time, restarts) for the status.
 
 The files are a few kilobytes, written at most a few times a second by one process, on the host's
@@ -27,7 +29,8 @@ from twisted.logger import Logger
 
 from fedd.periodic import Periodic
 from fedd.twtypes import Service
-from fedd.web.metrics import add_snapshots, snapshot_of
+from fedd.web.metrics import add_families, add_snapshots, snapshot_of
+from fedd.workers.statussum import add_numbers, add_status
 
 log = Logger(namespace="fedd.workers")
 FOLLOW_INTERVAL = 0.25  # seconds: followers see a published result within this (plus the file write)
@@ -129,7 +132,11 @@ def fold_ended(run_dir: Path, pid: int) -> None:
     ended = read_json(run_dir / ENDED_FILE)
     ended = ended if isinstance(ended, dict) else {}
     folded = [p for p in ended.get("folded", ()) if isinstance(p, int)][-(FOLDED_KEPT - 1) :]
-    write_json(run_dir / ENDED_FILE, {**snapshot_of(add_snapshots([ended, counters])), "folded": [*folded, pid]})
+    both = [ended, counters]
+    families = add_families(None, [d for s in both if isinstance(d := s.get("families"), dict)])
+    status = add_numbers([s.get("status") for s in both], counters_only=True)
+    totals = snapshot_of(add_snapshots(both))
+    write_json(run_dir / ENDED_FILE, {**totals, "families": families, "status": status, "folded": [*folded, pid]})
     own.unlink(missing_ok=True)
 
 
@@ -163,12 +170,19 @@ class CountersWriter(Service):
 
 
 class WorkersStatus:
-    """The status section of a worker: which worker answered, and all of them (the supervisor's list)."""
+    """The status section of a worker: which worker answered, and all of them (the supervisor's
+    list); and the per-worker numbers of the status summed over the host (`add_peers`)."""
 
-    def __init__(self, run_dir: Path, index: int, count: int) -> None:
+    def __init__(self, run_dir: Path, index: int, count: int, counters: CounterFiles | None = None) -> None:
         self.run_dir = run_dir
         self.index = index
         self.count = count
+        self.counters = counters
+
+    def add_peers(self, status: dict[str, Any]) -> None:
+        """Add the other workers' status numbers (their counters files) to this worker's `status`."""
+        if self.counters is not None:
+            add_status(status, [snap.get("status") for snap in self.counters.others()])
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,118 @@
+"""The numbers of the status (`/.well-known/fedd/status`) that each worker counts on its own, and
+their sum over the workers of a host. Pure.
+
+Each worker writes `status_numbers(its own status)` beside its counters (fedd.workers.shared, every
+second); the worker that answers a status read adds the others' to its own (`add_status`), so the
+status says the same whichever worker answers. Counts ("counter": events sent, uploads confirmed,
+copies, checksums, endpoint faults seen while serving, ...) are summed over the live workers and
+those that have ended; quantities of the moment ("gauge": outbox depth, uploads pending, cache
+entries, ...) over the live ones. Everything else in the status is either the host's (endpoint
+health and space: worker 0 measures, the others follow) or a list that stays the answering
+worker's (recent decisions, running jobs).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+STAR = "*"  # any key of the dict at that place (an endpoint id)
+
+_EVENTS_COUNTS = ("emitted", "sent", "failed_publishes", "connect_failures", "dropped", "sampled_out", "journal_errors")
+_CONFIRM_COUNTS = ("done", "failed", "untracked", "superseded", "looks", "look_errors", "notifications")
+_CHECKSUM_COUNTS = ("computed", "failed", "refused", "bytes_hashed", "stored_db", "stored_s3", "mismatches")
+
+# (path, kind): kind "counter" (summed over the live and ended workers) or "gauge" (the live ones)
+STATUS_SUMS: tuple[tuple[tuple[str, ...], str], ...] = (
+    *((("events", k), "counter") for k in _EVENTS_COUNTS),
+    (("events", "outbox_depth"), "gauge"),
+    (("events", "pending"), "gauge"),
+    *((("confirm", k), "counter") for k in (*_CONFIRM_COUNTS, "notifications_ignored")),
+    (("confirm", "pending"), "gauge"),
+    (("confirm", "looking"), "gauge"),
+    *((("replication", k), "counter") for k in ("copied", "failed", "evicted", "bytes_copied")),
+    *((("replication", k), "counter") for k in ("reads_counted", "reads_dropped")),
+    *((("checksums", k), "counter") for k in _CHECKSUM_COUNTS),
+    (("checksums", "queued"), "gauge"),
+    (("checksums", "remembered"), "gauge"),
+    *((("tpc", k), "counter") for k in ("done", "failed", "redirected")),
+    (("tpc", "active"), "gauge"),
+    *((("locate", k), "counter") for k in ("local_hits", "local_misses", "fanouts")),
+    (("locate", "local_entries"), "gauge"),
+    (("locate", "inflight"), "gauge"),
+    *((("locate", "memcached", k), "counter") for k in ("hits", "misses", "errors")),
+    *((("endpoints", STAR, "health", k), "counter") for k in ("passive_failures", "refusals")),
+)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _found(data: Any, path: tuple[str, ...], at: list[str]) -> list[tuple[list[str], float]]:
+    if not path:
+        return [(at, data)] if _is_number(data) else []
+    if not isinstance(data, dict):
+        return []
+    head, rest = path[0], path[1:]
+    keys = sorted(k for k in data if isinstance(k, str)) if head == STAR else [head]
+    return [found for key in keys if key in data for found in _found(data[key], rest, [*at, key])]
+
+
+def status_numbers(status: dict[str, Any], kinds: tuple[str, ...] = ("counter", "gauge")) -> list[list[Any]]:
+    """This worker's per-worker numbers: [[path (a list of keys), value], ...] (JSON data)."""
+    return [
+        [path, value] for pattern, kind in STATUS_SUMS if kind in kinds for path, value in _found(status, pattern, [])
+    ]
+
+
+def counter_paths() -> set[tuple[str, ...]]:
+    return {pattern for pattern, kind in STATUS_SUMS if kind == "counter"}
+
+
+def _pattern_of(path: list[Any]) -> tuple[str, ...] | None:
+    for pattern, _kind in STATUS_SUMS:
+        if len(pattern) == len(path) and all(p in (STAR, k) for p, k in zip(pattern, path, strict=True)):
+            return pattern
+    return None
+
+
+def add_numbers(lists: list[Any], *, counters_only: bool = False) -> list[list[Any]]:
+    """Several workers' `status_numbers` added up, in the same form (the ended workers' file keeps
+    the counters alone). An entry in another form is left out."""
+    counters = counter_paths()
+    total: dict[tuple[str, ...], float] = {}
+    for numbers in lists:
+        for path, value in _entries(numbers):
+            pattern = _pattern_of(path)
+            if pattern is None or (counters_only and pattern not in counters):
+                continue
+            key = tuple(path)
+            total[key] = total.get(key, 0) + value
+    return [[list(path), value] for path, value in total.items()]
+
+
+def _entries(numbers: Any) -> list[tuple[list[str], float]]:
+    if not isinstance(numbers, list):
+        return []
+    found = []
+    for entry in numbers:
+        if (
+            isinstance(entry, list)
+            and len(entry) == 2
+            and isinstance(entry[0], list)
+            and all(isinstance(k, str) for k in entry[0])
+            and _is_number(entry[1])
+        ):
+            found.append((entry[0], entry[1]))
+    return found
+
+
+def add_status(status: dict[str, Any], others: list[Any]) -> None:
+    """Add the other workers' numbers to this worker's `status`, in place. A number the answering
+    worker does not have (a section or endpoint it lacks, e.g. during a reload) is left out."""
+    for path, value in _entries(add_numbers(others)):
+        place: Any = status
+        for key in path[:-1]:
+            place = place.get(key) if isinstance(place, dict) else None
+        if isinstance(place, dict) and _is_number(place.get(path[-1])):
+            place[path[-1]] = place[path[-1]] + value

@@ -1,0 +1,213 @@
+"""One view of a host's workers (issue 14): /metrics and the status add up every worker's figures.
+
+Unit tests of the summing (fedd.web.metrics `add_families`, fedd.workers.statussum, the ended
+workers' file), then real `twistd fedd` with two workers: the same scrape and status numbers
+whichever worker answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from fedd.web.metrics import GAUGE_MODES, Metrics, add_families, families_of
+from fedd.workers.shared import ENDED_FILE, CounterFiles, WorkersStatus, fold_ended, read_json, write_json
+from fedd.workers.statussum import add_numbers, add_status, status_numbers
+from tests.daemon import start_fedd, wait_for
+from tests.servers import free_port
+from tests.test_workers import Counting, Setup, config_text, get, per_worker, run_dir, status, worker_pids
+
+
+class Figures(Collector):
+    """A worker's state: a counter, a per-process gauge, a host-wide gauge, a min gauge."""
+
+    def __init__(self, hits: int, entries: int, up: float, connected: float = 1.0) -> None:
+        self.hits, self.entries, self.up, self.connected = hits, entries, up, connected
+
+    def collect(self) -> Iterator[Any]:
+        lookups = CounterMetricFamily("fedd_locate_cache_lookups", "lookups", labels=["result"])
+        lookups.add_metric(["hit"], float(self.hits))
+        yield lookups
+        yield GaugeMetricFamily("fedd_locate_cache_entries", "entries", value=float(self.entries))
+        up = GaugeMetricFamily("fedd_endpoint_up", "up", labels=["endpoint"])
+        up.add_metric(["e"], self.up)
+        yield up
+        yield GaugeMetricFamily("fedd_events_connected", "connected", value=self.connected)
+
+
+def samples(text: bytes) -> dict[str, float]:
+    found = {}
+    for line in text.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            found[name] = float(value)
+    return found
+
+
+class Peers:
+    def __init__(self, snapshots: list[dict[str, Any]]) -> None:
+        self.snapshots = snapshots
+
+    def others(self) -> list[dict[str, Any]]:
+        return self.snapshots
+
+
+def worker_metrics(figures: Figures, peers: Peers | None = None) -> Metrics:
+    metrics = Metrics(peers=peers)
+    metrics.add_state(figures)
+    return metrics
+
+
+def test_counters_and_gauges_combine_by_their_mode() -> None:
+    other = worker_metrics(Figures(hits=5, entries=7, up=0.0, connected=0.0))
+    other.request(b"GET", 302, 0.001)
+    metrics = worker_metrics(Figures(hits=3, entries=2, up=1.0), Peers([other.snapshot()]))
+    metrics.request(b"GET", 302, 0.001)
+    got = samples(metrics.render())
+    assert got['fedd_locate_cache_lookups_total{result="hit"}'] == 8  # counters: summed
+    assert got["fedd_locate_cache_entries"] == 9  # a gauge of each process: summed
+    assert got['fedd_endpoint_up{endpoint="e"}'] == 1  # host-wide: the answering worker's
+    assert got["fedd_events_connected"] == 0  # min: connected only when every worker is
+    assert got['fedd_requests_total{method="GET",status="302"}'] == 2
+    # alone, a worker's own figures
+    alone = samples(worker_metrics(Figures(hits=3, entries=2, up=1.0)).render())
+    assert alone['fedd_locate_cache_lookups_total{result="hit"}'] == 3 and alone["fedd_locate_cache_entries"] == 2
+
+
+def test_labels_only_another_worker_has_still_count_and_bad_families_are_left_out() -> None:
+    own = families_of([CounterMetricFamily("fedd_x", "x", labels=["a"])])
+    peer = families_of([CounterMetricFamily("fedd_x", "x", labels=["a"], value=None)])
+    peer["fedd_x"][2] = [["fedd_x_total", {"a": "only-there"}, 4.0]]
+    merged = add_families(own, [peer, {"fedd_y": "garbage"}, {"fedd_x": ["gauge", "x", []]}])
+    assert merged == {"fedd_x": ["counter", "x", [["fedd_x_total", {"a": "only-there"}, 4.0]]]}
+
+
+def test_every_gauge_fedd_exports_has_a_declared_mode() -> None:
+    import inspect
+
+    from fedd.confirm import metrics as confirm_metrics
+    from fedd.replicate import build as replicate_build
+    from fedd.web import metrics as web_metrics
+
+    declared = set()
+    for module in (confirm_metrics, replicate_build, web_metrics):
+        declared |= set(re.findall(r'GaugeMetricFamily\(\s*"(fedd_\w+)"', inspect.getsource(module)))
+        declared |= {
+            f"fedd_endpoint_space_{k}" for k in re.findall(r'"fedd_endpoint_space_\{(\w+)\}', inspect.getsource(module))
+        }
+    assert declared and declared <= set(GAUGE_MODES), declared - set(GAUGE_MODES)
+
+
+def test_status_numbers_sum_over_workers() -> None:
+    def one(sent: int, depth: int, passive: int) -> dict[str, Any]:
+        return {
+            "events": {"sent": sent, "outbox_depth": depth, "sink": "spool", "connected": True},
+            "endpoints": {"e.1": {"kind": "dav", "health": {"state": "online", "passive_failures": passive}}},
+            "locate": {"local_hits": 1, "memcached": None},
+        }
+
+    mine = one(sent=3, depth=1, passive=0)
+    others = [status_numbers(one(sent=4, depth=2, passive=5)), status_numbers(one(sent=10, depth=0, passive=1))]
+    add_status(mine, [*others, "junk", [[["events", "sent"], "x"]]])
+    assert mine["events"]["sent"] == 17 and mine["events"]["outbox_depth"] == 3
+    assert mine["endpoints"]["e.1"]["health"] == {"state": "online", "passive_failures": 6}
+    assert mine["locate"] == {"local_hits": 3, "memcached": None}
+    assert mine["events"]["connected"] is True and mine["events"]["sink"] == "spool"
+    # the ended workers' file keeps counts, not quantities of the moment
+    assert sorted(add_numbers(others, counters_only=True)) == [
+        [["endpoints", "e.1", "health", "passive_failures"], 6],
+        [["events", "sent"], 14],
+        [["locate", "local_hits"], 2],
+    ]
+
+
+def test_an_ended_workers_counters_and_status_counts_still_count(tmp_path: Path) -> None:
+    dead = worker_metrics(Figures(hits=5, entries=7, up=1.0))
+    dead.request(b"GET", 302, 0.001)
+    write_json(tmp_path / "counters-11.json", {**dead.snapshot(), "status": [[["events", "sent"], 4]]})
+    write_json(tmp_path / "counters-12.json", {**dead.snapshot(), "status": [[["events", "outbox_depth"], 9]]})
+    fold_ended(tmp_path, 11)
+    fold_ended(tmp_path, 12)
+    assert not list(tmp_path.glob("counters-1*.json"))
+    ended = read_json(tmp_path / ENDED_FILE)
+    assert ended["folded"] == [11, 12] and ended["status"] == [[["events", "sent"], 4]]
+    files = CounterFiles(tmp_path, 13)
+    got = samples(worker_metrics(Figures(hits=1, entries=1, up=1.0), files).render())
+    assert got['fedd_locate_cache_lookups_total{result="hit"}'] == 11
+    assert got["fedd_locate_cache_entries"] == 1  # the gauges of ended workers are gone with them
+    assert got['fedd_requests_total{method="GET",status="302"}'] == 2
+    section = WorkersStatus(tmp_path, 0, 2, files)
+    mine = {"events": {"sent": 1, "outbox_depth": 0}}
+    section.add_peers(mine)
+    assert mine == {"events": {"sent": 5, "outbox_depth": 0}}
+
+
+# --- two real workers ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    base = tmp_path_factory.mktemp("view")
+    (base / "files").mkdir()
+    for i in range(4):
+        (base / "files" / f"f{i}.txt").write_text("a file\n")
+    dav = Counting()
+    threading.Thread(target=dav.serve_forever, daemon=True).start()
+    port = free_port()
+    fedd = start_fedd(base / "run", config_text(port, base, dav), port)
+    try:
+        yield Setup(fedd, dav, base, port)
+    finally:
+        fedd.stop()
+        dav.shutdown()
+        dav.server_close()
+
+
+def scrape(port: int) -> dict[str, float]:
+    code, _, body = get(port, "/metrics")
+    assert code == 200
+    return samples(body)
+
+
+def test_metrics_and_status_are_equal_whichever_worker_answers(setup: Setup) -> None:
+    pids = worker_pids(per_worker(setup.port, {0, 1}, lambda s: True, "both workers to answer")[0])
+    # each worker in turn serves alone (the other paused): each locates the files on its own
+    for paused, serving in ((0, 1), (1, 0)):
+        os.kill(pids[paused], signal.SIGSTOP)
+        try:
+            for i in range(4):
+                assert get(setup.port, f"/data/f{i}.txt")[0] == 302
+            assert status(setup.port)["workers"]["answered_by"]["index"] == serving
+        finally:
+            os.kill(pids[paused], signal.SIGCONT)
+    files = [run_dir(setup) / f"counters-{pid}.json" for pid in pids.values()]
+
+    def misses_written() -> bool:
+        counts = [
+            n for f in files for p, n in (read_json(f) or {}).get("status", []) if p == ["locate", "local_misses"]
+        ]
+        return len(counts) == 2 and min(counts) >= 4
+
+    wait_for(misses_written, 5, "both workers' files to hold their locates")
+    # per-worker figures are the host's whichever worker answers, over new connections
+    seen = per_worker(setup.port, {0, 1}, lambda s: True, "both workers to answer the status")
+    for s in seen.values():
+        assert s["locate"]["local_misses"] >= 8, s["locate"]  # 4 by each worker at least
+    assert seen[0]["locate"]["local_misses"] == seen[1]["locate"]["local_misses"]
+    assert all(s["events"]["emitted"] >= 8 for s in seen.values())  # (worker 0 adds its space reports)
+    keys = ('fedd_locate_cache_lookups_total{result="miss"}', 'fedd_requests_total{method="GET",status="302"}')
+    scrapes = [scrape(setup.port) for _ in range(8)]
+    assert all(s[k] == scrapes[0][k] for s in scrapes for k in keys), [[s[k] for k in keys] for s in scrapes]
+    assert scrapes[0][keys[0]] == seen[0]["locate"]["local_misses"]
+    assert all(s['fedd_endpoint_up{endpoint="counted"}'] == 1 for s in scrapes)  # the host's, not doubled
+    assert json.loads(json.dumps(seen[0]["workers"]))["count"] == 2
