@@ -37,7 +37,7 @@ log = Logger(namespace="fedd")
 
 def build_events(config: Config, reactor: Any, worker: WorkerRole | None = None) -> EventsService:
     """The `events` service; with a broker, its reconnecting AMQP or STOMP client is a child service.
-    A worker of `[server] workers` has an outbox and a spool of its own (`WorkerRole.own_files`)."""
+    A worker of `[server] workers` has an outbox of its own (`WorkerRole.own_files`); the spool is the host's."""
     ev = config.events if worker is None else worker.own_files(config.events)
     if not ev.broker:
         return EventsService(ev, clock=reactor, outbox=None, sink=SpoolSink(reactor, ev.spool, ev.spool_max_bytes))

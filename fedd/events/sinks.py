@@ -6,7 +6,6 @@ spool: written and flushed), and fails otherwise; the outbox keeps the events un
 
 from __future__ import annotations
 
-import os
 from typing import Any, Protocol, cast
 
 import pika
@@ -24,6 +23,7 @@ from fedd.events.amqp_frames import Confirms, Publisher
 from fedd.events.journal import read_segments
 from fedd.events.model import Event
 from fedd.events.outbox import encode_all
+from fedd.events.spoolfile import append_batch
 from fedd.twtypes import Service
 
 log = Logger(namespace="fedd.events")
@@ -301,7 +301,8 @@ class BrokerConnector(Service):
 
 
 class SpoolSink:
-    """Appends one JSON document per line to a file; rotates to `<file>.1` past `max_bytes`."""
+    """Appends one JSON document per line to a file; rotates to `<file>.1` past `max_bytes` (one file
+    for all the workers of a host: fedd.events.spoolfile)."""
 
     def __init__(self, reactor: Any, path: str, max_bytes: int) -> None:
         self.reactor = reactor
@@ -335,12 +336,7 @@ class SpoolSink:
         return len(events), bad + unencodable
 
     def _write(self, bodies: list[bytes]) -> None:
-        if os.path.exists(self.path) and os.path.getsize(self.path) > self.max_bytes:
-            os.replace(self.path, self.path + ".1")
-        with open(self.path, "ab") as f:
-            f.write(b"".join(body + b"\n" for body in bodies))
-            f.flush()
-            os.fsync(f.fileno())
+        append_batch(self.path, self.max_bytes, bodies)  # locked: every worker of the host writes this file
 
     def close(self) -> None:
         if self._pool.started:

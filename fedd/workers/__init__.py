@@ -9,6 +9,8 @@
   drain as a single fedd does, and the supervisor exits when the last one has.
 - Workers log JSON lines on their stdout; the supervisor republishes each event in its own log with
   `log_system` set to `worker-N`, so `twistd --logger` or the journal see one log.
+- Events: each worker has its own outbox (`WorkerRole.own_files`); all of them append to the one
+  `[events] spool` (fedd.events.spoolfile locks each batch).
 - A run directory (systemd's `$RUNTIME_DIRECTORY`, else a temporary directory) holds what the workers
   share on this host (`fedd.workers.shared`): each worker's per-request counters (any worker's
   `/metrics` adds them all up), the health and space results of the elected worker (worker 0 probes
@@ -67,12 +69,14 @@ class WorkerRole:
         }
 
     def own_files(self, events: EventsConfig) -> EventsConfig:
-        """The events settings with this worker's own outbox and spool (and so its own journal):
-        an outbox is read and emptied by one process only. Worker 0 keeps the configured names (a
-        switch from one process to workers keeps its outbox); worker N uses `<name>.worker-N<ext>`."""
+        """The events settings with this worker's own outbox (and so its own journal beside it): an
+        outbox is read and emptied by one process only. Worker 0 keeps the configured name (a switch
+        from one process to workers keeps its outbox); worker N uses `<name>.worker-N<ext>`. The spool
+        is the host's one file, appended under a lock (fedd.events.spoolfile); without a broker the
+        journals are `<spool>.journal.*`, each segment named with its writer's pid and locked by it."""
         if self.index == 0:
             return events
-        return replace(events, outbox=self.own_path(events.outbox), spool=self.own_path(events.spool))
+        return replace(events, outbox=self.own_path(events.outbox))
 
     def own_path(self, path: str) -> str:
         """This worker's own copy of a per-process file: `path` for worker 0, else `<name>.worker-N<ext>`."""
