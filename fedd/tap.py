@@ -176,11 +176,13 @@ def run_worker(argv: list[str]) -> None:
         parsed = parse_config(path=path)
         config = replace(parsed, server=replace(parsed.server, listen=role.listen))
         fedd = build_service(config, reactor=reactor, config_path=path, worker=role)
+    # worded as one fedd says it (the log's `[worker-N]` names the worker): every worker fails the
+    # same way, and the supervisor logs a line that another worker logged already once
     except ConfigError as exc:
-        log.critical("worker {index}: {path}: {errors}", index=role.index, path=path, errors="; ".join(exc.errors))
+        log.critical("fedd: {path}: {errors}", path=path, errors="; ".join(exc.errors))
         raise SystemExit(EX_CONFIG) from None
     except (usage.UsageError, SystemExit) as exc:
-        log.critical("worker {index}: {error}", index=role.index, error=str(exc))
+        log.critical("fedd: {error}", error=str(exc))
         raise SystemExit(EX_CONFIG) from None
     stopping: list[bool] = []
 

@@ -4,6 +4,11 @@ It serves nothing itself. It owns the listening sockets, starts the workers with
 logs, starts a dead worker again (0.25 s later, doubling up to 30 s while workers keep dying within
 10 s of their start), passes SIGHUP on, and on stop sends each worker SIGTERM and waits for all of
 them (SIGKILL for any still running `stop_timeout` seconds later: its drain has a deadline of its own).
+A warning, error or critical line that another worker logged with the same text (namespace and
+rendered message) within the last `REPEAT_WINDOW` seconds is relayed once, the first worker's: every
+worker meets the same broker refusing its login or the same bad configuration, and the log names an
+outage once per host, not once per worker. A line repeated by the same worker is a new occurrence
+and goes through; info lines are never held back (`RepeatFilter`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger, eventFromJSON, globalLogPublisher
+from twisted.logger import Logger, LogLevel, eventFromJSON, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -33,6 +38,8 @@ FIRST_DELAY = 0.25
 MAX_DELAY = 30.0
 STABLE_AFTER = 10.0  # a worker that ran this long is not crash-looping: the next restart is quick again
 MAX_LINE = 1 << 20
+REPEAT_WINDOW = 60.0  # seconds: the same warning from another worker within this is not logged again
+_HELD_LEVELS = frozenset({LogLevel.warn, LogLevel.error, LogLevel.critical})
 
 
 # the worker runs on this interpreter with this process's flags and sys.path: under the RPM,
@@ -68,6 +75,39 @@ def _reformat_numbers(event: dict[str, Any]) -> None:
                 pass
 
 
+class RepeatFilter:
+    """Which relayed lines to log: a warning, error or critical text (namespace and rendered message)
+    another worker logged within `window` seconds is held back. O(1) per line: the texts seen, in the
+    order they were last logged, are pruned from the oldest on each call."""
+
+    def __init__(self, window: float = REPEAT_WINDOW) -> None:
+        self.window = window
+        self.held = 0  # lines held back since the start
+        self._recent: dict[tuple[str, str], tuple[int, float]] = {}  # text -> (worker, when logged)
+
+    def admit(self, worker: int, namespace: str, text: str, now: float) -> bool:
+        recent = self._recent
+        while recent:  # insertion order is time order: entries are re-inserted when logged again
+            oldest = next(iter(recent))
+            if now - recent[oldest][1] < self.window:
+                break
+            del recent[oldest]
+        key = (namespace, text)
+        seen = recent.get(key)
+        if seen is not None and seen[0] != worker:
+            self.held += 1
+            return False
+        recent.pop(key, None)
+        recent[key] = (worker, now)
+        return True
+
+    def admit_event(self, worker: int, event: dict[str, Any], now: float) -> bool:
+        if event.get("log_level") not in _HELD_LEVELS:
+            return True
+        text = formatEvent(event)
+        return self.admit(worker, str(event.get("log_namespace", "")), text, now)
+
+
 class _Worker(ProcessProtocol):
     """One worker process: its output relayed line by line into the supervisor's log."""
 
@@ -101,6 +141,8 @@ class _Worker(ProcessProtocol):
                 event = None
             if isinstance(event, dict):
                 _reformat_numbers(event)
+                if not self.supervisor.repeats.admit_event(self.index, event, self.supervisor.reactor.seconds()):
+                    return
                 event["log_system"] = system
                 event["fedd_worker"] = self.index
                 globalLogPublisher(event)
@@ -144,6 +186,7 @@ class Supervisor(Service):
         self._pending: dict[int, Any] = {}  # index -> delayed restart
         self.stopping = False
         self.exit_code = 0
+        self.repeats = RepeatFilter()
 
     # --- start ------------------------------------------------------------------------------------
 
