@@ -113,7 +113,7 @@ def build_service(
         ]
     shared = HostShare(worker.run_dir, leader=worker.leader) if worker is not None else None
     top = DrainFirst()  # on shutdown: drain the web front first, then stop the rest
-    instance = new_instance_id()
+    instance = worker.instance if worker is not None and worker.instance else new_instance_id()
     fleet = EndpointFleet(config, (make_endpoint or endpoint_factory)(reactor, instance), reactor)
     fleet.setServiceParent(top)
     endpoints = fleet.endpoints

@@ -16,6 +16,9 @@
   `/metrics` adds them all up), the health and space results of the elected worker (worker 0 probes
   and measures, the others read its results within a second), and the supervisor's list of workers
   for the status page.
+- One instance id for the whole fedd: the supervisor makes it and passes it to every worker
+  (`FEDD_WORKER_INSTANCE`), so `Via: 1.1 fedd-<id>` names the host's fedd and a request that comes
+  back through another worker of it is recognised as a loop.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ ENV_INDEX = "FEDD_WORKER_INDEX"
 ENV_COUNT = "FEDD_WORKER_COUNT"
 ENV_RUN_DIR = "FEDD_WORKER_RUN_DIR"
 ENV_LISTEN = "FEDD_WORKER_LISTEN"  # the listen descriptions, one per line, in fd order
+ENV_INSTANCE = "FEDD_WORKER_INSTANCE"  # the host fedd's instance id (Via), the same for every worker
 FIRST_FD = 3  # the first inherited listening socket (as in systemd socket passing)
 EX_CONFIG = 78  # a worker that cannot be built from the configuration: the supervisor gives up
 
@@ -51,6 +55,7 @@ class WorkerRole:
     count: int
     run_dir: Path
     listen: tuple[str, ...]  # listen descriptions; the socket of listen[i] is fd FIRST_FD + i
+    instance: str = ""  # the supervisor's instance id: loops through any worker are one fedd's
 
     @property
     def leader(self) -> bool:
@@ -66,6 +71,7 @@ class WorkerRole:
             ENV_COUNT: str(self.count),
             ENV_RUN_DIR: str(self.run_dir),
             ENV_LISTEN: "\n".join(self.listen),
+            ENV_INSTANCE: self.instance,
         }
 
     def own_files(self, events: EventsConfig) -> EventsConfig:
@@ -93,6 +99,7 @@ class WorkerRole:
                 count=int(env[ENV_COUNT]),
                 run_dir=Path(env[ENV_RUN_DIR]),
                 listen=tuple(env[ENV_LISTEN].split("\n")),
+                instance=env.get(ENV_INSTANCE, ""),
             )
         except (KeyError, ValueError) as exc:
             raise SystemExit(f"fedd worker: started without its supervisor's environment ({exc})") from None

@@ -4,6 +4,7 @@ It serves nothing itself. It owns the listening sockets, starts the workers with
 logs, starts a dead worker again (0.25 s later, doubling up to 30 s while workers keep dying within
 10 s of their start), passes SIGHUP on, and on stop sends each worker SIGTERM and waits for all of
 them (SIGKILL for any still running `stop_timeout` seconds later: its drain has a deadline of its own).
+
 A warning, error or critical line that another worker logged with the same text (namespace and
 rendered message) within the last `REPEAT_WINDOW` seconds is relayed once, the first worker's: every
 worker meets the same broker refusing its login or the same bad configuration, and the log names an
@@ -170,13 +171,17 @@ class Supervisor(Service):
         argv: Sequence[str],
         stop_timeout: float,
         environ: dict[str, str] | None = None,
+        instance: str = "",
     ) -> None:
+        from fedd.federation import new_instance_id
+
         self.reactor = reactor
         self.count = count
         self.listen = tuple(listen)
         self.run_dir = run_dir
         self.argv = list(argv)  # the worker's arguments after `python -m fedd.workers`
         self.stop_timeout = stop_timeout
+        self.instance = instance or new_instance_id()  # every worker's, across their restarts
         self.environ = dict(os.environ if environ is None else environ)
         self.sockets: list[socket.socket] = []
         self.workers: dict[int, _Worker] = {}
@@ -223,7 +228,9 @@ class Supervisor(Service):
             return
         import sys
 
-        role = WorkerRole(index=index, count=self.count, run_dir=self.run_dir, listen=self.listen)
+        role = WorkerRole(
+            index=index, count=self.count, run_dir=self.run_dir, listen=self.listen, instance=self.instance
+        )
         env = {k: v for k, v in self.environ.items() if not k.startswith("LISTEN_")}  # systemd's are ours
         env.update(role.environment())
         fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
