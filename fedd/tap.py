@@ -176,7 +176,7 @@ def run_worker(argv: list[str]) -> None:
         parsed = parse_config(path=path)
         config = replace(parsed, server=replace(parsed.server, listen=role.listen))
         fedd = build_service(config, reactor=reactor, config_path=path, worker=role)
-    # worded as one fedd says it (the log's `[worker-N]` names the worker): every worker fails the
+    # worded as one fedd says it (the log's `[worker-N ...]` names the worker): every worker fails the
     # same way, and the supervisor logs a line that another worker logged already once
     except ConfigError as exc:
         log.critical("fedd: {path}: {errors}", path=path, errors="; ".join(exc.errors))

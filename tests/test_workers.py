@@ -193,7 +193,7 @@ def test_two_workers_answer(setup: Setup) -> None:
     assert setup.fedd.proc.pid not in pids.values()  # the supervisor serves nothing itself
     code, headers, _ = get(setup.port, "/data/a.txt")
     assert code == 302 and headers["location"].endswith("/a.txt")
-    assert "[worker-0]" in setup.fedd.log_text() and "[worker-1]" in setup.fedd.log_text()  # one log
+    assert "[worker-0 fedd" in setup.fedd.log_text() and "[worker-1 fedd" in setup.fedd.log_text()  # one log
 
 
 def redirects_total(port: int) -> float:

@@ -23,21 +23,23 @@ def _line(level: LogLevel, fmt: str, namespace: str = "fedd.events", **fields: A
 
 
 def _relayed(clock: Clock, tmp_path: Path, lines: list[tuple[int, float, bytes]]) -> list[str]:
-    """Relay (worker, at, line) in order; what the supervisor's log shows: `worker-N text`."""
+    """Relay (worker, at, line) in order; what the supervisor's log shows: `[system] text`."""
     sup = Supervisor(reactor=clock, count=2, listen=["tcp:0"], run_dir=tmp_path, argv=[], stop_timeout=1.0, environ={})
     workers = {i: _Worker(sup, i) for i in (0, 1)}
     with captured_logs() as events:
         for index, at, line in lines:
             clock.advance(at - clock.seconds())
             workers[index].childDataReceived(1, line + b"\n")
-    return [f"{e['log_system']} {formatEvent(e)}" for e in events if str(e.get("log_system", "")).startswith("worker-")]
+    return [
+        f"[{e['log_system']}] {formatEvent(e)}" for e in events if str(e.get("log_system", "")).startswith("worker-")
+    ]
 
 
 def test_the_same_warning_from_every_worker_is_logged_once(tmp_path: Path) -> None:
     refused = _line(LogLevel.warn, REFUSED, url="amqp://127.0.0.1:5672/", user="guest")
     text = REFUSED.format(url="amqp://127.0.0.1:5672/", user="guest")
     got = _relayed(Clock(), tmp_path, [(0, 1.0, refused), (1, 1.2, refused)])
-    assert got == [f"worker-0 {text}"]
+    assert got == [f"[worker-0 fedd.events#warn] {text}"]  # the worker, then what one fedd shows
 
 
 def test_a_repeat_by_the_same_worker_and_other_texts_go_through(tmp_path: Path) -> None:
@@ -58,19 +60,24 @@ def test_a_repeat_by_the_same_worker_and_other_texts_go_through(tmp_path: Path) 
         ],
     )
     assert got == [
-        "worker-1 connection lost (1)",
-        "worker-1 connection lost (1)",
-        "worker-0 connection lost (2)",
-        "worker-0 connection lost (1)",
-        "worker-0 connection lost (1)",
-        "worker-0 connection lost (1)",
-        "worker-0 connection lost (1)",
+        "[worker-1 fedd.events#error] connection lost (1)",
+        "[worker-1 fedd.events#error] connection lost (1)",
+        "[worker-0 fedd.events#error] connection lost (2)",
+        "[worker-0 fedd.state#error] connection lost (1)",
+        "[worker-0 fedd.events#info] connection lost (1)",
+        "[worker-0 fedd.events#info] connection lost (1)",
+        "[worker-0 fedd.events#error] connection lost (1)",
     ]
 
 
 def test_lines_not_in_json_are_relayed_as_they_are(tmp_path: Path) -> None:
     got = _relayed(Clock(), tmp_path, [(0, 1.0, b"Traceback: boom"), (1, 1.0, b"Traceback: boom")])
-    assert got == ["worker-0 Traceback: boom", "worker-1 Traceback: boom"]  # info: stderr as it comes
+    assert got == ["[worker-0] Traceback: boom", "[worker-1] Traceback: boom"]  # info: stderr as it comes
+
+
+def test_a_legacy_events_system_is_kept(tmp_path: Path) -> None:
+    line = _line(LogLevel.info, "GET /x", namespace="log_legacy", log_system="HTTPChannel,3,127.0.0.1")
+    assert _relayed(Clock(), tmp_path, [(1, 1.0, line)]) == ["[worker-1 HTTPChannel,3,127.0.0.1] GET /x"]
 
 
 def test_the_filter_keeps_only_the_window_and_counts_what_it_held() -> None:

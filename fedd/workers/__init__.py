@@ -8,7 +8,8 @@
   while it keeps dying young. SIGHUP is passed on (each worker reloads), SIGTERM makes every worker
   drain as a single fedd does, and the supervisor exits when the last one has.
 - Workers log JSON lines on their stdout; the supervisor republishes each event in its own log with
-  `log_system` set to `worker-N`, so `twistd --logger` or the journal see one log.
+  `log_system` set to `worker-N` and the event's own (`worker-1 fedd.events#error`), so `twistd
+  --logger` or the journal see one log; a warning another worker logged just before is logged once.
 - Events: each worker has its own outbox (`WorkerRole.own_files`); all of them append to the one
   `[events] spool` (fedd.events.spoolfile locks each batch).
 - A run directory (systemd's `$RUNTIME_DIRECTORY`, else a temporary directory) holds what the workers

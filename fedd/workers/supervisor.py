@@ -76,6 +76,16 @@ def _reformat_numbers(event: dict[str, Any]) -> None:
                 pass
 
 
+def _own_system(event: dict[str, Any]) -> str:
+    """What a single fedd's text log shows between brackets: the event's system, else its namespace
+    and level (`fedd.events#error`), so a worker's line keeps them after its `worker-N`."""
+    system = event.get("log_system")
+    if isinstance(system, str) and system not in ("", "-"):
+        return system
+    level = event.get("log_level")
+    return f"{event.get('log_namespace', '-')}#{getattr(level, 'name', '-')}"
+
+
 class RepeatFilter:
     """Which relayed lines to log: a warning, error or critical text (namespace and rendered message)
     another worker logged within `window` seconds is held back. O(1) per line: the texts seen, in the
@@ -144,7 +154,7 @@ class _Worker(ProcessProtocol):
                 _reformat_numbers(event)
                 if not self.supervisor.repeats.admit_event(self.index, event, self.supervisor.reactor.seconds()):
                     return
-                event["log_system"] = system
+                event["log_system"] = f"{system} {_own_system(event)}"
                 event["fedd_worker"] = self.index
                 globalLogPublisher(event)
                 return
