@@ -155,8 +155,8 @@ def test_curl_davix_gfal_and_carried_uploads_give_one_put_done_each(fed: tuple[F
         assert payload["confirmed_by"] == how, payload
         assert payload["rse"] == ("ceph" if path.startswith("/s3/") else "dav")
         assert 0 <= payload["duration"] < DEADLINE
-    status = f.status()["confirm"]
-    assert status["pending"] == 0 and status["done"] >= 8
+    # with workers, the status adds up the others' counts within a second
+    wait_for(lambda: (lambda c: c["pending"] == 0 and c["done"] >= 8)(f.status()["confirm"]), 5, "8 uploads done")
 
 
 def redirect(f: Fedd, path: str, size: int) -> str:
@@ -204,12 +204,19 @@ def test_abandoned_and_wrong_size_uploads_give_put_failed(fed: tuple[Fedd, Consu
     for top in ("s3", "dav"):
         assert reasons[f"/{top}/bad/abandoned.bin"] == [f"deadline passed: no object after {DEADLINE:g}s"]
         assert got[f"/{top}/bad/abandoned.bin"][0]["payload"]["duration"] >= DEADLINE
-    page = urllib.request.Request(f.url + "/.well-known/fedd/status", headers={"Accept": "text/html"})
-    with urllib.request.urlopen(page, timeout=10) as r:
-        html = r.read().decode()
-    assert "<h2>Uploads</h2>" in html and "/dav/bad/abandoned.bin" in html
-    metrics = urllib.request.urlopen(f.url + "/metrics", timeout=10).read().decode()
-    assert 'fedd_uploads_confirmed_total{outcome="failed"} 4.0' in metrics, metrics
+
+    def page() -> str:
+        ask = urllib.request.Request(f.url + "/.well-known/fedd/status", headers={"Accept": "text/html"})
+        with urllib.request.urlopen(ask, timeout=10) as r:
+            return str(r.read().decode())
+
+    def metrics() -> str:
+        return str(urllib.request.urlopen(f.url + "/metrics", timeout=10).read().decode())
+
+    # with workers, the page and /metrics add up the others' figures within a second
+    html = wait_for(page, 5, "the failure on the status page", until=lambda h: "/dav/bad/abandoned.bin" in h)
+    assert "<h2>Uploads</h2>" in html
+    wait_for(metrics, 5, "4 failed uploads", until=lambda m: 'fedd_uploads_confirmed_total{outcome="failed"} 4.0' in m)
 
 
 def test_a_notification_delivered_twice_gives_one_event(
@@ -259,8 +266,11 @@ def test_notifications_resume_after_the_broker_closed_the_connection(
     fed: tuple[Fedd, Consumer], tmp_path: Path
 ) -> None:
     f, consumer = fed
-    connection = rabbit_connection(f"fedd-{f.proc.pid} rgw-notifications")
-    before = f.status()["confirm"]["rgw_notifications"]
+    status = f.status()
+    # each process has its own connection (named with its pid): with workers, close the answering one's
+    pid = status["workers"]["answered_by"]["pid"] if "workers" in status else f.proc.pid
+    connection = rabbit_connection(f"fedd-{pid} rgw-notifications")
+    before = status["confirm"]["rgw_notifications"]  # with workers, the counts of all of them
     rabbitctl("close_connection", connection, "test")
     wait_for(
         lambda: (lambda now: now["connected"] and now["connections"] == before["connections"] + 1)(

@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from fedd.web.metrics import GAUGE_MODES, Metrics, add_families, families_of
+from fedd.web.metrics import GAUGE_MODES, Metrics, PeerCounters, add_families, families_of
 from fedd.workers.shared import ENDED_FILE, CounterFiles, WorkersStatus, fold_ended, read_json, write_json
 from fedd.workers.statussum import add_numbers, add_status, status_numbers
 from tests.daemon import start_fedd, wait_for
@@ -62,7 +62,7 @@ class Peers:
         return self.snapshots
 
 
-def worker_metrics(figures: Figures, peers: Peers | None = None) -> Metrics:
+def worker_metrics(figures: Figures, peers: PeerCounters | None = None) -> Metrics:
     metrics = Metrics(peers=peers)
     metrics.add_state(figures)
     return metrics
@@ -114,6 +114,7 @@ def test_status_numbers_sum_over_workers() -> None:
             "events": {"sent": sent, "outbox_depth": depth, "sink": "spool", "connected": True},
             "endpoints": {"e.1": {"kind": "dav", "health": {"state": "online", "passive_failures": passive}}},
             "locate": {"local_hits": 1, "memcached": None},
+            "confirm": {"recent": [{"event": "put-done", "path": f"/{sent}"}]},
         }
 
     mine = one(sent=3, depth=1, passive=0)
@@ -123,6 +124,7 @@ def test_status_numbers_sum_over_workers() -> None:
     assert mine["endpoints"]["e.1"]["health"] == {"state": "online", "passive_failures": 6}
     assert mine["locate"] == {"local_hits": 3, "memcached": None}
     assert mine["events"]["connected"] is True and mine["events"]["sink"] == "spool"
+    assert [e["path"] for e in mine["confirm"]["recent"]] == ["/3", "/4", "/10"]  # lists joined
     # the ended workers' file keeps counts, not quantities of the moment
     assert sorted(add_numbers(others, counters_only=True)) == [
         [["endpoints", "e.1", "health", "passive_failures"], 6],

@@ -6,9 +6,10 @@ second); the worker that answers a status read adds the others' to its own (`add
 status says the same whichever worker answers. Counts ("counter": events sent, uploads confirmed,
 copies, checksums, endpoint faults seen while serving, ...) are summed over the live workers and
 those that have ended; quantities of the moment ("gauge": outbox depth, uploads pending, cache
-entries, ...) over the live ones. Everything else in the status is either the host's (endpoint
-health and space: worker 0 measures, the others follow) or a list that stays the answering
-worker's (recent decisions, running jobs).
+entries, ...) over the live ones; lists of the moment ("list": recent upload outcomes, uploads
+pending, copies and checksums running, transfers) are the live workers' lists one after the other.
+Everything else in the status is either the host's (endpoint health and space: worker 0 measures,
+the others follow) or stays the answering worker's (replication's hot files and decisions).
 """
 
 from __future__ import annotations
@@ -21,13 +22,20 @@ _EVENTS_COUNTS = ("emitted", "sent", "failed_publishes", "connect_failures", "dr
 _CONFIRM_COUNTS = ("done", "failed", "untracked", "superseded", "looks", "look_errors", "notifications")
 _CHECKSUM_COUNTS = ("computed", "failed", "refused", "bytes_hashed", "stored_db", "stored_s3", "mismatches")
 
-# (path, kind): kind "counter" (summed over the live and ended workers) or "gauge" (the live ones)
+# (path, kind): kind "counter" (summed over the live and ended workers), "gauge" (the live ones) or
+# "list" (the live workers' lists joined)
 STATUS_SUMS: tuple[tuple[tuple[str, ...], str], ...] = (
     *((("events", k), "counter") for k in _EVENTS_COUNTS),
     (("events", "outbox_depth"), "gauge"),
     (("events", "pending"), "gauge"),
     *((("confirm", k), "counter") for k in (*_CONFIRM_COUNTS, "notifications_ignored")),
+    *((("confirm", "rgw_notifications", k), "counter") for k in ("connections", "received", "unreadable", "failures")),
     (("confirm", "pending"), "gauge"),
+    (("confirm", "recent"), "list"),
+    (("confirm", "oldest"), "list"),
+    (("replication", "running"), "list"),
+    (("checksums", "running"), "list"),
+    (("tpc", "transfers"), "list"),
     (("confirm", "looking"), "gauge"),
     *((("replication", k), "counter") for k in ("copied", "failed", "evicted", "bytes_copied")),
     *((("replication", k), "counter") for k in ("reads_counted", "reads_dropped")),
@@ -48,9 +56,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _found(data: Any, path: tuple[str, ...], at: list[str]) -> list[tuple[list[str], float]]:
+def _is_value(value: Any) -> bool:
+    return _is_number(value) or isinstance(value, list)
+
+
+def _found(data: Any, path: tuple[str, ...], at: list[str]) -> list[tuple[list[str], Any]]:
     if not path:
-        return [(at, data)] if _is_number(data) else []
+        return [(at, data)] if _is_value(data) else []
     if not isinstance(data, dict):
         return []
     head, rest = path[0], path[1:]
@@ -58,7 +70,7 @@ def _found(data: Any, path: tuple[str, ...], at: list[str]) -> list[tuple[list[s
     return [found for key in keys if key in data for found in _found(data[key], rest, [*at, key])]
 
 
-def status_numbers(status: dict[str, Any], kinds: tuple[str, ...] = ("counter", "gauge")) -> list[list[Any]]:
+def status_numbers(status: dict[str, Any], kinds: tuple[str, ...] = ("counter", "gauge", "list")) -> list[list[Any]]:
     """This worker's per-worker numbers: [[path (a list of keys), value], ...] (JSON data)."""
     return [
         [path, value] for pattern, kind in STATUS_SUMS if kind in kinds for path, value in _found(status, pattern, [])
@@ -80,18 +92,21 @@ def add_numbers(lists: list[Any], *, counters_only: bool = False) -> list[list[A
     """Several workers' `status_numbers` added up, in the same form (the ended workers' file keeps
     the counters alone). An entry in another form is left out."""
     counters = counter_paths()
-    total: dict[tuple[str, ...], float] = {}
+    total: dict[tuple[str, ...], Any] = {}
     for numbers in lists:
         for path, value in _entries(numbers):
             pattern = _pattern_of(path)
             if pattern is None or (counters_only and pattern not in counters):
                 continue
             key = tuple(path)
-            total[key] = total.get(key, 0) + value
+            if key not in total:
+                total[key] = value
+            elif isinstance(total[key], list) == isinstance(value, list):
+                total[key] = total[key] + value
     return [[list(path), value] for path, value in total.items()]
 
 
-def _entries(numbers: Any) -> list[tuple[list[str], float]]:
+def _entries(numbers: Any) -> list[tuple[list[str], Any]]:
     if not isinstance(numbers, list):
         return []
     found = []
@@ -101,7 +116,7 @@ def _entries(numbers: Any) -> list[tuple[list[str], float]]:
             and len(entry) == 2
             and isinstance(entry[0], list)
             and all(isinstance(k, str) for k in entry[0])
-            and _is_number(entry[1])
+            and _is_value(entry[1])
         ):
             found.append((entry[0], entry[1]))
     return found
@@ -114,5 +129,8 @@ def add_status(status: dict[str, Any], others: list[Any]) -> None:
         place: Any = status
         for key in path[:-1]:
             place = place.get(key) if isinstance(place, dict) else None
-        if isinstance(place, dict) and _is_number(place.get(path[-1])):
-            place[path[-1]] = place[path[-1]] + value
+        if not isinstance(place, dict):
+            continue
+        mine = place.get(path[-1])
+        if (_is_number(mine) and _is_number(value)) or (isinstance(mine, list) and isinstance(value, list)):
+            place[path[-1]] = mine + value
