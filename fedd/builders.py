@@ -105,7 +105,7 @@ def build_auth(config: Config, reactor: Any, tls: GridContextFactory | None = No
         raise usage.UsageError(f"cannot read the authorisation files: {exc}") from None
 
 
-def build_gocdb(config: Config, reactor: Any, book: DowntimeBook) -> GocdbService:
+def build_gocdb(config: Config, reactor: Any, book: DowntimeBook, shared: Any = None) -> GocdbService:
     """The `gocdb` service (idle without [gocdb] url); it reads settings and endpoints from the
     running configuration, so a reload applies at its next refresh."""
     from twisted.internet.threads import deferToThreadPool
@@ -122,39 +122,57 @@ def build_gocdb(config: Config, reactor: Any, book: DowntimeBook) -> GocdbServic
         return deferToThreadPool(reactor, reactor.getThreadPool(), work)
 
     return GocdbService(
-        book, clock=reactor, config=config, fetch=Fetcher(reactor, to_thread), to_thread=to_thread
+        book, clock=reactor, config=config, fetch=Fetcher(reactor, to_thread), to_thread=to_thread, shared=shared
     )
+
+
+IMPLICIT_POLL = 0.25  # seconds: the implicit state's poll (at most [state] poll_interval)
+HOST_STATE_FILE = "host-state.sqlite"  # in the run directory: the workers' implicit state database
 
 
 def build_state(config: Config, reactor: Any, instance: str, worker: WorkerRole | None = None) -> StateStore | None:
     """The `state` service on `[state] database`, or None without one (state stays per host:
-    `[checksums] database` and `[health] downtime_file`)."""
+    `[checksums] database` and `[health] downtime_file`).
+
+    Without `[state] database`, the workers of `[server] workers` > 1 share an implicit SQLite
+    state in their run directory (`host-state.sqlite`, WAL, `BEGIN IMMEDIATE`), which carries what
+    one worker learns at run time to the others within `[state] poll_interval`: run-time downtimes
+    (unless `[health] downtime_file` keeps them) and upload reservations. It lives as long as the
+    run directory, as a single fedd's memory does; checksums stay in `[checksums] database`, a file
+    the workers already share and that outlives restarts."""
     import socket
 
     from fedd import __version__
 
     st = config.state
-    if not st.database:
+    implicit = not st.database and worker is not None and worker.count > 1
+    if not st.database and not implicit:
         return None
+    url = str(worker.run_dir / HOST_STATE_FILE) if implicit and worker is not None else st.database
     try:
-        database = open_database(st.database, reactor, st.timeout)
+        database = open_database(url, reactor, st.timeout)
     except Exception as exc:  # psycopg missing, a URL psycopg refuses
         raise usage.UsageError(f"[state] database: {exc}") from None
+    host = st.host_name or socket.gethostname()
     identity = HostIdentity(
-        host=st.host_name or socket.gethostname(),
+        host=host,
         instance=instance,
         version=__version__,
         listen=" ".join(config.server.listen),
+        member=host if worker is None else f"{host}/worker-{worker.index}",
     )
+    queue_file = "" if implicit else st.queue_file if worker is None else worker.own_path(st.queue_file)
     return StateStore(
         database,
         clock=reactor,
         identity=identity,
         queue=st.queue,
-        poll_interval=st.poll_interval,
+        # the workers' own file: a look at one row costs ~0.1 ms, so a change reaches them sooner
+        poll_interval=min(st.poll_interval, IMPLICIT_POLL) if implicit else st.poll_interval,
         heartbeat_interval=st.heartbeat_interval,
         timeout=st.timeout,
-        queue_file=st.queue_file if worker is None else worker.own_path(st.queue_file),
+        queue_file=queue_file,
+        implicit=implicit,
     )
 
 

@@ -47,6 +47,7 @@ from fedd.web.metrics import Metrics, StateCollector, TlsCounter
 from fedd.web.resource import FeddResource
 from fedd.web.site import FeddSite, PublicBase
 from fedd.workers import WorkerRole
+from fedd.workers.applied import AppliedMarks
 from fedd.workers.shared import CounterFiles, CountersWriter, HostShare, WorkersStatus
 from fedd.workers.sockets import AdoptedEndpoint
 from fedd.workers.statussum import status_numbers
@@ -174,15 +175,19 @@ def build_service(
         reservations=SharedReservations(state) if state is not None else None,
     )
     space.setServiceParent(top)
+    path_set = bool(config.health.downtime_file)
     downtimes = DowntimeBook(
         {ep.id: ep.downtimes for ep in config.endpoints},
         reactor,
         path=config.health.downtime_file,
         on_change=registry.block_reads,
-        shared=SharedDowntimes(state) if state is not None else None,
+        # the workers' implicit state leaves run-time downtimes to [health] downtime_file when set
+        shared=SharedDowntimes(state) if state is not None and not (state.implicit and path_set) else None,
+        marks=AppliedMarks(worker.run_dir, worker.index, reactor) if worker is not None else None,
+        settle_timeout=3 * config.state.poll_interval + 1.0,
     )
     downtimes.setServiceParent(top)
-    gocdb = build_gocdb(config, reactor, downtimes)
+    gocdb = build_gocdb(config, reactor, downtimes, shared)  # worker 0 reads GOCDB, the others follow
     gocdb.setServiceParent(top)
     writer = Writer(federation, config.write, space=space, downtimes=downtimes)
     tpc = TpcEngine(federation, writer, reactor=reactor, events=events)
@@ -191,11 +196,12 @@ def build_service(
         federation=federation,
         reactor=reactor,
         emit=events.emit,
-        store=SharedChecksums(state) if state is not None else None,
+        store=SharedChecksums(state) if state is not None and not state.implicit else None,
     )
     checksums.setServiceParent(top)
     replication = build_replication(
-        config, reactor=reactor, federation=federation, writer=writer, tpc=tpc, state=state, space=space,
+        config, reactor=reactor, federation=federation, writer=writer, tpc=tpc, space=space,
+        state=state if state is not None and not state.implicit else None,  # its records outlive restarts
         emit=events.emit,
     )
     if replication is not None:

@@ -845,6 +845,9 @@ gocdb_hostname = se-b.example.org
             both = request(fed, "GET", "/grid/both.txt")
             return (only[0], only[1]), (both[0], both[1])
 
+        # with [server] workers, worker 0 reads GOCDB and the others apply its set within 0.25 s:
+        # the status may come from worker 0 a moment before a read reaches another worker
+        wait_for(lambda: reads()[0][0] == 503, 2, "every worker applying the outage")
         (code, hdrs), (code2, hdrs2) = reads()
         sample.append(f"GOCDB OUTAGE on se-a: GET only-a.txt -> {code} Retry-After: {hdrs.get('retry-after')}")
         sample.append(f"GOCDB OUTAGE on se-a: GET both.txt -> {code2} Location: {hdrs2.get('location')}")
@@ -877,6 +880,7 @@ gocdb_hostname = se-b.example.org
         # GOCDB no longer lists the outage (ended early): fedd lifts it at the next refresh
         gocdb.answer(200, flat_document([]))
         wait_for(lambda: not gocdb_downtimes(), 20, "the GOCDB outage lifted")
+        wait_for(lambda: reads()[0][0] == 302, 2, "every worker lifting the outage")
         status_a = request(fed, "GET", "/grid/only-a.txt")
         sample.append(f"GOCDB lists nothing: only-a.txt -> {status_a[0]} Location: {status_a[1].get('location')}")
         assert status_a[0] == 302 and status_a[1]["location"].startswith(dav1.url)
@@ -926,3 +930,30 @@ def test_status_page_shows_sources_and_gocdb_state() -> None:
     assert "OUTAGE → all, WARNING → none" in page and "10 min ago" in page
     assert page.count("HTTP 500 &lt;script&gt;") == 2  # the GOCDB table and the recent errors
     assert "<script>" not in page
+
+
+def test_worker_0_reads_gocdb_and_the_other_workers_apply_what_it_published(tmp_path: Path) -> None:
+    """[server] workers: one reader of GOCDB per host; the others apply its sets and show its status."""
+    from fedd.workers.shared import HostShare
+
+    rig = Rig({URL: data("site_flat.xml")}, interval=60)
+    rig.service.shared = HostShare(tmp_path, leader=True)
+    book = DowntimeBook({}, rig.clock)
+    book.startService()
+    never = Scripted({})  # a follower that fetched would find no answer here: KeyError
+    shared = HostShare(tmp_path, leader=False)
+    follower = GocdbService(book, clock=rig.clock, config=rig.config, fetch=never, to_thread=maybeDeferred, shared=shared)
+    follower.startService()
+    rig.service.startService()
+    rig.clock.advance(0.25)
+    ids = sorted(d["id"] for d in book.to_json() if d["origin"] == "gocdb")
+    assert ids == rig.gocdb_ids() and len(ids) == 4 and never.asked == []
+    assert follower.to_json()["sources"] == rig.service.to_json()["sources"]
+    assert follower.to_json()["applied"] == 4 and follower.refreshes == rig.service.refreshes
+    rig.fetch.answers[URL] = GocdbError("HTTP 500")  # an error on worker 0: the others show it, keep the set
+    rig.clock.advance(60)
+    rig.clock.advance(0.25)
+    assert follower.to_json()["sources"][0]["last_error"] == "HTTP 500"
+    assert sorted(d["id"] for d in book.to_json() if d["origin"] == "gocdb") == ids
+    follower.stopService()
+    rig.service.stopService()

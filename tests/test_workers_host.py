@@ -1,13 +1,27 @@
 """What one worker learns, every worker of the host applies (fedd.workers): one instance id for the
-host's fedd, passed by the supervisor to every worker it starts, restarts included."""
+host's fedd, passed by the supervisor to every worker it starts, restarts included; the workers'
+implicit host-local state (downtimes and upload reservations without `[state] database`), with a
+row of reservations per worker; a downtime change answered once every worker applies it."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.task import Clock
+
+from fedd.builders import HOST_STATE_FILE, build_state
+from fedd.config import Downtime, parse_config
+from fedd.space.downtime import DowntimeBook
+from fedd.state.tables import SharedDowntimes, SharedReservations
 from fedd.workers import WorkerRole
+from fedd.workers.applied import AppliedMarks
+from fedd.workers.shared import WORKERS_FILE
 from fedd.workers.supervisor import Supervisor
+from tests.daemon import wait_for
+from tests.reactor import call, the_reactor
 
 
 class _Transport:
@@ -53,3 +67,85 @@ def test_a_role_without_an_instance_id_reads_as_empty() -> None:
     assert WorkerRole.from_environment(env) == role
     del env["FEDD_WORKER_INSTANCE"]  # a worker of an older supervisor, during an upgrade
     assert WorkerRole.from_environment(env).instance == ""
+
+
+def _workers(run_dir: Path, *indexes: int) -> None:
+    (run_dir / WORKERS_FILE).write_text(json.dumps([{"index": i, "pid": 100 + i} for i in indexes]))
+
+
+def test_marks_wait_for_every_other_live_worker_within_a_deadline(tmp_path: Path) -> None:
+    clock = Clock()
+    _workers(tmp_path, 0, 1, 2)
+    mine, one, two = (AppliedMarks(tmp_path, i, clock) for i in range(3))
+    done = mine.wait("downtimes", 7, timeout=2.0)
+    one.mark("downtimes", 7)
+    clock.advance(0.05)
+    assert not done.called  # worker 2 has not applied it yet
+    two.mark("downtimes", 8)  # beyond is applied too
+    clock.advance(0.05)
+    assert done.result == []
+    late = mine.wait("downtimes", 9, timeout=1.0)
+    one.mark("downtimes", 9)
+    clock.pump([0.05] * 25)
+    assert late.result == [2]  # the deadline answers, naming who is behind
+    _workers(tmp_path, 0, 1)  # worker 2 ended: not waited for
+    assert mine.wait("downtimes", 9, timeout=1.0).result == []
+
+
+def _role(tmp_path: Path, index: int) -> WorkerRole:
+    return WorkerRole(index=index, count=2, run_dir=tmp_path, listen=("tcp:0",), instance="fedd-host")
+
+
+def _config(tmp_path: Path, extra: str = "") -> Any:
+    conf = tmp_path / "fedd.conf"
+    conf.write_text(f"[server]\nlisten = tcp:0\n{extra}[endpoint d]\nkind = local\npath = {tmp_path}\nmap = / /\n")
+    return parse_config(path=str(conf))
+
+
+def test_workers_without_a_state_database_share_an_implicit_one_in_the_run_directory(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    reactor = the_reactor()
+    assert build_state(config, reactor, "fedd-x", None) is None  # one process: as before
+    assert build_state(config, reactor, "fedd-x", WorkerRole(0, 1, tmp_path, ("tcp:0",))) is None  # workers = 1
+    state = build_state(config, reactor, "fedd-host", _role(tmp_path, 1))
+    assert state is not None and state.implicit and state.db.where == str(tmp_path / HOST_STATE_FILE)
+    assert state.poll_interval == 0.25 and state.queue_file == ""  # a local file: no spill file
+    assert state.identity.instance == "fedd-host" and state.identity.member.endswith("/worker-1")
+    assert state.to_json()["implicit"] is True
+    site = _config(tmp_path, f"[state]\ndatabase = {tmp_path / 'site.sqlite'}\n")
+    given = build_state(site, reactor, "i", _role(tmp_path, 0))
+    assert given is not None and not given.implicit and given.db.where.endswith("site.sqlite")
+
+
+def test_reservations_and_downtimes_of_one_worker_reach_the_other(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    reactor = the_reactor()
+    stores = [build_state(config, reactor, "fedd-host", _role(tmp_path, i)) for i in (0, 1)]
+    a, b = stores[0], stores[1]
+    assert a is not None and b is not None
+    _workers(tmp_path, 0, 1)
+    books = [
+        DowntimeBook({}, reactor, shared=SharedDowntimes(s), marks=AppliedMarks(tmp_path, i, reactor), settle_timeout=5)
+        for i, s in enumerate((a, b))
+    ]
+    for service in (a, b, *books):
+        call(service.startService)
+    try:
+        call(a.ready)
+        call(b.ready)
+        mine, theirs = SharedReservations(a), SharedReservations(b)
+        call(lambda: mine.add("ep", 100, 10.0))  # the same host name: a row per worker
+        wait_for(lambda: theirs.others("ep", 10.0) == 100, 5, "worker 1 to count worker 0's reservation")
+        assert mine.others("ep", 10.0) == 0
+        now = time.time()
+        declared = call(books[0].add, "ep", Downtime(now - 1, now + 600, "write", "disk swap"))
+        started = time.monotonic()
+        call(books[0].settled)  # the admin's answer: once worker 1 applies it
+        assert "disk swap" in books[1].blocks("ep", "write", time.time())
+        assert time.monotonic() - started < 2.0
+        assert call(books[1].remove, declared.id)
+        call(books[1].settled)
+        assert books[0].blocks("ep", "write", time.time()) == ""
+    finally:
+        for service in (*books, a, b):
+            call(service.stopService)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
@@ -30,10 +31,12 @@ from fedd.errors import BadRequest
 from fedd.periodic import Periodic
 from fedd.state.tables import SharedDowntimes
 from fedd.twtypes import Service
+from fedd.workers.applied import AppliedMarks
 
 log = Logger(namespace="fedd.downtime")
 FILE_CHECK_SECONDS = 2.0
 MAX_DOWNTIMES = 1000
+SHARED_MARK = "downtimes"  # fedd.workers.applied: the serial of the shared downtimes a worker applied
 
 
 @dataclass(frozen=True)
@@ -96,10 +99,17 @@ class DowntimeBook(Service):
         path: str = "",
         on_change: Callable[[frozenset[str]], None] | None = None,
         shared: SharedDowntimes | None = None,
+        marks: AppliedMarks | None = None,
+        settle_timeout: float = 5.0,
     ) -> None:
         self.reactor = reactor
         self.path = path
         self.shared = shared
+        # a worker of [server] workers: marks the downtimes it applied; a change answers once every
+        # worker of the host applies it (`settled`)
+        self.marks = marks if shared is not None else None
+        self.settle_timeout = settle_timeout
+        self._last_write: Deferred[None] | None = None
         # run-time changes of this host not yet in the shared database: kept across re-reads
         self._unsaved: dict[str, Declared] = {}
         self._unremoved: set[str] = set()
@@ -278,6 +288,7 @@ class DowntimeBook(Service):
 
     def _save_shared(self, added: Declared | None, removed: str) -> None:
         assert self.shared is not None
+        written: Deferred[None] = Deferred()
         if added is not None:
             self._unsaved[added.id] = added
             d = self.shared.insert(added.id, added.endpoint, added.downtime, self.reactor.seconds())
@@ -287,6 +298,41 @@ class DowntimeBook(Service):
             self._unremoved.add(removed)
             d = self.shared.delete(removed)
             d.addCallbacks(lambda _: self._unremoved.discard(removed), lambda f: self._lost("removed", removed, f))
+        def release(_: object) -> None:
+            written.callback(None)
+
+        d.addBoth(release)
+        self._last_write = written
+
+    def settled(self) -> Deferred[None]:
+        """Fires once the last change made here is applied by every worker of the host (at most
+        `settle_timeout` seconds later; at once without workers, or while the database is down:
+        the change is queued, and applied by the others once it is written)."""
+        write, marks, shared = self._last_write, self.marks, self.shared
+        if write is None or marks is None or shared is None or shared.unreachable:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+
+        def release(result: object) -> object:
+            waiter.callback(None)
+            return result
+
+        write.addBoth(release)
+
+        async def wait() -> None:
+            await waiter
+            serial = await shared.serial()
+            late = await marks.wait(SHARED_MARK, serial, self.settle_timeout)
+            if late:
+                log.warn(
+                    "downtime change not yet applied by worker(s) {late} after {t:g}s (they apply it when they can)",
+                    late=", ".join(map(str, late)),
+                    t=self.settle_timeout,
+                )
+
+        d = ensureDeferred(wait())
+        d.addErrback(lambda f: log.warn("cannot tell whether every worker applied it: {r}", r=f.getErrorMessage()))
+        return d
 
     def _lost(self, what: str, downtime_id: str, failure: Any) -> None:
         log.error(
@@ -298,13 +344,19 @@ class DowntimeBook(Service):
 
     def _reload_shared(self) -> None:
         assert self.shared is not None
-        d = self.shared.load(self.reactor.seconds())
+        d = self.shared.load_with_serial(self.reactor.seconds())
         d.addCallbacks(
-            self._apply_shared,
+            self._apply_marked,
             lambda f: log.warn(
                 "cannot read the shared downtimes: {reason} (keeping the previous list)", reason=f.getErrorMessage()
             ),
         )
+
+    def _apply_marked(self, loaded: tuple[int, list[tuple[str, str, Downtime]]]) -> None:
+        serial, rows = loaded
+        self._apply_shared(rows)
+        if self.marks is not None:
+            self.marks.mark(SHARED_MARK, serial)
 
     def _apply_shared(self, rows: list[tuple[str, str, Downtime]]) -> None:
         stored = [Declared(i, e, d, "admin") for i, e, d in rows if i not in self._unremoved]

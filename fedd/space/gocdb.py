@@ -10,12 +10,17 @@ the thread pool with lxml (no DTDs, no entities, no network), mapped, and handed
 whole "gocdb" set. A source that fails (unreachable, HTTP error, malformed or oversized document,
 an `<error>` answer) keeps its last good set; the error is logged in one line and shown in the
 status with the time of the last fetch, the number of downtimes and the last error.
+
+With `[server] workers` > 1, worker 0 alone reads GOCDB (one host, one reader: GOCDB sees the
+queries of one fedd) and publishes each refresh's sources in the run directory (`gocdb.json`,
+fedd.workers.shared.HostShare); the other workers apply it within 0.25 s, as they do its health
+and space results, and show the same status. A restarted worker 0 reads again at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -48,6 +53,7 @@ __all__ = [  # parsing and mapping live beside this module; importable from here
 
 log = Logger(namespace="fedd.gocdb")
 
+SHARED_NAME = "gocdb"  # the run-directory file worker 0 publishes its refreshes in
 MAX_LISTED = 10  # unmatched host names and skipped-element reasons shown in the status
 
 
@@ -174,8 +180,11 @@ class GocdbService(Service):
         config: Config,
         fetch: Fetch,
         to_thread: ToThread,
+        shared: Any = None,
     ) -> None:
         self.book = book
+        self.shared = shared  # fedd.workers.shared.HostShare of a worker: worker 0 reads, the others follow
+        self._follow: Any = None
         self.clock = clock
         self.config = config
         self.fetch = fetch
@@ -192,14 +201,23 @@ class GocdbService(Service):
         self.config = new  # the next refresh reads it
         return []
 
+    @property
+    def follower(self) -> bool:
+        return self.shared is not None and not self.shared.leader
+
     def startService(self) -> None:
         super().startService()
         self._stopped = False
+        if self.follower:
+            self._follow = self.shared.follow(SHARED_NAME, self.adopt, self.clock)
+            return
         self._tick()
 
     def stopService(self) -> Any:
         super().stopService()
         self._stopped = True
+        if self._follow is not None and self._follow.running:
+            self._follow.stop()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -246,6 +264,44 @@ class GocdbService(Service):
             if self._stopped:
                 return  # stopped while reading: the book is left as it is
         self.refreshes += 1
+        self.apply()
+        if self.shared is not None:
+            self.shared.publish(SHARED_NAME, self.published())
+
+    def published(self) -> dict[str, Any]:
+        """What worker 0 hands the other workers after a refresh: every source's state."""
+        return {
+            "refreshes": self.refreshes,
+            "next_refresh": self.next_refresh,
+            "sources": [
+                {
+                    **{k: v for k, v in asdict(state).items() if k != "downtimes"},
+                    "downtimes": None if state.downtimes is None else [asdict(d) for d in state.downtimes],
+                }
+                for state in self.sources.values()
+            ],
+        }
+
+    def adopt(self, data: dict[str, Any]) -> None:
+        """A follower: take worker 0's sources (see `published`) and apply them to this worker's book."""
+        sources: dict[str, SourceState] = {}
+        for item in data["sources"]:
+            raw = item["downtimes"]
+            sources[item["url"]] = SourceState(
+                url=item["url"],
+                downtimes=None if raw is None else tuple(GocdbDowntime(**d) for d in raw),
+                fetched_at=item["fetched_at"],
+                attempted_at=item["attempted_at"],
+                pages=item["pages"],
+                skipped=tuple(item["skipped"]),
+                last_error=item["last_error"],
+                last_error_at=item["last_error_at"],
+                unmatched_hosts=tuple(item["unmatched_hosts"]),
+                errors=item["errors"],
+            )
+        self.sources = sources
+        self.refreshes = int(data["refreshes"])
+        self.next_refresh = data["next_refresh"]
         self.apply()
 
     async def _refresh_source(self, state: SourceState, settings: GocdbConfig) -> None:

@@ -59,6 +59,7 @@ class HostIdentity:
     instance: str
     version: str
     listen: str
+    member: str = ""  # who keeps its own rows (reservations): the host, or `host/worker-N` of a worker
 
 
 def migrate(cursor: Cursor, kind: str) -> int:
@@ -90,8 +91,10 @@ class StateStore(Service):
         heartbeat_interval: float = 5.0,
         timeout: float = 5.0,
         queue_file: str = "",
+        implicit: bool = False,
     ) -> None:
         self.db = database
+        self.implicit = implicit  # the workers' own host-local database, not `[state] database`
         self.queue_file = queue_file
         self.clock = clock
         self.identity = identity
@@ -372,6 +375,7 @@ class StateStore(Service):
         return {
             "database": self.db.where,
             "kind": self.db.kind,
+            "implicit": self.implicit,
             "schema": self.schema_version,
             "host": self.identity.host,
             "reachable": self.migrated and self.down_since is None,

@@ -99,6 +99,28 @@ class SharedDowntimes:
 
         return self.state.read(work)
 
+    def load_with_serial(self, now: float) -> Deferred[tuple[int, list[DowntimeRow]]]:
+        """As `load`, with the table's change serial read in the same transaction (what the rows
+        reflect: fedd.workers.applied marks it)."""
+
+        def work(cursor: Cursor) -> tuple[int, list[DowntimeRow]]:
+            serial = _serial(cursor, self.TABLE)
+            cursor.execute(
+                "SELECT id, endpoint, start_at, end_at, scope, reason FROM downtimes WHERE end_at > ? "
+                "ORDER BY declared_at, id",
+                (now,),
+            )
+            return serial, [
+                (str(i), str(e), Downtime(float(s), float(end), str(scope), str(reason)))
+                for i, e, s, end, scope, reason in cursor.fetchall()
+            ]
+
+        return self.state.read(work)
+
+    def serial(self) -> Deferred[int]:
+        """The table's change serial now (after a write: at least the one that write made)."""
+        return self.state.read(lambda cursor: _serial(cursor, self.TABLE))
+
     def insert(self, downtime_id: str, endpoint: str, downtime: Downtime, now: float) -> Deferred[None]:
         host = self.state.identity.host
         insert = (
@@ -122,7 +144,9 @@ class SharedReservations:
     endpoint that got uploads), keyed by the measurement it counts from (`since`: the measured time,
     the same on every host when memcached shares the measurements); a newer measurement restarts the
     row. The others' rows are re-read on the same tick; a row counted from an older measurement than
-    this host's is already in that measurement and is not counted."""
+    this host's is already in that measurement and is not counted. A worker of `[server] workers`
+    keeps a row of its own (`host/worker-N`, `HostIdentity.member`), so the workers of one host
+    count each other's uploads too."""
 
     def __init__(self, state: StateStore) -> None:
         self.state = state
@@ -151,8 +175,13 @@ class SharedReservations:
             d.addCallbacks(self._got, lambda _: None)  # keep the last known: the outage is said by the store
             d.addBoth(self._done)
 
+    @property
+    def _member(self) -> str:
+        identity = self.state.identity
+        return identity.member or identity.host
+
     def _write(self, pending: dict[tuple[str, float], int]) -> None:
-        host = self.state.identity.host
+        host = self._member
         upsert = (
             "INSERT INTO reservations (endpoint, host, bytes, since) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (endpoint, host) DO UPDATE SET bytes = CASE WHEN reservations.since = excluded.since "
@@ -162,7 +191,7 @@ class SharedReservations:
         self.state.write("reservations", Sql(statements)).addErrback(lambda _: None)  # a drop is counted there
 
     def _read(self, cursor: Cursor) -> dict[str, list[tuple[int, float]]]:
-        cursor.execute("SELECT endpoint, bytes, since FROM reservations WHERE host <> ?", (self.state.identity.host,))
+        cursor.execute("SELECT endpoint, bytes, since FROM reservations WHERE host <> ?", (self._member,))
         out: dict[str, list[tuple[int, float]]] = {}
         for endpoint, size, since in cursor.fetchall():
             out.setdefault(str(endpoint), []).append((int(size), float(since)))
@@ -173,6 +202,12 @@ class SharedReservations:
 
     def _done(self, _: object) -> None:
         self._reading = False
+
+
+def _serial(cursor: Cursor, table: str) -> int:
+    cursor.execute("SELECT serial FROM changes WHERE name = ?", (table,))
+    row = cursor.fetchone()
+    return int(row[0]) if row is not None and row[0] is not None else 0
 
 
 def _scalar(cursor: Cursor, sql: str) -> int:

@@ -22,7 +22,7 @@ from fedd.namespace import normalise_path
 from fedd.space.downtime import DowntimeBook
 from fedd.space.downtime import parse_request as parse_downtime
 from fedd.space.service import SpaceService
-from fedd.web.answer import client_ip, identity
+from fedd.web.answer import client_ip, identity, start
 from fedd.web.site import FeddSite
 from fedd.web.site import absolute_url as _absolute
 from fedd.web.statuspage import render_status_page, wants_html
@@ -130,12 +130,13 @@ class Admin:
             request.setResponseCode(201)
             request.setHeader(b"content-type", b"application/json")
             request.setHeader(b"location", DOWNTIMES_PATH + b"/" + declared.id.encode())
-            return json.dumps(declared.to_json(self.fed.clock.seconds()), indent=1).encode() + b"\n"
+            body = json.dumps(declared.to_json(self.fed.clock.seconds()), indent=1).encode() + b"\n"
+            return start(request, _once_settled(self.downtimes, body))
         if request.method == b"DELETE" and raw.startswith(DOWNTIMES_PATH + b"/"):
             if not self.downtimes.remove(raw[len(DOWNTIMES_PATH) + 1 :].decode("latin-1")):
                 raise NotFound("no such run-time downtime (configured ones are changed in the configuration)")
             request.setResponseCode(204)
-            return b""
+            return start(request, _once_settled(self.downtimes, b""))
         raise MethodNotAllowed("GET, POST (new downtime) or DELETE .../<id>")
 
     def _admin_only(self, request: server.Request) -> None:
@@ -268,3 +269,9 @@ def _usable_range(value: bytes, size: int) -> bool:
         if not first and int(last) > size:
             return False
     return True
+
+
+async def _once_settled(downtimes: DowntimeBook, body: bytes) -> bytes:
+    """The answer to a downtime change, once every worker of the host applies it (fedd.workers)."""
+    await downtimes.settled()
+    return body
