@@ -18,11 +18,19 @@ restart. `build_service` lists the services; what they do:
 Listen addresses, TLS files, memcached servers, the events broker, the GeoIP database and the
 checksum database are read once at start (`FixedAtStart` and the checksum service say so): a change
 to them is logged, listed in the status (`reload.needs_restart`) and ignored until a restart.
+
+With `[server] workers` > 1 the supervisor numbers each SIGHUP it passes on (a generation, written
+to `reload-asked.json` in the run directory before the signal); each worker marks the generation
+it handled (fedd.workers.applied, `reload`), and a worker started later marks the one it read at
+its start. Once every live worker has marked it, the supervisor logs `reloaded (all N workers)`
+and writes `reload.json`; any worker's status then shows the reload as of the last generation
+every worker applied (`reload.host`), so it answers the same whichever worker is asked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from twisted.logger import Logger
@@ -32,20 +40,35 @@ from fedd.config import Config, ConfigError, parse_config
 log = Logger(namespace="fedd.reload")
 
 Reconfigure = Callable[[Config], list[str]]  # apply what can be applied; return what needs a restart
+ASKED_FILE = "reload-asked.json"  # in the run directory: the last reload generation the supervisor passed on
+DONE_FILE = "reload.json"  # the last generation every worker applied (the supervisor writes it)
+MARK = "reload"  # fedd.workers.applied: the generation a worker handled
+MARK_OK = "reload-ok"  # ... and the last one it applied (not refused)
+
+
+def asked_generation(run_dir: Path) -> int:
+    """The last reload generation the supervisor passed on (0: none yet)."""
+    from fedd.workers.shared import read_json
+
+    value = read_json(run_dir / ASKED_FILE)
+    return value if isinstance(value, int) else 0
 
 
 class ReloadStatus:
     """What the status page shows of reloads (kept apart from the `Reloader`, which needs the
     services that show it)."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, run_dir: Path | None = None) -> None:
         self.path = path
+        self.run_dir = run_dir  # a worker's: the status shows what every worker applied
         self.reloads = 0
         self.refused = 0
         self.last_error: str | None = None
         self.needs_restart: list[str] = []  # what the file differs in from the running values
+        self.generation = asked_generation(run_dir) if run_dir is not None else 0
+        self._history: dict[int, dict[str, Any]] = {self.generation: self._own()}  # generation -> what it left
 
-    def to_json(self) -> dict[str, Any]:
+    def _own(self) -> dict[str, Any]:
         return {
             "path": self.path,
             "reloads": self.reloads,
@@ -53,6 +76,27 @@ class ReloadStatus:
             "last_error": self.last_error,
             "needs_restart": list(self.needs_restart),
         }
+
+    def handled(self, generation: int) -> None:
+        """A worker handled the supervisor's reload `generation`: keep what it left for the status."""
+        self.generation = generation
+        self._history[generation] = self._own()
+        for old in sorted(self._history)[:-8]:
+            del self._history[old]
+
+    def to_json(self) -> dict[str, Any]:
+        if self.run_dir is None:
+            return self._own()
+        from fedd.workers.shared import read_json
+
+        host = read_json(self.run_dir / DONE_FILE)
+        done = host.get("done", 0) if isinstance(host, dict) else 0
+        asked = asked_generation(self.run_dir)
+        # as of the last generation every worker applied (this worker may be ahead of the others)
+        known = [g for g in self._history if g <= done]
+        data = dict(self._history[max(known)] if known else self._own())
+        data["host"] = {"asked": asked, "applied_by_all": done, "this_worker": self.generation}
+        return data
 
 
 class FixedAtStart:
@@ -74,13 +118,39 @@ class FixedAtStart:
 
 
 class Reloader:
-    def __init__(self, path: str | None, targets: Sequence[Reconfigure], status: ReloadStatus) -> None:
+    def __init__(
+        self,
+        path: str | None,
+        targets: Sequence[Reconfigure],
+        status: ReloadStatus,
+        marks: Any = None,
+    ) -> None:
         self.path = path
         self.targets = list(targets)
         self.status = status
+        self.marks = marks  # a worker's fedd.workers.applied.AppliedMarks: the generations it handled
+        if marks is not None:
+            marks.mark(MARK_OK, status.generation)  # a worker (re)started: it read the file as it is now
+            marks.mark(MARK, status.generation)
 
     def reload(self) -> bool:
-        """Parse and apply the configuration file; False (and nothing changed) when it has errors."""
+        """Parse and apply the configuration file; False (and nothing changed) when it has errors.
+        A worker marks the supervisor's generation it handled, either way."""
+        if self.status.run_dir is None:
+            return self._reload()
+        generation = asked_generation(self.status.run_dir)  # read before the file: it is at least this new
+        ok = False
+        try:
+            ok = self._reload()
+            return ok
+        finally:
+            self.status.handled(generation)
+            if self.marks is not None:
+                if ok:
+                    self.marks.mark(MARK_OK, generation)
+                self.marks.mark(MARK, generation)  # last: the supervisor reads the outcome once it sees this
+
+    def _reload(self) -> bool:
         if self.path is None:
             log.warn("reload asked, but fedd runs on its embedded default: nothing to reload")
             return False

@@ -210,7 +210,7 @@ def build_service(
     confirm.setServiceParent(top)
     counters = CounterFiles(worker.run_dir, os.getpid()) if worker is not None else None
     metrics = Metrics(peers=counters)
-    reload_status = ReloadStatus(config_path)
+    reload_status = ReloadStatus(config_path, worker.run_dir if worker is not None else None)
     resource = FeddResource(
         federation,
         head_redirect=config.server.head_redirect,
@@ -294,6 +294,7 @@ def build_service(
             resource.reconfigure,
         ],
         reload_status,
+        marks=AppliedMarks(worker.run_dir, worker.index, reactor) if worker is not None else None,
     )
     return Fedd(
         service=top,

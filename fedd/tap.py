@@ -121,7 +121,7 @@ def supervisor_service(options: Options, count: int) -> IService:
     )
 
     def hup(signum: int, frame: Any) -> None:
-        reactor.callFromThread(supervisor.signal_all, signal.SIGHUP)
+        reactor.callFromThread(supervisor.reload)  # numbered: logs "reloaded (all N workers)" when done
 
     signal.signal(signal.SIGHUP, hup)
     reactor.addSystemEventTrigger("after", "shutdown", clean_exit_after_signal, reactor)

@@ -13,12 +13,14 @@ from typing import Any
 
 import pytest
 
-from tests.daemon import Fedd, start_fedd, wait_for
+from tests.daemon import Fedd, start_fedd, wait_for, with_test_workers
 from tests.servers import free_port
 
 
 def base(port: int, dav1: Any) -> str:
-    return f"""
+    # FEDD_TEST_WORKERS: the rewritten file keeps the workers the daemon started with ([server]
+    # changes need a restart, and a reload would say so)
+    return with_test_workers(f"""
 [server]
 listen = tcp:{port}:interface=127.0.0.1
 [health]
@@ -28,7 +30,7 @@ failures_to_offline = 3
 kind = dav
 url = {dav1.url}
 map = /one /reload-one
-"""
+""")
 
 
 def two(dav2: Any, extra: str = "") -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.task import Clock
 
@@ -149,3 +149,82 @@ def test_reservations_and_downtimes_of_one_worker_reach_the_other(tmp_path: Path
     finally:
         for service in (*books, a, b):
             call(service.stopService)
+
+
+class _ClockReactor(Clock, _Reactor):
+    def __init__(self) -> None:
+        Clock.__init__(self)
+        _Reactor.__init__(self)
+
+
+def test_a_reload_is_logged_done_once_every_worker_handled_it_and_the_status_agrees(tmp_path: Path) -> None:
+    from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+
+    from fedd.reload import Reloader, ReloadStatus
+
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "fedd.workers":
+            lines.append(formatEvent(event))
+
+    conf = tmp_path / "fedd.conf"
+    _config(tmp_path)  # writes a good fedd.conf
+    reactor = _ClockReactor()
+    sup = _supervisor(tmp_path, reactor)
+    sup.spawn(0)
+    sup.spawn(1)
+    statuses = [ReloadStatus(str(conf), tmp_path) for _ in range(2)]
+    reloaders = [
+        Reloader(str(conf), [], statuses[i], marks=AppliedMarks(tmp_path, i, reactor)) for i in range(2)
+    ]
+    observer = cast(ILogObserver, observe)
+    globalLogPublisher.addObserver(observer)
+    try:
+        done = sup.reload()
+        assert reloaders[0].reload()
+        reactor.advance(0.05)
+        assert not done.called and "reloaded" not in " ".join(lines)
+        # worker 0 reloaded, worker 1 not yet: worker 0's status still shows the reload all applied
+        assert statuses[0].to_json()["reloads"] == 0
+        assert statuses[0].to_json()["host"] == {"asked": 1, "applied_by_all": 0, "this_worker": 1}
+        assert reloaders[1].reload()
+        reactor.advance(0.05)
+        assert done.result == [] and lines[-1] == "reloaded (all 2 workers)"
+        assert [s.to_json()["reloads"] for s in statuses] == [1, 1]
+        assert statuses[1].to_json()["host"] == {"asked": 1, "applied_by_all": 1, "this_worker": 1}
+        conf.write_text(conf.read_text() + "[endpoint bad]\nkind = s4\n")
+        refused = sup.reload()
+        for reloader in reloaders:
+            assert not reloader.reload()
+        reactor.advance(0.05)
+        assert refused.result == [] and "reload 2 refused by worker(s) 0, 1" in lines[-1]
+        assert [s.to_json()["refused"] for s in statuses] == [1, 1]
+        late = sup.reload()  # worker 1 stopped (SIGSTOP): named after the wait, nothing said done
+        reloaders[0].reload()
+        reactor.pump([1.0] * 31)
+        assert late.result == [1] and "reload 3: worker(s) 1 have not reloaded after 30s" in lines[-1]
+        assert statuses[0].to_json()["host"]["applied_by_all"] == 2
+    finally:
+        globalLogPublisher.removeObserver(observer)
+
+
+def test_a_worker_that_cannot_read_the_file_as_it_is_now_is_retried_while_others_serve(tmp_path: Path) -> None:
+    """A worker (re)started while the file is broken (an edit, a reload about to be refused) must not
+    stop the workers that serve; fedd stops when no worker is left (a configuration none can use)."""
+    from twisted.internet.error import ProcessTerminated
+    from twisted.python.failure import Failure
+
+    reactor = _ClockReactor()
+    stopped: list[bool] = []
+    reactor.stop = lambda: stopped.append(True)  # type: ignore[attr-defined]
+    sup = _supervisor(tmp_path, reactor)
+    sup.spawn(0)
+    sup.spawn(1)
+    sup.ended(sup.workers[1], Failure(ProcessTerminated(exitCode=78)))
+    assert not stopped and sup.exit_code == 0
+    reactor.advance(0.5)  # started again (it dies young: 0.5 s)
+    assert len(reactor.spawned) == 3 and 1 in sup.workers
+    sup.ended(sup.workers[0], Failure(ProcessTerminated(exitCode=78)))
+    sup.ended(sup.workers[1], Failure(ProcessTerminated(exitCode=78)))  # the last one: fedd stops
+    assert stopped == [True] and sup.exit_code == 1

@@ -2,7 +2,8 @@
 
 It serves nothing itself. It owns the listening sockets, starts the workers with them, relays their
 logs, starts a dead worker again (0.25 s later, doubling up to 30 s while workers keep dying within
-10 s of their start), passes SIGHUP on, and on stop sends each worker SIGTERM and waits for all of
+10 s of their start), passes SIGHUP on as a numbered reload and logs `reloaded (all N workers)` once
+every worker has handled it (fedd.reload), and on stop sends each worker SIGTERM and waits for all of
 them (SIGKILL for any still running `stop_timeout` seconds later: its drain has a deadline of its own).
 
 A warning, error or critical line that another worker logged with the same text (namespace and
@@ -39,6 +40,7 @@ FIRST_DELAY = 0.25
 MAX_DELAY = 30.0
 STABLE_AFTER = 10.0  # a worker that ran this long is not crash-looping: the next restart is quick again
 MAX_LINE = 1 << 20
+RELOAD_WAIT = 30.0  # seconds: a worker that has not handled a reload by then is named in a warning
 REPEAT_WINDOW = 60.0  # seconds: the same warning from another worker within this is not logged again
 _HELD_LEVELS = frozenset({LogLevel.warn, LogLevel.error, LogLevel.critical})
 
@@ -201,6 +203,8 @@ class Supervisor(Service):
         self._pending: dict[int, Any] = {}  # index -> delayed restart
         self.stopping = False
         self.exit_code = 0
+        self.reloads_asked = 0
+        self.reloads_done = 0
         self.repeats = RepeatFilter()
 
     # --- start ------------------------------------------------------------------------------------
@@ -273,7 +277,16 @@ class Supervisor(Service):
             log.info("worker {index} stopped ({how})", index=index, how=how)
             self._write_list()
             return
-        if code == EX_CONFIG:
+        if code == EX_CONFIG and self.workers:
+            # the others serve on the configuration they read: this one read the file as it is now
+            # (an edit under way, or a reload that will be refused) and is tried again below, with
+            # the delay of a worker that dies young; fedd stops only when no worker is left
+            log.error(
+                "worker {index} cannot start from the configuration as it is now (above); the other "
+                "workers go on with the one they run",
+                index=index,
+            )
+        elif code == EX_CONFIG:
             log.critical(
                 "worker {index} cannot start from this configuration (above): fedd stops, exit status 1", index=index
             )
@@ -304,6 +317,53 @@ class Supervisor(Service):
                 transport.signalProcess(signum)
             except (ProcessExitedAlready, OSError):
                 pass  # it is ending: processEnded tells the rest
+
+    def reload(self) -> Deferred[list[int]]:
+        """SIGHUP: number the reload, pass it to every worker, and log once all of them handled it.
+        Fires with the workers still behind after RELOAD_WAIT seconds ([] when all reloaded)."""
+        from fedd.reload import ASKED_FILE, DONE_FILE, MARK, MARK_OK
+        from fedd.workers.applied import AppliedMarks
+
+        self.reloads_asked += 1
+        generation = self.reloads_asked
+        try:
+            write_json(self.run_dir / ASKED_FILE, generation)
+        except OSError as exc:
+            log.warn("cannot number the reload for the workers: {reason}", reason=exc)
+        log.info("reload {generation}: passing SIGHUP to {n} worker(s)", generation=generation, n=len(self.workers))
+        self.signal_all(signal.SIGHUP)
+        marks = AppliedMarks(self.run_dir, None, self.reactor)
+        waiting = marks.wait(MARK, generation, RELOAD_WAIT)
+
+        def done(late: list[int]) -> list[int]:
+            if late:
+                log.warn(
+                    "reload {generation}: worker(s) {late} have not reloaded after {t:g}s",
+                    generation=generation,
+                    late=", ".join(map(str, late)),
+                    t=RELOAD_WAIT,
+                )
+                return late
+            if generation <= self.reloads_done:
+                return late  # a later reload finished first
+            self.reloads_done = generation
+            try:
+                write_json(self.run_dir / DONE_FILE, {"done": generation})
+            except OSError as exc:
+                log.warn("cannot record the reload for the status: {reason}", reason=exc)
+            refused = marks.behind(MARK_OK, generation, list(self.workers))
+            if refused:
+                log.warn(
+                    "reload {generation} refused by worker(s) {refused} (their errors above): the running "
+                    "configuration stays",
+                    generation=generation,
+                    refused=", ".join(map(str, refused)),
+                )
+            else:
+                log.info("reloaded (all {n} workers)", n=len(self.workers))
+            return late
+
+        return waiting.addCallback(done)
 
     def pids(self) -> dict[int, int]:
         return {i: w.pid for i, w in self.workers.items() if w.pid is not None}
