@@ -113,3 +113,53 @@ def test_the_spool_is_rotated_past_its_size_and_a_missing_directory_fails(tmp_pa
     with pytest.raises(FileNotFoundError):
         append_batch(str(missing), 10, [b"z"])
     assert not missing.parent.exists()
+
+
+_JOURNAL_WRITER = """
+import sys
+from fedd.events.journal import Journal
+
+class Clock:
+    def seconds(self) -> float:
+        return 1.0
+
+journal = Journal(sys.argv[1], Clock())
+journal.append(("live-1", "get-redirect", {"path": "/a"}, 1.0))
+print("written", flush=True)
+sys.stdin.read()  # alive, its segment locked, until the test closes stdin or kills it
+"""
+
+
+def test_a_live_workers_journal_is_never_replayed_and_a_dead_ones_is(tmp_path: Path) -> None:
+    """Without a broker every worker's journal is `<spool>.journal.<time>-<pid>`: a worker that
+    starts takes only the segments nobody holds (a dead worker's), never a live worker's."""
+    from fedd.events.journal import Journal, read_segments
+
+    spool = str(tmp_path / "events.jsonl")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    live = subprocess.Popen(
+        [sys.executable, "-c", _JOURNAL_WRITER, spool], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert live.stdout is not None and live.stdout.readline() == b"written\n"
+        segments = list(tmp_path.glob("events.jsonl.journal.*"))
+        assert len(segments) == 1 and segments[0].name.endswith(f"-{live.pid}")
+
+        class Clock:
+            def seconds(self) -> float:
+                return 2.0
+
+        starting = Journal(spool, Clock())  # another worker starting beside it
+        assert starting.leftovers() == []
+        live.kill()  # SIGKILL: the kernel drops its lock, the segment stays
+        live.wait(timeout=10)
+        taken = starting.leftovers()
+        assert [s.path for s in taken] == [str(segments[0])]
+        raws, bad = read_segments([s.path for s in taken])
+        assert bad == 0 and [r[0] for r in raws] == ["live-1"]
+        for segment in taken:
+            Journal.remove(segment)
+    finally:
+        if live.poll() is None:
+            live.kill()
+            live.wait(timeout=10)
