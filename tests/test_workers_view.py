@@ -7,7 +7,6 @@ whichever worker answers.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -21,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from fedd.web.metrics import GAUGE_MODES, Metrics, PeerCounters, add_families, families_of
+from fedd.web.statuspage import render_status_page
 from fedd.workers.shared import ENDED_FILE, CounterFiles, WorkersStatus, fold_ended, read_json, write_json
 from fedd.workers.statussum import add_numbers, add_status, status_numbers
 from tests.daemon import start_fedd, wait_for
@@ -212,4 +212,7 @@ def test_metrics_and_status_are_equal_whichever_worker_answers(setup: Setup) -> 
     assert all(s[k] == scrapes[0][k] for s in scrapes for k in keys), [[s[k] for k in keys] for s in scrapes]
     assert scrapes[0][keys[0]] == seen[0]["locate"]["local_misses"]
     assert all(s['fedd_endpoint_up{endpoint="counted"}'] == 1 for s in scrapes)  # the host's, not doubled
-    assert json.loads(json.dumps(seen[0]["workers"]))["count"] == 2
+    # the page for browsers shows the same sums and says which worker answered
+    page = render_status_page(seen[1])
+    assert "this page from worker 1; the counts above are those of every worker added up" in page.decode()
+    assert f"<th>cache misses</th><td>{seen[1]['locate']['local_misses']}</td>" in page.decode()

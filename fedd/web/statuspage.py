@@ -309,6 +309,8 @@ def _workers(status: dict[str, Any], now: float | None) -> str:
     )
     return (
         f"<h2>Workers ({text(workers.get('count'))})</h2>"
+        f'<p class="meta">this page from worker {text(answered.get("index"))}; the counts above are those of'
+        " every worker added up (each writes its own every second)</p>"
         "<table><tr><th>worker</th><th>pid</th><th>started</th><th>restarts</th></tr>" + rows + "</table>"
     )
 
