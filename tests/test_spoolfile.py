@@ -3,7 +3,8 @@
 Two processes append batches to one spool that rotates every few batches: every line is whole,
 every batch's lines are together, and each rotation happened once (the rotated file is a full
 generation: larger than the limit, and within it before its last batch). A writer waits while the
-lock beside the spool is held (by the test, as another worker would hold it), then writes.
+lock beside the spool is held (by the test, as another worker would hold it), then writes. The
+journals beside the spool: a starting worker never replays a live one's, and replays a dead one's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from fedd.events.journal import Journal, read_segments
 from fedd.events.spoolfile import LOCK_SUFFIX, append_batch
 from tests.daemon import wait_for
 
@@ -133,8 +135,6 @@ sys.stdin.read()  # alive, its segment locked, until the test closes stdin or ki
 def test_a_live_workers_journal_is_never_replayed_and_a_dead_ones_is(tmp_path: Path) -> None:
     """Without a broker every worker's journal is `<spool>.journal.<time>-<pid>`: a worker that
     starts takes only the segments nobody holds (a dead worker's), never a live worker's."""
-    from fedd.events.journal import Journal, read_segments
-
     spool = str(tmp_path / "events.jsonl")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     live = subprocess.Popen(
