@@ -81,9 +81,16 @@ def counter_paths() -> set[tuple[str, ...]]:
     return {pattern for pattern, kind in STATUS_SUMS if kind == "counter"}
 
 
+_BY_HEAD: dict[tuple[int, str], list[tuple[str, ...]]] = {}
+for _pattern, _kind in STATUS_SUMS:
+    _BY_HEAD.setdefault((len(_pattern), _pattern[0]), []).append(_pattern)
+
+
 def _pattern_of(path: list[Any]) -> tuple[str, ...] | None:
-    for pattern, _kind in STATUS_SUMS:
-        if len(pattern) == len(path) and all(p in (STAR, k) for p, k in zip(pattern, path, strict=True)):
+    if not path:
+        return None
+    for pattern in _BY_HEAD.get((len(path), path[0]), ()):
+        if all(p in (STAR, k) for p, k in zip(pattern, path, strict=True)):
             return pattern
     return None
 
