@@ -50,6 +50,7 @@ from fedd.workers import WorkerRole
 from fedd.workers.applied import AppliedMarks
 from fedd.workers.shared import CounterFiles, CountersWriter, HostShare, WorkersStatus
 from fedd.workers.sockets import AdoptedEndpoint
+from fedd.workers.stamps import STAMPS_FILE, WriteStamps
 from fedd.workers.statussum import status_numbers
 from fedd.writes import Writer
 
@@ -143,6 +144,8 @@ def build_service(
         memcached=memcached,
         cache=cache,
         invalidations=invalidations,
+        # workers: a "not found" one of them cached is dropped when another wrote the path
+        stamps=WriteStamps(worker.run_dir / STAMPS_FILE) if worker is not None and worker.count > 1 else None,
     )
     federation = Federation(
         config,

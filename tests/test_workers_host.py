@@ -228,3 +228,49 @@ def test_a_worker_that_cannot_read_the_file_as_it_is_now_is_retried_while_others
     sup.ended(sup.workers[0], Failure(ProcessTerminated(exitCode=78)))
     sup.ended(sup.workers[1], Failure(ProcessTerminated(exitCode=78)))  # the last one: fedd stops
     assert stopped == [True] and sup.exit_code == 1
+
+
+def test_a_write_stamped_by_one_worker_is_seen_by_another_at_once(tmp_path: Path) -> None:
+    from fedd.workers.stamps import STAMPS_FILE, WriteStamps
+
+    mine, theirs = WriteStamps(tmp_path / STAMPS_FILE), WriteStamps(tmp_path / STAMPS_FILE)
+    try:
+        assert theirs.since("/atlas/new.txt") == 0.0
+        mine.stamp("/atlas/new.txt", 1234.5)
+        assert theirs.since("/atlas/new.txt") == 1234.5  # the same shared pages: no poll
+        assert theirs.since("/atlas/other.txt") in (0.0, 1234.5)  # another slot, or a shared one
+        assert WriteStamps(tmp_path / STAMPS_FILE).since("/atlas/new.txt") == 1234.5  # a restarted worker
+    finally:
+        mine.close()
+        theirs.close()
+
+
+def test_workers_sharing_a_downtime_file_answer_a_change_once_all_read_it(tmp_path: Path) -> None:
+    """[health] downtime_file with workers: each re-reads the file every 0.25 s and marks what it
+    read; a change answers once the others read it, and a change on an older copy keeps theirs."""
+    clock = Clock()
+    clock.advance(time.time())
+    _workers(tmp_path, 0, 1)
+    path = str(tmp_path / "downtimes.json")
+    books = [
+        DowntimeBook({}, clock, path=path, marks=AppliedMarks(tmp_path, i, clock), settle_timeout=5) for i in (0, 1)
+    ]
+    for book in books:
+        book.startService()
+    now = clock.seconds()
+    first = books[0].add("ep", Downtime(now - 1, now + 600, "write", "disk swap"))
+    answered = books[0].settled()
+    assert not answered.called and books[1].blocks("ep", "write", now) == ""
+    clock.pump([0.05] * 6)  # worker 1's look at the file, then the next look at its mark
+    assert answered.called and "disk swap" in books[1].blocks("ep", "write", clock.seconds())
+    # worker 1 declares one right after worker 0 did, before its next look: both stay in the file
+    books[0].add("other", Downtime(now - 1, now + 600, "read", "network"))
+    books[1].add("ep2", Downtime(now - 1, now + 600, "all", "power"))
+    clock.pump([0.05] * 6)
+    for book in books:
+        assert {d["id"] for d in book.to_json()} >= {first.id} and len(book.to_json()) == 3
+    assert books[1].remove(first.id)  # worker 1 removes what worker 0 declared
+    clock.pump([0.05] * 6)
+    assert books[0].blocks("ep", "write", clock.seconds()) == ""
+    for book in books:
+        book.stopService()

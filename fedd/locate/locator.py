@@ -35,6 +35,7 @@ from fedd.locate.cache import LocalCache, LocateResult, cache_key
 from fedd.locate.invalidate import InvalidationLog
 from fedd.locate.memcache import Memcached
 from fedd.namespace import Namespace
+from fedd.workers.stamps import WriteStamps
 
 log = Logger(namespace="fedd.locate")
 
@@ -215,8 +216,10 @@ class Locator:
         cache: LocalCache | None = None,
         invalidations: InvalidationLog | None = None,
         readable: Callable[[str], bool] | None = None,
+        stamps: WriteStamps | None = None,
     ) -> None:
         self.clock = clock
+        self.stamps = stamps  # [server] workers: the host's write times (fedd.workers.stamps)
         self.namespace = namespace
         self.endpoints = endpoints
         self.health = health
@@ -242,8 +245,13 @@ class Locator:
             log.info("reload: dropped {n} cached 'not found' answers (the endpoints changed)", n=dropped)
 
     def cached(self, path: str) -> LocateResult | None:
-        """The hot path: a synchronous look into the in-process cache."""
-        return self.local.get(path, self.clock.seconds())
+        """The hot path: a synchronous look into the in-process cache. With workers, a cached answer
+        is not used when another worker wrote (or deleted, moved) the path after its lookup started."""
+        hit = self.local.get(path, self.clock.seconds())
+        if hit is not None and self.stamps is not None and self.stamps.since(path) >= hit.at:
+            self.local.drop(path)
+            return None
+        return hit
 
     def targets(self, path: str) -> dict[str, str]:
         """The endpoints that may hold `path` and can be asked now (readable, usable)."""
@@ -309,6 +317,8 @@ class Locator:
     def forget(self, path: str) -> None:
         """Drop a path from both cache tiers (after a write or delete), and tell the other processes."""
         self.local.drop(path)
+        if self.stamps is not None:
+            self.stamps.stamp(path, self.clock.seconds())
         if self.memcached is not None:
             self.memcached.delete(cache_key(path))
         if self.invalidations is not None:

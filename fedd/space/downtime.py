@@ -37,6 +37,8 @@ log = Logger(namespace="fedd.downtime")
 FILE_CHECK_SECONDS = 2.0
 MAX_DOWNTIMES = 1000
 SHARED_MARK = "downtimes"  # fedd.workers.applied: the serial of the shared downtimes a worker applied
+FILE_MARK = "downtime-file"  # ... and the st_mtime_ns of the downtime file it read last
+WORKERS_FILE_CHECK = 0.25  # seconds: how often workers look at the downtime file
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,8 @@ class DowntimeBook(Service):
         self.shared = shared
         # a worker of [server] workers: marks the downtimes it applied; a change answers once every
         # worker of the host applies it (`settled`)
-        self.marks = marks if shared is not None else None
+        self.marks = marks if shared is not None or path else None
+        self._file_written = 0  # st_mtime_ns of this worker's last write of the downtime file
         self.settle_timeout = settle_timeout
         self._last_write: Deferred[None] | None = None
         # run-time changes of this host not yet in the shared database: kept across re-reads
@@ -168,7 +171,8 @@ class DowntimeBook(Service):
         elif self.path:
             self._reload_file()
             check = Periodic(self.reactor, self._check_file, "downtime file check")
-            self._loop = check.start(FILE_CHECK_SECONDS, now=False)
+            # workers: every worker re-reads the file within 0.25 s (a stat), so a change answers soon
+            self._loop = check.start(FILE_CHECK_SECONDS if self.marks is None else WORKERS_FILE_CHECK, now=False)
         self.evaluate()
 
     def stopService(self) -> Any:
@@ -198,6 +202,7 @@ class DowntimeBook(Service):
         if len(self._admin) >= MAX_DOWNTIMES:
             raise BadRequest(f"too many downtimes (at most {MAX_DOWNTIMES})")
         declared = Declared(secrets.token_hex(6), endpoint, downtime, "admin")
+        self._catch_up()
         self._admin.append(declared)
         self._save(declared)
         log.info(
@@ -212,6 +217,7 @@ class DowntimeBook(Service):
         return declared
 
     def remove(self, downtime_id: str) -> bool:
+        self._catch_up()
         before = len(self._admin)
         self._admin = [d for d in self._admin if d.id != downtime_id]
         if len(self._admin) == before:
@@ -248,9 +254,16 @@ class DowntimeBook(Service):
             self._reload_file()
             self.evaluate()
 
+    def _catch_up(self) -> None:
+        """Workers sharing the downtime file: read what another worker wrote before changing it (the
+        file is written whole, so a change made on an older copy would undo theirs)."""
+        if self.shared is None and self.path and self.marks is not None:
+            self._check_file()
+
     def _reload_file(self) -> None:
         try:
-            self._mtime = os.stat(self.path).st_mtime
+            st = os.stat(self.path)
+            self._mtime = st.st_mtime
             with open(self.path, encoding="utf-8") as fh:
                 raw = json.load(fh)
             self._admin = [
@@ -262,6 +275,8 @@ class DowntimeBook(Service):
                 )
                 for item in raw
             ]
+            if self.marks is not None:
+                self.marks.mark(FILE_MARK, st.st_mtime_ns)
         except FileNotFoundError:
             self._mtime = None
             self._admin = []
@@ -282,7 +297,10 @@ class DowntimeBook(Service):
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=1)
         os.replace(tmp, self.path)
-        self._mtime = os.stat(self.path).st_mtime
+        st = os.stat(self.path)
+        self._mtime, self._file_written = st.st_mtime, st.st_mtime_ns
+        if self.marks is not None:
+            self.marks.mark(FILE_MARK, st.st_mtime_ns)
 
     # --- the shared database ------------------------------------------------------------------------
 
@@ -309,6 +327,8 @@ class DowntimeBook(Service):
         `settle_timeout` seconds later; at once without workers, or while the database is down:
         the change is queued, and applied by the others once it is written)."""
         write, marks, shared = self._last_write, self.marks, self.shared
+        if marks is not None and shared is None and self._file_written:
+            return marks.wait(FILE_MARK, self._file_written, self.settle_timeout).addCallback(self._late)
         if write is None or marks is None or shared is None or shared.unreachable:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
@@ -322,17 +342,19 @@ class DowntimeBook(Service):
         async def wait() -> None:
             await waiter
             serial = await shared.serial()
-            late = await marks.wait(SHARED_MARK, serial, self.settle_timeout)
-            if late:
-                log.warn(
-                    "downtime change not yet applied by worker(s) {late} after {t:g}s (they apply it when they can)",
-                    late=", ".join(map(str, late)),
-                    t=self.settle_timeout,
-                )
+            self._late(await marks.wait(SHARED_MARK, serial, self.settle_timeout))
 
         d = ensureDeferred(wait())
         d.addErrback(lambda f: log.warn("cannot tell whether every worker applied it: {r}", r=f.getErrorMessage()))
         return d
+
+    def _late(self, late: list[int]) -> None:
+        if late:
+            log.warn(
+                "downtime change not yet applied by worker(s) {late} after {t:g}s (they apply it when they can)",
+                late=", ".join(map(str, late)),
+                t=self.settle_timeout,
+            )
 
     def _lost(self, what: str, downtime_id: str, failure: Any) -> None:
         log.error(

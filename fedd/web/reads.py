@@ -247,6 +247,9 @@ class Reads:
         (also of the lean front, fedd.web.lean)."""
         plan = self._plans.get(key)
         if plan is not None and plan.until > self.fed.clock.seconds() and plan.generation == self.fed.generation():
+            stamps = self.fed.locator.stamps  # workers: not after another worker wrote the path
+            if stamps is not None and stamps.since(key[0]) >= plan.until - PLAN_SECONDS:
+                return None
             return plan
         return None
 
