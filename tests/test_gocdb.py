@@ -942,7 +942,9 @@ def test_worker_0_reads_gocdb_and_the_other_workers_apply_what_it_published(tmp_
     book.startService()
     never = Scripted({})  # a follower that fetched would find no answer here: KeyError
     shared = HostShare(tmp_path, leader=False)
-    follower = GocdbService(book, clock=rig.clock, config=rig.config, fetch=never, to_thread=maybeDeferred, shared=shared)
+    follower = GocdbService(
+        book, clock=rig.clock, config=rig.config, fetch=never, to_thread=maybeDeferred, shared=shared
+    )
     follower.startService()
     rig.service.startService()
     rig.clock.advance(0.25)

@@ -9,7 +9,10 @@ set replaced whole by its source and listed with its origin. Run-time downtimes 
 its change serial moves (within `[state] poll_interval`), and a downtime declared while the database
 is down is kept and written when it is back. Without it they live in `[health] downtime_file` (JSON),
 which every fedd process of the host re-reads when it changes. Either way all processes apply the same
-downtimes, and they survive a restart. The book re-evaluates itself exactly when a downtime starts or ends.
+downtimes, and they survive a restart. The workers of `[server] workers` without either share them
+through their implicit host state (fedd.builders.build_state); with `marks` (a worker), a change
+answers once every worker applied it (`settled`, fedd.workers.applied). The book re-evaluates
+itself exactly when a downtime starts or ends.
 """
 
 from __future__ import annotations

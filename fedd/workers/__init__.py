@@ -20,6 +20,11 @@
 - One instance id for the whole fedd: the supervisor makes it and passes it to every worker
   (`FEDD_WORKER_INSTANCE`), so `Via: 1.1 fedd-<id>` names the host's fedd and a request that comes
   back through another worker of it is recognised as a loop.
+- What one worker learns at run time, all apply: run-time downtimes and upload reservations in an
+  implicit SQLite state in the run directory when `[state] database` is unset (fedd.builders),
+  GOCDB read by worker 0 and followed by the others, write times of paths (`fedd.workers.stamps`),
+  and marks of what each worker applied (`fedd.workers.applied`), so a downtime change or a reload
+  is answered or logged done once every worker applies it.
 """
 
 from __future__ import annotations
