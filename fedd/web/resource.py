@@ -246,7 +246,8 @@ class FeddResource(Resource):
             "host": self.host,
             # what this host shares with others: the state database, the memcached servers
             "shared": {
-                "database": self.state.db.where if self.state is not None else None,
+                # the workers' implicit host-local state is shared with no other host
+                "database": self.state.db.where if self.state is not None and not self.state.implicit else None,
                 "memcached": list(self.fed.config.locate.memcached),
             },
         }
