@@ -172,6 +172,9 @@ def run_worker(argv: list[str]) -> None:
     if len(argv) != 2 or argv[0] != "--config":
         raise SystemExit("usage: python -m fedd.workers --config FILE (started by fedd's supervisor)")
     path = argv[1]
+    from fedd.reload import asked_generation
+
+    generation = asked_generation(role.run_dir)  # the reloads asked before this worker read the file
     try:
         parsed = parse_config(path=path)
         config = replace(parsed, server=replace(parsed.server, listen=role.listen))
@@ -200,6 +203,8 @@ def run_worker(argv: list[str]) -> None:
     top.privilegedStartService()
     reactor.callWhenRunning(handlers)
     reactor.callWhenRunning(top.startService)
+    if asked_generation(role.run_dir) > generation:  # a SIGHUP came while building (ignored): apply it now
+        reactor.callWhenRunning(fedd.reloader.reload)
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.callWhenRunning(log.info, "worker {index} serving (pid {pid})", index=role.index, pid=os.getpid())
     reactor.run()
