@@ -12,6 +12,7 @@ A failed copy removes what it wrote (unless it was overwriting a file that exist
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -66,6 +67,7 @@ class TpcEngine:
         self.reactor = reactor
         self.events = events
         self.active: set[Job] = set()
+        self.on_end: Callable[[], None] | None = None  # workers: the counters file written at once
         self.done = 0
         self.failed = 0
         self.redirected = 0
@@ -187,6 +189,8 @@ class TpcEngine:
         finally:
             ticker.stop()
             self.active.discard(job)
+            if self.on_end is not None:
+                self.on_end()
             if job.request.mode == "pull":
                 self.fed.locator.forget(job.request.path)
         return reason

@@ -151,12 +151,23 @@ class CountersWriter(Service):
         self.snapshot = snapshot
         self.clock = clock
         self._loop: Periodic | None = None
+        self._soon: Any = None
 
     def write(self) -> None:
         try:
             self.files.write(self.snapshot())
         except OSError as exc:
             log.warn("cannot write the request counters: {reason}", reason=exc)
+
+    def soon(self) -> None:
+        """One more write at the reactor's next turn (several calls, one write): a number the others
+        add up changed in a way a reader should not see late (a copy that ended: `tpc.active`)."""
+        if self._soon is None and self.running:
+            self._soon = self.clock.callLater(0, self._write_soon)
+
+    def _write_soon(self) -> None:
+        self._soon = None
+        self.write()
 
     def startService(self) -> None:
         super().startService()
@@ -166,6 +177,9 @@ class CountersWriter(Service):
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if self._soon is not None and self._soon.active():
+            self._soon.cancel()
+        self._soon = None
         self.write()
 
 
