@@ -15,6 +15,7 @@ from twisted.python import usage
 from fedd.auth.service import AuthService
 from fedd.auth.tls import GridContextFactory
 from fedd.builders import GeoCloser, Placer, build_auth, build_events, build_gocdb, build_state, emit_transitions
+from fedd.checksums.claims import JobClaims
 from fedd.checksums.service import ChecksumService
 from fedd.config import Config, EndpointConfig
 from fedd.confirm.metrics import ConfirmCollector
@@ -200,6 +201,7 @@ def build_service(
         reactor=reactor,
         emit=events.emit,
         store=SharedChecksums(state) if state is not None and not state.implicit else None,
+        claims=JobClaims(worker.run_dir / "checksum-claims") if worker is not None and worker.count > 1 else None,
     )
     checksums.setServiceParent(top)
     replication = build_replication(

@@ -267,3 +267,32 @@ def test_stopping_cancels_work_and_closes_the_database(tmp_path: Path) -> None:
     s.answer([s.file("b")], [ADLER])
     assert only(result(s.service.stopService())) is None
     assert s.service.to_json()["queued"] == 0
+
+
+def test_workers_of_one_host_compute_a_replica_once(tmp_path: Path) -> None:
+    """[server] workers: the worker that claims the replica computes it; another asked meanwhile
+    answers 202 without computing, then the value from the shared database once it is stored."""
+    from fedd.checksums.claims import JobClaims
+
+    store = MemoryStore()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = Setup(tmp_path / "a", store), Setup(tmp_path / "b", store)
+    claims = tmp_path / "claims"
+    a.service.claims = JobClaims(claims, pid=os.getpid())
+    b.service.claims = JobClaims(claims, pid=os.getppid())  # another live process
+    data = b"the same replica\n" * 100
+    (tmp_path / "b" / "data" / "f").write_bytes(data)
+    replica = a.file("f", data)
+    first = only(a.answer([replica], [ADLER]))
+    assert first.job is not None and len(a.reactor.pool.work) == 1
+    other = only(b.answer([replica], [ADLER]))
+    assert other.job is not None and other.values == {} and b.reactor.pool.work == []  # not computed twice
+    waiting = b.answer([replica], [ADLER], wait=5)  # a client that waits, on the other worker
+    assert waiting == []
+    a.reactor.pool.run()  # worker a computes, stores, releases its claim
+    assert only(a.answer([replica], [ADLER])).values == {"adler32": adler(data)}
+    b.reactor.advance(0.25)
+    assert only(waiting).values == {"adler32": adler(data)} and b.reactor.pool.work == []
+    assert only(b.answer([replica], [ADLER])).values == {"adler32": adler(data)}
+    assert list(claims.glob("*.claim")) == []

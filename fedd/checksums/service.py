@@ -22,9 +22,11 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from fedd.checksums.bulk import tune_allocator
+from fedd.checksums.claims import JobClaims
 from fedd.checksums.compute import Job, ReplicaHasher, replica_key, retry_after
 from fedd.checksums.digest import ADLER32_IMPLEMENTATION, Want
 from fedd.checksums.reported import known_checksums, parse_reported, worth_storing
@@ -36,6 +38,7 @@ from fedd.events.model import file_fields
 from fedd.twtypes import Service
 
 log = Logger(namespace="fedd.checksums")
+ELSEWHERE_POLL = 0.25  # seconds between two looks in the database while another worker computes
 NEGATIVE_TTL = 60.0  # a replica without a stored checksum is looked up again after this
 FAILED_TTL = 30.0  # a failed computation is not retried for this long
 MEMORY_ENTRIES = 100_000
@@ -61,8 +64,12 @@ class ChecksumService(Service):
         reactor: Any,
         emit: Callable[[str, dict[str, Any]], None] | None = None,
         store: ChecksumDatabase | None = None,
+        claims: JobClaims | None = None,
     ) -> None:
         self.config = config
+        # [server] workers: one computation per replica for the host (fedd.checksums.claims)
+        self.claims = claims
+        self._elsewhere: set[Key] = set()  # replicas another worker was computing when last asked
         self.fed = federation
         self.reactor = reactor
         self.clock = reactor
@@ -221,6 +228,7 @@ class ChecksumService(Service):
         values = self.known(path, replicas)
         if all(w.pick(values) is not None for w in wants):
             return Answer(values)
+        self._forget_elsewhere(path, replicas)
         await self._lookup(path, replicas)
         values = self.known(path, replicas)
         missing = {w.algorithms[0] for w in wants if w.pick(values) is None}
@@ -232,6 +240,19 @@ class ChecksumService(Service):
         if job is None:
             return Answer(values)
         seconds = self.config.wait if wait is None else min(wait, self.config.max_wait)
+        if job.key in self._elsewhere:  # another worker computes it: look for its value in the database
+            deadline = self.clock.seconds() + seconds
+            while self.clock.seconds() < deadline and self.claims is not None:
+                await deferLater(self.clock, ELSEWHERE_POLL, lambda: None)
+                held = self.claims.held_elsewhere(job.key)
+                self._forget_elsewhere(path, replicas)
+                await self._lookup(path, replicas)
+                values = self.known(path, replicas)
+                if all(w.pick(values) is not None for w in wants):
+                    return Answer(values)
+                if not held:
+                    break  # it ended without the value: the next ask computes it here
+            return Answer(values, job, retry_after(job, self._queue, self.config.workers, self.clock.seconds()))
         if seconds > 0:
             waiting = job.wait()
             waiting.addTimeout(seconds, self.clock)
@@ -266,6 +287,10 @@ class ChecksumService(Service):
             self.refused += 1
             return None
         job = Job(key, path, key[0], key[1], key[2], replica.stat.etag, set(algorithms), now)
+        if self.claims is not None and not self.claims.claim(key):
+            self._elsewhere.add(key)  # not ours to compute: answered as under way (202)
+            job.started = now
+            return job
         self._jobs[key] = job
         self._queue.append(job)
         self._pump()
@@ -278,7 +303,22 @@ class ChecksumService(Service):
             self._running[job.key] = d
             d.addBoth(self._ended, job)
 
+    def _forget_elsewhere(self, path: str, replicas: list[Any]) -> None:
+        """Replicas another worker computes (or computed) since the last ask: what this worker
+        remembers of them (no value) is dropped, so the next lookup reads the database again."""
+        if not self._elsewhere:
+            return
+        for _, key in self._keys(path, replicas):
+            if key in self._elsewhere:
+                hit = self._memory.get(key)
+                if hit is None or not hit[1]:
+                    self._memory.pop(key, None)
+                if self.claims is not None and not self.claims.held_elsewhere(key):
+                    self._elsewhere.discard(key)  # done there: this lookup is the last forced one
+
     def _ended(self, result: Any, job: Job) -> None:
+        if self.claims is not None:
+            self.claims.release(job.key)  # after _keep: the value is in the database
         self._running.pop(job.key, None)
         self._jobs.pop(job.key, None)
         self._pump()
