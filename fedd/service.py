@@ -207,7 +207,7 @@ def build_service(
     replication = build_replication(
         config, reactor=reactor, federation=federation, writer=writer, tpc=tpc, space=space,
         state=state if state is not None and not state.implicit else None,  # its records outlive restarts
-        emit=events.emit,
+        emit=events.emit, share=shared,  # with workers, worker 0 alone decides and copies
     )
     if replication is not None:
         replication.setServiceParent(top)

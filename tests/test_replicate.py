@@ -34,8 +34,9 @@ DESY, CERN = (53.5753, 9.8803), (46.2330, 6.0557)
 
 
 class ReplProxy:
-    """A TCP proxy to 127.0.0.1:`port`. `cut_after`: the next connection's answer is cut after that
-    many bytes (once). `flip_puts`: in each PUT's stream, byte `flip_at` is inverted."""
+    """A TCP proxy to 127.0.0.1:`port`. `cut_after`: the first answer that goes past that many bytes
+    is cut there (once; whichever connection carries it: with workers, a worker's first HEAD opens a
+    connection of its own). `flip_puts`: in each PUT's stream, byte `flip_at` is inverted."""
 
     def __init__(self, port: int) -> None:
         self.port = port
@@ -44,6 +45,7 @@ class ReplProxy:
         self.flip_puts = False
         self.flip_at = 4096
         self.flipped = 0
+        self.lock = threading.Lock()
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.listen_port = self.sock.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -59,11 +61,19 @@ class ReplProxy:
             except OSError:
                 return
             server = socket.create_connection(("127.0.0.1", self.port), timeout=30)
-            cut, self.cut_after = self.cut_after, None
             threading.Thread(target=self._pipe, args=(client, server, "up"), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, cut), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, "down"), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, cut: int | str | None) -> None:
+    def _take_cut(self, seen: int, size: int) -> int | None:
+        """The cut, if an answer at `seen` bytes receiving `size` more crosses it (taken once)."""
+        with self.lock:
+            cut = self.cut_after
+            if cut is None or seen + size <= cut:
+                return None
+            self.cut_after = None
+            return cut
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, way: str) -> None:
         seen = 0
         put = False
         try:
@@ -71,14 +81,14 @@ class ReplProxy:
                 data = src.recv(65536)
                 if not data:
                     break
-                if cut == "up":
+                if way == "up":
                     if seen == 0:
                         put = data.startswith(b"PUT ")
                     if put and self.flip_puts and seen <= self.flip_at < seen + len(data):
                         i = self.flip_at - seen
                         data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
                         self.flipped += 1
-                elif isinstance(cut, int) and seen + len(data) > cut:
+                elif (cut := self._take_cut(seen, len(data))) is not None:
                     dst.sendall(data[: max(0, cut - seen)])
                     self.cuts += 1
                     break
@@ -293,10 +303,18 @@ def test_hot_file_is_copied_near_its_readers(make: Any) -> None:
     # with workers, the status adds up the copies of all of them within a second
     status = wait_for(lambda: s.fed.status()["replication"], 5, "1 copy", until=lambda st: st["copied"] == 1)
     assert status["bytes_per_endpoint"] == {"dav": len(data)}
-    metrics = urllib.request.urlopen(f"{s.fed.url}/metrics", timeout=10).read().decode()
-    page = urllib.request.urlopen(f"{s.fed.url}/.well-known/fedd/status.html", timeout=10).read().decode()
+
+    def fetch(path: str) -> str:
+        return str(urllib.request.urlopen(f"{s.fed.url}{path}", timeout=10).read().decode())
+
+    # the page and /metrics, like the status, show the other workers' figures of up to a second ago
+    page = wait_for(
+        lambda: fetch("/.well-known/fedd/status.html"), 5, "the copy on the page", until=lambda p: "1 copied" in p
+    )
     assert "<h2>Replication</h2>" in page and f"/repl/{name}" in page and "1 copied" in page
-    used = re.search(r'^fedd_replicate_bytes\{endpoint="dav"\} (\S+)$', metrics, re.MULTILINE)
+    dav_bytes = re.compile(r'^fedd_replicate_bytes\{endpoint="dav"\} (\S+)$', re.MULTILINE)
+    metrics = wait_for(lambda: fetch("/metrics"), 5, "the copy's bytes in /metrics", until=dav_bytes.search)
+    used = dav_bytes.search(metrics)
     assert used is not None and float(used.group(1)) == len(data)
 
 
@@ -347,7 +365,13 @@ def test_burst_of_hot_files_keeps_to_copies_at_once_and_budget(make: Any) -> Non
     assert len(waiting) == 15 and all(d["action"] == "none" for d in waiting)
     for _ in range(5):  # more rounds: still five, the hour's budget is spent
         s.replication()
-    status = s.fed.status()["replication"]
+    # with workers, a status answered by another than the copying worker reads its counters (up to 1 s old)
+    status = wait_for(
+        lambda: s.fed.status()["replication"],
+        5,
+        "5 copies",
+        until=lambda st: st["copied"] == 5 and st["budget_left"] == 0,
+    )
     assert status["copied"] == 5 and status["budget_left"] == 0
     assert sum(1 for n in names if s.on_dav(n).exists()) == 5
 
@@ -463,7 +487,9 @@ def test_placement_rules_hold_for_copies(make: Any) -> None:
     name = f"downtime-{uuid.uuid4().hex[:8]}"
     s.put_on_ceph(name, 1000)
     s.read(name, NEAR_DAV, times=3)
-    regions = wait_for(lambda: s.replication(name)["regions"], 10, "a decision", until=lambda r: r and "reason" in r[0])
+    regions = wait_for(  # with workers, each flushes its reads to the state: wait for all 3
+        lambda: s.replication(name)["regions"], 10, "a decision", until=lambda r: r and r[0]["reads"] == 3
+    )
     assert regions[0]["action"] == "none" and "no endpoint may receive a copy: dav:" in regions[0]["reason"]
     assert "disk replacement" in regions[0]["reason"]
     assert s.dav_bytes(name) is None and s.fed.status()["replication"]["copied"] == 0

@@ -4,6 +4,7 @@ Clock moves, the decision for a hot file and the choice of evictions (fedd.repli
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from twisted.internet.task import Clock
@@ -192,3 +193,70 @@ def test_an_explanation_without_its_database_is_a_503_without_traceback() -> Non
     replication_answer(request, Down())
     assert request.responseCode == 503 and request.finished
     assert b"cannot be read now: Unavailable: connection refused" in b"".join(request.written)
+
+
+def test_a_worker_that_does_not_lead_counts_follows_and_never_copies(tmp_path: Path) -> None:
+    """With [server] workers, only the leader decides and copies; the others flush their reads to the
+    shared window, forget the paths copied since their last round and show the leader's decisions."""
+    from typing import Any
+
+    from twisted.internet.defer import Deferred, succeed
+
+    from fedd.config import Config
+    from fedd.replicate.service import ReplicationService
+    from fedd.workers.shared import HostShare
+
+    class Records:
+        host = "h1"
+        rows: list[Record] = []
+        added: list[Any] = []
+
+        def add_counts(self, counts: Any, bucket: int, first: int, now: float) -> Deferred[None]:
+            self.added.append(counts)
+            return succeed(None)
+
+        def touch(self, read_on: Any, now: float) -> Deferred[None]:
+            return succeed(None)
+
+        def all(self) -> Deferred[list[Record]]:
+            return succeed(list(self.rows))
+
+        def __getattr__(self, name: str) -> Any:  # totals, claim, forget, finish: the leader's
+            raise AssertionError(f"a worker that does not lead called records.{name}")
+
+    class Geo:
+        def locate(self, client: str) -> tuple[float, float] | None:
+            return SITES.get(client)
+
+    class Federation:
+        geo = Geo()
+        forgotten: list[str] = []
+
+        def forget(self, path: str) -> None:
+            self.forgotten.append(path)
+
+    clock = Clock()
+    clock.advance(NOW)
+    fed, records = Federation(), Records()
+    leader = HostShare(tmp_path, leader=True)
+    follower = ReplicationService(
+        Config(replicate=CONFIG),
+        reactor=clock,
+        federation=fed,  # type: ignore[arg-type]
+        writer=None,  # type: ignore[arg-type]
+        tpc=None,  # type: ignore[arg-type]
+        records=records,  # type: ignore[arg-type]
+        counter=ReadCounter(),
+        share=HostShare(tmp_path, leader=False),
+    )
+    assert not follower.decides
+    for _ in range(3):
+        follower.counter.note(b"/a/f", "10.0.0.1", "ceph")
+    published = {"hot": [[region_name(DESY), "/a/f", 7]], "decisions": [{"path": "/a/f", "action": "copy"}]}
+    leader.publish("replication", published)
+    records.rows = [record("/a/f")]  # the leader's copy is done
+    follower.tick()
+    assert records.added == [{(region_name(DESY), "/a/f"): 3}] and fed.forgotten == ["/a/f"]
+    status = follower.to_json()
+    assert status["hot"] == [{"region": region_name(DESY), "path": "/a/f", "reads": 7}]
+    assert status["decisions"] == published["decisions"] and status["running"] == []

@@ -16,6 +16,7 @@ from fedd.replicate.records import Records
 from fedd.replicate.service import ReplicationService
 from fedd.state.store import StateStore
 from fedd.tpc.engine import TpcEngine
+from fedd.workers.shared import HostShare
 from fedd.writes import Writer
 
 
@@ -29,9 +30,11 @@ def build_replication(
     state: StateStore | None,
     space: Any,
     emit: Any,
+    share: HostShare | None = None,
 ) -> ReplicationService | None:
     """The `replicate` service, or None without `[replicate] enabled`. Its counts and records are
-    in the `[state] database` (shared by workers and hosts), which it therefore needs."""
+    in the `[state] database` (shared by workers and hosts), which it therefore needs. `share`:
+    with `[server] workers`, only its leader decides and copies (fedd.replicate.service)."""
     rc = config.replicate
     if not rc.enabled:
         return None
@@ -53,6 +56,7 @@ def build_replication(
         counter=ReadCounter(),
         space=space,
         emit=emit,
+        share=share,
     )
 
 

@@ -4,6 +4,12 @@ third-party-copy engine, and cold copies or copies on an endpoint short of space
 
 A copy starts with a claim in the state database (only one host copies a file to an endpoint), then
 runs in fedd.replicate.copier. Evictions run after the copies are started, never of a copy running.
+
+With `[server] workers`, every worker counts its reads into the shared window and follows the
+`replicas` table (forgetting the paths copied or evicted since its last round), but only the leader
+(worker 0, as it alone probes health) decides, copies and evicts: a host copies a file once, with
+one `[replicate] copies` and `budget` for the host. The leader publishes its hot files and decisions
+(`replication.json` in the run directory) so that every worker's status shows the same ones.
 """
 
 from __future__ import annotations
@@ -28,11 +34,13 @@ from fedd.select.place import place
 from fedd.select.rank import distance_km
 from fedd.tpc.engine import TpcEngine
 from fedd.twtypes import Service
+from fedd.workers.shared import HostShare
 from fedd.writes import Writer
 
 log = Logger(namespace="fedd.replicate")
 MAX_HOT = 200  # hot (region, path) pairs decided on per round
 RECENT = 100  # decisions kept for the status
+SHARED = "replication"  # the leader's hot files and decisions for the other workers (replication.json)
 STOP_WAIT = 10.0  # seconds a stop waits for cancelled copies to record their end
 
 
@@ -60,8 +68,11 @@ class ReplicationService(Service):
         counter: ReadCounter,
         space: Any = None,
         emit: Any = None,
+        share: HostShare | None = None,
     ) -> None:
         self.config = config.replicate
+        self.share = share  # [server] workers: only the leader decides, copies and evicts
+        self.decides = share is None or share.leader
         self.reactor = reactor
         self.fed = federation
         self.writer = writer
@@ -90,6 +101,7 @@ class ReplicationService(Service):
         self._loop: Periodic | None = None
         self._busy = False
         self._done_seen: set[tuple[str, str]] = set()
+        self._published: dict[str, Any] = {}
 
     def reconfigure(self, new: Config) -> list[str]:
         old = self.config
@@ -156,6 +168,11 @@ class ReplicationService(Service):
             self.records.add_counts(agg.counts, bucket_of(now, config.window), first, now).addErrback(lambda _: None)
         if agg.read_on:
             self.records.touch(agg.read_on, now).addErrback(lambda _: None)
+        if not self.decides:  # another worker decides: this one counts, follows the records and its decisions
+            self.known = await self.records.all()
+            self._forget_changed()
+            self._follow()
+            return
         totals = await self.records.totals(first)
         self.known = await self.records.all()
         self._forget_changed()
@@ -213,11 +230,23 @@ class ReplicationService(Service):
             self.copying[key] = d
             d.addBoth(self._copied, key)
         self.recent = recent[-RECENT:]
+        if self.share is not None:
+            published = {"hot": self.hot[:MAX_HOT], "decisions": self.recent}
+            if published != self._published:
+                self.share.publish(SHARED, published)
+                self._published = published
         if not config.dry_run:
             for record, reason in policy.evictions(config, self.known, self._free(), now):
                 if (record.path, record.endpoint) not in self.copying:
                     if await self.copier.evict(record, reason):
                         self._evicted(record, reason)
+
+    def _follow(self) -> None:
+        """The leader's hot files and decisions of its last round, when they changed."""
+        shared = self.share.read(SHARED) if self.share is not None else None
+        if isinstance(shared, dict):
+            self.hot = [(str(r), str(p), int(n)) for r, p, n in shared.get("hot", [])]
+            self.recent = list(shared.get("decisions", []))
 
     def _forget_changed(self) -> None:
         """Copies made or evicted since the last round, by any host: the locate caches of this
