@@ -216,3 +216,17 @@ def test_metrics_and_status_are_equal_whichever_worker_answers(setup: Setup) -> 
     page = render_status_page(seen[1])
     assert "this page from worker 1; the counts above are those of every worker added up" in page.decode()
     assert f"<th>cache misses</th><td>{seen[1]['locate']['local_misses']}</td>" in page.decode()
+
+
+def test_checksums_finished_lately_are_joined_newest_first_and_invalidations_summed() -> None:
+    def one(finished: list[float], applied: int) -> dict[str, Any]:
+        return {
+            "checksums": {"recent": [{"path": f"/{t}", "finished_at": t} for t in finished], "computed": len(finished)},
+            "locate": {"invalidations": {"seen": 1, "published": 2, "applied": applied, "flushes": 0}},
+        }
+
+    mine = one([30.0, 10.0], applied=1)
+    add_status(mine, [status_numbers(one([40.0, 20.0], applied=2)), status_numbers(one([25.0], applied=0))])
+    assert [e["finished_at"] for e in mine["checksums"]["recent"]] == [40.0, 30.0, 25.0, 20.0, 10.0]
+    assert mine["checksums"]["computed"] == 5
+    assert mine["locate"]["invalidations"] == {"seen": 3, "published": 6, "applied": 3, "flushes": 0}

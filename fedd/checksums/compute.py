@@ -86,6 +86,7 @@ class Job:
             "rate_mb_s": round(self.bytes / elapsed / 1e6, 1) if elapsed > 0 else None,
             "error": self.error or None,
             "values": dict(self.values) or None,
+            "finished_at": round(self.finished, 3) if self.finished else None,  # workers: recent lists joined by it
         }
 
 

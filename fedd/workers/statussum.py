@@ -7,7 +7,8 @@ status says the same whichever worker answers. Counts ("counter": events sent, u
 copies, checksums, endpoint faults seen while serving, ...) are summed over the live workers and
 those that have ended; quantities of the moment ("gauge": outbox depth, uploads pending, cache
 entries, ...) over the live ones; lists of the moment ("list": recent upload outcomes, uploads
-pending, copies and checksums running, transfers) are the live workers' lists one after the other.
+pending, copies and checksums running, transfers) are the live workers' lists one after the other
+(the checksums finished lately: newest first, by `finished_at`).
 Everything else in the status is either the host's (endpoint health and space: worker 0 measures,
 the others follow) or stays the answering worker's (replication's hot files and decisions).
 """
@@ -48,6 +49,8 @@ STATUS_SUMS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("locate", "local_entries"), "gauge"),
     (("locate", "inflight"), "gauge"),
     *((("locate", "memcached", k), "counter") for k in ("hits", "misses", "errors")),
+    *((("locate", "invalidations", k), "counter") for k in ("seen", "published", "applied", "flushes")),
+    (("checksums", "recent"), "list"),
     *((("endpoints", STAR, "health", k), "counter") for k in ("passive_failures", "refusals")),
 )
 
@@ -129,6 +132,18 @@ def _entries(numbers: Any) -> list[tuple[list[str], Any]]:
     return found
 
 
+# lists of finished things joined newest first (by this key of their entries), not worker by worker
+NEWEST_FIRST: dict[tuple[str, ...], str] = {("checksums", "recent"): "finished_at"}
+
+
+def _newest_first(entries: list[Any], key: str) -> list[Any]:
+    def when(entry: Any) -> float:
+        value = entry.get(key) if isinstance(entry, dict) else None
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else float("-inf")
+
+    return sorted(entries, key=when, reverse=True)
+
+
 def add_status(status: dict[str, Any], others: list[Any]) -> None:
     """Add the other workers' numbers to this worker's `status`, in place. A number the answering
     worker does not have (a section or endpoint it lacks, e.g. during a reload) is left out."""
@@ -141,3 +156,6 @@ def add_status(status: dict[str, Any], others: list[Any]) -> None:
         mine = place.get(path[-1])
         if (_is_number(mine) and _is_number(value)) or (isinstance(mine, list) and isinstance(value, list)):
             place[path[-1]] = mine + value
+            order = NEWEST_FIRST.get(tuple(path)) if isinstance(mine, list) else None
+            if order is not None:
+                place[path[-1]] = _newest_first(place[path[-1]], order)
