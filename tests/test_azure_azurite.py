@@ -451,7 +451,13 @@ def test_azurite_stopped_mid_test_goes_offline_and_reads_go_elsewhere(
         assert len(metalink_urls(f, "/mixed/data/both.bin", 3)) == 3
         emulator.kill()
         wait_for(lambda: azure_state(f), 15, "the poller to mark the stopped Azurite offline", until="offline".__eq__)
-        assert "cannot connect" in f.status()["endpoints"]["azure"]["health"]["last_error"]
+        # with workers, the one that answers may take worker 0's probe result up to 0.25 s later
+        wait_for(
+            lambda: f.status()["endpoints"]["azure"]["health"],
+            5,
+            "the status to name the failed probe",
+            until=lambda h: h["state"] == "offline" and "cannot connect" in h["last_error"],
+        )
         for _i in range(5):
             status, r, _ = request(f, "GET", "/mixed/data/both.bin")
             location = r.getheader("Location") or ""
