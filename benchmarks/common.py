@@ -14,10 +14,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.daemon import Fedd, env, start_fedd, twistd_command  # noqa: E402
+from tests.daemon import Fedd, env, twistd_command, with_workers  # noqa: E402
+from tests.daemon import start_fedd as _start_fedd  # noqa: E402
 from tests.servers import free_port, wait_for_port  # noqa: E402
 
 __all__ = ["ROOT", "Fedd", "env", "free_port", "memory", "start_fedd", "twistd_command", "wait_for_port", "wrk"]
+
+
+def start_fedd(workdir: Path, config_text: str, port: int, *extra: str, timeout: float = 20.0) -> Fedd:
+    """fedd as the tests start it, on ONE process unless the configuration sets `[server] workers`:
+    the benchmarks measure fedd's CPU and memory by its pid and compare one process with its
+    references (workers_scaling.py, tls_auth.py and redirect_throughput.py set `workers` themselves)."""
+    return _start_fedd(workdir, with_workers(config_text, "1"), port, *extra, timeout=timeout)
 
 
 def _run_wrk(

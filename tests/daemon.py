@@ -58,18 +58,21 @@ class Fedd:
                 self.proc.wait(5)
 
 
-def with_test_workers(config_text: str) -> str:
-    """`FEDD_TEST_WORKERS=N` (or `auto`): the configuration with `[server] workers = N` where it sets
-    none, so the daemon tests can run against N worker processes without editing each test."""
-    workers = os.environ.get("FEDD_TEST_WORKERS", "")
-    if not workers:
-        return config_text
+def with_workers(config_text: str, workers: str) -> str:
+    """The configuration with `[server] workers = <workers>` where it sets none."""
     if "[server]" not in config_text:
         return config_text + f"\n[server]\nworkers = {workers}\n"
     server_section = config_text.split("[server]", 1)[1].split("\n[", 1)[0]
     if re.search(r"^\s*workers\s*=", server_section, re.M):
         return config_text
     return config_text.replace("[server]", f"[server]\nworkers = {workers}", 1)
+
+
+def with_test_workers(config_text: str) -> str:
+    """`FEDD_TEST_WORKERS=N` (or `auto`): the configuration with `[server] workers = N` where it sets
+    none, so the daemon tests can run against N worker processes (or one) without editing each test."""
+    workers = os.environ.get("FEDD_TEST_WORKERS", "")
+    return with_workers(config_text, workers) if workers else config_text
 
 
 def start_fedd(workdir: Path, config_text: str, port: int, *extra: str, timeout: float = 20.0) -> Fedd:
