@@ -13,6 +13,7 @@ from twisted.web.error import SchemeNotSupported
 from fedd.endpoints.connect import DirectEndpoints
 from fedd.endpoints.http import HttpClient
 from tests import reactor
+from tests.inprocess import captured_logs
 from tests.test_http_head import RecordingServer
 
 
@@ -21,9 +22,9 @@ def endpoint_for(url: str, **kwargs: Any) -> Any:
 
 
 def test_ip_literals_connect_directly_names_through_the_resolver() -> None:
-    v4 = endpoint_for("http://127.0.0.1:8080/f")
+    v4 = endpoint_for("http://127.0.0.1:8080/f").inner
     assert isinstance(v4, TCP4ClientEndpoint) and (v4._host, v4._port, v4._timeout) == ("127.0.0.1", 8080, 3.0)
-    v6 = endpoint_for("http://[::1]:8080/f")
+    v6 = endpoint_for("http://[::1]:8080/f").inner
     assert isinstance(v6, TCP6ClientEndpoint) and (v6._host, v6._port) == ("::1", 8080)
     named = endpoint_for("http://storage.example.org:8080/f")
     assert isinstance(named, HostnameEndpoint)
@@ -38,7 +39,7 @@ def test_https_is_wrapped_with_the_policy_for_the_url_host() -> None:
             return super().creatorForNetloc(hostname, port)
 
     tls = endpoint_for("https://127.0.0.1:8443/f", tls_policy=Policy())  # type: ignore[no-untyped-call]
-    assert isinstance(tls._wrappedEndpoint, TCP4ClientEndpoint)
+    assert isinstance(tls._wrappedEndpoint.inner, TCP4ClientEndpoint)
     assert asked == [(b"127.0.0.1", 8443)]
     with pytest.raises(SchemeNotSupported):
         endpoint_for("ftp://127.0.0.1/f")
@@ -75,3 +76,18 @@ def test_heads_to_an_ip_literal_never_ask_the_resolver() -> None:
         reactor.call(http.close)
         the_reactor.installNameResolver(old)
         server.stop()
+
+
+def test_new_connections_log_no_factory_start_or_stop() -> None:
+    server = RecordingServer()
+    with captured_logs() as events:
+        try:
+            for n in range(2):  # a new pool (a new connection) each time, closed after
+                http = HttpClient(reactor.the_reactor(), endpoint="rec", timeout=5.0)
+                assert reactor.call(http.request, "HEAD", f"{server.url}/f{n}").code == 200
+                reactor.call(http.close)
+        finally:
+            server.stop()
+    assert server.connections == 2
+    texts = [str(e.get("log_format") or e.get("format") or "") for e in events]
+    assert not [text for text in texts if "factory" in text.lower()], texts

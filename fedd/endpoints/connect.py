@@ -7,6 +7,8 @@ whose pooled connections are busy, that was about 8% of fedd's time (py-spy; doc
 "Cold locates"). An IPv4 or IPv6 literal now connects with `TCP4ClientEndpoint`/`TCP6ClientEndpoint`
 at once; a name still goes through `HostnameEndpoint` (every address of the name tried, as before).
 TLS is wrapped the same way as Agent's own factory does, with the same policy (`creatorForNetloc`).
+The connection pool's factories are made quiet (`noisy = False`): connecting through the plain TCP
+endpoints, Twisted would log "Starting factory" and "Stopping factory" for every connection.
 """
 
 from __future__ import annotations
@@ -49,5 +51,17 @@ class DirectEndpoints:
         except ValueError:
             return HostnameEndpoint(self.reactor, host, port, timeout=self.timeout)
         if address.version == 4:
-            return TCP4ClientEndpoint(self.reactor, str(address), port, timeout=self.timeout)
-        return TCP6ClientEndpoint(self.reactor, str(address), port, timeout=self.timeout)
+            return _Quiet(TCP4ClientEndpoint(self.reactor, str(address), port, timeout=self.timeout))
+        return _Quiet(TCP6ClientEndpoint(self.reactor, str(address), port, timeout=self.timeout))
+
+
+@implementer(IStreamClientEndpoint)
+class _Quiet:
+    """A TCP endpoint whose factories do not log their start and stop (one line each per connection)."""
+
+    def __init__(self, inner: IStreamClientEndpoint) -> None:
+        self.inner = inner
+
+    def connect(self, protocolFactory: Any) -> Any:
+        protocolFactory.noisy = False
+        return self.inner.connect(protocolFactory)
