@@ -300,8 +300,14 @@ def test_hot_file_is_copied_near_its_readers(make: Any) -> None:
     explained = s.replication(name)
     assert [r["endpoint"] for r in explained["replicas"]] == ["dav"] and explained["replicas"][0]["state"] == "done"
     assert "holds a replica" in explained["regions"][0]["reason"]
-    # with workers, the status adds up the copies of all of them within a second
-    status = wait_for(lambda: s.fed.status()["replication"], 5, "1 copy", until=lambda st: st["copied"] == 1)
+    # with workers, the status adds up the copies of all of them within a second, and a worker that
+    # did not copy reads the replicas table within an interval
+    status = wait_for(
+        lambda: s.fed.status()["replication"],
+        5,
+        "1 copy",
+        until=lambda st: st["copied"] == 1 and st["bytes_per_endpoint"] == {"dav": len(data)},
+    )
     assert status["bytes_per_endpoint"] == {"dav": len(data)}
 
     def fetch(path: str) -> str:
