@@ -83,7 +83,7 @@ class ServerConfig:
     max_connections_per_client: int = key(v.nonneg_int, 0)  # per client address; 0 = no limit
     public_url: str = key(v.public_url, "")  # scheme://host[:port] of absolute URLs fedd builds; empty: Host
     allowed_hosts: tuple[str, ...] = key(v.host_names, ())  # Host values used as sent in absolute URLs
-    workers: int = key(v.workers, 1)  # worker processes sharing the listeners; 0 (`auto`): one per core
+    workers: int = key(v.workers, 0)  # worker processes sharing the listeners; 0 (`auto`): one per core
 
 
 @dataclass(frozen=True)
