@@ -52,6 +52,8 @@ STATUS_SUMS: tuple[tuple[tuple[str, ...], str], ...] = (
     *((("locate", "invalidations", k), "counter") for k in ("seen", "published", "applied", "flushes")),
     (("checksums", "recent"), "list"),
     *((("endpoints", STAR, "health", k), "counter") for k in ("passive_failures", "refusals")),
+    (("state", "queued"), "gauge"),  # writes waiting for the state database, in every worker's queue
+    *((("state", k), "counter") for k in ("written", "dropped")),
 )
 
 
