@@ -69,10 +69,14 @@ def with_workers(config_text: str, workers: str) -> str:
 
 
 def with_test_workers(config_text: str) -> str:
-    """`FEDD_TEST_WORKERS=N` (or `auto`): the configuration with `[server] workers = N` where it sets
-    none, so the daemon tests can run against N worker processes (or one) without editing each test."""
-    workers = os.environ.get("FEDD_TEST_WORKERS", "")
-    return with_workers(config_text, workers) if workers else config_text
+    """The configuration with `[server] workers = $FEDD_TEST_WORKERS` (default `1`) where it sets none.
+
+    fedd's own default is `auto`. The daemon tests that do not set `workers` run on one process
+    unless FEDD_TEST_WORKERS says otherwise (`FEDD_TEST_WORKERS=auto bash tests/run.sh` runs them all
+    with a worker per core): with two workers a full run still has 2-4 timing failures, different
+    each run, in tests that read a number another worker counted right after an action (docs/
+    operations.md, Workers). The workers' own behaviour is tested by tests/test_workers*.py."""
+    return with_workers(config_text, os.environ.get("FEDD_TEST_WORKERS", "") or "1")
 
 
 def start_fedd(workdir: Path, config_text: str, port: int, *extra: str, timeout: float = 20.0) -> Fedd:
