@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from fedd.builders import HOST_STATE_FILE, build_state
@@ -21,6 +22,7 @@ from fedd.workers.applied import AppliedMarks
 from fedd.workers.shared import WORKERS_FILE
 from fedd.workers.supervisor import Supervisor
 from tests.daemon import wait_for
+from tests.inprocess import captured_logs
 from tests.reactor import call, the_reactor
 
 
@@ -274,3 +276,30 @@ def test_workers_sharing_a_downtime_file_answer_a_change_once_all_read_it(tmp_pa
     assert books[0].blocks("ep", "write", clock.seconds()) == ""
     for book in books:
         book.stopService()
+
+
+def test_a_change_the_database_has_not_taken_answers_after_the_settle_timeout(tmp_path: Path) -> None:
+    """The database went down after the change was queued, before this worker noticed: the admin's
+    answer comes after settle_timeout (the others apply the change once it is written), not after
+    the outage."""
+
+    class Shared:  # SharedDowntimes' part that settled() uses; its database not known to be down
+        unreachable = False
+
+        def serial(self) -> Any:
+            raise AssertionError("the serial is not read for a change that is not written")
+
+    clock = Clock()
+    _workers(tmp_path, 0, 1)
+    book = DowntimeBook(
+        {}, clock, shared=cast(SharedDowntimes, Shared()), marks=AppliedMarks(tmp_path, 0, clock), settle_timeout=5
+    )
+    book._last_write = Deferred()  # queued: the database does not answer
+    with captured_logs() as events:
+        answered = book.settled()
+        clock.advance(4.9)
+        assert not answered.called
+        clock.advance(0.2)
+        assert answered.called and clock.getDelayedCalls() == []
+    assert any("not yet applied" in str(e.get("log_format")) for e in events)
+    book._last_write.callback(None)  # written later: nothing waits on it any more

@@ -327,23 +327,36 @@ class DowntimeBook(Service):
 
     def settled(self) -> Deferred[None]:
         """Fires once the last change made here is applied by every worker of the host (at most
-        `settle_timeout` seconds later; at once without workers, or while the database is down:
-        the change is queued, and applied by the others once it is written)."""
+        `settle_timeout` seconds for the write and as long for the others' marks; at once without
+        workers, or while the database is known to be down: the change is queued, and applied by the
+        others once it is written)."""
         write, marks, shared = self._last_write, self.marks, self.shared
         if marks is not None and shared is None and self._file_written:
             return marks.wait(FILE_MARK, self._file_written, self.settle_timeout).addCallback(self._late)
         if write is None or marks is None or shared is None or shared.unreachable:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
+        # a write the database has not taken within settle_timeout (it went down after the change was
+        # queued, before this worker noticed) ends the wait too: the others apply it once it is written
+        def end_wait() -> None:
+            if not waiter.called:
+                waiter.callback(None)
+
+        timer = self.reactor.callLater(self.settle_timeout, end_wait)
 
         def release(result: object) -> object:
-            waiter.callback(None)
+            if timer.active():
+                timer.cancel()
+            end_wait()
             return result
 
         write.addBoth(release)
 
         async def wait() -> None:
             await waiter
+            if not write.called:
+                self._late(["all (the change is not written yet)"])
+                return
             serial = await shared.serial()
             self._late(await marks.wait(SHARED_MARK, serial, self.settle_timeout))
 
@@ -351,7 +364,7 @@ class DowntimeBook(Service):
         d.addErrback(lambda f: log.warn("cannot tell whether every worker applied it: {r}", r=f.getErrorMessage()))
         return d
 
-    def _late(self, late: list[int]) -> None:
+    def _late(self, late: list[int] | list[str]) -> None:
         if late:
             log.warn(
                 "downtime change not yet applied by worker(s) {late} after {t:g}s (they apply it when they can)",
