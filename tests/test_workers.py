@@ -23,6 +23,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -164,11 +165,9 @@ def per_worker(port: int, want: set[int], check: Any, what: str, timeout: float 
     return found
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    base = tmp_path_factory.mktemp("workers")
-    (base / "files").mkdir()
-    (base / "files" / "a.txt").write_text("hello from a worker\n")
+@contextmanager
+def running(base: Path) -> Iterator[Setup]:
+    """A two-worker fedd over `base`/files and a Counting DAV server, stopped at the end."""
     dav = Counting()
     threading.Thread(target=dav.serve_forever, daemon=True).start()
     port = free_port()
@@ -179,6 +178,15 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         fedd.stop()
         dav.shutdown()
         dav.server_close()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    base = tmp_path_factory.mktemp("workers")
+    (base / "files").mkdir()
+    (base / "files" / "a.txt").write_text("hello from a worker\n")
+    with running(base) as s:
+        yield s
 
 
 def worker_pids(fedd_status: dict[str, Any]) -> dict[int, int]:

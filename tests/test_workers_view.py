@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,8 @@ from fedd.web.metrics import GAUGE_MODES, Metrics, PeerCounters, add_families, f
 from fedd.web.statuspage import render_status_page
 from fedd.workers.shared import ENDED_FILE, CounterFiles, WorkersStatus, fold_ended, read_json, write_json
 from fedd.workers.statussum import add_numbers, add_status, status_numbers
-from tests.daemon import start_fedd, wait_for
-from tests.servers import free_port
-from tests.test_workers import Counting, Setup, config_text, get, per_worker, run_dir, status, worker_pids
+from tests.daemon import wait_for
+from tests.test_workers import Setup, get, per_worker, run_dir, running, status, worker_pids
 
 
 class Figures(Collector):
@@ -163,16 +161,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     (base / "files").mkdir()
     for i in range(4):
         (base / "files" / f"f{i}.txt").write_text("a file\n")
-    dav = Counting()
-    threading.Thread(target=dav.serve_forever, daemon=True).start()
-    port = free_port()
-    fedd = start_fedd(base / "run", config_text(port, base, dav), port)
-    try:
-        yield Setup(fedd, dav, base, port)
-    finally:
-        fedd.stop()
-        dav.shutdown()
-        dav.server_close()
+    with running(base) as s:
+        yield s
 
 
 def scrape(port: int) -> dict[str, float]:
