@@ -296,3 +296,61 @@ def test_workers_of_one_host_compute_a_replica_once(tmp_path: Path) -> None:
     assert only(waiting).values == {"adler32": adler(data)} and b.reactor.pool.work == []
     assert only(b.answer([replica], [ADLER])).values == {"adler32": adler(data)}
     assert list(claims.glob("*.claim")) == []
+
+
+def _two_workers(tmp_path: Path, data: bytes) -> tuple[Setup, Setup, Replica, Path]:
+    """Two checksum services of one host (one database, one claims directory), each with the replica."""
+    from fedd.checksums.claims import JobClaims
+
+    store = MemoryStore()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = Setup(tmp_path / "a", store), Setup(tmp_path / "b", store)
+    claims = tmp_path / "claims"
+    a.service.claims = JobClaims(claims, pid=os.getpid())
+    b.service.claims = JobClaims(claims, pid=os.getppid())  # another live process
+    (tmp_path / "b" / "data" / "f").write_bytes(data)
+    return a, b, a.file("f", data), claims
+
+
+SHA256 = Want("repr-digest", ("sha256",))
+
+
+def test_a_wait_on_another_workers_computation_of_other_algorithms_computes_them_here(tmp_path: Path) -> None:
+    """Worker a computes MD5 (and adler32) for one client; worker b is asked SHA-256 with a wait
+    meanwhile: a's computation ends without it, and b computes it within the same wait (was: 202
+    as soon as a released its claim, the client's wait not over)."""
+    data = b"other algorithms\n" * 100
+    a, b, replica, claims = _two_workers(tmp_path, data)
+    assert only(a.answer([replica], [MD5])).job is not None and len(a.reactor.pool.work) == 1
+    waiting = b.answer([replica], [SHA256], wait=5)
+    b.reactor.advance(0.25)
+    assert waiting == [] and b.reactor.pool.work == []  # a computes this replica: b waits
+    a.reactor.pool.run()  # a stores md5 and adler32, releases its claim
+    b.reactor.advance(0.25)
+    assert waiting == [] and len(b.reactor.pool.work) == 1  # b computes SHA-256 itself
+    b.reactor.pool.run()
+    answer = only(waiting)
+    assert answer.job is None and answer.values["sha256"] == hashlib.sha256(data).hexdigest()
+    assert answer.values["md5"] == hashlib.md5(data).hexdigest()
+    assert list(claims.glob("*.claim")) == []
+
+
+def test_a_wait_on_another_worker_reads_the_database_again_for_what_it_knew_part_of(tmp_path: Path) -> None:
+    """Worker b remembers MD5 and adler32 of a replica (read from the database); a client of b waits
+    for SHA-256, which worker a computes: b reads the database again at each look and answers a's
+    value without computing it (was: its remembered entry was not read again, 202 once a ended)."""
+    data = b"partly known\n" * 100
+    a, b, replica, _ = _two_workers(tmp_path, data)
+    a.answer([replica], [MD5])
+    a.reactor.pool.run()
+    assert set(only(b.answer([replica], [MD5])).values) == {"md5", "adler32"}  # b remembers these
+    assert only(a.answer([replica], [SHA256])).job is not None  # a claims the SHA-256 computation
+    waiting = b.answer([replica], [SHA256], wait=5)
+    b.reactor.advance(0.25)
+    assert waiting == []
+    a.reactor.pool.run()
+    b.reactor.advance(0.25)
+    answer = only(waiting)
+    assert answer.job is None and answer.values["sha256"] == hashlib.sha256(data).hexdigest()
+    assert b.reactor.pool.work == []  # not computed twice

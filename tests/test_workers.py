@@ -15,6 +15,8 @@ counts as failed only a request whose resend failed too.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
 import json
 import os
@@ -35,6 +37,7 @@ from tests.daemon import Fedd, start_fedd, wait_for
 from tests.servers import free_port
 
 INTERVAL = 1.0  # [health] and [space] interval of the fedd under test
+HELD_BODY = b"a replica whose GET waits for the test\n" * 1000
 
 
 class Counting(ThreadingHTTPServer):
@@ -47,6 +50,8 @@ class Counting(ThreadingHTTPServer):
         self.failing = False
         self.slow_head = 0.0  # seconds a HEAD of /slow-* waits before its answer
         self.slow_heads = 0  # HEADs of /slow-* that arrived
+        self.held = threading.Event()  # a GET of /held-* is answered once this is set (or after 30 s)
+        self.held_gets = 0  # GETs of /held-* that arrived
         self.lock = threading.Lock()
 
     @property
@@ -66,6 +71,8 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in (extra or {}).items():
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(body)))
+        if body == HELD_BODY:
+            self.send_header("ETag", '"held-1"')
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -80,8 +87,19 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.slow_heads += 1
             time.sleep(self.server.slow_head)
             self._answer(200, extra={"Content-Length": "5"})
+        elif self.path.startswith("/held-"):
+            self._answer(200, HELD_BODY)
         else:
             self._answer(404)
+
+    def do_GET(self) -> None:
+        if not self.path.startswith("/held-"):
+            self._answer(404)
+            return
+        with self.server.lock:
+            self.server.held_gets += 1
+        self.server.held.wait(30)
+        self._answer(200, HELD_BODY)
 
     def do_PROPFIND(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
@@ -319,6 +337,57 @@ def test_probe_result_reaches_every_worker_within_a_second(setup: Setup) -> None
         setup.dav.failing = False
     per_worker(setup.port, {0, 1}, lambda s: state(s) == "online", "both workers to see it online again")
     assert answers() == {302}
+
+
+def head(port: int, path: str, headers: dict[str, str], timeout: float = 30.0) -> tuple[int, dict[str, str]]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("HEAD", path, headers={"Connection": "close", **headers})
+        r = conn.getresponse()
+        r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}
+    finally:
+        conn.close()
+
+
+def test_a_wait_for_the_other_workers_checksum_of_other_algorithms_ends_with_the_value(setup: Setup) -> None:
+    """A client of worker 1 waits (Prefer: wait) for SHA-256 while worker 0 computes the same
+    replica's MD5 and Adler-32: once worker 0's computation ends without SHA-256, worker 1 computes it
+    and answers 200 with it (was: 202 as soon as worker 0 ended, the client's wait not over)."""
+    dav = setup.dav
+    pids = worker_pids(status(setup.port))
+    dav.held.clear()
+    gets = dav.held_gets
+    os.kill(pids[1], signal.SIGSTOP)  # the MD5 request goes to worker 0
+    try:
+        code, _ = head(setup.port, "/dav/held-1.bin", {"Want-Digest": "MD5"})
+        assert code == 202  # computing: its GET waits for dav.held
+    finally:
+        os.kill(pids[1], signal.SIGCONT)
+    wait_for(lambda: dav.held_gets - gets, 10, "worker 0's GET of the replica", until=lambda n: n == 1)
+    answers: list[tuple[int, dict[str, str]]] = []
+    waiting = threading.Thread(
+        target=lambda: answers.append(
+            head(setup.port, "/dav/held-1.bin", {"Want-Repr-Digest": "sha-256=1", "Prefer": "wait=20"})
+        )
+    )
+    os.kill(pids[0], signal.SIGSTOP)  # the SHA-256 request and the status go to worker 1
+    try:
+        waiting.start()
+        wait_for(
+            lambda: status(setup.port)["checksums"]["waiting_elsewhere"],
+            10,
+            "worker 1's client to wait for worker 0's computation",
+            until=lambda n: n == 1,
+        )
+    finally:
+        os.kill(pids[0], signal.SIGCONT)
+    dav.held.set()  # worker 0 computes MD5 and Adler-32, stores them, releases its claim
+    waiting.join(30)
+    code, headers = answers[0]
+    assert code == 200, headers
+    assert headers["repr-digest"] == f"sha-256=:{base64.b64encode(hashlib.sha256(HELD_BODY).digest()).decode()}:"
+    assert dav.held_gets - gets == 2  # MD5 and Adler-32 by worker 0, then SHA-256 by worker 1
 
 
 def retrying_load(

@@ -70,6 +70,7 @@ class ChecksumService(Service):
         # [server] workers: one computation per replica for the host (fedd.checksums.claims)
         self.claims = claims
         self._elsewhere: set[Key] = set()  # replicas another worker was computing when last asked
+        self.waiting_elsewhere = 0  # clients waiting now for another worker's computation
         self.fed = federation
         self.reactor = reactor
         self.clock = reactor
@@ -234,25 +235,25 @@ class ChecksumService(Service):
         missing = {w.algorithms[0] for w in wants if w.pick(values) is None}
         if not missing:
             return Answer(values)
-        if "adler32" not in values:
-            missing.add("adler32")  # the grid's checksum: always computed along, unless already known
-        job = self._compute(path, replicas, missing)
-        if job is None:
-            return Answer(values)
         seconds = self.config.wait if wait is None else min(wait, self.config.max_wait)
-        if job.key in self._elsewhere:  # another worker computes it: look for its value in the database
-            deadline = self.clock.seconds() + seconds
-            while self.clock.seconds() < deadline and self.claims is not None:
-                await deferLater(self.clock, ELSEWHERE_POLL, lambda: None)
-                held = self.claims.held_elsewhere(job.key)
-                self._forget_elsewhere(path, replicas)
-                await self._lookup(path, replicas)
-                values = self.known(path, replicas)
-                if all(w.pick(values) is not None for w in wants):
-                    return Answer(values)
-                if not held:
-                    break  # it ended without the value: the next ask computes it here
-            return Answer(values, job, retry_after(job, self._queue, self.config.workers, self.clock.seconds()))
+        deadline = self.clock.seconds() + seconds
+        while True:
+            if "adler32" not in values:
+                missing.add("adler32")  # the grid's checksum: always computed along, unless already known
+            job = self._compute(path, replicas, missing)
+            if job is None:
+                return Answer(values)
+            if job.key not in self._elsewhere:
+                break  # computed by this worker
+            values, ended = await self._wait_elsewhere(path, replicas, wants, job.key, deadline)
+            missing = {w.algorithms[0] for w in wants if w.pick(values) is None}
+            if not missing:
+                return Answer(values)
+            if not ended:
+                return Answer(values, job, retry_after(job, self._queue, self.config.workers, self.clock.seconds()))
+            # that worker ended without what this client wants (it computed other algorithms, or
+            # failed): computed here now, within the same wait (was: 202 before the wait was over)
+        seconds = deadline - self.clock.seconds()
         if seconds > 0:
             waiting = job.wait()
             waiting.addTimeout(seconds, self.clock)
@@ -264,6 +265,31 @@ class ChecksumService(Service):
             if all(w.pick(values) is not None for w in wants) or job.error:
                 return Answer(values)
         return Answer(values, job, retry_after(job, self._queue, self.config.workers, self.clock.seconds()))
+
+    async def _wait_elsewhere(
+        self, path: str, replicas: list[Any], wants: list[Want], key: Key, deadline: float
+    ) -> tuple[dict[str, str], bool]:
+        """Another worker computes replica `key`: the database is read every ELSEWHERE_POLL seconds
+        until all `wants` are known, that worker's claim ends, or `deadline`. (The values known,
+        whether the claim ended.)"""
+        values = self.known(path, replicas)
+        self.waiting_elsewhere += 1
+        try:
+            while self.claims is not None and self.clock.seconds() < deadline:
+                await deferLater(self.clock, min(ELSEWHERE_POLL, deadline - self.clock.seconds()), lambda: None)
+                held = self.claims.held_elsewhere(key)  # before the lookup: a claim that ended has its value stored
+                if self._db_ready:
+                    # what this worker remembers of the replica may be some algorithms only (read
+                    # from the database before): read again, the other worker adds the rest there
+                    self._memory.pop(key, None)
+                self._forget_elsewhere(path, replicas)
+                await self._lookup(path, replicas)
+                values = self.known(path, replicas)
+                if all(w.pick(values) is not None for w in wants) or not held:
+                    return values, not held
+            return values, False
+        finally:
+            self.waiting_elsewhere -= 1
 
     # --- computing --------------------------------------------------------------------------------
 
@@ -291,6 +317,7 @@ class ChecksumService(Service):
             self._elsewhere.add(key)  # not ours to compute: answered as under way (202)
             job.started = now
             return job
+        self._elsewhere.discard(key)
         self._jobs[key] = job
         self._queue.append(job)
         self._pump()
@@ -425,6 +452,7 @@ class ChecksumService(Service):
             "adler32": ADLER32_IMPLEMENTATION,
             "running": [j.to_json(now) for j in self._jobs.values() if j.started is not None],
             "queued": len(self._queue),
+            "waiting_elsewhere": self.waiting_elsewhere,  # clients waiting for another worker's computation
             "queue_max": self.config.queue,
             "computed": self.computed,
             "failed": self.failed,

@@ -42,6 +42,7 @@ STATUS_SUMS: tuple[tuple[tuple[str, ...], str], ...] = (
     *((("replication", k), "counter") for k in ("reads_counted", "reads_dropped")),
     *((("checksums", k), "counter") for k in _CHECKSUM_COUNTS),
     (("checksums", "queued"), "gauge"),
+    (("checksums", "waiting_elsewhere"), "gauge"),
     (("checksums", "remembered"), "gauge"),
     *((("tpc", k), "counter") for k in ("done", "failed", "redirected")),
     (("tpc", "active"), "gauge"),
