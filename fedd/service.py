@@ -261,6 +261,7 @@ def build_service(
         proxy_agents=config.write.proxy_user_agents,
         proxy_max=config.write.proxy_max_bytes,
         header_timeout=config.server.header_timeout,
+        idle_timeout=config.server.idle_timeout,
         max_connections_per_client=config.server.max_connections_per_client,
         public=PublicBase(config.server.public_url, config.server.allowed_hosts),
         access_file=access,

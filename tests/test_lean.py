@@ -269,3 +269,110 @@ def test_a_file_on_a_failing_endpoint_is_503_in_the_files_words(front: Front) ->
     answer = transport.value()
     assert statuses(answer) == [b"503"] and b"Retry-After: " in answer
     assert b"no replica available now" in answer and b"cannot be listed" not in answer
+
+
+# --- HTTP/1.1 without Host; the idle deadline ([server] idle_timeout, the site's timeOut) -----------
+
+
+def idle_of(front: Front) -> float:
+    idle = front.site.timeOut  # [server] idle_timeout
+    assert idle is not None
+    return idle
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /atlas/f HTTP/1.1\r\n\r\n",  # a hot path: the lean front hands it over
+        b"PROPFIND /atlas/f HTTP/1.1\r\nDepth: 0\r\n\r\n",  # the full front's own
+        b"PUT /atlas/g HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",  # a body: never handled
+        b"GET /atlas/f HTTP/1.1\r\nhost: x\r\n\r\nGET /atlas/f HTTP/1.1\r\nX-A: 1\r\n\r\n",  # the second
+    ],
+)
+def test_an_http_1_1_request_without_host_gets_400(front: Front, head: bytes) -> None:
+    front.warm()
+    protocol, transport = front.connect()
+    protocol.dataReceived(head)
+    front.reactor.advance(0)
+    answer = transport.value()
+    assert statuses(answer)[-1:] == [b"400"] and transport.disconnecting
+    assert answer.endswith(b"\r\n\r\nan HTTP/1.1 request needs a Host header (RFC 9112 section 3.2)\n")
+    assert [kind for kind, _ in front.events.emitted].count("put-redirect") == 0
+
+
+def test_an_http_1_0_request_without_host_is_answered(front: Front) -> None:
+    front.warm()
+    for head in (b"GET /atlas/f HTTP/1.0\r\n\r\n", b"PROPFIND /atlas/f HTTP/1.0\r\nDepth: 0\r\n\r\n"):
+        protocol, transport = front.connect()
+        protocol.dataReceived(head)
+        assert statuses(transport.value()) in ([b"302"], [b"207"])
+
+
+def test_an_idle_connection_is_closed_after_the_idle_timeout(front: Front) -> None:
+    front.warm()
+    idle = idle_of(front)
+    assert idle == 60
+    protocol, transport = front.connect()  # never a byte
+    front.reactor.advance(idle - 0.1)
+    assert not transport.disconnecting
+    front.reactor.advance(0.2)
+    assert transport.disconnecting and transport.value() == b""
+    protocol, transport = front.connect()  # kept alive after an answer
+    front.reactor.advance(idle - 1)
+    protocol.dataReceived(GET)
+    front.reactor.advance(idle - 0.1)
+    assert not transport.disconnecting
+    front.reactor.advance(0.2)
+    assert transport.disconnecting and statuses(transport.value()) == [b"302"]  # closed without a word
+
+
+def test_a_head_begun_and_left_gets_408_at_the_idle_timeout_when_it_comes_first(front: Front) -> None:
+    front.site.header_timeout = 600
+    protocol, transport = front.connect()
+    protocol.dataReceived(b"GET /atlas/f HTTP/1.1\r\nHo")
+    front.reactor.advance(idle_of(front) + 0.1)
+    assert transport.value().startswith(b"HTTP/1.1 408 ") and transport.disconnecting
+
+
+def test_a_busy_connection_lent_to_the_full_front_once_is_not_cut(front: Front) -> None:
+    """twisted.web's channel keeps an idle timer of its own: once the lean front has the connection
+    back, the hot answers it gives are no traffic there, and the channel must not cut it."""
+    front.site.timeOut = 0.5  # below the plan's second: hot answers for longer than the idle timeout
+    front.warm()
+    protocol, transport = front.connect()
+    protocol.dataReceived(b"OPTIONS /atlas/f HTTP/1.1\r\nHost: x\r\n\r\n")
+    front.reactor.advance(0)
+    for _ in range(4):  # a request every 0.2 s
+        front.reactor.advance(0.2)
+        protocol.dataReceived(GET)
+        assert not transport.disconnecting
+    protocol.dataReceived(b"OPTIONS /atlas/f HTTP/1.1\r\nHost: x\r\n\r\n")  # lent again, then idle
+    front.reactor.advance(0)
+    front.reactor.advance(idle_of(front) - 0.1)
+    assert not transport.disconnecting
+    front.reactor.advance(0.2)
+    assert transport.disconnecting
+    assert statuses(transport.value()) == [b"200"] + [b"302"] * 4 + [b"200"]
+    assert front.site.hot_answers == 4
+
+
+PROPFIND_BODY = b'<?xml version="1.0"?><propfind xmlns="DAV:"><allprop/></propfind>'
+PROPFIND_HEAD = b"PROPFIND /atlas/f HTTP/1.1\r\nHost: x\r\nDepth: 0\r\nContent-Length: %d\r\n\r\n" % len(PROPFIND_BODY)
+
+
+def test_a_stalled_body_gets_408_and_a_slow_one_is_read(front: Front) -> None:
+    front.warm()
+    idle = idle_of(front)
+    protocol, transport = front.connect()
+    protocol.dataReceived(PROPFIND_HEAD + PROPFIND_BODY[:10])
+    front.reactor.advance(idle - 0.1)
+    assert transport.value() == b""
+    front.reactor.advance(0.2)
+    assert transport.value().startswith(b"HTTP/1.1 408 ") and transport.disconnecting
+    protocol, transport = front.connect()
+    protocol.dataReceived(PROPFIND_HEAD)
+    for at in range(0, len(PROPFIND_BODY), 8):  # 8 bytes every 50 s: slow, never stalled
+        front.reactor.advance(idle - 10)
+        protocol.dataReceived(PROPFIND_BODY[at : at + 8])
+    front.reactor.advance(0)
+    assert statuses(transport.value()) == [b"207"] and not transport.disconnecting

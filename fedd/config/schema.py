@@ -80,6 +80,7 @@ class ServerConfig:
     drain_timeout: float = key(v.nonneg_float, 10.0)  # seconds open requests may finish in after SIGTERM
     drain_notice: float = key(v.nonneg_float, 0.0)  # seconds of health 503 (still listening) before that
     header_timeout: float = key(v.nonneg_float, 30.0)  # seconds from a request head's first byte to its end
+    idle_timeout: float = key(v.nonneg_float, 60.0)  # seconds without a byte from the client: body, keep-alive
     max_connections_per_client: int = key(v.nonneg_int, 0)  # per client address; 0 = no limit
     public_url: str = key(v.public_url, "")  # scheme://host[:port] of absolute URLs fedd builds; empty: Host
     allowed_hosts: tuple[str, ...] = key(v.host_names, ())  # Host values used as sent in absolute URLs

@@ -6,9 +6,14 @@ What a hostile or broken client gets (never a 500, never a traceback in the log)
   closed (RFC 9112 section 2.2 allows refusing it; accepting it would let fedd and a proxy in front
   of it disagree about where a request ends);
 - a header line folded onto the next one (obs-fold): `400`, closed (RFC 9112 section 5.2);
-- a second `Host` header: `400`, closed (RFC 9112 section 3.2);
+- a second `Host` header, or none in an HTTP/1.1 request: `400`, closed (RFC 9112 section 3.2);
 - a request head not complete `header_timeout` seconds after its first byte (also for the second
   and later requests of a kept-alive connection): `408`, closed;
+- no byte from the client for `idle_timeout` seconds while a request body is being received:
+  `408` (unless fedd had answered already), closed; an upload fedd carries to an endpoint is aborted
+  there with it. A kept-alive connection idle that long between requests is closed without a word.
+  Seconds in which fedd itself holds the client paused (a carried upload waiting for its endpoint)
+  are not the client's silence, and neither is the time fedd takes to answer;
 - a connection from an address that already holds `max_connections_per_client` open ones: `503`
   with `Retry-After`, closed;
 - an over-long line `431`, too many headers or a malformed line `400` (Twisted's own checks).
@@ -24,6 +29,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from fedd.errors import ClientGone
 from fedd.twcompat import release_transport, request_line, wrap_channel
 from fedd.twtypes import HTTPChannel
 
@@ -33,6 +39,7 @@ log = Logger(namespace="fedd.web")
 LINGER_SECONDS = 5.0
 ABORT_SECONDS = 5.0  # a refused client that does not read its answer is cut off after this
 HEADER_TIMEOUT = 30.0
+IDLE_TIMEOUT = 60.0
 REFUSAL_LOG_SECONDS = 60.0
 
 
@@ -42,6 +49,11 @@ def _refusal(code: int, reason: bytes, extra: bytes = b"") -> bytes:
 
 BAD_REQUEST = _refusal(400, b"Bad Request")
 REQUEST_TIMEOUT = _refusal(408, b"Request Timeout")
+_NO_HOST_TEXT = b"an HTTP/1.1 request needs a Host header (RFC 9112 section 3.2)\n"
+NO_HOST = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+    % (len(_NO_HOST_TEXT), _NO_HOST_TEXT)
+)
 BUSY = _refusal(503, b"Service Unavailable", b"Retry-After: 5\r\n")
 
 
@@ -104,6 +116,33 @@ class FeddChannel(HTTPChannel):
         self._fedd_head = None
         self._refuse(REQUEST_TIMEOUT)
 
+    def timeoutConnection(self) -> None:
+        """Twisted's idle timer (the site's `timeOut`, `[server] idle_timeout`) ran out: it runs while
+        a request head or body is being received and between requests, restarted by every byte from
+        the client, and is off while fedd answers."""
+        request = self.requests[-1] if self.requests else None
+        stream = getattr(request, "fedd_stream", None)
+        if stream is not None and stream.holding_client:
+            self.resetTimeout()  # fedd paused the client while the endpoint catches up: not its stall
+            return
+        if request is not None and not request.startedWriting and not self.line_mode:
+            method, uri, _ = request_line(self)  # the body is still being read: not handed on yet
+            log.info(
+                "{client} {method} {uri}: no byte of the body for {seconds:g}s: 408, connection closed",
+                client=getattr(self.transport.getPeer(), "host", "-") if self.transport is not None else "-",
+                method=method.decode("latin-1"),
+                uri=uri[:200].decode("latin-1"),
+                seconds=self.timeOut,
+            )
+            self._refuse(REQUEST_TIMEOUT)
+            if stream is not None:  # a carried upload: aborted at its endpoint now, its handler silent
+                request.fedd_gone = True
+                stream.fail(ClientGone(f"no byte of the upload for {self.timeOut:g}s"))
+        elif self._fedd_head is not None or (request is not None and not request.startedWriting):
+            self._refuse(REQUEST_TIMEOUT)  # a head begun and stalled (the idle timeout came first)
+        else:
+            self._refuse(b"")  # idle between requests: closed without a word
+
     def _head_done(self) -> None:
         if self._fedd_head is not None:
             if self._fedd_head.active():
@@ -137,6 +176,9 @@ class FeddChannel(HTTPChannel):
         self._head_done()
         self._fedd_request_line = True  # the next line in line mode starts the next request
         req = self.requests[-1]
+        if request_line(self)[2] == b"HTTP/1.1" and not req.requestHeaders.hasHeader(b"host"):
+            self._refuse(NO_HOST)  # RFC 9112 section 3.2 (HTTP/1.0 needs none)
+            return
         if request_line(self)[0] == b"PUT" and self.length != 0:
             agent = (req.requestHeaders.getRawHeaders(b"user-agent") or [b""])[0]
             if (
@@ -161,6 +203,11 @@ class FeddChannel(HTTPChannel):
                 req.gotLength(0)
                 return  # no "100 Continue": the answer comes now, and the body goes elsewhere
         super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        if self._fedd_refused:
+            return  # refused at the end of its head (no Host): never handled
+        super().allContentReceived()
 
     def loseConnection(self) -> None:
         transport = self.transport

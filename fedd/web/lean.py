@@ -11,8 +11,13 @@ answers to requests that arrived together go out in one write).
 Anything else -- another method, a body, a bearer token, an odd or malformed head, a head that is
 too big -- and the connection is handed to twisted.web's channel (fedd.web.channel) for the rest of
 its life: the bytes of that request (and whatever followed) are replayed into it unchanged, so every
-rule of the full front applies there (strict heads, 400/408/413/431 answers, uploads answered before
-their body, the drain). The lean front never answers an error itself except the head deadline's 408.
+rule of the full front applies there (strict heads, 400/408/413/431 answers, an HTTP/1.1 request
+without Host, uploads answered before their body, the drain). The lean front never answers an error
+itself except the head deadline's 408 (and the idle deadline's, for a head begun and left unfinished).
+
+While this front holds a connection (between requests, and while it answers them), its own idle
+timer closes a connection that sends nothing for the site's `timeOut` (`[server] idle_timeout`);
+twisted.web's channel has its idle timer off meanwhile, and on while it has the connection.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from twisted.web.server import version as SERVER_VERSION
 
 from fedd.auth.identity import ANONYMOUS, Identity
 from fedd.errors import FeddError
-from fedd.twcompat import write_now
+from fedd.twcompat import inner_channel, write_now
 from fedd.web.accesslog import entry as access_entry
 from fedd.web.channel import REQUEST_TIMEOUT
 
@@ -114,7 +119,9 @@ def _parse(head: bytes) -> _Request | bytes | None:
             connection = value.lower()
     url = parsed.url
     version = parser.get_http_version()
-    if borrow or not url.startswith(b"/") or b"#" in url or (version == "1.1" and host is None):
+    if version == "1.1" and host is None:
+        return None  # RFC 9112 section 3.2: the full front's 400
+    if borrow or not url.startswith(b"/") or b"#" in url:
         return _BORROW
     query = url.partition(b"?")[2]
     if query and any(part.partition(b"=")[0] == b"metalink" for part in query.split(b"&")):
@@ -177,6 +184,9 @@ class LeanChannel(Protocol):
         self._client = ""
         self._who: Identity | None = None
         self._head_timer: IDelayedCall | None = None
+        self._idle_timer: IDelayedCall | None = None
+        self._seconds: Callable[[], float] = site.reactor.seconds
+        self._last_read = 0.0  # when the client last sent something (the idle deadline counts from it)
         self._closing = False
         self._last_head = b""  # the last head answered here, parsed: clients repeat themselves
         self._last_request: _Request | None = None
@@ -193,6 +203,7 @@ class LeanChannel(Protocol):
         self._write = write_now(transport)
         peer = transport.getPeer()
         self._client = getattr(peer, "host", "") or ""
+        self._touch()
 
     def dataReceived(self, data: bytes) -> None:
         if self._handed_over:
@@ -220,6 +231,7 @@ class LeanChannel(Protocol):
                     return
                 self._send(answers)
                 self._arm_head_deadline()
+                self._touch()
                 return
             head = bytes(buf[: end + 4])
             answer = self._answer(head)
@@ -241,6 +253,10 @@ class LeanChannel(Protocol):
         self._send(answers)
         if not buf:
             self._disarm_head_deadline()
+        if self._waiting:
+            self._idle_off()  # the full front answers a request: no idle time until it is done
+        elif not self._closing:
+            self._touch()
 
     def _send(self, answers: list[bytes]) -> None:
         if answers:
@@ -249,6 +265,7 @@ class LeanChannel(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disarm_head_deadline()
+        self._idle_off()
         self._closing = True
         self._on_lost()
         if self.inner is not None:
@@ -337,6 +354,8 @@ class LeanChannel(Protocol):
         if self.inner is None:
             self.inner = self._full_channel()
             self.inner.makeConnection(self.transport)
+        else:  # its idle timer was off while this front held the connection
+            inner_channel(self.inner).setTimeout(self.site.timeOut)
         return self.inner
 
     def _borrow(self, head: bytes) -> None:
@@ -349,16 +368,25 @@ class LeanChannel(Protocol):
         if waiting and not self._handed_over:
             self._waiting = True
             waiting[-1].notifyFinish().addBoth(self._answered)
+        else:
+            self._take_back()  # answered at once
 
     def _answered(self, _: object) -> None:
         self._waiting = False
         if self.transport is not None and not self._handed_over:
+            self._take_back()
             self.site.reactor.callLater(0, self._serve)  # not inside the full front's finish()
+
+    def _take_back(self) -> None:
+        """The connection is this front's again, and so is its idle time: twisted.web's channel
+        would otherwise cut it `timeOut` after the last byte it read, however busy it is here."""
+        inner_channel(self.inner).setTimeout(None)
 
     def _hand_over(self) -> None:
         """From now on twisted.web's channel reads this connection, starting with the request at the
         head of the buffer (and whatever follows)."""
         self._disarm_head_deadline()
+        self._idle_off()
         inner = self._channel()
         self._handed_over = True
         pending, self._buf = bytes(self._buf), bytearray()
@@ -384,3 +412,34 @@ class LeanChannel(Protocol):
             if transport is not None:
                 transport.write(REQUEST_TIMEOUT)
                 transport.loseConnection()
+
+    # --- the idle deadline (nothing from the client) ---------------------------------------------
+
+    def _touch(self) -> None:
+        """The client sent something (or the connection is this front's again): the idle time starts
+        over. A read only notes the time (half the cost of moving the timer, on the hot path); the
+        timer, when it comes, looks at that time and waits again if the client was not silent."""
+        self._last_read = self._seconds()
+        if self._idle_timer is None and self.site.timeOut:
+            self._idle_timer = self.site.reactor.callLater(self.site.timeOut, self._idle_too_long)
+
+    def _idle_off(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _idle_too_long(self) -> None:
+        self._idle_timer = None
+        if self._handed_over or self._waiting or self._closing:
+            return
+        left = self._last_read + self.site.timeOut - self._seconds()
+        if left > 0:  # a read since the timer was set
+            self._idle_timer = self.site.reactor.callLater(left, self._idle_too_long)
+            return
+        self._closing = True
+        self._disarm_head_deadline()
+        transport = self.transport
+        if transport is not None:
+            if self._buf:  # a head begun and left unfinished
+                transport.write(REQUEST_TIMEOUT)
+            transport.loseConnection()

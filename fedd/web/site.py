@@ -22,7 +22,7 @@ from fedd.twcompat import request_line
 from fedd.twtypes import Request, Site
 from fedd.web.accesslog import AccessLog
 from fedd.web.accesslog import record as access_record
-from fedd.web.channel import HEADER_TIMEOUT, REFUSAL_LOG_SECONDS, Busy, FeddChannel, channel_for
+from fedd.web.channel import HEADER_TIMEOUT, IDLE_TIMEOUT, REFUSAL_LOG_SECONDS, Busy, FeddChannel, channel_for
 from fedd.web.lean import LeanChannel
 from fedd.web.metrics import Metrics
 from fedd.web.notes import channel_noted
@@ -170,6 +170,7 @@ class FeddSite(Site):
         proxy_agents: tuple[str, ...] = (),
         proxy_max: int = 0,
         header_timeout: float = HEADER_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
         max_connections_per_client: int = 0,
         public: PublicBase | None = None,
         access_file: AccessLog | None = None,
@@ -179,6 +180,9 @@ class FeddSite(Site):
         else:
             super().__init__(resource)
         self.header_timeout = header_timeout
+        # Twisted's idle timer of each channel (a request body, a kept-alive connection; FeddChannel.
+        # timeoutConnection), and the lean front's between requests
+        self.timeOut = idle_timeout if idle_timeout > 0 else None
         self.max_per_client = max_connections_per_client
         self.public = public if public is not None else PublicBase()
         self.per_client: dict[str, int] = {}
@@ -277,8 +281,6 @@ def _close_after(request: server.Request) -> None:
         request.channel.persistent = False
     if not request.startedWriting:
         request.setHeader(b"connection", b"close")
-
-
 
 
 __all__ = ["ALREADY_ANSWERED", "HEADER_TIMEOUT", "FeddChannel", "FeddRequest", "FeddSite", "PublicBase", "absolute_url"]

@@ -81,6 +81,11 @@ class StreamBody:
     def complete(self) -> bool:
         return self._ended
 
+    @property
+    def holding_client(self) -> bool:
+        """The client's socket is paused by fedd (the endpoint side lags): its silence is fedd's."""
+        return self._source_paused
+
     # --- the endpoint's side (IBodyProducer) --------------------------------------------------------
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
