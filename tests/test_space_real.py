@@ -81,7 +81,8 @@ def test_rfc4331_from_a_dav_server_that_reports_it(tmp_path: Path) -> None:
         inner_port,
     )
     try:
-        wait_for(lambda: inner.status()["space"]["disk"]["measured"], what="inner measured")
+        # with workers, one status read each (a follower takes worker 0's measurement within a second)
+        wait_for(lambda: inner.status()["space"]["disk"], what="inner measured", until=lambda s: s["measured"])
         outer = start_fedd(
             tmp_path / "outer",
             f"[server]\nlisten = tcp:{outer_port}:interface=127.0.0.1\n[space]\ninterval = 1\n"
@@ -89,15 +90,22 @@ def test_rfc4331_from_a_dav_server_that_reports_it(tmp_path: Path) -> None:
             outer_port,
         )
         try:
-            state = wait_for(lambda: outer.status()["space"]["inner"]["measured"] and outer.status()["space"]["inner"])
-            inner_state = inner.status()["space"]["disk"]
+            state = wait_for(
+                lambda: outer.status()["space"]["inner"], what="outer measured", until=lambda s: s["measured"]
+            )
+            inner_state = wait_for(lambda: inner.status()["space"]["disk"], until=lambda s: s["measured"])
             assert state["source"] == "rfc4331"
             # the inner fedd answers RFC 4331 from its file system's figures
             # (the file system is shared with the rest of the machine: allow for what others wrote meanwhile)
             assert abs(state["used"] - inner_state["used"]) < 200 << 20
             assert abs(state["total"] - (inner_state["used"] + inner_state["free"])) < 200 << 20
-            with urllib.request.urlopen(outer.url + "/.well-known/fedd/srr.json", timeout=10) as r:
-                share = json.loads(r.read())["storageservice"]["storageshares"][0]
+
+            def srr_share() -> dict[str, Any]:
+                with urllib.request.urlopen(outer.url + "/.well-known/fedd/srr.json", timeout=10) as r:
+                    found: dict[str, Any] = json.loads(r.read())["storageservice"]["storageshares"][0]
+                    return found
+
+            share = wait_for(srr_share, what="the measured share in the SRR", until=lambda s: s.get("totalsize"))
             assert share["totalsize"] == state["total"] and share["path"] == ["/site"]
         finally:
             outer.stop()
