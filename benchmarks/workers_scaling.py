@@ -7,7 +7,11 @@ fraction of its CPU per request, so the two cores go to fedd: the run that shows
 gives a server that is the bottleneck), ROUNDS times (the machine is shared: turns pair figures taken
 seconds apart). For each run: requests/s, and the CPU seconds fedd's processes used (supervisor and workers,
 from /proc), so requests per fedd CPU-second, the per-core figure that a host with more cores and
-the clients elsewhere multiplies. wrk runs on the same two cores and needs a good part of them.
+the clients elsewhere multiplies. wrk runs on the same two cores and needs a good part of them:
+its own CPU per request is measured too (wrk is this script's child: getrusage), and with F fedd's
+and W wrk's CPU microseconds per request, two workers sharing two cores with wrk can give at most
+2F / (F + W) times one worker that is the bottleneck (two cores for F + W per request, against one
+core for F): the "bound" column, from the same run.
 
 Usage: python3 benchmarks/workers_scaling.py [--quick]
 """
@@ -15,6 +19,7 @@ Usage: python3 benchmarks/workers_scaling.py [--quick]
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -53,13 +58,19 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def run(fedd: Fedd, connections: int, pipeline: int, seconds: float) -> tuple[float, float, float]:
-    """(requests/s, requests per fedd CPU-second, cores fedd used)."""
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once it ended (and curl, before)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(fedd: Fedd, connections: int, pipeline: int, seconds: float) -> tuple[float, float, float, float]:
+    """(requests/s, requests per fedd CPU-second, cores fedd used, wrk's CPU us per request)."""
     pids = processes(fedd)
-    before = cpu_seconds(pids)
+    before, wrk_before = cpu_seconds(pids), children_cpu()
     rate = wrk(fedd.url + PATH, connections, seconds, pipeline=pipeline)
-    used = cpu_seconds(pids) - before
-    return rate, rate * seconds / used if used > 0 else float("nan"), used / seconds
+    used, wrk_used = cpu_seconds(pids) - before, children_cpu() - wrk_before
+    requests = rate * seconds
+    return rate, requests / used if used > 0 else float("nan"), used / seconds, wrk_used / requests * 1e6
 
 
 def main() -> None:
@@ -70,7 +81,7 @@ def main() -> None:
     (work / "files").mkdir()
     (work / "files" / "popular.root").write_bytes(b"x" * 1024)
     fedds: dict[int, Fedd] = {}
-    figures: dict[tuple[int, int, int], list[tuple[float, float, float]]] = {}
+    figures: dict[tuple[int, int, int], list[tuple[float, float, float, float]]] = {}
     try:
         for workers in (1, 2):
             port = free_port()
@@ -87,14 +98,16 @@ def main() -> None:
     print(f"\nCached redirect, wrk {seconds:g} s per run, {rounds} round(s) in turns: median requests/s")
     print(
         f"{'conns x pipe':>12}{'workers = 1':>14}{'workers = 2':>14}{'2 / 1':>8}"
-        f"{'req/CPU-s (1)':>16}{'(2)':>10}{'cores used (1)':>16}{'(2)':>8}"
+        f"{'req/CPU-s (1)':>16}{'(2)':>10}{'cores used (1)':>16}{'(2)':>8}{'wrk us/req':>12}{'bound':>7}"
     )
     for c, depth in MODES:
-        one, per_one, cores_one = (statistics.median(f[i] for f in figures[(1, c, depth)]) for i in range(3))
-        two, per_two, cores_two = (statistics.median(f[i] for f in figures[(2, c, depth)]) for i in range(3))
+        one, per_one, cores_one, wrk_one = (statistics.median(f[i] for f in figures[(1, c, depth)]) for i in range(4))
+        two, per_two, cores_two, wrk_two = (statistics.median(f[i] for f in figures[(2, c, depth)]) for i in range(4))
+        fedd_us, wrk_us = 1e6 / per_one, (wrk_one + wrk_two) / 2
         print(
             f"{f'{c} x {depth}':>12}{one:>14.0f}{two:>14.0f}{two / one:>8.2f}"
             f"{per_one:>16.0f}{per_two:>10.0f}{cores_one:>16.2f}{cores_two:>8.2f}"
+            f"{wrk_us:>12.1f}{2 * fedd_us / (fedd_us + wrk_us):>7.2f}"
         )
         print(
             f"{'':>12}16-core model (clients elsewhere, one worker per core): "
