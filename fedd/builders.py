@@ -28,6 +28,7 @@ from fedd.select.geo import GeoLocator
 from fedd.space.downtime import DowntimeBook
 from fedd.space.gocdb import Fetcher, GocdbService
 from fedd.state.database import open_database
+from fedd.state.presence import HostPresence
 from fedd.state.store import HostIdentity, StateStore
 from fedd.twtypes import Service
 from fedd.workers import WorkerRole
@@ -173,6 +174,7 @@ def build_state(config: Config, reactor: Any, instance: str, worker: WorkerRole 
         timeout=st.timeout,
         queue_file=queue_file,
         implicit=implicit,
+        presence=HostPresence(worker.run_dir) if worker is not None else None,
     )
 
 

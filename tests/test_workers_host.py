@@ -6,16 +6,18 @@ row of reservations per worker; a downtime change answered once every worker app
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any, cast
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock
 
 from fedd.builders import HOST_STATE_FILE, build_state
 from fedd.config import Downtime, parse_config
 from fedd.space.downtime import DowntimeBook
+from fedd.state.store import StateStore
 from fedd.state.tables import SharedDowntimes, SharedReservations
 from fedd.workers import WorkerRole
 from fedd.workers.applied import AppliedMarks
@@ -177,9 +179,7 @@ def test_a_reload_is_logged_done_once_every_worker_handled_it_and_the_status_agr
     sup.spawn(0)
     sup.spawn(1)
     statuses = [ReloadStatus(str(conf), tmp_path) for _ in range(2)]
-    reloaders = [
-        Reloader(str(conf), [], statuses[i], marks=AppliedMarks(tmp_path, i, reactor)) for i in range(2)
-    ]
+    reloaders = [Reloader(str(conf), [], statuses[i], marks=AppliedMarks(tmp_path, i, reactor)) for i in range(2)]
     observer = cast(ILogObserver, observe)
     globalLogPublisher.addObserver(observer)
     try:
@@ -303,3 +303,35 @@ def test_a_change_the_database_has_not_taken_answers_after_the_settle_timeout(tm
         assert answered.called and clock.getDelayedCalls() == []
     assert any("not yet applied" in str(e.get("log_format")) for e in events)
     book._last_write.callback(None)  # written later: nothing waits on it any more
+
+
+def _host_rows(database: Path) -> list[str]:
+    with sqlite3.connect(database) as db:
+        return [str(row[0]) for row in db.execute("SELECT host FROM hosts")]
+
+
+def test_the_hosts_row_goes_with_the_last_worker_only(tmp_path: Path) -> None:
+    """The workers share their host's heartbeat row: one worker that stops (restarted, or done
+    draining first) leaves it for the others, who still serve; the last one removes it, also when
+    the last two stop together."""
+    database = tmp_path / "site.sqlite"
+    config = _config(tmp_path, f"[state]\ndatabase = {database}\nhost_name = h1\n")
+    reactor = the_reactor()
+
+    def start(index: int) -> StateStore:
+        store = build_state(config, reactor, "fedd-host", _role(tmp_path, index))
+        assert store is not None and not store.implicit
+        call(store.startService)
+        call(store.ready)
+        wait_for(lambda: store.hosts, 10, f"worker {index}'s first heartbeat")
+        return store
+
+    first, second = start(0), start(1)
+    call(second.stopService)  # worker 1 restarts: worker 0 still serves
+    assert _host_rows(database) == ["h1"]
+    second = start(1)
+    call(first.stopService)  # worker 0 done draining, worker 1 not yet
+    assert _host_rows(database) == ["h1"]
+    first = start(0)
+    call(lambda: gatherResults([first.stopService(), second.stopService()]))  # a drain: both together
+    assert _host_rows(database) == []

@@ -21,7 +21,8 @@ How it behaves, in order:
    works the same on SQLite, needs no dedicated connection that must itself be watched and
    re-established after a restart, and a host that was cut off catches up by construction.
 5. Every `[state] heartbeat_interval` a host upserts its row in `hosts`, and reads the others' rows:
-   the status lists the hosts seen through the shared state.
+   the status lists the hosts seen through the shared state. A host that stops removes its row; the
+   workers of `[server] workers` share it, and only the last one to stop removes it (fedd.state.presence).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from twisted.logger import Logger
 from fedd.periodic import Periodic
 from fedd.state import schema, spill
 from fedd.state.database import Cursor, StateDatabase, Work
+from fedd.state.presence import HostPresence
 from fedd.state.spill import Sql
 from fedd.twtypes import Service
 
@@ -92,8 +94,10 @@ class StateStore(Service):
         timeout: float = 5.0,
         queue_file: str = "",
         implicit: bool = False,
+        presence: HostPresence | None = None,
     ) -> None:
         self.db = database
+        self.presence = presence  # a worker: the host's row goes with the last worker (None: with this process)
         self.implicit = implicit  # the workers' own host-local database, not `[state] database`
         self.queue_file = queue_file
         self.clock = clock
@@ -124,6 +128,8 @@ class StateStore(Service):
     def startService(self) -> None:
         super().startService()
         self.started = self.clock.seconds()
+        if self.presence is not None:
+            self.presence.enter()
         self._queue_saved()
         self._loop = Periodic(self.clock, self._tick, "state poll").start(self.poll_interval, now=True)
 
@@ -133,7 +139,8 @@ class StateStore(Service):
             self._loop.stop()
         if self._queue:
             self._save_queue()
-        d = self._forget_self() if self.migrated else succeed(None)
+        last = self.presence.leave() if self.presence is not None else True
+        d = self._forget_self() if self.migrated and last else succeed(None)
         return d.addBoth(lambda _: self.db.close())
 
     def _queue_saved(self) -> None:
