@@ -213,7 +213,13 @@ def build_service(
         replication.setServiceParent(top)
     confirm = build_confirm(config, reactor, federation=federation, emit=events.emit, checksums=checksums)
     confirm.setServiceParent(top)
-    counters = CounterFiles(worker.run_dir, os.getpid()) if worker is not None else None
+
+    def own_counters() -> dict[str, Any]:
+        """This worker's metric families and status numbers, for the others to add up (written every
+        second and before each read that reports them: fedd.workers.shared)."""
+        return {**metrics.snapshot(), "status": status_numbers(resource.status(peers=False))}
+
+    counters = CounterFiles(worker.run_dir, os.getpid(), own_counters) if worker is not None else None
     metrics = Metrics(peers=counters)
     reload_status = ReloadStatus(config_path, worker.run_dir if worker is not None else None)
     resource = FeddResource(
@@ -237,11 +243,7 @@ def build_service(
         confirm=confirm,
     )
     if counters is not None:
-        # this worker's metric families and status numbers, for the others to add up (fedd.workers.shared)
-        own = resource.status
-        counters_writer = CountersWriter(
-            counters, lambda: {**metrics.snapshot(), "status": status_numbers(own(peers=False))}, reactor
-        )
+        counters_writer = CountersWriter(counters, reactor)
         counters_writer.setServiceParent(top)
         tpc.on_end = counters_writer.soon  # the others' status sees a copy end at once, not up to 1 s late
     access = None

@@ -7,10 +7,16 @@ whichever worker answers.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
 import signal
+import threading
+import time
 from collections.abc import Iterator
+from fractions import Fraction
+from itertools import permutations
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +24,16 @@ import pytest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from fedd.web.metrics import GAUGE_MODES, Metrics, PeerCounters, add_families, families_of
+from fedd.web.metrics import (
+    GAUGE_MODES,
+    REDIRECT_BUCKETS,
+    Metrics,
+    PeerCounters,
+    add_families,
+    add_snapshots,
+    families_of,
+    snapshot_of,
+)
 from fedd.web.statuspage import render_status_page
 from fedd.workers.shared import ENDED_FILE, CounterFiles, WorkersStatus, fold_ended, read_json, write_json
 from fedd.workers.statussum import add_numbers, add_status, status_numbers
@@ -58,6 +73,9 @@ class Peers:
 
     def others(self) -> list[dict[str, Any]]:
         return self.snapshots
+
+    def share(self) -> None:
+        pass
 
 
 def worker_metrics(figures: Figures, peers: PeerCounters | None = None) -> Metrics:
@@ -171,6 +189,10 @@ def scrape(port: int) -> dict[str, float]:
     return samples(body)
 
 
+def counted_online(data: dict[str, Any]) -> bool:
+    return bool(data["endpoints"]["counted"]["health"]["state"] == "online")
+
+
 def test_metrics_and_status_are_equal_whichever_worker_answers(setup: Setup) -> None:
     pids = worker_pids(per_worker(setup.port, {0, 1}, lambda s: True, "both workers to answer")[0])
     # each worker in turn serves alone (the other paused): each locates the files on its own
@@ -191,8 +213,10 @@ def test_metrics_and_status_are_equal_whichever_worker_answers(setup: Setup) -> 
         return len(counts) == 2 and min(counts) >= 4
 
     wait_for(misses_written, 5, "both workers' files to hold their locates")
-    # per-worker figures are the host's whichever worker answers, over new connections
-    seen = per_worker(setup.port, {0, 1}, lambda s: True, "both workers to answer the status")
+    # per-worker figures are the host's whichever worker answers, over new connections; the endpoint
+    # is online at both (worker 1 follows worker 0's first probe within 0.25 s: the test may get
+    # here sooner, its workers' counters files written as they answered)
+    seen = per_worker(setup.port, {0, 1}, counted_online, "both workers to answer the status, the endpoint online")
     for s in seen.values():
         assert s["locate"]["local_misses"] >= 8, s["locate"]  # 4 by each worker at least
     assert seen[0]["locate"]["local_misses"] == seen[1]["locate"]["local_misses"]
@@ -220,3 +244,147 @@ def test_checksums_finished_lately_are_joined_newest_first_and_invalidations_sum
     assert [e["finished_at"] for e in mine["checksums"]["recent"]] == [40.0, 30.0, 25.0, 20.0, 10.0]
     assert mine["checksums"]["computed"] == 5
     assert mine["locate"]["invalidations"] == {"seen": 3, "published": 6, "applied": 3, "flushes": 0}
+
+
+def test_a_read_writes_its_workers_counters_first_so_the_next_read_elsewhere_sees_no_less(tmp_path: Path) -> None:
+    """In process, two workers' Metrics and status over one run directory, no periodic write: what a
+    scrape or status read at worker A reported, a read at worker B right after reports too."""
+
+    def worker(pid: int, sent: list[int]) -> tuple[Metrics, WorkersStatus]:
+        def snapshot() -> dict[str, Any]:
+            return {**metrics.snapshot(), "status": [[["events", "sent"], sent[0]]]}
+
+        files = CounterFiles(tmp_path, pid, snapshot)
+        metrics = worker_metrics(Figures(hits=0, entries=0, up=1.0), files)
+        return metrics, WorkersStatus(tmp_path, pid, 2, files)
+
+    sent_a, sent_b = [0], [0]
+    (a, status_a), (b, status_b) = worker(1, sent_a), worker(2, sent_b)
+    for _ in range(3):
+        a.request(b"GET", 302, 0.001)
+    sent_a[0] = 3
+    key = 'fedd_requests_total{method="GET",status="302"}'
+    assert samples(a.render())[key] == 3
+    assert samples(b.render()).get(key) == 3  # was none: worker A's file not written yet
+    seen_a: dict[str, Any] = {"events": {"sent": 3}}
+    status_a.add_peers(seen_a)
+    b.request(b"GET", 302, 0.001)
+    sent_b[0] = 1
+    seen_b: dict[str, Any] = {"events": {"sent": 1}}
+    status_b.add_peers(seen_b)
+    assert seen_a["events"]["sent"] == 3 and seen_b["events"]["sent"] == 4
+    assert samples(a.render())[key] == 4
+
+
+def test_redirect_seconds_add_up_exactly_in_any_order_and_through_a_fold(tmp_path: Path) -> None:
+    """The redirect seconds of the workers are added exactly and rounded once: the same float
+    whichever worker adds them (its own first, the others in directory order) and after an ended
+    worker's are folded in (in floats, 0.1 + 0.2 + 0.3 is 0.6000000000000001 or 0.6 by order)."""
+
+    def snap(seconds: float) -> dict[str, Any]:
+        return snapshot_of(({}, [0] * (len(REDIRECT_BUCKETS) + 1), seconds))
+
+    a, b, c = snap(0.1), snap(0.2), snap(0.3)
+    sums = {add_snapshots(list(order))[2] for order in permutations([a, b, c])}
+    assert sums == {Fraction(0.1) + Fraction(0.2) + Fraction(0.3)}
+    for pid, ended in ((11, b), (12, c)):
+        write_json(tmp_path / f"counters-{pid}.json", {**ended, "families": {}, "status": []})
+        fold_ended(tmp_path, pid)
+    assert add_snapshots([a, *CounterFiles(tmp_path, 13).others()])[2] in sums
+    metrics = Metrics(peers=CounterFiles(tmp_path, 13))
+    metrics.request(b"GET", 302, 0.1)
+    assert samples(metrics.render())["fedd_redirect_seconds_sum"] == float(sums.pop())
+
+
+# --- summed counters never go back, whichever worker answers ---------------------------------------
+
+SUMMED = ("counter", "histogram")  # gauges may go down
+SUFFIXES = ("_total", "_bucket", "_count", "_sum")
+
+
+def summed_samples(text: bytes) -> dict[str, float]:
+    """The samples of a scrape's counter and histogram families."""
+    kinds = dict(line.split()[2:4] for line in text.decode().splitlines() if line.startswith("# TYPE "))
+    found = {}
+    for name, value in samples(text).items():
+        base = name.partition("{")[0]  # a counter's TYPE line names it with _total, a histogram's without
+        family = next((base.removesuffix(x) for x in SUFFIXES if base.endswith(x)), base)
+        if kinds.get(base, kinds.get(family)) in SUMMED:
+            found[name] = value
+    return found
+
+
+def scrape_and_status(port: int) -> tuple[bytes, dict[str, Any]]:
+    """/metrics then the status on one new connection, so one worker answers both (the status says
+    which; /metrics does not)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        answers = []
+        for path in ("/metrics", "/.well-known/fedd/status"):
+            conn.request("GET", path)
+            r = conn.getresponse()
+            answers.append(r.read())
+            assert r.status == 200, answers[-1]
+        return answers[0], json.loads(answers[1])
+    finally:
+        conn.close()
+
+
+def test_summed_counters_never_go_back_whichever_worker_answers(setup: Setup) -> None:
+    """Requests arrive at both workers while /metrics and the status are read over new connections,
+    each pair answered by either worker: no counter, histogram bucket, count or sum of a scrape and
+    no summed count of the status is ever below what an earlier read reported (was: a read at
+    worker 0 added its live counts, a later one at worker 1 worker 0's file of up to 1 s before)."""
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            for _ in range(2000):  # bounded; stopped once the reads are done
+                conn = http.client.HTTPConnection("127.0.0.1", setup.port, timeout=10)
+                try:
+                    for n in range(20):  # a new connection every 20 requests: either worker
+                        conn.request("GET", f"/data/f{n % 4}.txt")
+                        r = conn.getresponse()
+                        r.read()
+                        assert r.status == 302, r.status
+                finally:
+                    conn.close()
+                if stop.is_set():
+                    return
+        except BaseException as exc:
+            failures.append(exc)
+
+    drivers = [threading.Thread(target=load, daemon=True) for _ in range(2)]
+    for d in drivers:
+        d.start()
+    highest: dict[str, tuple[float, int, int]] = {}  # figure -> (value, read number, worker)
+    back: list[str] = []
+    answered: set[int] = set()
+    deadline = time.monotonic() + 60
+    try:
+        for n in range(150):
+            assert time.monotonic() < deadline, f"150 reads took over 60 s ({n} done)"
+            scraped, data = scrape_and_status(setup.port)
+            index = data["workers"]["answered_by"]["index"]
+            answered.add(index)
+            figures = summed_samples(scraped)
+            figures.update({"/".join(p): float(v) for p, v in status_numbers(data, ("counter",))})
+            for name, value in figures.items():
+                before = highest.get(name)
+                if before is not None and value < before[0]:
+                    back.append(
+                        f"{name}: {before[0]} (read {before[1]}, worker {before[2]}) then {value} ({n}, {index})"
+                    )
+                if before is None or value > before[0]:
+                    highest[name] = (value, n, index)
+    finally:
+        stop.set()
+        for d in drivers:
+            d.join(15)
+    assert failures == []
+    assert back == [], "\n".join(back[:20])
+    assert answered == {0, 1}
+    # the figures moved until the last reads (the load ran all along)
+    for name in ('fedd_requests_total{method="GET",status="302"}', "fedd_redirect_seconds_count", "events/emitted"):
+        assert highest[name][1] > 140, (name, highest[name])

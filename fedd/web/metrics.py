@@ -7,12 +7,15 @@ With `[server] workers`, one /metrics for the host (as prometheus-client's multi
 worker's snapshot (`Metrics.snapshot`, written every second by fedd.workers.shared) holds its request
 counters and every family its collectors give; a scrape adds the others' to its own. Counters and
 histograms are summed over the workers, live and ended; a gauge combines as `GAUGE_MODES` declares.
+The worker that answers a scrape writes its snapshot first (`PeerCounters.share`): a summed counter
+never goes back from one scrape to the next, whichever workers answer them.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from fractions import Fraction
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -53,6 +56,10 @@ class PeerCounters(Protocol):
     """The per-request counters of the other workers of this host (`fedd.workers.shared.CounterFiles`)."""
 
     def others(self) -> list[dict[str, Any]]: ...
+
+    def share(self) -> None:
+        """Write this worker's own counters for the others, before a read that reports them: no
+        later read at any worker reports less (a Prometheus counter must not go back)."""
 
 
 class Metrics:
@@ -98,10 +105,14 @@ class Metrics:
         self._state.append(collector)
 
     def render(self) -> bytes:
+        if self.peers is not None:
+            self.peers.share()  # the figures collected below, in this reactor turn
         return generate_latest(self.registry)
 
 
-Totals = tuple[dict[tuple[bytes, int], int], list[int], float]  # requests, redirect buckets, redirect seconds
+# requests, redirect buckets, redirect seconds (exact: the sum of the workers' float sums, in any
+# order, before or after an ended worker's is folded in, rounds to one float that only grows)
+Totals = tuple[dict[tuple[bytes, int], int], list[int], Fraction]
 
 
 def add_snapshots(snapshots: list[dict[str, Any]]) -> Totals:
@@ -109,13 +120,14 @@ def add_snapshots(snapshots: list[dict[str, Any]]) -> Totals:
     another version is left out, the rest still count."""
     requests: dict[tuple[bytes, int], int] = {}
     redirects = [0] * (len(REDIRECT_BUCKETS) + 1)
-    total = 0.0
+    total = Fraction(0)
     for snap in snapshots:
         try:
             found = [((str(m).encode("latin-1"), int(s)), int(n)) for m, s, n in snap["requests"]]
             buckets = [int(b) for b in snap["redirects"]] if len(snap["redirects"]) == len(redirects) else None
-            seconds = float(snap["redirect_sum"])
-        except (KeyError, TypeError, ValueError):
+            exact = snap.get("redirect_sum_exact")  # the ended workers' file: "numerator/denominator"
+            seconds = Fraction(exact) if isinstance(exact, str) else Fraction(float(snap["redirect_sum"]))
+        except (KeyError, TypeError, ValueError, OverflowError, ZeroDivisionError):
             continue
         for key, n in found:
             requests[key] = requests.get(key, 0) + n
@@ -125,13 +137,15 @@ def add_snapshots(snapshots: list[dict[str, Any]]) -> Totals:
     return requests, redirects, total
 
 
-def snapshot_of(totals: Totals) -> dict[str, Any]:
-    """`add_snapshots`' result in `Metrics.snapshot`'s form again."""
+def snapshot_of(totals: tuple[dict[tuple[bytes, int], int], list[int], float | Fraction]) -> dict[str, Any]:
+    """`add_snapshots`' result (or one worker's counters) in `Metrics.snapshot`'s form again."""
     requests, redirects, total = totals
+    exact = {"redirect_sum_exact": str(total)} if isinstance(total, Fraction) else {}
     return {
         "requests": [[m.decode("latin-1"), s, n] for (m, s), n in requests.items()],
         "redirects": list(redirects),
-        "redirect_sum": total,
+        "redirect_sum": float(total),
+        **exact,
     }
 
 
@@ -144,7 +158,8 @@ def add_families(own: dict[str, Any] | None, others: list[dict[str, Any]]) -> di
     """`families_of` data of several workers in one (the same form). Counters and histograms are
     summed over all; gauges as `GAUGE_MODES` says, "host" ones taken from `own` alone. With `own`
     None (the ended workers' file) only counters and histograms are kept. A family or sample in
-    another form (another version) is left out; the rest still count."""
+    another form (another version) is left out; the rest still count. Their samples are whole
+    numbers (exact in a float up to 2**53): the same sum in any order, never below an earlier one."""
     merged: dict[str, tuple[str, str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]] = {}
     for position, data in enumerate([own or {}, *others]):
         mine = own is not None and position == 0
@@ -233,7 +248,7 @@ class _RequestCollector(Collector):
             "fedd_redirect_seconds",
             "Time from request to redirect (GET answered with 302)",
             buckets=buckets,
-            sum_value=redirect_sum,
+            sum_value=float(redirect_sum),  # correctly rounded: grows with every worker's sum
         )
 
 

@@ -10,17 +10,25 @@ whole to a temporary name and renamed (a reader never sees half a file).
   died included (their requests were answered: a counter must not go back), gauges of the live
   workers only. When a worker ends, the supervisor adds its counters to `counters-ended.json` and
   removes its file (`fold_ended`).
+- No summed counter goes back between two reads, whichever workers answer them: the worker that
+  answers writes its own file first (`CounterFiles.share`), so its file holds at least what it
+  reports, and any later read, here or at another worker, adds that file or this worker's live
+  figures, both at least as large. (Without it, a read at worker A reporting A's live counts and a
+  later read at B adding A's file of up to a second before could report less: Prometheus takes a
+  counter that decreases for a reset.)
 - `workers.json`: the supervisor's list of workers (index, pid, start time, restarts) for the status.
 
-The files are a few kilobytes, written at most a few times a second by one process, on the host's
-run directory (tmpfs under systemd's RuntimeDirectory): writing them in the reactor thread costs
-microseconds, below what a thread hand-off would.
+The files are a few kilobytes, written by one process every second (a counters file also at each
+scrape or status read it answers: ~1 ms with the snapshot, measured on the test machine), on the
+host's run directory (tmpfs under systemd's RuntimeDirectory): writing them in the reactor thread
+costs microseconds, below what a thread hand-off would.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,14 +105,26 @@ class HostShare:
 
 
 class CounterFiles:
-    """Per-request counters of every worker of the host (see the module docstring)."""
+    """Per-request counters of every worker of the host (see the module docstring). `snapshot`:
+    this worker's counters as JSON data, what `share` writes."""
 
-    def __init__(self, run_dir: Path, pid: int) -> None:
+    def __init__(self, run_dir: Path, pid: int, snapshot: Callable[[], dict[str, Any]] | None = None) -> None:
         self.run_dir = run_dir
         self.own = run_dir / f"counters-{pid}.json"
+        self.snapshot = snapshot
 
     def write(self, snapshot: dict[str, Any]) -> None:
         write_json(self.own, snapshot)
+
+    def share(self) -> None:
+        """Write this worker's counters now: before every read that reports them (a scrape, a status
+        read), and every second (`CountersWriter`) so the others' reads are recent."""
+        if self.snapshot is None:
+            return
+        try:
+            self.write(self.snapshot())
+        except OSError as exc:
+            log.warn("cannot write the request counters: {reason}", reason=exc)
 
     def others(self) -> list[dict[str, Any]]:
         """Every other worker's counters, those of ended workers included (`fold_ended`). The live
@@ -141,23 +161,19 @@ def fold_ended(run_dir: Path, pid: int) -> None:
 
 
 class CountersWriter(Service):
-    """Writes this worker's counters every second, and once more when it stops (a drained worker's
-    last answers count)."""
+    """Writes this worker's counters (`CounterFiles.share`) every second, and once more when it
+    stops (a drained worker's last answers count)."""
 
     name = "counters"
 
-    def __init__(self, files: CounterFiles, snapshot: Any, clock: IReactorTime) -> None:
+    def __init__(self, files: CounterFiles, clock: IReactorTime) -> None:
         self.files = files
-        self.snapshot = snapshot
         self.clock = clock
         self._loop: Periodic | None = None
         self._soon: Any = None
 
     def write(self) -> None:
-        try:
-            self.files.write(self.snapshot())
-        except OSError as exc:
-            log.warn("cannot write the request counters: {reason}", reason=exc)
+        self.files.share()
 
     def soon(self) -> None:
         """One more write at the reactor's next turn (several calls, one write): a number the others
@@ -194,8 +210,10 @@ class WorkersStatus:
         self.counters = counters
 
     def add_peers(self, status: dict[str, Any]) -> None:
-        """Add the other workers' status numbers (their counters files) to this worker's `status`."""
+        """Add the other workers' status numbers (their counters files) to this worker's `status`
+        (computed in this reactor turn: what `share` writes first)."""
         if self.counters is not None:
+            self.counters.share()
             add_status(status, [snap.get("status") for snap in self.counters.others()])
 
     def to_json(self) -> dict[str, Any]:
