@@ -4,6 +4,7 @@ second fedd in test_writes.py and test_space_real.py)."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from fedd.endpoints.base import Space
 from fedd.errors import BadRequest, EndpointError
 from fedd.space.downtime import DowntimeBook, parse_request
 from fedd.space.service import SpaceService
+from fedd.workers.applied import AppliedMarks
 
 
 class FakeEndpoint:
@@ -160,6 +162,42 @@ def test_runtime_downtimes_are_shared_through_the_file(tmp_path: Path) -> None:
     assert two.to_json() == []
     one.stopService()
     two.stopService()
+
+
+def test_workers_changing_the_downtime_file_together_lose_no_change(tmp_path: Path) -> None:
+    """Two workers (threads here, each with its own book and file descriptors) add and remove
+    downtimes in the shared file at the same moments: each change re-reads the file and writes it
+    whole, under a lock, so none is undone by the other's write."""
+    path = str(tmp_path / "downtimes.json")
+    changes = 100
+    start = threading.Barrier(2)
+    kept: dict[str, set[str]] = {}
+    errors: list[BaseException] = []
+
+    def worker(index: int, endpoint: str) -> None:
+        clock = Clock()
+        book = DowntimeBook({}, clock, path=path, marks=AppliedMarks(tmp_path, index, clock))
+        book.startService()
+        try:
+            start.wait(10)
+            ids = [book.add(endpoint, Downtime(0, 1e9, "write", f"n{i}")).id for i in range(changes)]
+            for gone in ids[::2]:
+                assert book.remove(gone), f"{endpoint}: {gone} vanished before its removal"
+            kept[endpoint] = set(ids[1::2])
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            book.stopService()
+
+    threads = [threading.Thread(target=worker, args=(i, ep)) for i, ep in enumerate("ab")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    stored = json.loads(Path(path).read_text())
+    assert {d["id"] for d in stored} == kept["a"] | kept["b"]
+    assert len(stored) == changes  # half of each worker's, none twice
 
 
 @pytest.mark.parametrize(

@@ -8,19 +8,22 @@ set replaced whole by its source and listed with its origin. Run-time downtimes 
 (fedd.state.tables.SharedDowntimes): a host applies its own at once, the others re-read the table when
 its change serial moves (within `[state] poll_interval`), and a downtime declared while the database
 is down is kept and written when it is back. Without it they live in `[health] downtime_file` (JSON),
-which every fedd process of the host re-reads when it changes. Either way all processes apply the same
-downtimes, and they survive a restart. The workers of `[server] workers` without either share them
-through their implicit host state (fedd.builders.build_state); with `marks` (a worker), a change
-answers once every worker applied it (`settled`, fedd.workers.applied). The book re-evaluates
-itself exactly when a downtime starts or ends.
+which every fedd process of the host re-reads when it changes; a change re-reads it and writes it whole
+under an `flock` of `<downtime_file>.lock`, so two processes changing it together lose nothing. Either
+way all processes apply the same downtimes, and they survive a restart. The workers of `[server]
+workers` without either share them through their implicit host state (fedd.builders.build_state);
+with `marks` (a worker), a change answers once every worker applied it (`settled`,
+fedd.workers.applied). The book re-evaluates itself exactly when a downtime starts or ends.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -205,9 +208,10 @@ class DowntimeBook(Service):
         if len(self._admin) >= MAX_DOWNTIMES:
             raise BadRequest(f"too many downtimes (at most {MAX_DOWNTIMES})")
         declared = Declared(secrets.token_hex(6), endpoint, downtime, "admin")
-        self._catch_up()
-        self._admin.append(declared)
-        self._save(declared)
+        with self._file_locked():
+            self._catch_up()
+            self._admin.append(declared)
+            self._save(declared)
         log.info(
             "downtime {id} declared for {endpoint} ({scope}) until {end}: {reason}",
             id=declared.id,
@@ -220,12 +224,14 @@ class DowntimeBook(Service):
         return declared
 
     def remove(self, downtime_id: str) -> bool:
-        self._catch_up()
-        before = len(self._admin)
-        self._admin = [d for d in self._admin if d.id != downtime_id]
-        if len(self._admin) == before:
-            return False
-        self._save(removed=downtime_id)
+        with self._file_locked():
+            self._catch_up()
+            before = len(self._admin)
+            self._admin = [d for d in self._admin if d.id != downtime_id]
+            if len(self._admin) == before:
+                self.evaluate()  # what the file held may have changed
+                return False
+            self._save(removed=downtime_id)
         log.info("downtime {id} removed", id=downtime_id)
         self.evaluate()
         return True
@@ -258,10 +264,25 @@ class DowntimeBook(Service):
             self.evaluate()
 
     def _catch_up(self) -> None:
-        """Workers sharing the downtime file: read what another worker wrote before changing it (the
-        file is written whole, so a change made on an older copy would undo theirs)."""
-        if self.shared is None and self.path and self.marks is not None:
-            self._check_file()
+        """Processes sharing the downtime file: read what another wrote before changing it (the file
+        is written whole, so a change made on an older copy would undo theirs). Called under the lock."""
+        if self.shared is None and self.path:
+            self._reload_file()
+
+    @contextmanager
+    def _file_locked(self) -> Iterator[None]:
+        """Hold `<downtime_file>.lock` around a read-modify-write of the file. Its holders keep it for
+        one read and one write of a small local file (as this process writes it on the reactor
+        thread anyway), so waiting for it costs the reactor a few milliseconds at most."""
+        if self.shared is not None or not self.path:
+            yield
+            return
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _reload_file(self) -> None:
         try:
@@ -319,6 +340,7 @@ class DowntimeBook(Service):
             self._unremoved.add(removed)
             d = self.shared.delete(removed)
             d.addCallbacks(lambda _: self._unremoved.discard(removed), lambda f: self._lost("removed", removed, f))
+
         def release(_: object) -> None:
             written.callback(None)
 
@@ -336,6 +358,7 @@ class DowntimeBook(Service):
         if write is None or marks is None or shared is None or shared.unreachable:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
+
         # a write the database has not taken within settle_timeout (it went down after the change was
         # queued, before this worker noticed) ends the wait too: the others apply it once it is written
         def end_wait() -> None:
