@@ -57,11 +57,11 @@ def test_ended_workers_counters_are_added_up_in_one_file(tmp_path: Path) -> None
     scraping = Metrics(peers=scraper)
     counters(2, 5)
     for pid in range(100, 150):  # a crash loop: each worker answered 3 requests, then died
-        counters(pid, 3)
+        dying = counters(pid, 3)
         seen_before = scraper.others()  # a scrape that read the live file just before the fold
         fold_ended(tmp_path, pid)
         ended = scraper.others()[-1]
-        assert pid in ended["folded"]
+        assert dying.writer in ended["folded"]
         assert sum(n for _, _, n in ended["requests"]) == 3 * (pid - 99)
         assert len(seen_before) == 2 + (pid > 100)  # worker 2, the dying one, the ended file
     assert sorted(p.name for p in tmp_path.glob("counters-*.json")) == [
@@ -74,10 +74,14 @@ def test_ended_workers_counters_are_added_up_in_one_file(tmp_path: Path) -> None
     assert redirects[0] == 5 + 50 * 3  # 0.2 ms: the first bucket
     counters(150, 7)  # a live worker
     counters(151, 4)
+    before_fold = (tmp_path / "counters-151.json").read_text()
     fold_ended(tmp_path, 151)
-    # a reader that globbed counters-151.json before the unlink still reads it: 151 is folded, skipped
-    (tmp_path / "counters-151.json").write_text((tmp_path / "counters-150.json").read_text())
+    # a reader that globbed counters-151.json before the unlink still reads it: its writer is folded, skipped
+    (tmp_path / "counters-151.json").write_text(before_fold)
     assert scraping.totals()[0] == {(b"GET", 302): 5 + 50 * 3 + 7 + 4}
+    # a new worker given pid 151 again (pid_max may be 32768) writes the same file name: it counts
+    counters(151, 2)
+    assert scraping.totals()[0] == {(b"GET", 302): 5 + 50 * 3 + 7 + 4 + 2}
 
 
 def test_killed_workers_leave_no_counter_files(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,8 @@ FOLLOW_INTERVAL = 0.25  # seconds: followers see a published result within this 
 COUNTERS_INTERVAL = 1.0  # seconds between two writes of a worker's counters
 WORKERS_FILE = "workers.json"
 ENDED_FILE = "counters-ended.json"  # the counters of workers that have ended, added up
-FOLDED_KEPT = 16  # pids of the last ended workers (a reader may still have seen their own files)
+FOLDED_KEPT = 16  # writers of the last ended workers' files (a reader may still have seen them)
+WRITER = "writer"  # a counters file's key naming the process that wrote it (`CounterFiles.writer`)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -112,9 +114,12 @@ class CounterFiles:
         self.run_dir = run_dir
         self.own = run_dir / f"counters-{pid}.json"
         self.snapshot = snapshot
+        # names this process's file in the ended workers' list: a later worker given the same pid
+        # (pid_max may be 32768) writes the same file name and still counts
+        self.writer = f"{pid}-{secrets.token_hex(6)}"
 
     def write(self, snapshot: dict[str, Any]) -> None:
-        write_json(self.own, snapshot)
+        write_json(self.own, {**snapshot, WRITER: self.writer})
 
     def share(self) -> None:
         """Write this worker's counters now: before every read that reports them (a scrape, a status
@@ -137,8 +142,8 @@ class CounterFiles:
         ended = read_json(self.run_dir / ENDED_FILE)
         if not isinstance(ended, dict):
             return list(live.values())
-        folded = set(ended.get("folded", ()))
-        return [data for pid, data in live.items() if pid not in folded] + [ended]
+        folded = {f for f in ended.get("folded", ()) if isinstance(f, int | str)}
+        return [data for pid, data in live.items() if data.get(WRITER, pid) not in folded] + [ended]
 
 
 def fold_ended(run_dir: Path, pid: int) -> None:
@@ -151,12 +156,14 @@ def fold_ended(run_dir: Path, pid: int) -> None:
         return
     ended = read_json(run_dir / ENDED_FILE)
     ended = ended if isinstance(ended, dict) else {}
-    folded = [p for p in ended.get("folded", ()) if isinstance(p, int)][-(FOLDED_KEPT - 1) :]
+    folded = [f for f in ended.get("folded", ()) if isinstance(f, int | str)][-(FOLDED_KEPT - 1) :]
+    writer = counters.get(WRITER)
     both = [ended, counters]
     families = add_families(None, [d for s in both if isinstance(d := s.get("families"), dict)])
     status = add_numbers([s.get("status") for s in both], counters_only=True)
     totals = snapshot_of(add_snapshots(both))
-    write_json(run_dir / ENDED_FILE, {**totals, "families": families, "status": status, "folded": [*folded, pid]})
+    done = writer if isinstance(writer, str) else pid  # a file without its writer: by pid
+    write_json(run_dir / ENDED_FILE, {**totals, "families": families, "status": status, "folded": [*folded, done]})
     own.unlink(missing_ok=True)
 
 
