@@ -2,9 +2,8 @@
 hosts changed.
 
 How it behaves, in order:
-1. At start it applies the missing schema migrations (fedd.state.schema), under a lock every host
-   takes (PostgreSQL: an advisory lock; SQLite: `BEGIN IMMEDIATE`), so two hosts starting together
-   migrate once.
+1. At start it applies the missing schema migrations (fedd.state.hosts.migrate), under a lock every
+   host takes, so two hosts starting together migrate once.
 2. Writes (`write`) go to a bounded FIFO queue and are written in order by one flusher; a write
    that fails stays at the head and is retried at the next tick. So a database that is down or
    restarting delays writes, it does not lose them: only more than `[state] queue` waiting writes
@@ -22,7 +21,8 @@ How it behaves, in order:
    re-established after a restart, and a host that was cut off catches up by construction.
 5. Every `[state] heartbeat_interval` a host upserts its row in `hosts`, and reads the others' rows:
    the status lists the hosts seen through the shared state. A host that stops removes its row; the
-   workers of `[server] workers` share it, and only the last one to stop removes it (fedd.state.presence).
+   workers of `[server] workers` share it, and only the last one to stop removes it (fedd.state.hosts,
+   fedd.state.presence).
 """
 
 from __future__ import annotations
@@ -38,14 +38,14 @@ from twisted.logger import Logger
 from fedd.periodic import Periodic
 from fedd.state import schema, spill
 from fedd.state.database import Cursor, StateDatabase, Work
+from fedd.state.hosts import HostIdentity, forget, heartbeat, migrate
 from fedd.state.presence import HostPresence
 from fedd.state.spill import Sql
 from fedd.twtypes import Service
 
 log = Logger(namespace="fedd.state")
 T = TypeVar("T")
-MIGRATION_LOCK = 0x66656464  # "fedd": the advisory lock id hosts migrate under (PostgreSQL)
-HOSTS_SEEN_FOR = 3  # heartbeat intervals after which a silent host is no longer listed
+__all__ = ["HostIdentity", "QueueFull", "StateStore", "Unavailable"]
 
 
 @dataclass
@@ -53,30 +53,6 @@ class _Write:
     what: str  # for the log: "downtime", "checksum", ...
     work: Work[Any]
     done: Deferred[None]
-
-
-@dataclass(frozen=True)
-class HostIdentity:
-    host: str  # [state] host_name, or the machine's name
-    instance: str
-    version: str
-    listen: str
-    member: str = ""  # who keeps its own rows (reservations): the host, or `host/worker-N` of a worker
-
-
-def migrate(cursor: Cursor, kind: str) -> int:
-    """Bring the schema to the latest version; returns the version found before."""
-    if kind == "postgresql":
-        cursor.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
-    cursor.execute(schema.VERSION_TABLE)
-    cursor.execute("SELECT MAX(version) FROM fedd_schema")
-    row = cursor.fetchone()
-    found = int(row[0]) if row is not None and row[0] is not None else 0
-    for version, statements in schema.pending(found):
-        for statement in statements:
-            cursor.execute(statement)
-        cursor.execute("INSERT INTO fedd_schema (version) VALUES (?)", (version,))
-    return found
 
 
 class StateStore(Service):
@@ -154,11 +130,7 @@ class StateStore(Service):
         spill.keep(self.queue_file, [(w.what, w.work) for w in self._queue], self.db.where)
 
     def _forget_self(self) -> Deferred[None]:
-        def work(cursor: Cursor) -> None:
-            me = self.identity
-            cursor.execute("DELETE FROM hosts WHERE host = ? AND instance = ?", (me.host, me.instance))
-
-        d = self.db.run(work)
+        d = self.db.run(lambda c: forget(c, self.identity))
         d.addTimeout(self.timeout, self.clock)
         return d.addErrback(lambda _: None)
 
@@ -270,16 +242,16 @@ class StateStore(Service):
             self._attempted()
         self._flush()
         now = self.clock.seconds()
-        heartbeat = now - self._last_heartbeat >= self.heartbeat_interval
+        beat = now - self._last_heartbeat >= self.heartbeat_interval
         try:
-            polling = self.db.run(lambda c: self._poll(c, now, heartbeat))
+            polling = self.db.run(lambda c: self._poll(c, now, beat))
             polling.addTimeout(self.timeout, self.clock)
             serials, hosts = await polling
         except Exception as exc:
             self._failed(exc)
             return
         self._recovered()
-        if heartbeat:
+        if beat:
             self._last_heartbeat = now
             self.hosts = hosts
         for table, serial in serials.items():
@@ -296,26 +268,10 @@ class StateStore(Service):
             except Exception:
                 log.failure("state tick work failed")
 
-    def _poll(self, cursor: Cursor, now: float, heartbeat: bool) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    def _poll(self, cursor: Cursor, now: float, beat: bool) -> tuple[dict[str, int], list[dict[str, Any]]]:
         cursor.execute("SELECT name, serial FROM changes")
         serials = {str(name): int(serial) for name, serial in cursor.fetchall()}
-        hosts: list[dict[str, Any]] = []
-        if heartbeat:
-            me = self.identity
-            cursor.execute(
-                "INSERT INTO hosts (host, instance, version, listen, started, seen) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (host) DO UPDATE SET instance = excluded.instance, version = excluded.version, "
-                "listen = excluded.listen, started = excluded.started, seen = excluded.seen",
-                (me.host, me.instance, me.version, me.listen, self.started, now),
-            )
-            cursor.execute(
-                "SELECT host, instance, version, listen, started, seen FROM hosts WHERE seen > ? ORDER BY host",
-                (now - HOSTS_SEEN_FOR * self.heartbeat_interval,),
-            )
-            hosts = [
-                {"host": h, "instance": i, "version": v, "listen": lst, "started": s, "seen": t, "self": h == me.host}
-                for h, i, v, lst, s, t in cursor.fetchall()
-            ]
+        hosts = heartbeat(cursor, self.identity, self.started, now, self.heartbeat_interval) if beat else []
         return serials, hosts
 
     def _flush(self) -> None:
