@@ -211,7 +211,9 @@ def build_service(
     )
     if replication is not None:
         replication.setServiceParent(top)
-    confirm = build_confirm(config, reactor, federation=federation, emit=events.emit, checksums=checksums)
+    confirm = build_confirm(
+        config, reactor, federation=federation, emit=events.emit, checksums=checksums, worker=worker
+    )
     confirm.setServiceParent(top)
 
     def own_counters() -> dict[str, Any]:

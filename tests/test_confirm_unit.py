@@ -4,20 +4,26 @@ looks, notifications and events, driven by a Clock against fedd.testing's in-mem
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent
 
 from fedd.config import Config
 from fedd.config.schema import ConfirmConfig
 from fedd.config.values import RgwNotify
+from fedd.confirm.kept import PendingFile
 from fedd.confirm.pending import Table, Timing, Upload, judge_look, judge_notification
 from fedd.confirm.rgw import created_objects
 from fedd.confirm.service import ConfirmService
 from fedd.endpoints.base import Stat
 from fedd.namespace import Target
 from fedd.testing import FakeEndpoint
+from tests.inprocess import captured_logs
 
 TIMING = Timing(deadline=60.0, poll_initial=1.0, poll_factor=2.0, poll_max=8.0)
 
@@ -260,3 +266,207 @@ def test_the_announced_size_of_a_chunked_upload_comes_from_its_size_header() -> 
     dummy.requestHeaders.setRawHeaders(b"oc-total-length", [b"12x"])
     with pytest.raises(BadRequest, match="oc-total-length"):
         _announced_size(request, None)
+
+
+# --- kept across a restart (fedd.confirm.kept) -----------------------------------------------------
+
+
+class InlinePendingFile(PendingFile):
+    """The pending file's own statements on a real SQLite file, run at once in the test's thread (the
+    Clock drives the service); tests/test_confirm_restart.py runs the daemon with the threaded one."""
+
+    def open(self) -> Deferred[int]:
+        return self._run(self._open)
+
+    def close(self) -> Deferred[None]:
+        return self._run(self._close)
+
+    def _run(self, fn: Any, *args: Any) -> Deferred[Any]:
+        try:
+            return succeed(fn(*args))
+        except Exception:
+            return fail()
+
+
+class BrokenDisk(InlinePendingFile):
+    def _apply(self, changes: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+
+def kept_service(
+    clock: Clock, ep: FakeEndpoint, kept: PendingFile | None, **settings: Any
+) -> tuple[ConfirmService, list[tuple[str, dict[str, Any]]]]:
+    events: list[tuple[str, dict[str, Any]]] = []
+    config = ConfirmConfig(deadline=30.0, poll_initial=1.0, poll_max=4.0, checksum_wait=0.0, **settings)
+    s = ConfirmService(
+        config, federation=Fed({"e": ep}), clock=clock, emit=lambda t, p: events.append((t, p)), kept=kept
+    )
+    s.startService()
+    return s, events
+
+
+def rows(path: Path) -> list[tuple[int, str, float]]:
+    db = sqlite3.connect(path)
+    try:
+        return [(int(w), str(p), float(t)) for w, p, t in db.execute("SELECT worker, path, started FROM pending")]
+    finally:
+        db.close()
+
+
+def test_pending_uploads_are_confirmed_after_a_restart(tmp_path: Path) -> None:
+    clock = Clock()
+    clock.advance(1000)
+    ep = FakeEndpoint("e", clock=clock)
+    file = tmp_path / "pending.sqlite"
+    s, events = kept_service(clock, ep, InlinePendingFile(clock, str(file)))
+    s.expect("/atlas/landed", "e", 5)
+    s.expect("/atlas/later", "e", 7)
+    clock.advance(0)
+    assert sorted(p for _, p, _ in rows(file)) == ["/atlas/landed", "/atlas/later"]
+    ep.files["/atlas/landed"] = Stat(size=5, mtime=clock.seconds())
+    clock.advance(1.0)
+    assert [(t, p["path"]) for t, p in events] == [("put-done", "/atlas/landed")]
+    clock.advance(0)
+    assert rows(file) == [(0, "/atlas/later", 1000.0)]  # decided: deleted
+    s.stopService()
+
+    clock.advance(10.0)  # fedd is down; the client uploads meanwhile
+    ep.files["/atlas/later"] = Stat(size=7, mtime=clock.seconds())
+    ep.calls.clear()
+    again, events = kept_service(clock, ep, InlinePendingFile(clock, str(file)))
+    assert again.counts["taken_over"] == 1 and len(again.table) == 1
+    clock.advance(0)  # looked at at once
+    assert ep.calls == ["/atlas/later"]
+    assert [(t, p["path"], p["confirmed_by"], p["duration"]) for t, p in events] == [
+        ("put-done", "/atlas/later", "look", 11.0)  # from the redirect, before the restart
+    ]
+    clock.advance(0)
+    assert rows(file) == [] and len(again.table) == 0
+    again.stopService()
+
+
+def test_an_upload_whose_deadline_passed_while_down_gets_one_look_then_its_outcome(tmp_path: Path) -> None:
+    clock = Clock()
+    clock.advance(1000)
+    ep = FakeEndpoint("e", clock=clock)
+    file = tmp_path / "pending.sqlite"
+    s, _ = kept_service(clock, ep, InlinePendingFile(clock, str(file)))
+    s.expect("/atlas/never", "e", 5)
+    s.expect("/atlas/there", "e", 5)
+    clock.advance(0)
+    s.stopService()
+    clock.advance(100.0)  # past the 30 s deadline
+    ep.files["/atlas/there"] = Stat(size=5, mtime=clock.seconds())
+    ep.calls.clear()
+    again, events = kept_service(clock, ep, InlinePendingFile(clock, str(file)))
+    clock.advance(0)
+    assert sorted(ep.calls) == ["/atlas/never", "/atlas/there"]  # one look each
+    outcomes = {p["path"]: (t, p.get("reason"), p["duration"]) for t, p in events}
+    assert outcomes == {
+        "/atlas/never": ("put-failed", "deadline passed: no object after 30s", 100.0),
+        "/atlas/there": ("put-done", None, 100.0),
+    }
+    clock.advance(0)
+    assert rows(file) == [] and not clock.getDelayedCalls()
+    again.stopService()
+
+
+def test_each_worker_takes_over_its_own_rows_and_worker_0_those_of_workers_gone(tmp_path: Path) -> None:
+    clock = Clock()
+    clock.advance(1000)
+    ep = FakeEndpoint("e", clock=clock)
+    file = str(tmp_path / "pending.sqlite")
+    for index in range(3):  # fedd ran with three workers
+        s, _ = kept_service(clock, ep, InlinePendingFile(clock, file, index, 3))
+        s.expect(f"/atlas/w{index}", "e", 5)
+        s.expect("/atlas/same", "e", 5)  # each worker waits for its own PUT of it
+        clock.advance(0)
+        s.stopService()
+    one, _ = kept_service(clock, ep, InlinePendingFile(clock, file, 1, 2))  # now two workers
+    assert sorted(u.path for u in one.table.uploads()) == ["/atlas/same", "/atlas/w1"]
+    zero, _ = kept_service(clock, ep, InlinePendingFile(clock, file, 0, 2))
+    assert sorted(u.path for u in zero.table.uploads()) == ["/atlas/same", "/atlas/w0", "/atlas/w2"]
+    assert sorted((w, p) for w, p, _ in rows(tmp_path / "pending.sqlite")) == [
+        (0, "/atlas/same"),
+        (0, "/atlas/w0"),
+        (0, "/atlas/w2"),
+        (1, "/atlas/same"),
+        (1, "/atlas/w1"),
+    ]
+    one.stopService()
+    zero.stopService()
+
+
+def test_max_pending_holds_for_the_uploads_taken_over(tmp_path: Path) -> None:
+    clock = Clock()
+    clock.advance(1000)
+    ep = FakeEndpoint("e", clock=clock)
+    file = tmp_path / "pending.sqlite"
+    s, _ = kept_service(clock, ep, InlinePendingFile(clock, str(file)))
+    for i in range(3):
+        s.expect(f"/atlas/f{i}", "e", 5)
+        clock.advance(1.0)
+    s.stopService()
+    again, _ = kept_service(clock, ep, InlinePendingFile(clock, str(file)), max_pending=2)
+    assert [u.path for u in again.table.uploads()] == ["/atlas/f0", "/atlas/f1"]  # the oldest
+    assert again.counts["taken_over"] == 2 and again.counts["untracked"] == 1
+    clock.advance(0)
+    assert [p for _, p, _ in rows(file)] == ["/atlas/f0", "/atlas/f1"]
+    again.stopService()
+
+
+def test_a_failing_pending_file_is_logged_once_and_confirming_goes_on(tmp_path: Path) -> None:
+    with captured_logs() as logged:
+        clock = Clock()
+        clock.advance(1000)
+        ep = FakeEndpoint("e", clock=clock)
+        s, events = kept_service(clock, ep, BrokenDisk(clock, str(tmp_path / "pending.sqlite")))
+        for i in range(3):
+            s.expect(f"/atlas/f{i}", "e", 5)
+            clock.advance(0)
+            ep.files[f"/atlas/f{i}"] = Stat(size=5, mtime=clock.seconds())
+        clock.advance(1.0)
+        assert sorted(p["path"] for t, p in events if t == "put-done") == ["/atlas/f0", "/atlas/f1", "/atlas/f2"]
+        assert s.to_json()["pending_file_errors"] >= 2
+        nowhere, _ = kept_service(clock, ep, InlinePendingFile(clock, str(tmp_path / "no" / "such" / "dir.sqlite")))
+        nowhere.expect("/atlas/g", "e", 5)
+        ep.files["/atlas/g"] = Stat(size=5, mtime=clock.seconds())
+        clock.advance(1.0)
+        assert len(nowhere.table) == 0 and nowhere.counts["done"] == 1
+        s.stopService()
+        nowhere.stopService()
+    texts = [formatEvent(e) for e in logged if e.get("log_namespace") == "fedd.confirm"]
+    assert len([t for t in texts if "writing failed" in t and "disk I/O error" in t]) == 1, texts
+    assert len([t for t in texts if "dir.sqlite" in t and "in memory only" in t]) == 1, texts
+    assert not [e for e in logged if e.get("log_failure") is not None]
+
+
+def test_shutdown_says_the_pending_uploads_are_confirmed_after_the_restart(tmp_path: Path) -> None:
+    clock = Clock()
+    clock.advance(1000)
+    ep = FakeEndpoint("e", clock=clock)
+    s, _ = kept_service(clock, ep, InlinePendingFile(clock, str(tmp_path / "pending.sqlite")))
+    s.expect("/atlas/f", "e", 5)
+    clock.advance(2.0)
+    with captured_logs() as logged:
+        s.stopService()
+    texts = [formatEvent(e) for e in logged if e.get("log_namespace") == "fedd.confirm"]
+    assert "stopping: upload of /atlas/f to e (5 bytes) not confirmed after 2.0s: confirmed after the restart" in texts
+    assert any("1 upload(s) not confirmed: kept in" in t and "confirmed after the restart" in t for t in texts)
+
+
+def test_the_pending_file_in_its_thread_keeps_rows_across_reopen(tmp_path: Path) -> None:
+    from tests import reactor
+
+    file = str(tmp_path / "pending.sqlite")
+    kept = PendingFile(reactor.the_reactor(), file, 1, 2)
+    assert reactor.call(kept.open) == 0
+    assert reactor.call(kept.take) == []
+    first = Upload("/a", "e", "/x/a", 5, 1000.5, True)
+    reactor.call(kept.apply, [(first.key, first), (("e", "/x/b"), Upload("/b", "e", "/x/b", None, 1001.0))])
+    reactor.call(kept.apply, [(("e", "/x/b"), None)])
+    reactor.call(kept.close)
+    again = PendingFile(reactor.the_reactor(), file, 1, 2)
+    assert reactor.call(again.open) == 1
+    assert reactor.call(again.take) == [Upload("/a", "e", "/x/a", 5, 1000.5, True)]
+    reactor.call(again.close)

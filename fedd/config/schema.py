@@ -290,6 +290,7 @@ class ConfirmConfig:
     checksum_wait: float = key(v.nonneg_float, 0.0)  # >0: compute adler32, wait this long; 0: only known values
     broker: str = key(v.broker, "", hidden=True)  # AMQP broker RGW pushes to; "": [events] broker
     notifies: tuple[v.RgwNotify, ...] = key(v.rgw_notify, (), name="notify", repeat=True)
+    pending_file: str = key(v.text, "fedd-pending.sqlite")  # pending uploads kept across restarts; "": memory only
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,11 @@ class ConfirmCollector(Collector):
         for outcome in ("done", "failed", "untracked", "superseded"):
             outcomes.add_metric([outcome], float(c.counts[outcome]))
         yield outcomes
+        yield CounterMetricFamily(
+            "fedd_uploads_taken_over",
+            "Uploads a restarted process took over from its previous run ([confirm] pending_file)",
+            value=float(c.counts["taken_over"]),
+        )
         looks = CounterMetricFamily("fedd_upload_looks", "Looks at upload targets", labels=["result"])
         looks.add_metric(["answered"], float(c.counts["looks"]))
         looks.add_metric(["error"], float(c.counts["look_errors"]))

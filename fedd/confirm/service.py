@@ -10,7 +10,14 @@ Ceph RGW endpoints with `[confirm] notify`, RGW's bucket notifications read from
 
 A notification for an object fedd did not place (or no longer waits for) only drops the path's cache
 entries, so an object written past fedd is seen by the next read at once.
-Nothing is kept across a restart: on shutdown every upload still pending is logged.
+
+Every upload taken is also written to `[confirm] pending_file` (`fedd.confirm.kept`, in its own
+thread, in batches: one transaction for what changed while the last one was written) and deleted
+from it once decided. At start the service takes over the uploads its previous run left there (a
+worker: those of its index) and looks at each at once: the deadline counts from the redirect, so one
+whose deadline passed while fedd was down gets that one look, then put-done or put-failed. A write
+that fails is logged once (without a traceback) and confirming goes on in memory. On shutdown the
+uploads still pending are logged, and confirmed after the restart.
 """
 
 from __future__ import annotations
@@ -20,13 +27,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.logger import Logger
 
 from fedd.checksums.digest import Want
 from fedd.config import Config
 from fedd.config.schema import ConfirmConfig
-from fedd.confirm.pending import Table, Timing, Upload, Verdict, judge_look, judge_notification
+from fedd.confirm.kept import PendingFile
+from fedd.confirm.pending import Key, Table, Timing, Upload, Verdict, judge_look, judge_notification
 from fedd.confirm.rgw import RgwNotifications
 from fedd.endpoints.base import Stat
 from fedd.endpoints.interfaces import IReadable
@@ -34,6 +42,7 @@ from fedd.errors import describe
 from fedd.events.model import file_fields
 from fedd.federation import Replica
 from fedd.twtypes import MultiService
+from fedd.workers import WorkerRole
 
 log = Logger(namespace="fedd.confirm")
 ADLER32 = [Want("digest", ("adler32",))]
@@ -50,12 +59,20 @@ def timing(config: ConfirmConfig) -> Timing:
 
 class ConfirmService(MultiService):
     """Pending uploads, their looks and outcomes. `checksums` (a ChecksumService) brings adler32
-    values; without it `put-done` carries what the storage's stat reported."""
+    values; without it `put-done` carries what the storage's stat reported. `kept`: the file that
+    keeps the pending uploads across a restart (None: memory only)."""
 
     name = "confirm"
 
     def __init__(
-        self, config: ConfirmConfig, *, federation: Any, clock: Any, emit: Emit, checksums: Any = None
+        self,
+        config: ConfirmConfig,
+        *,
+        federation: Any,
+        clock: Any,
+        emit: Emit,
+        checksums: Any = None,
+        kept: PendingFile | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -68,6 +85,13 @@ class ConfirmService(MultiService):
         self._timer: Any = None
         self._looking = 0
         self._untracked_logged = -UNTRACKED_LOG_INTERVAL
+        self.kept = kept
+        self._kept_state = "closed"  # opening (reading the previous run's), open, failed (to open), closed
+        self._changes: dict[Key, Upload | None] = {}  # not written yet: the latest of each key
+        self._writing = False
+        self._write_call: Any = None
+        self._kept_failing = False  # a write failed and none succeeded since: logged once
+        self._kept_errors = 0
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self.counts = {
             "done": 0,
@@ -78,6 +102,7 @@ class ConfirmService(MultiService):
             "look_errors": 0,
             "notifications": 0,
             "notifications_ignored": 0,
+            "taken_over": 0,
         }
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -85,24 +110,145 @@ class ConfirmService(MultiService):
     def startService(self) -> None:
         super().startService()
         self._arm()
+        if self.kept is not None and self.config.enabled:
+            self._kept_state = "opening"
+            kept = self.kept
+            d = kept.open()
+            d.addCallback(lambda _: kept.take())
+            d.addCallbacks(self._take_over, self._open_failed)
 
     def stopService(self) -> Deferred[Any]:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        kept = self._kept_state in ("opening", "open") and not self._kept_failing
+        closing = self._close_kept()
         pending = sorted(self.table.uploads(), key=lambda u: u.started)
         now = self.clock.seconds()
+        later = "confirmed after the restart" if kept else "not kept"
         for upload in pending[:SHUTDOWN_LOG_LINES]:
             log.warn(
-                "stopping: upload of {path} to {endpoint} ({size} bytes) not confirmed after {age:.1f}s",
+                "stopping: upload of {path} to {endpoint} ({size} bytes) not confirmed after {age:.1f}s: {later}",
                 path=upload.path,
                 endpoint=upload.endpoint,
                 size=upload.size,
                 age=now - upload.started,
+                later=later,
             )
-        if pending:
+        if pending and kept:
+            log.warn(
+                "stopping with {n} upload(s) not confirmed: kept in {file}, they are confirmed after the restart",
+                n=len(pending),
+                file=self.kept.path if self.kept is not None else "",
+            )
+        elif pending:
             log.warn("stopping with {n} upload(s) not confirmed: no put-done or put-failed for them", n=len(pending))
-        return super().stopService()
+        stopped = super().stopService()
+        if closing is None:
+            return stopped
+        return gatherResults([stopped, closing], consumeErrors=True)
+
+    # --- the pending file ----------------------------------------------------------------------
+
+    def _take_over(self, uploads: list[Upload]) -> None:
+        """The uploads the previous run left: each looked at now (max_pending holds; an upload of the
+        same name taken since start is newer and stays)."""
+        if self._kept_state != "opening":
+            return  # stopped meanwhile: the rows wait for the next start
+        self._kept_state = "open"
+        now = self.clock.seconds()
+        taken = 0
+        for upload in uploads:
+            if upload.key in self.table:
+                continue
+            upload.notified = any(n.endpoint == upload.endpoint for n in self.config.notifies)
+            ok, _ = self.table.add(upload, now)
+            if ok:
+                taken += 1
+            else:
+                self.counts["untracked"] += 1
+                self._changes[upload.key] = None
+        self.counts["taken_over"] += taken
+        if uploads:
+            log.info(
+                "taking over {n} upload(s) not confirmed before the restart ({file}; {untracked} over max_pending)",
+                n=taken,
+                file=self.kept.path if self.kept is not None else "",
+                untracked=len(uploads) - taken,
+            )
+        self._arm()
+        self._write_soon()
+
+    def _open_failed(self, failure: Any) -> None:
+        if self._kept_state != "opening":
+            return  # stopped meanwhile
+        self._kept_state = "failed"
+        self._changes.clear()
+        self._kept_errors += 1
+        self._kept_failing = True
+        log.warn(
+            "[confirm] pending_file {file}: {reason}: uploads are confirmed in memory only, not after a restart",
+            file=self.kept.path if self.kept is not None else "",
+            reason=describe(failure.value),
+        )
+
+    def _keep(self, key: Key, upload: Upload | None) -> None:
+        """`upload` is now pending under `key` (None: nothing is): written at the next turn."""
+        if self.kept is None or self._kept_state not in ("opening", "open"):
+            return
+        self._changes[key] = upload
+        self._write_soon()
+
+    def _write_soon(self) -> None:
+        if self._kept_state != "open" or self._writing or not self._changes:
+            return
+        if self._write_call is None or not self._write_call.active():
+            self._write_call = self.clock.callLater(0, self._write)
+
+    def _write(self) -> None:
+        self._write_call = None
+        if self.kept is None or self._kept_state != "open" or not self._changes:
+            return
+        changes, self._changes = list(self._changes.items()), {}
+        self._writing = True
+        d = self.kept.apply(changes)
+        d.addCallbacks(self._written, self._write_failed)
+
+        def next_batch(_: Any) -> None:
+            self._writing = False
+            self._write_soon()
+
+        d.addCallback(next_batch)
+
+    def _written(self, _: Any) -> None:
+        if self._kept_failing:
+            self._kept_failing = False
+            log.info("[confirm] pending_file {file}: written again", file=self.kept.path if self.kept else "")
+
+    def _write_failed(self, failure: Any) -> None:
+        """The batch is lost (its uploads are still confirmed here); the next batches are tried."""
+        self._kept_errors += 1
+        if not self._kept_failing:
+            self._kept_failing = True
+            log.warn(
+                "[confirm] pending_file {file}: writing failed ({reason}): uploads are confirmed in memory, "
+                "those not written are not confirmed after a restart",
+                file=self.kept.path if self.kept is not None else "",
+                reason=describe(failure.value),
+            )
+
+    def _close_kept(self) -> Deferred[Any] | None:
+        """The last changes written, then the file closed (both after what its thread has queued)."""
+        if self._write_call is not None and self._write_call.active():
+            self._write_call.cancel()
+        self._write_call = None
+        state, self._kept_state = self._kept_state, "closed"
+        if self.kept is None or state == "closed":
+            return None
+        if state in ("opening", "open") and self._changes:
+            self.kept.apply(list(self._changes.items())).addErrback(self._write_failed)
+        self._changes = {}
+        return self.kept.close().addErrback(lambda f: log.warn("[confirm] pending_file: {e}", e=describe(f.value)))
 
     def reconfigure(self, new: Config) -> list[str]:
         """Deadline, backoff and bounds apply at once (to pending uploads too); the broker and the
@@ -111,9 +257,12 @@ class ConfirmService(MultiService):
         self.timing = timing(new.confirm)
         self.table.limit = new.confirm.max_pending
         self._arm()
+        later = []
         if (old.broker, old.notifies) != (new.confirm.broker, new.confirm.notifies):
-            return ["[confirm] broker, notify"]
-        return []
+            later.append("[confirm] broker, notify")
+        if old.pending_file != new.confirm.pending_file:
+            later.append("[confirm] pending_file")
+        return later
 
     # --- taking uploads ----------------------------------------------------------------------
 
@@ -141,6 +290,7 @@ class ConfirmService(MultiService):
         if old is not None:
             self.counts["superseded"] += 1
             log.info("{path}: a new upload to {endpoint} replaces one not yet confirmed", path=path, endpoint=endpoint)
+        self._keep(upload.key, upload)
         self._arm()
 
     def carried(self, path: str, endpoint: str, size: int, started: float, adler32: str | None) -> None:
@@ -175,9 +325,7 @@ class ConfirmService(MultiService):
             free = self.config.max_polls - self._looking
             for upload in self.table.due(self.clock.seconds(), max(free, 0)):
                 self._looking += 1
-                ensureDeferred(self._look(upload)).addErrback(
-                    lambda f: log.failure("looking for an upload failed", f)
-                )
+                ensureDeferred(self._look(upload)).addErrback(lambda f: log.failure("looking for an upload failed", f))
         finally:
             if self._looking < self.config.max_polls:
                 self._arm()
@@ -246,13 +394,18 @@ class ConfirmService(MultiService):
     def _resolve(self, upload: Upload, verdict: Verdict, how: str, found: Stat | None = None) -> None:
         """`found`: the object as the look that resolved it saw it (its checksums need no second stat)."""
         self.table.pop(upload.key)
+        self._keep(upload.key, None)
         now = self.clock.seconds()
         self._forget(upload.path)
         if verdict.outcome == "failed":
             self.counts["failed"] += 1
             payload = self._payload(upload, now, how, bytes=upload.size, reason=verdict.reason)
-            log.warn("upload of {path} to {endpoint} failed: {reason}", path=upload.path, endpoint=upload.endpoint,
-                     reason=verdict.reason)
+            log.warn(
+                "upload of {path} to {endpoint} failed: {reason}",
+                path=upload.path,
+                endpoint=upload.endpoint,
+                reason=verdict.reason,
+            )
             self._publish("put-failed", payload)
             return
         self.counts["done"] += 1
@@ -325,12 +478,24 @@ class ConfirmService(MultiService):
             "oldest": [u.to_json(now) for u in oldest],
             "recent": list(self.recent),
             "rgw_notifications": rgw.to_json() if rgw is not None else None,
+            "pending_file": self.kept.path if self.kept is not None else None,
+            "pending_file_errors": self._kept_errors,
         }
 
 
-def build_confirm(config: Config, reactor: Any, *, federation: Any, emit: Emit, checksums: Any) -> ConfirmService:
-    """The `confirm` service; with `[confirm] notify`, its RGW notification consumer is a child."""
-    confirm = ConfirmService(config.confirm, federation=federation, clock=reactor, emit=emit, checksums=checksums)
+def build_confirm(
+    config: Config, reactor: Any, *, federation: Any, emit: Emit, checksums: Any, worker: WorkerRole | None = None
+) -> ConfirmService:
+    """The `confirm` service; with `[confirm] notify`, its RGW notification consumer is a child. With
+    `[confirm] pending_file`, pending uploads are kept there, under this worker's index (0 alone)."""
+    c = config.confirm
+    kept = None
+    if c.enabled and c.pending_file:
+        index, count = (worker.index, worker.count) if worker is not None else (0, 1)
+        kept = PendingFile(reactor, c.pending_file, index, count)
+    confirm = ConfirmService(
+        config.confirm, federation=federation, clock=reactor, emit=emit, checksums=checksums, kept=kept
+    )
     if config.confirm.notifies:
         buckets = {ep.id: ep.bucket for ep in config.endpoints}
         RgwNotifications(

@@ -327,6 +327,7 @@ def _uploads(status: dict[str, Any]) -> str:
             ("done", "done"),
             ("failed", "failed"),
             ("not tracked (table full)", "untracked"),
+            ("taken over after a restart", "taken_over"),
             ("notifications", "notifications"),
         )
     ]
