@@ -7,8 +7,9 @@ come through emit_template(): their envelope was encoded once per redirect plan,
 its id, its time and a copy (about 2 us, docs/events.md). Every `flush_interval` the events since
 the last flush are stored, as they are, in the durable outbox (SQLite, in its own thread), and the
 journal records that they are; with a spool file instead of a broker they are written to the spool.
-The sender loop takes events from the outbox in order, publishes them, and deletes them only once
-the sink confirmed them: delivery is at least once, and an event sent twice carries the same id.
+The sender loop (fedd/events/sender.py) takes events from the outbox in order, publishes them, and
+deletes them only once the sink confirmed them: delivery is at least once, and an event sent twice
+carries the same id.
 
 `direct`: while the outbox is empty and the sink connected, a flush publishes its batch itself and
 the journal records it as stored once the sink confirmed it: no SQLite write, read and delete per
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import os
 import random
-from collections import deque
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
@@ -39,17 +39,17 @@ from fedd.events.journal import Journal, Mark
 from fedd.events.model import Event, EventIds, Template, envelope, render, routing_key
 from fedd.events.outbox import Notice, Outbox
 from fedd.events.recovery import replay_journal
+from fedd.events.sender import BATCH, WINDOW, OutboxSender
 from fedd.events.sinks import Sink
 from fedd.events.wakeup import Wakeup
 from fedd.twtypes import MultiService
 
 log = Logger(namespace="fedd.events")
-BATCH = 1000  # events per publish from the outbox
-WINDOW = 4  # outbox batches in flight (measured: docs/events.md)
+__all__ = ["BATCH", "WINDOW", "EventsService"]
 MAX_RETRY = 5.0  # seconds between attempts to store events while the outbox or spool refuses them
 
 
-class EventsService(MultiService):
+class EventsService(OutboxSender, MultiService):
     name = "events"
 
     def __init__(
@@ -293,92 +293,6 @@ class EventsService(MultiService):
         d.addErrback(lambda f: log.error("cannot store the events-dropped notice: {reason}", reason=describe(f)))
         self._kick()
         return d
-
-    # --- sending ------------------------------------------------------------------------------
-
-    def _kick(self) -> None:
-        self._wakeup.wake()
-
-    async def _send_loop(self) -> None:
-        """Publish the outbox in order, up to WINDOW batches in flight (a broker confirms a batch only
-        once it has written it: one at a time, the outbox drained at a batch per disk write), and
-        delete each batch once it and every batch before it are confirmed. A batch that fails: the
-        ones after it are let finish, and sending starts again from the oldest event (same ids)."""
-        assert self.outbox is not None
-        backoff = 0.5
-        in_flight: deque[tuple[int, int, Deferred[None]]] = deque()  # (last outbox id, events, confirmed)
-        after = 0  # the outbox ids up to here are in flight
-        while self.running:
-            if not self.sink.connected:  # the broker connection reconnects by itself; look again soon
-                after = await self._abandon(in_flight)
-                await self._sleep(self.config.idle_interval)
-                continue
-            if not in_flight and self._notice is not None and not await self._send_notice():
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
-            while len(in_flight) < WINDOW:
-                try:
-                    rows = await self.outbox.peek(BATCH, after)
-                except Exception as exc:
-                    log.error("outbox read failed: {reason}", reason=describe(exc))
-                    rows = []
-                if not rows:
-                    break
-                in_flight.append((rows[-1][0], len(rows), self.sink.publish([event for _, event in rows])))
-                after = rows[-1][0]
-            if not in_flight:
-                after = 0
-                await self._sleep(self.config.idle_interval)
-                continue
-            last, n, confirmed = in_flight.popleft()
-            try:
-                await confirmed
-            except Exception as exc:
-                self.failed += 1
-                self.last_error = describe(exc)
-                after = await self._abandon(in_flight)
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
-            backoff = 0.5
-            try:
-                self.depth = await self.outbox.remove(last)
-            except Exception as exc:  # sent but not removed: they will be sent again (same ids)
-                log.error("outbox delete failed: {reason}", reason=describe(exc))
-                after = await self._abandon(in_flight)
-            self.sent += n
-
-    @staticmethod
-    async def _abandon(in_flight: deque[tuple[int, int, Deferred[None]]]) -> int:
-        """Let the batches in flight end (confirmed or not, they stay in the outbox and are sent
-        again); the next peek starts from the oldest event."""
-        while in_flight:
-            try:
-                await in_flight.popleft()[2]
-            except Exception:  # counted by the batch that failed first
-                pass
-        return 0
-
-    async def _send_notice(self) -> bool:
-        assert self.outbox is not None and self._notice is not None
-        notice = self._notice
-        self._notice_sending = True  # no new report replaces it while it is on the wire
-        try:
-            await self.sink.publish([notice[0]])
-            await self.outbox.clear_notice(notice[0][0])
-        except Exception as exc:
-            self.failed += 1
-            self.last_error = describe(exc)
-            return False
-        finally:
-            self._notice_sending = False
-        self._notice = None
-        self.sent += 1
-        return True
-
-    async def _sleep(self, seconds: float) -> None:
-        await self._wakeup.sleep(seconds)
 
     # --- life cycle -----------------------------------------------------------------------------
 
