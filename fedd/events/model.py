@@ -100,6 +100,8 @@ def template(event_type: str, payload: dict[str, Any], varying: tuple[str, ...])
     return Template(event_type, tuple(parts))
 
 
+_DIGITS3 = tuple(b"%03d" % i for i in range(1000))
+_THOUSANDTHS = tuple(b".%03d" % i for i in range(1000))
 _stamp: list[Any] = [None, b""]  # the last whole second and its text: a second has thousands of events
 
 
@@ -108,14 +110,15 @@ def render(t: Template, event_id: str, values: tuple[bytes, ...], now: float) ->
     whole = int(now)
     if whole != _stamp[0]:
         _stamp[0], _stamp[1] = whole, _second(whole).encode()
-    micros = b".%06d" % int((now - whole) * 1_000_000)  # as created_at() writes it
+    micros = int((now - whole) * 1_000_000)  # as created_at() writes it, from two tables (a third of "%06d")
+    micros_text = _THOUSANDTHS[micros // 1000] + _DIGITS3[micros % 1000]
     p = t.parts
     if len(values) == 2:  # get-redirect's: no loop
-        return b"".join((p[0], event_id.encode(), p[1], values[0], p[2], values[1], p[3], _stamp[1], micros, p[4]))
+        return b"".join((p[0], event_id.encode(), p[1], values[0], p[2], values[1], p[3], _stamp[1], micros_text, p[4]))
     out = [p[0], event_id.encode(), p[1]]
     for value, part in zip(values, p[2:-1], strict=True):
         out += (value, part)
-    out += (_stamp[1], micros, p[-1])
+    out += (_stamp[1], micros_text, p[-1])
     return b"".join(out)
 
 
