@@ -17,6 +17,7 @@ Unknown sections and keys are errors. Keys marked repeatable may appear several 
 
 - `values`: the value parsers (sizes, durations, ranges, URLs, brokers, downtimes), pure functions;
 - `schema`: the frozen dataclasses, one per section, each key declared once as a field;
+- `keys`: how a field declares its key (`key`), and the table of keys built from the fields;
 - `reader`: the line-oriented reader (include=, file:line errors, unknown keys);
 - `endpoints`: which keys each endpoint kind needs and takes, and the `EndpointConfig` it builds;
 - `parse`: `parse_config`, the sections checked together.
