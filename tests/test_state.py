@@ -6,15 +6,19 @@ unreachable and written once it is back, the bound of that queue."""
 from __future__ import annotations
 
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
 
-from fedd.config import Config, Downtime, EndpointConfig
+from fedd.config import Config, Downtime, EndpointConfig, parse_config
 from fedd.endpoints.base import Space
+from fedd.service import build_service
 from fedd.space.downtime import DowntimeBook
 from fedd.space.service import Measurement, SpaceService
 from fedd.state import schema
@@ -294,3 +298,24 @@ def test_a_read_right_after_start_waits_for_the_database(database_url: str) -> N
         assert call(start_and_read) == {key: {"adler32": "0badcafe"}}
     finally:
         call(fresh.stopService)
+
+
+def test_postgresql_without_psycopg_is_a_config_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """fedd installed without its `postgresql` extra: a postgresql:// `[state] database` stops the start
+    with a configuration error that names what to install (twistd prints it, no traceback)."""
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # `import psycopg` raises ImportError
+    config = parse_config(
+        text=f"""[server]
+listen = tcp:0:interface=127.0.0.1
+[state]
+database = postgresql://fedd:secret@127.0.0.1:9/fedd
+[endpoint ep]
+kind = local
+path = {tmp_path}
+"""
+    )
+    with pytest.raises(usage.UsageError) as raised:
+        build_service(config, reactor=MemoryReactorClock())  # never started: no port, no thread
+    message = str(raised.value)
+    assert message.startswith("[state] database: postgresql:// needs psycopg 3"), message
+    assert "pip install 'fedd[postgresql]'" in message and "secret" not in message, message

@@ -14,6 +14,7 @@ Both take the same SQL: `?` placeholders, rewritten to `%s` for psycopg.
 
 from __future__ import annotations
 
+import importlib
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
@@ -160,6 +161,12 @@ class PostgresDatabase:
 
     def __init__(self, url: str, reactor: Any, timeout: float) -> None:
         self.where = redact(url)
+        try:  # adbapi imports it by name: a missing one (or one without libpq) is said here, with the cure
+            importlib.import_module("psycopg")
+        except ImportError as exc:
+            raise RuntimeError(
+                f"postgresql:// needs psycopg 3 with libpq: pip install 'fedd[postgresql]' (the RPM has it) ({exc})"
+            ) from None
         pool: Any = _Pool  # adbapi is untyped
         self._pool: Any = pool(
             "psycopg",
