@@ -5,14 +5,18 @@ The tests build it twice (release 1 and 2), check every Requires against the EL9
 list in tests/data/el9-packages.txt, install it with `rpm -i --root` into a scratch root (--nodeps:
 Debian's rpm database is empty, the EL9 list is the dependency check; --noscripts: the root has no
 shell, so the posttrans step is run here by hand, relocated) and run the installed tree's
-`fedd-twistd fedd` demo with this machine's /usr/bin/python3.11, then upgrade it.
+`fedd-twistd fedd` demo with this machine's /usr/bin/python3.11, then upgrade it. The lock holds the
+extras the RPM ships (zlib-ng, psycopg with its bundled libpq): the installed fedd hashes with
+zlib-ng's Adler-32 and keeps its [state] in this machine's PostgreSQL.
 
 Needs the Debian packages `rpm`, `rpmlint`, `python3-pip` (tests/run.sh installs them),
-systemd-analyze, and PyPI for the first build (the wheels are cached in ~/.cache/fedd/wheels).
+systemd-analyze, the PostgreSQL server of tests/pgservers.py, and PyPI for the first build (the
+wheels are cached in ~/.cache/fedd/wheels).
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -23,11 +27,15 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.testing import MemoryReactorClock
 
@@ -37,12 +45,14 @@ from fedd.config import parse_config
 from fedd.endpoints.base import Space
 from fedd.service import build_service
 from fedd.space.service import Measurement
+from tests import pgservers
 from tests.daemon import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "packaging" / "systemd" / "fedd.service"
 DASHBOARD = ROOT / "packaging" / "grafana" / "fedd-dashboard.json"
 LOCK = ROOT / "packaging" / "rpm" / "requirements.lock"
+WHEELS_SH = ROOT / "packaging" / "rpm" / "wheels.sh"
 EL9 = Path(__file__).resolve().parent / "data" / "el9-packages.txt"
 SITE = "/usr/lib/fedd/site-packages/"
 RPMFILE_CONFIG, RPMFILE_NOREPLACE = 1 << 0, 1 << 4
@@ -141,6 +151,40 @@ def query(rpm: Path, fmt: str) -> list[str]:
 def locked() -> dict[str, str]:
     """requirements.lock: distribution name -> version."""
     return dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) --hash=sha256:[0-9a-f]{64}", LOCK.read_text(), re.M))
+
+
+def setup_requirements() -> tuple[list[str], dict[str, list[str]]]:
+    """setup.py's install_requires and extras_require, read as wheels.sh reads them (not run)."""
+    found = {}
+    for node in ast.walk(ast.parse((ROOT / "setup.py").read_text())):
+        if isinstance(node, ast.keyword) and node.arg in ("install_requires", "extras_require"):
+            found[node.arg] = ast.literal_eval(node.value)
+    return found["install_requires"], found["extras_require"]
+
+
+def test_lock_holds_install_requires_and_the_shipped_extras() -> None:
+    """requirements.lock is what `wheels.sh lock` made of setup.py as it is now: install_requires and
+    the extras wheels.sh ships (zlib-ng's fast Adler-32; psycopg with its libpq for PostgreSQL), each
+    locked at a version setup.py accepts. After a change to either: run `packaging/rpm/wheels.sh lock`."""
+    (listed,) = re.findall(r"^extras=\((.*)\)$", WHEELS_SH.read_text(), re.M)
+    extras = listed.split()
+    assert {"fast", "postgresql"} <= set(extras)
+    requires, extras_require = setup_requirements()
+    wanted = requires + [r for extra in extras for r in extras_require[extra]]
+    header = [line for line in LOCK.read_text().splitlines() if line.startswith("#")]
+    assert f"# extras: {' '.join(extras)}" in header
+    assert "#   " + " ".join(wanted) in header, "the lock is older than setup.py: run packaging/rpm/wheels.sh lock"
+    versions: dict[str, str] = {canonicalize_name(name): version for name, version in locked().items()}
+    for requirement in map(Requirement, wanted):
+        name = canonicalize_name(requirement.name)
+        assert name in versions, f"{requirement} is not locked"
+        assert requirement.specifier.contains(versions[name], prereleases=True), (requirement, versions[name])
+    assert "zlib-ng" in versions
+    # psycopg[binary]: the C implementation with libpq and OpenSSL inside, of exactly psycopg's version
+    assert versions["psycopg-binary"] == versions["psycopg"]
+    assert re.search(
+        r"^psycopg-binary==\S+ .*# psycopg_binary-\S+-cp311-cp311-\S*manylinux\S+\.whl$", LOCK.read_text(), re.M
+    )
 
 
 def test_rpm_holds_private_tree_launchers_unit_and_config(rpm_file: Path) -> None:
@@ -383,6 +427,79 @@ def test_installed_tree_runs_the_demo(installed: Path, tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+    assert proc.returncode == 0, log.read_text()
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def test_installed_tree_hashes_with_zlib_ng_and_keeps_state_in_postgresql(installed: Path, tmp_path: Path) -> None:
+    """The extras the RPM ships work from its tree: `fedd-twistd fedd` with `[state] database =
+    postgresql://...` (psycopg with the libpq its wheel bundles) on this machine's PostgreSQL, and an
+    Adler-32 computed by zlib-ng's (`checksums.adler32` in the status), kept in that database."""
+    site = installed / SITE.strip("/")
+    probe = (
+        "import json, psycopg, zlib_ng.zlib_ng, fedd.checksums.digest as d;"
+        " print(json.dumps([d.ADLER32_IMPLEMENTATION, psycopg.pq.__impl__, psycopg.pq.version(),"
+        " [m.__file__ for m in (psycopg, psycopg.pq, zlib_ng.zlib_ng)]]))"
+    )
+    result = run(str(installed / "usr/bin/fedd-python"), "-c", probe, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    implementation, pq, libpq, files = json.loads(result.stdout)
+    assert (implementation, pq) == ("zlib-ng", "binary") and libpq >= 140000, result.stdout
+    assert all(f.startswith(f"{site}/") for f in files), files
+    database = pgservers.create_database()
+    (tmp_path / "data").mkdir()
+    data = os.urandom(3_000_000)
+    (tmp_path / "data" / "f.bin").write_bytes(data)
+    port = free_port()
+    (tmp_path / "fedd.conf").write_text(f"""[server]
+listen = tcp:{port}:interface=127.0.0.1
+[state]
+database = {database}
+timeout = 10
+[endpoint data]
+kind = local
+path = {tmp_path / "data"}
+map = /data /
+""")
+    log = tmp_path / "fedd.log"
+    with log.open("w") as out:
+        command = [str(installed / "usr/bin/fedd-twistd"), "--nodaemon", "--pidfile=", "fedd"]
+        command += ["--config", str(tmp_path / "fedd.conf")]
+        proc = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def status() -> dict[str, Any]:
+            with urllib.request.urlopen(f"{base}/.well-known/fedd/status", timeout=10) as answer:
+                parsed: dict[str, Any] = json.loads(answer.read())
+                return parsed
+
+        def up() -> bool:
+            assert proc.poll() is None, f"exited with {proc.returncode}:\n{log.read_text()}"
+            try:
+                return bool(status()["state"]["reachable"])
+            except OSError:
+                return False
+
+        wait_for(up, 60, f"fedd with its state in PostgreSQL ({log})")
+        assert status()["state"]["kind"] == "postgresql"
+        assert status()["checksums"]["adler32"] == "zlib-ng"
+        ask = urllib.request.Request(
+            f"{base}/data/f.bin", method="HEAD", headers={"Want-Digest": "adler32", "Prefer": "wait=30"}
+        )
+        with urllib.request.urlopen(ask, timeout=40) as answer:
+            assert answer.status == 200
+            assert answer.headers["Digest"] == f"adler32={zlib.adler32(data):08x}"
+        # the computed value reaches the shared database (written in the background)
+        wait_for(
+            lambda: pgservers.query(database, "SELECT COUNT(*) FROM checksums WHERE algorithm = 'adler32'") == [["1"]],
+            20,
+            "the checksum row in PostgreSQL",
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        pgservers.drop_database(database)
     assert proc.returncode == 0, log.read_text()
     assert "Traceback" not in log.read_text(), log.read_text()
 
