@@ -52,7 +52,6 @@ from fedd.workers.applied import AppliedMarks
 from fedd.workers.shared import CounterFiles, CountersWriter, HostShare, WorkersStatus
 from fedd.workers.sockets import AdoptedEndpoint
 from fedd.workers.stamps import STAMPS_FILE, WriteStamps
-from fedd.workers.statussum import status_numbers
 from fedd.writes import Writer
 
 log = Logger(namespace="fedd")
@@ -217,11 +216,15 @@ def build_service(
     confirm.setServiceParent(top)
 
     def own_counters() -> dict[str, Any]:
-        """This worker's metric families and status numbers, for the others to add up (written every
-        second and before each read that reports them: fedd.workers.shared)."""
-        return {**metrics.snapshot(), "status": status_numbers(resource.status(peers=False))}
+        """This worker's metric families and request counters, for the others to add up (written
+        every second and before each read that reports them, with its status numbers:
+        fedd.workers.shared)."""
+        return metrics.snapshot()
 
-    counters = CounterFiles(worker.run_dir, os.getpid(), own_counters) if worker is not None else None
+    def own_status() -> dict[str, Any]:
+        return resource.status(peers=False)
+
+    counters = CounterFiles(worker.run_dir, os.getpid(), own_counters, own_status) if worker is not None else None
     metrics = Metrics(peers=counters)
     reload_status = ReloadStatus(config_path, worker.run_dir if worker is not None else None)
     resource = FeddResource(

@@ -276,6 +276,26 @@ def test_a_read_writes_its_workers_counters_first_so_the_next_read_elsewhere_see
     assert samples(a.render())[key] == 4
 
 
+def test_a_status_read_writes_the_numbers_it_answers_without_building_the_status_again(tmp_path: Path) -> None:
+    """The status a read answers is built once: its own numbers are what the counters file gets
+    (written before the others' are added), the status callable is left for the periodic write."""
+    built: list[int] = []
+
+    def own_status() -> dict[str, Any]:
+        built.append(1)
+        return {"events": {"sent": 1}}
+
+    files = CounterFiles(tmp_path, 13, lambda: {"requests": []}, own_status)
+    write_json(tmp_path / "counters-14.json", {"status": [[["events", "sent"], 2]]})
+    mine: dict[str, Any] = {"events": {"sent": 5, "outbox_depth": 3}}
+    WorkersStatus(tmp_path, 0, 2, files).add_peers(mine)
+    assert built == [] and mine == {"events": {"sent": 7, "outbox_depth": 3}}
+    written = read_json(files.own)
+    assert written["status"] == [[["events", "sent"], 5], [["events", "outbox_depth"], 3]]
+    files.share()  # the periodic write builds it
+    assert built == [1] and read_json(files.own)["status"] == [[["events", "sent"], 1]]
+
+
 def test_redirect_seconds_add_up_exactly_in_any_order_and_through_a_fold(tmp_path: Path) -> None:
     """The redirect seconds of the workers are added exactly and rounded once: the same float
     whichever worker adds them (its own first, the others in directory order) and after an ended

@@ -39,7 +39,7 @@ from twisted.logger import Logger
 from fedd.periodic import Periodic
 from fedd.twtypes import Service
 from fedd.web.metrics import add_families, add_snapshots, snapshot_of
-from fedd.workers.statussum import add_numbers, add_status
+from fedd.workers.statussum import add_numbers, add_status, status_numbers
 
 log = Logger(namespace="fedd.workers")
 FOLLOW_INTERVAL = 0.25  # seconds: followers see a published result within this (plus the file write)
@@ -108,12 +108,20 @@ class HostShare:
 
 class CounterFiles:
     """Per-request counters of every worker of the host (see the module docstring). `snapshot`:
-    this worker's counters as JSON data, what `share` writes."""
+    this worker's counters as JSON data, what `share` writes; `status`: this worker's own status
+    (not summed with the others'), whose per-worker numbers `share` writes beside them."""
 
-    def __init__(self, run_dir: Path, pid: int, snapshot: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        pid: int,
+        snapshot: Callable[[], dict[str, Any]] | None = None,
+        status: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.run_dir = run_dir
         self.own = run_dir / f"counters-{pid}.json"
         self.snapshot = snapshot
+        self.status = status
         # names this process's file in the ended workers' list: a later worker given the same pid
         # (pid_max may be 32768) writes the same file name and still counts
         self.writer = f"{pid}-{secrets.token_hex(6)}"
@@ -121,13 +129,18 @@ class CounterFiles:
     def write(self, snapshot: dict[str, Any]) -> None:
         write_json(self.own, {**snapshot, WRITER: self.writer})
 
-    def share(self) -> None:
+    def share(self, status: dict[str, Any] | None = None) -> None:
         """Write this worker's counters now: before every read that reports them (a scrape, a status
-        read), and every second (`CountersWriter`) so the others' reads are recent."""
+        read), and every second (`CountersWriter`) so the others' reads are recent. `status`: this
+        worker's own status, just built for the read that reports it (its numbers written as they
+        are answered, not built a second time)."""
         if self.snapshot is None:
             return
+        if status is None and self.status is not None:
+            status = self.status()
+        numbers = {"status": status_numbers(status)} if status is not None else {}
         try:
-            self.write(self.snapshot())
+            self.write({**self.snapshot(), **numbers})
         except OSError as exc:
             log.warn("cannot write the request counters: {reason}", reason=exc)
 
@@ -218,9 +231,10 @@ class WorkersStatus:
 
     def add_peers(self, status: dict[str, Any]) -> None:
         """Add the other workers' status numbers (their counters files) to this worker's `status`
-        (computed in this reactor turn: what `share` writes first)."""
+        (computed in this reactor turn), after writing its numbers (`share`): the file holds what
+        this read answers."""
         if self.counters is not None:
-            self.counters.share()
+            self.counters.share(status)
             add_status(status, [snap.get("status") for snap in self.counters.others()])
 
     def to_json(self) -> dict[str, Any]:
