@@ -175,6 +175,7 @@ def build_state(config: Config, reactor: Any, instance: str, worker: WorkerRole 
         queue_file=queue_file,
         implicit=implicit,
         presence=HostPresence(worker.run_dir) if worker is not None else None,
+        started=worker.started if worker is not None else None,  # the host's, not this worker's
     )
 
 

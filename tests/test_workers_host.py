@@ -335,3 +335,51 @@ def test_the_hosts_row_goes_with_the_last_worker_only(tmp_path: Path) -> None:
     first = start(0)
     call(lambda: gatherResults([first.stopService(), second.stopService()]))  # a drain: both together
     assert _host_rows(database) == []
+
+
+def _host_started(database: Path) -> list[float]:
+    with sqlite3.connect(database) as db:
+        return [float(row[0]) for row in db.execute("SELECT started FROM hosts")]
+
+
+def test_the_hosts_row_says_when_the_host_started_not_its_last_restarted_worker(tmp_path: Path) -> None:
+    """Every worker, a restarted one too, carries the supervisor's start time (FEDD_WORKER_STARTED),
+    and the host's row gives it as the host's `started`; a single fedd gives its own start."""
+    reactor = _Reactor()
+    sup = _supervisor(tmp_path, reactor)
+    sup.spawn(0)
+    sup.spawn(1)
+    sup.spawn(1)  # started again after a crash
+    roles = [WorkerRole.from_environment(env) for env in reactor.spawned]
+    assert {r.started for r in roles} == {sup.started} and abs(sup.started - time.time()) < 60
+    database = tmp_path / "site.sqlite"
+    config = _config(tmp_path, f"[state]\ndatabase = {database}\nhost_name = h1\n")
+    real = the_reactor()
+    host_started = time.time() - 3600.0  # the supervisor started an hour ago
+
+    def beat(store: StateStore | None) -> StateStore:
+        assert store is not None
+        call(store.startService)
+        call(store.ready)
+        wait_for(lambda: store.hosts, 10, "a first heartbeat")
+        return store
+
+    def role(index: int) -> WorkerRole:
+        return WorkerRole(index, 2, tmp_path, ("tcp:0",), instance="fedd-host", started=host_started)
+
+    first = beat(build_state(config, real, "fedd-host", role(0)))
+    restarted = beat(build_state(config, real, "fedd-host", role(1)))  # its heartbeat is the last one
+    try:
+        assert _host_started(database) == [host_started]
+        assert [h["started"] for h in restarted.hosts] == [host_started]
+    finally:
+        call(lambda: gatherResults([first.stopService(), restarted.stopService()]))
+    before = time.time()
+    single = beat(build_state(config, real, "fedd-one", None))
+    try:
+        assert _host_started(database) == [single.started] and single.started >= before
+    finally:
+        call(single.stopService)
+    old = role(1).environment()
+    del old["FEDD_WORKER_STARTED"]  # a worker of an older supervisor, during an upgrade: its own start
+    assert WorkerRole.from_environment(old).started is None

@@ -8,7 +8,8 @@ removal when the host stops. The store (fedd.state.store) runs these in its data
 - Every `[state] heartbeat_interval` a host upserts its row (keyed by its name) and reads the rows
   seen within HOSTS_SEEN_FOR intervals: the status lists them. A host that stops removes its row;
   the workers of `[server] workers` share it, and only the last one to stop removes it
-  (fedd.state.presence).
+  (fedd.state.presence). Its `started` is the host's: with workers, their supervisor's start, which
+  every worker carries (a restarted worker's heartbeat does not make the host look restarted).
 """
 
 from __future__ import annotations

@@ -71,7 +71,10 @@ class StateStore(Service):
         queue_file: str = "",
         implicit: bool = False,
         presence: HostPresence | None = None,
+        started: float | None = None,
     ) -> None:
+        """`started`: when the host started, for its heartbeat row (a worker: its supervisor's
+        start); None: when this service starts."""
         self.db = database
         self.presence = presence  # a worker: the host's row goes with the last worker (None: with this process)
         self.implicit = implicit  # the workers' own host-local database, not `[state] database`
@@ -94,6 +97,7 @@ class StateStore(Service):
         self._last_heartbeat = float("-inf")
         self._loop: Periodic | None = None
         self.hosts: list[dict[str, Any]] = []
+        self._host_started = started
         self.started = 0.0
         self.down_since: float | None = None
         self.last_error = ""
@@ -103,7 +107,7 @@ class StateStore(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.started = self.clock.seconds()
+        self.started = self._host_started if self._host_started is not None else self.clock.seconds()
         if self.presence is not None:
             self.presence.enter()
         self._queue_saved()

@@ -19,7 +19,9 @@
   for the status page.
 - One instance id for the whole fedd: the supervisor makes it and passes it to every worker
   (`FEDD_WORKER_INSTANCE`), so `Via: 1.1 fedd-<id>` names the host's fedd and a request that comes
-  back through another worker of it is recognised as a loop.
+  back through another worker of it is recognised as a loop. Its start time too
+  (`FEDD_WORKER_STARTED`): the host's heartbeat row says when the host started, not when its last
+  restarted worker did.
 - What one worker learns at run time, all apply: run-time downtimes and upload reservations in an
   implicit SQLite state in the run directory when `[state] database` is unset (fedd.builders),
   GOCDB read by worker 0 and followed by the others, write times of paths (`fedd.workers.stamps`),
@@ -41,6 +43,7 @@ ENV_COUNT = "FEDD_WORKER_COUNT"
 ENV_RUN_DIR = "FEDD_WORKER_RUN_DIR"
 ENV_LISTEN = "FEDD_WORKER_LISTEN"  # the listen descriptions, one per line, in fd order
 ENV_INSTANCE = "FEDD_WORKER_INSTANCE"  # the host fedd's instance id (Via), the same for every worker
+ENV_STARTED = "FEDD_WORKER_STARTED"  # when the host's fedd (its supervisor) started, in Unix seconds
 FIRST_FD = 3  # the first inherited listening socket (as in systemd socket passing)
 EX_CONFIG = 78  # a worker that cannot be built from the configuration: the supervisor gives up
 
@@ -62,6 +65,7 @@ class WorkerRole:
     run_dir: Path
     listen: tuple[str, ...]  # listen descriptions; the socket of listen[i] is fd FIRST_FD + i
     instance: str = ""  # the supervisor's instance id: loops through any worker are one fedd's
+    started: float | None = None  # the supervisor's start: the host's (None: an older supervisor's worker)
 
     @property
     def leader(self) -> bool:
@@ -78,6 +82,7 @@ class WorkerRole:
             ENV_RUN_DIR: str(self.run_dir),
             ENV_LISTEN: "\n".join(self.listen),
             ENV_INSTANCE: self.instance,
+            **({ENV_STARTED: repr(self.started)} if self.started is not None else {}),
         }
 
     def own_files(self, events: EventsConfig) -> EventsConfig:
@@ -106,6 +111,7 @@ class WorkerRole:
                 run_dir=Path(env[ENV_RUN_DIR]),
                 listen=tuple(env[ENV_LISTEN].split("\n")),
                 instance=env.get(ENV_INSTANCE, ""),
+                started=float(env[ENV_STARTED]) if ENV_STARTED in env else None,
             )
         except (KeyError, ValueError) as exc:
             raise SystemExit(f"fedd worker: started without its supervisor's environment ({exc})") from None

@@ -194,6 +194,7 @@ class Supervisor(Service):
         self.argv = list(argv)  # the worker's arguments after `python -m fedd.workers`
         self.stop_timeout = stop_timeout
         self.instance = instance or new_instance_id()  # every worker's, across their restarts
+        self.started = time.time()  # the host's start, every worker's (wall time, as the workers' list's)
         self.environ = dict(os.environ if environ is None else environ)
         self.sockets: list[socket.socket] = []
         self.workers: dict[int, _Worker] = {}
@@ -243,7 +244,12 @@ class Supervisor(Service):
         import sys
 
         role = WorkerRole(
-            index=index, count=self.count, run_dir=self.run_dir, listen=self.listen, instance=self.instance
+            index=index,
+            count=self.count,
+            run_dir=self.run_dir,
+            listen=self.listen,
+            instance=self.instance,
+            started=self.started,
         )
         env = {k: v for k, v in self.environ.items() if not k.startswith("LISTEN_")}  # systemd's are ours
         env.update(role.environment())
