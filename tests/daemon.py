@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -47,6 +48,19 @@ class Fedd:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def redirect_put(self, path: str, size: int) -> str:
+        """A PUT to fedd announcing `size` bytes (Expect: 100-continue): the 307's Location."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn.putrequest("PUT", path)
+        conn.putheader("Content-Length", str(size))
+        conn.putheader("Expect", "100-continue")
+        conn.endheaders()
+        r = conn.getresponse()
+        r.read()
+        conn.close()
+        assert r.status == 307, r.status
+        return r.getheader("location") or ""
 
     def stop(self) -> None:
         if self.proc.poll() is None:

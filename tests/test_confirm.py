@@ -159,20 +159,6 @@ def test_curl_davix_gfal_and_carried_uploads_give_one_put_done_each(fed: tuple[F
     wait_for(lambda: (lambda c: c["pending"] == 0 and c["done"] >= 8)(f.status()["confirm"]), 5, "8 uploads done")
 
 
-def redirect(f: Fedd, path: str, size: int) -> str:
-    """A PUT to fedd announcing `size` bytes (Expect: 100-continue): the 307's Location."""
-    conn = http.client.HTTPConnection("127.0.0.1", f.port, timeout=30)
-    conn.putrequest("PUT", path)
-    conn.putheader("Content-Length", str(size))
-    conn.putheader("Expect", "100-continue")
-    conn.endheaders()
-    r = conn.getresponse()
-    r.read()
-    conn.close()
-    assert r.status == 307, r.status
-    return r.getheader("location") or ""
-
-
 def send(url: str, data: bytes, size: int) -> None:
     """PUT `data` to `url` announcing `size`: a short body is an upload abandoned half-way."""
     parts = urlsplit(url)
@@ -192,8 +178,9 @@ def test_abandoned_and_wrong_size_uploads_give_put_failed(fed: tuple[Fedd, Consu
     f, consumer = fed
     data = os.urandom(20_000)
     for top in ("s3", "dav"):
-        send(redirect(f, f"/{top}/bad/abandoned.bin", 20_000), data[:10_000], 20_000)  # then the client goes
-        send(redirect(f, f"/{top}/bad/short.bin", 20_000), data[:5_000], 5_000)  # 5000 bytes where 20000 were announced
+        send(f.redirect_put(f"/{top}/bad/abandoned.bin", 20_000), data[:10_000], 20_000)  # then the client goes
+        short = f.redirect_put(f"/{top}/bad/short.bin", 20_000)
+        send(short, data[:5_000], 5_000)  # 5000 bytes where 20000 were announced
     paths = {f"/{top}/bad/{name}" for top in ("s3", "dav") for name in ("abandoned.bin", "short.bin")}
     got = outcomes(consumer, paths)
     reasons = {path: [e["payload"]["reason"] for e in got.get(path, [])] for path in paths}

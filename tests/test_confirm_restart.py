@@ -39,20 +39,6 @@ poll_max = 1
 """
 
 
-def redirect(f: Fedd, path: str, size: int) -> str:
-    """A PUT to fedd announcing `size` bytes (Expect: 100-continue): the 307's Location."""
-    conn = http.client.HTTPConnection("127.0.0.1", f.port, timeout=30)
-    conn.putrequest("PUT", path)
-    conn.putheader("Content-Length", str(size))
-    conn.putheader("Expect", "100-continue")
-    conn.endheaders()
-    r = conn.getresponse()
-    r.read()
-    conn.close()
-    assert r.status == 307, r.status
-    return r.getheader("location") or ""
-
-
 def upload(url: str, data: bytes) -> None:
     """The client's PUT to the endpoint itself (fedd is not asked)."""
     parts = urlsplit(url)
@@ -88,19 +74,25 @@ def kept(workdir: Path) -> dict[str, int]:
         db.close()
 
 
+def redirected_then_stopped(workdir: Path, text: str, port: int, path: str, size: int) -> tuple[Fedd, str, float]:
+    """fedd started, a PUT of `path` redirected and kept in the pending file, fedd stopped (SIGTERM):
+    that fedd, the 307's Location, and when the redirect was answered."""
+    f = start_fedd(workdir, text, port)
+    try:
+        location = f.redirect_put(path, size)
+        asked = time.time()
+        wait_for(lambda: kept(workdir), 10, "the upload in the pending file", until=lambda k: path in k)
+    finally:
+        f.stop()
+    return f, location, asked
+
+
 def test_an_upload_redirected_before_a_restart_is_confirmed_after_it(dav2: Any, tmp_path: Path) -> None:
     top = f"restart-{uuid.uuid4().hex[:8]}"
     port = free_port()
     text = config(dav2, port, top, workers=1, deadline=60)
     data = os.urandom(30_000)
-    f = start_fedd(tmp_path, text, port)
-    try:
-        location = redirect(f, f"/{top}/landed.bin", len(data))
-        wait_for(
-            lambda: kept(tmp_path), 10, "the upload in the pending file", until=lambda k: f"/{top}/landed.bin" in k
-        )
-    finally:
-        f.stop()
+    f, location, _ = redirected_then_stopped(tmp_path, text, port, f"/{top}/landed.bin", len(data))
     assert f.proc.returncode == 0
     assert f"/{top}/landed.bin to dav (30000 bytes) not confirmed after" in f.log_text()
     assert "kept in fedd-pending.sqlite, they are confirmed after the restart" in f.log_text()
@@ -126,13 +118,7 @@ def test_an_upload_whose_deadline_passed_while_fedd_was_down_fails_at_once(dav2:
     top = f"late-{uuid.uuid4().hex[:8]}"
     port = free_port()
     text = config(dav2, port, top, workers=1, deadline=3)
-    f = start_fedd(tmp_path, text, port)
-    try:
-        redirect(f, f"/{top}/never.bin", 1000)
-        asked = time.time()
-        wait_for(lambda: kept(tmp_path), 10, "the upload in the pending file", until=lambda k: f"/{top}/never.bin" in k)
-    finally:
-        f.stop()
+    _, _, asked = redirected_then_stopped(tmp_path, text, port, f"/{top}/never.bin", 1000)
     assert outcomes(tmp_path) == {}, "the deadline passed before fedd stopped: make it longer"
     # fedd stays down past the deadline (3 s from the redirect)
     wait_for(lambda: time.time() - asked, 10, "the deadline to pass", until=lambda waited: waited > 3.2)
@@ -156,7 +142,7 @@ def test_a_killed_worker_started_again_confirms_its_uploads(dav2: Any, tmp_path:
     f = start_fedd(tmp_path, config(dav2, port, top, workers=2, deadline=60), port)
     try:
         data = os.urandom(20_000)
-        locations = {f"/{top}/f{i}.bin": redirect(f, f"/{top}/f{i}.bin", len(data)) for i in range(6)}
+        locations = {f"/{top}/f{i}.bin": f.redirect_put(f"/{top}/f{i}.bin", len(data)) for i in range(6)}
         owners = wait_for(lambda: kept(tmp_path), 10, "6 uploads kept", until=lambda k: len(k) == 6)
         pids = wait_for(
             lambda: {w["index"]: w["pid"] for w in f.status()["workers"]["workers"] if w["pid"]},
