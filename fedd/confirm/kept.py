@@ -13,13 +13,17 @@ A row keeps the redirect's time (`started`): the deadline counts from there, not
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from fedd.confirm.pending import Key, Upload
+from fedd.errors import describe
 from fedd.sqlite import SqliteThread
+
+log = Logger(namespace="fedd.confirm")
 
 Change = tuple[Key, Upload | None]  # the upload now pending under that key, or None: nothing any more
 
@@ -96,3 +100,114 @@ class PendingFile(SqliteThread):
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+
+class KeptUploads:
+    """The confirm service's use of its pending file: opening it and handing over what the previous
+    run left (`start`), the changes since the last write (`keep`: the latest of each key), written
+    one batch at a time at the next reactor turn, and `close` after the last of them. A write that
+    fails is logged once until one succeeds again; the service confirms in memory meanwhile."""
+
+    def __init__(self, file: PendingFile, clock: Any) -> None:
+        self.file = file
+        self.clock = clock
+        self.state = "closed"  # opening (reading the previous run's), open, failed (to open), closed
+        self.errors = 0
+        self._changes: dict[Key, Upload | None] = {}  # not written yet: the latest of each key
+        self._writing = False
+        self._write_call: Any = None
+        self._failing = False  # a write failed and none succeeded since: logged once
+
+    @property
+    def path(self) -> str:
+        return self.file.path
+
+    @property
+    def keeping(self) -> bool:
+        """What is pending now will be there at the next start (as far as the writes tell)."""
+        return self.state in ("opening", "open") and not self._failing
+
+    def start(self, take_over: Callable[[list[Upload]], None]) -> None:
+        """Open the file, then hand `take_over` the uploads the previous run left pending."""
+        self.state = "opening"
+        d = self.file.open()
+        d.addCallback(lambda _: self.file.take())
+        d.addCallbacks(lambda uploads: self._opened(uploads, take_over), self._open_failed)
+
+    def _opened(self, uploads: list[Upload], take_over: Callable[[list[Upload]], None]) -> None:
+        if self.state != "opening":
+            return  # stopped meanwhile: the rows wait for the next start
+        self.state = "open"
+        take_over(uploads)
+        self._write_soon()
+
+    def _open_failed(self, failure: Any) -> None:
+        if self.state != "opening":
+            return  # stopped meanwhile
+        self.state = "failed"
+        self._changes.clear()
+        self.errors += 1
+        self._failing = True
+        log.warn(
+            "[confirm] pending_file {file}: {reason}: uploads are confirmed in memory only, not after a restart",
+            file=self.path,
+            reason=describe(failure.value),
+        )
+
+    def keep(self, key: Key, upload: Upload | None) -> None:
+        """`upload` is now pending under `key` (None: nothing is): written at the next turn."""
+        if self.state not in ("opening", "open"):
+            return
+        self._changes[key] = upload
+        self._write_soon()
+
+    def _write_soon(self) -> None:
+        if self.state != "open" or self._writing or not self._changes:
+            return
+        if self._write_call is None or not self._write_call.active():
+            self._write_call = self.clock.callLater(0, self._write)
+
+    def _write(self) -> None:
+        self._write_call = None
+        if self.state != "open" or not self._changes:
+            return
+        changes, self._changes = list(self._changes.items()), {}
+        self._writing = True
+        d = self.file.apply(changes)
+        d.addCallbacks(self._written, self._write_failed)
+
+        def next_batch(_: Any) -> None:
+            self._writing = False
+            self._write_soon()
+
+        d.addCallback(next_batch)
+
+    def _written(self, _: Any) -> None:
+        if self._failing:
+            self._failing = False
+            log.info("[confirm] pending_file {file}: written again", file=self.path)
+
+    def _write_failed(self, failure: Any) -> None:
+        """The batch is lost (its uploads are still confirmed here); the next batches are tried."""
+        self.errors += 1
+        if not self._failing:
+            self._failing = True
+            log.warn(
+                "[confirm] pending_file {file}: writing failed ({reason}): uploads are confirmed in memory, "
+                "those not written are not confirmed after a restart",
+                file=self.path,
+                reason=describe(failure.value),
+            )
+
+    def close(self) -> Deferred[Any] | None:
+        """The last changes written, then the file closed (both after what its thread has queued)."""
+        if self._write_call is not None and self._write_call.active():
+            self._write_call.cancel()
+        self._write_call = None
+        state, self.state = self.state, "closed"
+        if state == "closed":
+            return None
+        if state in ("opening", "open") and self._changes:
+            self.file.apply(list(self._changes.items())).addErrback(self._write_failed)
+        self._changes = {}
+        return self.file.close().addErrback(lambda f: log.warn("[confirm] pending_file: {e}", e=describe(f.value)))

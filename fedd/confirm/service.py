@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from fedd.checksums.digest import Want
 from fedd.config import Config
 from fedd.config.schema import ConfirmConfig
-from fedd.confirm.kept import PendingFile
+from fedd.confirm.kept import KeptUploads, PendingFile
 from fedd.confirm.pending import Key, Table, Timing, Upload, Verdict, judge_look, judge_notification
 from fedd.confirm.rgw import RgwNotifications
 from fedd.endpoints.base import Stat
@@ -85,13 +85,7 @@ class ConfirmService(MultiService):
         self._timer: Any = None
         self._looking = 0
         self._untracked_logged = -UNTRACKED_LOG_INTERVAL
-        self.kept = kept
-        self._kept_state = "closed"  # opening (reading the previous run's), open, failed (to open), closed
-        self._changes: dict[Key, Upload | None] = {}  # not written yet: the latest of each key
-        self._writing = False
-        self._write_call: Any = None
-        self._kept_failing = False  # a write failed and none succeeded since: logged once
-        self._kept_errors = 0
+        self.kept = KeptUploads(kept, clock) if kept is not None else None
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self.counts = {
             "done": 0,
@@ -111,18 +105,14 @@ class ConfirmService(MultiService):
         super().startService()
         self._arm()
         if self.kept is not None and self.config.enabled:
-            self._kept_state = "opening"
-            kept = self.kept
-            d = kept.open()
-            d.addCallback(lambda _: kept.take())
-            d.addCallbacks(self._take_over, self._open_failed)
+            self.kept.start(self._take_over)
 
     def stopService(self) -> Deferred[Any]:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        kept = self._kept_state in ("opening", "open") and not self._kept_failing
-        closing = self._close_kept()
+        kept = self.kept is not None and self.kept.keeping
+        closing = self.kept.close() if self.kept is not None else None
         pending = sorted(self.table.uploads(), key=lambda u: u.started)
         now = self.clock.seconds()
         later = "confirmed after the restart" if kept else "not kept"
@@ -153,9 +143,7 @@ class ConfirmService(MultiService):
     def _take_over(self, uploads: list[Upload]) -> None:
         """The uploads the previous run left: each looked at now (max_pending holds; an upload of the
         same name taken since start is newer and stays)."""
-        if self._kept_state != "opening":
-            return  # stopped meanwhile: the rows wait for the next start
-        self._kept_state = "open"
+        assert self.kept is not None
         now = self.clock.seconds()
         taken = 0
         for upload in uploads:
@@ -167,88 +155,20 @@ class ConfirmService(MultiService):
                 taken += 1
             else:
                 self.counts["untracked"] += 1
-                self._changes[upload.key] = None
+                self.kept.keep(upload.key, None)
         self.counts["taken_over"] += taken
         if uploads:
             log.info(
                 "taking over {n} upload(s) not confirmed before the restart ({file}; {untracked} over max_pending)",
                 n=taken,
-                file=self.kept.path if self.kept is not None else "",
+                file=self.kept.path,
                 untracked=len(uploads) - taken,
             )
         self._arm()
-        self._write_soon()
-
-    def _open_failed(self, failure: Any) -> None:
-        if self._kept_state != "opening":
-            return  # stopped meanwhile
-        self._kept_state = "failed"
-        self._changes.clear()
-        self._kept_errors += 1
-        self._kept_failing = True
-        log.warn(
-            "[confirm] pending_file {file}: {reason}: uploads are confirmed in memory only, not after a restart",
-            file=self.kept.path if self.kept is not None else "",
-            reason=describe(failure.value),
-        )
 
     def _keep(self, key: Key, upload: Upload | None) -> None:
-        """`upload` is now pending under `key` (None: nothing is): written at the next turn."""
-        if self.kept is None or self._kept_state not in ("opening", "open"):
-            return
-        self._changes[key] = upload
-        self._write_soon()
-
-    def _write_soon(self) -> None:
-        if self._kept_state != "open" or self._writing or not self._changes:
-            return
-        if self._write_call is None or not self._write_call.active():
-            self._write_call = self.clock.callLater(0, self._write)
-
-    def _write(self) -> None:
-        self._write_call = None
-        if self.kept is None or self._kept_state != "open" or not self._changes:
-            return
-        changes, self._changes = list(self._changes.items()), {}
-        self._writing = True
-        d = self.kept.apply(changes)
-        d.addCallbacks(self._written, self._write_failed)
-
-        def next_batch(_: Any) -> None:
-            self._writing = False
-            self._write_soon()
-
-        d.addCallback(next_batch)
-
-    def _written(self, _: Any) -> None:
-        if self._kept_failing:
-            self._kept_failing = False
-            log.info("[confirm] pending_file {file}: written again", file=self.kept.path if self.kept else "")
-
-    def _write_failed(self, failure: Any) -> None:
-        """The batch is lost (its uploads are still confirmed here); the next batches are tried."""
-        self._kept_errors += 1
-        if not self._kept_failing:
-            self._kept_failing = True
-            log.warn(
-                "[confirm] pending_file {file}: writing failed ({reason}): uploads are confirmed in memory, "
-                "those not written are not confirmed after a restart",
-                file=self.kept.path if self.kept is not None else "",
-                reason=describe(failure.value),
-            )
-
-    def _close_kept(self) -> Deferred[Any] | None:
-        """The last changes written, then the file closed (both after what its thread has queued)."""
-        if self._write_call is not None and self._write_call.active():
-            self._write_call.cancel()
-        self._write_call = None
-        state, self._kept_state = self._kept_state, "closed"
-        if self.kept is None or state == "closed":
-            return None
-        if state in ("opening", "open") and self._changes:
-            self.kept.apply(list(self._changes.items())).addErrback(self._write_failed)
-        self._changes = {}
-        return self.kept.close().addErrback(lambda f: log.warn("[confirm] pending_file: {e}", e=describe(f.value)))
+        if self.kept is not None:
+            self.kept.keep(key, upload)
 
     def reconfigure(self, new: Config) -> list[str]:
         """Deadline, backoff and bounds apply at once (to pending uploads too); the broker and the
@@ -479,7 +399,7 @@ class ConfirmService(MultiService):
             "recent": list(self.recent),
             "rgw_notifications": rgw.to_json() if rgw is not None else None,
             "pending_file": self.kept.path if self.kept is not None else None,
-            "pending_file_errors": self._kept_errors,
+            "pending_file_errors": self.kept.errors if self.kept is not None else 0,
         }
 
 
