@@ -43,17 +43,21 @@ IDLE_TIMEOUT = 60.0
 REFUSAL_LOG_SECONDS = 60.0
 
 
-def _refusal(code: int, reason: bytes, extra: bytes = b"") -> bytes:
-    return b"HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n%s\r\n" % (code, reason, extra)
+def _refusal(code: int, reason: bytes, extra: bytes = b"", text: bytes = b"") -> bytes:
+    kind = b"Content-Type: text/plain\r\n" if text else b""
+    return b"HTTP/1.1 %d %s\r\n%sContent-Length: %d\r\nConnection: close\r\n%s\r\n%s" % (
+        code,
+        reason,
+        kind,
+        len(text),
+        extra,
+        text,
+    )
 
 
 BAD_REQUEST = _refusal(400, b"Bad Request")
 REQUEST_TIMEOUT = _refusal(408, b"Request Timeout")
-_NO_HOST_TEXT = b"an HTTP/1.1 request needs a Host header (RFC 9112 section 3.2)\n"
-NO_HOST = (
-    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-    % (len(_NO_HOST_TEXT), _NO_HOST_TEXT)
-)
+NO_HOST = _refusal(400, b"Bad Request", text=b"an HTTP/1.1 request needs a Host header (RFC 9112 section 3.2)\n")
 BUSY = _refusal(503, b"Service Unavailable", b"Retry-After: 5\r\n")
 
 
