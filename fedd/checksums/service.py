@@ -9,13 +9,16 @@ Where a value comes from, cheapest first:
    hashers, never whole in memory. The result goes to the LRU, the database, and, on writable S3
    endpoints, into the object's own metadata (copy onto itself), so it is computed once.
 
+Steps 1 and 2, and the mismatches between replicas, are `fedd.checksums.known`; this module answers
+from them, runs the computations, and with `[server] workers` waits for another worker's.
+
 Two replicas with different values for one algorithm are logged and published as `checksum-mismatch`.
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -27,22 +30,20 @@ from twisted.logger import Logger
 
 from fedd.checksums.bulk import tune_allocator
 from fedd.checksums.claims import JobClaims
-from fedd.checksums.compute import Job, ReplicaHasher, replica_key, retry_after
+from fedd.checksums.compute import Job, ReplicaHasher, retry_after
 from fedd.checksums.digest import ADLER32_IMPLEMENTATION, Want
-from fedd.checksums.reported import known_checksums, parse_reported, worth_storing
+from fedd.checksums.known import KnownChecksums
+from fedd.checksums.reported import worth_storing
 from fedd.checksums.store import ChecksumDatabase, ChecksumStore, Key
 from fedd.config import ChecksumsConfig, Config
-from fedd.endpoints.interfaces import IChecksumSource, IChecksumStore
+from fedd.endpoints.interfaces import IChecksumStore
 from fedd.errors import EndpointError, describe
 from fedd.events.model import file_fields
 from fedd.twtypes import Service
 
 log = Logger(namespace="fedd.checksums")
 ELSEWHERE_POLL = 0.25  # seconds between two looks in the database while another worker computes
-NEGATIVE_TTL = 60.0  # a replica without a stored checksum is looked up again after this
 FAILED_TTL = 30.0  # a failed computation is not retried for this long
-MEMORY_ENTRIES = 100_000
-DB_TIMEOUT = 10.0
 RECENT = 10
 
 
@@ -75,41 +76,33 @@ class ChecksumService(Service):
         self.reactor = reactor
         self.clock = reactor
         self.emit = emit
-        self.store: ChecksumDatabase = store if store is not None else ChecksumStore(reactor, config.database)
-        self._db_ready = False
-        self.db_error = ""
-        self._memory: OrderedDict[Key, tuple[float, dict[str, str]]] = OrderedDict()
+        self.known_values = KnownChecksums(
+            federation=federation,
+            clock=reactor,
+            store=store if store is not None else ChecksumStore(reactor, config.database),
+            emit=emit,
+        )
         self._jobs: dict[Key, Job] = {}
         self._queue: deque[Job] = deque()
         self._running: dict[Key, Deferred[None]] = {}
         self._failed: dict[Key, float] = {}
-        self._mismatches: set[tuple[str, str, tuple[tuple[str, str], ...]]] = set()
         self._recent: deque[Job] = deque(maxlen=RECENT)
         self._hasher = ReplicaHasher(reactor)
         tune_allocator()  # 1 MiB reads without a page fault per 4 KiB (fedd.checksums.bulk)
-        self.computed = self.failed = self.refused = self.stored_s3 = self.stored_db = 0
-        self.mismatches = self.bytes_hashed = 0
+        self.computed = self.failed = self.refused = self.stored_s3 = self.bytes_hashed = 0
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
-        self.store.open().addCallbacks(self._opened, self._open_failed)
-
-    def _opened(self, count: int) -> None:
-        self._db_ready = True
-        log.info("checksum database {path}: {count} checksums", path=self.store.path, count=count)
-
-    def _open_failed(self, failure: Any) -> None:
-        self.db_error = describe(failure)
-        log.error("cannot open the checksum database {path}: {reason}", path=self.store.path, reason=self.db_error)
+        self.known_values.open()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self._queue.clear()
         for d in list(self._running.values()):
             d.cancel()
-        return ensureDeferred(self._close())
+        return self.known_values.close()
 
     def reconfigure(self, new: Config) -> list[str]:
         """Apply a reloaded `[checksums]` (all but `database`, which needs a restart): limits apply
@@ -119,106 +112,15 @@ class ChecksumService(Service):
         self._pump()
         return pending
 
-    async def _close(self) -> None:
-        try:
-            await self.store.close()
-        except Exception as exc:
-            log.warn("closing the checksum database: {reason}", reason=describe(exc))
+    # --- what is known (fedd.checksums.known) ---------------------------------------------------
 
-    # --- what is known --------------------------------------------------------------------------
-
-    def _remember(self, key: Key, values: dict[str, str]) -> None:
-        old = self._memory.pop(key, None)
-        merged = dict(old[1]) if old is not None else {}
-        merged.update(values)
-        self._memory[key] = (self.clock.seconds(), merged)
-        while len(self._memory) > MEMORY_ENTRIES:
-            self._memory.popitem(last=False)
-
-    def _keys(self, path: str, replicas: list[Any]) -> list[tuple[Any, Key]]:
-        targets = self.fed.locator.targets(path)
-        out = []
-        for r in replicas:
-            endpoint_path = targets.get(r.endpoint)
-            if endpoint_path is not None and r.stat.size is not None:
-                out.append((r, replica_key(r.endpoint, endpoint_path, r.stat)))
-        return out
+    @property
+    def mismatches(self) -> int:
+        return self.known_values.mismatches
 
     def known(self, path: str, replicas: list[Any]) -> dict[str, str]:
         """Checksums known without asking anyone (synchronous); notes mismatches between replicas."""
-        best: dict[str, str] = {}
-        by_algorithm: dict[str, dict[str, str]] = {}
-        for replica, key in self._keys(path, replicas):
-            values = known_checksums(replica.stat)
-            hit = self._memory.get(key)
-            if hit is not None:
-                values.update(hit[1])
-            for algorithm, value in values.items():
-                best.setdefault(algorithm, value)
-                by_algorithm.setdefault(algorithm, {})[replica.endpoint] = value
-        for algorithm, seen in by_algorithm.items():
-            if len(set(seen.values())) > 1:
-                self._mismatch(path, algorithm, seen)
-        return best
-
-    def _mismatch(self, path: str, algorithm: str, seen: dict[str, str]) -> None:
-        token = (path, algorithm, tuple(sorted(seen.items())))
-        if token in self._mismatches:
-            return
-        if len(self._mismatches) > 10_000:
-            self._mismatches.clear()
-        self._mismatches.add(token)
-        self.mismatches += 1
-        log.warn(
-            "checksum mismatch for {path}: {algorithm} {values}",
-            path=path,
-            algorithm=algorithm,
-            values=", ".join(f"{eid}={value}" for eid, value in sorted(seen.items())),
-        )
-        if self.emit is not None:
-            self.emit(
-                "checksum-mismatch",
-                {
-                    **file_fields(path),
-                    "algorithm": algorithm,
-                    "values": dict(sorted(seen.items())),
-                    "endpoints": sorted(seen),
-                },
-            )
-
-    async def _lookup(self, path: str, replicas: list[Any]) -> None:
-        """Ask the database (and Azure's Content-MD5) about replicas not looked up recently."""
-        now = self.clock.seconds()
-        todo: list[tuple[Any, Key]] = []
-        for replica, key in self._keys(path, replicas):
-            hit = self._memory.get(key)
-            if hit is None or (not hit[1] and now - hit[0] > NEGATIVE_TTL):
-                todo.append((replica, key))
-        if not todo:
-            return
-        found: dict[Key, dict[str, str]] = {}
-        if self._db_ready:
-            try:
-                d = self.store.get([key for _, key in todo])
-                d.addTimeout(DB_TIMEOUT, self.clock)
-                found = await d
-            except Exception as exc:
-                log.warn("checksum database lookup failed: {reason}", reason=describe(exc))
-        for replica, key in todo:
-            values = dict(found.get(key, {}))
-            source = self.fed.endpoints.get(replica.endpoint)
-            told = known_checksums(replica.stat)
-            if IChecksumSource.providedBy(source) and "md5" not in values and "md5" not in told:
-                try:
-                    asked = IChecksumSource(source).reported_checksums(key[1])
-                    asked.addTimeout(IChecksumSource(source).config.timeout, self.clock)
-                    reported = await asked
-                except Exception as exc:
-                    log.warn("checksums of {endpoint}: {reason}", endpoint=replica.endpoint, reason=describe(exc))
-                    reported = None
-                for algorithm, value in parse_reported(reported or ()).items():
-                    values.setdefault(algorithm, value)
-            self._remember(key, values)
+        return self.known_values.known(path, replicas)
 
     def answer(self, path: str, replicas: list[Any], wants: list[Want], wait: float | None) -> Deferred[Answer]:
         """The checksums for a HEAD: known ones at once; else the database; else a computation, waited
@@ -230,7 +132,7 @@ class ChecksumService(Service):
         if all(w.pick(values) is not None for w in wants):
             return Answer(values)
         self._forget_elsewhere(path, replicas)
-        await self._lookup(path, replicas)
+        await self.known_values.lookup(path, replicas)
         values = self.known(path, replicas)
         missing = {w.algorithms[0] for w in wants if w.pick(values) is None}
         if not missing:
@@ -278,12 +180,12 @@ class ChecksumService(Service):
             while self.claims is not None and self.clock.seconds() < deadline:
                 await deferLater(self.clock, min(ELSEWHERE_POLL, deadline - self.clock.seconds()), lambda: None)
                 held = self.claims.held_elsewhere(key)  # before the lookup: a claim that ended has its value stored
-                if self._db_ready:
+                if self.known_values.db_ready:
                     # what this worker remembers of the replica may be some algorithms only (read
                     # from the database before): read again, the other worker adds the rest there
-                    self._memory.pop(key, None)
+                    self.known_values.forget(key)
                 self._forget_elsewhere(path, replicas)
-                await self._lookup(path, replicas)
+                await self.known_values.lookup(path, replicas)
                 values = self.known(path, replicas)
                 if all(w.pick(values) is not None for w in wants) or not held:
                     return values, not held
@@ -297,7 +199,7 @@ class ChecksumService(Service):
         """The computation that will bring `algorithms` (new, or one already under way); None if refused."""
         if self.config.workers == 0:
             return None
-        keys = self._keys(path, replicas)
+        keys = self.known_values.keys(path, replicas)
         if not keys:
             return None
         replica, key = keys[0]  # the best-ranked replica: the one clients are sent to
@@ -335,11 +237,9 @@ class ChecksumService(Service):
         remembers of them (no value) is dropped, so the next lookup reads the database again."""
         if not self._elsewhere:
             return
-        for _, key in self._keys(path, replicas):
+        for _, key in self.known_values.keys(path, replicas):
             if key in self._elsewhere:
-                hit = self._memory.get(key)
-                if hit is None or not hit[1]:
-                    self._memory.pop(key, None)
+                self.known_values.forget(key, only_if_empty=True)
                 if self.claims is not None and not self.claims.held_elsewhere(key):
                     self._elsewhere.discard(key)  # done there: this lookup is the last forced one
 
@@ -375,7 +275,7 @@ class ChecksumService(Service):
             self.bytes_hashed += job.bytes
         if job.values:
             self.computed += 1
-            self._remember(job.key, job.values)
+            self.known_values.remember(job.key, job.values)
         self._jobs.pop(job.key, None)
         for waiter in list(job.waiters):
             if not waiter.called:
@@ -392,15 +292,8 @@ class ChecksumService(Service):
 
     async def _keep(self, job: Job) -> None:
         """Store a computed value: the database always, the object's metadata on writable S3."""
-        if self._db_ready:
-            try:
-                d = self.store.put(job.key, job.values, self.clock.seconds())
-                d.addTimeout(DB_TIMEOUT, self.clock)
-                await d
-                self.stored_db += 1
-            except Exception as exc:
-                log.warn("storing a checksum in the database failed: {reason}", reason=describe(exc))
-        where = "database" if self._db_ready else "memory"
+        await self.known_values.keep(job.key, job.values)
+        where = "database" if self.known_values.db_ready else "memory"
         endpoint = self.fed.endpoints.get(job.endpoint)
         if IChecksumStore.providedBy(endpoint) and self.config.store_s3_metadata and endpoint.config.write and job.etag:
             try:
@@ -458,11 +351,11 @@ class ChecksumService(Service):
             "failed": self.failed,
             "refused": self.refused,
             "bytes_hashed": self.bytes_hashed,
-            "stored_db": self.stored_db,
+            "stored_db": self.known_values.stored_db,
             "stored_s3": self.stored_s3,
-            "mismatches": self.mismatches,
-            "remembered": len(self._memory),
-            "database": self.store.path,
-            "database_error": self.db_error or None,
+            "mismatches": self.known_values.mismatches,
+            "remembered": len(self.known_values.memory),
+            "database": self.known_values.store.path,
+            "database_error": self.known_values.db_error or None,
             "recent": [j.to_json(now) for j in reversed(self._recent)],
         }
