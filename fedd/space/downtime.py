@@ -7,23 +7,21 @@ set replaced whole by its source and listed with its origin. Run-time downtimes 
 (`/.well-known/fedd/downtimes`). With `[state] database` they live in the shared state database
 (fedd.state.tables.SharedDowntimes): a host applies its own at once, the others re-read the table when
 its change serial moves (within `[state] poll_interval`), and a downtime declared while the database
-is down is kept and written when it is back. Without it they live in `[health] downtime_file` (JSON),
-which every fedd process of the host re-reads when it changes; a change re-reads it and writes it whole
-under an `flock` of `<downtime_file>.lock`, so two processes changing it together lose nothing. Either
-way all processes apply the same downtimes, and they survive a restart. The workers of `[server]
-workers` without either share them through their implicit host state (fedd.builders.build_state);
-with `marks` (a worker), a change answers once every worker applied it (`settled`,
-fedd.workers.applied). The book re-evaluates itself exactly when a downtime starts or ends.
+is down is kept and written when it is back. Without it they live in `[health] downtime_file` (JSON,
+fedd.space.downtime_file), which every fedd process of the host re-reads when it changes; a change
+re-reads it and writes it whole under an `flock`, so two processes changing it together lose nothing.
+Either way all processes apply the same downtimes, and they survive a restart. The workers of
+`[server] workers` without either share them through their implicit host state
+(fedd.builders.build_state); with `marks` (a worker), a change answers once every worker applied it
+(`settled`, fedd.workers.applied). The book re-evaluates itself exactly when a downtime starts or ends.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import secrets
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +33,7 @@ from twisted.logger import Logger
 from fedd.config import DOWNTIME_SCOPES, Config, Downtime
 from fedd.errors import BadRequest
 from fedd.periodic import Periodic
+from fedd.space.downtime_file import DowntimeFile
 from fedd.state.tables import SharedDowntimes
 from fedd.twtypes import Service
 from fedd.workers.applied import AppliedMarks
@@ -43,7 +42,6 @@ log = Logger(namespace="fedd.downtime")
 FILE_CHECK_SECONDS = 2.0
 MAX_DOWNTIMES = 1000
 SHARED_MARK = "downtimes"  # fedd.workers.applied: the serial of the shared downtimes a worker applied
-FILE_MARK = "downtime-file"  # ... and the st_mtime_ns of the downtime file it read last
 WORKERS_FILE_CHECK = 0.25  # seconds: how often workers look at the downtime file
 
 
@@ -116,7 +114,7 @@ class DowntimeBook(Service):
         # a worker of [server] workers: marks the downtimes it applied; a change answers once every
         # worker of the host applies it (`settled`)
         self.marks = marks if shared is not None or path else None
-        self._file_written = 0  # st_mtime_ns of this worker's last write of the downtime file
+        self.file = DowntimeFile(path, self.marks) if shared is None and path else None
         self.settle_timeout = settle_timeout
         self._last_write: Deferred[None] | None = None
         # run-time changes of this host not yet in the shared database: kept across re-reads
@@ -131,7 +129,6 @@ class DowntimeBook(Service):
         ]
         self._admin: list[Declared] = []
         self._sources: dict[str, list[Declared]] = {}  # origin -> its whole current set
-        self._mtime: float | None = None
         self._timer: IDelayedCall | None = None
         self._loop: Periodic | None = None
         self.read_blocked: frozenset[str] = frozenset()
@@ -174,7 +171,7 @@ class DowntimeBook(Service):
         super().startService()
         if self.shared is not None:
             self.shared.watch(self._reload_shared)
-        elif self.path:
+        elif self.file is not None:
             self._reload_file()
             check = Periodic(self.reactor, self._check_file, "downtime file check")
             # workers: every worker re-reads the file within 0.25 s (a stat), so a change answers soon
@@ -208,7 +205,7 @@ class DowntimeBook(Service):
         if len(self._admin) >= MAX_DOWNTIMES:
             raise BadRequest(f"too many downtimes (at most {MAX_DOWNTIMES})")
         declared = Declared(secrets.token_hex(6), endpoint, downtime, "admin")
-        with self._file_locked():
+        with self._locked():
             self._catch_up()
             self._admin.append(declared)
             self._save(declared)
@@ -224,7 +221,7 @@ class DowntimeBook(Service):
         return declared
 
     def remove(self, downtime_id: str) -> bool:
-        with self._file_locked():
+        with self._locked():
             self._catch_up()
             before = len(self._admin)
             self._admin = [d for d in self._admin if d.id != downtime_id]
@@ -252,79 +249,34 @@ class DowntimeBook(Service):
         if edges:
             self._timer = self.reactor.callLater(min(edges) - now + 0.001, self.evaluate)
 
-    # --- the shared file ----------------------------------------------------------------------------
+    # --- the downtime file (fedd.space.downtime_file) -----------------------------------------------
 
     def _check_file(self) -> None:
-        try:
-            mtime = os.stat(self.path).st_mtime
-        except OSError:
-            mtime = None
-        if mtime != self._mtime:
+        assert self.file is not None
+        if self.file.changed():
             self._reload_file()
             self.evaluate()
 
     def _catch_up(self) -> None:
         """Processes sharing the downtime file: read what another wrote before changing it (the file
         is written whole, so a change made on an older copy would undo theirs). Called under the lock."""
-        if self.shared is None and self.path:
+        if self.file is not None:
             self._reload_file()
 
-    @contextmanager
-    def _file_locked(self) -> Iterator[None]:
-        """Hold `<downtime_file>.lock` around a read-modify-write of the file. Its holders keep it for
-        one read and one write of a small local file (as this process writes it on the reactor
-        thread anyway), so waiting for it costs the reactor a few milliseconds at most."""
-        if self.shared is not None or not self.path:
-            yield
-            return
-        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
+    def _locked(self) -> AbstractContextManager[None]:
+        return self.file.locked() if self.file is not None else nullcontext()
 
     def _reload_file(self) -> None:
-        try:
-            st = os.stat(self.path)
-            self._mtime = st.st_mtime
-            with open(self.path, encoding="utf-8") as fh:
-                raw = json.load(fh)
-            self._admin = [
-                Declared(
-                    str(item["id"]),
-                    str(item["endpoint"]),
-                    Downtime(float(item["start"]), float(item["end"]), str(item["scope"]), str(item["reason"])),
-                    "admin",
-                )
-                for item in raw
-            ]
-            if self.marks is not None:
-                self.marks.mark(FILE_MARK, st.st_mtime_ns)
-        except FileNotFoundError:
-            self._mtime = None
-            self._admin = []
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warn(
-                "cannot read downtime file {path}: {reason} (keeping the previous list)", path=self.path, reason=exc
-            )
+        assert self.file is not None
+        rows = self.file.read()
+        if rows is not None:  # None: unreadable (logged), the previous list stays
+            self._admin = [Declared(i, e, d, "admin") for i, e, d in rows]
 
     def _save(self, added: Declared | None = None, removed: str = "") -> None:
         if self.shared is not None:
             self._save_shared(added, removed)
-            return
-        if not self.path:
-            return
-        tmp = f"{self.path}.tmp.{os.getpid()}"
-        data = [{"id": d.id, "endpoint": d.endpoint, **d.downtime.to_json()} for d in self._admin]
-        # small file, written rarely, by an admin action: a direct write is fine here
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1)
-        os.replace(tmp, self.path)
-        st = os.stat(self.path)
-        self._mtime, self._file_written = st.st_mtime, st.st_mtime_ns
-        if self.marks is not None:
-            self.marks.mark(FILE_MARK, st.st_mtime_ns)
+        elif self.file is not None:
+            self.file.write([(d.id, d.endpoint, d.downtime) for d in self._admin])
 
     # --- the shared database ------------------------------------------------------------------------
 
@@ -353,8 +305,9 @@ class DowntimeBook(Service):
         workers, or while the database is known to be down: the change is queued, and applied by the
         others once it is written)."""
         write, marks, shared = self._last_write, self.marks, self.shared
-        if marks is not None and shared is None and self._file_written:
-            return marks.wait(FILE_MARK, self._file_written, self.settle_timeout).addCallback(self._late)
+        read = self.file.applied(self.settle_timeout) if self.file is not None else None
+        if read is not None:
+            return read.addCallback(self._late)
         if write is None or marks is None or shared is None or shared.unreachable:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
