@@ -270,6 +270,45 @@ def test_a_head_begun_and_left_gets_408(fed: Fedd) -> None:
     assert got.startswith(b"HTTP/1.1 408 ") and IDLE - 0.1 <= closed - sent <= IDLE + SLACK, (got, closed - sent)
 
 
+def test_without_a_head_deadline_a_head_begun_and_left_gets_408_at_the_idle_timeout(tmp_path: Path) -> None:
+    """`header_timeout = 0` (no head deadline): a head begun and left, even only part of its request
+    line, gets the idle deadline's 408 (not at once, not a silent close), on the lean front and on
+    twisted.web's; a kept-alive connection silent between requests is closed without a word."""
+    (tmp_path / "one" / "data").mkdir(parents=True)
+    (tmp_path / "one" / "data" / "f.txt").write_text("file\n")
+    port = free_port()
+    conf = f"""
+[server]
+listen = tcp:{port}:interface=127.0.0.1
+header_timeout = 0
+idle_timeout = {IDLE:g}
+[endpoint one]
+kind = local
+path = {tmp_path / "one"}
+map = /atlas /
+"""
+    fed = start_fedd(tmp_path / "run", conf, port)
+    body = b'<?xml version="1.0"?><propfind xmlns="DAV:"><prop><getcontentlength/></prop></propfind>'
+    propfind = b"PROPFIND /atlas/data/ HTTP/1.1\r\nHost: x\r\nDepth: 1\r\nContent-Length: %d\r\n\r\n" % len(body)
+    try:
+        hot = b"GET /atlas/data/f.txt HTTP/1.1\r\nHost: x\r\n\r\n"
+        for before, code in ((b"", 0), (hot, 302), (propfind + body, 207)):
+            for begun in (b"GET /atl", b"GET /atlas/data/f.txt HTTP/1.1\r\nHo", b""):
+                with connect(fed) as s:
+                    if before:  # a hot answer (the lean front keeps the connection), or twisted.web's for good
+                        s.sendall(before)
+                        assert status(answer(s)) == code
+                    s.sendall(begun)
+                    sent = time.monotonic()
+                    got, closed = until_closed(s)
+                expected = b"HTTP/1.1 408 Request Timeout\r\n" if begun else b""
+                assert got[: len(expected)] == expected and (got == b"") == (not begun), (before, begun, got)
+                assert IDLE - 0.1 <= closed - sent <= IDLE + SLACK, (before, begun, closed - sent)
+    finally:
+        fed.stop()
+    assert "Traceback" not in fed.log_text()
+
+
 # --- 3. stalled and slow bodies ------------------------------------------------------------------------
 
 

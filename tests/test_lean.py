@@ -20,6 +20,7 @@ from fedd.locate.locator import Locator
 from fedd.namespace import Namespace
 from fedd.select.geo import GeoLocator
 from fedd.testing import FakeEndpoint
+from fedd.web.channel import REQUEST_TIMEOUT
 from fedd.web.lean import MAX_HEAD
 from fedd.web.metrics import Metrics
 from fedd.web.resource import FeddResource
@@ -376,3 +377,35 @@ def test_a_stalled_body_gets_408_and_a_slow_one_is_read(front: Front) -> None:
         protocol.dataReceived(PROPFIND_BODY[at : at + 8])
     front.reactor.advance(0)
     assert statuses(transport.value()) == [b"207"] and not transport.disconnecting
+
+
+@pytest.mark.parametrize(
+    ("begun", "answer"),
+    [
+        (b"", b""),  # silent between requests: closed without a word
+        (b"G", REQUEST_TIMEOUT),  # a request line begun
+        (b"GET /atlas/f HTTP/1.1", REQUEST_TIMEOUT),  # all of it but its line end
+        (b"GET /atlas/f HTTP/1.1\r\nHost: x\r\nUser-Ag", REQUEST_TIMEOUT),  # a head begun
+    ],
+    ids=["silent", "one-byte", "request-line", "headers"],
+)
+@pytest.mark.parametrize("before", [b"", GET, PROPFIND_HEAD + PROPFIND_BODY], ids=["new", "lean", "twisted.web"])
+def test_without_a_head_deadline_a_head_left_unfinished_gets_408_at_the_idle_timeout(
+    front: Front, before: bytes, begun: bytes, answer: bytes
+) -> None:
+    """`[server] header_timeout = 0`: no head deadline; the idle deadline answers a head begun and
+    left as a head deadline would (408, Connection: close), on a new connection, on one kept alive
+    by the lean front, and on one that is twisted.web's for good (a request with a body came first)."""
+    front.site.header_timeout = 0
+    front.warm()
+    idle = idle_of(front)
+    protocol, transport = front.connect()
+    protocol.dataReceived(before)
+    front.reactor.advance(0)
+    answered = transport.value()
+    assert len(statuses(answered)) == (1 if before else 0)
+    protocol.dataReceived(begun)
+    front.reactor.advance(idle - 0.1)
+    assert transport.value() == answered and not transport.disconnecting
+    front.reactor.advance(0.2)
+    assert transport.value() == answered + answer and transport.disconnecting

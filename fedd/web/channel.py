@@ -8,7 +8,9 @@ What a hostile or broken client gets (never a 500, never a traceback in the log)
 - a header line folded onto the next one (obs-fold): `400`, closed (RFC 9112 section 5.2);
 - a second `Host` header, or none in an HTTP/1.1 request: `400`, closed (RFC 9112 section 3.2);
 - a request head not complete `header_timeout` seconds after its first byte (also for the second
-  and later requests of a kept-alive connection): `408`, closed;
+  and later requests of a kept-alive connection): `408`, closed; with no head deadline (`0`), or a
+  longer one, a head begun (if only a byte of its request line) and then silent for `idle_timeout`
+  seconds gets the same `408`;
 - no byte from the client for `idle_timeout` seconds while a request body is being received:
   `408` (unless fedd had answered already), closed; an upload fedd carries to an endpoint is aborted
   there with it. A kept-alive connection idle that long between requests is closed without a word.
@@ -79,6 +81,7 @@ class FeddChannel(HTTPChannel):
     delimiter = b"\n"
     _fedd_linger = False
     _fedd_head: IDelayedCall | None = None
+    _fedd_begun = False  # a byte of a request head is in, its end is not
     _fedd_refused = False
     _fedd_request_line = True
 
@@ -89,8 +92,10 @@ class FeddChannel(HTTPChannel):
     # --- strict request heads -------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self.line_mode and self._fedd_head is None and data and self.header_timeout > 0:
-            self._fedd_head = self.callLater(self.header_timeout, self._head_too_slow)
+        if self.line_mode and data and not self._fedd_begun:
+            self._fedd_begun = True
+            if self.header_timeout > 0:
+                self._fedd_head = self.callLater(self.header_timeout, self._head_too_slow)
         super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
@@ -142,12 +147,15 @@ class FeddChannel(HTTPChannel):
             if stream is not None:  # a carried upload: aborted at its endpoint now, its handler silent
                 request.fedd_gone = True
                 stream.fail(ClientGone(f"no byte of the upload for {self.timeOut:g}s"))
-        elif self._fedd_head is not None or (request is not None and not request.startedWriting):
-            self._refuse(REQUEST_TIMEOUT)  # a head begun and stalled (the idle timeout came first)
+        elif self._fedd_begun or (request is not None and not request.startedWriting):
+            # a head begun and stalled (the idle timeout came first, or there is no head deadline):
+            # answered as the head deadline would, even before its request line is complete
+            self._refuse(REQUEST_TIMEOUT)
         else:
             self._refuse(b"")  # idle between requests: closed without a word
 
     def _head_done(self) -> None:
+        self._fedd_begun = False
         if self._fedd_head is not None:
             if self._fedd_head.active():
                 self._fedd_head.cancel()

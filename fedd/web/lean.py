@@ -396,6 +396,8 @@ class LeanChannel(Protocol):
     # --- the head deadline (slow or stalled heads) ----------------------------------------------
 
     def _arm_head_deadline(self) -> None:
+        if self.site.header_timeout <= 0:
+            return  # no head deadline: the idle one answers a stalled head
         if self._head_timer is None or not self._head_timer.active():
             self._head_timer = self.site.reactor.callLater(self.site.header_timeout, self._head_too_slow)
 
