@@ -6,11 +6,8 @@ logs, starts a dead worker again (0.25 s later, doubling up to 30 s while worker
 every worker has handled it (fedd.reload), and on stop sends each worker SIGTERM and waits for all of
 them (SIGKILL for any still running `stop_timeout` seconds later: its drain has a deadline of its own).
 
-A warning, error or critical line that another worker logged with the same text (namespace and
-rendered message) within the last `REPEAT_WINDOW` seconds is relayed once, the first worker's: every
-worker meets the same broker refusing its login or the same bad configuration, and the log names an
-outage once per host, not once per worker. A line repeated by the same worker is a new occurrence
-and goes through; info lines are never held back (`RepeatFilter`).
+The workers' log lines are relayed by fedd.workers.relay (a warning that every worker logs about the
+same outage is logged once per host).
 """
 
 from __future__ import annotations
@@ -25,13 +22,13 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger, LogLevel, eventFromJSON, formatEvent, globalLogPublisher
+from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
 from fedd.twtypes import Service
 from fedd.workers import EX_CONFIG, FIRST_FD, WorkerRole
+from fedd.workers.relay import REPEAT_WINDOW, RepeatFilter, WorkerOutput, _reformat_numbers
 from fedd.workers.shared import WORKERS_FILE, fold_ended, write_json
 from fedd.workers.sockets import open_listener
 
@@ -39,10 +36,9 @@ log = Logger(namespace="fedd.workers")
 FIRST_DELAY = 0.25
 MAX_DELAY = 30.0
 STABLE_AFTER = 10.0  # a worker that ran this long is not crash-looping: the next restart is quick again
-MAX_LINE = 1 << 20
 RELOAD_WAIT = 30.0  # seconds: a worker that has not handled a reload by then is named in a warning
-REPEAT_WINDOW = 60.0  # seconds: the same warning from another worker within this is not logged again
-_HELD_LEVELS = frozenset({LogLevel.warn, LogLevel.error, LogLevel.critical})
+# REPEAT_WINDOW, RepeatFilter and _reformat_numbers are fedd.workers.relay's, imported from here too
+__all__ = ["REPEAT_WINDOW", "RepeatFilter", "Supervisor", "_reformat_numbers", "worker_command"]
 
 
 # the worker runs on this interpreter with this process's flags and sys.path: under the RPM,
@@ -62,110 +58,18 @@ def worker_command(argv: Sequence[str]) -> list[str]:
     return [sys.executable, *flags, "-c", _BOOT, json.dumps(sys.path), *argv]
 
 
-def _reformat_numbers(event: dict[str, Any]) -> None:
-    """Twisted's JSON log events keep each field's text as str(value), its format spec left out
-    ("{timeout:g}" of 10.0 comes back as "10.0"): format the numbers again with their spec, so a
-    worker's line reads as a single fedd's would."""
-    flat = event.get("log_flattened")
-    if not isinstance(flat, dict):
-        return
-    for key, value in list(flat.items()):
-        name, sep, spec = key.partition("!:")
-        if sep and spec and isinstance(value, int | float) and not isinstance(value, bool):
-            try:
-                flat[f"{name}!s:{spec}"] = format(value, spec)
-            except ValueError:
-                pass
-
-
-def _own_system(event: dict[str, Any]) -> str:
-    """What a single fedd's text log shows between brackets: the event's system, else its namespace
-    and level (`fedd.events#error`), so a worker's line keeps them after its `worker-N`."""
-    system = event.get("log_system")
-    if isinstance(system, str) and system not in ("", "-"):
-        return system
-    level = event.get("log_level")
-    return f"{event.get('log_namespace', '-')}#{getattr(level, 'name', '-')}"
-
-
-class RepeatFilter:
-    """Which relayed lines to log: a warning, error or critical text (namespace and rendered message)
-    another worker logged within `window` seconds is held back. O(1) per line: the texts seen, in the
-    order they were last logged, are pruned from the oldest on each call."""
-
-    def __init__(self, window: float = REPEAT_WINDOW) -> None:
-        self.window = window
-        self.held = 0  # lines held back since the start
-        self._recent: dict[tuple[str, str], tuple[int, float]] = {}  # text -> (worker, when logged)
-
-    def admit(self, worker: int, namespace: str, text: str, now: float) -> bool:
-        recent = self._recent
-        while recent:  # insertion order is time order: entries are re-inserted when logged again
-            oldest = next(iter(recent))
-            if now - recent[oldest][1] < self.window:
-                break
-            del recent[oldest]
-        key = (namespace, text)
-        seen = recent.get(key)
-        if seen is not None and seen[0] != worker:
-            self.held += 1
-            return False
-        recent.pop(key, None)
-        recent[key] = (worker, now)
-        return True
-
-    def admit_event(self, worker: int, event: dict[str, Any], now: float) -> bool:
-        if event.get("log_level") not in _HELD_LEVELS:
-            return True
-        text = formatEvent(event)
-        return self.admit(worker, str(event.get("log_namespace", "")), text, now)
-
-
-class _Worker(ProcessProtocol):
-    """One worker process: its output relayed line by line into the supervisor's log."""
+class _Worker(WorkerOutput):
+    """One worker process: its pid, start and end; its output relayed into the supervisor's log."""
 
     def __init__(self, supervisor: Supervisor, index: int) -> None:
+        super().__init__(index, supervisor.repeats, supervisor.reactor)
         self.supervisor = supervisor
-        self.index = index
         self.started = time.time()
         self.pid: int | None = None
         self.ended: Deferred[None] = Deferred()
-        self._buffers = {1: b"", 2: b""}
-
-    def childDataReceived(self, fd: int, data: bytes) -> None:
-        buffered = self._buffers.get(fd, b"") + data
-        *lines, rest = buffered.split(b"\n")
-        if len(rest) > MAX_LINE:
-            lines.append(rest)
-            rest = b""
-        self._buffers[fd] = rest
-        for line in lines:
-            self.relay(fd, line)
-
-    def relay(self, fd: int, line: bytes) -> None:
-        text = line.lstrip(b"\x1e").decode("utf-8", "replace").rstrip()
-        if not text:
-            return
-        system = f"worker-{self.index}"
-        if fd == 1:
-            try:
-                event = eventFromJSON(text)
-            except ValueError:
-                event = None
-            if isinstance(event, dict):
-                _reformat_numbers(event)
-                if not self.supervisor.repeats.admit_event(self.index, event, self.supervisor.reactor.seconds()):
-                    return
-                event["log_system"] = f"{system} {_own_system(event)}"
-                event["fedd_worker"] = self.index
-                globalLogPublisher(event)
-                return
-        log.info("{line}", line=text, log_system=system, fedd_worker=self.index)
 
     def processEnded(self, reason: Failure) -> None:
-        for fd, rest in self._buffers.items():
-            if rest:
-                self.relay(fd, rest)
+        self.flush()
         self.supervisor.ended(self, reason)
         self.ended.callback(None)
 
