@@ -9,7 +9,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import selectors
 import signal
+import socket
 import sqlite3
 import time
 import uuid
@@ -162,5 +164,67 @@ def test_a_killed_worker_started_again_confirms_its_uploads(dav2: Any, tmp_path:
         assert f"worker {victim} (pid {pids[victim]}) ended (signal 9)" in f.log_text()
         mine = list(owners.values()).count(victim)
         assert f"taking over {mine} upload(s) not confirmed before the restart" in f.log_text()
+    finally:
+        f.stop()
+
+
+def put_request(port: int, path: str, size: int) -> socket.socket:
+    """A PUT sent to fedd (Expect: 100-continue, no body yet): the connection its answer comes on."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(
+        f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {size}\r\n"
+        "Expect: 100-continue\r\n\r\n".encode()
+    )
+    return s
+
+
+def answer_head(s: socket.socket) -> str:
+    """The status line and headers of the answer on `s` (read until the blank line)."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        assert chunk, f"connection closed before the answer: {buf!r}"
+        buf += chunk
+    return buf.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+
+
+def test_an_upload_redirected_just_before_a_kill_is_confirmed_after_the_restart(dav2: Any, tmp_path: Path) -> None:
+    """A PUT's 307 goes out once its row is committed to the pending file, so fedd SIGKILLed at once
+    after the answer has kept the upload. The row's commit is held back here (the test holds the
+    file's write lock, as another worker's transaction or a slow disk would): the 307 waits for it."""
+    top = f"kill-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    text = config(dav2, port, top, workers=1, deadline=60)
+    path, data = f"/{top}/killed.bin", os.urandom(1000)
+    f = start_fedd(tmp_path, text, port)
+    try:
+        f.redirect_put(f"/{top}/warm.bin", 1)  # the pending file open
+        wait_for(lambda: kept(tmp_path), 10, "the first upload kept", until=bool)
+        lock = sqlite3.connect(tmp_path / "fedd-pending.sqlite", isolation_level=None, timeout=10)
+        lock.execute("BEGIN IMMEDIATE")  # fedd's next commit waits for this transaction
+        try:
+            conn = put_request(port, path, len(data))
+            wait_for(lambda: f.status()["confirm"]["pending"], 10, "the PUT taken", until=lambda n: n == 2)
+            with selectors.DefaultSelector() as sel:  # the status went out after the PUT was taken: so would a 307
+                sel.register(conn, selectors.EVENT_READ)
+                assert sel.select(timeout=0) == [], "answered before the upload's row was committed"
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        head = answer_head(conn)
+        os.kill(f.proc.pid, signal.SIGKILL)  # at once after the answer
+        conn.close()
+        assert head.startswith("HTTP/1.1 307"), head
+        f.proc.wait(10)
+    finally:
+        f.stop()
+    assert path in kept(tmp_path)
+    location = next(v for k, _, v in (h.partition(": ") for h in head.split("\r\n")[1:]) if k.lower() == "location")
+    upload(location, data)
+    f = start_fedd(tmp_path, text, port)
+    try:
+        got = wait_for(lambda: outcomes(tmp_path), 20, "put-done after the restart", until=lambda g: path in g)
+        assert [e["event_type"] for e in got[path]] == ["put-done"], got[path]
+        assert "Traceback" not in f.log_text()
     finally:
         f.stop()

@@ -16,14 +16,14 @@ from twisted.logger import formatEvent
 from fedd.config import Config
 from fedd.config.schema import ConfirmConfig
 from fedd.config.values import RgwNotify
-from fedd.confirm.kept import PendingFile
+from fedd.confirm.kept import KEEP_WAIT, PendingFile
 from fedd.confirm.pending import Table, Timing, Upload, judge_look, judge_notification
 from fedd.confirm.rgw import created_objects
 from fedd.confirm.service import ConfirmService
 from fedd.endpoints.base import Stat
 from fedd.namespace import Target
 from fedd.testing import FakeEndpoint
-from tests.inprocess import captured_logs
+from tests.inprocess import captured_logs, result
 
 TIMING = Timing(deadline=60.0, poll_initial=1.0, poll_factor=2.0, poll_max=8.0)
 
@@ -288,6 +288,27 @@ class InlinePendingFile(PendingFile):
             return fail()
 
 
+class HeldPendingFile(InlinePendingFile):
+    """Each batch's statements run when the test says (`commit`): a slow disk, a lock held elsewhere."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.batches: list[tuple[list[Any], Deferred[None]]] = []
+
+    def apply(self, changes: Any) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.batches.append((list(changes), d))
+        return d
+
+    def commit(self, ok: bool = True) -> None:
+        changes, d = self.batches.pop(0)
+        if ok:
+            self._apply(changes)
+            d.callback(None)
+        else:
+            d.errback(sqlite3.OperationalError("database is locked"))
+
+
 class BrokenDisk(InlinePendingFile):
     def _apply(self, changes: Any) -> None:
         raise sqlite3.OperationalError("disk I/O error")
@@ -470,3 +491,73 @@ def test_the_pending_file_in_its_thread_keeps_rows_across_reopen(tmp_path: Path)
     assert reactor.call(again.open) == 1
     assert reactor.call(again.take) == [Upload("/a", "e", "/x/a", 5, 1000.5, True)]
     reactor.call(again.close)
+
+
+def test_a_puts_answer_waits_for_the_commit_that_holds_its_row_and_puts_share_commits(tmp_path: Path) -> None:
+    clock = Clock()
+    clock.advance(1000)
+    ep = FakeEndpoint("e", clock=clock)
+    file = HeldPendingFile(clock, str(tmp_path / "pending.sqlite"))
+    s, _ = kept_service(clock, ep, file)
+    first = s.expect("/atlas/f0", "e", 5)
+    assert first is not None
+    clock.advance(0)  # the batch goes to the file's thread
+    later = [s.expect(f"/atlas/f{i}", "e", 5) for i in range(1, 4)]  # while the first batch is written
+    assert [d is not None for d in later] == [True, True, True]
+    waiting = [result(d) for d in [first, *later] if d is not None]
+    clock.advance(0)
+    assert waiting == [[], [], [], []] and len(file.batches) == 1  # nothing answered before its commit
+    file.commit()
+    assert waiting == [[True], [], [], []] and rows(tmp_path / "pending.sqlite")[0][1] == "/atlas/f0"
+    clock.advance(0)
+    assert [[p for (_, _), u in changes if u is not None for p in [u.path]] for changes, _ in file.batches] == [
+        ["/atlas/f1", "/atlas/f2", "/atlas/f3"]  # one commit for the three PUTs that came meanwhile
+    ]
+    file.commit()
+    assert waiting == [[True]] * 4
+    assert sorted(p for _, p, _ in rows(tmp_path / "pending.sqlite")) == [f"/atlas/f{i}" for i in range(4)]
+    assert s.to_json()["pending_file_unkept"] == 0
+    s.stopService()
+
+
+def test_a_put_is_answered_without_its_row_when_the_write_fails_or_stalls(tmp_path: Path) -> None:
+    """As an event the journal cannot take: the client is answered, the upload confirmed in memory,
+    the miss counted and logged (once a minute for stalls; a failing write once until it works)."""
+    with captured_logs() as logged:
+        clock = Clock()
+        clock.advance(1000)
+        ep = FakeEndpoint("e", clock=clock)
+        file = HeldPendingFile(clock, str(tmp_path / "pending.sqlite"))
+        s, events = kept_service(clock, ep, file)
+        failing = s.expect("/atlas/failing", "e", 5)
+        assert failing is not None
+        clock.advance(0)
+        file.commit(ok=False)
+        assert result(failing) == [False]
+        stalled = [s.expect(f"/atlas/stalled{i}", "e", 5) for i in range(2)]
+        clock.advance(0)
+        got = [result(d) for d in stalled if d is not None]
+        clock.advance(KEEP_WAIT - 0.01)
+        assert got == [[], []]
+        clock.advance(0.01)
+        assert got == [[False], [False]]
+        file.commit()  # late: the rows are there now, the answers went out before
+        assert s.to_json()["pending_file_unkept"] == 3 and len(s.table) == 3
+        ep.files["/atlas/failing"] = Stat(size=5, mtime=clock.seconds())
+        clock.pump([1.0] * 4)
+        assert [(t, p["path"]) for t, p in events] == [("put-done", "/atlas/failing")]  # confirmed in memory
+        s.stopService()
+    texts = [formatEvent(e) for e in logged if e.get("log_namespace") == "fedd.confirm"]
+    assert len([t for t in texts if "writing failed (OperationalError: database is locked)" in t]) == 1, texts
+    assert len([t for t in texts if "not written within 2s: PUTs are answered without waiting" in t]) == 1, texts
+    assert not [e for e in logged if e.get("log_failure") is not None]
+
+
+def test_nothing_to_wait_for_without_a_pending_file_or_once_it_failed(tmp_path: Path) -> None:
+    s, _, _, _, _ = service()
+    assert s.expect("/atlas/f", "e", 5) is None
+    clock = Clock()
+    ep = FakeEndpoint("e", clock=clock)
+    nowhere, _ = kept_service(clock, ep, InlinePendingFile(clock, str(tmp_path / "no" / "dir.sqlite")))
+    assert nowhere.expect("/atlas/f", "e", 5) is None and len(nowhere.table) == 1
+    nowhere.stopService()

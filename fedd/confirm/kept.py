@@ -5,6 +5,11 @@ in the pending table, keyed by (worker, endpoint, endpoint path) as the table is
 endpoint path) in each process. A single process is worker 0 of 1. Rows are written in batches
 (`apply`: the latest state of each key since the last batch, in one transaction) and deleted once
 the outcome is decided, so the file holds what is pending when a process ends, however it ends.
+A PUT's answer waits for the commit that holds its row (`written`): the 307 goes out once the upload
+is on disk (in the page cache, as the event journal's records are: a kill of fedd loses nothing),
+and the PUTs of one batch share that commit. The wait is bounded (`KEEP_WAIT`): a file that fails or
+stalls delays no answer longer, and such a redirect is counted (`unkept`) and logged, as an event
+the journal cannot take is: the client is answered, the upload confirmed in memory.
 
 At start, `take` hands a process the rows its previous run left (its worker index), and worker 0
 also those of indexes no worker has any more (fedd ran with more workers before), re-owned to it.
@@ -24,6 +29,8 @@ from fedd.errors import describe
 from fedd.sqlite import SqliteThread
 
 log = Logger(namespace="fedd.confirm")
+KEEP_WAIT = 2.0  # seconds a PUT's answer waits at most for its row's commit
+LATE_LOG_INTERVAL = 60.0  # seconds between two log lines about answers that did not wait for their commit
 
 Change = tuple[Key, Upload | None]  # the upload now pending under that key, or None: nothing any more
 
@@ -117,6 +124,9 @@ class KeptUploads:
         self._writing = False
         self._write_call: Any = None
         self._failing = False  # a write failed and none succeeded since: logged once
+        self._waiting: list[Deferred[bool]] = []  # answers waiting for the commit of `_changes`
+        self.unkept = 0  # answers sent without their row committed (a write failed, or took over KEEP_WAIT)
+        self._late_logged: float | None = None
 
     @property
     def path(self) -> str:
@@ -146,6 +156,7 @@ class KeptUploads:
             return  # stopped meanwhile
         self.state = "failed"
         self._changes.clear()
+        self._release(self._take_waiting(), False)
         self.errors += 1
         self._failing = True
         log.warn(
@@ -161,6 +172,39 @@ class KeptUploads:
         self._changes[key] = upload
         self._write_soon()
 
+    def written(self) -> Deferred[bool] | None:
+        """Called right after `keep`: fires once what it was given is committed (True), or will not be:
+        the write failed, the file closed or failed to open, or KEEP_WAIT passed (False). None: the
+        file is not kept (none configured for this service, it failed to open, or it is closed)."""
+        if self.state not in ("opening", "open"):
+            return None
+        d: Deferred[bool] = Deferred()
+        self._waiting.append(d)
+        return d.addTimeout(KEEP_WAIT, self.clock, onTimeoutCancel=self._late)
+
+    def _late(self, result: Any, timeout: float) -> bool:
+        self.unkept += 1
+        now = self.clock.seconds()
+        if self._late_logged is None or now - self._late_logged >= LATE_LOG_INTERVAL:
+            self._late_logged = now
+            log.warn(
+                "[confirm] pending_file {file}: not written within {wait:g}s: PUTs are answered without "
+                "waiting for it (their uploads are confirmed after a restart only once written)",
+                file=self.path,
+                wait=timeout,
+            )
+        return False
+
+    def _take_waiting(self) -> list[Deferred[bool]]:
+        waiting, self._waiting = self._waiting, []
+        return waiting
+
+    def _release(self, waiting: list[Deferred[bool]], kept: bool) -> None:
+        for d in waiting:
+            if not d.called:  # not given up on at KEEP_WAIT (counted then)
+                self.unkept += 0 if kept else 1
+                d.callback(kept)
+
     def _write_soon(self) -> None:
         if self.state != "open" or self._writing or not self._changes:
             return
@@ -172,9 +216,9 @@ class KeptUploads:
         if self.state != "open" or not self._changes:
             return
         changes, self._changes = list(self._changes.items()), {}
+        waiting = self._take_waiting()
         self._writing = True
-        d = self.file.apply(changes)
-        d.addCallbacks(self._written, self._write_failed)
+        d = self._apply(changes, waiting)
 
         def next_batch(_: Any) -> None:
             self._writing = False
@@ -182,12 +226,18 @@ class KeptUploads:
 
         d.addCallback(next_batch)
 
-    def _written(self, _: Any) -> None:
+    def _apply(self, changes: list[Change], waiting: list[Deferred[bool]]) -> Deferred[None]:
+        """One batch written; then the answers waiting for it go on (told whether it is kept)."""
+        d = self.file.apply(changes).addCallbacks(self._written, self._write_failed)
+        return d.addCallback(lambda kept: self._release(waiting, kept))
+
+    def _written(self, _: Any) -> bool:
         if self._failing:
             self._failing = False
             log.info("[confirm] pending_file {file}: written again", file=self.path)
+        return True
 
-    def _write_failed(self, failure: Any) -> None:
+    def _write_failed(self, failure: Any) -> bool:
         """The batch is lost (its uploads are still confirmed here); the next batches are tried."""
         self.errors += 1
         if not self._failing:
@@ -198,6 +248,7 @@ class KeptUploads:
                 file=self.path,
                 reason=describe(failure.value),
             )
+        return False
 
     def close(self) -> Deferred[Any] | None:
         """The last changes written, then the file closed (both after what its thread has queued)."""
@@ -207,7 +258,10 @@ class KeptUploads:
         state, self.state = self.state, "closed"
         if state == "closed":
             return None
+        waiting = self._take_waiting()
         if state in ("opening", "open") and self._changes:
-            self.file.apply(list(self._changes.items())).addErrback(self._write_failed)
+            self._apply(list(self._changes.items()), waiting)
+        else:
+            self._release(waiting, False)
         self._changes = {}
         return self.file.close().addErrback(lambda f: log.warn("[confirm] pending_file: {e}", e=describe(f.value)))

@@ -13,11 +13,12 @@ entries, so an object written past fedd is seen by the next read at once.
 
 Every upload taken is also written to `[confirm] pending_file` (`fedd.confirm.kept`, in its own
 thread, in batches: one transaction for what changed while the last one was written) and deleted
-from it once decided. At start the service takes over the uploads its previous run left there (a
-worker: those of its index) and looks at each at once: the deadline counts from the redirect, so one
-whose deadline passed while fedd was down gets that one look, then put-done or put-failed. A write
-that fails is logged once (without a traceback) and confirming goes on in memory. On shutdown the
-uploads still pending are logged, and confirmed after the restart.
+from it once decided; the PUT's 307 waits for the commit that holds its row (boundedly), so a kill
+right after the answer loses no upload. At start the service takes over the uploads its previous
+run left there (a worker: those of its index) and looks at each at once: the deadline counts from
+the redirect, so one whose deadline passed while fedd was down gets that one look, then put-done or
+put-failed. A write that fails is logged once (without a traceback) and confirming goes on in
+memory. On shutdown the uploads still pending are logged, and confirmed after the restart.
 """
 
 from __future__ import annotations
@@ -186,13 +187,15 @@ class ConfirmService(MultiService):
 
     # --- taking uploads ----------------------------------------------------------------------
 
-    def expect(self, path: str, endpoint: str, size: int | None, *, overwrite: bool = False) -> None:
-        """fedd just sent the client of `PUT path` to `endpoint`."""
+    def expect(self, path: str, endpoint: str, size: int | None, *, overwrite: bool = False) -> Deferred[bool] | None:
+        """fedd is sending the client of `PUT path` to `endpoint`. With a pending file: a Deferred
+        that fires once the upload is on disk there (True) or will not be (False; bounded by
+        fedd.confirm.kept.KEEP_WAIT), for the answer to wait on; None: nothing to wait for."""
         if not self.config.enabled or not self.running:
-            return
+            return None
         endpoint_path = next((t.path for t in self.fed.mapped(path) if t.endpoint == endpoint), None)
         if endpoint_path is None:
-            return
+            return None
         now = self.clock.seconds()
         notified = any(n.endpoint == endpoint for n in self.config.notifies)
         upload = Upload(path, endpoint, endpoint_path, size, now, overwrite, notified)
@@ -206,12 +209,15 @@ class ConfirmService(MultiService):
                     n=len(self.table),
                     path=path,
                 )
-            return
+            return None
         if old is not None:
             self.counts["superseded"] += 1
             log.info("{path}: a new upload to {endpoint} replaces one not yet confirmed", path=path, endpoint=endpoint)
-        self._keep(upload.key, upload)
         self._arm()
+        if self.kept is None:
+            return None
+        self.kept.keep(upload.key, upload)
+        return self.kept.written()
 
     def carried(self, path: str, endpoint: str, size: int, started: float, adler32: str | None) -> None:
         """fedd carried the body of `PUT path` to `endpoint` itself, which took all `size` bytes: the
@@ -400,6 +406,7 @@ class ConfirmService(MultiService):
             "rgw_notifications": rgw.to_json() if rgw is not None else None,
             "pending_file": self.kept.path if self.kept is not None else None,
             "pending_file_errors": self.kept.errors if self.kept is not None else 0,
+            "pending_file_unkept": self.kept.unkept if self.kept is not None else 0,
         }
 
 
