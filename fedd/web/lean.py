@@ -13,11 +13,12 @@ too big -- and the connection is handed to twisted.web's channel (fedd.web.chann
 its life: the bytes of that request (and whatever followed) are replayed into it unchanged, so every
 rule of the full front applies there (strict heads, 400/408/413/431 answers, an HTTP/1.1 request
 without Host, uploads answered before their body, the drain). The lean front never answers an error
-itself except the head deadline's 408 (and the idle deadline's, for a head begun and left unfinished).
+itself except the 408 of its deadlines (fedd.web.deadlines) to a head begun and left unfinished.
 
-While this front holds a connection (between requests, and while it answers them), its own idle
-timer closes a connection that sends nothing for the site's `timeOut` (`[server] idle_timeout`);
-twisted.web's channel has its idle timer off meanwhile, and on while it has the connection.
+While this front holds a connection (between requests, and while it answers them), its own deadlines
+run: a head unfinished after the site's `header_timeout` gets 408; a connection silent for the
+site's `timeOut` (`[server] idle_timeout`) is closed, with a 408 if a head is begun. twisted.web's
+channel has its idle timer off meanwhile, and on while it has the connection.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httptools
-from twisted.internet.interfaces import IDelayedCall, ISSLTransport
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -39,6 +40,7 @@ from fedd.errors import FeddError
 from fedd.twcompat import inner_channel, write_now
 from fedd.web.accesslog import entry as access_entry
 from fedd.web.channel import REQUEST_TIMEOUT
+from fedd.web.deadlines import Deadlines
 
 log = Logger(namespace="fedd.web")
 MAX_HEAD = 16384  # bytes of one request head handled here (twisted.web's own limit decides beyond)
@@ -183,10 +185,9 @@ class LeanChannel(Protocol):
         self._secure = False
         self._client = ""
         self._who: Identity | None = None
-        self._head_timer: IDelayedCall | None = None
-        self._idle_timer: IDelayedCall | None = None
-        self._seconds: Callable[[], float] = site.reactor.seconds
-        self._last_read = 0.0  # when the client last sent something (the idle deadline counts from it)
+        self._deadlines = Deadlines(
+            site.reactor, header_timeout=site.header_timeout, idle_timeout=site.timeOut, expire=self._expired
+        )
         self._closing = False
         self._last_head = b""  # the last head answered here, parsed: clients repeat themselves
         self._last_request: _Request | None = None
@@ -203,7 +204,7 @@ class LeanChannel(Protocol):
         self._write = write_now(transport)
         peer = transport.getPeer()
         self._client = getattr(peer, "host", "") or ""
-        self._touch()
+        self._deadlines.read()
 
     def dataReceived(self, data: bytes) -> None:
         if self._handed_over:
@@ -230,8 +231,8 @@ class LeanChannel(Protocol):
                     self._hand_over()  # too big, or bare CR/LF line ends: the full front's answer
                     return
                 self._send(answers)
-                self._arm_head_deadline()
-                self._touch()
+                self._deadlines.read()
+                self._deadlines.head_begun()
                 return
             head = bytes(buf[: end + 4])
             answer = self._answer(head)
@@ -247,16 +248,16 @@ class LeanChannel(Protocol):
             answers.append(answer)
             if self._closing:
                 self._send(answers)
-                self._disarm_head_deadline()
+                self._deadlines.stop()
                 transport.loseConnection()
                 return
         self._send(answers)
         if not buf:
-            self._disarm_head_deadline()
+            self._deadlines.head_done()
         if self._waiting:
-            self._idle_off()  # the full front answers a request: no idle time until it is done
+            self._deadlines.stop()  # the full front answers a request: no idle time until it is done
         elif not self._closing:
-            self._touch()
+            self._deadlines.read()
 
     def _send(self, answers: list[bytes]) -> None:
         if answers:
@@ -264,8 +265,7 @@ class LeanChannel(Protocol):
             answers.clear()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._disarm_head_deadline()
-        self._idle_off()
+        self._deadlines.stop()
         self._closing = True
         self._on_lost()
         if self.inner is not None:
@@ -361,7 +361,7 @@ class LeanChannel(Protocol):
     def _borrow(self, head: bytes) -> None:
         """The full front answers this request (it has no body); the connection comes back here
         once the answer is complete, so later requests can be hot again."""
-        self._disarm_head_deadline()
+        self._deadlines.head_done()
         inner = self._channel()
         inner.dataReceived(head)
         waiting = self.open_requests()
@@ -385,63 +385,24 @@ class LeanChannel(Protocol):
     def _hand_over(self) -> None:
         """From now on twisted.web's channel reads this connection, starting with the request at the
         head of the buffer (and whatever follows)."""
-        self._disarm_head_deadline()
-        self._idle_off()
+        self._deadlines.stop()
         inner = self._channel()
         self._handed_over = True
         pending, self._buf = bytes(self._buf), bytearray()
         if pending:
             inner.dataReceived(pending)
 
-    # --- the head deadline (slow or stalled heads) ----------------------------------------------
+    # --- a deadline passed (fedd.web.deadlines) ----------------------------------------------------
 
-    def _arm_head_deadline(self) -> None:
-        if self.site.header_timeout <= 0:
-            return  # no head deadline: the idle one answers a stalled head
-        if self._head_timer is None or not self._head_timer.active():
-            self._head_timer = self.site.reactor.callLater(self.site.header_timeout, self._head_too_slow)
-
-    def _disarm_head_deadline(self) -> None:
-        if self._head_timer is not None and self._head_timer.active():
-            self._head_timer.cancel()
-        self._head_timer = None
-
-    def _head_too_slow(self) -> None:
-        self._head_timer = None
-        if not self._handed_over and not self._waiting and not self._closing:
-            self._closing = True
-            transport = self.transport
-            if transport is not None:
-                transport.write(REQUEST_TIMEOUT)
-                transport.loseConnection()
-
-    # --- the idle deadline (nothing from the client) ---------------------------------------------
-
-    def _touch(self) -> None:
-        """The client sent something (or the connection is this front's again): the idle time starts
-        over. A read only notes the time (half the cost of moving the timer, on the hot path); the
-        timer, when it comes, looks at that time and waits again if the client was not silent."""
-        self._last_read = self._seconds()
-        if self._idle_timer is None and self.site.timeOut:
-            self._idle_timer = self.site.reactor.callLater(self.site.timeOut, self._idle_too_long)
-
-    def _idle_off(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-
-    def _idle_too_long(self) -> None:
-        self._idle_timer = None
+    def _expired(self) -> None:
+        """Closed, with a 408 if a head is begun (a slow head, or one left unfinished); without a
+        word between requests."""
         if self._handed_over or self._waiting or self._closing:
             return
-        left = self._last_read + self.site.timeOut - self._seconds()
-        if left > 0:  # a read since the timer was set
-            self._idle_timer = self.site.reactor.callLater(left, self._idle_too_long)
-            return
         self._closing = True
-        self._disarm_head_deadline()
+        self._deadlines.stop()
         transport = self.transport
         if transport is not None:
-            if self._buf:  # a head begun and left unfinished
+            if self._buf:
                 transport.write(REQUEST_TIMEOUT)
             transport.loseConnection()
