@@ -45,7 +45,7 @@ def _service(limit: int) -> ConfirmService:
         ConfirmConfig(max_pending=limit),
         federation=_Fed(FakeEndpoint("e", clock=clock)),
         clock=clock,
-        emit=lambda t, p: events.append(t),
+        emit=lambda t, p, i=None: events.append(t),
     )
     s.startService()
     return s

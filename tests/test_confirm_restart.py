@@ -228,3 +228,39 @@ def test_an_upload_redirected_just_before_a_kill_is_confirmed_after_the_restart(
         assert "Traceback" not in f.log_text()
     finally:
         f.stop()
+
+
+def test_an_outcome_published_again_after_a_kill_carries_the_same_id(dav2: Any, tmp_path: Path) -> None:
+    """put-done decided just before a SIGKILL, its row's delete not yet committed (the test holds the
+    pending file's write lock): published again after the restart, with the same envelope id."""
+    top = f"twice-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    text = config(dav2, port, top, workers=1, deadline=60)
+    path, data = f"/{top}/twice.bin", os.urandom(2000)
+    f = start_fedd(tmp_path, text, port)
+    try:
+        location = f.redirect_put(path, len(data))
+        wait_for(lambda: kept(tmp_path), 10, "the upload kept", until=lambda k: path in k)
+        lock = sqlite3.connect(tmp_path / "fedd-pending.sqlite", isolation_level=None, timeout=10)
+        lock.execute("BEGIN IMMEDIATE")  # the row's delete waits for this transaction
+        try:
+            upload(location, data)
+            wait_for(lambda: outcomes(tmp_path), 10, "put-done", until=lambda g: path in g)
+            os.kill(f.proc.pid, signal.SIGKILL)
+            f.proc.wait(10)
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+    finally:
+        f.stop()
+    assert path in kept(tmp_path)
+    f = start_fedd(tmp_path, text, port)
+    try:
+        got = wait_for(lambda: outcomes(tmp_path), 20, "put-done again", until=lambda g: len(g.get(path, [])) == 2)
+        first, second = got[path]
+        assert (first["event_type"], second["event_type"]) == ("put-done", "put-done")
+        assert first["id"] == second["id"] and len(first["id"]) == 32
+        assert first["created_at"] != second["created_at"]  # two emissions, one id
+        wait_for(lambda: kept(tmp_path), 10, "the pending file emptied", until=lambda k: k == {})
+    finally:
+        f.stop()

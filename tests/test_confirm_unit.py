@@ -17,7 +17,7 @@ from fedd.config import Config
 from fedd.config.schema import ConfirmConfig
 from fedd.config.values import RgwNotify
 from fedd.confirm.kept import KEEP_WAIT, PendingFile
-from fedd.confirm.pending import Table, Timing, Upload, judge_look, judge_notification
+from fedd.confirm.pending import Table, Timing, Upload, judge_look, judge_notification, outcome_id
 from fedd.confirm.rgw import created_objects
 from fedd.confirm.service import ConfirmService
 from fedd.endpoints.base import Stat
@@ -145,7 +145,7 @@ def service(**settings: Any) -> tuple[ConfirmService, FakeEndpoint, Fed, Clock, 
     fed = Fed({"e": ep})
     events: list[tuple[str, dict[str, Any]]] = []
     config = ConfirmConfig(deadline=30.0, poll_initial=1.0, poll_max=4.0, checksum_wait=0.0, **settings)
-    s = ConfirmService(config, federation=fed, clock=clock, emit=lambda t, p: events.append((t, p)))
+    s = ConfirmService(config, federation=fed, clock=clock, emit=lambda t, p, i=None: events.append((t, p)))
     s.startService()
     return s, ep, fed, clock, events
 
@@ -320,7 +320,7 @@ def kept_service(
     events: list[tuple[str, dict[str, Any]]] = []
     config = ConfirmConfig(deadline=30.0, poll_initial=1.0, poll_max=4.0, checksum_wait=0.0, **settings)
     s = ConfirmService(
-        config, federation=Fed({"e": ep}), clock=clock, emit=lambda t, p: events.append((t, p)), kept=kept
+        config, federation=Fed({"e": ep}), clock=clock, emit=lambda t, p, i=None: events.append((t, p)), kept=kept
     )
     s.startService()
     return s, events
@@ -561,3 +561,49 @@ def test_nothing_to_wait_for_without_a_pending_file_or_once_it_failed(tmp_path: 
     nowhere, _ = kept_service(clock, ep, InlinePendingFile(clock, str(tmp_path / "no" / "dir.sqlite")))
     assert nowhere.expect("/atlas/f", "e", 5) is None and len(nowhere.table) == 1
     nowhere.stopService()
+
+
+def test_an_outcome_published_again_after_a_crash_carries_the_same_id(tmp_path: Path) -> None:
+    """Decided just before a crash, its row's delete not written yet: the restarted service publishes
+    the outcome again, with the id of the first time (a consumer drops the second by its id)."""
+    clock = Clock()
+    clock.advance(1000.25)
+    ep = FakeEndpoint("e", clock=clock)
+    file = HeldPendingFile(clock, str(tmp_path / "pending.sqlite"))
+    ids: list[tuple[str, str, str | None]] = []
+    config = ConfirmConfig(deadline=30.0, poll_initial=1.0, poll_max=4.0, checksum_wait=0.0)
+
+    def start(kept: PendingFile) -> ConfirmService:
+        def emit(event_type: str, payload: dict[str, Any], event_id: str | None = None) -> None:
+            ids.append((event_type, payload["path"], event_id))
+
+        s = ConfirmService(config, federation=Fed({"e": ep}), clock=clock, emit=emit, kept=kept)
+        s.startService()
+        return s
+
+    s = start(file)
+    for name in ("landed", "failed"):
+        s.expect(f"/atlas/{name}", "e", 5)
+        clock.advance(0)
+        file.commit()
+    ep.files["/atlas/landed"] = Stat(size=5, mtime=clock.seconds())
+    ep.files["/atlas/failed"] = Stat(size=4, mtime=clock.seconds())
+    clock.pump([1.0] * 30)  # landed: done; failed: the wrong size until the deadline
+    assert sorted((t, p) for t, p, _ in ids) == [("put-done", "/atlas/landed"), ("put-failed", "/atlas/failed")]
+    assert len(file.batches) == 1  # the deletes of both rows, not written: fedd is killed now
+    first = {p: i for _, p, i in ids}
+    assert all(i is not None and len(i) == 32 and int(i, 16) >= 0 for i in first.values())
+    assert first["/atlas/landed"] != first["/atlas/failed"]
+
+    ids.clear()
+    clock.advance(5.0)
+    again = start(InlinePendingFile(clock, str(tmp_path / "pending.sqlite")))
+    clock.advance(0)
+    assert sorted((t, p) for t, p, _ in ids) == [("put-done", "/atlas/landed"), ("put-failed", "/atlas/failed")]
+    assert {p: i for _, p, i in ids} == first  # the same ids as before the crash
+    same_name_later = Upload("/atlas/landed", "e", "/atlas/landed", 5, 1000.250001)
+    assert outcome_id(same_name_later) != first["/atlas/landed"]  # another upload of the name: another id
+    started = clock.seconds() - 1.0
+    again.carried("/atlas/c", "e", 5, started, None)
+    assert ids[-1] == ("put-done", "/atlas/c", outcome_id(Upload("/atlas/c", "e", "/atlas/c", 5, started)))
+    again.stopService()

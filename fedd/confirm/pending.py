@@ -12,10 +12,14 @@ Rules, in order:
    (`poll_max`), as a fallback for a lost notification.
 4. The table is bounded (`max_pending`): a new upload over the bound is not taken (the caller counts
    it). A second PUT of the same name replaces the first one's entry (the older one is returned).
+5. An upload's outcome event has an id of its own (`outcome_id`: from its endpoint, endpoint path
+   and the redirect's time, all kept in the pending file): an outcome published again after a
+   restart (decided just before a crash, its row not deleted yet) carries the same id.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +57,14 @@ class Upload:
             "seen_size": self.seen_size,
             "error": self.last_error or None,
         }
+
+
+def outcome_id(upload: Upload) -> str:
+    """The id of `upload`'s put-done or put-failed event: 32 hex digits, like fedd.events.model's
+    EventIds, the same in every process and run that publishes it (the redirect's time as its exact
+    float: the pending file keeps it as a REAL, bit for bit)."""
+    text = f"{upload.endpoint}\n{upload.endpoint_path}\n{upload.started!r}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.logger import Logger
@@ -35,7 +34,7 @@ from fedd.checksums.digest import Want
 from fedd.config import Config
 from fedd.config.schema import ConfirmConfig
 from fedd.confirm.kept import KeptUploads, PendingFile
-from fedd.confirm.pending import Key, Table, Timing, Upload, Verdict, judge_look, judge_notification
+from fedd.confirm.pending import Key, Table, Timing, Upload, Verdict, judge_look, judge_notification, outcome_id
 from fedd.confirm.rgw import RgwNotifications
 from fedd.endpoints.base import Stat
 from fedd.endpoints.interfaces import IReadable
@@ -51,7 +50,12 @@ RECENT = 20
 UNTRACKED_LOG_INTERVAL = 60.0
 SHUTDOWN_LOG_LINES = 100
 
-Emit = Callable[[str, dict[str, Any]], None]
+
+
+class Emit(Protocol):
+    """EventsService.emit: put-done and put-failed carry the upload's own id (outcome_id)."""
+
+    def __call__(self, event_type: str, payload: dict[str, Any], event_id: str | None = None) -> None: ...
 
 
 def timing(config: ConfirmConfig) -> Timing:
@@ -228,7 +232,7 @@ class ConfirmService(MultiService):
         self.counts["done"] += 1
         self._forget(path)
         upload = Upload(path, endpoint, path, size, started)
-        self._publish("put-done", self._payload(upload, now, "carried", bytes=size, adler32=adler32))
+        self._publish("put-done", upload, self._payload(upload, now, "carried", bytes=size, adler32=adler32))
 
     # --- looking -----------------------------------------------------------------------------
 
@@ -332,7 +336,7 @@ class ConfirmService(MultiService):
                 endpoint=upload.endpoint,
                 reason=verdict.reason,
             )
-            self._publish("put-failed", payload)
+            self._publish("put-failed", upload, payload)
             return
         self.counts["done"] += 1
         ensureDeferred(self._done(upload, verdict.size, now, how, found)).addErrback(
@@ -341,7 +345,7 @@ class ConfirmService(MultiService):
 
     async def _done(self, upload: Upload, size: int | None, landed: float, how: str, found: Stat | None) -> None:
         adler32 = await self._adler32(upload, found)
-        self._publish("put-done", self._payload(upload, landed, how, bytes=size, adler32=adler32))
+        self._publish("put-done", upload, self._payload(upload, landed, how, bytes=size, adler32=adler32))
 
     async def _adler32(self, upload: Upload, stat: Stat | None) -> str | None:
         """The new object's adler32: reported by the storage, known, or computed (up to checksum_wait).
@@ -380,9 +384,9 @@ class ConfirmService(MultiService):
             "confirmed_by": how,
         }
 
-    def _publish(self, event_type: str, payload: dict[str, Any]) -> None:
+    def _publish(self, event_type: str, upload: Upload, payload: dict[str, Any]) -> None:
         self.recent.append({"event": event_type, **payload})
-        self.emit(event_type, payload)
+        self.emit(event_type, payload, outcome_id(upload))
 
     def _forget(self, path: str) -> None:
         """The locate caches (here, memcached, other processes through the invalidation log): what

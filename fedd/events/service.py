@@ -1,6 +1,7 @@
 """The `events` service: emit() puts an event on disk and never waits; background work delivers it.
 
-emit() gives the event a fresh id, encodes its JSON envelope and copies it into the journal, a file
+emit() gives the event a fresh id (or the caller's: put-done and put-failed have the upload's own,
+fedd.confirm.pending.outcome_id), encodes its JSON envelope and copies it into the journal, a file
 mapped into memory (fedd/events/journal.py): from then on the event survives a kill of the process,
 and the web front sends its answer only after emit() returned. The web front's get-redirect events
 come through emit_template(): their envelope was encoded once per redirect plan, and an event costs
@@ -101,11 +102,13 @@ class EventsService(OutboxSender, MultiService):
 
     # --- producing ----------------------------------------------------------------------------
 
-    def emit(self, event_type: str, payload: dict[str, Any]) -> None:
-        """Record an event durably (in the page cache). Never blocks on the network, never raises."""
+    def emit(self, event_type: str, payload: dict[str, Any], event_id: str | None = None) -> None:
+        """Record an event durably (in the page cache). Never blocks on the network, never raises.
+        `event_id`: the caller's, for an event it may publish again after a restart (put-done and
+        put-failed: fedd.confirm.pending.outcome_id); by default a fresh one."""
         if not self._admit(event_type):
             return
-        event_id = self._ids()
+        event_id = event_id or self._ids()
         try:
             body = envelope(event_id, event_type, payload, self.clock.seconds())
         except (TypeError, ValueError) as exc:  # a payload that cannot be encoded is a bug: log, go on
