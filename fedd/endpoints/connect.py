@@ -34,16 +34,20 @@ class DirectEndpoints:
         self.tls_policy = tls_policy if tls_policy is not None else BrowserLikePolicyForHTTPS()
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        return self.endpoint(uri.scheme, uri.host, uri.port)
+
+    def endpoint(self, scheme: bytes, host: bytes, port: int) -> IStreamClientEndpoint:
+        """Where to connect for a URL of `scheme` (http or https) on `host` and `port`."""
         try:
-            host = uri.host.decode("ascii")
+            name = host.decode("ascii")
         except UnicodeDecodeError:
-            raise ValueError(f"the host of {uri.toBytes()!r} is not ASCII") from None
-        endpoint = self._tcp(host, uri.port)
-        if uri.scheme == b"http":
+            raise ValueError(f"the host {host!r} is not ASCII") from None
+        endpoint = self._tcp(name, port)
+        if scheme == b"http":
             return endpoint
-        if uri.scheme == b"https":
-            return wrapClientTLS(self.tls_policy.creatorForNetloc(uri.host, uri.port), endpoint)
-        raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
+        if scheme == b"https":
+            return wrapClientTLS(self.tls_policy.creatorForNetloc(host, port), endpoint)
+        raise SchemeNotSupported(f"Unsupported scheme: {scheme!r}")
 
     def _tcp(self, host: str, port: int) -> IStreamClientEndpoint:
         try:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, cast
 
 import treq
 from twisted.internet import defer, error
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
 from twisted.internet.error import ConnectError, ConnectingCancelledError
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol as TwistedProtocol
@@ -23,21 +22,9 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from fedd.endpoints.connect import DirectEndpoints
+from fedd.endpoints.heads import HeadPool
+from fedd.endpoints.response import HttpResponse as HttpResponse  # the answer type, where it was defined before
 from fedd.errors import ClientGone, EndpointError, describe
-
-
-@dataclass(frozen=True)
-class HttpResponse:
-    code: int
-    headers: Headers
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        values = self.headers.getRawHeaders(name)
-        if not values:
-            return None
-        return values[-1].decode("latin-1") if isinstance(values[-1], bytes) else values[-1]
-
 
 # an ASCII URL treq (hyperlink) would send unchanged: already percent-encoded, no fragment, no IPv6 literal
 _PLAIN_URL = re.compile(r"[A-Za-z0-9\-._~:/?&=%+,;!$'()*@]*")
@@ -92,11 +79,14 @@ class HttpClient:
         # HEADs (stat, the cold locate's fan-out) go to the Agent itself: treq's wrapping (URL parsing,
         # cookie jar, gzip decoding, response buffering) is most of a HEAD's cost and none of it applies
         self._agent: Agent | None = None
+        self._heads: HeadPool | None = None  # HEADs on the lean client (fedd.endpoints.heads)
         if client is None:
             self._agent, self._pool = pooled_agent(
                 reactor, timeout=timeout, tls_policy=tls_policy, connections_per_host=connections_per_host
             )
             client = treq.client.HTTPClient(self._agent)
+            endpoints = DirectEndpoints(reactor, timeout=timeout, tls_policy=tls_policy)
+            self._heads = HeadPool(reactor, endpoints, per_host=connections_per_host)
         self._http = client
 
     def request(
@@ -113,10 +103,13 @@ class HttpClient:
     ) -> Deferred[HttpResponse]:
         """`sink`: a 2xx answer's body goes to it chunk by chunk as it arrives (never held whole);
         `valve`: pauses reading that body while whoever the sink writes to cannot take more."""
-        d: Deferred[HttpResponse]
+        d: Deferred[HttpResponse] | None = None
         if method == "HEAD" and body is None and self._agent is not None and _PLAIN_URL.fullmatch(url):
-            d = self._head(self._agent, url, headers or {})
-        else:
+            if self._heads is not None:
+                d = self._heads.head(url, headers or {})
+            if d is None:
+                d = self._head(self._agent, url, headers or {})
+        if d is None:
             d = ensureDeferred(self._request(method, url, headers or {}, body, read_body, sink, valve))
         d.addTimeout(timeout or self.timeout, self._clock, onTimeoutCancel=self._timed_out(method))
         d.addErrback(self._translate, method)
@@ -198,8 +191,11 @@ class HttpClient:
         """Close the pooled connections (an injected client belongs to whoever made it)."""
         if self._pool is None:
             return succeed(None)
-        closed: Deferred[None] = self._pool.closeCachedConnections()  # HTTPConnectionPool is unannotated
-        return closed
+        closing = [self._pool.closeCachedConnections()]  # HTTPConnectionPool is unannotated
+        if self._heads is not None:
+            closing.append(self._heads.close())
+        closed: Deferred[Any] = gatherResults(closing)
+        return closed.addCallback(lambda _: None)
 
 
 @implementer(IPushProducer)
