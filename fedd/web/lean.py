@@ -1,12 +1,12 @@
 """The lean front: cached redirects answered without building a twisted.web request.
 
 Every connection starts here. Each request head is cut at its blank line and parsed by `httptools`
-(llhttp); a GET or HEAD of a plain federation path that the resource can answer from a fresh redirect
-plan (`FeddResource.hot_plan`: authorised, no body, no `Via`, no checksum or metalink wish; a query
-string is ignored, as twisted.web's reads ignore it, but `metalink`) is answered at once with the
-plan's prebuilt headers, counted in the metrics, the access log and the `get-redirect` event like any
-other. Keep-alive, HTTP/1.0, `Connection: close` and pipelined requests are handled here (the hot
-answers to requests that arrived together go out in one write).
+(llhttp; fedd.web.leanwire); a GET or HEAD of a plain federation path that the resource can answer
+from a fresh redirect plan (`FeddResource.hot_plan`: authorised, no body, no `Via`, no checksum or
+metalink wish; a query string is ignored, as twisted.web's reads ignore it, but `metalink`) is
+answered at once with the plan's prebuilt headers, counted in the metrics, the access log and the
+`get-redirect` event like any other. Keep-alive, HTTP/1.0, `Connection: close` and pipelined
+requests are handled here (the hot answers to requests that arrived together go out in one write).
 
 Anything else -- another method, a body, a bearer token, an odd or malformed head, a head that is
 too big -- and the connection is handed to twisted.web's channel (fedd.web.channel) for the rest of
@@ -23,17 +23,13 @@ channel has its idle timer off meanwhile, and on while it has the connection.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
-import httptools
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http
-from twisted.web.server import version as SERVER_VERSION
 
 from fedd.auth.identity import ANONYMOUS, Identity
 from fedd.errors import FeddError
@@ -41,134 +37,10 @@ from fedd.twcompat import inner_channel, write_now
 from fedd.web.accesslog import entry as access_entry
 from fedd.web.channel import REQUEST_TIMEOUT
 from fedd.web.deadlines import Deadlines
+from fedd.web.leanwire import BORROW, DATE, MAX_HEAD, HotRequest, answer_parts, parse_head
 
 log = Logger(namespace="fedd.web")
-MAX_HEAD = 16384  # bytes of one request head handled here (twisted.web's own limit decides beyond)
-_REASONS = {code: b"%d %s" % (code, http.RESPONSES.get(code, b"")) for code in (200, 301, 302, 303, 307, 308)}
-# a request with any of these goes to twisted.web (a body, a token, loop protection, checksums, ...)
-_FULL_FRONT_HEADERS = frozenset(
-    {b"authorization", b"via", b"want-digest", b"want-repr-digest", b"expect", b"transfer-encoding", b"upgrade"}
-)
-_NO_RETURN_HEADERS = frozenset({b"expect", b"transfer-encoding", b"upgrade"})  # a body or another protocol
-_BORROW = b"<the full front answers this one>"  # compared by identity
-
-
-class _Head:
-    """httptools callbacks: what one request head says."""
-
-    __slots__ = ("complete", "headers", "url")
-
-    def __init__(self) -> None:
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.complete = False
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-
-
-class _Request:
-    """What the lean front needs of a request head it may answer."""
-
-    __slots__ = ("agent", "host", "keep", "method", "path", "url", "version")
-
-    def __init__(self, method: bytes, url: bytes, host: bytes | None, agent: bytes, keep: bool, version: str) -> None:
-        self.method, self.url, self.host, self.agent, self.keep, self.version = method, url, host, agent, keep, version
-        self.path = url.partition(b"?")[0]  # as twisted.web's request.path: the plan, events, access file
-
-
-def _parse(head: bytes) -> _Request | bytes | None:
-    """A head the lean front may answer (`_Request`), one to lend the full front (`_BORROW`), or one to
-    hand over for good (None: a body follows, or a head the full front refuses)."""
-    if head.count(b"\r") != head.count(b"\r\n") or head.count(b"\n") != head.count(b"\r\n"):
-        return None  # a bare CR or LF: refused by the full front
-    if b"\r\n " in head or b"\r\n\t" in head:
-        return None  # obs-fold
-    parsed = _Head()
-    parser = httptools.HttpRequestParser(parsed)
-    try:
-        parser.feed_data(head)
-    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-        return None  # malformed, or CONNECT / Upgrade: the full front's answer
-    if not parsed.complete:
-        return None  # a body follows
-    method = parser.get_method()
-    host: bytes | None = None
-    agent = connection = b""
-    borrow = method not in (b"GET", b"HEAD")
-    for name, value in parsed.headers:
-        if name == b"host":
-            if host is not None:
-                return None  # a second Host: 400 there
-            host = value
-        elif name in _FULL_FRONT_HEADERS:
-            if name in _NO_RETURN_HEADERS:
-                return None
-            borrow = True
-        elif name == b"accept" and b"metalink" in value:
-            borrow = True
-        elif name == b"content-length" and value.strip() != b"0":
-            return None
-        elif name == b"user-agent":
-            agent = value
-        elif name == b"connection":
-            connection = value.lower()
-    url = parsed.url
-    version = parser.get_http_version()
-    if version == "1.1" and host is None:
-        return None  # RFC 9112 section 3.2: the full front's 400
-    if borrow or not url.startswith(b"/") or b"#" in url:
-        return _BORROW
-    query = url.partition(b"?")[2]
-    if query and any(part.partition(b"=")[0] == b"metalink" for part in query.split(b"&")):
-        return _BORROW  # a metalink answer (fedd.web.reads); any other query is ignored there too
-    # (httptools' should_keep_alive() already describes the next message once this one is complete)
-    tokens = {t.strip() for t in connection.split(b",")}
-    keep = b"close" not in tokens if version == "1.1" else b"keep-alive" in tokens
-    return _Request(method, url, host, agent, keep, version)
-
-
-def _response(plan: Any, request: _Request, *, keep: bool) -> tuple[bytes, bytes]:
-    """The answer's bytes before and after the Date value."""
-    head = [
-        b"HTTP/1.1 " if request.version == "1.1" else b"HTTP/1.0 ",
-        _REASONS.get(plan.code) or b"%d %s" % (plan.code, http.RESPONSES.get(plan.code, b"")),
-        b"\r\nServer: ",
-        SERVER_VERSION,
-        b"\r\nDate: ",
-    ]
-    tail = [b"\r\n", plan.wire]
-    if plan.code != 200:  # a HEAD answered by fedd carries the file's Content-Length in its plan
-        tail.append(b"Content-Length: 0\r\n")
-    if not keep and request.version == "1.1":
-        tail.append(b"Connection: close\r\n")
-    elif keep and request.version != "1.1":
-        tail.append(b"Connection: Keep-Alive\r\n")
-    tail.append(b"\r\n")
-    return b"".join(head), b"".join(tail)
-
-
-class _Date:
-    """The `Date` header value, computed once a second."""
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._value = b""
-
-    def value(self) -> bytes:
-        now = int(time.time())
-        if now != self._second:
-            self._second, self._value = now, http.datetimeToString(now)
-        return self._value
-
-
-_DATE = _Date()
+__all__ = ["MAX_HEAD", "LeanChannel"]
 
 
 class LeanChannel(Protocol):
@@ -190,7 +62,7 @@ class LeanChannel(Protocol):
         )
         self._closing = False
         self._last_head = b""  # the last head answered here, parsed: clients repeat themselves
-        self._last_request: _Request | None = None
+        self._last_request: HotRequest | None = None
         self._last_plan: Any = None  # and the plan it was answered from, with the answer's bytes
         self._last_parts = (b"", b"")
         self._write: Callable[[bytes], None] = lambda data: None  # the transport's, at connectionMade
@@ -241,7 +113,7 @@ class LeanChannel(Protocol):
                 self._hand_over()
                 return
             del buf[: end + 4]
-            if answer is _BORROW:
+            if answer is BORROW:
                 self._send(answers)
                 self._borrow(head)
                 continue
@@ -281,14 +153,14 @@ class LeanChannel(Protocol):
     # --- one request ---------------------------------------------------------------------------
 
     def _answer(self, head: bytes) -> bytes | None:
-        """The whole response to a hot request; `_BORROW` for another request without a body (the
+        """The whole response to a hot request; `BORROW` for another request without a body (the
         full front answers it, then this connection comes back here); None to hand the connection
         over for good (a body follows, or the head is one the full front refuses)."""
         request = self._last_request
         if head != self._last_head or request is None:  # else a client asking again the same way
-            parsed = _parse(head)
-            if not isinstance(parsed, _Request):
-                return parsed  # _BORROW or None
+            parsed = parse_head(head)
+            if not isinstance(parsed, HotRequest):
+                return parsed  # BORROW or None
             request = parsed
             self._last_head, self._last_request = head, request
         resource = self.site.resource
@@ -296,9 +168,9 @@ class LeanChannel(Protocol):
             who = self._identity()
             hot = resource.hot_plan(request.method, request.path, request.host, self._secure, self._client, who)
         except FeddError:
-            return _BORROW  # the full front says why (an unusable certificate: 403)
+            return BORROW  # the full front says why (an unusable certificate: 403)
         if hot is None:
-            return _BORROW
+            return BORROW
         plan = hot[0]
         draining = self.site.draining
         self._closing = not request.keep or draining
@@ -306,9 +178,9 @@ class LeanChannel(Protocol):
         self._count(request, plan.code, plan.endpoint, who)
         if plan is not self._last_plan or draining:
             self._last_plan = plan if not draining else None
-            self._last_parts = _response(plan, request, keep=request.keep and not draining)
+            self._last_parts = answer_parts(plan, request, keep=request.keep and not draining)
         before, after = self._last_parts
-        return before + _DATE.value() + after
+        return before + DATE.value() + after
 
     def _identity(self) -> Identity:
         if self._who is None:
@@ -316,7 +188,7 @@ class LeanChannel(Protocol):
             self._who = gate.transport_identity(self.transport) if self._secure else ANONYMOUS
         return self._who
 
-    def _count(self, request: _Request, code: int, endpoint: str, who: Identity) -> None:
+    def _count(self, request: HotRequest, code: int, endpoint: str, who: Identity) -> None:
         site = self.site
         method = request.method
         site.hot_answers += 1
