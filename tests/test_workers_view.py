@@ -74,7 +74,7 @@ class Peers:
     def others(self) -> list[dict[str, Any]]:
         return self.snapshots
 
-    def share(self) -> None:
+    def share_counters(self, counters: dict[str, Any]) -> None:
         pass
 
 
@@ -294,6 +294,58 @@ def test_a_status_read_writes_the_numbers_it_answers_without_building_the_status
     assert written["status"] == [[["events", "sent"], 5], [["events", "outbox_depth"], 3]]
     files.share()  # the periodic write builds it
     assert built == [1] and read_json(files.own)["status"] == [[["events", "sent"], 1]]
+
+
+class Counted(Figures):
+    """Figures that count how often they are collected."""
+
+    def __init__(self, hits: int) -> None:
+        super().__init__(hits=hits, entries=1, up=1.0)
+        self.collected = 0
+
+    def collect(self) -> Iterator[Any]:
+        self.collected += 1
+        return super().collect()
+
+
+def test_a_scrape_collects_once_and_writes_what_it_answers_without_building_the_status(tmp_path: Path) -> None:
+    """A scrape runs this worker's collectors once: the numbers it writes to its counters file are
+    those it answers (the other workers' added to them), and the status numbers beside them are
+    those last written, not a status built for the scrape (was: the status built and the collectors
+    run twice, once for the file, once for the answer)."""
+    built: list[int] = []
+    sent = [1]
+
+    def own_status() -> dict[str, Any]:
+        built.append(1)
+        return {"events": {"sent": sent[0]}}
+
+    figures = Counted(hits=3)
+    files = CounterFiles(tmp_path, 13, lambda: metrics.snapshot(), own_status)
+    metrics = worker_metrics(figures, files)
+    other = worker_metrics(Figures(hits=5, entries=7, up=0.0))
+    other.request(b"GET", 302, 0.001)
+    write_json(tmp_path / "counters-14.json", {**other.snapshot(), "status": [[["events", "sent"], 2]]})
+    files.share()  # the periodic write: a status built, the collectors run
+    assert built == [1] and figures.collected == 1
+    sent[0] = 4
+    metrics.request(b"GET", 302, 0.001)
+    figures.hits = 6
+    got = samples(metrics.render())
+    assert figures.collected == 2 and built == [1]
+    assert got['fedd_locate_cache_lookups_total{result="hit"}'] == 11
+    assert got['fedd_requests_total{method="GET",status="302"}'] == 2
+    written = read_json(files.own)
+    assert written["status"] == [[["events", "sent"], 1]]  # the last written, not a new status
+    hits = written["families"]["fedd_locate_cache_lookups"][2]
+    assert hits == [["fedd_locate_cache_lookups_total", {"result": "hit"}, 6.0]]
+    assert written["requests"] == [["GET", 302, 1]]
+    # a scrape before any write builds the status once, for the file
+    built.clear()
+    first = CounterFiles(tmp_path / "first", 15, lambda: {}, own_status)
+    (tmp_path / "first").mkdir()
+    samples(worker_metrics(Figures(hits=1, entries=1, up=1.0), first).render())
+    assert built == [1] and read_json(first.own)["status"] == [[["events", "sent"], 4]]
 
 
 def test_redirect_seconds_add_up_exactly_in_any_order_and_through_a_fold(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ With `[server] workers`, one /metrics for the host (as prometheus-client's multi
 worker's snapshot (`Metrics.snapshot`, written every second by fedd.workers.shared) holds its request
 counters and every family its collectors give; a scrape adds the others' to its own. Counters and
 histograms are summed over the workers, live and ended; a gauge combines as `GAUGE_MODES` declares.
-The worker that answers a scrape writes its snapshot first (`PeerCounters.share`): a summed counter
+The worker that answers a scrape collects its own figures once, writes them to its file
+(`PeerCounters.share_counters`), then adds the others' to the very same figures: a summed counter
 never goes back from one scrape to the next, whichever workers answer them.
 """
 
@@ -57,9 +58,9 @@ class PeerCounters(Protocol):
 
     def others(self) -> list[dict[str, Any]]: ...
 
-    def share(self) -> None:
-        """Write this worker's own counters for the others, before a read that reports them: no
-        later read at any worker reports less (a Prometheus counter must not go back)."""
+    def share_counters(self, counters: dict[str, Any]) -> None:
+        """Write this worker's own `counters` (`Metrics.snapshot`) for the others, before a scrape
+        reports them: no later read at any worker reports less (a Prometheus counter must not go back)."""
 
 
 class Metrics:
@@ -74,8 +75,7 @@ class Metrics:
         self._redirects = [0] * (len(REDIRECT_BUCKETS) + 1)  # per bucket (not cumulative); the last is +Inf
         self._redirect_sum = 0.0
         self._state: list[Collector] = []
-        self.registry.register(_RequestCollector(self))
-        self.registry.register(_StateCollectors(self))
+        self.registry.register(_Scrape(self))
 
     def request(self, method: bytes, status: int, seconds: float | None) -> None:
         key = (method, status)
@@ -105,9 +105,24 @@ class Metrics:
         self._state.append(collector)
 
     def render(self) -> bytes:
-        if self.peers is not None:
-            self.peers.share()  # the figures collected below, in this reactor turn
         return generate_latest(self.registry)
+
+    def collect(self) -> Iterator[Metric]:
+        """A scrape's families: this process's collectors run once, and with `peers` the numbers
+        they gave are both written to this worker's counters file and added to the others' (the
+        file holds exactly what this scrape answers; its status numbers stay those last written)."""
+        own = self.snapshot()
+        peers = self.peers
+        others = []
+        if peers is not None:
+            peers.share_counters(own)
+            others = peers.others()
+        yield from _request_families(add_snapshots([own, *others]))
+        if peers is None:
+            yield from metrics_of(own["families"])
+        else:
+            theirs = [f for snap in others if isinstance(f := snap.get("families"), dict)]
+            yield from metrics_of(add_families(own["families"], theirs))
 
 
 # requests, redirect buckets, redirect seconds (exact: the sum of the workers' float sums, in any
@@ -205,51 +220,40 @@ def metrics_of(data: dict[str, Any]) -> Iterator[Metric]:
         yield family
 
 
-class _StateCollectors(Collector):
-    """The state collectors of this process, with the other workers' families added (`add_families`)."""
+class _Scrape(Collector):
+    """The registry's one collector: `Metrics.collect`."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def describe(self) -> Iterator[Any]:
-        return iter(())
-
-    def collect(self) -> Iterator[Any]:
-        own = self.metrics.families()
-        peers = self.metrics.peers
-        if peers is None:
-            return metrics_of(own)
-        others = [snap.get("families") for snap in peers.others()]
-        return metrics_of(add_families(own, [f for f in others if isinstance(f, dict)]))
-
-
-class _RequestCollector(Collector):
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
     def describe(self) -> Iterator[Any]:
         return iter(())  # families are only known when collected
 
-    def collect(self) -> Iterator[Any]:
-        requests = CounterMetricFamily("fedd_requests", "HTTP requests answered", labels=["method", "status"])
-        merged: dict[tuple[str, str], int] = {}
-        counts, redirects, redirect_sum = self.metrics.totals()
-        for (method, status), n in counts.items():
-            key = (method.decode("latin-1") if method in _METHODS else "OTHER", str(status))
-            merged[key] = merged.get(key, 0) + n
-        for labels, n in merged.items():
-            requests.add_metric(list(labels), float(n))
-        yield requests
-        cumulative, buckets = 0, []
-        for bound, n in zip((*REDIRECT_BUCKETS, float("inf")), redirects, strict=True):
-            cumulative += n
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(cumulative)))
-        yield HistogramMetricFamily(
-            "fedd_redirect_seconds",
-            "Time from request to redirect (GET answered with 302)",
-            buckets=buckets,
-            sum_value=float(redirect_sum),  # correctly rounded: grows with every worker's sum
-        )
+    def collect(self) -> Iterator[Metric]:
+        return self.metrics.collect()
+
+
+def _request_families(totals: Totals) -> Iterator[Metric]:
+    """The request counters and redirect times (`add_snapshots`' sum) as families."""
+    counts, redirects, redirect_sum = totals
+    requests = CounterMetricFamily("fedd_requests", "HTTP requests answered", labels=["method", "status"])
+    merged: dict[tuple[str, str], int] = {}
+    for (method, status), n in counts.items():
+        key = (method.decode("latin-1") if method in _METHODS else "OTHER", str(status))
+        merged[key] = merged.get(key, 0) + n
+    for labels, n in merged.items():
+        requests.add_metric(list(labels), float(n))
+    yield requests
+    cumulative, buckets = 0, []
+    for bound, n in zip((*REDIRECT_BUCKETS, float("inf")), redirects, strict=True):
+        cumulative += n
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(cumulative)))
+    yield HistogramMetricFamily(
+        "fedd_redirect_seconds",
+        "Time from request to redirect (GET answered with 302)",
+        buckets=buckets,
+        sum_value=float(redirect_sum),  # correctly rounded: grows with every worker's sum
+    )
 
 
 _METHODS = {b"GET", b"HEAD", b"PROPFIND", b"OPTIONS", b"PUT", b"DELETE", b"MKCOL", b"MOVE", b"COPY"}

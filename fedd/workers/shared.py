@@ -11,11 +11,16 @@ whole to a temporary name and renamed (a reader never sees half a file).
   workers only. When a worker ends, the supervisor adds its counters to `counters-ended.json` and
   removes its file (`fold_ended`).
 - No summed counter goes back between two reads, whichever workers answer them: the worker that
-  answers writes its own file first (`CounterFiles.share`), so its file holds at least what it
-  reports, and any later read, here or at another worker, adds that file or this worker's live
-  figures, both at least as large. (Without it, a read at worker A reporting A's live counts and a
-  later read at B adding A's file of up to a second before could report less: Prometheus takes a
-  counter that decreases for a reset.)
+  answers writes its own file first (`CounterFiles.share`, `share_counters`), so its file holds at
+  least what it reports, and any later read, here or at another worker, adds that file or this
+  worker's live figures, both at least as large. (Without it, a read at worker A reporting A's live
+  counts and a later read at B adding A's file of up to a second before could report less:
+  Prometheus takes a counter that decreases for a reset.) A scrape reports the metric families
+  alone: it writes those it answers and, beside them, the status numbers this worker last wrote
+  (not a fresh status, ~1-2 ms to build). That keeps the guarantee for status reads: each write's
+  status numbers are fresh (taken after every earlier write's) or the previous write's, so they
+  never decrease from one write to the next, and a status read writes the very numbers it answers
+  before answering them; the file always holds at least what this worker ever answered.
 - `workers.json`: the supervisor's list of workers (index, pid, start time, restarts) for the status.
 
 The files are a few kilobytes, written by one process every second (a counters file also at each
@@ -125,6 +130,7 @@ class CounterFiles:
         # names this process's file in the ended workers' list: a later worker given the same pid
         # (pid_max may be 32768) writes the same file name and still counts
         self.writer = f"{pid}-{secrets.token_hex(6)}"
+        self._numbers: dict[str, Any] | None = None  # the status numbers last written (or tried)
 
     def write(self, snapshot: dict[str, Any]) -> None:
         write_json(self.own, {**snapshot, WRITER: self.writer})
@@ -138,9 +144,22 @@ class CounterFiles:
             return
         if status is None and self.status is not None:
             status = self.status()
-        numbers = {"status": status_numbers(status)} if status is not None else {}
+        self._numbers = {"status": status_numbers(status)} if status is not None else {}
+        self._write({**self.snapshot(), **self._numbers})
+
+    def share_counters(self, counters: dict[str, Any]) -> None:
+        """Write `counters` (this worker's `snapshot`, just collected for the scrape that reports
+        them) with the status numbers last written: a scrape reports no status number, and those
+        never go back from one write to the next (see the module docstring)."""
+        if self.snapshot is None:
+            return
+        if self._numbers is None:  # none written yet
+            self._numbers = {"status": status_numbers(self.status())} if self.status is not None else {}
+        self._write({**counters, **self._numbers})
+
+    def _write(self, data: dict[str, Any]) -> None:
         try:
-            self.write({**self.snapshot(), **numbers})
+            self.write(data)
         except OSError as exc:
             log.warn("cannot write the request counters: {reason}", reason=exc)
 
