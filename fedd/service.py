@@ -246,6 +246,7 @@ def build_service(
         workers=WorkersStatus(worker.run_dir, worker.index, worker.count, counters) if worker is not None else None,
         replication=replication,
         confirm=confirm,
+        started=worker.started if worker is not None else None,  # the host's, as in its hosts row
     )
     if counters is not None:
         counters_writer = CountersWriter(counters, reactor)

@@ -383,3 +383,31 @@ def test_the_hosts_row_says_when_the_host_started_not_its_last_restarted_worker(
     old = role(1).environment()
     del old["FEDD_WORKER_STARTED"]  # a worker of an older supervisor, during an upgrade: its own start
     assert WorkerRole.from_environment(old).started is None
+
+
+def test_the_status_says_when_the_host_started_and_each_worker_when_it_did(tmp_path: Path) -> None:
+    """With workers, the status's `fedd.started` (the page's uptime) is the host's start, the one
+    its hosts row gives (was: the answering worker's own, so a restarted worker made fedd look just
+    started); each worker's own start stays in the workers table."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from fedd.service import build_service
+    from fedd.web.statuspage import render_status_page
+
+    host_started = time.time() - 7200.0  # the supervisor started two hours ago
+    worker_started = time.time() - 300.0  # this worker five minutes ago (after a crash)
+    listed = [{"index": 0, "pid": 1, "started": worker_started, "restarts": 1}]
+    (tmp_path / WORKERS_FILE).write_text(json.dumps(listed))
+    config = _config(tmp_path)
+    role = WorkerRole(0, 2, tmp_path, ("tcp:0",), instance="fedd-host", started=host_started)
+    fedd = build_service(config, reactor=MemoryReactorClock(), worker=role)  # never started
+    status = fedd.resource.status()
+    assert status["fedd"]["started"] == host_started
+    assert [w["started"] for w in status["workers"]["workers"]] == [worker_started]
+    page = render_status_page(status).decode()
+    assert " · up 2.0 h · " in page
+    assert "<td>1</td><td><span" in page and ">5 min ago</span></td><td>1</td></tr>" in page
+    # a worker of an older supervisor (no FEDD_WORKER_STARTED), or a single fedd: its own start
+    before = time.time()
+    alone = build_service(config, reactor=MemoryReactorClock(), worker=None)
+    assert before <= alone.resource.status()["fedd"]["started"] <= time.time()

@@ -221,6 +221,9 @@ def test_metrics_and_status_are_equal_whichever_worker_answers(setup: Setup) -> 
         assert s["locate"]["local_misses"] >= 8, s["locate"]  # 4 by each worker at least
     assert seen[0]["locate"]["local_misses"] == seen[1]["locate"]["local_misses"]
     assert all(s["events"]["emitted"] >= 8 for s in seen.values())  # (worker 0 adds its space reports)
+    # fedd started when the host did (its supervisor), before each worker's own start
+    started = {s["fedd"]["started"] for s in seen.values()}
+    assert len(started) == 1 and started.pop() <= min(w["started"] for w in seen[0]["workers"]["workers"])
     keys = ('fedd_locate_cache_lookups_total{result="miss"}', 'fedd_requests_total{method="GET",status="302"}')
     scrapes = [scrape(setup.port) for _ in range(8)]
     assert all(s[k] == scrapes[0][k] for s in scrapes for k in keys), [[s[k] for k in keys] for s in scrapes]

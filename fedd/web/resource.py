@@ -72,9 +72,12 @@ class FeddResource(Resource):
         workers: WorkersSection | None = None,
         confirm: ConfirmService | None = None,
         replication: Any = None,
+        started: float | None = None,
     ) -> None:
         """Only `federation` is needed to serve reads; each other part adds what it serves (writes,
-        third-party copies, checksums, space reports, downtimes, metrics, status sections)."""
+        third-party copies, checksums, space reports, downtimes, metrics, status sections).
+        `started`: when this fedd started, the status's `fedd.started` (with `[server] workers`, the
+        host's: its supervisor's start, not this worker's; None: now)."""
         super().__init__()
         self.fed = federation
         self.events = events
@@ -93,7 +96,7 @@ class FeddResource(Resource):
         self.replication = replication  # fedd.replicate.service.ReplicationService, with [replicate]
         # which host answered, in the status (behind a load balancer)
         self.host = state.identity.host if state is not None else socket.gethostname()
-        self.started = time.time()
+        self.started = time.time() if started is None else started
         self.gate = Gate(auth, federation.instance)
         self.admin = Admin(federation, status=self.status, auth=auth, space=space, downtimes=downtimes)
         self.reads = Reads(
