@@ -252,6 +252,22 @@ def test_a_slow_head_gets_408(front: Front) -> None:
     assert transport.value().startswith(b"HTTP/1.1 408 ") and transport.disconnecting
 
 
+def test_each_head_has_its_own_deadline_from_its_first_byte(front: Front) -> None:
+    """The rest of a head and the start of the next came together: the next one's deadline counts
+    from then, not from the first head's first byte (as on twisted.web's channel)."""
+    front.site.header_timeout = 2
+    front.warm()
+    protocol, transport = front.connect()
+    protocol.dataReceived(GET[:10])
+    front.reactor.advance(0.5)
+    protocol.dataReceived(GET[10:] + GET[:10])
+    assert statuses(transport.value()) == [b"302"] and front.site.hot_answers == 1
+    front.reactor.advance(1.9)
+    assert statuses(transport.value()) == [b"302"] and not transport.disconnecting
+    front.reactor.advance(0.2)
+    assert statuses(transport.value()) == [b"302", b"408"] and transport.disconnecting
+
+
 def test_a_changed_endpoint_state_is_not_answered_from_an_old_plan(front: Front) -> None:
     front.warm()
     front.fed.health.block_reads(frozenset({"a"}))  # a read downtime: the plan's generation is old

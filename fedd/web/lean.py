@@ -113,6 +113,7 @@ class LeanChannel(Protocol):
                 self._hand_over()
                 return
             del buf[: end + 4]
+            self._deadlines.head_done()  # a head that follows has its own deadline, from this read
             if answer is BORROW:
                 self._send(answers)
                 self._borrow(head)
@@ -124,8 +125,6 @@ class LeanChannel(Protocol):
                 transport.loseConnection()
                 return
         self._send(answers)
-        if not buf:
-            self._deadlines.head_done()
         if self._waiting:
             self._deadlines.stop()  # the full front answers a request: no idle time until it is done
         elif not self._closing:
@@ -233,7 +232,6 @@ class LeanChannel(Protocol):
     def _borrow(self, head: bytes) -> None:
         """The full front answers this request (it has no body); the connection comes back here
         once the answer is complete, so later requests can be hot again."""
-        self._deadlines.head_done()
         inner = self._channel()
         inner.dataReceived(head)
         waiting = self.open_requests()
