@@ -224,7 +224,9 @@ def build_service(
     def own_status() -> dict[str, Any]:
         return resource.status(peers=False)
 
-    counters = CounterFiles(worker.run_dir, os.getpid(), own_counters, own_status) if worker is not None else None
+    counters = None
+    if worker is not None:
+        counters = CounterFiles(worker.run_dir, os.getpid(), own_counters, own_status, clock=reactor)
     metrics = Metrics(peers=counters)
     reload_status = ReloadStatus(config_path, worker.run_dir if worker is not None else None)
     resource = FeddResource(

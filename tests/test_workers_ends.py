@@ -42,11 +42,13 @@ def test_ended_workers_counters_are_added_up_in_one_file(tmp_path: Path) -> None
     """In process: files of live workers plus the ended workers' sum; folding 50 ended workers
     leaves one file and the same totals; a reader that saw a live file just before it was folded
     counts it once."""
+    from twisted.internet.task import Clock
+
     from fedd.web.metrics import Metrics
     from fedd.workers.shared import ENDED_FILE, CounterFiles, fold_ended
 
     def counters(pid: int, n: int) -> CounterFiles:
-        files = CounterFiles(tmp_path, pid)
+        files = CounterFiles(tmp_path, pid, clock=Clock())
         m = Metrics()
         for _ in range(n):
             m.request(b"GET", 302, 0.0002)

@@ -13,7 +13,7 @@ from fedd.workers.shared import CounterFiles, CountersWriter, read_json
 def test_soon_writes_once_at_the_next_turn_and_not_after_stop(tmp_path: Path) -> None:
     clock = Clock()
     value = {"n": 0}
-    files = CounterFiles(tmp_path, 4242, lambda: dict(value))
+    files = CounterFiles(tmp_path, 4242, lambda: dict(value), clock=clock)
     writer = CountersWriter(files, clock)
     writer.startService()  # writes at once, then every second
     assert read_json(files.own) == {"n": 0, "writer": files.writer}

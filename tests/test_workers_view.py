@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+from twisted.internet.task import Clock
 
 from fedd.web.metrics import (
     GAUGE_MODES,
@@ -68,6 +69,8 @@ def samples(text: bytes) -> dict[str, float]:
 
 
 class Peers:
+    unwritten_since = None
+
     def __init__(self, snapshots: list[dict[str, Any]]) -> None:
         self.snapshots = snapshots
 
@@ -159,7 +162,7 @@ def test_an_ended_workers_counters_and_status_counts_still_count(tmp_path: Path)
     assert not list(tmp_path.glob("counters-1*.json"))
     ended = read_json(tmp_path / ENDED_FILE)
     assert ended["folded"] == [11, 12] and ended["status"] == [[["events", "sent"], 4]]
-    files = CounterFiles(tmp_path, 13)
+    files = CounterFiles(tmp_path, 13, clock=Clock())
     got = samples(worker_metrics(Figures(hits=1, entries=1, up=1.0), files).render())
     assert got['fedd_locate_cache_lookups_total{result="hit"}'] == 11
     assert got["fedd_locate_cache_entries"] == 1  # the gauges of ended workers are gone with them
@@ -221,6 +224,7 @@ def test_metrics_and_status_are_equal_whichever_worker_answers(setup: Setup) -> 
         assert s["locate"]["local_misses"] >= 8, s["locate"]  # 4 by each worker at least
     assert seen[0]["locate"]["local_misses"] == seen[1]["locate"]["local_misses"]
     assert all(s["events"]["emitted"] >= 8 for s in seen.values())  # (worker 0 adds its space reports)
+    assert all(s["workers"]["counters_file"]["written"] for s in seen.values())
     # fedd started when the host did (its supervisor), before each worker's own start
     started = {s["fedd"]["started"] for s in seen.values()}
     assert len(started) == 1 and started.pop() <= min(w["started"] for w in seen[0]["workers"]["workers"])
@@ -257,7 +261,7 @@ def test_a_read_writes_its_workers_counters_first_so_the_next_read_elsewhere_see
         def snapshot() -> dict[str, Any]:
             return {**metrics.snapshot(), "status": [[["events", "sent"], sent[0]]]}
 
-        files = CounterFiles(tmp_path, pid, snapshot)
+        files = CounterFiles(tmp_path, pid, snapshot, clock=Clock())
         metrics = worker_metrics(Figures(hits=0, entries=0, up=1.0), files)
         return metrics, WorkersStatus(tmp_path, pid, 2, files)
 
@@ -288,7 +292,7 @@ def test_a_status_read_writes_the_numbers_it_answers_without_building_the_status
         built.append(1)
         return {"events": {"sent": 1}}
 
-    files = CounterFiles(tmp_path, 13, lambda: {"requests": []}, own_status)
+    files = CounterFiles(tmp_path, 13, lambda: {"requests": []}, own_status, clock=Clock())
     write_json(tmp_path / "counters-14.json", {"status": [[["events", "sent"], 2]]})
     mine: dict[str, Any] = {"events": {"sent": 5, "outbox_depth": 3}}
     WorkersStatus(tmp_path, 0, 2, files).add_peers(mine)
@@ -324,7 +328,7 @@ def test_a_scrape_collects_once_and_writes_what_it_answers_without_building_the_
         return {"events": {"sent": sent[0]}}
 
     figures = Counted(hits=3)
-    files = CounterFiles(tmp_path, 13, lambda: metrics.snapshot(), own_status)
+    files = CounterFiles(tmp_path, 13, lambda: metrics.snapshot(), own_status, clock=Clock())
     metrics = worker_metrics(figures, files)
     other = worker_metrics(Figures(hits=5, entries=7, up=0.0))
     other.request(b"GET", 302, 0.001)
@@ -345,10 +349,99 @@ def test_a_scrape_collects_once_and_writes_what_it_answers_without_building_the_
     assert written["requests"] == [["GET", 302, 1]]
     # a scrape before any write builds the status once, for the file
     built.clear()
-    first = CounterFiles(tmp_path / "first", 15, lambda: {}, own_status)
+    first = CounterFiles(tmp_path / "first", 15, lambda: {}, own_status, clock=Clock())
     (tmp_path / "first").mkdir()
     samples(worker_metrics(Figures(hits=1, entries=1, up=1.0), first).render())
     assert built == [1] and read_json(first.own)["status"] == [[["events", "sent"], 4]]
+
+
+def test_a_counters_file_that_cannot_be_written_is_shown_logged_once_per_outage_and_reads_go_on(
+    tmp_path: Path,
+) -> None:
+    """The run directory gone and a file in its place (as root, a read-only directory would still be
+    written): each scrape and status read still answers, with live figures; the status says since
+    when the file is not written and why, /metrics says so too, the page in red; one warning for the
+    outage, one line when it writes again, no traceback; a second outage is logged again."""
+    from twisted.logger import LogLevel
+
+    from tests.inprocess import captured_logs
+
+    start = 1_700_000_000.0
+    clock = Clock()
+    clock.advance(start)
+    parent = tmp_path / "run"
+    run = parent / "workers"
+    run.mkdir(parents=True)
+    sent = [1]
+    files = CounterFiles(run, 13, lambda: metrics.snapshot(), lambda: {"events": {"sent": sent[0]}}, clock=clock)
+    metrics = worker_metrics(Figures(hits=3, entries=1, up=1.0), files)
+    section = WorkersStatus(run, 0, 2, files)
+    hits = 'fedd_locate_cache_lookups_total{result="hit"}'
+
+    def status_read() -> dict[str, Any]:
+        status: dict[str, Any] = {"fedd": {"now": clock.seconds()}, "events": {"sent": sent[0]}}
+        status["workers"] = section.to_json()
+        section.add_peers(status)
+        return status
+
+    def unwritten(got: dict[str, float]) -> tuple[float, float | None]:
+        return got["fedd_counters_file_unwritten"], got.get("fedd_counters_file_unwritten_since_seconds")
+
+    with captured_logs() as logs:
+        files.share()
+        assert status_read()["workers"]["counters_file"] == {
+            "written": True,
+            "unwritten_since": None,
+            "error": None,
+            "failed_writes": 0,
+        }
+        assert unwritten(samples(metrics.render())) == (0.0, None)
+
+        def break_run_dir() -> None:
+            for f in run.iterdir():
+                f.unlink()
+            run.rmdir()
+            parent.rmdir()
+            parent.write_text("not a directory")
+
+        break_run_dir()
+        clock.advance(10)
+        files.share()  # the periodic write: the outage starts
+        for n in range(5):
+            clock.advance(1)
+            sent[0] = 2 + n
+            got = samples(metrics.render())
+            assert got[hits] == 3 and unwritten(got) == (1.0, start + 10)
+            status = status_read()
+            assert status["events"]["sent"] == 2 + n  # live figures answered
+            counters = status["workers"]["counters_file"]
+            assert counters["written"] is False and counters["unwritten_since"] == start + 10
+            assert counters["error"].startswith(f"Not a directory: {run}/") and counters["failed_writes"] == 3 + 2 * n
+        page = render_status_page(status).decode()
+        assert '<p class="bad">worker 0 cannot write its counters file since <span' in page
+        assert ">5 s ago</span>: Not a directory: " in page
+        warned = [e for e in logs if e["log_level"] >= LogLevel.warn]
+        assert len(warned) == 1 and "log_failure" not in warned[0]
+        assert str(warned[0]["log_format"]).startswith("cannot write the request counters to {path}: {reason}")
+        # the run directory back: the next write says so once, and the figures say it is written
+        parent.unlink()
+        run.mkdir(parents=True)
+        clock.advance(5)
+        got = samples(metrics.render())
+        assert unwritten(got) == (0.0, None) and read_json(files.own)["families"]
+        assert status_read()["workers"]["counters_file"] == {
+            "written": True,
+            "unwritten_since": None,
+            "error": None,
+            "failed_writes": 11,
+        }
+        again = [e for e in logs if "written to {path} again" in str(e["log_format"])]
+        assert len(again) == 1 and again[0]["failures"] == 11 and again[0]["seconds"] == 10
+        assert len([e for e in logs if e["log_level"] >= LogLevel.warn]) == 1
+        break_run_dir()  # a second outage: logged again, dated anew
+        clock.advance(3)
+        assert unwritten(samples(metrics.render())) == (1.0, clock.seconds())
+        assert len([e for e in logs if e["log_level"] >= LogLevel.warn]) == 2
 
 
 def test_redirect_seconds_add_up_exactly_in_any_order_and_through_a_fold(tmp_path: Path) -> None:
@@ -365,8 +458,8 @@ def test_redirect_seconds_add_up_exactly_in_any_order_and_through_a_fold(tmp_pat
     for pid, ended in ((11, b), (12, c)):
         write_json(tmp_path / f"counters-{pid}.json", {**ended, "families": {}, "status": []})
         fold_ended(tmp_path, pid)
-    assert add_snapshots([a, *CounterFiles(tmp_path, 13).others()])[2] in sums
-    metrics = Metrics(peers=CounterFiles(tmp_path, 13))
+    assert add_snapshots([a, *CounterFiles(tmp_path, 13, clock=Clock()).others()])[2] in sums
+    metrics = Metrics(peers=CounterFiles(tmp_path, 13, clock=Clock()))
     metrics.request(b"GET", 302, 0.1)
     assert samples(metrics.render())["fedd_redirect_seconds_sum"] == float(sums.pop())
 

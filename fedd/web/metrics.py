@@ -47,6 +47,10 @@ GAUGE_MODES = {
     "fedd_replicate_copies_running": "sum",
     "fedd_replicate_bytes": "host",  # from the replica records of the state database
     "fedd_replicate_budget_left_bytes": "host",  # idem
+    # the answering worker's own, added after the others' (a worker that cannot write its counters
+    # file cannot tell the others)
+    "fedd_counters_file_unwritten": "host",
+    "fedd_counters_file_unwritten_since_seconds": "host",
 }
 SUMMED_TYPES = ("counter", "histogram", "summary")
 
@@ -55,6 +59,10 @@ REDIRECT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 class PeerCounters(Protocol):
     """The per-request counters of the other workers of this host (`fedd.workers.shared.CounterFiles`)."""
+
+    @property
+    def unwritten_since(self) -> float | None:
+        """When this worker's writes of its own counters started failing (None: they do not)."""
 
     def others(self) -> list[dict[str, Any]]: ...
 
@@ -123,6 +131,7 @@ class Metrics:
         else:
             theirs = [f for snap in others if isinstance(f := snap.get("families"), dict)]
             yield from metrics_of(add_families(own["families"], theirs))
+            yield from _counters_file(peers.unwritten_since)
 
 
 # requests, redirect buckets, redirect seconds (exact: the sum of the workers' float sums, in any
@@ -231,6 +240,22 @@ class _Scrape(Collector):
 
     def collect(self) -> Iterator[Metric]:
         return self.metrics.collect()
+
+
+def _counters_file(since: float | None) -> Iterator[Metric]:
+    """Whether the answering worker could write its counters file for this scrape (not in the file:
+    a worker that cannot write it cannot tell the others either)."""
+    yield GaugeMetricFamily(
+        "fedd_counters_file_unwritten",
+        "1 while the answering worker cannot write its counters file (summed counters may go back)",
+        value=0.0 if since is None else 1.0,
+    )
+    if since is not None:
+        yield GaugeMetricFamily(
+            "fedd_counters_file_unwritten_since_seconds",
+            "When the answering worker's counters file writes started failing (Unix time)",
+            value=since,
+        )
 
 
 def _request_families(totals: Totals) -> Iterator[Metric]:

@@ -307,11 +307,22 @@ def _workers(status: dict[str, Any], now: float | None) -> str:
         f"<td>{text(w.get('restarts'))}</td></tr>"
         for w in (as_dict(w) for w in workers.get("workers") or [])
     )
+    counters = as_dict(workers.get("counters_file"))
+    outage = (
+        f'<p class="bad">worker {text(answered.get("index"))} cannot write its counters file since'
+        f" {fmt.when(counters.get('unwritten_since'), now)}: {text(counters.get('error'))}; a count summed"
+        " over the workers may go back from one read to the next</p>"
+        if counters.get("written") is False
+        else ""
+    )
     return (
         f"<h2>Workers ({text(workers.get('count'))})</h2>"
         f'<p class="meta">this page from worker {text(answered.get("index"))}; the counts above are those of'
         " every worker added up (each writes its own every second)</p>"
-        "<table><tr><th>worker</th><th>pid</th><th>started</th><th>restarts</th></tr>" + rows + "</table>"
+        + outage
+        + "<table><tr><th>worker</th><th>pid</th><th>started</th><th>restarts</th></tr>"
+        + rows
+        + "</table>"
     )
 
 

@@ -20,7 +20,11 @@ whole to a temporary name and renamed (a reader never sees half a file).
   (not a fresh status, ~1-2 ms to build). That keeps the guarantee for status reads: each write's
   status numbers are fresh (taken after every earlier write's) or the previous write's, so they
   never decrease from one write to the next, and a status read writes the very numbers it answers
-  before answering them; the file always holds at least what this worker ever answered.
+  before answering them; the file always holds at least what this worker ever answered. While a
+  worker cannot write its file (the run directory removed, full or read-only), the guarantee does
+  not hold for it: it answers with its live figures all the same, logs the outage once (and once
+  when it writes again), and says so in the status (`workers.counters_file`) and in /metrics
+  (`fedd_counters_file_unwritten`, `..._since_seconds`), each worker for itself.
 - `workers.json`: the supervisor's list of workers (index, pid, start time, restarts) for the status.
 
 The files are a few kilobytes, written by one process every second (a counters file also at each
@@ -114,7 +118,8 @@ class HostShare:
 class CounterFiles:
     """Per-request counters of every worker of the host (see the module docstring). `snapshot`:
     this worker's counters as JSON data, what `share` writes; `status`: this worker's own status
-    (not summed with the others'), whose per-worker numbers `share` writes beside them."""
+    (not summed with the others'), whose per-worker numbers `share` writes beside them; `clock`
+    dates an outage of this worker's file (`unwritten_since`)."""
 
     def __init__(
         self,
@@ -122,11 +127,18 @@ class CounterFiles:
         pid: int,
         snapshot: Callable[[], dict[str, Any]] | None = None,
         status: Callable[[], dict[str, Any]] | None = None,
+        *,
+        clock: IReactorTime,
     ) -> None:
         self.run_dir = run_dir
         self.own = run_dir / f"counters-{pid}.json"
         self.snapshot = snapshot
         self.status = status
+        self.clock = clock
+        self.unwritten_since: float | None = None  # the first failed write of an outage going on
+        self.error: str | None = None  # why the last write failed, during an outage
+        self.failed_writes = 0  # since this worker started
+        self._outage_failures = 0
         # names this process's file in the ended workers' list: a later worker given the same pid
         # (pid_max may be 32768) writes the same file name and still counts
         self.writer = f"{pid}-{secrets.token_hex(6)}"
@@ -158,10 +170,40 @@ class CounterFiles:
         self._write({**counters, **self._numbers})
 
     def _write(self, data: dict[str, Any]) -> None:
+        """Write `data`; an outage (every write failing) is logged when it starts and when it ends,
+        not at each read or tick in between."""
         try:
             self.write(data)
         except OSError as exc:
-            log.warn("cannot write the request counters: {reason}", reason=exc)
+            self.failed_writes += 1
+            self._outage_failures += 1
+            self.error = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
+            if self.unwritten_since is None:
+                self.unwritten_since = self.clock.seconds()
+                log.warn(
+                    "cannot write the request counters to {path}: {reason}; until it can, a counter summed"
+                    " over the workers may go back from one read to the next (logged again once it writes)",
+                    path=str(self.own),
+                    reason=self.error,
+                )
+            return
+        if self.unwritten_since is not None:
+            log.info(
+                "request counters written to {path} again, after {seconds:.0f} s and {failures} failed writes",
+                path=str(self.own),
+                seconds=self.clock.seconds() - self.unwritten_since,
+                failures=self._outage_failures,
+            )
+            self.unwritten_since, self.error, self._outage_failures = None, None, 0
+
+    def to_json(self) -> dict[str, Any]:
+        """This worker's counters file: written (the summed counters never go back), or since when not."""
+        return {
+            "written": self.unwritten_since is None,
+            "unwritten_since": self.unwritten_since,
+            "error": self.error,
+            "failed_writes": self.failed_writes,
+        }
 
     def others(self) -> list[dict[str, Any]]:
         """Every other worker's counters, those of ended workers included (`fold_ended`). The live
@@ -254,6 +296,9 @@ class WorkersStatus:
         this read answers."""
         if self.counters is not None:
             self.counters.share(status)
+            section = status.get("workers")
+            if isinstance(section, dict):  # how that write went, not the one before
+                section["counters_file"] = self.counters.to_json()
             add_status(status, [snap.get("status") for snap in self.counters.others()])
 
     def to_json(self) -> dict[str, Any]:
@@ -261,4 +306,5 @@ class WorkersStatus:
             "answered_by": {"index": self.index, "pid": os.getpid()},
             "count": self.count,
             "workers": read_json(self.run_dir / WORKERS_FILE) or [],
+            **({"counters_file": self.counters.to_json()} if self.counters is not None else {}),
         }
