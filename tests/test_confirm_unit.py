@@ -16,7 +16,7 @@ from twisted.logger import formatEvent
 from fedd.config import Config
 from fedd.config.schema import ConfirmConfig
 from fedd.config.values import RgwNotify
-from fedd.confirm.kept import KEEP_WAIT, PendingFile
+from fedd.confirm.kept import KEEP_WAIT, TAKE_OVER_CHUNK, PendingFile
 from fedd.confirm.pending import Table, Timing, Upload, judge_look, judge_notification, outcome_id
 from fedd.confirm.rgw import created_objects
 from fedd.confirm.service import ConfirmService
@@ -607,3 +607,100 @@ def test_an_outcome_published_again_after_a_crash_carries_the_same_id(tmp_path: 
     again.carried("/atlas/c", "e", 5, started, None)
     assert ids[-1] == ("put-done", "/atlas/c", outcome_id(Upload("/atlas/c", "e", "/atlas/c", 5, started)))
     again.stopService()
+
+
+def left_rows(path: Path, n: int, started: float = 900.0) -> None:
+    """`n` pending rows of worker 0, as a previous run leaves them."""
+    db = sqlite3.connect(path)
+    try:
+        db.execute(PendingFile.SCHEMA)
+        db.executemany(
+            "INSERT INTO pending VALUES (0, 'e', ?, ?, 5, ?, 0)",
+            [(f"/atlas/r{i}", f"/atlas/r{i}", started + i * 1e-3) for i in range(n)],
+        )
+        db.commit()
+    finally:
+        db.close()
+
+
+def test_many_uploads_are_taken_over_a_chunk_at_a_reactor_turn(tmp_path: Path) -> None:
+    """100k rows handed over at once blocked the reactor ~0.8 s here: TAKE_OVER_CHUNK at a turn, the
+    rest at the next turns, and a PUT between two chunks is taken (the newer upload of its name)."""
+    file = tmp_path / "pending.sqlite"
+    n = 2 * TAKE_OVER_CHUNK + TAKE_OVER_CHUNK // 2
+    left_rows(file, n)
+    clock = Clock()
+    clock.advance(1000)
+    ep = FakeEndpoint("e", clock=clock)
+    ep.manual = True  # looks wait: only the hand-over counts here
+    with captured_logs() as logged:
+        s, _ = kept_service(clock, ep, InlinePendingFile(clock, str(file)), max_polls=5)
+        assert (len(s.table), s.to_json()["taking_over"]) == (TAKE_OVER_CHUNK, n - TAKE_OVER_CHUNK)
+        assert len(clock.getDelayedCalls()) == 2  # the next chunk, the first looks
+        put = s.expect("/atlas/r2100", "e", 5)  # a PUT between two chunks: of a name in a later chunk
+        assert put is not None
+        clock.advance(0)  # (a Clock runs the later turns' calls too)
+        assert result(put) == [True] and len(ep.pending) == 5
+        assert len(s.table) == n and s.to_json()["taking_over"] == 0 and s.counts["taken_over"] == n - 1
+        assert next(u for u in s.table.uploads() if u.path == "/atlas/r2100").started == 1000.0  # the newer
+    texts = [formatEvent(e) for e in logged if e.get("log_namespace") == "fedd.confirm"]
+    assert [t for t in texts if "taking over" in t] == [
+        f"taking over {n - 1} upload(s) not confirmed before the restart ({file}; 0 over max_pending)"
+    ]
+    s.stopService()
+
+
+def test_a_stop_during_the_hand_over_leaves_the_rest_for_the_next_start(tmp_path: Path) -> None:
+    file = tmp_path / "pending.sqlite"
+    n = TAKE_OVER_CHUNK + 10
+    left_rows(file, n)
+    clock = Clock()
+    clock.advance(1000)
+    ep = FakeEndpoint("e", clock=clock)
+    ep.manual = True
+    s, _ = kept_service(clock, ep, InlinePendingFile(clock, str(file)))
+    assert len(s.table) == TAKE_OVER_CHUNK
+    s.stopService()
+    assert not clock.getDelayedCalls() and len(rows(file)) == n
+    again, _ = kept_service(clock, ep, InlinePendingFile(clock, str(file)))
+    clock.advance(0)
+    assert len(again.table) == n
+    again.stopService()
+
+
+def test_the_reactor_turns_between_the_chunks_of_100k_uploads_taken_over(tmp_path: Path) -> None:
+    """The real reactor and the pending file in its thread: a call made again every millisecond sees
+    the hand-over in between (before: nothing, then all 100k at once)."""
+    from tests import reactor
+
+    file = tmp_path / "pending.sqlite"
+    n = 100_000
+    left_rows(file, n)
+    real = reactor.the_reactor()
+    seen: list[int] = []
+
+    def start() -> Deferred[list[int]]:
+        ep = FakeEndpoint("e", clock=real)
+        ep.manual = True
+        config = ConfirmConfig(max_pending=2 * n, checksum_wait=0.0, deadline=3600.0)
+        kept = PendingFile(real, str(file))
+        s = ConfirmService(config, federation=Fed({"e": ep}), clock=real, emit=lambda *a: None, kept=kept)
+        s.startService()
+        done: Deferred[list[int]] = Deferred()
+
+        give_up = real.seconds() + 60
+
+        def turn() -> None:  # every millisecond (at the next turn when a chunk is longer)
+            seen.append(s.counts["taken_over"])
+            if s.counts["taken_over"] < n and real.seconds() < give_up:
+                real.callLater(0.001, turn)
+            else:
+                s.stopService().addBoth(lambda _: done.callback(seen))
+
+        turn()
+        return done
+
+    reactor.call(start, timeout=120)
+    assert seen[-1] == n
+    between = {c for c in seen if 0 < c < n}
+    assert len(between) >= n // TAKE_OVER_CHUNK // 2, sorted(between)[:10]  # a chunk at a turn, or two

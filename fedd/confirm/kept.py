@@ -12,7 +12,9 @@ stalls delays no answer longer, and such a redirect is counted (`unkept`) and lo
 the journal cannot take is: the client is answered, the upload confirmed in memory.
 
 At start, `take` hands a process the rows its previous run left (its worker index), and worker 0
-also those of indexes no worker has any more (fedd ran with more workers before), re-owned to it.
+also those of indexes no worker has any more (fedd ran with more workers before), re-owned to it;
+the service gets them TAKE_OVER_CHUNK at a reactor turn, so a restart with many pending answers
+requests meanwhile (100k at once kept the reactor busy 0.5-0.9 s here; 1000 take 3-8 ms).
 A row keeps the redirect's time (`started`): the deadline counts from there, not from the restart.
 """
 
@@ -30,9 +32,11 @@ from fedd.sqlite import SqliteThread
 
 log = Logger(namespace="fedd.confirm")
 KEEP_WAIT = 2.0  # seconds a PUT's answer waits at most for its row's commit
+TAKE_OVER_CHUNK = 1000  # uploads handed to the service at a reactor turn
 LATE_LOG_INTERVAL = 60.0  # seconds between two log lines about answers that did not wait for their commit
 
 Change = tuple[Key, Upload | None]  # the upload now pending under that key, or None: nothing any more
+TakeOver = Callable[[list[Upload]], tuple[int, int]]  # previous run's uploads -> (taken, over max_pending)
 
 
 class PendingFile(SqliteThread):
@@ -59,21 +63,23 @@ class PendingFile(SqliteThread):
     def _take(self) -> list[Upload]:
         assert self._db is not None
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if self.worker == 0:  # rows of workers this fedd no longer has: an upload of the same name here wins
+        if self.worker == 0:  # rows of workers this fedd no longer has: an upload of the same name here wins
+            db.execute("BEGIN IMMEDIATE")
+            try:
                 db.execute("UPDATE OR IGNORE pending SET worker = 0 WHERE worker >= ?", (self.workers,))
                 db.execute("DELETE FROM pending WHERE worker >= ?", (self.workers,))
-            rows = db.execute(
-                "SELECT path, endpoint, endpoint_path, size, started, overwrite FROM pending "
-                "WHERE worker = ? ORDER BY started",
-                (self.worker,),
-            ).fetchall()
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        # read outside the write lock (WAL: the other workers' writes go on): no one else writes this
+        # index's rows, and this process writes none before it has them
+        rows = db.execute(
+            "SELECT path, endpoint, endpoint_path, size, started, overwrite FROM pending "
+            "WHERE worker = ? ORDER BY started",
+            (self.worker,),
+        )
         return [
             Upload(str(p), str(e), str(ep), None if s is None else int(s), float(t), bool(o))
             for p, e, ep, s, t, o in rows
@@ -127,6 +133,8 @@ class KeptUploads:
         self._waiting: list[Deferred[bool]] = []  # answers waiting for the commit of `_changes`
         self.unkept = 0  # answers sent without their row committed (a write failed, or took over KEEP_WAIT)
         self._late_logged: float | None = None
+        self._hand_call: Any = None  # the next chunk of the previous run's uploads
+        self.handing_over = 0  # the previous run's uploads not handed over yet
 
     @property
     def path(self) -> str:
@@ -137,19 +145,38 @@ class KeptUploads:
         """What is pending now will be there at the next start (as far as the writes tell)."""
         return self.state in ("opening", "open") and not self._failing
 
-    def start(self, take_over: Callable[[list[Upload]], None]) -> None:
-        """Open the file, then hand `take_over` the uploads the previous run left pending."""
+    def start(self, take_over: TakeOver) -> None:
+        """Open the file, then hand `take_over` the uploads the previous run left pending, a chunk
+        at a reactor turn (closed meanwhile: the rest stay in the file, for the next start)."""
         self.state = "opening"
         d = self.file.open()
         d.addCallback(lambda _: self.file.take())
         d.addCallbacks(lambda uploads: self._opened(uploads, take_over), self._open_failed)
 
-    def _opened(self, uploads: list[Upload], take_over: Callable[[list[Upload]], None]) -> None:
+    def _opened(self, uploads: list[Upload], take_over: TakeOver) -> None:
         if self.state != "opening":
             return  # stopped meanwhile: the rows wait for the next start
         self.state = "open"
-        take_over(uploads)
+        self._hand_over(uploads, 0, take_over, 0, 0)
         self._write_soon()
+
+    def _hand_over(self, uploads: list[Upload], start: int, take_over: TakeOver, taken: int, over: int) -> None:
+        self._hand_call = None
+        if self.state != "open":
+            return
+        end = min(start + TAKE_OVER_CHUNK, len(uploads))
+        now_taken, now_over = take_over(uploads[start:end])
+        taken, over = taken + now_taken, over + now_over
+        self.handing_over = len(uploads) - end
+        if end < len(uploads):  # the reactor answers requests between two chunks
+            self._hand_call = self.clock.callLater(0, self._hand_over, uploads, end, take_over, taken, over)
+        elif uploads:
+            log.info(
+                "taking over {n} upload(s) not confirmed before the restart ({file}; {untracked} over max_pending)",
+                n=taken,
+                file=self.path,
+                untracked=over,
+            )
 
     def _open_failed(self, failure: Any) -> None:
         if self.state != "opening":
@@ -252,9 +279,10 @@ class KeptUploads:
 
     def close(self) -> Deferred[Any] | None:
         """The last changes written, then the file closed (both after what its thread has queued)."""
-        if self._write_call is not None and self._write_call.active():
-            self._write_call.cancel()
-        self._write_call = None
+        for call in (self._write_call, self._hand_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._write_call = self._hand_call = None
         state, self.state = self.state, "closed"
         if state == "closed":
             return None

@@ -15,10 +15,11 @@ Every upload taken is also written to `[confirm] pending_file` (`fedd.confirm.ke
 thread, in batches: one transaction for what changed while the last one was written) and deleted
 from it once decided; the PUT's 307 waits for the commit that holds its row (boundedly), so a kill
 right after the answer loses no upload. At start the service takes over the uploads its previous
-run left there (a worker: those of its index) and looks at each at once: the deadline counts from
-the redirect, so one whose deadline passed while fedd was down gets that one look, then put-done or
-put-failed. A write that fails is logged once (without a traceback) and confirming goes on in
-memory. On shutdown the uploads still pending are logged, and confirmed after the restart.
+run left there (a worker: those of its index; a chunk at a reactor turn) and looks at each at
+once: the deadline counts from the redirect, so one whose deadline passed while fedd was down
+gets that one look, then put-done or put-failed. A write that fails is logged once (without a
+traceback) and confirming goes on in memory. On shutdown the uploads still pending are logged, and
+confirmed after the restart.
 """
 
 from __future__ import annotations
@@ -145,31 +146,28 @@ class ConfirmService(MultiService):
 
     # --- the pending file ----------------------------------------------------------------------
 
-    def _take_over(self, uploads: list[Upload]) -> None:
-        """The uploads the previous run left: each looked at now (max_pending holds; an upload of the
-        same name taken since start is newer and stays)."""
+    def _take_over(self, uploads: list[Upload]) -> tuple[int, int]:
+        """Uploads the previous run left (KeptUploads hands them over TAKE_OVER_CHUNK at a reactor
+        turn): each looked at now (max_pending holds; an upload of the same name taken since start
+        is newer and stays). How many were taken, and how many were over max_pending."""
         assert self.kept is not None
         now = self.clock.seconds()
-        taken = 0
+        notifying = {n.endpoint for n in self.config.notifies}
+        taken = over = 0
         for upload in uploads:
             if upload.key in self.table:
                 continue
-            upload.notified = any(n.endpoint == upload.endpoint for n in self.config.notifies)
+            upload.notified = upload.endpoint in notifying
             ok, _ = self.table.add(upload, now)
             if ok:
                 taken += 1
             else:
-                self.counts["untracked"] += 1
+                over += 1
                 self.kept.keep(upload.key, None)
         self.counts["taken_over"] += taken
-        if uploads:
-            log.info(
-                "taking over {n} upload(s) not confirmed before the restart ({file}; {untracked} over max_pending)",
-                n=taken,
-                file=self.kept.path,
-                untracked=len(uploads) - taken,
-            )
+        self.counts["untracked"] += over
         self._arm()
+        return taken, over
 
     def _keep(self, key: Key, upload: Upload | None) -> None:
         if self.kept is not None:
@@ -411,6 +409,7 @@ class ConfirmService(MultiService):
             "pending_file": self.kept.path if self.kept is not None else None,
             "pending_file_errors": self.kept.errors if self.kept is not None else 0,
             "pending_file_unkept": self.kept.unkept if self.kept is not None else 0,
+            "taking_over": self.kept.handing_over if self.kept is not None else 0,
         }
 
 
