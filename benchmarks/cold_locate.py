@@ -3,7 +3,8 @@
 Scenario A: the slow endpoint is ranked last for the client: fedd answers when the best-ranked
 endpoint confirmed the file, without waiting for the slow one.
 Scenario B: the slow endpoint is ranked first: fedd must wait for it (or for the wait budget).
-Reference: the fastest endpoint's own HEAD round trip, measured in the same run.
+Reference: the fastest endpoint's own HEAD round trip, measured in the same run. fedd's own CPU per
+cold locate (/proc) is printed beside each scenario: steadier than latency on a shared machine.
 Every request asks for a different file, so every locate is cold.
 
 Usage: python3 benchmarks/cold_locate.py [--quick]
@@ -20,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import free_port, start_fedd
+from common import cpu_seconds, free_port, start_fedd
 
 from tests import servers
 
@@ -121,6 +122,7 @@ def main() -> None:
         direct = timed_requests(davs[0].port, "HEAD", [f"/atlas/data/f{n:05d}" for n in range(count)])
         slow_direct = timed_requests(proxy.port, "HEAD", [f"/atlas/data/f{n:05d}" for n in range(5)])
         results = {}
+        cpu: dict[str, float] = {}  # fedd's CPU milliseconds per cold locate
         scenarios = {
             "A: slow endpoint ranked last": ({"fast1": GENEVA, "fast2": LYON, "slow": CHICAGO}, 0),
             "B: slow endpoint ranked first": ({"fast1": LYON, "fast2": CHICAGO, "slow": GENEVA}, count),
@@ -130,7 +132,9 @@ def main() -> None:
             fedd = start_fedd(work / name[0], config(port, urls, where), port)
             try:
                 paths = [f"/atlas/data/f{n:05d}" for n in range(offset, offset + count)]
+                used = cpu_seconds(fedd.proc.pid)
                 results[name] = timed_requests(port, "GET", paths)
+                cpu[name] = (cpu_seconds(fedd.proc.pid) - used) / count * 1000
             finally:
                 fedd.stop()
     finally:
@@ -143,7 +147,7 @@ def main() -> None:
     print(f"{'fastest endpoint HEAD (direct)':40} {summary(direct)}")
     print(f"{'slow endpoint HEAD (direct)':40} {summary(slow_direct) if len(slow_direct) > 1 else ''}")
     for name, times in results.items():
-        print(f"{'fedd GET -> 302, ' + name:40} {summary(times)}")
+        print(f"{'fedd GET -> 302, ' + name:40} {summary(times)}   fedd CPU {cpu[name]:.2f} ms/locate")
     a = statistics.median(results["A: slow endpoint ranked last"])
     print(
         f"\nScenario A: fedd answers {a - statistics.median(direct):.2f} ms after the fastest endpoint's own RTT "

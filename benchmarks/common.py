@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -124,3 +125,16 @@ def http_status(url: str) -> int:
 
 def settle(seconds: float = 0.5) -> None:
     time.sleep(seconds)
+
+
+def cpu_seconds(pids: int | Sequence[int]) -> float:
+    """User + system CPU seconds the processes have used so far (clock ticks of /proc/PID/stat);
+    a process that has ended counts nothing."""
+    total = 0.0
+    for pid in [pids] if isinstance(pids, int) else pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return total

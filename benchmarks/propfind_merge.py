@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
 import shutil
 import statistics
 import subprocess
@@ -28,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import free_port, memory, start_fedd
+from common import cpu_seconds, free_port, memory, start_fedd
 
 import tests.daemon
 from fedd.endpoints.dav import PROPFIND_BODY
@@ -51,11 +50,6 @@ def request(port: int, method: str, path: str, body: bytes = b"", expect: int = 
     conn.close()
     return elapsed, data
 
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (clock ticks of /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def floor(davs: list[servers.ApacheDav]) -> float:

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, Fedd, free_port, start_fedd, wait_for_port, wrk_latency
+from common import ROOT, Fedd, cpu_seconds, free_port, start_fedd, wait_for_port, wrk_latency
 from xrootd_redirector import XRootD
 
 from tests import servers
@@ -277,16 +277,6 @@ def quiet(rabbit: list[int], limit: float = 30.0, busy: float = 0.05) -> None:
         if cpu_seconds(rabbit) - before < busy * 0.5:
             return
 
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-    return total
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common import curl_pipe, free_port, memory, start_fedd
+from common import cpu_seconds, curl_pipe, free_port, memory, start_fedd
 
 import tests.daemon
 from tests import servers
@@ -71,11 +71,6 @@ def timed_parallel(jobs: list[Callable[[], None]]) -> float:
         raise errors[0]
     return elapsed
 
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def children_cpu() -> float:

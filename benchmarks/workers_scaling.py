@@ -18,7 +18,6 @@ Usage: python3 benchmarks/workers_scaling.py [--quick]
 
 from __future__ import annotations
 
-import os
 import resource
 import statistics
 import subprocess
@@ -26,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import Fedd, free_port, start_fedd, wrk
+from common import Fedd, cpu_seconds, free_port, start_fedd, wrk
 
 ROUNDS = 3
 MODES = ((32, 1), (1000, 1), (32, 16))  # (connections, requests pipelined per connection)
@@ -49,13 +48,6 @@ def processes(fedd: Fedd) -> list[int]:
     out = subprocess.run(["ps", "--ppid", str(fedd.proc.pid), "-o", "pid="], capture_output=True, text=True)
     return [fedd.proc.pid, *(int(p) for p in out.stdout.split())]
 
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-    return total
 
 
 def children_cpu() -> float:
