@@ -6,6 +6,7 @@ row of reservations per worker; a downtime change answered once every worker app
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from fedd.state.store import StateStore
 from fedd.state.tables import SharedDowntimes, SharedReservations
 from fedd.workers import WorkerRole
 from fedd.workers.applied import AppliedMarks
-from fedd.workers.shared import WORKERS_FILE
+from fedd.workers.shared import WORKERS_FILE, HostShare
 from fedd.workers.supervisor import Supervisor
 from tests.daemon import wait_for
 from tests.inprocess import captured_logs
@@ -411,3 +412,32 @@ def test_the_status_says_when_the_host_started_and_each_worker_when_it_did(tmp_p
     before = time.time()
     alone = build_service(config, reactor=MemoryReactorClock(), worker=None)
     assert before <= alone.resource.status()["fedd"]["started"] <= time.time()
+
+
+def test_a_publication_that_cannot_be_written_is_logged_once_per_outage(tmp_path: Path) -> None:
+    """The run directory replaced by a file: each measurement the leader shares fails, warned once
+    (not at every interval), and once per name; when it writes again, one line says so, and the next
+    outage is warned again. The followers read what was written once it works."""
+    run = tmp_path / "run"
+    run.write_text("not a directory")
+    share = HostShare(run, leader=True)
+    with captured_logs() as events:
+        for n in range(5):
+            share.publish("health", {"n": n})
+        share.publish("space", {"n": 0})
+        warned = [e for e in events if "cannot share" in str(e.get("log_format", ""))]
+        assert [(e["name"], e["log_level"].name) for e in warned] == [("health", "warn"), ("space", "warn")]
+        assert all("log_failure" not in e for e in events)
+        run.unlink()
+        run.mkdir()
+        share.publish("health", {"n": 5})
+        share.publish("health", {"n": 6})
+        again = [e["name"] for e in events if "shared with the other workers again" in str(e.get("log_format", ""))]
+        assert again == ["health"]
+        assert HostShare(run, leader=False).read("health") == {"n": 6}
+        shutil.rmtree(run)
+        run.write_text("broken again")
+        share.publish("health", {"n": 7})
+        warned = [e for e in events if "cannot share" in str(e.get("log_format", ""))]
+        assert [e["name"] for e in warned] == ["health", "space", "health"]
+

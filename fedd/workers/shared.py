@@ -80,12 +80,19 @@ class HostShare:
         self.run_dir = run_dir
         self.leader = leader
         self._seen: dict[str, bytes] = {}  # name -> the content last read
+        self._unshared: set[str] = set()  # names whose last publication failed (logged once per outage)
 
     def publish(self, name: str, data: Any) -> None:
         try:
             write_json(self.run_dir / f"{name}.json", data)
         except OSError as exc:
-            log.warn("cannot share {name} with the other workers: {reason}", name=name, reason=exc)
+            if name not in self._unshared:
+                self._unshared.add(name)
+                log.warn("cannot share {name} with the other workers: {reason}", name=name, reason=exc)
+            return
+        if name in self._unshared:
+            self._unshared.discard(name)
+            log.info("{name} is shared with the other workers again", name=name)
 
     def read(self, name: str) -> Any:
         """The published data if it changed since the last read, else None. Compared by content:
