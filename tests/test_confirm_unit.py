@@ -17,12 +17,14 @@ from fedd.config import Config
 from fedd.config.schema import ConfirmConfig
 from fedd.config.values import RgwNotify
 from fedd.confirm.kept import KEEP_WAIT, TAKE_OVER_CHUNK, PendingFile
+from fedd.confirm.metrics import ConfirmCollector
 from fedd.confirm.pending import Table, Timing, Upload, judge_look, judge_notification, outcome_id
 from fedd.confirm.rgw import created_objects
 from fedd.confirm.service import ConfirmService
 from fedd.endpoints.base import Stat
 from fedd.namespace import Target
 from fedd.testing import FakeEndpoint
+from fedd.web.statuspage import render_status_page
 from tests.inprocess import captured_logs, result
 
 TIMING = Timing(deadline=60.0, poll_initial=1.0, poll_factor=2.0, poll_max=8.0)
@@ -543,6 +545,13 @@ def test_a_put_is_answered_without_its_row_when_the_write_fails_or_stalls(tmp_pa
         assert got == [[False], [False]]
         file.commit()  # late: the rows are there now, the answers went out before
         assert s.to_json()["pending_file_unkept"] == 3 and len(s.table) == 3
+        figures = {m.name: m.samples[0].value for m in ConfirmCollector(s).collect() if not m.samples[0].labels}
+        assert figures["fedd_uploads_unkept"] == 3
+        assert figures["fedd_pending_file_errors"] == s.to_json()["pending_file_errors"] >= 1
+        assert figures["fedd_uploads_taking_over"] == 0
+        page = render_status_page({"confirm": s.to_json()}).decode()
+        assert '<th>redirected before kept on disk</th><td><span class="bad">3</span>' in page
+        assert "still being taken over" not in page
         ep.files["/atlas/failing"] = Stat(size=5, mtime=clock.seconds())
         clock.pump([1.0] * 4)
         assert [(t, p["path"]) for t, p in events] == [("put-done", "/atlas/failing")]  # confirmed in memory

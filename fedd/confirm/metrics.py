@@ -27,6 +27,22 @@ class ConfirmCollector(Collector):
             "Uploads a restarted process took over from its previous run ([confirm] pending_file)",
             value=float(c.counts["taken_over"]),
         )
+        kept = c.kept
+        yield CounterMetricFamily(
+            "fedd_uploads_unkept",
+            "PUTs redirected before their upload was on disk in [confirm] pending_file (a write failed or was slow)",
+            value=float(kept.unkept if kept is not None else 0),
+        )
+        yield CounterMetricFamily(
+            "fedd_pending_file_errors",
+            "Writes of [confirm] pending_file that failed",
+            value=float(kept.errors if kept is not None else 0),
+        )
+        yield GaugeMetricFamily(
+            "fedd_uploads_taking_over",
+            "Uploads left by the previous run still being handed to the confirm service",
+            value=float(kept.handing_over if kept is not None else 0),
+        )
         looks = CounterMetricFamily("fedd_upload_looks", "Looks at upload targets", labels=["result"])
         looks.add_metric(["answered"], float(c.counts["looks"]))
         looks.add_metric(["error"], float(c.counts["look_errors"]))

@@ -43,6 +43,7 @@ GAUGE_MODES = {
     "fedd_events_connected": "min",
     "fedd_open_connections": "sum",
     "fedd_uploads_pending": "sum",
+    "fedd_uploads_taking_over": "sum",
     "fedd_replicate_hot_files": "sum",
     "fedd_replicate_copies_running": "sum",
     "fedd_replicate_bytes": "host",  # from the replica records of the state database

@@ -342,6 +342,14 @@ def _uploads(status: dict[str, Any]) -> str:
             ("notifications", "notifications"),
         )
     ]
+    if confirm.get("taking_over"):  # the previous run's uploads, still being handed over
+        rows.append(("still being taken over", text(confirm.get("taking_over"))))
+    for name, key in (
+        ("redirected before kept on disk", "pending_file_unkept"),
+        ("pending file write errors", "pending_file_errors"),
+    ):
+        if confirm.get(key):  # [confirm] pending_file in trouble: shown when it is
+            rows.append((name, f'<span class="bad">{text(confirm.get(key))}</span>'))
     rgw = as_dict(confirm.get("rgw_notifications"))
     if rgw:
         up = '<span class="ok">yes</span>' if rgw.get("connected") else '<span class="bad">no</span>'

@@ -31,6 +31,8 @@ STATUS_SUMS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("events", "pending"), "gauge"),
     *((("confirm", k), "counter") for k in (*_CONFIRM_COUNTS, "notifications_ignored", "taken_over")),
     (("confirm", "pending_file_errors"), "counter"),
+    (("confirm", "pending_file_unkept"), "counter"),
+    (("confirm", "taking_over"), "gauge"),
     *((("confirm", "rgw_notifications", k), "counter") for k in ("connections", "received", "unreadable", "failures")),
     (("confirm", "pending"), "gauge"),
     (("confirm", "recent"), "list"),
