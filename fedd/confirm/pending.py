@@ -12,6 +12,7 @@ Rules, in order:
    (`poll_max`), as a fallback for a lost notification.
 4. The table is bounded (`max_pending`): a new upload over the bound is not taken (the caller counts
    it). A second PUT of the same name replaces the first one's entry (the older one is returned).
+   It keeps its uploads in the order of their redirects, so the oldest are found without a search.
 5. An upload's outcome event has an id of its own (`outcome_id`: from its endpoint, endpoint path
    and the redirect's time, all kept in the pending file): an outcome published again after a
    restart (decided just before a crash, its row not deleted yet) carries the same id.
@@ -21,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from typing import Any
 
 SKEW = 2.0  # seconds an object's mtime may be before the redirect and still count
@@ -129,25 +132,36 @@ def _fresh(upload: Upload, mtime: float | None) -> bool:
 
 @dataclass
 class Table:
-    """Pending uploads by (endpoint, endpoint path), with a heap of when each is looked at next."""
+    """Pending uploads by (endpoint, endpoint path), with a heap of when each is looked at next.
+
+    Kept in the order of their redirects (`oldest` reads the first few, a status read or a stop
+    with 100k pending sorted them all): those taken since start in the order taken, their
+    redirects' order (a second PUT of a name deletes the first one's entry before adding its own:
+    assigned in place it would keep the first one's position), and those taken over from the
+    previous run (`earlier`: handed over in the order of their redirects, during this run's own)
+    apart, merged when read. OrderedDicts: a plain dict's iteration steps over the holes its
+    deletions (mostly of the oldest) leave at its front. A wall clock stepped back only shows
+    uploads in the order taken."""
 
     limit: int
-    _by_key: dict[Key, Upload] = field(default_factory=dict)
+    _by_key: OrderedDict[Key, Upload] = field(default_factory=OrderedDict)  # taken since start
+    _earlier: OrderedDict[Key, Upload] = field(default_factory=OrderedDict)  # the previous run's
     _heap: list[tuple[float, int, Key]] = field(default_factory=list)
     _seq: int = 0
 
     def __len__(self) -> int:
-        return len(self._by_key)
+        return len(self._by_key) + len(self._earlier)
 
     def __contains__(self, key: Key) -> bool:
-        return key in self._by_key
+        return key in self._by_key or key in self._earlier
 
-    def add(self, upload: Upload, due: float) -> tuple[bool, Upload | None]:
-        """(taken, the entry it replaced); not taken when the table is full."""
-        old = self._by_key.pop(upload.key, None)
-        if old is None and len(self._by_key) >= self.limit:
+    def add(self, upload: Upload, due: float, *, earlier: bool = False) -> tuple[bool, Upload | None]:
+        """(taken, the entry it replaced); not taken when the table is full. `earlier`: taken over
+        from the previous run (in the order of their redirects)."""
+        old = self.pop(upload.key)  # before the new entry goes in: it goes last
+        if old is None and len(self) >= self.limit:
             return False, None
-        self._by_key[upload.key] = upload
+        (self._earlier if earlier else self._by_key)[upload.key] = upload
         self.schedule(upload, due)
         return True, old
 
@@ -155,24 +169,31 @@ class Table:
         upload.due = due
         self._seq += 1
         heapq.heappush(self._heap, (due, self._seq, upload.key))
-        if len(self._heap) > 4 * len(self._by_key) + 64:  # stale heap entries (replaced, resolved)
-            live = [(u.due, k) for k, u in self._by_key.items() if u.due != float("inf")]
+        if len(self._heap) > 4 * len(self) + 64:  # stale heap entries (replaced, resolved)
+            pending = chain(self._earlier.items(), self._by_key.items())
+            live = [(u.due, k) for k, u in pending if u.due != float("inf")]
             self._heap = [(due, i, k) for i, (due, k) in enumerate(live)]
             self._seq = len(live)
             heapq.heapify(self._heap)
 
     def get(self, key: Key) -> Upload | None:
-        return self._by_key.get(key)
+        upload = self._by_key.get(key)
+        if upload is None and self._earlier:
+            upload = self._earlier.get(key)
+        return upload
 
     def pop(self, key: Key) -> Upload | None:
-        return self._by_key.pop(key, None)
+        upload = self._by_key.pop(key, None)
+        if upload is None and self._earlier:
+            upload = self._earlier.pop(key, None)
+        return upload
 
     def due(self, now: float, limit: int) -> list[Upload]:
         """Up to `limit` uploads whose look is due (taken off the heap: `schedule` puts them back)."""
         out: list[Upload] = []
         while self._heap and len(out) < limit and self._heap[0][0] <= now:
             due, _, key = heapq.heappop(self._heap)
-            upload = self._by_key.get(key)
+            upload = self.get(key)
             if upload is not None and upload.due == due:
                 out.append(upload)
                 upload.due = float("inf")  # being looked at: not due again until rescheduled
@@ -181,11 +202,20 @@ class Table:
     def next_due(self) -> float | None:
         while self._heap:
             due, _, key = self._heap[0]
-            upload = self._by_key.get(key)
+            upload = self.get(key)
             if upload is not None and upload.due == due:
                 return due
             heapq.heappop(self._heap)
         return None
 
+    def oldest(self, n: int) -> list[Upload]:
+        """The `n` uploads pending longest, oldest first (reads n of each part)."""
+        merged = heapq.merge(self._earlier.values(), self._by_key.values(), key=_started)
+        return list(islice(merged, n))
+
     def uploads(self) -> list[Upload]:
-        return list(self._by_key.values())
+        return self.oldest(len(self))
+
+
+def _started(upload: Upload) -> float:
+    return upload.started

@@ -24,7 +24,6 @@ confirmed after the restart.
 
 from __future__ import annotations
 
-import heapq
 from collections import deque
 from typing import Any, Protocol, cast
 
@@ -119,10 +118,10 @@ class ConfirmService(MultiService):
         self._timer = None
         kept = self.kept is not None and self.kept.keeping
         closing = self.kept.close() if self.kept is not None else None
-        pending = sorted(self.table.uploads(), key=lambda u: u.started)
+        pending = len(self.table)
         now = self.clock.seconds()
         later = "confirmed after the restart" if kept else "not kept"
-        for upload in pending[:SHUTDOWN_LOG_LINES]:
+        for upload in self.table.oldest(SHUTDOWN_LOG_LINES):
             log.warn(
                 "stopping: upload of {path} to {endpoint} ({size} bytes) not confirmed after {age:.1f}s: {later}",
                 path=upload.path,
@@ -134,11 +133,11 @@ class ConfirmService(MultiService):
         if pending and kept:
             log.warn(
                 "stopping with {n} upload(s) not confirmed: kept in {file}, they are confirmed after the restart",
-                n=len(pending),
+                n=pending,
                 file=self.kept.path if self.kept is not None else "",
             )
         elif pending:
-            log.warn("stopping with {n} upload(s) not confirmed: no put-done or put-failed for them", n=len(pending))
+            log.warn("stopping with {n} upload(s) not confirmed: no put-done or put-failed for them", n=pending)
         stopped = super().stopService()
         if closing is None:
             return stopped
@@ -158,7 +157,7 @@ class ConfirmService(MultiService):
             if upload.key in self.table:
                 continue
             upload.notified = upload.endpoint in notifying
-            ok, _ = self.table.add(upload, now)
+            ok, _ = self.table.add(upload, now, earlier=True)
             if ok:
                 taken += 1
             else:
@@ -395,7 +394,6 @@ class ConfirmService(MultiService):
 
     def to_json(self) -> dict[str, Any]:
         now = self.clock.seconds()
-        oldest = heapq.nsmallest(10, self.table.uploads(), key=lambda u: u.started)
         rgw = cast(RgwNotifications | None, self.namedServices.get("rgw-notifications"))
         return {
             "enabled": self.config.enabled,
@@ -403,7 +401,7 @@ class ConfirmService(MultiService):
             "max_pending": self.config.max_pending,
             "looking": self._looking,
             **self.counts,
-            "oldest": [u.to_json(now) for u in oldest],
+            "oldest": [u.to_json(now) for u in self.table.oldest(10)],
             "recent": list(self.recent),
             "rgw_notifications": rgw.to_json() if rgw is not None else None,
             "pending_file": self.kept.path if self.kept is not None else None,
