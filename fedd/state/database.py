@@ -10,15 +10,22 @@ inside one transaction, and get a Deferred.
   server costs a thread a few seconds, never the reactor.
 
 Both take the same SQL: `?` placeholders, rewritten to `%s` for psycopg.
+
+A PostgreSQL URL is checked before anything starts (`check_postgres`): libpq's own parser, then
+what libpq would otherwise say only at each connection attempt, once a second for ever (an
+unknown sslmode, a CA, certificate or key file that is not there, `sslrootcert=system` where it
+cannot work). A server that does not answer, or whose certificate fails verification, is an
+outage instead (fedd.state.store): it may come back by itself.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, succeed
@@ -27,6 +34,9 @@ from twisted.python.threadpool import ThreadPool
 
 T = TypeVar("T")
 SQLITE_PREFIX = "sqlite:"
+_SECRET_PARAMETERS = ("password", "sslpassword")  # the key's passphrase is one too
+_FILE_PARAMETERS = ("sslrootcert", "sslcert", "sslkey", "sslcrl", "sslcrldir")
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 class Cursor(Protocol):
@@ -61,12 +71,67 @@ def open_database(url: str, reactor: Any, timeout: float) -> StateDatabase:
 
 
 def redact(url: str) -> str:
-    """A database URL without its password."""
+    """A database URL without its passwords: the user info's, and `password=` or `sslpassword=`
+    parameters. Works on the text (a URL with several hosts, `h1:5432,h2:5432`, has no one port)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    netloc = f"{userinfo.partition(':')[0]}:***@{hosts}" if at and ":" in userinfo else parts.netloc
+    query = "&".join(f"{key}=***" if secret else f"{key}{eq}{value}" for key, eq, value, secret in _query(parts.query))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _query(query: str) -> list[tuple[str, str, str, bool]]:
+    """The parameters of a URL's query as written: key, "=", value, and whether it is a password."""
+    items = [item.partition("=") for item in query.split("&")] if query else []
+    return [(key, eq, value, unquote(key) in _SECRET_PARAMETERS) for key, eq, value in items]
+
+
+def _scrub(text: str, url: str) -> str:
+    """`text` (an error about `url`) without the passwords `url` holds, as written or decoded."""
+    parts = urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    written = [userinfo.partition(":")[2]] if at and ":" in userinfo else []
+    written += [value for _, _, value, secret in _query(parts.query) if secret]
+    text = text.replace(url, redact(url))
+    for password in sorted({p for raw in written for p in (raw, unquote(raw)) if p}, key=len, reverse=True):
+        text = text.replace(password, "***")
+    return text
+
+
+def check_postgres(url: str, *, impl: str, environ: Mapping[str, str]) -> None:
+    """Raise ValueError (its message without passwords) for what libpq would refuse at every connection
+    attempt: a URL or parameter it does not know, an sslmode it does not know, a CA/certificate/key
+    file that is not there, and `sslrootcert=system` with psycopg's binary wheel (`impl` "binary"),
+    whose own OpenSSL looks for the system's CAs in a directory of the wheel's build machine
+    (/usr/lib/psycopg-openssl), so nothing would verify unless SSL_CERT_FILE or SSL_CERT_DIR says
+    where they are."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(url)
+    except Exception as exc:  # psycopg.ProgrammingError: libpq's message, which may quote the password
+        raise ValueError(_scrub(str(exc).strip(), url)) from None
+    mode = str(params.get("sslmode", ""))
+    if mode and mode not in _SSLMODES:
+        raise ValueError(f"sslmode={mode}: expected one of {', '.join(_SSLMODES)}")
+    for name in _FILE_PARAMETERS:
+        path = str(params.get(name, ""))
+        if not path or (name == "sslrootcert" and path == "system"):
+            continue
+        if not os.path.exists(path):
+            raise ValueError(f"{name}={path}: no such file")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"{name}={path}: not readable by this user")
+    if (
+        params.get("sslrootcert") == "system"
+        and impl == "binary"
+        and not (environ.get("SSL_CERT_FILE") or environ.get("SSL_CERT_DIR"))
+    ):
+        raise ValueError(
+            "sslrootcert=system: the libpq of psycopg's binary wheel does not find this system's CAs: name "
+            "the CA file (sslrootcert=/etc/pki/tls/certs/ca-bundle.crt on EL, "
+            "/etc/ssl/certs/ca-certificates.crt on Debian), or set SSL_CERT_FILE in fedd's environment"
+        )
 
 
 class SqliteDatabase:
@@ -162,11 +227,12 @@ class PostgresDatabase:
     def __init__(self, url: str, reactor: Any, timeout: float) -> None:
         self.where = redact(url)
         try:  # adbapi imports it by name: a missing one (or one without libpq) is said here, with the cure
-            importlib.import_module("psycopg")
+            psycopg = importlib.import_module("psycopg")
         except ImportError as exc:
             raise RuntimeError(
                 f"postgresql:// needs psycopg 3 with libpq: pip install 'fedd[postgresql]' (the RPM has it) ({exc})"
             ) from None
+        check_postgres(url, impl=psycopg.pq.__impl__, environ=os.environ)
         pool: Any = _Pool  # adbapi is untyped
         self._pool: Any = pool(
             "psycopg",
