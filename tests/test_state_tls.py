@@ -27,6 +27,7 @@ from twisted.python import usage
 from zope.interface import provider
 
 from fedd.config import parse_config
+from fedd.config.parse import ConfigError
 from fedd.service import build_service
 from fedd.state import schema
 from fedd.state.database import check_postgres, open_database, redact
@@ -428,3 +429,20 @@ def test_check_postgres_takes_system_roots_from_the_environment() -> None:
     check_postgres(url, impl="c", environ={})  # built against the system's libpq and OpenSSL
     with pytest.raises(ValueError, match="sslrootcert=system"):
         check_postgres(url, impl="binary", environ={})
+
+
+def test_a_libpq_keyword_string_is_refused_without_its_password(tmp_path: Path) -> None:
+    """`host=... password=...` is libpq's other form: refused with the URL form to write (was: taken
+    as the name of an SQLite file to create, shown with its password in the status and the logs)."""
+    with pytest.raises(ConfigError) as raised:
+        parse_config(
+            text=f"""[state]
+database = host=db.site dbname=fedd password={PASSWORD} sslmode=verify-full
+[endpoint ep]
+kind = local
+path = {tmp_path}
+"""
+        )
+    message = str(raised.value)
+    assert "<string>:2: database: a libpq keyword string (host=... dbname=...) is not taken" in message, message
+    assert "postgresql://" in message and PASSWORD not in message, message

@@ -326,6 +326,11 @@ def state_database(value: str) -> str:
         return value
     if "://" in value:
         raise ValueError("expected postgresql://host/database, sqlite:PATH or a file path")
+    if re.match(r"\w+\s*=", value):  # not a file to create, whose name (and password) the status would show
+        raise ValueError(
+            "a libpq keyword string (host=... dbname=...) is not taken: write it as "
+            "postgresql://[user@]host[:port]/dbname?sslmode=...&sslrootcert=..."
+        )
     return value
 
 
