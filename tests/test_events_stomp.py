@@ -279,9 +279,12 @@ def test_activemq_restart_with_events_in_the_outbox(activemq: ActiveMQ, data: Pa
         report("ActiveMQ kill -9 and restart", c)
         assert c["lost"] == 0
         log = fed.log_text()
-        lost = [line for line in log.splitlines() if "connection lost" in line]
-        assert len(lost) == 1, log  # once per outage, not on every retry
-        assert "connected to STOMP broker" in log.split(lost[0], 1)[1]
+        lines = log.splitlines()
+        first = next(n for n, line in enumerate(lines) if "connection lost" in line)
+        back = next(n for n, line in enumerate(lines) if n > first and "connected to STOMP broker" in line)
+        # once per outage, not on every retry while the broker is down (a freshly started broker on a
+        # loaded machine may miss a receipt deadline after that: a second outage, logged as one)
+        assert [line for line in lines[first:back] if "connection lost" in line] == [lines[first]], log
         clean(log)
     finally:
         fed.stop()
