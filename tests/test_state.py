@@ -14,8 +14,11 @@ from typing import Any
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import formatEvent
 from twisted.python import usage
 
+from fedd.checksums.known import KnownChecksums
+from fedd.checksums.store import UNCOUNTED
 from fedd.config import Config, Downtime, EndpointConfig, parse_config
 from fedd.endpoints.base import Space
 from fedd.service import build_service
@@ -27,6 +30,7 @@ from fedd.state.store import HostIdentity, QueueFull, StateStore
 from fedd.state.tables import SharedChecksums, SharedDowntimes, SharedReservations
 from tests import pgservers
 from tests.daemon import wait_for
+from tests.inprocess import captured_logs
 from tests.reactor import call, the_reactor
 
 
@@ -125,7 +129,12 @@ def test_writes_wait_for_an_unreachable_database(tmp_path: Path) -> None:
     try:
         assert not store.migrated and store.down_since is not None and store.outages == 1
         sums = SharedChecksums(store)
-        assert call(sums.open) == 0
+        assert call(sums.open) == UNCOUNTED  # not 0: nothing could be counted
+        with captured_logs() as events:
+            known = KnownChecksums(federation=None, clock=the_reactor(), store=sums)
+            call(lambda: sums.open().addCallback(known._opened))
+        said = [formatEvent(e) for e in events if e.get("log_namespace") == "fedd.checksums"]
+        assert said == [f"checksum database {sums.path}: not reachable yet (see the state service)"], said
         keys = [("dav", f"/f{i}", i, "e") for i in range(5)]
         for key in keys:
             call(sums.put, key, {"adler32": f"{key[2]:08x}"}, 1.0)

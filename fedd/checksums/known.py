@@ -23,7 +23,7 @@ from twisted.logger import Logger
 
 from fedd.checksums.compute import replica_key
 from fedd.checksums.reported import known_checksums, parse_reported
-from fedd.checksums.store import ChecksumDatabase, Key
+from fedd.checksums.store import UNCOUNTED, ChecksumDatabase, Key
 from fedd.endpoints.interfaces import IChecksumSource
 from fedd.errors import describe
 from fedd.events.model import file_fields
@@ -61,6 +61,9 @@ class KnownChecksums:
 
     def _opened(self, count: int) -> None:
         self.db_ready = True
+        if count == UNCOUNTED:  # the shared state database, unreachable for now
+            log.info("checksum database {path}: not reachable yet (see the state service)", path=self.store.path)
+            return
         log.info("checksum database {path}: {count} checksums", path=self.store.path, count=count)
 
     def _open_failed(self, failure: Any) -> None:

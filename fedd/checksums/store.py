@@ -16,12 +16,13 @@ from twisted.internet.defer import Deferred
 from fedd.sqlite import SqliteThread
 
 Key = tuple[str, str, int, str]  # endpoint, endpoint path, size, version
+UNCOUNTED = -1  # what `open` gives when the database cannot be read now (the shared one, unreachable)
 
 
 class ChecksumDatabase(Protocol):
     path: str  # where it is, for logs and the status
 
-    def open(self) -> Deferred[int]: ...  # fires with the rows held
+    def open(self) -> Deferred[int]: ...  # fires with the rows held, or UNCOUNTED
 
     def close(self) -> Deferred[None]: ...
 

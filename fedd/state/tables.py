@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, succeed
 
+from fedd.checksums.store import UNCOUNTED
 from fedd.config import Downtime
 from fedd.state.database import Cursor
 from fedd.state.spill import Params, Sql
@@ -24,11 +25,12 @@ class SharedChecksums:
         self.path = state.db.where
 
     def open(self) -> Deferred[int]:
-        """Fires once the state database was tried, with the rows it holds (0 when unreachable)."""
+        """Fires once the state database was tried, with the rows it holds (UNCOUNTED when unreachable:
+        the state service says why, and writes what is queued once it answers)."""
 
         def count(_: object) -> Deferred[int]:
             d = self.state.read(lambda c: _scalar(c, "SELECT COUNT(*) FROM checksums"))
-            return d.addErrback(lambda _: 0)
+            return d.addErrback(lambda _: UNCOUNTED)
 
         return self.state.ready().addCallback(count)
 
