@@ -328,3 +328,24 @@ path = {tmp_path}
     message = str(raised.value)
     assert message.startswith("[state] database: postgresql:// needs psycopg 3"), message
     assert "pip install 'fedd[postgresql]'" in message and "secret" not in message, message
+
+
+def test_the_urls_own_options_are_kept_beside_fedds_statement_timeout() -> None:
+    """`options=-c ...` in a postgresql:// URL (an admin's session settings) reach the server, and
+    fedd's statement timeout still bounds every statement (was: fedd's options replaced the URL's)."""
+    url = pgservers.create_database()
+    try:
+        db = open_database(url + "?options=-c%20work_mem%3D7MB%20-c%20statement_timeout%3D0", the_reactor(), 3.0)
+        try:
+
+            def settings(cursor: Any) -> tuple[str, str]:
+                cursor.execute("SHOW work_mem")
+                work_mem = cursor.fetchone()[0]
+                cursor.execute("SHOW statement_timeout")
+                return work_mem, cursor.fetchone()[0]
+
+            assert call(db.run, settings) == ("7MB", "3s")
+        finally:
+            call(db.close)
+    finally:
+        pgservers.drop_database(url)

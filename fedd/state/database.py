@@ -233,12 +233,16 @@ class PostgresDatabase:
                 f"postgresql:// needs psycopg 3 with libpq: pip install 'fedd[postgresql]' (the RPM has it) ({exc})"
             ) from None
         check_postgres(url, impl=psycopg.pq.__impl__, environ=os.environ)
+        # the URL's own `options` (an admin's -c settings) are kept; fedd's statement timeout comes
+        # last, so every statement stays bounded whatever the URL says
+        theirs = psycopg.conninfo.conninfo_to_dict(url).get("options") or ""
+        options = f"{theirs} -c statement_timeout={int(timeout * 1000)}".strip()
         pool: Any = _Pool  # adbapi is untyped
         self._pool: Any = pool(
             "psycopg",
             url,
             connect_timeout=max(1, round(timeout)),
-            options=f"-c statement_timeout={int(timeout * 1000)}",
+            options=options,
             cp_min=1,
             cp_max=3,
             cp_reconnect=False,  # _Connection does it
