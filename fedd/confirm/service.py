@@ -6,7 +6,8 @@ Ceph RGW endpoints with `[confirm] notify`, RGW's bucket notifications read from
 (`fedd.confirm.rgw`). Whichever comes first resolves the upload; later ones find nothing pending
 (a notification delivered twice gives one event). Then: the path's cache entries are dropped,
 `put-done` (with the adler32 the storage reports or `[checksums]` computes, waited for up to
-`checksum_wait`) or `put-failed` is published, and the outcome is counted (status, metrics).
+`checksum_wait`) or `put-failed` is published (`fedd.confirm.outcomes`), and the outcome is counted
+(status, metrics).
 
 A notification for an object fedd did not place (or no longer waits for) only drops the path's cache
 entries, so an object written past fedd is seen by the next read at once.
@@ -24,38 +25,29 @@ confirmed after the restart.
 
 from __future__ import annotations
 
-from collections import deque
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.logger import Logger
 
-from fedd.checksums.digest import Want
 from fedd.config import Config
 from fedd.config.schema import ConfirmConfig
 from fedd.confirm.kept import KeptUploads, PendingFile
-from fedd.confirm.pending import Key, Table, Timing, Upload, Verdict, judge_look, judge_notification, outcome_id
+from fedd.confirm.outcomes import ADLER32, RECENT, Emit, Outcomes
+from fedd.confirm.pending import Key, Table, Timing, Upload, Verdict, judge_look, judge_notification
 from fedd.confirm.rgw import RgwNotifications
 from fedd.endpoints.base import Stat
 from fedd.endpoints.interfaces import IReadable
 from fedd.errors import describe
-from fedd.events.model import file_fields
-from fedd.federation import Replica
 from fedd.twtypes import MultiService
 from fedd.workers import WorkerRole
 
+# ADLER32, RECENT and Emit are fedd.confirm.outcomes's, imported from here too
+__all__ = ["ADLER32", "RECENT", "ConfirmService", "Emit", "build_confirm", "timing"]
+
 log = Logger(namespace="fedd.confirm")
-ADLER32 = [Want("digest", ("adler32",))]
-RECENT = 20
 UNTRACKED_LOG_INTERVAL = 60.0
 SHUTDOWN_LOG_LINES = 100
-
-
-
-class Emit(Protocol):
-    """EventsService.emit: put-done and put-failed carry the upload's own id (outcome_id)."""
-
-    def __call__(self, event_type: str, payload: dict[str, Any], event_id: str | None = None) -> None: ...
 
 
 def timing(config: ConfirmConfig) -> Timing:
@@ -83,15 +75,13 @@ class ConfirmService(MultiService):
         self.config = config
         self.fed = federation
         self.clock = clock
-        self.emit = emit
-        self.checksums = checksums
+        self.outcomes = Outcomes(federation=federation, clock=clock, emit=emit, checksums=checksums)
         self.timing = timing(config)
         self.table = Table(config.max_pending)
         self._timer: Any = None
         self._looking = 0
         self._untracked_logged = -UNTRACKED_LOG_INTERVAL
         self.kept = KeptUploads(kept, clock) if kept is not None else None
-        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self.counts = {
             "done": 0,
             "failed": 0,
@@ -225,11 +215,9 @@ class ConfirmService(MultiService):
         upload landed (nothing to look for), with the adler32 of the bytes fedd sent."""
         if not self.config.enabled or not self.running:
             return
-        now = self.clock.seconds()
         self.counts["done"] += 1
         self._forget(path)
-        upload = Upload(path, endpoint, path, size, started)
-        self._publish("put-done", upload, self._payload(upload, now, "carried", bytes=size, adler32=adler32))
+        self.outcomes.carried(Upload(path, endpoint, path, size, started), self.clock.seconds(), adler32)
 
     # --- looking -----------------------------------------------------------------------------
 
@@ -326,64 +314,19 @@ class ConfirmService(MultiService):
         self._forget(upload.path)
         if verdict.outcome == "failed":
             self.counts["failed"] += 1
-            payload = self._payload(upload, now, how, bytes=upload.size, reason=verdict.reason)
             log.warn(
                 "upload of {path} to {endpoint} failed: {reason}",
                 path=upload.path,
                 endpoint=upload.endpoint,
                 reason=verdict.reason,
             )
-            self._publish("put-failed", upload, payload)
+            self.outcomes.failed(upload, now, how, verdict.reason)
             return
         self.counts["done"] += 1
-        ensureDeferred(self._done(upload, verdict.size, now, how, found)).addErrback(
+        done = self.outcomes.done(upload, verdict.size, now, how, found, self.config.checksum_wait)
+        ensureDeferred(done).addErrback(
             lambda f: log.failure("publishing put-done for {path} failed", f, path=upload.path)
         )
-
-    async def _done(self, upload: Upload, size: int | None, landed: float, how: str, found: Stat | None) -> None:
-        adler32 = await self._adler32(upload, found)
-        self._publish("put-done", upload, self._payload(upload, landed, how, bytes=size, adler32=adler32))
-
-    async def _adler32(self, upload: Upload, stat: Stat | None) -> str | None:
-        """The new object's adler32: reported by the storage, known, or computed (up to checksum_wait).
-        `stat`: the object as a look just saw it; None (confirmed by a notification): stat it now."""
-        endpoint = self.fed.endpoints.get(upload.endpoint)
-        if endpoint is None:
-            return None
-        try:
-            if stat is None:
-                d = IReadable(endpoint).stat(upload.endpoint_path)
-                d.addTimeout(endpoint.config.timeout * 2, self.clock)
-                stat = await d
-            if stat is None:
-                return None
-            known = dict(stat.checksums).get("adler32")
-            if known is not None or self.checksums is None:
-                return known
-            url = IReadable(endpoint).url_for(upload.endpoint_path, self.clock.seconds(), "GET")
-            replica = Replica(upload.endpoint, url, stat, 0)
-            if self.config.checksum_wait <= 0:  # no computation: what fedd already knows
-                return self.checksums.known(upload.path, [replica]).get("adler32")  # type: ignore[no-any-return]
-            answer = await self.checksums.answer(upload.path, [replica], ADLER32, self.config.checksum_wait)
-            value: str | None = answer.values.get("adler32")
-            return value
-        except Exception as exc:  # put-done goes out without it
-            log.info("no adler32 for {path}: {reason}", path=upload.path, reason=describe(exc))
-            return None
-
-    def _payload(self, upload: Upload, at: float, how: str, **extra: Any) -> dict[str, Any]:
-        return {
-            **file_fields(upload.path),
-            "rse": upload.endpoint,
-            "endpoint": upload.endpoint,
-            **extra,
-            "duration": round(at - upload.started, 3),
-            "confirmed_by": how,
-        }
-
-    def _publish(self, event_type: str, upload: Upload, payload: dict[str, Any]) -> None:
-        self.recent.append({"event": event_type, **payload})
-        self.emit(event_type, payload, outcome_id(upload))
 
     def _forget(self, path: str) -> None:
         """The locate caches (here, memcached, other processes through the invalidation log): what
@@ -402,7 +345,7 @@ class ConfirmService(MultiService):
             "looking": self._looking,
             **self.counts,
             "oldest": [u.to_json(now) for u in self.table.oldest(10)],
-            "recent": list(self.recent),
+            "recent": list(self.outcomes.recent),
             "rgw_notifications": rgw.to_json() if rgw is not None else None,
             "pending_file": self.kept.path if self.kept is not None else None,
             "pending_file_errors": self.kept.errors if self.kept is not None else 0,
