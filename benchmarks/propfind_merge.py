@@ -51,7 +51,6 @@ def request(port: int, method: str, path: str, body: bytes = b"", expect: int = 
     return elapsed, data
 
 
-
 def floor(davs: list[servers.ApacheDav]) -> float:
     """The three endpoints answering fedd's PROPFIND at once, read by threads that do nothing else."""
     threads = [

@@ -278,7 +278,6 @@ def quiet(rabbit: list[int], limit: float = 30.0, busy: float = 0.05) -> None:
             return
 
 
-
 @contextlib.contextmanager
 def broker_queue(arguments: dict[str, Any] | None = None) -> Iterator[str]:
     """A durable topic exchange with a consumer's durable queue bound to '#' (bounded: nobody reads

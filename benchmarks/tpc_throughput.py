@@ -72,7 +72,6 @@ def timed_parallel(jobs: list[Callable[[], None]]) -> float:
     return elapsed
 
 
-
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime

@@ -49,7 +49,6 @@ def processes(fedd: Fedd) -> list[int]:
     return [fedd.proc.pid, *(int(p) for p in out.stdout.split())]
 
 
-
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once it ended (and curl, before)
     return usage.ru_utime + usage.ru_stime

@@ -302,9 +302,7 @@ class Federation:
         tells collections (WebDAV, local) that said "no" or found a file. Listing them again would
         cost a request each (and, between fedd instances, multiply a loop)."""
         said = set(result.missing) | {eid for eid, st in result.found.items() if not st.is_dir}
-        return frozenset(
-            eid for eid in said if eid in self.endpoints and self.endpoints[eid].collections_by_stat
-        )
+        return frozenset(eid for eid in said if eid in self.endpoints and self.endpoints[eid].collections_by_stat)
 
     # --- listings (fedd.listings) -----------------------------------------------------------------
 
@@ -314,9 +312,7 @@ class Federation:
     def unlistable(self, path: str) -> dict[str, str]:
         return self.listings.unlistable(path)
 
-    async def listdir(
-        self, path: str, via: tuple[str, ...] = (), skip: frozenset[str] = frozenset()
-    ) -> Listing | None:
+    async def listdir(self, path: str, via: tuple[str, ...] = (), skip: frozenset[str] = frozenset()) -> Listing | None:
         return await self.listings.listdir(path, via, skip)
 
     async def stream_listing(

@@ -68,9 +68,7 @@ class Listings:
                 out[t.endpoint] = "in a read downtime" if t.endpoint in self.health.read_blocked else "offline"
         return out
 
-    async def listdir(
-        self, path: str, via: tuple[str, ...] = (), skip: frozenset[str] = frozenset()
-    ) -> Listing | None:
+    async def listdir(self, path: str, via: tuple[str, ...] = (), skip: frozenset[str] = frozenset()) -> Listing | None:
         """Merged listing of a collection, or None when no endpoint has `path` as a collection.
         `failed` names the endpoints missing from it (did not answer, offline, in a downtime).
         `skip`: endpoints known not to hold `path` as a collection (not asked)."""

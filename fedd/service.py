@@ -86,6 +86,7 @@ class Fedd:
 
 def endpoint_factory(reactor: Any, instance: str) -> EndpointFactory:
     """The real endpoint kinds (fedd.endpoints.make_endpoint), marking this instance in `Via`."""
+
     def make(ep: EndpointConfig, config: Config) -> Endpoint:
         return make_endpoint(ep, reactor=reactor, presign_reuse=config.locate.presign_reuse, instance=instance)
 
@@ -204,9 +205,15 @@ def build_service(
     )
     checksums.setServiceParent(top)
     replication = build_replication(
-        config, reactor=reactor, federation=federation, writer=writer, tpc=tpc, space=space,
+        config,
+        reactor=reactor,
+        federation=federation,
+        writer=writer,
+        tpc=tpc,
+        space=space,
         state=state if state is not None and not state.implicit else None,  # its records outlive restarts
-        emit=events.emit, share=shared,  # with workers, worker 0 alone decides and copies
+        emit=events.emit,
+        share=shared,  # with workers, worker 0 alone decides and copies
     )
     if replication is not None:
         replication.setServiceParent(top)

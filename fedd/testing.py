@@ -240,4 +240,3 @@ class _Served(Resource):
             return b""
         request.setHeader(b"etag", f'"{found.etag}"'.encode())
         return ep.contents.get(path, b"\0" * (found.size or 0))
-

@@ -266,9 +266,7 @@ class Writer:
         existing, _ = await self._existing(path)
         if existing:
             raise MethodNotAllowed(f"{path} already exists as a file")
-        asked = [
-            eid for eid in sorted(targets) if self.fed.online(eid) and not self._blocked(eid, "write")
-        ]
+        asked = [eid for eid in sorted(targets) if self.fed.online(eid) and not self._blocked(eid, "write")]
         if not asked:
             raise InsufficientStorage(f"no writable endpoint for {path} is online and open for writes")
         outcome = Outcome()

@@ -38,7 +38,7 @@ PAYLOAD: dict[str, Any] = {
     ("varying", "values"),
     [
         ((), {}),
-        (("client_dn",), {"client_dn": "/DC=ch/CN=Jöe \"x\""}),
+        (("client_dn",), {"client_dn": '/DC=ch/CN=Jöe "x"'}),
         (("client_dn", "locate_ms"), {"client_dn": None, "locate_ms": 12.345}),
         (("client_dn", "locate_ms"), {"client_dn": "/CN=a", "locate_ms": 0.0}),
         (("path", "client_dn", "candidates"), {"path": "/x", "client_dn": None, "candidates": 1}),

@@ -440,4 +440,3 @@ def test_a_publication_that_cannot_be_written_is_logged_once_per_outage(tmp_path
         share.publish("health", {"n": 7})
         warned = [e for e in events if "cannot share" in str(e.get("log_format", ""))]
         assert [e["name"] for e in warned] == ["health", "space", "health"]
-

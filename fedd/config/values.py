@@ -92,6 +92,8 @@ _worker_count = in_range(int, low=1, high=256, what="a number of workers from 1 
 def workers(value: str) -> int:
     """`[server] workers`: a count, or `auto` (0: one per core, resolved at start)."""
     return 0 if value.strip() == "auto" else _worker_count(value)
+
+
 fraction = in_range(float, low=0, high=1, high_open=True, what="a fraction in [0, 1)", name="fraction")
 sample = in_range(float, low=0, high=1, what="a fraction in [0, 1]", name="sample")
 lat = in_range(float, low=-90, high=90, what="latitude", message="latitude out of range: {text!r}", name="lat")

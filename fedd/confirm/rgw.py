@@ -213,8 +213,11 @@ class RgwNotifications(Service):
                 self.unreadable += 1
                 if not warned:
                     warned = True
-                    log.warn("RGW notifications for {endpoint}: a message is no RGW notification ({reason}): dropped",
-                             endpoint=endpoint, reason=describe(exc))
+                    log.warn(
+                        "RGW notifications for {endpoint}: a message is no RGW notification ({reason}): dropped",
+                        endpoint=endpoint,
+                        reason=describe(exc),
+                    )
             except Exception:  # a bug in handing on must not stop consuming
                 log.failure("RGW notifications for {endpoint}: handling a notification failed", endpoint=endpoint)
             channel.basic_ack(delivery_tag=method.delivery_tag)

@@ -14,7 +14,6 @@ def _is_folder(metadata: dict[str, str]) -> bool:
     return metadata.get(FOLDER_META, "").lower() == "true"
 
 
-
 def parse_blob_page(root: Any, prefix: str, entries: dict[str, Entry]) -> bool:
     """Add the entries of one List Blobs page (directly under `prefix`) to `entries`; True when the
     page holds the listed directory's own marker blob."""

@@ -135,9 +135,7 @@ def deferred(method: Callable[_P, Coroutine[Any, Any, _T]]) -> Callable[_P, Defe
 LIST_BATCH = 100
 
 
-def emit_listing(
-    listing: Deferred[list[Entry] | None], emit: Callable[[list[Entry]], None]
-) -> Deferred[bool]:
+def emit_listing(listing: Deferred[list[Entry] | None], emit: Callable[[list[Entry]], None]) -> Deferred[bool]:
     """`list_stream` for a kind that reads a listing whole (local directories, Azure): in batches."""
 
     def hand_on(entries: list[Entry] | None) -> bool:

@@ -326,7 +326,6 @@ class Reads:
         """The HTML index of a collection, streamed (fedd.web.listing)."""
         return await listing.index(self.fed, self.auth, request, path, skip, via_of(request))
 
-
     async def propfind(self, request: server.Request, path: str) -> bytes:
         depth = (request.getHeader(b"depth") or b"infinity").strip().lower()
         if depth not in (b"0", b"1"):

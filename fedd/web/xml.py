@@ -152,6 +152,7 @@ def multistatus_tail(failed: dict[str, str]) -> str:
         MULTISTATUS_TAIL
     )
 
+
 FINITE_DEPTH_ERROR = (
     b'<?xml version="1.0" encoding="utf-8"?>\n<D:error xmlns:D="DAV:"><D:propfind-finite-depth/></D:error>\n'
 )
