@@ -34,5 +34,6 @@ fi
 [ -x tests/node/node_modules/.bin/azurite-blob ] && [ -d tests/node/node_modules/playwright-core ] ||
   (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 .venv/bin/ruff check fedd tests benchmarks twisted
+.venv/bin/ruff format --check --quiet fedd tests benchmarks twisted
 .venv/bin/mypy
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
