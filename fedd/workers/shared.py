@@ -47,7 +47,7 @@ from twisted.logger import Logger
 
 from fedd.periodic import Periodic
 from fedd.twtypes import Service
-from fedd.web.metrics import add_families, add_snapshots, snapshot_of
+from fedd.web.metricsum import add_families, add_snapshots, snapshot_of
 from fedd.workers.statussum import add_numbers, add_status, status_numbers
 
 log = Logger(namespace="fedd.workers")
