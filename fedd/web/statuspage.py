@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedd.web import statusformat as fmt
+from fedd.web.statusdowntimes import downtimes_section, embargoes_section, gocdb_section
 from fedd.web.statusformat import DASH, as_dict, duration, number, size, state_of, text, wants_html
 from fedd.web.statusreplication import replication_section
 
@@ -211,90 +212,6 @@ def _hosts(status: dict[str, Any], now: float | None) -> str:
     return "<h2>Hosts and shared state</h2>" + _pairs(rows) + table
 
 
-def _downtimes(status: dict[str, Any], now: float | None) -> str:
-    downtimes = status.get("downtimes")
-    if not isinstance(downtimes, list):
-        return ""
-    if not downtimes:
-        return '<h2>Downtimes</h2><p class="muted">none scheduled</p>'
-    rows = [
-        f"<tr><td>{text(d.get('endpoint'))}</td><td>{_scope(d.get('scope'))}</td>"
-        f"<td>{fmt.when(d.get('start'), now)}</td><td>{fmt.when(d.get('end'), now)}</td>"
-        f"<td>{'active' if d.get('active') else 'scheduled'}</td><td>{_source(d)}</td>"
-        f"<td>{text(d.get('reason'))}</td></tr>"
-        for d in (as_dict(x) for x in downtimes)
-    ]
-    return (
-        "<h2>Downtimes</h2><table><tr><th>endpoint</th><th>scope</th><th>start</th><th>end</th>"
-        "<th>state</th><th>source</th><th>reason</th></tr>" + "".join(rows) + "</table>"
-    )
-
-
-def _scope(scope: Any) -> str:
-    """A downtime's scope; `none` (a GOCDB WARNING by default) is listed but blocks nothing."""
-    return '<span class="muted">none (shown only)</span>' if scope == "none" else text(scope)
-
-
-def _source(downtime: dict[str, Any]) -> str:
-    """Where a downtime comes from (config, admin, gocdb), linked to the source's page when known."""
-    origin, link = text(downtime.get("origin")), downtime.get("link")
-    if isinstance(link, str) and link.startswith(("https://", "http://")):
-        return f'<a href="{text(link)}" rel="noreferrer">{origin}</a>'
-    return origin
-
-
-def _gocdb(status: dict[str, Any], now: float | None) -> str:
-    """GOCDB sources: when each was last read, how many downtimes it gave, its last error."""
-    gocdb = as_dict(status.get("gocdb"))
-    sources = gocdb.get("sources")
-    if not isinstance(sources, list) or not sources:
-        return ""
-    rows = []
-    for src in (as_dict(x) for x in sources):
-        unmatched = src.get("unmatched_hosts")
-        hosts = ", ".join(text(h) for h in unmatched) if isinstance(unmatched, list) and unmatched else DASH
-        error = src.get("last_error")
-        rows.append(
-            f"<tr><td>{text(src.get('url'))}</td><td>{fmt.when(src.get('fetched_at'), now)}</td>"
-            f'<td class="num">{text(src.get("downtimes"))}</td><td class="num">{text(src.get("pages"))}</td>'
-            f"<td>{hosts}</td>"
-            + (
-                f'<td><span class="err">{text(error)}</span><br>{fmt.when(src.get("last_error_at"), now)}</td>'
-                if error
-                else f"<td>{DASH}</td>"
-            )
-            + "</tr>"
-        )
-    return (
-        f'<h2>GOCDB</h2><p class="meta">{text(gocdb.get("applied"))} downtime(s) on fedd endpoints · '
-        f"OUTAGE → {text(gocdb.get('outage'))}, WARNING → {text(gocdb.get('warning'))} · "
-        f"next read {fmt.when(gocdb.get('next_refresh'), now)}</p>"
-        "<table><tr><th>source</th><th>last read</th><th>downtimes</th><th>pages</th>"
-        "<th>hosts on no endpoint</th><th>last error</th></tr>" + "".join(rows) + "</table>"
-    )
-
-
-def _embargoes(status: dict[str, Any], now: float | None) -> str:
-    """Time-bounded access rules in force: those yet to start and those granting until a time."""
-    auth = as_dict(status.get("auth"))
-    embargoes = auth.get("embargoes")
-    if not isinstance(embargoes, list):
-        return ""
-    head = f'<h2>Access embargoes</h2><p class="meta">next change {fmt.when(auth.get("next_change"), now)}</p>'
-    if not embargoes:
-        return head + '<p class="muted">no time-bounded rules in force</p>'
-    rows = [
-        f"<tr><td>{text(e.get('prefix'))}</td><td>{text(e.get('principal'))}</td><td>{text(e.get('letters'))}</td>"
-        f"<td>{fmt.when(e.get('from'), now)}</td><td>{fmt.when(e.get('until'), now)}</td>"
-        f"<td>{'starts' if e.get('state') == 'pending' else 'ends'}</td><td>{text(e.get('rule'))}</td></tr>"
-        for e in (as_dict(x) for x in embargoes)
-    ]
-    return (
-        head + "<table><tr><th>prefix</th><th>principal</th><th>letters</th><th>from</th><th>until</th>"
-        "<th>next</th><th>rule</th></tr>" + "".join(rows) + "</table>"
-    )
-
-
 def _workers(status: dict[str, Any], now: float | None) -> str:
     """`[server] workers`: the worker that answered this page, and all of them."""
     workers = as_dict(status.get("workers"))
@@ -386,9 +303,9 @@ def render_status_page(status: dict[str, Any]) -> bytes:
         f'<p class="meta">host {text(fedd.get("host"))} · version {text(fedd.get("version"))} · up {uptime} · '
         f"as of {fmt.when(now, None)} · reloads every {REFRESH_SECONDS} s</p>"
         f"<h2>Endpoints</h2>{endpoints}"
-        f"{_downtimes(status, now)}"
-        f"{_gocdb(status, now)}"
-        f"{_embargoes(status, now)}"
+        f"{downtimes_section(status, now)}"
+        f"{gocdb_section(status, now)}"
+        f"{embargoes_section(status, now)}"
         "<h2>Recent errors</h2>"
         + (f'<ul class="errors">{"".join(errors)}</ul>' if errors else '<p class="muted">none</p>')
         + f"<h2>Events</h2>{_events(status)}"
