@@ -31,15 +31,21 @@ _PLAIN_URL = re.compile(r"[A-Za-z0-9\-._~:/?&=%+,;!$'()*@]*")
 
 
 def pooled_agent(
-    reactor: Any, *, timeout: float, tls_policy: Any = None, connections_per_host: int = 16
+    reactor: Any,
+    *,
+    timeout: float,
+    tls_policy: Any = None,
+    connections_per_host: int = 16,
+    endpoints: DirectEndpoints | None = None,
 ) -> tuple[Agent, HTTPConnectionPool]:
     """The Agent an `HttpClient` uses outside tests: a persistent pool (closed with the `HttpClient`),
     connecting within `timeout` (to an IP address without a resolver thread: fedd.endpoints.connect),
-    checking certificates with `tls_policy`."""
+    checking certificates with `tls_policy` (or through the `endpoints` given, made so)."""
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = connections_per_host
     pool.retryAutomatically = True
-    endpoints = DirectEndpoints(reactor, timeout=timeout, tls_policy=tls_policy)
+    if endpoints is None:
+        endpoints = DirectEndpoints(reactor, timeout=timeout, tls_policy=tls_policy)
     return Agent.usingEndpointFactory(reactor, endpoints, pool=pool), pool
 
 
@@ -76,17 +82,18 @@ class HttpClient:
         self.timeout = timeout
         self._max_body = max_body
         self._pool: HTTPConnectionPool | None = None
-        # HEADs (stat, the cold locate's fan-out) go to the Agent itself: treq's wrapping (URL parsing,
-        # cookie jar, gzip decoding, response buffering) is most of a HEAD's cost and none of it applies
+        # HEADs (stat, the cold locate's fan-out) go to the lean HEAD client (fedd.endpoints.heads), or
+        # where it leaves one, to the Agent itself: treq's wrapping (URL parsing, cookie jar, gzip
+        # decoding, response buffering) is most of a HEAD's cost and none of it applies
         self._agent: Agent | None = None
-        self._heads: HeadPool | None = None  # HEADs on the lean client (fedd.endpoints.heads)
+        self._heads: HeadPool | None = None
         if client is None:
-            self._agent, self._pool = pooled_agent(
-                reactor, timeout=timeout, tls_policy=tls_policy, connections_per_host=connections_per_host
-            )
-            client = treq.client.HTTPClient(self._agent)
             endpoints = DirectEndpoints(reactor, timeout=timeout, tls_policy=tls_policy)
+            self._agent, self._pool = pooled_agent(
+                reactor, timeout=timeout, connections_per_host=connections_per_host, endpoints=endpoints
+            )
             self._heads = HeadPool(reactor, endpoints, per_host=connections_per_host)
+            client = treq.client.HTTPClient(self._agent)
         self._http = client
 
     def request(
