@@ -1,10 +1,13 @@
-"""HttpClient's HEADs (every stat, the cold locate's fan-out) go straight to the pooled Agent, not through
-treq: what goes on the wire and what comes back must be what treq gave, on one persistent connection."""
+"""HttpClient's HEADs (every stat, the cold locate's fan-out) go to the lean HEAD client
+(fedd.endpoints.heads), not through treq: what goes on the wire and what comes back must be what
+treq gave, on one persistent connection."""
 
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,13 +24,21 @@ ANSWER = (
 MOVED = b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n"
 
 
-class RecordingServer:
-    """Answers every request with ANSWER (MOVED for a path starting /moved), keep-alive; records the
-    request heads it got and how many connections they came on."""
+def recorded_answer(head: bytes) -> bytes:
+    return MOVED if head.split(b" ")[1].startswith(b"/moved") else ANSWER
 
-    def __init__(self) -> None:
+
+class RecordingServer:
+    """Answers every request with `answer(its head)` (default: ANSWER, MOVED for a path starting
+    /moved), keep-alive, over TLS with `tls`; records the request heads it got and how many
+    connections they came on."""
+
+    def __init__(self, answer: Callable[[bytes], bytes] = recorded_answer, tls: ssl.SSLContext | None = None) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.answer = answer
+        self.tls = tls
         self.heads: list[bytes] = []
         self.connections = 0
         threading.Thread(target=self._serve, daemon=True).start()
@@ -42,20 +53,22 @@ class RecordingServer:
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
-        buffer = b""
-        with conn:
-            while True:
-                while b"\r\n\r\n" in buffer:
-                    head, buffer = buffer.split(b"\r\n\r\n", 1)
-                    self.heads.append(head)
-                    conn.sendall(MOVED if head.split(b" ")[1].startswith(b"/moved") else ANSWER)
-                try:
+        try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            buffer = b""
+            with conn:
+                while True:
+                    while b"\r\n\r\n" in buffer:
+                        head, buffer = buffer.split(b"\r\n\r\n", 1)
+                        self.heads.append(head)
+                        conn.sendall(self.answer(head))
                     data = conn.recv(65536)
-                except OSError:
-                    return
-                if not data:
-                    return
-                buffer += data
+                    if not data:
+                        return
+                    buffer += data
+        except OSError:  # ssl.SSLError included: a client that refused the certificate
+            return
 
     def stop(self) -> None:
         self.sock.close()

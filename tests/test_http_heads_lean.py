@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import socket
 import ssl
-import subprocess
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,8 @@ from fedd.endpoints.http import HttpClient
 from fedd.endpoints.response import HttpResponse
 from fedd.errors import EndpointError
 from tests import reactor
+from tests.test_http_head import RecordingServer
+from tests.test_tls import make_cert
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Length: 42\r\nETag: "e1"\r\nX-Two: a\r\nX-Two: b\r\n\r\n'
 
@@ -336,73 +336,24 @@ def test_close_closes_the_idle_connections() -> None:
 # --- over real sockets, through HttpClient ----------------------------------------------------------
 
 
-class Server:
-    """A loopback HTTP/1.1 server answering HEADs with `answer(head)`, keep-alive, optionally over TLS;
-    counts connections."""
-
-    def __init__(self, answer: Callable[[bytes], bytes], tls: ssl.SSLContext | None = None) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.answer = answer
-        self.tls = tls
-        self.connections = 0
-        self.heads: list[bytes] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        try:
-            if self.tls is not None:
-                conn = self.tls.wrap_socket(conn, server_side=True)
-            buffer = b""
-            with conn:
-                while True:
-                    while b"\r\n\r\n" in buffer:
-                        request, buffer = buffer.split(b"\r\n\r\n", 1)
-                        self.heads.append(request)
-                        conn.sendall(self.answer(request))
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buffer += data
-        except (OSError, ssl.SSLError):
-            return
-
-    def stop(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    where = tmp_path_factory.mktemp("tls")
-    key, cert = where / "server.key", where / "server.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    """(key, certificate) of a self-signed server certificate for localhost and 127.0.0.1."""
+    cert, key = make_cert(tmp_path_factory.mktemp("tls"))
     return key, cert
 
 
 @pytest.fixture
-def tls_server(certificate: tuple[Path, Path]) -> Iterator[Server]:
+def tls_server(certificate: tuple[Path, Path]) -> Iterator[RecordingServer]:
     key, cert = certificate
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    server = Server(lambda _: OK, tls=context)
+    server = RecordingServer(lambda _: OK, tls=context)
     yield server
     server.stop()
 
 
-def test_heads_over_tls_on_one_connection_with_a_trusted_ca(tls_server: Server, certificate: Any) -> None:
+def test_heads_over_tls_on_one_connection_with_a_trusted_ca(tls_server: RecordingServer, certificate: Any) -> None:
     http = HttpClient(
         reactor.the_reactor(), endpoint="tls", timeout=5.0, tls_policy=tls_policy(True, str(certificate[1]))
     )
@@ -416,7 +367,7 @@ def test_heads_over_tls_on_one_connection_with_a_trusted_ca(tls_server: Server, 
     assert [h.split(b"\r\n")[0] for h in tls_server.heads] == [f"HEAD /d/f{n} HTTP/1.1".encode() for n in range(10)]
 
 
-def test_an_untrusted_certificate_is_an_endpoint_error(tls_server: Server) -> None:
+def test_an_untrusted_certificate_is_an_endpoint_error(tls_server: RecordingServer) -> None:
     http = HttpClient(reactor.the_reactor(), endpoint="tls", timeout=5.0, tls_policy=tls_policy(True, ""))
     try:
         with pytest.raises(EndpointError, match="connection lost or malformed HTTP answer"):
@@ -428,7 +379,7 @@ def test_an_untrusted_certificate_is_an_endpoint_error(tls_server: Server) -> No
 def test_a_server_closing_idle_connections_costs_no_failed_head() -> None:
     """The server closes each connection after one answer, without saying so: the next HEAD finds the
     pooled connection closed (or closing as it is written) and is answered on a new one."""
-    server = Server(lambda _: OK)
+    server = RecordingServer(lambda _: OK)
 
     def one_answer_then_close(conn: socket.socket) -> None:
         with conn:
