@@ -54,13 +54,18 @@ def _supervisor(tmp_path: Path, reactor: _Reactor) -> Supervisor:
     )
 
 
-def test_every_worker_and_a_restarted_one_get_the_supervisors_instance_id(tmp_path: Path) -> None:
+def _spawned(tmp_path: Path) -> tuple[Supervisor, list[WorkerRole]]:
+    """A supervisor that started workers 0 and 1, then 1 again after a crash, and their roles."""
     reactor = _Reactor()
     sup = _supervisor(tmp_path, reactor)
     sup.spawn(0)
     sup.spawn(1)
     sup.spawn(1)  # started again after a crash
-    roles = [WorkerRole.from_environment(env) for env in reactor.spawned]
+    return sup, [WorkerRole.from_environment(env) for env in reactor.spawned]
+
+
+def test_every_worker_and_a_restarted_one_get_the_supervisors_instance_id(tmp_path: Path) -> None:
+    sup, roles = _spawned(tmp_path)
     assert [r.index for r in roles] == [0, 1, 1]
     assert {r.instance for r in roles} == {sup.instance} and sup.instance.startswith("fedd-")
     assert _supervisor(tmp_path, _Reactor()).instance != sup.instance  # another fedd, another id
@@ -346,12 +351,7 @@ def _host_started(database: Path) -> list[float]:
 def test_the_hosts_row_says_when_the_host_started_not_its_last_restarted_worker(tmp_path: Path) -> None:
     """Every worker, a restarted one too, carries the supervisor's start time (FEDD_WORKER_STARTED),
     and the host's row gives it as the host's `started`; a single fedd gives its own start."""
-    reactor = _Reactor()
-    sup = _supervisor(tmp_path, reactor)
-    sup.spawn(0)
-    sup.spawn(1)
-    sup.spawn(1)  # started again after a crash
-    roles = [WorkerRole.from_environment(env) for env in reactor.spawned]
+    sup, roles = _spawned(tmp_path)
     assert {r.started for r in roles} == {sup.started} and abs(sup.started - time.time()) < 60
     database = tmp_path / "site.sqlite"
     config = _config(tmp_path, f"[state]\ndatabase = {database}\nhost_name = h1\n")
